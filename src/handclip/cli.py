@@ -1,0 +1,72 @@
+"""The ``handclip`` command: a thin layer over the Python API.
+
+Each subcommand lives in ``handclip.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``. User errors (``HandCLIPError``) become one line on stderr and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .errors import HandCLIPError
+
+COMMANDS = {
+    "prepare": "write a protocol manifest (train/val/query/gallery splits) for a dataset",
+    "scan": "check every image of a manifest: exists, decodes, large enough",
+    "train": "train HandCLIP (stage 1 prompts, stage 2 image encoder)",
+    "evaluate": "evaluate a checkpoint (or a zero-shot backbone) on a manifest's Monte Carlo runs",
+    "benchmark": "train and evaluate on every benchmark subset and print the paper-style table",
+    "enrol": "embed images and add them to a gallery index on disk",
+    "search": "rank a gallery's identities for query hand photos",
+    "demo": "run the whole pipeline on built-in synthetic hands",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="handclip", description="Hand-based person identification with CLIP-ReID.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"handclip.commands.{name}")
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show full tracebacks on errors")
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("HANDCLIP_DEBUG") == "1"
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args._run(args) or 0)
+    except HandCLIPError as exc:
+        if debug:
+            raise
+        print(f"handclip: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("handclip: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        if debug:
+            raise
+        print(f"handclip: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if debug:
+            raise
+        print(f"handclip: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

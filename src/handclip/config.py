@@ -1,0 +1,257 @@
+"""Experiment configuration: YAML files validated into typed objects.
+
+A config file mirrors ``Config`` below section by section. Unknown keys, wrong types and impossible
+values are rejected with a message naming the key (``stage2.ids_per_batch: must be >= 2``).
+Command-line overrides use dotted keys: ``--set stage2.epochs=30 model.backbone=RN50``.
+Defaults are CLIP-ReID's (design.md section 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Section):
+    """Procedural hands made on the fly (design.md section 3, "Others")."""
+
+    train_ids: int = Field(100, ge=2)
+    test_ids: int = Field(50, ge=2)
+    images_per_id: int = Field(8, ge=3)
+    image_size: int = Field(64, ge=16)
+    seed: int = 0
+
+
+class AugmentConfig(_Section):
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    pad: int = Field(10, ge=0)
+    random_erasing_p: float = Field(0.5, ge=0, le=1)
+
+
+class DataConfig(_Section):
+    dataset: Literal["11k", "hd", "folder", "synthetic"] = "synthetic"
+    root: Optional[str] = None
+    aspect: Optional[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"]] = None
+    manifest: Optional[str] = Field(None, description="use this manifest instead of preparing one")
+    runs: int = Field(10, ge=1)
+    split_seed: int = 0
+    gallery_all: bool = False
+    synthetic: SyntheticConfig = SyntheticConfig()
+    image_size: tuple[int, int] = Field((224, 224), description="model input (height, width)")
+    pixel_mean: tuple[float, float, float] = CLIP_MEAN
+    pixel_std: tuple[float, float, float] = CLIP_STD
+    augment: AugmentConfig = AugmentConfig()
+    decode_cache: bool = True
+    cache_dir: Optional[str] = Field(None, description="default: ~/.cache/handclip")
+    cache_resolution: Optional[int] = Field(None, ge=16, description="long side kept in the decode cache; default: 2x input")
+    num_workers: int | Literal["auto"] = "auto"
+    skip_bad: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.manifest is None and self.dataset != "synthetic" and not self.root:
+            raise ValueError(f"data.root is required for dataset '{self.dataset}' (or give data.manifest)")
+        if self.manifest is None and self.dataset == "11k" and self.aspect is None:
+            raise ValueError("data.aspect is required for dataset '11k' (dorsal_r, dorsal_l, palmar_r or palmar_l)")
+        if min(self.image_size) < 16:
+            raise ValueError(f"data.image_size {self.image_size} is too small (minimum 16)")
+        return self
+
+
+class ModelConfig(_Section):
+    backbone: str = Field("ViT-B-16", description="open_clip model name, or tiny-vit / tiny-rn")
+    weights: Optional[str] = Field(None, description="local file, open_clip pretrained tag, or none (random)")
+    allow_unsafe_weights: bool = Field(False, description="allow pickle/TorchScript files of unknown hash")
+    patch_stride: Optional[int] = Field(None, ge=1, description="overlapping patches (CLIP-ReID OLP uses 12)")
+    rn_last_stride: int = Field(1, ge=1, le=2)
+    n_ctx: int = Field(4, ge=1)
+    prompt_template: str = "A photo of a X X X X hand."
+    neck_feat: Literal["before", "after"] = "before"
+    id_head: Literal["linear", "arcface", "text"] = "linear"
+    arcface_scale: float = Field(30.0, gt=0)
+    arcface_margin: float = Field(0.5, ge=0)
+    unfreeze_last_n: Optional[int] = Field(None, ge=0, description="train only the last N blocks (None: all)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        placeholders = sum(word.strip(".,;:!?") == "X" for word in self.prompt_template.split())
+        if placeholders != self.n_ctx:
+            raise ValueError(
+                f"model.prompt_template '{self.prompt_template}' has {placeholders} 'X' "
+                f"placeholders but model.n_ctx is {self.n_ctx}"
+            )
+        return self
+
+
+class Stage1Config(_Section):
+    enabled: bool = True
+    epochs: int = Field(120, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3.5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(5, ge=0)
+    warmup_lr_init: float = Field(1e-5, gt=0)
+    lr_min: float = Field(1e-6, ge=0)
+    prompt_l2: float = Field(0.0, ge=0, description="L2 penalty on the prompt vectors")
+
+
+class Stage2Config(_Section):
+    enabled: bool = True
+    epochs: int = Field(60, ge=1)
+    ids_per_batch: int = Field(16, ge=2)
+    images_per_id: int = Field(4, ge=2)
+    lr: float = Field(5e-6, gt=0)
+    bias_lr_factor: float = Field(2.0, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay_bias: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(10, ge=0)
+    warmup_factor: float = Field(0.1, gt=0, le=1)
+    milestones: list[int] = [30, 50]
+    gamma: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    triplet_margin: float = Field(0.3, ge=0)
+    id_weight: float = Field(0.25, ge=0)
+    triplet_weight: float = Field(1.0, ge=0)
+    i2t_weight: float = Field(1.0, ge=0)
+    supcon_weight: float = Field(0.0, ge=0)
+    center_weight: float = Field(0.0, ge=0)
+    center_lr: float = Field(0.5, gt=0)
+    prompt_l2: float = Field(0.0, ge=0)
+    freeze_prompt: bool = True
+    text_features: Literal["once", "per_batch"] = "once"
+    head_lr: Optional[float] = Field(None, gt=0, description="lr of new heads (default: lr)")
+    grad_clip: Optional[float] = Field(None, gt=0)
+    eval_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if sorted(self.milestones) != list(self.milestones):
+            raise ValueError(f"stage2.milestones {self.milestones} must be increasing")
+        return self
+
+
+class RuntimeConfig(_Section):
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    compile: bool = False
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    threads: Optional[int] = Field(None, ge=1)
+    joint: bool = Field(False, description="one joint run of both stages instead of stage 1 then stage 2")
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(128, ge=1)
+    flip: bool = False
+    rerank: bool = False
+    k1: int = Field(20, ge=1)
+    k2: int = Field(6, ge=1)
+    lambda_value: float = Field(0.3, ge=0, le=1)
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    max_rank: int = Field(50, ge=1)
+
+
+class Config(_Section):
+    name: str = "handclip"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    stage1: Stage1Config = Stage1Config()
+    stage2: Stage2Config = Stage2Config()
+    runtime: RuntimeConfig = RuntimeConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        value = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        problems.append(f"{key}: {msg}{shown}")
+    return f"invalid configuration in {source}: " + "; ".join(problems)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"stage2.epochs=30"`` -> (["stage2", "epochs"], 30), the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': cannot parse value {raw!r}") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = dict(raw)
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+            else:
+                child = dict(child)
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict | None, overrides: list[str] | None = None, source: str = "config") -> Config:
+    raw = apply_overrides(raw or {}, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+    if path is None:
+        return config_from_dict({}, overrides, source="defaults")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(raw).__name__}")
+    return config_from_dict(raw, overrides, source=str(path))

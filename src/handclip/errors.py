@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Anything a user can cause (bad path, bad config key, corrupt image) raises ``HandCLIPError``
+with one sentence that names the file, key or value. The CLI prints that sentence and exits
+non-zero; only ``--debug`` shows a traceback.
+"""
+
+
+class HandCLIPError(Exception):
+    """An error caused by input the user can fix; the message is shown as-is."""
+
+    exit_code = 2
+
+
+class DataError(HandCLIPError):
+    """A dataset, manifest or image is missing, malformed or unusable."""
+
+
+class ConfigError(HandCLIPError):
+    """A configuration file or override is invalid."""
+
+
+class CheckpointError(HandCLIPError):
+    """A checkpoint or weights file is incompatible, corrupt or unsafe to load."""
+
+
+class IndexError_(HandCLIPError):
+    """A gallery index is missing, corrupt or built with another model."""
+
+
+class TrainingError(HandCLIPError):
+    """Training cannot continue (non-finite loss, impossible batch layout, ...)."""
