@@ -37,6 +37,10 @@ class EvalResult:
     feature_dim: int
     num_images_encoded: int
     options: dict = field(default_factory=dict)
+    # path -> L2-normalised feature, and per-run query/gallery records and distances (for pictures)
+    features: dict = field(default_factory=dict, repr=False)
+    splits: dict = field(default_factory=dict, repr=False)
+    distances: dict = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict:
         return {
@@ -162,13 +166,10 @@ def evaluate_manifest(model, manifest, data_cfg: DataConfig, eval_cfg: EvalConfi
             distances[run] = dist
         per_run.append(RunMetrics(run, metrics, len(query), len(gallery), len({r.pid for r in gallery})))
     aggregate = aggregate_runs([{k: r.metrics[k] for k in METRIC_KEYS} for r in per_run])
-    result = EvalResult(per_run, aggregate, int(feats.shape[1]), len(needed),
-                        options={"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
-                                 "runs": chosen, "distractors": distractors})
-    result.features = table
-    result.distances = distances
-    result.splits = splits
-    return result
+    options = {"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
+               "runs": chosen, "distractors": distractors}
+    return EvalResult(per_run, aggregate, int(feats.shape[1]), len(needed), options,
+                      features=table, splits=splits, distances=distances)
 
 
 def evaluate_validation(model, manifest, data_cfg: DataConfig, eval_cfg: EvalConfig | None = None,
