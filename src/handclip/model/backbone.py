@@ -401,10 +401,9 @@ def create_clip(
     if weights is not None and str(weights).strip().lower() in ("", "none", "random"):
         weights = None
 
+    state, source = (None, "random") if weights is None else _resolve_weights(name, weights, allow_unsafe_weights)
     clip = open_clip.CLIP(**cfg)
-    source = "random"
-    if weights is not None:
-        state, source = _resolve_weights(name, weights, allow_unsafe_weights)
+    if state is not None:
         load_state_into_clip(clip, state, weights, name)
         if not cfg.get("quick_gelu", False) and _looks_like_openai(weights):
             warnings.warn(
