@@ -12,7 +12,7 @@ from handclip.data.manifest import Manifest
 from handclip.data.protocols import (DataWarning, prepare_11k, prepare_folder, prepare_from_config, prepare_hd,
                                      prepare_synthetic)
 from handclip.errors import DataError
-from helpers_datasets import (ASPECT_NAMES, CUTOFFS, DEFAULT_HD_EXTRA, DEFAULT_HD_MAIN, default_11k_rows,
+from helpers_datasets import (ASPECT_NAMES, CUTOFFS, DEFAULT_HD_EXTRA, DEFAULT_HD_MAIN,
                               make_11k_tree, make_folder_tree, make_hd_tree)
 
 
@@ -102,6 +102,9 @@ def test_11k_counts_match_the_hand_computed_tree(tree11k):
     for run in range(3):
         assert len(m.split("gallery", run)) == 3
         assert len(m.split("query", run)) == 9 - 3
+    table = {line.split("  ")[0].strip(): line.split()[-2:] for line in m.summary().splitlines()[2:8]}
+    assert table == {"train_all": ["4", "15"], "train": ["4", "11"], "val": ["4", "4"], "test": ["3", "9"],
+                     "query (per run)": ["3", "6"], "gallery (per run)": ["3", "3"]}
 
 
 def test_11k_is_deterministic_and_seed_dependent(tree11k, tmp_path):
