@@ -78,6 +78,17 @@ def test_accessors():
     assert "train_all" in m.summary() and m.sha256() in m.summary()
 
 
+def test_without_paths_drops_every_record_of_those_images():
+    m = Manifest(small_records())
+    smaller = m.without_paths(["/d/x.jpg", "/d/7a.jpg"])
+    assert "/d/x.jpg" not in smaller.paths() and "/d/7a.jpg" not in smaller.paths()
+    assert len(smaller) == len(m) - 3
+    with pytest.raises(DataError, match="run 0 has no query images"):
+        m.without_paths(["/d/10a.jpg"])  # the only query image of run 0
+    with pytest.raises(DataError, match="no records"):
+        m.without_paths(m.paths())
+
+
 def test_relative_paths_resolve_against_the_manifest_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     path = write_csv(tmp_path / "sub" / "m.csv", ["split", "run", "path", "pid"],

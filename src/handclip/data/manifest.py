@@ -169,6 +169,11 @@ class Manifest:
     def paths(self) -> list[str]:
         return sorted({r.path for r in self.records})
 
+    def without_paths(self, paths: Iterable[str]) -> "Manifest":
+        """A copy without the records of ``paths`` (e.g. images a scan found unusable, for --skip-bad)."""
+        drop = {os.fspath(p) for p in paths}
+        return Manifest([r for r in self.records if r.path not in drop], source="manifest without skipped images")
+
     # ------------------------------------------------------------------ bytes
     def to_csv_bytes(self) -> bytes:
         buffer = io.StringIO(newline="")
