@@ -244,7 +244,8 @@ def test_hd_protocol_rules(tree_hd):
         assert not ({r.pid for r in distractors} & set(test))
         gallery = m.split("gallery", run)
         assert len(gallery) == len(test) + extra_images
-    assert "distractor" in m.summary()
+    total = [line for line in m.summary().splitlines() if line.startswith("gallery incl. distractors")]
+    assert total[0].split()[-2:] == [str(len(test) + len(DEFAULT_HD_EXTRA)), str(len(test) + extra_images)]
 
 
 def test_hd_is_deterministic(tree_hd, tmp_path):

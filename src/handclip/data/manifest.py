@@ -255,6 +255,10 @@ class Manifest:
             dis_ids = span([s[1][0] for s in stats]) if any(s[1][1] for s in stats) else ""
             dis_imgs = span([s[1][1] for s in stats]) if any(s[1][1] for s in stats) else ""
             rows.append((label, real_ids, real_imgs, dis_ids, dis_imgs))
+            if dis_imgs:
+                totals = [ids_images(per_run[k]) for k in runs]
+                rows.append((f"{name} incl. distractors", span([t[0] for t in totals]),
+                             span([t[1] for t in totals]), "", ""))
         if any(r[3] for r in rows):
             header = ("split", "ids", "images", "distractor ids", "distractor images")
         else:
