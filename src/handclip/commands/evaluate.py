@@ -72,8 +72,9 @@ def run(args) -> int:
     eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
     result = evaluate_manifest(model, manifest, data_cfg, eval_cfg, runs=runs, device=args.device,
                                distractors=not args.no_distractors, progress=True, keep_distances=True)
-    subsets = sorted({r.subset for r in manifest.records if not r.is_distractor})
-    title = "Evaluation on " + ", ".join(SUBSET_TITLES.get(s, s) for s in subsets)
+    subsets = sorted({f"{r.dataset}_{r.subset}" if r.subset else r.dataset
+                      for r in manifest.records if not r.is_distractor})
+    title = "Evaluation on " + ", ".join(SUBSET_TITLES.get(s, s.replace("_", " ")) for s in subsets)
     if args.out:
         out = Path(args.out)
     elif args.checkpoint:
