@@ -192,3 +192,12 @@ def test_unknown_torchscript_needs_the_flag(tmp_path):
         load_weights_file(path)
     state = load_weights_file(path, allow_unsafe=True)
     assert set(state) == {"weight", "bias"}
+
+
+def test_checkpoint_and_weights_are_not_confused(saved, tmp_path):
+    with pytest.raises(CheckpointError, match=r"good\.pt is a HandCLIP checkpoint, not backbone weights"):
+        create_clip("tiny-vit", weights=str(saved), image_size=(64, 64))
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(CheckpointError, match=r"scripted\.pt is a TorchScript archive.*not a HandCLIP checkpoint"):
+        load_checkpoint(path)

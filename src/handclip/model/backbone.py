@@ -85,7 +85,8 @@ def get_clip_config(name: str) -> dict:
     """The open_clip model config for ``name`` (a copy), or a ConfigError naming valid names."""
     if name in TINY_CONFIGS:
         return deepcopy(TINY_CONFIGS[name])
-    cfg = open_clip.get_model_config(name) if name and ":" not in name else None
+    lookup = name.replace("/", "-") if isinstance(name, str) else ""  # OpenAI spells ViT-B/16
+    cfg = open_clip.get_model_config(lookup) if lookup and ":" not in lookup else None
     if cfg is None:
         suggestions = difflib.get_close_matches(name, available_backbones(), n=3, cutoff=0.5)
         common = ["ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "RN50", "RN50-quickgelu", "tiny-vit", "tiny-rn"]
@@ -135,6 +136,21 @@ def is_vit(clip: nn.Module) -> bool:
 # safe weight loading
 
 
+@lru_cache(maxsize=32)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) so large weights are hashed once."""
+    stat = os.stat(path)
+    return _cached_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def is_known_openai_file(path: str | os.PathLike) -> bool:
+    return file_sha256(path) in KNOWN_OPENAI_SHA256
+
+
 def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -182,8 +198,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
         return _as_state_dict(obj, path)
 
     if _is_torchscript_archive(path):
-        sha = sha256_file(path)
-        if sha not in KNOWN_OPENAI_SHA256 and not allow_unsafe:
+        if not allow_unsafe and not is_known_openai_file(path):
             raise _unsafe_refusal(path, "TorchScript archive", "it needs weights_only=False")
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
@@ -194,8 +209,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        sha = sha256_file(path)
-        if sha not in KNOWN_OPENAI_SHA256 and not allow_unsafe:
+        if not allow_unsafe and not is_known_openai_file(path):
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
             raise _unsafe_refusal(path, "pickle holding more than tensors", first_line[:160]) from None
         try:
@@ -204,10 +218,13 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             raise CheckpointError(f"weights file {path} could not be read ({exc2})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file ({exc})") from None
-    if isinstance(obj, torch.jit.ScriptModule):
+    if isinstance(obj, nn.Module):  # a whole pickled model (only reachable when trusted)
         obj = obj.state_dict()
-    elif isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+    if isinstance(obj, dict) and obj.get("format") == "handclip-checkpoint":
+        raise CheckpointError(
+            f"{path} is a HandCLIP checkpoint, not backbone weights; load it with load_checkpoint "
+            f"(the --checkpoint option) instead of model.weights"
+        )
     return _as_state_dict(obj, path)
 
 
@@ -439,4 +456,4 @@ def _looks_like_openai(weights) -> bool:
     if text.lower() == "openai":
         return True
     path = Path(text)
-    return path.is_file() and _is_torchscript_archive(path) and sha256_file(path) in KNOWN_OPENAI_SHA256
+    return path.is_file() and is_known_openai_file(path)

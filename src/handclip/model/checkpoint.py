@@ -25,7 +25,7 @@ import torch
 
 from ..atomic import atomic_open, sha256_file
 from ..errors import CheckpointError, ConfigError, HandCLIPError
-from .backbone import _describe_mismatch, load_weights_file
+from .backbone import _describe_mismatch, _is_torchscript_archive, load_weights_file
 from .handclip import HandCLIP, build_model
 
 CHECKPOINT_FORMAT = "handclip-checkpoint"
@@ -104,6 +104,11 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (such as OpenAI's original CLIP files), not a HandCLIP "
+            f"checkpoint; backbone weights go in model.weights"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -151,6 +156,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} does not match the architecture it describes: {problem}")
     model.load_state_dict(state, strict=True)
     model.eval()
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
     model.checkpoint_path = str(path)
     model.checkpoint_sha256 = sha256_file(path)
 
