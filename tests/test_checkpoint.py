@@ -201,3 +201,35 @@ def test_checkpoint_and_weights_are_not_confused(saved, tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     with pytest.raises(CheckpointError, match=r"scripted\.pt is a TorchScript archive.*not a HandCLIP checkpoint"):
         load_checkpoint(path)
+
+
+def test_training_state_round_trips_through_a_checkpoint(tmp_path):
+    import collections
+    import random
+
+    config = _config("tiny-rn", (64, 64))
+    model = _trained_a_little(config)
+    model.set_stage2_trainable()
+    model.train()
+    optimizer = torch.optim.Adam(model.image_parameters() + model.head_parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [3, 5])
+    out = model(torch.randn(4, 3, 64, 64))
+    sum(torch.nn.functional.cross_entropy(l, torch.tensor([0, 1, 2, 3])) for l in out.logits).backward()
+    optimizer.step()
+    scheduler.step()
+    extra = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "python_rng": random.getstate(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    save_checkpoint(tmp_path / "state.pt", model, config, extra)
+    _, _, loaded = load_checkpoint(tmp_path / "state.pt")
+    assert isinstance(loaded["scheduler"]["milestones"], collections.Counter)
+    restored = torch.optim.Adam(model.image_parameters() + model.head_parameters(), lr=1e-3)
+    restored.load_state_dict(loaded["optimizer"])
+    first = next(iter(optimizer.state.values()))["exp_avg"]
+    assert torch.equal(next(iter(restored.state.values()))["exp_avg"], first)
+    random.setstate(loaded["python_rng"])
+    with pytest.raises(TypeError, match="defaultdict"):
+        save_checkpoint(tmp_path / "bad.pt", model, config, {"x": collections.defaultdict(list)})

@@ -14,6 +14,7 @@ the original backbone weights file is never needed again.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import pickle
@@ -42,25 +43,29 @@ __all__ = [
     "load_weights_file",
 ]
 
-_PLAIN = (str, int, float, bool, type(None))
+# Exactly the types torch.load(weights_only=True) accepts (subclasses such as defaultdict are refused).
+_PLAIN = (str, int, float, bool, complex, bytes, type(None))
+_MAPPINGS = (dict, collections.OrderedDict, collections.Counter)  # Counter: MultiStepLR milestones
+_SEQUENCES = (list, tuple, set)
 
 
 def _check_plain(value: Any, where: str) -> None:
     """Raise TypeError if ``value`` holds anything torch.load(weights_only=True) would refuse."""
-    if isinstance(value, _PLAIN) or isinstance(value, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
+    kind = type(value)
+    if kind in _PLAIN or isinstance(value, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
         return
-    if isinstance(value, dict):
+    if kind in _MAPPINGS:
         for key, item in value.items():
-            if not isinstance(key, _PLAIN):
+            if type(key) not in _PLAIN:
                 raise TypeError(f"checkpoint entry {where} has a key of type {type(key).__name__}")
             _check_plain(item, f"{where}[{key!r}]")
         return
-    if isinstance(value, (list, tuple)):
+    if kind in _SEQUENCES:
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
         return
     raise TypeError(
-        f"checkpoint entry {where} is a {type(value).__name__}; store only tensors, numbers, strings, "
+        f"checkpoint entry {where} is a {kind.__name__}; store only tensors, numbers, strings, "
         f"lists and dicts (convert numpy arrays with torch.from_numpy or .tolist())"
     )
 
