@@ -172,11 +172,10 @@ def test_arcface_head_applies_margin_to_true_class():
         assert p.abs().max() <= 10.0 + 1e-4  # scaled cosine
 
 
-def test_text_id_head_has_no_classifier_and_scores_against_text(vit):
+def test_text_id_head_has_no_classifier_and_scores_against_text():
     model = make(id_head="text")
-    assert model.classifier is None and model.named_head_parameters() == [
-        (n, p) for n, p in model.named_head_parameters() if n.startswith("bottleneck")
-    ]
+    assert model.classifier is None and model.classifier_proj is None
+    assert [n for n, _ in model.named_head_parameters()] == ["bottleneck.weight", "bottleneck_proj.weight"]
     model.train()
     out = model(torch.randn(4, 3, 64, 64))
     assert out.logits is None
@@ -198,6 +197,20 @@ def test_id_loss_gradients_reach_heads_and_bnneck():
     for name, param in model.named_head_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert model.image_encoder.conv1.weight.grad.abs().sum() > 0
+
+
+def test_prompt_gradients_reach_only_the_identities_in_the_batch():
+    model = make()
+    model.freeze_all_but_prompt()
+    image_proj = torch.randn(3, model.embed_dim)
+    labels = torch.tensor([0, 2, 2])
+    text = model.text_features(labels)
+    loss = -F.cosine_similarity(image_proj, text).sum()
+    loss.backward()
+    grad = model.prompt_learner.ctx.grad.abs().sum(dim=(1, 2))
+    assert grad[0] > 0 and grad[2] > 0
+    assert torch.all(grad[[1, 3, 4, 5]] == 0)
+    assert all(p.grad is None for p in model.text_encoder.parameters())
 
 
 # ---------------------------------------------------------------------------- freezing and optimizer groups

@@ -16,7 +16,6 @@ the native model loads strictly and mismatches are reported key by key.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import pickle
 import warnings
