@@ -102,8 +102,12 @@ def test_incompatible_version_and_foreign_files_are_refused(saved, tmp_path):
 
     data = saved.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"truncated\.pt is corrupt"):
-        load_checkpoint(tmp_path / "truncated.pt")
+    (tmp_path / "text.pt").write_text("hello, not a model")
+    for name in ("truncated.pt", "text.pt"):
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.") + " is corrupt"):
+            load_checkpoint(tmp_path / name)
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.") + " is corrupt"):
+            load_weights_file(tmp_path / name)
 
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "absent.pt")
@@ -155,10 +159,12 @@ class _Payload:
 def _malicious_files(tmp_path, marker):
     plain = tmp_path / "evil_plain.pt"
     plain.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
+    legacy = tmp_path / "evil_protocol2.pt"  # protocol 2 reaches the GLOBAL opcode in torch's checker
+    legacy.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}, protocol=2))
     zipped = tmp_path / "evil_zip.pt"
     torch.save({"format": ckpt.CHECKPOINT_FORMAT, "version": 1, "hook": _Payload(marker)}, zipped)
     assert not marker.exists()
-    return [plain, zipped]
+    return [plain, legacy, zipped]
 
 
 def test_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
@@ -172,8 +178,10 @@ def test_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
 def test_malicious_pickle_weights_are_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     for path in _malicious_files(tmp_path, marker):
-        with pytest.raises(CheckpointError, match=r"refusing to load .*allow_unsafe_weights"):
+        with pytest.raises(CheckpointError, match=r"refusing to load .*allow_unsafe_weights") as refused:
             load_weights_file(path)
+        if path.name == "evil_protocol2.pt":
+            assert "open" in str(refused.value)  # names the global it would have called
         with pytest.raises(CheckpointError, match="refusing to load"):
             create_clip("tiny-vit", weights=str(path), image_size=(64, 64))
         assert not marker.exists()

@@ -164,6 +164,22 @@ def _is_torchscript_archive(path: Path) -> bool:
         return False
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def weights_only_reason(exc: BaseException) -> str:
+    """The useful part of torch's weights_only refusal, e.g. 'Unsupported global: GLOBAL io.open ...'."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = " ".join(text.split(marker, 1)[1].split())
+        detail = detail.split(". Please use", 1)[0].split(" Check the documentation", 1)[0]
+        return detail[:200] or "unsupported pickle content"
+    return _first_line(exc)
+
+
 def _unsafe_refusal(path: Path, kind: str, reason: str) -> CheckpointError:
     return CheckpointError(
         f"refusing to load {path}: it is a {kind}, which can run arbitrary code when loaded ({reason}), "
@@ -208,15 +224,16 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # weights_only refused something: a global (class/function) or an unusual pickle. Only
+        # trusted files may go on to the full unpickler.
         if not allow_unsafe and not is_known_openai_file(path):
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-            raise _unsafe_refusal(path, "pickle holding more than tensors", first_line[:160]) from None
+            raise _unsafe_refusal(path, "pickle holding more than tensors", weights_only_reason(exc)) from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:
-            raise CheckpointError(f"weights file {path} could not be read ({exc2})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file ({exc})") from None
+            raise CheckpointError(f"weights file {path} could not be read ({_first_line(exc2)})") from None
+    except Exception as exc:  # torch raises KeyError/RuntimeError/EOFError/... on damaged files
+        raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
     if isinstance(obj, nn.Module):  # a whole pickled model (only reachable when trusted)
         obj = obj.state_dict()
     if isinstance(obj, dict) and obj.get("format") == "handclip-checkpoint":

@@ -26,7 +26,13 @@ import torch
 
 from ..atomic import atomic_open, sha256_file
 from ..errors import CheckpointError, ConfigError, HandCLIPError
-from .backbone import _describe_mismatch, _is_torchscript_archive, load_weights_file
+from .backbone import (
+    _describe_mismatch,
+    _first_line,
+    _is_torchscript_archive,
+    load_weights_file,
+    weights_only_reason,
+)
 from .handclip import HandCLIP, build_model
 
 CHECKPOINT_FORMAT = "handclip-checkpoint"
@@ -116,14 +122,13 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, which could run "
-            f"code when loaded, so it is not a HandCLIP checkpoint"
+            f"code when loaded ({weights_only_reason(exc)}), so it is not a HandCLIP checkpoint"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({reason[:200]})") from None
+    except Exception as exc:  # torch raises KeyError/RuntimeError/EOFError/... on damaged files
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a HandCLIP checkpoint (backbone weights go in model.weights, not here)"
