@@ -166,7 +166,7 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"[:200]
 
 
 def weights_only_reason(exc: BaseException) -> str:
@@ -201,7 +201,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
+        raise CheckpointError(f"weights file {path} is a directory, not a file" if path.is_dir() else f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
