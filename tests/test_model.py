@@ -266,3 +266,12 @@ def test_build_model_accepts_pydantic_and_dict_sections():
     assert a.spec["image_size"] == [64, 32]
     with pytest.raises(ConfigError, match="at least one training identity"):
         build_model({"backbone": "tiny-rn"}, {"image_size": [64, 64]}, 0)
+
+
+def test_build_model_names_bad_keys():
+    with pytest.raises(ConfigError, match=r"model\.neck_feat"):
+        build_model({"backbone": "tiny-rn", "neck_feat": "middle"}, {"image_size": [64, 64]}, 3)
+    with pytest.raises(ConfigError, match=r"model\.colour: unknown key"):
+        build_model({"backbone": "tiny-rn", "colour": 1}, {"image_size": [64, 64]}, 3)
+    with pytest.raises(ConfigError, match=r"unknown backbone 'resnet9000'"):
+        build_model({"backbone": "resnet9000"}, {"image_size": [64, 64]}, 3)
