@@ -209,7 +209,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
         try:
             obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({exc})") from None
+            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({_first_line(exc)})") from None
         return _as_state_dict(obj, path)
 
     if _is_torchscript_archive(path):
@@ -218,7 +218,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # corrupt archive: report, do not traceback
-            raise CheckpointError(f"weights file {path} is not a loadable TorchScript archive ({exc})") from None
+            raise CheckpointError(f"weights file {path} is not a loadable TorchScript archive ({_first_line(exc)})") from None
         return _as_state_dict(scripted.state_dict(), path)
 
     try:
@@ -238,8 +238,8 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
         obj = obj.state_dict()
     if isinstance(obj, dict) and obj.get("format") == "handclip-checkpoint":
         raise CheckpointError(
-            f"{path} is a HandCLIP checkpoint, not backbone weights; load it with load_checkpoint "
-            f"(the --checkpoint option) instead of model.weights"
+            f"{path} is a HandCLIP checkpoint, not backbone weights; load it as a checkpoint "
+            f"(handclip.model.checkpoint.load_checkpoint) instead of passing it as model.weights"
         )
     return _as_state_dict(obj, path)
 
