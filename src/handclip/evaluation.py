@@ -1,0 +1,191 @@
+"""Protocol evaluation: features once per image, metrics per Monte Carlo run, mean and std.
+
+Identities are matched by the manifest's ``pid`` and nothing else (the prototype matched by folder
+order and scored ~0% on HD). Every image needed by any requested run is encoded exactly once; the
+runs then only index into that feature table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .config import DataConfig, EvalConfig
+from .errors import DataError
+from .metrics import aggregate_runs, cosine_distance, euclidean_distance, evaluate_rank
+from .runtime import autocast, resolve_device
+
+METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
+@dataclass
+class RunMetrics:
+    run: int
+    metrics: dict
+    num_query: int
+    num_gallery: int
+    num_gallery_ids: int
+
+
+@dataclass
+class EvalResult:
+    per_run: list[RunMetrics]
+    aggregate: dict
+    feature_dim: int
+    num_images_encoded: int
+    options: dict = field(default_factory=dict)
+    # path -> L2-normalised feature, and per-run query/gallery records and distances (for pictures)
+    features: dict = field(default_factory=dict, repr=False)
+    splits: dict = field(default_factory=dict, repr=False)
+    distances: dict = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict:
+        return {
+            "aggregate": self.aggregate,
+            "per_run": [
+                {"run": r.run, **r.metrics, "num_query": r.num_query, "num_gallery": r.num_gallery,
+                 "num_gallery_ids": r.num_gallery_ids}
+                for r in self.per_run
+            ],
+            "feature_dim": self.feature_dim,
+            "num_images_encoded": self.num_images_encoded,
+            "options": self.options,
+        }
+
+
+def _unique_paths(records: Iterable) -> list:
+    seen: dict[str, object] = {}
+    for rec in records:
+        seen.setdefault(rec.path, rec)
+    return list(seen.values())
+
+
+@torch.inference_mode()
+def extract_features(model, records: Sequence, data_cfg: DataConfig, eval_cfg: EvalConfig | None = None,
+                     device=None, flip: bool | None = None, progress: bool = False) -> np.ndarray:
+    """Encode ``records`` (anything with ``.path``) in order; returns float32 [N, feature_dim], L2-normalised.
+
+    With ``flip`` the feature is the mean of the image's and its mirror's (then normalised).
+    """
+    from .data.loaders import build_eval_loader
+
+    eval_cfg = eval_cfg or EvalConfig()
+    flip = eval_cfg.flip if flip is None else flip
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    loader = build_eval_loader(data_cfg, list(records), eval_cfg.batch_size)
+    chunks = []
+    iterator = loader
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(loader, desc="features", unit="batch", leave=False)
+    try:
+        for batch in iterator:
+            images = batch[0].to(device, non_blocking=True)
+            with autocast(device):
+                feats = model.extract(images).float()
+                if flip:
+                    feats = feats + model.extract(torch.flip(images, dims=[3])).float()
+            chunks.append(torch.nn.functional.normalize(feats, dim=1).cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return np.zeros((0, getattr(model, "feature_dim", 0)), dtype=np.float32)
+    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+
+def distance_matrix(q: np.ndarray, g: np.ndarray, eval_cfg: EvalConfig) -> np.ndarray:
+    if eval_cfg.rerank:
+        from .rerank import re_ranking
+
+        return re_ranking(q, g, k1=eval_cfg.k1, k2=eval_cfg.k2, lambda_value=eval_cfg.lambda_value)
+    if eval_cfg.metric == "euclidean":
+        return euclidean_distance(q, g)
+    return cosine_distance(q, g)
+
+
+def select_runs(manifest, runs) -> list[int]:
+    available = manifest.runs
+    if not available:
+        raise DataError("the manifest has no query/gallery runs to evaluate")
+    if runs is None or runs == "all":
+        return list(available)
+    chosen = [int(r) for r in ([runs] if isinstance(runs, (int, str)) else runs)]
+    missing = [r for r in chosen if r not in available]
+    if missing:
+        raise DataError(f"run {missing[0]} does not exist in the manifest (runs are {available[0]}..{available[-1]})")
+    return chosen
+
+
+def evaluate_records(features: dict[str, np.ndarray], query, gallery, eval_cfg: EvalConfig) -> tuple[dict, np.ndarray]:
+    """Metrics for one query/gallery split, given a path -> feature table."""
+    if not query:
+        raise DataError("no query images in this run")
+    if not gallery:
+        raise DataError("no gallery images in this run")
+    q = np.stack([features[r.path] for r in query])
+    g = np.stack([features[r.path] for r in gallery])
+    dist = distance_matrix(q, g, eval_cfg)
+    camids_known = all(r.camid is not None for r in query) and all(r.camid is not None for r in gallery)
+    result = evaluate_rank(
+        dist,
+        np.array([r.pid for r in query]),
+        np.array([r.pid for r in gallery]),
+        np.array([r.camid for r in query]) if camids_known else None,
+        np.array([r.camid for r in gallery]) if camids_known else None,
+        max_rank=eval_cfg.max_rank,
+    )
+    return result.as_dict(), dist
+
+
+def evaluate_manifest(model, manifest, data_cfg: DataConfig, eval_cfg: EvalConfig | None = None, runs=None,
+                      device=None, distractors: bool = True, progress: bool = False,
+                      keep_distances: bool = False) -> EvalResult:
+    """Evaluate every requested run of ``manifest``; each image is encoded once for all runs."""
+    eval_cfg = eval_cfg or EvalConfig()
+    chosen = select_runs(manifest, runs)
+    splits = {}
+    for run in chosen:
+        gallery = manifest.split("gallery", run)
+        if not distractors:
+            gallery = [r for r in gallery if not r.is_distractor]
+        splits[run] = (manifest.split("query", run), gallery)
+    needed = _unique_paths(rec for q, g in splits.values() for rec in (*q, *g))
+    feats = extract_features(model, needed, data_cfg, eval_cfg, device=device, progress=progress)
+    table = {rec.path: feats[i] for i, rec in enumerate(needed)}
+    per_run = []
+    distances = {}
+    for run, (query, gallery) in splits.items():
+        metrics, dist = evaluate_records(table, query, gallery, eval_cfg)
+        if keep_distances:
+            distances[run] = dist
+        per_run.append(RunMetrics(run, metrics, len(query), len(gallery), len({r.pid for r in gallery})))
+    aggregate = aggregate_runs([{k: r.metrics[k] for k in METRIC_KEYS} for r in per_run])
+    options = {"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
+               "runs": chosen, "distractors": distractors}
+    return EvalResult(per_run, aggregate, int(feats.shape[1]), len(needed), options,
+                      features=table, splits=splits, distances=distances)
+
+
+def evaluate_validation(model, manifest, data_cfg: DataConfig, eval_cfg: EvalConfig | None = None,
+                        device=None) -> dict:
+    """Model-selection score: held-out val images (one per training identity) ranked against the train images.
+
+    Test identities are never looked at here (the prototype chose its best epoch on them).
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    eval_cfg = eval_cfg.model_copy(update={"rerank": False, "flip": False})
+    query = manifest.split("val")
+    gallery = manifest.split("train")
+    if not query:
+        raise DataError("the manifest has no val split to choose the best checkpoint on")
+    needed = _unique_paths([*query, *gallery])
+    feats = extract_features(model, needed, data_cfg, eval_cfg, device=device)
+    table = {rec.path: feats[i] for i, rec in enumerate(needed)}
+    metrics, _ = evaluate_records(table, query, gallery, eval_cfg)
+    return {k: metrics[k] for k in METRIC_KEYS}

@@ -1,0 +1,54 @@
+"""Published numbers on the 11k / HD protocols, quoted (not measured) from design.md section 4.
+
+They are printed beside HandCLIP's measured figures and always labelled as quoted.
+"""
+
+from __future__ import annotations
+
+# (method, {subset: (rank1, mAP)}, source). Percentages.
+QUOTED_RESULTS = [
+    ("MBA-Net (ResNet-50 + attention, 2022)", {"11k_dorsal_r": (97.45, 97.98)}, "as cited in the HandCLIP prototype's report"),
+    ("ABD-Net", {"11k_dorsal_r": (95.89, 96.76)}, "as cited in the HandCLIP prototype's report"),
+    ("GPA-Net", {"11k_dorsal_r": (94.80, 95.72)}, "as cited in the HandCLIP prototype's report"),
+    ("RGA-Net", {"11k_dorsal_r": (94.77, 95.67)}, "as cited in the HandCLIP prototype's report"),
+    ("HandCLIP prototype, ViT-B/16, two-stage", {"11k_dorsal_r": (88.18, 92.20)}, "its own report (code had bugs)"),
+    ("CLIP zero-shot image features, ViT-B/16", {"11k_dorsal_r": (71.42, 78.98)}, "HandCLIP prototype's report"),
+]
+
+SUBSETS = ["11k_dorsal_r", "11k_dorsal_l", "11k_palmar_r", "11k_palmar_l", "hd"]
+SUBSET_TITLES = {
+    "11k_dorsal_r": "11k dorsal right",
+    "11k_dorsal_l": "11k dorsal left",
+    "11k_palmar_r": "11k palmar right",
+    "11k_palmar_l": "11k palmar left",
+    "hd": "HD",
+}
+
+
+def benchmark_table(measured: list[tuple[str, dict[str, dict]]], include_quoted: bool = True) -> str:
+    """Paper-layout Markdown table: rows are methods, columns each subset's rank-1 and mAP.
+
+    ``measured`` holds (row label, {subset: {"rank1": {"mean", "std"}, "mAP": {...}}}) with metrics in [0, 1].
+    """
+    header = "| method | " + " | ".join(f"{SUBSET_TITLES[s]} R1 | {SUBSET_TITLES[s]} mAP" for s in SUBSETS) + " | source |"
+    rule = "|" + "---|" * (2 * len(SUBSETS) + 2)
+    lines = [header, rule]
+    for label, by_subset in measured:
+        cells = []
+        for subset in SUBSETS:
+            metrics = by_subset.get(subset)
+            for key in ("rank1", "mAP"):
+                if not metrics or key not in metrics:
+                    cells.append("–")
+                else:
+                    m = metrics[key]
+                    cells.append(f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " | measured here |")
+    if include_quoted:
+        for label, by_subset, source in QUOTED_RESULTS:
+            cells = []
+            for subset in SUBSETS:
+                r1_map = by_subset.get(subset)
+                cells.extend(["–", "–"] if r1_map is None else [f"{r1_map[0]:.2f}", f"{r1_map[1]:.2f}"])
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | quoted, not measured: {source} |")
+    return "\n".join(lines) + "\n"
