@@ -231,6 +231,14 @@ class TrainContext:
             self.run.write_status("running", stage=stage, epoch=epoch)
 
 
+def _dataset_workdir(config: Config) -> Path:
+    """Where generated datasets go: one folder per synthetic setting, so settings never mix images."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(config.data.synthetic.model_dump(mode="json"), sort_keys=True).encode())
+    return cache_root(config.data) / "datasets" / key.hexdigest()[:16]
+
+
 def _default_run_dir(config: Config) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path(config.output_dir) / f"{config.name}-{stamp}"
@@ -303,7 +311,7 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
         if resume is not None:
             manifest = Manifest.read(run_path / "manifest.csv")
         else:
-            manifest = prepare_from_config(config.data, cache_root(config.data) / "datasets")
+            manifest = prepare_from_config(config.data, _dataset_workdir(config))
         skipped_lines: list[str] = []
         usable, skipped = _scan(manifest.split("train") + manifest.split("val"), config, skipped_lines)
         if skipped:

@@ -10,34 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """'auto' -> the first CUDA device when present, else CPU; a clear error for unusable names."""
-    name = (name or "auto").strip()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"runtime.device: unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"runtime.device is '{name}' but no CUDA device is available")
-    return device
+from ..runtime import resolve_amp_dtype, resolve_device  # noqa: F401 - re-exported for the stages
 
 
 def amp_dtype(runtime_cfg, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 on CUDA when supported (fp16 otherwise); always off on CPU, where autocast is
-    slower than fp32 for these models and changes numerics (same rule as handclip.runtime)."""
-    mode = runtime_cfg.amp
-    if mode == "off" or device.type != "cuda":
-        return None
-    if mode == "fp16":
-        return torch.float16
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    """Autocast dtype of ``runtime.amp`` on ``device`` (bf16 on CUDA when supported; off on CPU)."""
+    return resolve_amp_dtype(device, runtime_cfg.amp)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

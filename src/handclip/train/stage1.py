@@ -23,13 +23,8 @@ from ..optim import build_stage1_optimizer
 from .runtime import amp_dtype, autocast, cache_root, logit_scale_of, restore_rng_if_resuming
 
 
-def freeze_all_but_prompts(model) -> list[torch.nn.Parameter]:
-    for param in model.parameters():
-        param.requires_grad_(False)
-    params = list(model.prompt_learner.parameters())
-    for param in params:
-        param.requires_grad_(True)
-    return params
+def freeze_all_but_prompts(model) -> None:
+    model.freeze_all_but_prompt()
 
 
 def _tensor_digest(module: torch.nn.Module) -> str:
@@ -56,7 +51,7 @@ def feature_cache_key(model, data_cfg, records) -> str:
 
 
 @torch.inference_mode()
-def encode_training_images(model, records, label_map, data_cfg, eval_cfg, device, progress=False):
+def encode_training_images(model, records, label_map, data_cfg, eval_cfg, device, dtype=None, progress=False):
     """Projected image features (float32, on CPU) and contiguous labels for ``records``, in order."""
     from ..data.loaders import build_eval_loader
 
@@ -72,19 +67,13 @@ def encode_training_images(model, records, label_map, data_cfg, eval_cfg, device
     try:
         for batch in iterator:
             images, index = batch[0], batch[2]
-            with autocast(device, amp_dtype_for_eval(device)):
+            with autocast(device, dtype):
                 out = model(images.to(device, non_blocking=True))
             feats.append(out.image_proj.float().cpu())
             labels.append(torch.tensor([label_map[records[int(i)].pid] for i in index], dtype=torch.long))
     finally:
         model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
-
-
-def amp_dtype_for_eval(device):
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def cached_training_features(ctx):
@@ -105,7 +94,7 @@ def cached_training_features(ctx):
                 pass
     start = time.perf_counter()
     feats, labels = encode_training_images(ctx.model, records, ctx.label_map, cfg.data, cfg.eval, ctx.device,
-                                           progress=ctx.progress)
+                                           amp_dtype(cfg.runtime, ctx.device), progress=ctx.progress)
     ctx.log(f"stage 1: encoded {len(records)} training images in {time.perf_counter() - start:.1f}s")
     if path is not None and ctx.is_main:
         buffer = io.BytesIO()

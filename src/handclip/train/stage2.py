@@ -24,68 +24,19 @@ import inspect
 import time
 
 import torch
-import torch.nn as nn
 
 from ..losses import (CenterLoss, CrossEntropyLabelSmooth, SupConLoss, TripletLoss, i2t_cross_entropy,
                       prompt_l2, text_id_logits)
 from ..optim import build_stage2_optimizer
 from .runtime import amp_dtype, autocast, logit_scale_of, make_scaler, restore_rng_if_resuming, use_channels_last
 
-_ENCODER_PREFIXES = ("image_encoder.", "text_encoder.", "prompt_learner.")
-
-
-def _blocks_of(encoder: nn.Module) -> list[nn.Module]:
-    """The image encoder's residual blocks in forward order (ViT resblocks or ResNet bottlenecks)."""
-    lists = [m for name, m in encoder.named_modules() if isinstance(m, nn.ModuleList) and name.endswith("resblocks")]
-    if lists:
-        return list(max(lists, key=len))
-    blocks = []
-    for layer in ("layer1", "layer2", "layer3", "layer4"):
-        found = [m for name, m in encoder.named_modules() if name.split(".")[-1] == layer]
-        if found:
-            blocks.extend(list(found[0].children()))
-    return blocks
-
-
-def set_image_encoder_trainable(encoder: nn.Module, last_n: int | None) -> None:
-    """All of the image encoder, or only its last N blocks and what follows them (final norm, projection, pooling)."""
-    for param in encoder.parameters():
-        param.requires_grad_(last_n is None)
-    if last_n is None:
-        return
-    blocks = _blocks_of(encoder)
-    if not blocks:
-        raise ValueError("model.unfreeze_last_n: cannot find the blocks of this image encoder")
-    keep = blocks[len(blocks) - last_n:] if last_n else []
-    for block in keep:
-        for param in block.parameters():
-            param.requires_grad_(True)
-    # Everything registered after the last block (ln_post, proj, attnpool) is downstream of it.
-    block_params = {id(p) for b in blocks for p in b.parameters()}
-    seen_last_block = False
-    last_block_ids = {id(p) for p in blocks[-1].parameters()}
-    for name, param in encoder.named_parameters():
-        if id(param) in last_block_ids:
-            seen_last_block = True
-            continue
-        if seen_last_block and id(param) not in block_params:
-            param.requires_grad_(True)
-
-
-def head_parameters(model) -> list[tuple[str, nn.Parameter]]:
-    return [(name, p) for name, p in model.named_parameters()
-            if not name.startswith(_ENCODER_PREFIXES) and "logit_scale" not in name and "logit_bias" not in name]
-
-
 def configure_stage2_trainable(model, model_cfg, stage2_cfg, joint: bool) -> None:
+    """Image encoder (all, or its last N blocks + output layers) and heads train; text encoder frozen;
+    prompts train only in a joint run or with ``stage2.freeze_prompt: false``."""
     for param in model.parameters():
         param.requires_grad_(False)
-    set_image_encoder_trainable(model.image_encoder, model_cfg.unfreeze_last_n)
-    for _, param in head_parameters(model):
-        param.requires_grad_(True)
-    if joint or not stage2_cfg.freeze_prompt:
-        for param in model.prompt_learner.parameters():
-            param.requires_grad_(True)
+    model.set_stage2_trainable(freeze_prompt=not (joint or not stage2_cfg.freeze_prompt),
+                               unfreeze_last_n=model_cfg.unfreeze_last_n)
 
 
 class Stage2Trainer:
