@@ -37,6 +37,12 @@ def configure_stage2_trainable(model, model_cfg, stage2_cfg, joint: bool) -> Non
         param.requires_grad_(False)
     model.set_stage2_trainable(freeze_prompt=not (joint or not stage2_cfg.freeze_prompt),
                                unfreeze_last_n=model_cfg.unfreeze_last_n)
+    if model_cfg.id_head == "text":
+        # No loss reads the BNNeck outputs then (ID logits come from image_proj @ text.T): keep its
+        # affine weights out of the optimizer rather than "train" them with a zero gradient.
+        for module in (model.bottleneck, model.bottleneck_proj):
+            for param in module.parameters():
+                param.requires_grad_(False)
 
 
 class Stage2Trainer:
