@@ -1,0 +1,738 @@
+"""A gallery of enrolled hand embeddings on disk, searched with FAISS.
+
+An examiner enrols known people's hand photos once and searches the gallery with query photos for
+years, so the gallery must grow without being rebuilt and must survive crashes. Layout of a gallery
+directory::
+
+    gallery.json          format version, feature dim, model fingerprint, checkpoint path (written once)
+    commit.json           the list of committed shards: the single source of truth
+    shards/000007.npy     float32 [rows, dim] L2-normalised embeddings of one enrolment batch
+    shards/000007.jsonl   one line per row: {"path", "identity", "sha256"}
+    ann/hnsw.faiss|.json  cached approximate index (derived data, rebuilt or extended when stale)
+    .lock                 held by the one process that writes
+
+Crash safety: every file is written through ``handclip.atomic`` (temporary file, fsync, rename).
+A batch first writes its two shard files, then replaces ``commit.json``; until that rename the new
+shard files are unreferenced and ignored (and deleted by the next writer). A process killed at any
+moment therefore leaves the gallery as of the last commit: at most the batch in flight is lost.
+Rows are only ever appended, never reordered, which keeps cached approximate indexes valid for the
+prefix they cover.
+
+Scores are cosine similarities (inner products of L2-normalised vectors). Searching ``by='identity'``
+ranks people by the best score over their enrolled images (max aggregation: one good photo of the
+right hand is the evidence an examiner looks for; averaging would penalise people enrolled with
+many poor photos).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+
+from .atomic import atomic_open, atomic_write_json, atomic_write_text, sha256_file
+from .errors import IndexError_
+
+FORMAT_NAME = "handclip-gallery"
+FORMAT_VERSION = 1
+GALLERY_FILE = "gallery.json"
+COMMIT_FILE = "commit.json"
+SHARD_DIR = "shards"
+ANN_DIR = "ann"
+LOCK_FILE = ".lock"
+
+# Above this many vectors, index_type='auto' switches from exact search to HNSW.
+AUTO_APPROX_THRESHOLD = 200_000
+# Size-tiered compaction: when the newest COMPACT_FANOUT shards share a level they are merged into
+# one shard of the next level, so a gallery enrolled 64 images at a time keeps O(16 log16 N) files
+# and every row is rewritten only O(log16 N) times. Shards stop growing at MAX_SHARD_ROWS.
+COMPACT_FANOUT = 16
+MAX_SHARD_ROWS = 1 << 20
+NORM_TOLERANCE = 1e-3
+# Fingerprint keys that describe where a model lives, not what it computes.
+FINGERPRINT_IGNORED = frozenset({"checkpoint_path", "path", "created"})
+# Testing hook: seconds to sleep between writing a batch's shard files and committing it, so a test
+# can SIGKILL an enrolment inside the critical window.
+COMMIT_DELAY_ENV = "HANDCLIP_GALLERY_COMMIT_DELAY"
+
+IndexType = Literal["auto", "flat", "hnsw", "ivf"]
+SearchBy = Literal["image", "identity"]
+
+
+@dataclass
+class HNSWParams:
+    M: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+
+
+@dataclass
+class IVFParams:
+    nlist: int | None = None  # default: 4 * sqrt(N), between 16 and 16384
+    nprobe: int = 32
+    train_size: int = 100_000  # training sample (k-means cost grows with nlist * train_size)
+
+
+@dataclass
+class Candidate:
+    """One ranked answer for a query.
+
+    ``score`` is a cosine similarity. For ``by='image'`` a candidate is one enrolled image. For
+    ``by='identity'`` it is one person: ``score`` is the best score over all of that person's
+    enrolled images, ``path`` the image that achieved it, ``images`` all of their images best first
+    (``(path, score)``), ``num_images`` how many they have enrolled and ``matched`` how many of them are
+    among the query's ``top_k`` image-level hits.
+    """
+
+    rank: int
+    identity: str
+    score: float
+    path: str
+    num_images: int
+    matched: int
+    images: list[tuple[str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["images"] = [{"path": p, "score": s} for p, s in self.images]
+        return out
+
+
+@dataclass(frozen=True)
+class _Shard:
+    name: str
+    rows: int
+    level: int
+    vectors_sha256: str
+    meta_sha256: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _describe(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:21] + "...'"
+
+
+def fingerprint_differences(expected: dict, actual: dict) -> list[str]:
+    """The fields on which two model fingerprints differ, as ``key: gallery vs model`` strings."""
+    keys = sorted((set(expected) | set(actual)) - FINGERPRINT_IGNORED)
+    return [f"{key} {_describe(expected.get(key))} vs {_describe(actual.get(key))}"
+            for key in keys if expected.get(key) != actual.get(key)]
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IndexError_(f"{what} {path} is missing; the gallery is incomplete or not a HandCLIP gallery") from None
+    except OSError as exc:
+        raise IndexError_(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IndexError_(f"{what} {path} is corrupt or truncated (not valid JSON)") from None
+    if not isinstance(data, dict):
+        raise IndexError_(f"{what} {path} is corrupt (expected a JSON object)")
+    return data
+
+
+def _omp_threads(threads: int | None) -> int:
+    if threads:
+        return int(threads)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class Gallery:
+    """Enrolled embeddings plus their image paths, identities and file hashes.
+
+    Create with :meth:`create`, reopen with :meth:`open` (any number of readers; one writer at a
+    time, enforced by a lock file held during each :meth:`add`).
+    """
+
+    def __init__(self, index_dir: Path, info: dict, *, threads: int | None = None,
+                 verify: bool = True):
+        self.index_dir = Path(index_dir)
+        self._info = info
+        self.dim = int(info["dim"])
+        self.threads = threads
+        self.verify = verify
+        self.hnsw_params = HNSWParams()
+        self.ivf_params = IVFParams()
+        self._reset_state()
+        self._load_commit()
+
+    # ------------------------------------------------------------------ opening and creating
+    @classmethod
+    def create(cls, index_dir: str | os.PathLike, fingerprint: dict, dim: int, *,
+               checkpoint: str | None = None, **kwargs) -> "Gallery":
+        """Make a new, empty gallery in ``index_dir`` (created if needed; must not hold a gallery)."""
+        index_dir = Path(index_dir)
+        if (index_dir / GALLERY_FILE).exists():
+            raise IndexError_(f"{index_dir} already holds a gallery; open it with Gallery.open to add images")
+        if int(dim) < 1:
+            raise IndexError_(f"gallery feature dimension must be positive, got {dim}")
+        fp_dim = fingerprint.get("feature_dim")
+        if fp_dim is not None and int(fp_dim) != int(dim):
+            raise IndexError_(f"fingerprint feature_dim {fp_dim} does not match the gallery dimension {dim}")
+        index_dir.mkdir(parents=True, exist_ok=True)
+        (index_dir / SHARD_DIR).mkdir(exist_ok=True)
+        uid = uuid.uuid4().hex
+        # commit.json first, gallery.json last: gallery.json's presence marks a complete gallery.
+        atomic_write_json(index_dir / COMMIT_FILE, {"uid": uid, "generation": 0, "rows": 0,
+                                                    "next_shard": 0, "shards": []})
+        info = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uid": uid, "dim": int(dim),
+                "fingerprint": dict(fingerprint), "checkpoint": checkpoint,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        atomic_write_json(index_dir / GALLERY_FILE, info)
+        return cls(index_dir, info, **kwargs)
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, **kwargs) -> "Gallery":
+        """Open an existing gallery; a missing, foreign or corrupt one raises IndexError_ naming the file."""
+        index_dir = Path(index_dir)
+        if not index_dir.is_dir():
+            raise IndexError_(f"gallery directory {index_dir} does not exist; enrol images first")
+        info = _read_json(index_dir / GALLERY_FILE, "gallery file")
+        if info.get("format") != FORMAT_NAME:
+            raise IndexError_(f"{index_dir / GALLERY_FILE} is not a HandCLIP gallery file")
+        if info.get("version") != FORMAT_VERSION:
+            raise IndexError_(f"{index_dir / GALLERY_FILE} has gallery format version {info.get('version')}, "
+                              f"this HandCLIP reads version {FORMAT_VERSION}")
+        if not isinstance(info.get("dim"), int) or not isinstance(info.get("fingerprint"), dict):
+            raise IndexError_(f"{index_dir / GALLERY_FILE} is corrupt (missing dim or fingerprint)")
+        return cls(index_dir, info, **kwargs)
+
+    @classmethod
+    def open_or_create(cls, index_dir: str | os.PathLike, fingerprint: dict, dim: int, *,
+                       checkpoint: str | None = None, **kwargs) -> "Gallery":
+        """Open the gallery if ``index_dir`` holds one (refusing another model), else create it."""
+        if (Path(index_dir) / GALLERY_FILE).exists():
+            gallery = cls.open(index_dir, **kwargs)
+            gallery.check_model(fingerprint, dim)
+            if checkpoint and gallery.checkpoint != checkpoint:
+                gallery.set_checkpoint(checkpoint)
+            return gallery
+        return cls.create(index_dir, fingerprint, dim, checkpoint=checkpoint, **kwargs)
+
+    # ------------------------------------------------------------------ read-only properties
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self._info["fingerprint"])
+
+    @property
+    def checkpoint(self) -> str | None:
+        return self._info.get("checkpoint")
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __repr__(self) -> str:
+        return f"Gallery({str(self.index_dir)!r}, images={len(self)}, identities={len(self._rows_by_identity)})"
+
+    def identities(self) -> list[str]:
+        """Enrolled identities, sorted."""
+        return sorted(self._rows_by_identity)
+
+    def images_of(self, identity: str) -> list[str]:
+        return [self._paths[r] for r in self._rows_by_identity.get(str(identity), [])]
+
+    def contains(self, file_hash: str) -> bool:
+        """Whether an image with this SHA-256 (of the file's bytes) is already enrolled."""
+        return file_hash in self._row_by_hash
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self._paths)
+
+    def check_model(self, fingerprint: dict, dim: int | None = None) -> None:
+        """Refuse a model whose fingerprint differs from the one the gallery was enrolled with."""
+        differences = fingerprint_differences(self._info["fingerprint"], fingerprint)
+        if dim is not None and int(dim) != self.dim:
+            differences.insert(0, f"dim {self.dim} vs {dim}")
+        if differences:
+            raise IndexError_(
+                f"gallery {self.index_dir} was enrolled with a different model "
+                f"(gallery vs this model: {'; '.join(differences)}); use the gallery's checkpoint "
+                f"or enrol into a new gallery")
+
+    def set_checkpoint(self, checkpoint: str) -> None:
+        """Record the checkpoint path so ``handclip search`` can find the model by itself."""
+        with self._write_lock():
+            self._info["checkpoint"] = str(checkpoint)
+            atomic_write_json(self.index_dir / GALLERY_FILE, self._info)
+
+    # ------------------------------------------------------------------ loading committed state
+    def _reset_state(self) -> None:
+        self._generation = -1
+        self._shards: list[_Shard] = []
+        self._paths: list[str] = []
+        self._identities: list[str] = []
+        self._hashes: list[str] = []
+        self._row_by_hash: dict[str, int] = {}
+        self._rows_by_identity: dict[str, list[int]] = {}
+        self._flat = None  # in-memory faiss.IndexFlatIP over all rows, built lazily
+        self._ann: dict[str, object] = {}
+
+    def _load_commit(self) -> None:
+        path = self.index_dir / COMMIT_FILE
+        commit = _read_json(path, "gallery commit file")
+        try:
+            uid = commit["uid"]
+            generation = int(commit["generation"])
+            shards = [_Shard(str(s["name"]), int(s["rows"]), int(s["level"]), str(s["vectors_sha256"]),
+                             str(s["meta_sha256"])) for s in commit["shards"]]
+            total = int(commit["rows"])
+            int(commit["next_shard"])
+        except (KeyError, TypeError, ValueError):
+            raise IndexError_(f"gallery commit file {path} is corrupt (missing or malformed fields)") from None
+        if uid != self._info["uid"]:
+            raise IndexError_(f"gallery commit file {path} belongs to another gallery (uid mismatch with {GALLERY_FILE})")
+        if sum(s.rows for s in shards) != total:
+            raise IndexError_(f"gallery commit file {path} is corrupt (row counts do not add up)")
+        if generation == self._generation:
+            return
+        self._reset_state()
+        self._commit = commit
+        self._generation = generation
+        self._shards = shards
+        for shard in shards:
+            self._load_metadata(shard)
+            self._check_vectors_file(shard)
+
+    def _shard_path(self, name: str, suffix: str) -> Path:
+        return self.index_dir / SHARD_DIR / f"{name}{suffix}"
+
+    def _load_metadata(self, shard: _Shard) -> None:
+        path = self._shard_path(shard.name, ".jsonl")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise IndexError_(f"gallery metadata file {path} is missing (listed in {COMMIT_FILE})") from None
+        if hashlib.sha256(data).hexdigest() != shard.meta_sha256:
+            raise IndexError_(f"gallery metadata file {path} is corrupt or truncated (SHA-256 mismatch)")
+        lines = data.decode("utf-8").splitlines()
+        if len(lines) != shard.rows:
+            raise IndexError_(f"gallery metadata file {path} has {len(lines)} rows, expected {shard.rows}")
+        for line in lines:
+            entry = json.loads(line)
+            self._append_row(entry["path"], entry["identity"], entry["sha256"])
+
+    def _append_row(self, path: str, identity: str, file_hash: str) -> None:
+        row = len(self._paths)
+        self._paths.append(path)
+        self._identities.append(identity)
+        self._hashes.append(file_hash)
+        self._row_by_hash.setdefault(file_hash, row)
+        self._rows_by_identity.setdefault(identity, []).append(row)
+
+    def _check_vectors_file(self, shard: _Shard) -> None:
+        """Cheap structural check at open (header + size); the full SHA-256 runs when vectors load."""
+        self._open_vectors(shard)
+
+    def _open_vectors(self, shard: _Shard) -> np.ndarray:
+        path = self._shard_path(shard.name, ".npy")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise IndexError_(f"gallery vectors file {path} is missing (listed in {COMMIT_FILE})") from None
+        except (ValueError, OSError, EOFError):
+            raise IndexError_(f"gallery vectors file {path} is corrupt or truncated") from None
+        if array.dtype != np.float32 or array.shape != (shard.rows, self.dim):
+            raise IndexError_(f"gallery vectors file {path} holds {array.dtype} {array.shape}, "
+                              f"expected float32 ({shard.rows}, {self.dim})")
+        return array
+
+    def _iter_vectors(self, start_row: int = 0, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
+        """Yield committed vectors from ``start_row`` on, in chunks, verifying each shard's SHA-256."""
+        offset = 0
+        for shard in self._shards:
+            end = offset + shard.rows
+            if end > start_row:
+                if self.verify:
+                    path = self._shard_path(shard.name, ".npy")
+                    if sha256_file(path) != shard.vectors_sha256:
+                        raise IndexError_(f"gallery vectors file {path} is corrupt (SHA-256 mismatch)")
+                array = self._open_vectors(shard)
+                for lo in range(max(0, start_row - offset), shard.rows, chunk_rows):
+                    yield np.ascontiguousarray(array[lo:lo + chunk_rows])
+            offset = end
+
+    def vectors(self) -> np.ndarray:
+        """All enrolled embeddings as one float32 array (a copy; mind memory for huge galleries)."""
+        if not self._paths:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(list(self._iter_vectors()))
+
+    def refresh(self) -> None:
+        """Pick up batches other processes committed since this gallery was opened."""
+        self._load_commit()
+
+    # ------------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        import fcntl
+
+        lock_path = self.index_dir / LOCK_FILE
+        try:
+            handle = open(lock_path, "a+")
+        except OSError as exc:
+            raise IndexError_(f"cannot write to gallery {self.index_dir}: {exc.strerror}") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise IndexError_(f"gallery {self.index_dir} is being written by another process "
+                                      f"(lock {lock_path} is held)") from None
+                raise
+            try:
+                self._load_commit()
+                self._remove_orphans()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _remove_orphans(self) -> None:
+        """Delete shard files a killed writer left behind (never referenced by commit.json)."""
+        live = {s.name for s in self._shards}
+        for path in self.index_dir.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+        for path in (self.index_dir / SHARD_DIR).glob("*"):
+            stem = path.name.split(".")[0] if not path.name.startswith(".") else None
+            if stem is None and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)  # temporary file of an interrupted atomic write
+            elif stem is not None and path.suffix in (".npy", ".jsonl") and stem not in live:
+                path.unlink(missing_ok=True)
+
+    def add(self, embeddings: np.ndarray, paths: Sequence[str], identities: Sequence[str],
+            file_hashes: Sequence[str]) -> int:
+        """Append one batch and commit it; returns how many rows were added.
+
+        Rows whose file hash is already enrolled (or repeated within the batch) are skipped, so
+        re-enrolling the same file content never duplicates it. The batch is durable once this
+        returns; if the process dies earlier the gallery is exactly as before the call.
+        """
+        embeddings = self._check_embeddings(embeddings, len(paths), "embeddings")
+        if not (len(paths) == len(identities) == len(file_hashes)):
+            raise IndexError_(f"add() needs one path, identity and file hash per embedding, got "
+                              f"{len(paths)}, {len(identities)}, {len(file_hashes)} for {len(embeddings)} rows")
+        with self._write_lock():
+            keep, seen = [], set()
+            for i, file_hash in enumerate(file_hashes):
+                if file_hash not in self._row_by_hash and file_hash not in seen:
+                    seen.add(file_hash)
+                    keep.append(i)
+            if not keep:
+                return 0
+            vectors = np.ascontiguousarray(embeddings[keep])
+            entries = [{"path": str(paths[i]), "identity": str(identities[i]), "sha256": str(file_hashes[i])}
+                       for i in keep]
+            start = len(self)
+            shard = self._write_shard(vectors, entries, level=0)
+            self._delay_for_tests()
+            self._commit_shards(self._shards + [shard])
+            for entry in entries:
+                self._append_row(entry["path"], entry["identity"], entry["sha256"])
+            if self._flat is not None and self._flat.ntotal == start:
+                self._flat.add(vectors)
+            else:
+                self._flat = None
+            self._compact()
+        return len(keep)
+
+    def _check_embeddings(self, embeddings, rows: int | None, what: str) -> np.ndarray:
+        array = np.asarray(embeddings)
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise IndexError_(f"{what} must have shape [N, {self.dim}], got {list(array.shape)}")
+        if rows is not None and array.shape[0] != rows:
+            raise IndexError_(f"{what} has {array.shape[0]} rows but {rows} paths were given")
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise IndexError_(f"{what} contain NaN or infinite values")
+        if len(array):
+            norms = np.linalg.norm(array, axis=1)
+            if np.abs(norms - 1).max() > NORM_TOLERANCE:
+                raise IndexError_(f"{what} must be L2-normalised (row norms range {norms.min():.4f}..{norms.max():.4f})")
+        return array
+
+    @staticmethod
+    def _delay_for_tests() -> None:
+        delay = os.environ.get(COMMIT_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
+
+    def _next_shard_name(self) -> str:
+        number = int(self._commit["next_shard"])
+        self._commit["next_shard"] = number + 1
+        return f"{number:06d}"
+
+    def _write_shard(self, vectors: np.ndarray | Iterable[np.ndarray], entries: list[dict], level: int,
+                     rows: int | None = None) -> _Shard:
+        """Write a shard's vectors (streamed, so merges never hold everything in memory) and metadata."""
+        name = self._next_shard_name()
+        chunks = [vectors] if isinstance(vectors, np.ndarray) else vectors
+        rows = len(entries) if rows is None else rows
+        digest = hashlib.sha256()
+        with atomic_open(self._shard_path(name, ".npy"), "wb") as handle:
+            header = _HashingWriter(handle, digest)
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                         "fortran_order": False, "shape": (rows, self.dim)})
+            written = 0
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+                header.write(chunk.data)
+                written += len(chunk)
+            if written != rows:
+                raise RuntimeError(f"shard {name}: wrote {written} rows, expected {rows}")
+        meta = "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in entries)
+        atomic_write_text(self._shard_path(name, ".jsonl"), meta)
+        return _Shard(name, rows, level, digest.hexdigest(), hashlib.sha256(meta.encode("utf-8")).hexdigest())
+
+    def _commit_shards(self, shards: list[_Shard]) -> None:
+        commit = {"uid": self._info["uid"], "generation": self._generation + 1,
+                  "rows": sum(s.rows for s in shards), "next_shard": self._commit["next_shard"],
+                  "shards": [s.as_dict() for s in shards]}
+        atomic_write_json(self.index_dir / COMMIT_FILE, commit)  # the commit point
+        self._commit = commit
+        self._generation = commit["generation"]
+        self._shards = shards
+
+    def _compact(self) -> None:
+        while len(self._shards) >= COMPACT_FANOUT:
+            tail = self._shards[-COMPACT_FANOUT:]
+            level = tail[0].level
+            rows = sum(s.rows for s in tail)
+            if any(s.level != level for s in tail) or rows > MAX_SHARD_ROWS:
+                return
+            self._merge(len(self._shards) - COMPACT_FANOUT, level + 1)
+
+    def compact(self) -> None:
+        """Merge every shard into one file (enrolment already merges small shards as it goes)."""
+        with self._write_lock():
+            self._merge(0)
+
+    def _merge(self, first: int, level: int | None = None) -> None:
+        """Merge shards ``first..`` into one: write the new shard, commit, then delete the old files.
+
+        A kill before the commit leaves orphans that the next writer deletes; a kill after it leaves
+        old files no commit refers to, deleted the same way.
+        """
+        merged = self._shards[first:]
+        if len(merged) < 2:
+            return
+        start_row = sum(s.rows for s in self._shards[:first])
+        rows = sum(s.rows for s in merged)
+        entries = [{"path": self._paths[r], "identity": self._identities[r], "sha256": self._hashes[r]}
+                   for r in range(start_row, start_row + rows)]
+        level = max(s.level for s in merged) + 1 if level is None else level
+        shard = self._write_shard(self._iter_vectors(start_row), entries, level, rows=rows)
+        self._commit_shards(self._shards[:first] + [shard])
+        for old in merged:
+            self._shard_path(old.name, ".npy").unlink(missing_ok=True)
+            self._shard_path(old.name, ".jsonl").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ search
+    def _faiss(self):
+        import faiss
+
+        faiss.omp_set_num_threads(_omp_threads(self.threads))
+        return faiss
+
+    def resolve_index_type(self, index_type: IndexType = "auto") -> str:
+        if index_type not in ("auto", "flat", "hnsw", "ivf"):
+            raise IndexError_(f"unknown index type '{index_type}' (choose auto, flat, hnsw or ivf)")
+        if index_type == "auto":
+            return "hnsw" if len(self) > AUTO_APPROX_THRESHOLD else "flat"
+        return index_type
+
+    def flat_index(self):
+        """Exact inner-product index over every committed row (built once per process)."""
+        faiss = self._faiss()
+        if self._flat is None or self._flat.ntotal != len(self):
+            index = faiss.IndexFlatIP(self.dim)
+            for chunk in self._iter_vectors():
+                index.add(chunk)
+            self._flat = index
+        return self._flat
+
+    def ann_index(self, index_type: str):
+        """The approximate index, loaded from its on-disk cache, extended, or built, as needed."""
+        faiss = self._faiss()
+        params = asdict(self.hnsw_params if index_type == "hnsw" else self.ivf_params)
+        build_params = {k: v for k, v in params.items() if k not in ("ef_search", "nprobe")}
+        index = self._ann.get(index_type)
+        if index is None:
+            index = self._load_ann_cache(index_type, build_params)
+        if index is not None and index_type == "ivf" and len(self) > 2 * index.ntotal:
+            index = None  # grown too much since the k-means training: retrain on the current data
+        if index is None:
+            index = self._new_ann(index_type, build_params)
+        if index.ntotal < len(self):
+            for chunk in self._iter_vectors(start_row=index.ntotal):
+                index.add(chunk)
+            self._save_ann_cache(index_type, index, build_params)
+        if index_type == "hnsw":
+            index.hnsw.efSearch = int(self.hnsw_params.ef_search)
+        else:
+            index.nprobe = int(self.ivf_params.nprobe)
+        self._ann[index_type] = index
+        return index
+
+    def _new_ann(self, index_type: str, build: dict):
+        faiss = self._faiss()
+        if index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, int(build["M"]), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = int(build["ef_construction"])
+            return index
+        nlist = build["nlist"] or int(np.clip(4 * np.sqrt(len(self)), 16, 16384))
+        nlist = max(1, min(nlist, len(self) // 39))  # k-means wants >= 39 points per centroid
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.make_direct_map()  # lets reconstruct() fetch rows for by-identity rescoring
+        sample_rows = min(len(self), max(int(build["train_size"]), nlist * 4))
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(len(self), size=sample_rows, replace=False))
+        index.train(self._gather_rows(rows))
+        return index  # faiss's Python wrapper keeps the quantizer alive with the index
+
+    def _gather_rows(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.dim), np.float32)
+        offset = 0
+        for shard in self._shards:
+            mask = (rows >= offset) & (rows < offset + shard.rows)
+            if mask.any():
+                out[mask] = self._open_vectors(shard)[rows[mask] - offset]
+            offset += shard.rows
+        return out
+
+    def _ann_paths(self, index_type: str) -> tuple[Path, Path]:
+        base = self.index_dir / ANN_DIR
+        return base / f"{index_type}.faiss", base / f"{index_type}.json"
+
+    def _load_ann_cache(self, index_type: str, build: dict):
+        faiss = self._faiss()
+        index_path, meta_path = self._ann_paths(index_type)
+        if not index_path.exists() or not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if (meta.get("uid") != self._info["uid"] or meta.get("params") != build
+                or not isinstance(meta.get("rows"), int) or meta["rows"] > len(self)):
+            return None
+        if self.verify and sha256_file(index_path) != meta.get("sha256"):
+            return None  # derived data: a damaged cache is rebuilt, never trusted
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError:
+            return None
+        if index.ntotal != meta["rows"] or index.d != self.dim:
+            return None
+        return index
+
+    def _save_ann_cache(self, index_type: str, index, build: dict) -> None:
+        faiss = self._faiss()
+        index_path, meta_path = self._ann_paths(index_type)
+        digest = hashlib.sha256()
+        try:
+            with atomic_open(index_path, "wb") as handle:
+                writer = _HashingWriter(handle, digest)
+                faiss.write_index(index, faiss.PyCallbackIOWriter(writer.write))
+            atomic_write_json(meta_path, {"uid": self._info["uid"], "rows": int(index.ntotal),
+                                          "params": build, "sha256": digest.hexdigest()})
+        except OSError:
+            pass  # a read-only gallery still searches; it just rebuilds the index next time
+
+    def search(self, queries: np.ndarray, top_k: int = 10, by: SearchBy = "identity",
+               index_type: IndexType = "auto") -> list[list[Candidate]]:
+        """Rank the gallery for each query embedding; one candidate list per query, best first."""
+        if by not in ("image", "identity"):
+            raise IndexError_(f"search by '{by}' is not supported (choose image or identity)")
+        if len(self) == 0:
+            raise IndexError_(f"gallery {self.index_dir} is empty; enrol images before searching")
+        if int(top_k) < 1:
+            raise IndexError_(f"top_k must be at least 1, got {top_k}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise IndexError_(f"query embeddings must have shape [M, {self.dim}], got {list(queries.shape)}")
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        if not np.isfinite(queries).all() or (norms == 0).any():
+            raise IndexError_("query embeddings contain NaN, infinite or all-zero rows")
+        queries = np.ascontiguousarray(queries / norms)
+        kind = self.resolve_index_type(index_type)
+        index = self.flat_index() if kind == "flat" else self.ann_index(kind)
+        top_k = int(top_k)
+        if by == "image":
+            scores, rows = index.search(queries, min(top_k, len(self)))
+            return [self._image_candidates(s, r) for s, r in zip(scores, rows)]
+        depth = min(len(self), 4 * top_k)
+        _, rows = index.search(queries, depth)
+        return [self._identity_candidates(index, q, r, top_k) for q, r in zip(queries, rows)]
+
+    def _image_candidates(self, scores: np.ndarray, rows: np.ndarray) -> list[Candidate]:
+        out = []
+        for score, row in zip(scores, rows):
+            if row < 0:
+                continue  # approximate indexes may return fewer than k hits
+            identity = self._identities[row]
+            out.append(Candidate(len(out) + 1, identity, float(score), self._paths[row],
+                                 len(self._rows_by_identity[identity]), 1, [(self._paths[row], float(score))]))
+        return out
+
+    def _identity_candidates(self, index, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
+        n, wanted = len(self), min(top_k, len(self._rows_by_identity))
+        depth = len(rows)
+        while True:  # deepen this query's image search until top_k distinct identities appear
+            rows = rows[rows >= 0]
+            found = list(dict.fromkeys(self._identities[r] for r in rows))
+            if len(found) >= wanted or depth >= n:
+                break
+            depth = min(n, depth * 4)
+            rows = index.search(query[None], depth)[1][0]
+        top_image_rows = rows[:top_k]
+        out = []
+        for identity in found[:2 * top_k]:
+            # Exact scores for every image of this person: max aggregation stays exact even when
+            # the approximate index missed their best image.
+            member_rows = self._rows_by_identity[identity]
+            member_scores = index.reconstruct_batch(np.asarray(member_rows, dtype=np.int64)) @ query
+            order = np.argsort(-member_scores, kind="stable")
+            images = [(self._paths[member_rows[i]], float(member_scores[i])) for i in order]
+            matched = int(sum(self._identities[r] == identity for r in top_image_rows))
+            out.append(Candidate(0, identity, images[0][1], images[0][0], len(member_rows), matched, images))
+        out.sort(key=lambda c: -c.score)
+        out = out[:top_k]
+        for rank, candidate in enumerate(out, 1):
+            candidate.rank = rank
+        return out
+
+
+class _HashingWriter:
+    """File-like wrapper that hashes everything written through it."""
+
+    def __init__(self, handle, digest):
+        self._handle = handle
+        self._digest = digest
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        self._handle.write(data)
+        return len(data) if not isinstance(data, memoryview) else data.nbytes
