@@ -98,7 +98,8 @@ def _as_distmat(distmat: Any) -> np.ndarray:
         raise MetricInputError(f"distmat must hold real numbers, got dtype {d.dtype}")
     if d.shape[0] == 0 or d.shape[1] == 0:
         raise MetricInputError(f"distmat is empty (shape {d.shape}): need at least one query and one gallery item")
-    d = np.ascontiguousarray(d, dtype=np.float64)
+    # float32 stays float32 (comparisons are exact in either precision; no 2x copy of a big matrix).
+    d = np.ascontiguousarray(d, dtype=np.float32 if d.dtype in (np.float16, np.float32) else np.float64)
     # min() propagates NaN, so the full NaN mask is only built when there is one to report.
     if np.isnan(d.min()):
         nan = np.isnan(d)
@@ -228,7 +229,8 @@ def evaluate_rank(
 ) -> RankResult:
     """CMC, mAP and mINP for a query x gallery distance matrix (see the module docstring).
 
-    ``distmat`` (numpy or torch, any real dtype; +/-inf allowed, NaN refused), ``q_pids``/``g_pids``
+    ``distmat`` (numpy or torch, any real dtype, compared in float32 if given as float32/float16,
+    else float64; +/-inf allowed, NaN refused), ``q_pids``/``g_pids``
     integer identities, optional ``q_camids``/``g_camids`` (both or neither). Raises
     :class:`MetricInputError` (a ``HandCLIPError`` and a ``ValueError``) for malformed inputs and when
     no query has a correct match in the gallery.
@@ -246,8 +248,9 @@ def evaluate_rank(
     pos = 0
     while pos < nq:
         # Size the block for its widest row (the last one, counts ascend), then shrink if needed.
-        end = min(nq, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[pos]]), 1))))
-        end = min(end, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[end - 1]]), 1))))
+        # (at least 4 per row so the gathered rows themselves stay within a few blocks' memory).
+        end = min(nq, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[pos]]), 4))))
+        end = min(end, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[end - 1]]), 4))))
         qi = by_count[pos:end]
         pos = end
         if int(count[qi].max()) == 0:
