@@ -284,3 +284,13 @@ def test_evaluate_rank_results_aggregate_end_to_end():
         runs.append(evaluate_rank(d, rng.integers(0, 4, 10), rng.integers(0, 4, 20)).as_dict())
     agg = aggregate_runs(runs)
     assert agg["mAP"]["mean"] == pytest.approx(np.mean([r["mAP"] for r in runs]))
+
+
+def test_differences_below_float32_resolution_stay_exact():
+    # the fast path counts in float32; values that collapse there must be recounted exactly
+    rng = np.random.default_rng(0)
+    distmat = 1.0 + rng.integers(0, 50, (20, 60)) * 1e-12
+    q_pids, g_pids = rng.integers(0, 5, 20), rng.integers(0, 5, 60)
+    assert_same(evaluate_rank(distmat, q_pids, g_pids), evaluate_rank_reference(distmat, q_pids, g_pids))
+    huge = np.array([[1e300, -1e300, 3e39, 0.5]])  # beyond float32 range
+    assert_same(evaluate_rank(huge, [1], [1, 2, 1, 1]), evaluate_rank_reference(huge, [1], [1, 2, 1, 1]))
