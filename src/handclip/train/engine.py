@@ -189,7 +189,10 @@ class TrainContext:
 
         metrics = None
         if self.is_main:
-            metrics = evaluate_validation(self.model, self.manifest, self.config.data, self.config.eval, self.device)
+            # RNG-neutral: how often one validates must not change the training run's random stream.
+            with torch.random.fork_rng(devices=[]):
+                metrics = evaluate_validation(self.model, self.manifest, self.config.data, self.config.eval,
+                                              self.device)
             metrics = {k: float(v) for k, v in metrics.items()}
         return ddp.broadcast_object(metrics, self.dist)
 

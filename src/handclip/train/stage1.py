@@ -119,8 +119,11 @@ def cached_training_features(ctx):
             except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
                 pass
     start = time.perf_counter()
-    feats, labels = encode_training_images(ctx.model, records, ctx.label_map, cfg.data, cfg.eval, ctx.device,
-                                           dtype, progress=ctx.progress)
+    # RNG-neutral (the eval loader draws a seed from the global generator), so a cache hit and a cache
+    # miss leave training on the same random stream.
+    with torch.random.fork_rng(devices=[]):
+        feats, labels = encode_training_images(ctx.model, records, ctx.label_map, cfg.data, cfg.eval, ctx.device,
+                                               dtype, progress=ctx.progress)
     ctx.log(f"stage 1: encoded {len(records)} training images in {time.perf_counter() - start:.1f}s")
     if path is not None and ctx.is_main:
         buffer = io.BytesIO()
