@@ -50,13 +50,15 @@ def measured_matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     (a @ b).sum().item()
+    # On CPU, per CPU-second of this process (like the CPU-time step figures); on a GPU, per wall second.
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     best = float("inf")
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         a @ b
         sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * n ** 3 / best
 
 
@@ -68,7 +70,7 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
             if key in name:
                 return value, f"{name} bf16 dense data-sheet peak"
         return measured_matmul_peak(device, torch.bfloat16), f"{name} measured bf16 8192^3 matmul"
-    return measured_matmul_peak(device, torch.float32), "this CPU's measured fp32 1024^3 matmul"
+    return measured_matmul_peak(device, torch.float32), "this CPU's fp32 1024^3 matmul, per CPU-second"
 
 
 def sync(device: torch.device) -> None:
@@ -124,49 +126,22 @@ def interleaved_timing(steppers: dict, rounds: int, steps_per_round: int, device
     """Seconds per step of each stepper, timed in alternating rounds so load from other users hits all alike.
 
     Each stepper is called ``steps_per_round`` times per round; the device is synchronised only at the
-    round's ends (a stepper that synchronises every step pays for it inside the round). Returns the
-    median over rounds.
+    round's ends (a stepper that synchronises every step pays for it inside the round). Returns
+    {name: (median wall seconds per step, median CPU seconds per step of this process)}: on a shared CPU
+    the CPU time is the fairer comparison, on a GPU the wall time is what counts.
     """
     times = {name: [] for name in steppers}
     for _ in range(rounds):
         for name, step in steppers.items():
             sync(device)
-            start = time.perf_counter()
+            cpu, wall = time.process_time(), time.perf_counter()
             for _ in range(steps_per_round):
                 step()
             sync(device)
-            times[name].append((time.perf_counter() - start) / steps_per_round)
-    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+            times[name].append(((time.perf_counter() - wall) / steps_per_round,
+                                (time.process_time() - cpu) / steps_per_round))
 
+    def median(values):
+        return sorted(values)[len(values) // 2]
 
-def synthetic_manifest(directory, train_ids: int, test_ids: int, images_per_id: int, image_size: int, runs: int = 1):
-    """Procedural hand images (handclip.data.synthetic) split into a manifest written under ``directory``."""
-    from pathlib import Path
-
-    from handclip.config import SyntheticConfig
-    from handclip.data.protocols import prepare_synthetic
-
-    directory = Path(directory)
-    manifest = prepare_synthetic(directory / "images", SyntheticConfig(
-        train_ids=train_ids, test_ids=test_ids, images_per_id=images_per_id, image_size=image_size), runs=runs, seed=0)
-    path = directory / "manifest.csv"
-    manifest.write(path)
-    return path
-
-
-def context_from_config(config, run_dir, device: torch.device):
-    """What ``handclip.train.engine.train`` builds before its stages (model, records, label map), with the
-    run folder in ``run_dir``."""
-    from handclip.data.manifest import Manifest
-    from handclip.model.handclip import build_model
-    from handclip.train import distributed as ddp
-    from handclip.train.engine import RunFolder, TrainContext, check_training_data
-    from handclip.train.runtime import seed_everything
-
-    seed_everything(config.seed)
-    manifest = Manifest.read(config.data.manifest)
-    records, label_map = check_training_data(manifest, config.stage2, False)
-    model = build_model(config.model, config.data, len(label_map)).to(device)
-    state = {"stage": None, "epoch": 0, "completed": [], "history": [], "best": None, "stages": ["stage1"]}
-    return TrainContext(config, manifest, records, label_map, model, device, RunFolder(run_dir), ddp.DistInfo(),
-                        state, progress=False)
+    return {name: (median([w for w, _ in v]), median([c for _, c in v])) for name, v in times.items()}

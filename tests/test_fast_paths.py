@@ -245,3 +245,30 @@ def test_fused_optimizer_switch_reaches_the_optimizer(tiny_manifest):
     auto = Stage2Trainer(make_context(base_config(tiny_manifest)))
     assert on.optimizers.main.defaults["fused"] is True  # CPU has a fused Adam kernel in this torch
     assert not auto.optimizers.main.defaults.get("fused")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stage2_step_never_waits_for_the_host(tiny_manifest):
+    """On a GPU the auto fast path (bf16, fused Adam) runs steps without a device->host sync."""
+    from handclip.train.stage2 import Stage2Trainer
+
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("fp16 needs a GradScaler, whose step reads the inf check on the host")
+    cfg = base_config(tiny_manifest, runtime={"device": "cuda"})
+    ctx = make_context(cfg)
+    ctx.model.cuda()
+    ctx.device = torch.device("cuda")
+    trainer = Stage2Trainer(ctx)
+    assert trainer.dtype is torch.bfloat16 and trainer.scaler is None
+    assert trainer.optimizers.main.defaults["fused"] is True
+    images = torch.randn(8, 3, 32, 32, device="cuda")
+    labels = torch.arange(4, device="cuda").repeat_interleave(2)
+    trainer.train_step(images, labels)  # first step: lazy optimizer state, cuBLAS handles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3):
+            trainer.train_step(images, labels, step=step + 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ctx.flush_finite_checks()
