@@ -145,3 +145,36 @@ def interleaved_timing(steppers: dict, rounds: int, steps_per_round: int, device
         return sorted(values)[len(values) // 2]
 
     return {name: (median([w for w, _ in v]), median([c for _, c in v])) for name, v in times.items()}
+
+
+def synthetic_manifest(directory, train_ids: int, test_ids: int, images_per_id: int, image_size: int, runs: int = 1):
+    """Procedural hand images (handclip.data.synthetic) split into a manifest written under ``directory``."""
+    from pathlib import Path
+
+    from handclip.config import SyntheticConfig
+    from handclip.data.protocols import prepare_synthetic
+
+    directory = Path(directory)
+    manifest = prepare_synthetic(directory / "images", SyntheticConfig(
+        train_ids=train_ids, test_ids=test_ids, images_per_id=images_per_id, image_size=image_size), runs=runs, seed=0)
+    path = directory / "manifest.csv"
+    manifest.write(path)
+    return path
+
+
+def context_from_config(config, run_dir, device: torch.device):
+    """What ``handclip.train.engine.train`` builds before its stages (model, records, label map), with the
+    run folder in ``run_dir``."""
+    from handclip.data.manifest import Manifest
+    from handclip.model.handclip import build_model
+    from handclip.train import distributed as ddp
+    from handclip.train.engine import RunFolder, TrainContext, check_training_data
+    from handclip.train.runtime import seed_everything
+
+    seed_everything(config.seed)
+    manifest = Manifest.read(config.data.manifest)
+    records, label_map = check_training_data(manifest, config.stage2, False)
+    model = build_model(config.model, config.data, len(label_map)).to(device)
+    state = {"stage": None, "epoch": 0, "completed": [], "history": [], "best": None, "stages": ["stage1"]}
+    return TrainContext(config, manifest, records, label_map, model, device, RunFolder(run_dir), ddp.DistInfo(),
+                        state, progress=False)
