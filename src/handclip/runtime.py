@@ -9,8 +9,9 @@ defaults are the fastest correct choice measured for each device (issue 6):
   full precision on CPU (CPU autocast is slower than fp32 for these models and changes numerics).
 - ``runtime.fused_optimizer``: fused Adam on CUDA (one kernel for all parameters); on CPU the
   default foreach Adam is as fast.
-- ``runtime.channels_last``: on CUDA for ResNet backbones (cuDNN's NHWC convolutions); never for
-  a ViT (its only convolution is the patch embedding) and never on CPU by default.
+- ``runtime.channels_last``: on for ResNet backbones (cuDNN's and oneDNN's NHWC convolutions; measured
+  1.14-1.18x per stage-2 step for tiny-rn on the 2-core CPU, benchmarks/bench_stage2.py); never for a ViT
+  (its only convolution is the patch embedding).
 - ``runtime.compile``: off unless asked for (compiling costs minutes on a ViT-B/16 and needs a C
   compiler on CPU; it pays off only on long GPU runs).
 - DataLoader workers: the CPUs this process may use, shared by the processes torchrun started on
@@ -80,9 +81,9 @@ def use_fused_optimizer(runtime_cfg, device: torch.device) -> bool:
 
 
 def use_channels_last(runtime_cfg, device: torch.device, model=None) -> bool:
-    """``runtime.channels_last``: 'auto' means CUDA and a convolutional (ResNet) image encoder."""
+    """``runtime.channels_last``: 'auto' means a convolutional (ResNet) image encoder, on any device."""
     if runtime_cfg.channels_last == "auto":
-        return device.type == "cuda" and getattr(model, "kind", "rn") == "rn"
+        return getattr(model, "kind", "rn") == "rn"
     return runtime_cfg.channels_last == "on"
 
 
