@@ -25,6 +25,19 @@ SUBSET_TITLES = {
 }
 
 
+def subset_key(dataset: str, subset: str | None) -> str:
+    """The benchmark name of a manifest record's subset: 11k_dorsal_r, hd, or the dataset (and folder) name."""
+    if dataset == "hd":
+        return "hd"
+    if not subset or subset == dataset:
+        return dataset
+    return f"{dataset}_{subset}"
+
+
+def subset_title(key: str) -> str:
+    return SUBSET_TITLES.get(key, key.replace("_", " "))
+
+
 def benchmark_table(measured: list[tuple[str, dict[str, dict]]], include_quoted: bool = True) -> str:
     """Paper-layout Markdown table: rows are methods, columns each subset's rank-1 and mAP.
 

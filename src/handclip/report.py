@@ -112,6 +112,14 @@ def _thumbnail(path: str | os.PathLike, size: int) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def _distance_text(distance: float) -> str:
+    """Three decimals; four below 0.01; scientific below 1e-4 (an untrained model's distances are tiny)."""
+    distance = float(distance)
+    if abs(distance) >= 0.01 or distance == 0:
+        return f"{distance:.3f}"
+    return f"{distance:.4f}" if abs(distance) >= 1e-4 else f"{distance:.1e}"
+
+
 def _frame(ax, colour: str, width: float) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -159,7 +167,7 @@ def ranked_list_sheet(
                 ax.imshow(_thumbnail(g_path, thumb))
                 _frame(ax, colour, 4.0)
                 ax.set_title(f"#{c + 1} {'✓' if right else '✗'}", fontsize=9, color=colour, fontweight="bold")
-                ax.set_xlabel(f"id {g_pid}\nd={float(distance):.3f}", fontsize=8, color=colour if not right else "black")
+                ax.set_xlabel(f"id {g_pid}\nd={_distance_text(distance)}", fontsize=8, color=colour if not right else "black")
         height = 1.85 * rows
         fig.subplots_adjust(wspace=0.08, hspace=0.55, top=1.0 - 0.45 / height, bottom=0.55 / height)
         fig.suptitle(
@@ -231,26 +239,36 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os
             lr_ax.text(0.5, 0.5, "no learning rate recorded", ha="center", va="center", transform=lr_ax.transAxes, color="grey")
         lr_ax.set_title(f"{stage}: learning rate")
 
-        for k in [k for k in keys if k.startswith("val_")]:
+        # Rank-1 (what picks the best checkpoint) and mAP; five overlapping curves were unreadable.
+        val_keys = [k for k in ("val_rank1", "val_mAP") if k in keys] or [k for k in keys if k.startswith("val_")]
+        for k in val_keys:
             xs, ys = series(k)
             if xs:
                 label = _PRETTY.get(k[4:], k[4:])
-                val_ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
-                best = int(np.argmax(ys))
-                val_ax.annotate(f"{100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
-                                textcoords="offset points", xytext=(0, 5), ha="center")
+                line, = val_ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
+                if k == val_keys[0]:
+                    best = int(np.argmax(ys))
+                    val_ax.plot([xs[best]], [100 * ys[best]], marker="*", markersize=12, color=line.get_color(),
+                                linestyle="none")
+                    # Keep the label inside the panel when the best epoch is the first or last one.
+                    align = "right" if xs[best] == max(xs) else "left" if xs[best] == min(xs) else "center"
+                    val_ax.annotate(f"best {label} {100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
+                                    textcoords="offset points", xytext=(0, 7), ha=align)
         val_ax.set_title(f"{stage}: validation (%)")
         if val_ax.get_lines():
-            val_ax.legend(fontsize=8)
-            val_ax.margins(y=0.12)
+            val_ax.legend(fontsize=8, loc="best")
+            val_ax.margins(y=0.15)
         else:
             val_ax.text(0.5, 0.5, "no validation in this stage", ha="center", va="center",
                         transform=val_ax.transAxes, color="grey")
+        numeric_epochs = [float(x) for x in epochs if _finite(x)]
         for ax in (loss_ax, lr_ax, val_ax):
             if ax.get_lines():
                 ax.set_xlabel("epoch")
                 ax.grid(True, alpha=0.3)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if numeric_epochs:  # same epoch axis in a stage's three panels, even with one validation point
+                    ax.set_xlim(min(numeric_epochs) - 0.5, max(numeric_epochs) + 0.5)
             else:
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -60,7 +60,7 @@ def run(args) -> int:
     from ..config import EvalConfig
     from ..data.manifest import Manifest
     from ..evaluation import evaluate_manifest, load_model_for_evaluation, write_evaluation_outputs
-    from ..references import SUBSET_TITLES
+    from ..references import subset_key, subset_title
 
     manifest = Manifest.read(args.manifest)
     runs = _parse_runs(args.runs)
@@ -72,9 +72,8 @@ def run(args) -> int:
     eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
     result = evaluate_manifest(model, manifest, data_cfg, eval_cfg, runs=runs, device=args.device,
                                distractors=not args.no_distractors, progress=True, keep_distances=True)
-    subsets = sorted({f"{r.dataset}_{r.subset}" if r.subset else r.dataset
-                      for r in manifest.records if not r.is_distractor})
-    title = "Evaluation on " + ", ".join(SUBSET_TITLES.get(s, s.replace("_", " ")) for s in subsets)
+    subsets = sorted({subset_key(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
+    title = "Evaluation on " + ", ".join(subset_title(s) for s in subsets)
     if args.out:
         out = Path(args.out)
     elif args.checkpoint:
