@@ -119,7 +119,7 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
         nail_color = skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
 
     moles = []
-    for _ in range(int(rng.choice([0, 1, 2, 2, 3]))):
+    for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
         part = int(rng.choice([-1, -1, -1, 0, 1, 2, 3, 4]))
         moles.append((part, rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.8), rng.uniform(0.035, 0.06)))
     scar = ()
@@ -191,7 +191,7 @@ class _Pose:
 def _pose(identity: int, sample: int, seed: int) -> _Pose:
     rng = _rng(seed, identity, 0x9E, sample)
     return _Pose(
-        spread=float(rng.uniform(0.6, 1.5)),
+        spread=float(rng.uniform(0.7, 1.4)),
         finger_jitter=tuple(float(x) for x in rng.normal(0, 0.04, 4)),
         curl=tuple(float(x) for x in rng.uniform(0, 0.25, 4) * (rng.random() < 0.5)),
         thumb_spread=float(rng.uniform(-0.2, 0.25)),
@@ -204,7 +204,7 @@ def _pose(identity: int, sample: int, seed: int) -> _Pose:
         light_dir=float(rng.uniform(0, 2 * math.pi)),
         light_strength=float(rng.uniform(0.0, 0.15)),
         blur=float(rng.uniform(0, 0.6) if rng.random() < 0.3 else 0.0),
-        noise=float(rng.uniform(0, 5)),
+        noise=float(rng.uniform(0, 4)),
     )
 
 
