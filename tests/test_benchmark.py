@@ -42,7 +42,9 @@ def test_benchmark_table_json_and_evaluations_agree(tmp_path, monkeypatch, capsy
     (configs / "11k_dorsal_r_tiny.yaml").write_text(yaml.safe_dump(tiny_config("11k", "dorsal_r")))
     (configs / "hd_tiny.yaml").write_text(yaml.safe_dump(tiny_config("hd")))
     hands = make_11k_tree(tmp_path / "11k", image_size=(40, 30))
-    hd = make_hd_tree(tmp_path / "hd", image_size=(32, 32))
+    # P x K batches need >= 2 training images per identity (after the val image): 3+ per training id.
+    hd = make_hd_tree(tmp_path / "hd", main={1: 4, 5: 3, 446: 3, 447: 5, 448: 3, 460: 2, 501: 4},
+                      image_size=(32, 32))
     out = tmp_path / "bench"
 
     assert cli.main(["benchmark", "--config-dir", str(configs), "--data-11k", str(hands), "--data-hd", str(hd),
@@ -84,6 +86,19 @@ def test_benchmark_table_json_and_evaluations_agree(tmp_path, monkeypatch, capsy
         per_run = data["runs"][subset]["trained"]["per_run"][0]
         assert per_run["num_gallery_ids"] > len({r.pid for r in Manifest.read(
             f"{data['runs'][subset]['run_dir']}/manifest.csv").split("query", 0)})
+    # The zero-shot row is the untrained backbone (seeded random init here) through the same evaluation code.
+    import torch
+    from handclip.config import load_config
+    from handclip.model.handclip import build_model
+
+    config = load_config(configs / "hd_tiny.yaml", [f"data.root={hd}"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        base = build_model(config.model, config.data, num_ids=1).eval()
+    zs = evaluate_manifest(base, Manifest.read(f"{data['runs']['hd']['run_dir']}/manifest.csv"), config.data, config.eval)
+    assert data["runs"]["hd"]["zero_shot"]["aggregate"]["mAP"]["mean"] == pytest.approx(zs.aggregate["mAP"]["mean"], abs=1e-9)
+    assert "random init" in zero_label
+    assert "gallery_all" in table and "502-712" in table and "CLIP-HandID" in table
     # Subsets not run show a dash, not a number.
     assert "–" in rows[trained_label]
 

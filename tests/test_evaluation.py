@@ -251,6 +251,11 @@ def test_zero_shot_backbone_goes_through_the_same_report(main, synthetic, tmp_pa
     assert [r["run"] for r in data["per_run"]] == [1]
     assert data["feature_dim"] == build_model(ModelConfig(backbone="tiny-rn"), DataConfig(image_size=IMAGE_SIZE), 1).feature_dim
     assert "zero-shot tiny-rn" in (out / "report.html").read_text()
+    # Seeded random init: the baseline is reproducible.
+    again = tmp_path / "zs2"
+    assert main(["evaluate", "--backbone", "tiny-rn", "--image-size", "64", "64", "--manifest", str(manifest_path),
+                 "--out", str(again), "--runs", "1", *SMALL_SHEET]) == 0
+    assert read_metrics(again)["aggregate"] == data["aggregate"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -265,7 +265,10 @@ def load_model_for_evaluation(checkpoint=None, backbone: str | None = None, weig
 
     data_cfg = DataConfig(image_size=tuple(image_size) if image_size else (224, 224))
     model_cfg = ModelConfig(backbone=backbone, weights=weights, allow_unsafe_weights=allow_unsafe_weights)
-    model = build_model(model_cfg, data_cfg, num_ids=1)
+    # A random-init baseline is seeded, so the same command gives the same numbers twice.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(model_cfg, data_cfg, num_ids=1)
     model.eval()
     source = Path(weights).name if weights else "random init"
     return model, data_cfg, f"zero-shot {backbone} ({source})"
