@@ -71,15 +71,15 @@ SearchBy = Literal["image", "identity"]
 @dataclass
 class HNSWParams:
     M: int = 32
-    ef_construction: int = 80
+    ef_construction: int = 40
     ef_search: int = 128
 
 
 @dataclass
 class IVFParams:
-    nlist: int | None = None  # default: 4 * sqrt(N), between 16 and 16384
-    nprobe: int = 32
-    train_size: int = 100_000  # training sample (k-means cost grows with nlist * train_size)
+    nlist: int | None = None  # default: sqrt(N), between 16 and 65536
+    nprobe: int = 64
+    points_per_list: int = 64  # k-means training sample = points_per_list * nlist (cost ~ nlist^2)
 
 
 @dataclass
@@ -357,19 +357,41 @@ class Gallery:
         return array
 
     def _iter_vectors(self, start_row: int = 0, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
-        """Yield committed vectors from ``start_row`` on, in chunks, verifying each shard's SHA-256."""
+        """Yield committed vectors from ``start_row`` on, in chunks, checking each shard's SHA-256.
+
+        Files are read (not memory-mapped) into fresh buffers so a million-row gallery costs its
+        index's memory once, and each byte is read once for both the hash and the index.
+        """
         offset = 0
         for shard in self._shards:
-            end = offset + shard.rows
-            if end > start_row:
-                if self.verify:
-                    path = self._shard_path(shard.name, ".npy")
-                    if sha256_file(path) != shard.vectors_sha256:
-                        raise IndexError_(f"gallery vectors file {path} is corrupt (SHA-256 mismatch)")
-                array = self._open_vectors(shard)
-                for lo in range(max(0, start_row - offset), shard.rows, chunk_rows):
-                    yield np.ascontiguousarray(array[lo:lo + chunk_rows])
-            offset = end
+            if offset + shard.rows > start_row:
+                yield from self._read_shard(shard, max(0, start_row - offset), chunk_rows)
+            offset += shard.rows
+
+    def _read_shard(self, shard: _Shard, first_row: int, chunk_rows: int) -> Iterator[np.ndarray]:
+        path = self._shard_path(shard.name, ".npy")
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            try:
+                np.lib.format.read_magic(handle)
+                np.lib.format.read_array_header_1_0(handle)
+            except ValueError:
+                raise IndexError_(f"gallery vectors file {path} is corrupt or truncated") from None
+            header_size = handle.tell()
+            handle.seek(0)
+            digest.update(handle.read(header_size))
+            row = 0
+            while row < shard.rows:
+                buffer = np.empty((min(chunk_rows, shard.rows - row), self.dim), np.float32)
+                if handle.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
+                    raise IndexError_(f"gallery vectors file {path} is truncated")
+                digest.update(buffer)
+                if row + len(buffer) > first_row:
+                    yield buffer[max(0, first_row - row):]
+                row += len(buffer)
+            digest.update(handle.read())
+        if self.verify and digest.hexdigest() != shard.vectors_sha256:
+            raise IndexError_(f"gallery vectors file {path} is corrupt (SHA-256 mismatch)")
 
     def vectors(self) -> np.ndarray:
         """All enrolled embeddings as one float32 array (a copy; mind memory for huge galleries)."""
@@ -599,12 +621,12 @@ class Gallery:
             index = faiss.IndexHNSWFlat(self.dim, int(build["M"]), faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = int(build["ef_construction"])
             return index
-        nlist = build["nlist"] or int(np.clip(4 * np.sqrt(len(self)), 16, 16384))
+        nlist = build["nlist"] or int(np.clip(np.sqrt(len(self)), 16, 65536))
         nlist = max(1, min(nlist, len(self) // 39))  # k-means wants >= 39 points per centroid
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.make_direct_map()  # lets reconstruct() fetch rows for by-identity rescoring
-        sample_rows = min(len(self), max(int(build["train_size"]), nlist * 4))
+        sample_rows = min(len(self), int(build["points_per_list"]) * nlist)
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(self), size=sample_rows, replace=False))
         index.train(self._gather_rows(rows))
