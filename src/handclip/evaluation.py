@@ -8,6 +8,7 @@ runs then only index into that feature table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ class RunMetrics:
     num_query: int
     num_gallery: int
     num_gallery_ids: int
+    cmc: list = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -41,6 +43,9 @@ class EvalResult:
     features: dict = field(default_factory=dict, repr=False)
     splits: dict = field(default_factory=dict, repr=False)
     distances: dict = field(default_factory=dict, repr=False)
+
+    def mean_cmc(self) -> np.ndarray:
+        return np.mean([r.cmc for r in self.per_run], axis=0)
 
     def as_dict(self) -> dict:
         return {
@@ -140,7 +145,9 @@ def evaluate_records(features: dict[str, np.ndarray], query, gallery, eval_cfg: 
         np.array([r.camid for r in gallery]) if camids_known else None,
         max_rank=eval_cfg.max_rank,
     )
-    return result.as_dict(), dist
+    metrics = result.as_dict()
+    metrics["cmc"] = [float(v) for v in result.cmc]
+    return metrics, dist
 
 
 def evaluate_manifest(model, manifest, data_cfg: DataConfig, eval_cfg: EvalConfig | None = None, runs=None,
@@ -164,7 +171,8 @@ def evaluate_manifest(model, manifest, data_cfg: DataConfig, eval_cfg: EvalConfi
         metrics, dist = evaluate_records(table, query, gallery, eval_cfg)
         if keep_distances:
             distances[run] = dist
-        per_run.append(RunMetrics(run, metrics, len(query), len(gallery), len({r.pid for r in gallery})))
+        cmc = metrics.pop("cmc")
+        per_run.append(RunMetrics(run, metrics, len(query), len(gallery), len({r.pid for r in gallery}), cmc))
     aggregate = aggregate_runs([{k: r.metrics[k] for k in METRIC_KEYS} for r in per_run])
     options = {"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
                "runs": chosen, "distractors": distractors}
@@ -189,3 +197,107 @@ def evaluate_validation(model, manifest, data_cfg: DataConfig, eval_cfg: EvalCon
     table = {rec.path: feats[i] for i, rec in enumerate(needed)}
     metrics, _ = evaluate_records(table, query, gallery, eval_cfg)
     return {k: metrics[k] for k in METRIC_KEYS}
+
+
+# ----------------------------------------------------------------------------------------------
+# Models to evaluate and the files an evaluation leaves behind
+
+
+def load_model_for_evaluation(checkpoint=None, backbone: str | None = None, weights: str | None = None,
+                              image_size=None, allow_unsafe_weights: bool = False):
+    """A trained checkpoint, or a backbone with its (pre-trained or random) weights for the zero-shot baseline.
+
+    Returns (model, data_cfg, label). The zero-shot model goes through the same feature path as a
+    trained one (``HandCLIP.extract``), so stage-0 numbers are comparable.
+    """
+    from .model.checkpoint import load_checkpoint
+    from .model.handclip import build_model
+
+    if checkpoint is not None and backbone is not None:
+        raise DataError("give either a checkpoint or a backbone for a zero-shot evaluation, not both")
+    if checkpoint is not None:
+        model, _config, extra = load_checkpoint(checkpoint)
+        spec = model.spec
+        data_cfg = DataConfig(image_size=tuple(spec["image_size"]), pixel_mean=tuple(spec["pixel_mean"]),
+                              pixel_std=tuple(spec["pixel_std"]))
+        label = f"HandCLIP ({spec['model']['backbone']})"
+        return model, data_cfg, label
+    if backbone is None:
+        raise DataError("nothing to evaluate: give --checkpoint, or --backbone (with --weights) for zero-shot")
+    from .config import ModelConfig
+
+    data_cfg = DataConfig(image_size=tuple(image_size) if image_size else (224, 224))
+    model_cfg = ModelConfig(backbone=backbone, weights=weights, allow_unsafe_weights=allow_unsafe_weights)
+    model = build_model(model_cfg, data_cfg, num_ids=1)
+    model.eval()
+    source = Path(weights).name if weights else "random init"
+    return model, data_cfg, f"zero-shot {backbone} ({source})"
+
+
+def _pick_queries(result: EvalResult, run: int, count: int) -> list[int]:
+    """Indices of queries to show: rank-1 mistakes first (what an examiner must look at), then hits."""
+    query, gallery = result.splits[run]
+    dist = result.distances[run]
+    g_pids = np.array([r.pid for r in gallery])
+    nearest = np.argmin(dist, axis=1)
+    wrong = [i for i in range(len(query)) if g_pids[nearest[i]] != query[i].pid]
+    right = [i for i in range(len(query)) if g_pids[nearest[i]] == query[i].pid]
+    rng = np.random.default_rng(0)
+    take_wrong = list(rng.permutation(wrong)[: count // 2]) if wrong else []
+    take_right = list(rng.permutation(right)[: count - len(take_wrong)]) if right else []
+    return sorted(int(i) for i in take_wrong + take_right)
+
+
+def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str, manifest_path=None,
+                             history: list | None = None, queries_shown: int = 8, top_k: int = 10) -> Path:
+    """metrics.json, metrics.md, cmc.png, ranked_list.png, (training_curves.png), report.html.
+
+    Everything is rendered into a staging folder first and moved into ``out_dir`` only when all of it
+    succeeded, so a failed evaluation leaves no partial report.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from . import report
+    from .atomic import atomic_write_json, atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        summary = {"title": title, "model": label, "manifest": str(manifest_path) if manifest_path else None,
+                   **result.as_dict()}
+        atomic_write_json(stage / "metrics.json", json.loads(json.dumps(summary, default=float)))
+        rows = [{"run": r.run, **{k: r.metrics[k] for k in METRIC_KEYS}, "queries": r.num_query,
+                 "gallery": r.num_gallery} for r in result.per_run]
+        rows.append({"run": "mean ± std", **{k: result.aggregate[k] for k in METRIC_KEYS}})
+        table = report.markdown_table(rows, columns=["run", *METRIC_KEYS, "queries", "gallery"])
+        atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}")
+        images = []
+        report.plot_cmc({label: result.mean_cmc()}, stage / "cmc.png", max_rank=min(20, len(result.mean_cmc())))
+        images.append(("CMC curve (mean over runs)", stage / "cmc.png"))
+        run = result.per_run[0].run
+        if result.distances.get(run) is not None:
+            query, gallery = result.splits[run]
+            dist = result.distances[run]
+            picks = _pick_queries(result, run, queries_shown)
+            rankings = []
+            for i in picks:
+                order = np.argsort(dist[i], kind="stable")[:top_k]
+                rankings.append([(gallery[j].path, gallery[j].pid, float(dist[i, j])) for j in order])
+            report.ranked_list_sheet([(query[i].path, query[i].pid) for i in picks], rankings,
+                                     stage / "ranked_list.png", top_k=top_k)
+            images.append((f"Ranked gallery lists, run {run} (rank-1 mistakes first)", stage / "ranked_list.png"))
+        if history:
+            report.plot_training_curves(history, stage / "training_curves.png")
+            images.append(("Training curves", stage / "training_curves.png"))
+        report.html_report(stage / "report.html", title, table, images,
+                           subtitle=f"{label}; {len(result.per_run)} run(s); options {result.options}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for item in stage.iterdir():
+            (out_dir / item.name).unlink(missing_ok=True)
+            item.replace(out_dir / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir

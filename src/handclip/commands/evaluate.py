@@ -1,0 +1,91 @@
+"""``handclip evaluate``: metrics over a manifest's Monte Carlo runs, as JSON, Markdown, PNGs and HTML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DataError
+
+
+def add_arguments(parser) -> None:
+    source = parser.add_argument_group("model (a trained checkpoint, or a backbone for the zero-shot baseline)")
+    source.add_argument("--checkpoint", help="a HandCLIP checkpoint, e.g. RUN/best.pt")
+    source.add_argument("--backbone", help="zero-shot: an open_clip model name (ViT-B-16, RN50, tiny-rn, ...)")
+    source.add_argument("--weights", help="zero-shot: backbone weights file or open_clip tag (default: random init)")
+    source.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="zero-shot input size (default 224 224)")
+    source.add_argument("--allow-unsafe-weights", action="store_true",
+                        help="allow a pickle/TorchScript weights file whose SHA-256 is not a known official one")
+    parser.add_argument("--manifest", required=True, help="protocol manifest CSV (from `handclip prepare`)")
+    parser.add_argument("--runs", default="all", help="'all' or comma-separated run indices (default: all)")
+    distractors = parser.add_mutually_exclusive_group()
+    distractors.add_argument("--gallery-all", action="store_true",
+                             help="require the manifest's distractor gallery (prepare 11k with --gallery-all)")
+    distractors.add_argument("--no-distractors", action="store_true", help="drop the manifest's distractor gallery images")
+    parser.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
+    parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<manifest name>)")
+    parser.add_argument("--show", type=int, default=8, help="queries shown in the ranked-list picture")
+    parser.add_argument("--top-k", type=int, default=10, help="gallery images per query in the ranked-list picture")
+
+
+def _parse_runs(text: str):
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DataError(f"--runs must be 'all' or comma-separated integers, not '{text}'") from None
+
+
+def _training_history(checkpoint) -> list | None:
+    if checkpoint is None:
+        return None
+    log = Path(checkpoint).parent / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    history = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            history.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return history or None
+
+
+def run(args) -> int:
+    from ..config import EvalConfig
+    from ..data.manifest import Manifest
+    from ..evaluation import evaluate_manifest, load_model_for_evaluation, write_evaluation_outputs
+    from ..references import SUBSET_TITLES
+
+    manifest = Manifest.read(args.manifest)
+    runs = _parse_runs(args.runs)
+    has_distractors = any(r.is_distractor for r in manifest.records)
+    if args.gallery_all and not has_distractors:
+        raise DataError(f"{args.manifest} has no distractor gallery; prepare it with --gallery-all")
+    model, data_cfg, label = load_model_for_evaluation(args.checkpoint, args.backbone, args.weights,
+                                                       args.image_size, args.allow_unsafe_weights)
+    eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
+    result = evaluate_manifest(model, manifest, data_cfg, eval_cfg, runs=runs, device=args.device,
+                               distractors=not args.no_distractors, progress=True, keep_distances=True)
+    subsets = sorted({f"{r.dataset}_{r.subset}" if r.subset else r.dataset
+                      for r in manifest.records if not r.is_distractor})
+    title = "Evaluation on " + ", ".join(SUBSET_TITLES.get(s, s.replace("_", " ")) for s in subsets)
+    if args.out:
+        out = Path(args.out)
+    elif args.checkpoint:
+        out = Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
+    else:
+        out = Path(f"eval-zeroshot-{Path(args.manifest).stem}")
+    write_evaluation_outputs(result, out, title, label, args.manifest, _training_history(args.checkpoint),
+                             queries_shown=args.show, top_k=args.top_k)
+    agg = result.aggregate
+    print(f"{label} on {args.manifest}: {len(result.per_run)} run(s), {result.num_images_encoded} images encoded")
+    for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
+        print(f"  {key:>6}: {100 * agg[key]['mean']:6.2f} ± {100 * agg[key]['std']:.2f}")
+    print(f"report: {out / 'report.html'}")
+    return 0

@@ -1,0 +1,496 @@
+"""Procedural synthetic hands, so the whole pipeline runs on a fresh machine with no download.
+
+Each identity is a fixed set of hand parameters (palm shape, finger lengths/widths/proportions,
+skin tone, knuckle creases, back-of-hand lines, nails, moles, scar) drawn from a seeded RNG.
+Each image of that identity re-poses and re-photographs the same hand: finger spread and curl,
+rotation, scale, translation, lighting, colour cast, background, blur and noise. The nuisance is
+strong enough that nearest neighbour on raw pixels fails, while a small CNN learns the identity.
+
+Drawing happens in hand-local units (palm width ~1) at twice the output resolution, then is
+downsampled, so images of different sizes show the same hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..atomic import atomic_write_bytes, atomic_write_json
+from ..errors import DataError
+
+MARKER_NAME = ".handclip_synthetic.json"
+# Bump when the renderer changes, so old folders are re-rendered instead of silently reused.
+RENDERER_VERSION = 1
+_SUPERSAMPLE = 2
+_FINGERS = ("index", "middle", "ring", "little")
+
+# Skin tones from dark to light (RGB); an identity's tone is a point on this ramp plus a hue shift.
+_SKIN_RAMP = np.array(
+    [[74, 46, 32], [118, 78, 52], [160, 110, 76], [198, 145, 108], [226, 184, 150], [244, 214, 190]],
+    dtype=np.float64,
+)
+_POLISH = np.array(
+    [[200, 20, 40], [150, 10, 70], [230, 90, 150], [40, 40, 160], [20, 20, 20], [240, 120, 40], [120, 40, 160]],
+    dtype=np.float64,
+)
+
+
+@dataclass(frozen=True)
+class HandIdentity:
+    """Everything about a hand that stays the same across photos of it."""
+
+    skin: tuple[float, float, float]
+    palm_width: float
+    palm_height: float
+    palm_taper: float  # bottom width / top width
+    knuckle_arch: float  # how much higher the middle knuckle sits than the outer ones
+    finger_lengths: tuple[float, ...]  # index, middle, ring, little (in palm widths)
+    finger_widths: tuple[float, ...]
+    finger_base_angles: tuple[float, ...]  # rest direction of each finger (radians from vertical)
+    phalanx_split: tuple[tuple[float, float, float], ...]  # proximal/middle/distal fractions per finger
+    thumb_length: float
+    thumb_width: float
+    thumb_angle: float
+    thumb_base_y: float
+    crease_count: tuple[int, ...]  # knuckle creases at the middle joint of index..little, thumb
+    crease_offset: tuple[float, ...]
+    palm_lines: tuple[tuple[float, ...], ...]  # quadratic curves (x0,y0,cx,cy,x1,y1) in palm units
+    line_darkness: float
+    nail_length: float  # fraction of the distal phalanx
+    nail_width: float  # fraction of the finger width
+    nail_squareness: float  # superellipse exponent: 2 round .. 5 square
+    nail_color: tuple[float, float, float]
+    polished: bool
+    moles: tuple[tuple[float, ...], ...]  # (part, u, v, radius): part -1 palm, 0..3 fingers, 4 thumb
+    scar: tuple[float, ...]  # () or (x0, y0, x1, y1) on the palm
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
+
+
+@functools.lru_cache(maxsize=4096)
+def identity_params(identity: int, seed: int = 0) -> HandIdentity:
+    """The fixed hand of ``identity`` (deterministic for (identity, seed))."""
+    if identity < 0:
+        raise DataError(f"synthetic identity must be >= 0, got {identity}")
+    rng = _rng(seed, identity, 0x1D)
+    tone = rng.uniform(0, len(_SKIN_RAMP) - 1)
+    lo = int(min(math.floor(tone), len(_SKIN_RAMP) - 2))
+    skin = _SKIN_RAMP[lo] + (tone - lo) * (_SKIN_RAMP[lo + 1] - _SKIN_RAMP[lo])
+    skin = np.clip(skin * rng.uniform(0.93, 1.07, 3), 0, 255)
+
+    length_scale = rng.uniform(0.8, 1.2)
+    width_scale = rng.uniform(0.8, 1.25)
+    base_len = np.array([0.78, 0.88, 0.82, 0.62])
+    finger_lengths = base_len * length_scale * rng.uniform(0.85, 1.15, 4)
+    base_w = np.array([0.19, 0.2, 0.185, 0.16])
+    finger_widths = base_w * width_scale * rng.uniform(0.88, 1.12, 4)
+    finger_base_angles = np.array([-0.16, -0.04, 0.07, 0.2]) + rng.normal(0, 0.05, 4)
+    splits = []
+    for _ in range(4):
+        p = np.array([0.45, 0.31, 0.24]) * rng.uniform(0.8, 1.2, 3)
+        splits.append(tuple(float(x) for x in p / p.sum()))
+
+    palm_lines = []
+    for _ in range(int(rng.integers(2, 5))):
+        x0, x1 = rng.uniform(-0.45, 0.45, 2)
+        y0, y1 = rng.uniform(-0.4, 0.45, 2)
+        cx, cy = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
+        palm_lines.append((x0, y0, cx, cy, x1, y1))
+
+    polished = bool(rng.random() < 0.25)
+    if polished:
+        nail_color = _POLISH[int(rng.integers(len(_POLISH)))] * rng.uniform(0.85, 1.1, 3)
+    else:
+        nail_color = skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.35, 0.7)
+
+    moles = []
+    for _ in range(int(rng.choice([0, 1, 1, 2, 3]))):
+        part = int(rng.choice([-1, -1, -1, 0, 1, 2, 3, 4]))
+        moles.append((part, rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.8), rng.uniform(0.025, 0.05)))
+    scar = ()
+    if rng.random() < 0.3:
+        x0, y0 = rng.uniform(-0.35, 0.35, 2)
+        ang, ln = rng.uniform(0, math.pi), rng.uniform(0.15, 0.35)
+        scar = (x0, y0, x0 + ln * math.cos(ang), y0 + ln * math.sin(ang))
+
+    def tup(a):
+        return tuple(float(x) for x in a)
+
+    return HandIdentity(
+        skin=tup(skin),
+        palm_width=float(rng.uniform(0.85, 1.15)),
+        palm_height=float(rng.uniform(0.9, 1.2)),
+        palm_taper=float(rng.uniform(0.72, 0.95)),
+        knuckle_arch=float(rng.uniform(0.0, 0.12)),
+        finger_lengths=tup(finger_lengths),
+        finger_widths=tup(finger_widths),
+        finger_base_angles=tup(finger_base_angles),
+        phalanx_split=tuple(splits),
+        thumb_length=float(rng.uniform(0.6, 0.9)),
+        thumb_width=float(rng.uniform(0.2, 0.27) * width_scale),
+        thumb_angle=float(rng.uniform(-1.0, -0.55)),
+        thumb_base_y=float(rng.uniform(0.05, 0.3)),
+        crease_count=tuple(int(x) for x in rng.integers(1, 4, 5)),
+        crease_offset=tup(rng.uniform(-0.25, 0.25, 5)),
+        palm_lines=tuple(tup(p) for p in palm_lines),
+        line_darkness=float(rng.uniform(0.55, 0.8)),
+        nail_length=float(rng.uniform(0.45, 0.85)),
+        nail_width=float(rng.uniform(0.55, 0.8)),
+        nail_squareness=float(rng.uniform(2.0, 5.0)),
+        nail_color=tup(np.clip(nail_color, 0, 255)),
+        polished=polished,
+        moles=tuple(tup(m) for m in moles),
+        scar=tup(scar),
+    )
+
+
+@dataclass(frozen=True)
+class _Pose:
+    """One photo's nuisance: how the hand is posed and photographed."""
+
+    spread: float
+    finger_jitter: tuple[float, ...]
+    curl: tuple[float, ...]  # foreshortening of each finger, 0 = straight
+    thumb_spread: float
+    rotation: float
+    scale: float
+    shift: tuple[float, float]
+    brightness: float
+    contrast: float
+    cast: tuple[float, float, float]
+    light_dir: float
+    light_strength: float
+    blur: float
+    noise: float
+
+
+def _pose(identity: int, sample: int, seed: int) -> _Pose:
+    rng = _rng(seed, identity, 0x9E, sample)
+    return _Pose(
+        spread=float(rng.uniform(0.3, 1.9)),
+        finger_jitter=tuple(float(x) for x in rng.normal(0, 0.05, 4)),
+        curl=tuple(float(x) for x in rng.uniform(0, 0.35, 4) * (rng.random() < 0.6)),
+        thumb_spread=float(rng.uniform(-0.3, 0.35)),
+        rotation=float(rng.uniform(-0.45, 0.45)),
+        scale=float(rng.uniform(0.85, 1.12)),
+        shift=(float(rng.uniform(-0.08, 0.08)), float(rng.uniform(-0.06, 0.08))),
+        brightness=float(rng.uniform(0.75, 1.2)),
+        contrast=float(rng.uniform(0.8, 1.15)),
+        cast=tuple(float(x) for x in rng.uniform(0.9, 1.1, 3)),
+        light_dir=float(rng.uniform(0, 2 * math.pi)),
+        light_strength=float(rng.uniform(0.0, 0.25)),
+        blur=float(rng.uniform(0, 0.8) if rng.random() < 0.5 else 0.0),
+        noise=float(rng.uniform(0, 7)),
+    )
+
+
+def _background(rng: np.random.Generator, px: int) -> np.ndarray:
+    """A plain, gradient or textured background, float RGB [px, px, 3]."""
+    base = rng.uniform(30, 235, 3)
+    kind = rng.integers(3)
+    if kind == 0:
+        bg = np.broadcast_to(base, (px, px, 3)).copy()
+    elif kind == 1:
+        other = rng.uniform(30, 235, 3)
+        ang = rng.uniform(0, 2 * math.pi)
+        t = np.linspace(-1, 1, px)
+        ramp = (math.cos(ang) * t[None, :] + math.sin(ang) * t[:, None]) * 0.5 + 0.5
+        bg = base + ramp[..., None] * (other - base)
+    else:
+        cells = int(rng.integers(4, 12))
+        tex = rng.normal(0, rng.uniform(8, 30), (cells, cells, 3))
+        tex_img = Image.fromarray(np.clip(tex + 128, 0, 255).astype(np.uint8)).resize((px, px), Image.BICUBIC)
+        bg = base + (np.asarray(tex_img, dtype=np.float64) - 128)
+    return bg
+
+
+_UNIT_CIRCLE = {n: (np.cos(np.linspace(0, 2 * math.pi, n, endpoint=False)),
+                    np.sin(np.linspace(0, 2 * math.pi, n, endpoint=False))) for n in (16, 20)}
+
+
+def _ellipse_poly(cx, cy, a, b, angle, power=2.0, n=20):
+    """Points of a rotated superellipse (power 2 = ellipse, larger = squarer)."""
+    c, s = _UNIT_CIRCLE[n]
+    x = a * np.sign(c) * np.abs(c) ** (2 / power)
+    y = b * np.sign(s) * np.abs(s) ** (2 / power)
+    ca, sa = math.cos(angle), math.sin(angle)
+    return np.stack([cx + x * ca - y * sa, cy + x * sa + y * ca], axis=1)
+
+
+class _Canvas:
+    """Draws hand-local shapes onto a supersampled image through one similarity transform."""
+
+    def __init__(self, px: int, pose: _Pose):
+        self.px = px
+        self.unit = px / 3.15 * pose.scale  # pixels per palm width
+        self.c, self.s = math.cos(pose.rotation), math.sin(pose.rotation)
+        self.origin = np.array([px * (0.5 + pose.shift[0]), px * (0.62 + pose.shift[1])])
+        self.rgb = Image.new("RGB", (px, px))
+        self.mask = Image.new("L", (px, px), 0)
+        self.draw = ImageDraw.Draw(self.rgb)
+        self.mdraw = ImageDraw.Draw(self.mask)
+
+    def to_px(self, pts) -> list[tuple[float, float]]:
+        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2) * self.unit
+        x = pts[:, 0] * self.c - pts[:, 1] * self.s + self.origin[0]
+        y = pts[:, 0] * self.s + pts[:, 1] * self.c + self.origin[1]
+        return list(zip(x.tolist(), y.tolist()))
+
+    def map_point(self, p) -> tuple[float, float]:
+        x, y = float(p[0]) * self.unit, float(p[1]) * self.unit
+        return (x * self.c - y * self.s + self.origin[0], x * self.s + y * self.c + self.origin[1])
+
+    def polygon(self, pts, color, mask=True):
+        p = self.to_px(pts)
+        self.draw.polygon(p, fill=color)
+        if mask:
+            self.mdraw.polygon(p, fill=255)
+
+    def disc(self, centre, radius, color, mask=True):
+        x, y = self.map_point(centre)
+        r = radius * self.unit
+        box = (x - r, y - r, x + r, y + r)
+        self.draw.ellipse(box, fill=color)
+        if mask:
+            self.mdraw.ellipse(box, fill=255)
+
+    def capsule(self, p0, p1, r0, r1, color, mask=True):
+        (x0, y0), (x1, y1) = p0, p1
+        dx, dy = x1 - x0, y1 - y0
+        inv = 1.0 / (math.hypot(dx, dy) + 1e-9)
+        nx, ny = -dy * inv, dx * inv
+        quad = [(x0 + nx * r0, y0 + ny * r0), (x1 + nx * r1, y1 + ny * r1),
+                (x1 - nx * r1, y1 - ny * r1), (x0 - nx * r0, y0 - ny * r0)]
+        p = [self.map_point(q) for q in quad]
+        self.draw.polygon(p, fill=color)
+        if mask:
+            self.mdraw.polygon(p, fill=255)
+        self.disc(p0, r0, color, mask)
+        self.disc(p1, r1, color, mask)
+
+    def line(self, pts, color, width_units):
+        w = max(1, int(round(width_units * self.unit)))
+        self.draw.line(self.to_px(pts), fill=color, width=w, joint="curve")
+
+
+def _rgb(a) -> tuple[int, int, int]:
+    return tuple(int(round(min(255.0, max(0.0, v)))) for v in a)
+
+
+def _finger_chain(base, angle, length, split, curl, pose_bend):
+    """Joint positions of one finger: base, two knuckles, tip (hand-local, y up is negative)."""
+    pts = [np.asarray(base, dtype=np.float64)]
+    for i, frac in enumerate(split):
+        # Curl bends the finger towards the camera: it shows as foreshortening of the outer phalanges.
+        seg = length * frac * math.cos(min(1.3, curl * (1 + i)))
+        a = angle + pose_bend * i
+        pts.append(pts[-1] + seg * np.array([math.sin(a), -math.cos(a)]))
+    return pts
+
+
+def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Image.Image:
+    """Photo ``sample`` of synthetic hand ``identity``: an RGB ``size`` x ``size`` image.
+
+    Deterministic for (identity, sample, size, seed); the hand and pose do not depend on ``size``.
+    """
+    if size < 16:
+        raise DataError(f"synthetic image size must be at least 16 pixels, got {size}")
+    hand = identity_params(identity, seed)
+    pose = _pose(identity, sample, seed)
+    rng = _rng(seed, identity, 0xB6, sample)  # background and noise
+    px = size * _SUPERSAMPLE
+    cv = _Canvas(px, pose)
+
+    skin = np.array(hand.skin)
+    outline = _rgb(skin * 0.6)
+    fill = _rgb(skin)
+    crease = _rgb(skin * hand.line_darkness)
+    W, H = hand.palm_width, hand.palm_height
+
+    # Palm: a rounded trapezoid, wider at the knuckles than at the wrist.
+    t = np.linspace(0, 2 * math.pi, 28, endpoint=False)
+    py = -np.sin(t) * H / 2
+    half_w = W / 2 * (1 - (1 - hand.palm_taper) * (py / H + 0.5))
+    px_ = np.sign(np.cos(t)) * np.abs(np.cos(t)) ** 0.5 * half_w
+    palm = np.stack([px_, py], axis=1)
+    wrist_w = W * hand.palm_taper * 0.45
+
+    # Finger bases along the arched top of the palm.
+    fingers = []
+    for i in range(4):
+        u = -0.36 + 0.24 * i
+        x = u * W
+        y = -H / 2 + 0.06 + hand.knuckle_arch * (abs(u) / 0.36 - 1)
+        angle = hand.finger_base_angles[i] * pose.spread + pose.finger_jitter[i]
+        bend = pose.finger_jitter[(i + 1) % 4] * 0.5
+        chain = _finger_chain((x, y), angle, hand.finger_lengths[i], hand.phalanx_split[i], pose.curl[i], bend)
+        fingers.append((chain, hand.finger_widths[i] / 2, angle))
+    tb = np.array([-W / 2 * 0.85, hand.thumb_base_y * H])
+    t_angle = hand.thumb_angle - pose.thumb_spread
+    thumb_chain = [tb]
+    for frac in (0.5, 0.3, 0.2):
+        a = t_angle + 0.25 * len(thumb_chain)
+        thumb_chain.append(thumb_chain[-1] + hand.thumb_length * frac * np.array([math.sin(a), -math.cos(a)]))
+    thumb = (thumb_chain, hand.thumb_width / 2, t_angle + 0.5)
+
+    def silhouette(color, grow):
+        cv.capsule((0.0, H * 0.3), (0.0, H * 1.6), wrist_w + grow, wrist_w * 1.1 + grow, color)
+        centroid = palm.mean(axis=0)
+        cv.polygon(centroid + (palm - centroid) * (1 + grow / (W / 2)), color)
+        for chain, r, _ in fingers + [thumb]:
+            for j in range(3):
+                taper = (1.0 - 0.08 * j, 1.0 - 0.08 * (j + 1))
+                cv.capsule(chain[j], chain[j + 1], r * taper[0] + grow, r * taper[1] + grow, color)
+
+    silhouette(outline, 0.022)
+    silhouette(fill, 0.0)
+
+    # Back-of-hand lines (tendons/creases) and a scar, fixed in palm coordinates.
+    for x0, y0, cx_, cy_, x1, y1 in hand.palm_lines:
+        s = np.linspace(0, 1, 8)[:, None]
+        pts = (1 - s) ** 2 * [x0 * W, y0 * H] + 2 * s * (1 - s) * [cx_ * W, cy_ * H] + s**2 * [x1 * W, y1 * H]
+        cv.line(pts, crease, 0.018)
+    if hand.scar:
+        x0, y0, x1, y1 = hand.scar
+        cv.line([(x0 * W, y0 * H), (x1 * W, y1 * H)], _rgb(skin * 1.12 + 10), 0.03)
+
+    # Knuckle creases across the middle joint, nails on the distal phalanx.
+    nail_fill = _rgb(hand.nail_color)
+    nail_edge = _rgb(np.array(hand.nail_color) * 0.75)
+    for k, (chain, r, _) in enumerate(fingers + [thumb]):
+        joint = chain[1] if k < 4 else chain[2]
+        d = chain[2] - chain[1] if k < 4 else chain[3] - chain[2]
+        d = d / (np.hypot(*d) + 1e-9)
+        n = np.array([-d[1], d[0]])
+        for c in range(hand.crease_count[k]):
+            off = (hand.crease_offset[k] + 0.35 * (c - (hand.crease_count[k] - 1) / 2)) * r * 0.6
+            centre = joint + d * off
+            cv.line([centre - n * r * 0.6, centre + d * r * 0.12, centre + n * r * 0.6], crease, 0.014)
+        tip, prev = chain[3], chain[2]
+        seg = tip - prev
+        seg_len = np.hypot(*seg) + 1e-9
+        axis = seg / seg_len
+        nail_len = max(hand.nail_length * seg_len, 0.35 * r)
+        centre = tip - axis * (nail_len / 2 - 0.25 * r)
+        ang = math.atan2(axis[1], axis[0])
+        a, b = nail_len / 2, r * hand.nail_width
+        cv.polygon(_ellipse_poly(*centre, a + 0.012, b + 0.012, ang, hand.nail_squareness), nail_edge, mask=False)
+        cv.polygon(_ellipse_poly(*centre, a, b, ang, hand.nail_squareness), nail_fill, mask=False)
+
+    for part, u, v, radius in hand.moles:
+        part = int(part)
+        if part < 0:
+            where = np.array([u * W, v * H * 0.8 - 0.1])
+        else:
+            chain, r, _ = (fingers + [thumb])[part]
+            where = chain[0] + (chain[2] - chain[0]) * (0.3 + 0.5 * abs(v) / 0.8) + u * r * np.array([1.0, 0.0])
+        cv.disc(where, radius, (70, 45, 35), mask=False)
+
+    # Downsample, light the hand, composite onto the background, then the camera's blur and noise.
+    hand_rgb = np.asarray(cv.rgb.resize((size, size), Image.LANCZOS), dtype=np.float64)
+    alpha = np.asarray(cv.mask.resize((size, size), Image.LANCZOS), dtype=np.float64)[..., None] / 255.0
+    g = np.linspace(-1, 1, size)
+    shade = 1 + pose.light_strength * (math.cos(pose.light_dir) * g[None, :] + math.sin(pose.light_dir) * g[:, None])
+    hand_rgb = hand_rgb * shade[..., None]
+    img = _background(rng, size) * (1 - alpha) + hand_rgb * alpha
+    img = (img - 128) * pose.contrast + 128
+    img = img * pose.brightness * np.array(pose.cast)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+    if pose.blur > 0:
+        out = out.filter(ImageFilter.GaussianBlur(pose.blur * size / 64))
+    if pose.noise > 0:
+        noisy = np.asarray(out, dtype=np.float64) + rng.normal(0, pose.noise, (size, size, 3))
+        out = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    return out
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _worker_count() -> int:
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not on Linux
+        return max(1, min(4, os.cpu_count() or 1))
+
+
+def _write_identity(job) -> None:
+    out, identity, images_per_id, size, seed = job
+    folder = out / f"{identity:04d}"
+    for n in range(images_per_id):
+        atomic_write_bytes(folder / f"{n:03d}.png", _png_bytes(render_hand(identity, n, size, seed)))
+
+
+def write_synthetic_dataset(out_dir, num_ids: int, images_per_id: int, size: int = 64, seed: int = 0) -> Path:
+    """Render ``num_ids`` x ``images_per_id`` hands into ``out_dir/<id:04d>/<n:03d>.png``.
+
+    A marker file records the parameters; if it matches and every image exists, nothing is redone.
+    With other parameters the folder is re-rendered (stale identity folders are removed).
+    """
+    if num_ids < 1 or images_per_id < 1:
+        raise DataError(f"synthetic dataset needs at least one identity and one image each, got {num_ids} x {images_per_id}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"synthetic output path {out} exists and is not a folder")
+    params = {
+        "num_ids": int(num_ids),
+        "images_per_id": int(images_per_id),
+        "size": int(size),
+        "seed": int(seed),
+        "renderer_version": RENDERER_VERSION,
+    }
+    marker = out / MARKER_NAME
+    expected = [out / f"{i:04d}" / f"{n:03d}.png" for i in range(num_ids) for n in range(images_per_id)]
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous == params and all(p.is_file() for p in expected):
+            return out
+    # Remove the marker first, so an interrupted re-render is never mistaken for a complete one.
+    marker.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = {f"{i:04d}" for i in range(num_ids)}
+    for child in out.iterdir():
+        if child.is_dir() and len(child.name) == 4 and child.name.isdigit() and child.name not in wanted:
+            for f in child.glob("*.png"):
+                f.unlink()
+            if not any(child.iterdir()):
+                child.rmdir()
+    for i in range(num_ids):
+        folder = out / f"{i:04d}"
+        for f in folder.glob("*.png") if folder.is_dir() else []:
+            if not (f.stem.isdigit() and int(f.stem) < images_per_id and len(f.stem) == 3):
+                f.unlink()
+    jobs = [(out, i, images_per_id, size, seed) for i in range(num_ids)]
+    workers = min(_worker_count(), num_ids) if num_ids * images_per_id >= 256 else 1
+    if workers > 1:
+        # Rendering is CPU-bound Python and each atomic write waits on fsync: separate processes
+        # overlap both. Images depend only on (identity, sample, size, seed), so order is irrelevant.
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            list(pool.map(_write_identity, jobs, chunksize=max(1, num_ids // (workers * 4))))
+    else:
+        for job in jobs:
+            _write_identity(job)
+    atomic_write_json(marker, params)
+    return out
+
+
+__all__ = ["HandIdentity", "identity_params", "render_hand", "write_synthetic_dataset", "MARKER_NAME"]

@@ -1,0 +1,436 @@
+"""Retrieval metrics: CMC, mAP and mINP with Market-1501 semantics, distance helpers, run aggregation.
+
+Semantics of :func:`evaluate_rank` (design.md section 2):
+
+* For each query the gallery is ranked by distance, ascending. Ties are broken by gallery order (a
+  stable sort): of two equally distant gallery items the one listed first ranks first.
+* Gallery items with the same identity **and** the same camera as the query are dropped from that
+  query's ranking, but only when camera ids are given (hand datasets have none).
+* A query with no correct match left in its gallery is skipped and counted in ``num_skipped_queries``.
+* AP is the mean of the precision at the rank of each correct match; mAP its mean over valid queries.
+* mINP (Ye et al. 2021) is the mean over valid queries of ``num_correct / rank of the hardest match``.
+* CMC[k] is the fraction of valid queries whose first correct match is within the top k+1. Asking for
+  more ranks than a query's gallery holds is allowed: the curve then stays at its last value (1.0).
+
+The fast path never sorts a whole gallery row. The only thing the metrics need is the rank of every
+correct match, and rank = (number of gallery items strictly closer) + (number of equally close items
+listed earlier). With a few matches per query, counting with comparisons costs ``k * gallery`` work
+per query against ``gallery * log(gallery)`` for a sort; when identities are large the code switches
+to sorting the row values and binary search. :func:`evaluate_rank_reference` is the classic per-query
+loop kept as the ground truth for tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import HandCLIPError
+
+__all__ = [
+    "MetricInputError",
+    "RankResult",
+    "evaluate_rank",
+    "evaluate_rank_reference",
+    "cosine_distance",
+    "euclidean_distance",
+    "aggregate_runs",
+]
+
+# Bound on the temporary boolean/float blocks, in elements (about 32 MiB of booleans).
+_BLOCK_ELEMENTS = 1 << 25
+
+
+class MetricInputError(HandCLIPError, ValueError):
+    """Inputs to a metric are malformed (shapes, NaN distances, no valid query, ...)."""
+
+
+@dataclass
+class RankResult:
+    """Outcome of :func:`evaluate_rank`. ``cmc`` has ``max_rank`` entries; everything lies in [0, 1]."""
+
+    cmc: np.ndarray
+    mAP: float
+    mINP: float
+    num_valid_queries: int
+    num_skipped_queries: int
+    max_rank: int = field(default=0)
+
+    def rank(self, k: int) -> float:
+        """CMC at rank k (1-based); ranks past ``max_rank`` repeat the last value."""
+        return float(self.cmc[min(k, len(self.cmc)) - 1])
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "rank1": self.rank(1),
+            "rank5": self.rank(5),
+            "rank10": self.rank(10),
+            "mAP": float(self.mAP),
+            "mINP": float(self.mINP),
+            "num_valid_queries": int(self.num_valid_queries),
+            "num_skipped_queries": int(self.num_skipped_queries),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Input validation
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
+        x = x.detach().cpu()
+        if hasattr(x, "float") and str(getattr(x, "dtype", "")) in ("torch.bfloat16", "torch.float16"):
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def _as_distmat(distmat: Any) -> np.ndarray:
+    try:
+        d = _to_numpy(distmat)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise MetricInputError(f"distmat could not be read as a numeric matrix ({exc})") from exc
+    if d.ndim != 2:
+        raise MetricInputError(f"distmat must be a 2-D (num_query x num_gallery) matrix, got shape {d.shape}")
+    if d.dtype.kind not in "biuf":
+        raise MetricInputError(f"distmat must hold real numbers, got dtype {d.dtype}")
+    if d.shape[0] == 0 or d.shape[1] == 0:
+        raise MetricInputError(f"distmat is empty (shape {d.shape}): need at least one query and one gallery item")
+    d = np.ascontiguousarray(d, dtype=np.float64)
+    # min() propagates NaN, so the full NaN mask is only built when there is one to report.
+    if np.isnan(d.min()):
+        nan = np.isnan(d)
+        i, j = np.argwhere(nan)[0]
+        raise MetricInputError(
+            f"distmat contains {int(nan.sum())} NaN distance(s), first at query {i}, gallery {j}; "
+            "check the features for NaN/inf"
+        )
+    return d
+
+
+def _as_ids(values: Any, name: str, expected: int) -> np.ndarray:
+    try:
+        a = _to_numpy(values)
+    except Exception as exc:
+        raise MetricInputError(f"{name} could not be read as an integer array ({exc})") from exc
+    if a.ndim != 1:
+        raise MetricInputError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.shape[0] != expected:
+        raise MetricInputError(f"{name} has {a.shape[0]} entries but distmat needs {expected}")
+    if a.dtype.kind in "iub":
+        return a.astype(np.int64)
+    if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)) and np.all(np.abs(a) < 2**62):
+        return a.astype(np.int64)
+    raise MetricInputError(f"{name} must hold integer ids, got dtype {a.dtype}")
+
+
+def _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    d = _as_distmat(distmat)
+    nq, ng = d.shape
+    qp = _as_ids(q_pids, "q_pids", nq)
+    gp = _as_ids(g_pids, "g_pids", ng)
+    if (q_camids is None) != (g_camids is None):
+        raise MetricInputError("q_camids and g_camids must be given together (or both left out)")
+    qc = gc = None
+    if q_camids is not None:
+        qc = _as_ids(q_camids, "q_camids", nq)
+        gc = _as_ids(g_camids, "g_camids", ng)
+    if isinstance(max_rank, (bool, np.bool_)) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise MetricInputError(f"max_rank must be a positive integer, got {max_rank!r}")
+    return d, qp, gp, qc, gc, int(max_rank)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast, vectorised evaluation
+
+
+def _match_lists(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gallery indices of each query's identity: (gallery_order, start, count) per query.
+
+    ``gallery_order[start[i]:start[i] + count[i]]`` are the gallery items sharing query i's pid, in
+    gallery order (stable sort by pid).
+    """
+    order = np.argsort(g_pids, kind="stable")
+    sorted_pids = g_pids[order]
+    start = np.searchsorted(sorted_pids, q_pids, side="left")
+    stop = np.searchsorted(sorted_pids, q_pids, side="right")
+    return order, start, stop - start
+
+
+def _strict_and_equal_counts_by_comparison(d: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row b and threshold t = thresholds[b, j]: #{g: d[b,g] < t} and #{g: d[b,g] == t}."""
+    ng = d.shape[1]
+    acc = np.uint16 if ng < (1 << 16) else np.uint32
+    less = np.less(d[:, None, :], thresholds[:, :, None])
+    n_less = np.add.reduce(less.view(np.uint8), axis=2, dtype=acc)
+    equal = np.equal(d[:, None, :], thresholds[:, :, None], out=less)
+    n_equal = np.add.reduce(equal.view(np.uint8), axis=2, dtype=acc)
+    return n_less.astype(np.int64), n_equal.astype(np.int64)
+
+
+def _strict_and_equal_counts_by_sorting(d: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Same as the comparison version, by sorting each row's values and binary search.
+
+    Rows are searched together: each sorted row is tagged with its row number as the real part of a
+    complex key, which numpy orders lexicographically, so one searchsorted serves every row exactly.
+    """
+    b, ng = d.shape
+    rows = np.arange(b, dtype=np.float64)
+    keys = np.empty((b, ng), dtype=np.complex128)
+    keys.real = rows[:, None]
+    keys.imag = np.sort(d, axis=1)
+    probes = np.empty(thresholds.shape, dtype=np.complex128)
+    probes.real = rows[:, None]
+    probes.imag = thresholds
+    flat = keys.ravel()
+    offset = (np.arange(b, dtype=np.int64) * ng)[:, None]
+    left = np.searchsorted(flat, probes, side="left") - offset
+    right = np.searchsorted(flat, probes, side="right") - offset
+    return left, right - left
+
+
+def _ranks_of_matches(d: np.ndarray, match_idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """0-based stable rank (ties by gallery order) of gallery item match_idx[b, j] in row b of d."""
+    b, k = match_idx.shape
+    ng = d.shape[1]
+    rows = np.arange(b)[:, None]
+    # Padding entries probe with -inf: they count nothing and are masked out afterwards.
+    thresholds = np.where(valid, d[rows, match_idx], -np.inf)
+    # Counting costs two comparison passes per match, sorting about log2(ng) passes per row; the
+    # factor comes from timing both on 10,000-wide rows (benchmarks/bench_metrics.py).
+    if k <= max(4, int(1.25 * np.log2(max(ng, 2)))):
+        n_less, n_equal = _strict_and_equal_counts_by_comparison(d, thresholds)
+    else:
+        n_less, n_equal = _strict_and_equal_counts_by_sorting(d, thresholds)
+    ranks = n_less
+    # Exact ties (e.g. duplicate images): add the equally distant items listed before the match.
+    tb, tj = np.nonzero(valid & (n_equal > 1))
+    if tb.size:
+        ranks = ranks.copy()
+        step = max(1, _BLOCK_ELEMENTS // ng)
+        positions = np.arange(ng)
+        for s in range(0, tb.size, step):
+            bb, jj = tb[s : s + step], tj[s : s + step]
+            earlier = (d[bb] == thresholds[bb, jj][:, None]) & (positions[None, :] < match_idx[bb, jj][:, None])
+            ranks[bb, jj] += earlier.sum(axis=1)
+    return ranks
+
+
+def evaluate_rank(
+    distmat: Any,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any = None,
+    g_camids: Any = None,
+    max_rank: int = 50,
+) -> RankResult:
+    """CMC, mAP and mINP for a query x gallery distance matrix (see the module docstring).
+
+    ``distmat`` (numpy or torch, any real dtype; +/-inf allowed, NaN refused), ``q_pids``/``g_pids``
+    integer identities, optional ``q_camids``/``g_camids`` (both or neither). Raises
+    :class:`MetricInputError` (a ``HandCLIPError`` and a ``ValueError``) for malformed inputs and when
+    no query has a correct match in the gallery.
+    """
+    d, qp, gp, qc, gc, max_rank = _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    nq, ng = d.shape
+    g_order, start, count = _match_lists(qp, gp)
+
+    first_rank = np.full(nq, -1, dtype=np.int64)  # rank of the first kept correct match, -1 if none
+    ap = np.zeros(nq, dtype=np.float64)
+    inp = np.zeros(nq, dtype=np.float64)
+
+    # Process queries grouped by how many matches they have, so padding stays small.
+    by_count = np.argsort(count, kind="stable")
+    pos = 0
+    while pos < nq:
+        # Size the block for its widest row (the last one, counts ascend), then shrink if needed.
+        end = min(nq, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[pos]]), 1))))
+        end = min(end, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[end - 1]]), 1))))
+        qi = by_count[pos:end]
+        pos = end
+        if int(count[qi].max()) == 0:
+            continue
+        kmax = int(count[qi].max())
+        cols = np.arange(kmax)
+        valid = cols[None, :] < count[qi][:, None]
+        match_idx = g_order[np.minimum(start[qi][:, None] + cols[None, :], ng - 1)]
+        match_idx = np.where(valid, match_idx, 0)
+
+        ranks = _ranks_of_matches(d[qi], match_idx, valid)
+        if qc is not None:
+            removed = valid & (gc[match_idx] == qc[qi][:, None])
+        else:
+            removed = np.zeros_like(valid)
+        # Order each query's matches by rank (padding last) and drop the removed ones' ranks.
+        big = np.iinfo(np.int64).max
+        order = np.argsort(np.where(valid, ranks, big), axis=1, kind="stable")
+        ranks = np.take_along_axis(ranks, order, axis=1)
+        valid = np.take_along_axis(valid, order, axis=1)
+        removed = np.take_along_axis(removed, order, axis=1)
+        kept = valid & ~removed
+        # A kept match moves up by the number of removed matches ranked before it.
+        kept_rank = np.where(kept, ranks - (np.cumsum(removed, axis=1) - removed), 0)
+        hits = np.cumsum(kept, axis=1)  # correct matches seen so far (1-based at a kept match)
+        n_kept = hits[:, -1]
+        precision = np.where(kept, hits / (kept_rank + 1.0), 0.0)
+        has = n_kept > 0
+        safe_n = np.maximum(n_kept, 1)
+        ap[qi] = np.where(has, precision.sum(axis=1) / safe_n, 0.0)
+        first = np.argmax(kept, axis=1)
+        last = kmax - 1 - np.argmax(kept[:, ::-1], axis=1)
+        rows = np.arange(len(qi))
+        first_rank[qi] = np.where(has, kept_rank[rows, first], -1)
+        inp[qi] = np.where(has, n_kept / (kept_rank[rows, last] + 1.0), 0.0)
+
+    valid_q = first_rank >= 0
+    num_valid = int(valid_q.sum())
+    if num_valid == 0:
+        raise MetricInputError(
+            f"none of the {nq} queries has a correct match in the gallery; check that query and gallery "
+            "share identities (pids)"
+        )
+    hist = np.bincount(np.minimum(first_rank[valid_q], max_rank), minlength=max_rank + 1)[:max_rank]
+    cmc = np.cumsum(hist).astype(np.float64) / num_valid
+    return RankResult(
+        cmc=cmc,
+        mAP=float(ap[valid_q].mean()),
+        mINP=float(inp[valid_q].mean()),
+        num_valid_queries=num_valid,
+        num_skipped_queries=nq - num_valid,
+        max_rank=max_rank,
+    )
+
+
+def evaluate_rank_reference(
+    distmat: Any,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any = None,
+    g_camids: Any = None,
+    max_rank: int = 50,
+    sort_kind: str = "stable",
+) -> RankResult:
+    """The classic per-query loop (as in Market-1501 / torchreid evaluation code), same semantics.
+
+    Kept as the ground truth for tests and the speed benchmark. ``sort_kind="quicksort"`` reproduces
+    the usual code exactly (ties then fall where numpy's unstable sort puts them).
+    """
+    d, qp, gp, qc, gc, max_rank = _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    nq, ng = d.shape
+    all_cmc, all_ap, all_inp = [], [], []
+    for i in range(nq):
+        order = np.argsort(d[i], kind=sort_kind)
+        if qc is not None:
+            keep = ~((gp[order] == qp[i]) & (gc[order] == qc[i]))
+        else:
+            keep = np.ones(ng, dtype=bool)
+        raw = (gp[order] == qp[i])[keep]
+        if not raw.any():
+            continue
+        cmc = raw.cumsum()
+        cmc[cmc > 1] = 1
+        if len(cmc) < max_rank:  # pad with the last value
+            cmc = np.concatenate([cmc, np.full(max_rank - len(cmc), cmc[-1])])
+        all_cmc.append(cmc[:max_rank])
+        hardest = np.where(raw)[0].max()
+        all_inp.append(raw.sum() / (hardest + 1.0))
+        hits = raw.cumsum()
+        precision = hits / (np.arange(len(raw)) + 1.0)
+        all_ap.append((precision * raw).sum() / raw.sum())
+    if not all_cmc:
+        raise MetricInputError(
+            f"none of the {nq} queries has a correct match in the gallery; check that query and gallery "
+            "share identities (pids)"
+        )
+    return RankResult(
+        cmc=np.asarray(all_cmc, dtype=np.float64).mean(axis=0),
+        mAP=float(np.mean(all_ap)),
+        mINP=float(np.mean(all_inp)),
+        num_valid_queries=len(all_cmc),
+        num_skipped_queries=nq - len(all_cmc),
+        max_rank=max_rank,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Distances
+
+
+def _features(x: Any, name: str) -> np.ndarray:
+    try:
+        a = _to_numpy(x)
+    except Exception as exc:
+        raise MetricInputError(f"{name} could not be read as a feature matrix ({exc})") from exc
+    if a.ndim != 2:
+        raise MetricInputError(f"{name} must be 2-D (num_items x feature_dim), got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise MetricInputError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
+    if not np.isfinite(a).all():
+        raise MetricInputError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _pair(q: Any, g: Any) -> tuple[np.ndarray, np.ndarray]:
+    qa, ga = _features(q, "query features"), _features(g, "gallery features")
+    if qa.shape[1] != ga.shape[1]:
+        raise MetricInputError(f"query features have dimension {qa.shape[1]} but gallery features {ga.shape[1]}")
+    dtype = np.result_type(qa.dtype, ga.dtype)
+    return qa.astype(dtype, copy=False), ga.astype(dtype, copy=False)
+
+
+def cosine_distance(q: Any, g: Any) -> np.ndarray:
+    """1 - cosine similarity, in [0, 2]; rows are L2-normalised here (an all-zero row gives 1)."""
+    qa, ga = _pair(q, g)
+    qa = qa / np.maximum(np.linalg.norm(qa, axis=1, keepdims=True), 1e-12)
+    ga = ga / np.maximum(np.linalg.norm(ga, axis=1, keepdims=True), 1e-12)
+    return np.clip(1.0 - qa @ ga.T, 0.0, 2.0)
+
+
+def euclidean_distance(q: Any, g: Any) -> np.ndarray:
+    """Euclidean (not squared) distance; squared would rank identically but read differently."""
+    qa, ga = _pair(q, g)
+    sq = (qa * qa).sum(1)[:, None] + (ga * ga).sum(1)[None, :] - 2.0 * (qa @ ga.T)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Monte Carlo runs
+
+
+def aggregate_runs(runs: Sequence[Mapping[str, Any]], ddof: int = 0) -> dict[str, dict[str, Any]]:
+    """Mean and standard deviation of each numeric metric over runs.
+
+    Returns ``{metric: {"mean": float, "std": float, "values": [per-run values]}}``. The standard
+    deviation is the population one (``ddof=0``, numpy's default), which is what re-id papers report
+    as "mean +/- std over the runs"; pass ``ddof=1`` for the sample estimate. Non-numeric entries are
+    ignored; a numeric metric missing from some run is an error.
+    """
+    runs = list(runs)
+    if not runs:
+        raise MetricInputError("aggregate_runs needs at least one run")
+    for i, r in enumerate(runs):
+        if not isinstance(r, Mapping):
+            raise MetricInputError(f"run {i} is a {type(r).__name__}, expected a dict of metrics")
+
+    def numeric(v: Any) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+    names: list[str] = []
+    for r in runs:
+        for k, v in r.items():
+            if numeric(v) and k not in names:
+                names.append(k)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        values = []
+        for i, r in enumerate(runs):
+            if name not in r or not numeric(r[name]):
+                raise MetricInputError(f"metric {name!r} is missing or not a number in run {i}")
+            values.append(float(r[name]))
+        arr = np.asarray(values)
+        std = float(arr.std(ddof=ddof)) if len(arr) > ddof else 0.0
+        out[name] = {"mean": float(arr.mean()), "std": std, "values": values}
+    return out

@@ -1,0 +1,198 @@
+"""HandCLIP checkpoints: tensors and plain data only, written atomically, read with weights_only=True.
+
+A checkpoint is a dict::
+
+    {"format": "handclip-checkpoint", "version": 1,
+     "spec": {...},          # what build_model needs: model section, image size, num_ids, ...
+     "config": {...} | None, # the full run configuration (Config.to_dict())
+     "state_dict": {...},    # HandCLIP.state_dict()
+     "extra": {...}}         # caller's plain data: label_map, epoch, metrics, optimizer states, ...
+
+The model is rebuilt from ``spec`` with random init, then the stored state dict is loaded, so
+the original backbone weights file is never needed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_open, sha256_file
+from ..errors import CheckpointError, ConfigError, HandCLIPError
+from .backbone import _describe_mismatch, load_weights_file
+from .handclip import HandCLIP, build_model
+
+CHECKPOINT_FORMAT = "handclip-checkpoint"
+CHECKPOINT_VERSION = 1
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "model_fingerprint",
+    "state_dict_sha256",
+    "load_weights_file",
+]
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise TypeError if ``value`` holds anything torch.load(weights_only=True) would refuse."""
+    if isinstance(value, _PLAIN) or isinstance(value, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, _PLAIN):
+                raise TypeError(f"checkpoint entry {where} has a key of type {type(key).__name__}")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    raise TypeError(
+        f"checkpoint entry {where} is a {type(value).__name__}; store only tensors, numbers, strings, "
+        f"lists and dicts (convert numpy arrays with torch.from_numpy or .tolist())"
+    )
+
+
+def _config_dict(config) -> dict | None:
+    if config is None:
+        return None
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if hasattr(config, "model_dump"):
+        return config.model_dump(mode="json")
+    if isinstance(config, dict):
+        return config
+    raise TypeError(f"config must be a handclip Config or a dict, not {type(config).__name__}")
+
+
+def save_checkpoint(path: str | os.PathLike, model: HandCLIP, config, extra: dict | None = None) -> Path:
+    """Write ``model`` (+ config and plain ``extra`` data) to ``path`` atomically; returns the path."""
+    if not getattr(model, "spec", None):
+        raise TypeError("save_checkpoint needs a model made by build_model (it records how to rebuild it)")
+    extra = dict(extra or {})
+    _check_plain(extra, "extra")
+    config_dict = _config_dict(config)
+    _check_plain(config_dict, "config")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": model.spec,
+        "config": config_dict,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra,
+    }
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        torch.save(payload, handle)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The raw checkpoint dict, loaded with weights_only=True and checked for format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data, which could run "
+            f"code when loaded, so it is not a HandCLIP checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a HandCLIP checkpoint (backbone weights go in model.weights, not here)"
+        )
+    version = payload.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}, but this HandCLIP reads version {CHECKPOINT_VERSION}"
+        )
+    for key in ("spec", "state_dict", "extra"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"checkpoint {path} is missing its '{key}' entry")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
+    """Rebuild the model stored at ``path``: returns (model in eval mode, Config or None, extra dict)."""
+    from ..config import config_from_dict
+
+    path = Path(path)
+    payload = read_checkpoint(path, map_location=map_location)
+    spec = payload["spec"]
+    try:
+        model_section = dict(spec["model"], weights=None)  # rebuilt from the stored tensors, not the original file
+        data_section = {"image_size": spec["image_size"], "pixel_mean": spec["pixel_mean"], "pixel_std": spec["pixel_std"]}
+        model = build_model(model_section, data_section, int(spec["num_ids"]))
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an incomplete model description (missing {exc})") from None
+    except HandCLIPError as exc:
+        raise CheckpointError(f"checkpoint {path} describes a model this HandCLIP cannot build: {exc}") from None
+    model.spec["weights_source"] = spec.get("weights_source", "random")
+    state = payload["state_dict"]
+    problem = _describe_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} does not match the architecture it describes: {problem}")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    model.checkpoint_path = str(path)
+    model.checkpoint_sha256 = sha256_file(path)
+
+    config = payload.get("config")
+    if config is not None:
+        try:
+            config = config_from_dict(config, source=str(path))
+        except ConfigError as exc:
+            raise CheckpointError(f"checkpoint {path} holds a configuration this HandCLIP cannot read: {exc}") from None
+    return model, config, payload["extra"]
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's state dict (names, dtypes, shapes and bytes), independent of file layout."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: HandCLIP, config=None) -> dict:
+    """What a gallery index must agree on with the model that searches it (all JSON-serialisable)."""
+    spec = model.spec or {}
+    model_section = spec.get("model", {})
+    config_dict = _config_dict(config) or {}
+    data = config_dict.get("data", {})
+    return {
+        "backbone": model_section.get("backbone"),
+        "kind": model.kind,
+        "image_size": list(spec.get("image_size") or data.get("image_size") or []),
+        "patch_stride": model_section.get("patch_stride"),
+        "rn_last_stride": model_section.get("rn_last_stride") if model.kind == "rn" else None,
+        "neck_feat": model.neck_feat,
+        "feature_dim": int(model.feature_dim),
+        "embed_dim": int(model.embed_dim),
+        "num_ids": int(model.num_ids),
+        "pixel_mean": list(spec.get("pixel_mean") or data.get("pixel_mean") or []),
+        "pixel_std": list(spec.get("pixel_std") or data.get("pixel_std") or []),
+        "feature_normalisation": "l2",
+        "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
+        "weights_sha256": state_dict_sha256(model),
+    }
