@@ -68,7 +68,9 @@ def load_model(checkpoint: str | os.PathLike, device=None) -> LoadedModel:
     else:
         data_cfg = DataConfig(**{k: tuple(spec[k]) for k in ("image_size", "pixel_mean", "pixel_std") if k in spec})
     # Each gallery image is embedded once: caching its decoded pixels would only fill the disk.
-    data_cfg = data_cfg.model_copy(update={"decode_cache": False})
+    # Decoding stays in this process: enrolment embeds one committed batch at a time, and starting
+    # loader workers for every batch cost 4x the throughput (benchmarks/bench_enrol.py).
+    data_cfg = data_cfg.model_copy(update={"decode_cache": False, "num_workers": 0})
     return LoadedModel(model, data_cfg, model_fingerprint(model, config), str(Path(checkpoint).resolve()))
 
 
