@@ -91,8 +91,10 @@ def phase_build(a) -> dict:
         gallery.add(x, [f"/synthetic/{i}.png" for i in rows], [str(i // a.per_id) for i in rows],
                     [f"{a.seed}-{i}" for i in rows])
     np.save(work / "queries.npy", make_queries(a.data, a.dim, a.n, a.queries, a.per_id, a.seed))
-    return {"enrol_s": time.perf_counter() - t0 - gen, "generate_s": gen, "rows": len(gallery),
-            "disk_gib": sum(p.stat().st_size for p in (work / "gallery").rglob("*")) / 2**30}
+    result = {"enrol_s": time.perf_counter() - t0 - gen, "generate_s": gen, "rows": len(gallery),
+              "disk_gib": sum(p.stat().st_size for p in (work / "gallery").rglob("*")) / 2**30}
+    (work / "build.json").write_text(json.dumps(result))
+    return result
 
 
 def phase_search(a) -> dict:
@@ -168,6 +170,7 @@ def main() -> None:
     p.add_argument("--ivf-sweep", default="16,32,64,128")
     p.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "handclip-bench-gallery"))
     p.add_argument("--keep", action="store_true", help="keep the gallery on disk afterwards")
+    p.add_argument("--reuse", action="store_true", help="reuse the gallery a previous --keep run left in --workdir")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--index", help=argparse.SUPPRESS)
     p.add_argument("--sweep", help=argparse.SUPPRESS)
@@ -181,7 +184,13 @@ def main() -> None:
 
     print(f"gallery benchmark: {a.n:,} x {a.dim} {a.data} unit vectors, {a.queries:,} queries, "
           f"top-{a.k}, {a.threads} threads, {os.cpu_count()} CPUs", flush=True)
-    build = run_phase(a, "build")
+    build_file = Path(a.workdir) / "build.json"
+    if a.reuse and build_file.exists():
+        build = json.loads(build_file.read_text())
+        shutil.rmtree(Path(a.workdir) / "gallery" / "ann", ignore_errors=True)  # time the index builds afresh
+        print(f"  reusing the gallery in {a.workdir}: {json.dumps(build)}", file=sys.stderr, flush=True)
+    else:
+        build = run_phase(a, "build")
     flat = run_phase(a, "search", "flat")
     rows = [("exact (IndexFlatIP)", flat["build_s"], flat["results"][0], flat["peak_gib"])]
     approx = {}

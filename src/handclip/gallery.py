@@ -590,12 +590,23 @@ class Gallery:
         return index_type
 
     def flat_index(self):
-        """Exact inner-product index over every committed row (built once per process)."""
+        """Exact inner-product index over every committed row (built once per process).
+
+        The shards are read straight into the index's preallocated storage: adding chunk by chunk
+        would grow it by doubling and briefly need twice the gallery's size in memory.
+        """
         faiss = self._faiss()
         if self._flat is None or self._flat.ntotal != len(self):
             index = faiss.IndexFlatIP(self.dim)
+            total = len(self)
+            index.codes.resize(total * self.dim * 4)
+            storage = faiss.rev_swig_ptr(index.codes.data(), total * self.dim * 4).view(np.float32)
+            storage = storage.reshape(total, self.dim)
+            row = 0
             for chunk in self._iter_vectors():
-                index.add(chunk)
+                storage[row:row + len(chunk)] = chunk
+                row += len(chunk)
+            index.ntotal = total
             self._flat = index
         return self._flat
 
@@ -712,9 +723,22 @@ class Gallery:
         if by == "image":
             scores, rows = index.search(queries, min(top_k, len(self)))
             return [self._image_candidates(s, r) for s, r in zip(scores, rows)]
-        depth = min(len(self), 4 * top_k)
-        _, rows = index.search(queries, depth)
+        # Deepen the image search, batched over the queries that still lack top_k distinct people
+        # (a person with many close images can fill the first hits on their own).
+        n, wanted = len(self), min(top_k, len(self._rows_by_identity))
+        depth = min(n, 4 * top_k)
+        rows = list(index.search(queries, depth)[1])
+        pending = [i for i in range(len(queries)) if self._distinct_identities(rows[i]) < wanted]
+        while pending and depth < n:
+            depth = min(n, depth * 4)
+            deeper = index.search(queries[pending], depth)[1]
+            for i, found in zip(pending, deeper):
+                rows[i] = found
+            pending = [i for i in pending if self._distinct_identities(rows[i]) < wanted]
         return [self._identity_candidates(index, q, r, top_k) for q, r in zip(queries, rows)]
+
+    def _distinct_identities(self, rows: np.ndarray) -> int:
+        return len({self._identities[r] for r in rows if r >= 0})
 
     def _image_candidates(self, scores: np.ndarray, rows: np.ndarray) -> list[Candidate]:
         out = []
@@ -727,15 +751,8 @@ class Gallery:
         return out
 
     def _identity_candidates(self, index, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
-        n, wanted = len(self), min(top_k, len(self._rows_by_identity))
-        depth = len(rows)
-        while True:  # deepen this query's image search until top_k distinct identities appear
-            rows = rows[rows >= 0]
-            found = list(dict.fromkeys(self._identities[r] for r in rows))
-            if len(found) >= wanted or depth >= n:
-                break
-            depth = min(n, depth * 4)
-            rows = index.search(query[None], depth)[1][0]
+        rows = rows[rows >= 0]
+        found = list(dict.fromkeys(self._identities[r] for r in rows))
         top_image_rows = rows[:top_k]
         out = []
         for identity in found[:2 * top_k]:
