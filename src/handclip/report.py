@@ -104,7 +104,9 @@ def _thumbnail(path: str | os.PathLike, size: int) -> np.ndarray:
         raise DataError(f"image {path} does not exist") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"image {path} could not be read ({exc})") from exc
-    rgb.thumbnail((size, size))
+    # Fit the long side to the box, enlarging small images too (64 px synthetic hands stay legible).
+    scale = size / max(rgb.width, rgb.height)
+    rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BICUBIC)
     canvas = Image.new("RGB", (size, size), (245, 245, 245))
     canvas.paste(rgb, ((size - rgb.width) // 2, (size - rgb.height) // 2))
     return np.asarray(canvas)

@@ -83,7 +83,8 @@ def _decode(path: str, draft_size: Optional[int] = None) -> tuple[Image.Image, t
         raise _Unusable("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Up to Pillow's hard limit (~179 MP) large photos are fine; only its error means a bomb.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 original_size = image.size
                 if draft_size and image.format == "JPEG":
@@ -96,7 +97,7 @@ def _decode(path: str, draft_size: Optional[int] = None) -> tuple[Image.Image, t
                 return _to_rgb(image), original_size
     except UnidentifiedImageError:
         raise _Unusable("not a readable image (unknown or invalid format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise _Unusable("image is too large to decode safely (decompression bomb limit)") from None
     except PermissionError as exc:
         raise _Unusable(f"cannot read file ({exc.strerror or exc})") from None

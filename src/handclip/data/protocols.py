@@ -89,24 +89,26 @@ def _split(train: list[Identity], test: list[Identity], runs: int, rng: np.rando
     """Draw val and per-run gallery images; identities must already be sorted by pid."""
     val_pick: dict[int, Optional[int]] = {}
     for ident in train:
-        n = len(ident.paths)
-        pick = int(rng.integers(n))  # drawn even for 1-image ids so the stream never depends on policy
-        if n >= 2:
-            val_pick[ident.pid] = pick
-        else:
-            val_pick[ident.pid] = None
-            if check:
-                _small(small_ids, f"training identity {ident.original_id} of {label} has only 1 image, so it "
-                                  f"cannot give both a val and a train image", "it stays in train without a val image")
-    for ident in test:
-        if check and len(ident.paths) < 2:
-            _small(small_ids, f"test identity {ident.original_id} of {label} has only 1 image, so it "
-                              f"cannot give both a gallery and a query image", "it is in every gallery with no query")
+        pick = int(rng.integers(len(ident.paths)))  # drawn even for 1-image ids: the stream never depends on policy
+        val_pick[ident.pid] = pick if len(ident.paths) >= 2 else None
+    if check:
+        _small(small_ids, [i.original_id for i in train if len(i.paths) < 2], "training", label,
+               "a val and a train image", "kept in train without a val image")
+        _small(small_ids, [i.original_id for i in test if len(i.paths) < 2], "test", label,
+               "a gallery and a query image", "in every gallery, with no query")
     gallery_picks = [{ident.pid: int(rng.integers(len(ident.paths))) for ident in test} for _ in range(runs)]
     return _Split(train, test, val_pick, gallery_picks)
 
 
-def _small(policy: str, problem: str, kept: str) -> None:
+def _small(policy: str, ids: list[str], side: str, label: str, needs: str, kept: str) -> None:
+    """Report every too-small identity of one side at once (error, or warning under 'keep')."""
+    if not ids:
+        return
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    if len(ids) == 1:
+        problem = f"{side} identity {shown} of {label} has only 1 image, so it cannot give both {needs}"
+    else:
+        problem = f"{len(ids)} {side} identities of {label} have only 1 image ({shown}), so they cannot give both {needs}"
     if policy == "keep":
         warnings.warn(f"{problem}; {kept}", DataWarning, stacklevel=4)
     else:
@@ -417,7 +419,10 @@ def prepare_folder(root, runs: int = 10, seed: int = 0, test_ids: Union[None, in
     for folder in folders:
         paths = _folder_images(folder)
         if not paths:
-            _small(small_ids, f"identity folder {folder} has no images", "it was left out")
+            if small_ids != "keep":
+                raise DataError(f"identity folder {folder} has no images "
+                                f"(use --keep-small-ids / small_ids='keep' to leave such folders out)")
+            warnings.warn(f"identity folder {folder} has no images; it was left out", DataWarning, stacklevel=2)
             continue
         idents.append(Identity(len(idents), folder.name, paths))
     if len(idents) < 2:
