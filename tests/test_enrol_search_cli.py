@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from handclip.cli import main
+from handclip import cli as cli_module
 from handclip.gallery import COMMIT_DELAY_ENV, Gallery
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+# The real `handclip` entry point, limited to the two commands under test so these tests do not
+# depend on every other subcommand module importing.
+OUR_COMMANDS = {name: cli_module.COMMANDS[name] for name in ("enrol", "search")}
+CLI_SCRIPT = ("import sys; from handclip import cli; "
+              f"cli.COMMANDS = {OUR_COMMANDS!r}; sys.exit(cli.main())")
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
@@ -43,7 +48,12 @@ def assets(tmp_path_factory):
 
 
 def cli(*args) -> int:
-    return main([str(a) for a in args])
+    saved = cli_module.COMMANDS
+    cli_module.COMMANDS = OUR_COMMANDS
+    try:
+        return cli_module.main([str(a) for a in args])
+    finally:
+        cli_module.COMMANDS = saved
 
 
 def test_enrol_then_search_finds_the_enrolled_identity_and_writes_html_and_json(assets, tmp_path, capsys):
@@ -145,7 +155,7 @@ def test_bad_queries_and_galleries_give_one_line_errors(assets, tmp_path, capsys
 @pytest.mark.slow  # two interpreter start-ups with torch; the mechanism itself is tested fast in test_gallery.py
 def test_killed_enrol_command_keeps_committed_batches_and_rerun_completes(assets, tmp_path):
     index = tmp_path / "gallery"
-    cmd = [sys.executable, "-m", "handclip", "enrol", "--checkpoint", str(assets["ckpt"]), "--images",
+    cmd = [sys.executable, "-c", CLI_SCRIPT, "enrol", "--checkpoint", str(assets["ckpt"]), "--images",
            str(assets["images"]), "--index", str(index), "--batch-size", "2", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", **{COMMIT_DELAY_ENV: "0.3"})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
