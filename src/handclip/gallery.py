@@ -726,7 +726,8 @@ class Gallery:
         # Deepen the image search, batched over the queries that still lack top_k distinct people
         # (a person with many close images can fill the first hits on their own).
         n, wanted = len(self), min(top_k, len(self._rows_by_identity))
-        depth = min(n, 4 * top_k)
+        per_identity = -(-n // len(self._rows_by_identity))  # mean images per person, rounded up
+        depth = min(n, top_k * max(4, 2 * per_identity))
         rows = list(index.search(queries, depth)[1])
         pending = [i for i in range(len(queries)) if self._distinct_identities(rows[i]) < wanted]
         while pending and depth < n:
