@@ -209,7 +209,8 @@ def evaluate_manifest(model, manifest, data_cfg: DataConfig, eval_cfg: EvalConfi
         per_run.append(RunMetrics(run, metrics, len(query), len(gallery), len({r.pid for r in gallery}), cmc))
     aggregate = aggregate_runs([{k: r.metrics[k] for k in METRIC_KEYS} for r in per_run])
     options = {"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
-               "runs": chosen, "distractors": distractors}
+               "runs": chosen, "distractors": distractors,
+               "distractor_images": max(sum(r.is_distractor for r in g) for _, g in splits.values())}
     return EvalResult(per_run, aggregate, int(feats.shape[1]), len(needed), options,
                       features=table, splits=splits, distances=distances)
 
@@ -305,7 +306,8 @@ def describe_options(options: dict) -> str:
         f"{options.get('metric', 'cosine')} distance",
         "flip TTA on" if options.get("flip") else "flip TTA off",
         "re-ranking on" if options.get("rerank") else "re-ranking off",
-        "distractors in the gallery" if options.get("distractors", True) else "distractors dropped",
+        ("no distractors" if not options.get("distractor_images", 1) else "distractors in the gallery")
+        if options.get("distractors", True) else "distractors dropped",
     ]
     return "; ".join(parts)
 
@@ -335,7 +337,12 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
                  "gallery": r.num_gallery} for r in result.per_run]
         rows.append({"run": "mean ± std", **{k: result.aggregate[k] for k in METRIC_KEYS}})
         table = report.markdown_table(rows, columns=["run", *METRIC_KEYS, "queries", "gallery"])
-        atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}")
+        skipped = sum(int(r.metrics.get("num_skipped_queries", 0)) for r in result.per_run)
+        note = (f"Metrics in %; mean ± std (population) over {len(result.per_run)} run(s); "
+                f"{describe_options(result.options)}; gallery ids per run: "
+                f"{', '.join(str(r.num_gallery_ids) for r in result.per_run)}; "
+                f"queries without a correct match in the gallery (skipped): {skipped}.")
+        atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}\n{note}\n")
         images = []
         runs_text = f"mean over {len(result.per_run)} runs" if len(result.per_run) > 1 else f"run {result.per_run[0].run}"
         # Past the gallery size every curve is flat at 100%: stop there.
@@ -359,9 +366,10 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
                            f"identity as the query, red = different; d = distance", stage / "ranked_list.png"))
         if history:
             report.plot_training_curves(history, stage / "training_curves.png")
-            images.append(("Training curves", stage / "training_curves.png"))
+            images.append(("Training curves (from the run's metrics.jsonl): losses, learning rate, and rank-1/mAP on "
+                           "the validation split of the training identities, which picks best.pt", stage / "training_curves.png"))
         manifest_text = f"; manifest {manifest_path}" if manifest_path else ""
-        report.html_report(stage / "report.html", title, table, images,
+        report.html_report(stage / "report.html", title, table, images, sections={"Notes": note},
                            subtitle=f"Model: {label}{manifest_text}; {describe_options(result.options)}; "
                                     f"{result.num_images_encoded} images encoded once, {result.feature_dim}-d features")
         out_dir.mkdir(parents=True, exist_ok=True)
