@@ -413,8 +413,9 @@ def test_failure_while_drawing_leaves_no_partial_report(main, synthetic, checkpo
 
     monkeypatch.setattr(report, "ranked_list_sheet", broken_sheet)
     line = _bad_run(main, capsys, ["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path)],
-                    tmp_path / "deep" / "out")
+                    tmp_path / "deep" / "er" / "out")
     assert "drawing failed on purpose" in line
+    assert not (tmp_path / "deep").exists()  # folders made for the report are gone too
 
 
 def test_rewriting_a_report_folder_drops_stale_pictures(main, synthetic, checkpoint, tmp_path):

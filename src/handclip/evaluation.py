@@ -327,8 +327,10 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
     from .atomic import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
+    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]  # to remove on failure
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    done = False
     try:
         summary = {"title": title, "model": label, "manifest": str(manifest_path) if manifest_path else None,
                    **result.as_dict()}
@@ -379,6 +381,13 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
                 (out_dir / name).unlink(missing_ok=True)
         for item in stage.iterdir():
             item.replace(out_dir / item.name)
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            for folder in created:  # innermost first; only the empty folders this call made
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return out_dir
