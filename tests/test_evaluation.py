@@ -429,3 +429,7 @@ def test_rewriting_a_report_folder_drops_stale_pictures(main, synthetic, checkpo
     assert not (out / "training_curves.png").exists()  # would have been shown as this model's curves
     assert (out / "notes.txt").read_text() == "mine"  # files HandCLIP did not write are left alone
     assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT, "notes.txt"])
+    # --show 0: no ranked-list picture, and the one from the previous report goes too.
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out", str(out),
+                 "--runs", "0", "--show", "0"]) == 0
+    assert not (out / "ranked_list.png").exists() and (out / "report.html").read_text().count("data:image/png") == 1

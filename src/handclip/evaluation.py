@@ -353,7 +353,7 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
                         title=f"CMC, {title.removeprefix('Evaluation on ')} ({runs_text})")
         images.append((f"CMC curve ({runs_text})", stage / "cmc.png"))
         run = result.per_run[0].run
-        if result.distances.get(run) is not None:
+        if queries_shown > 0 and result.distances.get(run) is not None:
             query, gallery = result.splits[run]
             dist = result.distances[run]
             picks = _pick_queries(result, run, queries_shown)
