@@ -344,6 +344,10 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
                 f"{describe_options(result.options)}; gallery ids per run: "
                 f"{', '.join(str(r.num_gallery_ids) for r in result.per_run)}; "
                 f"queries without a correct match in the gallery (skipped): {skipped}.")
+        own = [[r.pid for r in g if not r.is_distractor] for _, g in result.splits.values()]
+        if own and all(len(set(pids)) == len(pids) for pids in own):  # single-shot gallery (11k, HD protocols)
+            note += (" Each identity has one gallery image, so mAP and mINP both equal the mean reciprocal rank "
+                     "of the correct match.")
         atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}\n{note}\n")
         images = []
         runs_text = f"mean over {len(result.per_run)} runs" if len(result.per_run) > 1 else f"run {result.per_run[0].run}"
