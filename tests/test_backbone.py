@@ -250,3 +250,14 @@ def test_rn_feature_map_size_matches_the_network(size, last_stride):
     clip = create_clip("tiny-rn", image_size=size, rn_last_stride=last_stride)
     shape, _ = _layer4_map(clip, size)
     assert shape == rn_feature_map_size(size, last_stride)
+
+
+def test_full_size_backbones_get_clip_reid_geometry():
+    # CLIP-ReID's ViT-B/16 setting: 256x128 input, overlapping patches with stride 12 -> 21x10 grid.
+    vit = create_clip("ViT-B/16", image_size=(256, 128), patch_stride=12)
+    assert vit.visual.grid_size == (21, 10)
+    assert vit.visual.positional_embedding.shape == (21 * 10 + 1, 768)
+    # RN50 with last stride 1 at 224x224: a 14x14 layer4 map, attention pool resized to match.
+    rn50 = create_clip("RN50", image_size=(224, 224), rn_last_stride=1)
+    assert rn_feature_map_size((224, 224), 1) == (14, 14)
+    assert rn50.visual.attnpool.positional_embedding.shape == (14 * 14 + 1, 2048)

@@ -16,7 +16,6 @@ the native model loads strictly and mismatches are reported key by key.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import pickle
 import warnings
@@ -85,7 +84,8 @@ def get_clip_config(name: str) -> dict:
     """The open_clip model config for ``name`` (a copy), or a ConfigError naming valid names."""
     if name in TINY_CONFIGS:
         return deepcopy(TINY_CONFIGS[name])
-    cfg = open_clip.get_model_config(name) if name and ":" not in name else None
+    lookup = name.replace("/", "-") if isinstance(name, str) else ""  # OpenAI spells ViT-B/16
+    cfg = open_clip.get_model_config(lookup) if lookup and ":" not in lookup else None
     if cfg is None:
         suggestions = difflib.get_close_matches(name, available_backbones(), n=3, cutoff=0.5)
         common = ["ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "RN50", "RN50-quickgelu", "tiny-vit", "tiny-rn"]
@@ -135,6 +135,21 @@ def is_vit(clip: nn.Module) -> bool:
 # safe weight loading
 
 
+@lru_cache(maxsize=32)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) so large weights are hashed once."""
+    stat = os.stat(path)
+    return _cached_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def is_known_openai_file(path: str | os.PathLike) -> bool:
+    return file_sha256(path) in KNOWN_OPENAI_SHA256
+
+
 def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -147,6 +162,22 @@ def _is_torchscript_archive(path: Path) -> bool:
             return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"[:200]
+
+
+def weights_only_reason(exc: BaseException) -> str:
+    """The useful part of torch's weights_only refusal, e.g. 'Unsupported global: GLOBAL io.open ...'."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = " ".join(text.split(marker, 1)[1].split())
+        detail = detail.split(". Please use", 1)[0].split(" Check the documentation", 1)[0]
+        return detail[:200] or "unsupported pickle content"
+    return _first_line(exc)
 
 
 def _unsafe_refusal(path: Path, kind: str, reason: str) -> CheckpointError:
@@ -170,7 +201,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
+        raise CheckpointError(f"weights file {path} is a directory, not a file" if path.is_dir() else f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -178,36 +209,38 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
         try:
             obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({exc})") from None
+            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({_first_line(exc)})") from None
         return _as_state_dict(obj, path)
 
     if _is_torchscript_archive(path):
-        sha = sha256_file(path)
-        if sha not in KNOWN_OPENAI_SHA256 and not allow_unsafe:
+        if not allow_unsafe and not is_known_openai_file(path):
             raise _unsafe_refusal(path, "TorchScript archive", "it needs weights_only=False")
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # corrupt archive: report, do not traceback
-            raise CheckpointError(f"weights file {path} is not a loadable TorchScript archive ({exc})") from None
+            raise CheckpointError(f"weights file {path} is not a loadable TorchScript archive ({_first_line(exc)})") from None
         return _as_state_dict(scripted.state_dict(), path)
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        sha = sha256_file(path)
-        if sha not in KNOWN_OPENAI_SHA256 and not allow_unsafe:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-            raise _unsafe_refusal(path, "pickle holding more than tensors", first_line[:160]) from None
+        # weights_only refused something: a global (class/function) or an unusual pickle. Only
+        # trusted files may go on to the full unpickler.
+        if not allow_unsafe and not is_known_openai_file(path):
+            raise _unsafe_refusal(path, "pickle holding more than tensors", weights_only_reason(exc)) from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:
-            raise CheckpointError(f"weights file {path} could not be read ({exc2})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file ({exc})") from None
-    if isinstance(obj, torch.jit.ScriptModule):
+            raise CheckpointError(f"weights file {path} could not be read ({_first_line(exc2)})") from None
+    except Exception as exc:  # torch raises KeyError/RuntimeError/EOFError/... on damaged files
+        raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
+    if isinstance(obj, nn.Module):  # a whole pickled model (only reachable when trusted)
         obj = obj.state_dict()
-    elif isinstance(obj, nn.Module):
-        obj = obj.state_dict()
+    if isinstance(obj, dict) and obj.get("format") == "handclip-checkpoint":
+        raise CheckpointError(
+            f"{path} is a HandCLIP checkpoint, not backbone weights; load it as a checkpoint "
+            f"(handclip.model.checkpoint.load_checkpoint) instead of passing it as model.weights"
+        )
     return _as_state_dict(obj, path)
 
 
@@ -439,4 +472,4 @@ def _looks_like_openai(weights) -> bool:
     if text.lower() == "openai":
         return True
     path = Path(text)
-    return path.is_file() and _is_torchscript_archive(path) and sha256_file(path) in KNOWN_OPENAI_SHA256
+    return path.is_file() and is_known_openai_file(path)

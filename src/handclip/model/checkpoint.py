@@ -14,6 +14,7 @@ the original backbone weights file is never needed again.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import pickle
@@ -25,7 +26,13 @@ import torch
 
 from ..atomic import atomic_open, sha256_file
 from ..errors import CheckpointError, ConfigError, HandCLIPError
-from .backbone import _describe_mismatch, load_weights_file
+from .backbone import (
+    _describe_mismatch,
+    _first_line,
+    _is_torchscript_archive,
+    load_weights_file,
+    weights_only_reason,
+)
 from .handclip import HandCLIP, build_model
 
 CHECKPOINT_FORMAT = "handclip-checkpoint"
@@ -42,25 +49,29 @@ __all__ = [
     "load_weights_file",
 ]
 
-_PLAIN = (str, int, float, bool, type(None))
+# Exactly the types torch.load(weights_only=True) accepts (subclasses such as defaultdict are refused).
+_PLAIN = (str, int, float, bool, complex, bytes, type(None))
+_MAPPINGS = (dict, collections.OrderedDict, collections.Counter)  # Counter: MultiStepLR milestones
+_SEQUENCES = (list, tuple, set)
 
 
 def _check_plain(value: Any, where: str) -> None:
     """Raise TypeError if ``value`` holds anything torch.load(weights_only=True) would refuse."""
-    if isinstance(value, _PLAIN) or isinstance(value, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
+    kind = type(value)
+    if kind in _PLAIN or isinstance(value, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
         return
-    if isinstance(value, dict):
+    if kind in _MAPPINGS:
         for key, item in value.items():
-            if not isinstance(key, _PLAIN):
+            if type(key) not in _PLAIN:
                 raise TypeError(f"checkpoint entry {where} has a key of type {type(key).__name__}")
             _check_plain(item, f"{where}[{key!r}]")
         return
-    if isinstance(value, (list, tuple)):
+    if kind in _SEQUENCES:
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
         return
     raise TypeError(
-        f"checkpoint entry {where} is a {type(value).__name__}; store only tensors, numbers, strings, "
+        f"checkpoint entry {where} is a {kind.__name__}; store only tensors, numbers, strings, "
         f"lists and dicts (convert numpy arrays with torch.from_numpy or .tolist())"
     )
 
@@ -104,16 +115,20 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (such as OpenAI's original CLIP files), not a HandCLIP "
+            f"checkpoint; backbone weights go in model.weights"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, which could run "
-            f"code when loaded, so it is not a HandCLIP checkpoint"
+            f"code when loaded ({weights_only_reason(exc)}), so it is not a HandCLIP checkpoint"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({reason[:200]})") from None
+    except Exception as exc:  # torch raises KeyError/RuntimeError/EOFError/... on damaged files
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a HandCLIP checkpoint (backbone weights go in model.weights, not here)"
@@ -151,6 +166,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} does not match the architecture it describes: {problem}")
     model.load_state_dict(state, strict=True)
     model.eval()
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
     model.checkpoint_path = str(path)
     model.checkpoint_sha256 = sha256_file(path)
 

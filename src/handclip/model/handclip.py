@@ -354,16 +354,26 @@ def _section_dict(section, name: str) -> dict:
     raise ConfigError(f"{name} must be a config section or a dict, not {type(section).__name__}")
 
 
+def _validated(cls, section, name: str):
+    from pydantic import ValidationError
+
+    if isinstance(section, cls):
+        return section
+    try:
+        return cls.model_validate(_section_dict(section, name))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join([name, *(str(part) for part in err["loc"])])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{key}: {'unknown key' if err['type'] == 'extra_forbidden' else msg}") from None
+
+
 def build_model(model_cfg, data_cfg, num_ids: int) -> HandCLIP:
     """Build HandCLIP from the ``model`` and ``data`` config sections (pydantic objects or dicts)."""
     from ..config import DataConfig, ModelConfig
-    from pydantic import ValidationError
 
-    try:
-        model_cfg = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.model_validate(_section_dict(model_cfg, "model"))
-        data_cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.model_validate(_section_dict(data_cfg, "data"))
-    except ValidationError as exc:
-        raise ConfigError(f"invalid model/data configuration: {exc.errors()[0]['msg']}") from None
+    model_cfg = _validated(ModelConfig, model_cfg, "model")
+    data_cfg = _validated(DataConfig, data_cfg, "data")
     clip = create_clip(
         model_cfg.backbone,
         weights=model_cfg.weights,

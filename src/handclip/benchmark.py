@@ -1,0 +1,86 @@
+"""The paper table: train and evaluate every benchmark subset, then one row per method.
+
+For each subset (the four 11k aspects and HD) a config file from the config folder is trained
+(``handclip.api.train``), its best checkpoint (chosen on the validation split) is evaluated over all
+Monte Carlo runs of that run's own manifest, and optionally the zero-shot backbone is evaluated on the
+same manifest through the same code path. Published numbers are printed beside them, marked as quoted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import atomic_write_json, atomic_write_text
+from .config import load_config
+from .errors import ConfigError
+from .references import SUBSETS, benchmark_table
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[tuple[str, dict]] = field(default_factory=list)
+    runs: dict = field(default_factory=dict)
+    table: str = ""
+
+
+def find_config(config_dir: Path, subset: str) -> Path:
+    matches = sorted(p for p in Path(config_dir).glob(f"{subset}_*.yaml"))
+    if not matches:
+        raise ConfigError(f"no config for subset '{subset}' in {config_dir} (expected a file named {subset}_*.yaml)")
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches)
+        raise ConfigError(f"several configs for subset '{subset}' in {config_dir} ({names}); keep one per subset")
+    return matches[0]
+
+
+def run_benchmark(config_dir, out_dir, data_11k=None, data_hd=None, subsets=None, overrides=None,
+                  zero_shot: bool = True, gallery_all: bool = True, progress: bool = False) -> BenchmarkResult:
+    from .api import train
+    from .data.manifest import Manifest
+    from .evaluation import evaluate_manifest, load_model_for_evaluation
+    from .model.handclip import build_model
+
+    subsets = list(subsets or SUBSETS)
+    unknown = [s for s in subsets if s not in SUBSETS]
+    if unknown:
+        raise ConfigError(f"unknown subset '{unknown[0]}' (choose from {', '.join(SUBSETS)})")
+    out_dir = Path(out_dir)
+    # Resolve every config before training anything: a typo must not surface after hours of work.
+    plans = []
+    for subset in subsets:
+        root = data_hd if subset == "hd" else data_11k
+        if root is None:
+            flag = "--data-hd" if subset == "hd" else "--data-11k"
+            raise ConfigError(f"subset '{subset}' needs its dataset folder: pass {flag} DIR")
+        extra = [f"data.root={root}"]
+        if subset != "hd":
+            extra.append(f"data.gallery_all={'true' if gallery_all else 'false'}")
+        path = find_config(config_dir, subset)
+        plans.append((subset, path, load_config(path, extra + list(overrides or []))))
+
+    measured: dict[str, dict] = {}
+    zero: dict[str, dict] = {}
+    result = BenchmarkResult()
+    label = None
+    for subset, path, config in plans:
+        run = train(config, run_dir=out_dir / subset, progress=progress)
+        manifest = Manifest.read(Path(run.run_dir) / "manifest.csv")
+        model, data_cfg, label = load_model_for_evaluation(checkpoint=run.best_checkpoint)
+        evaluated = evaluate_manifest(model, manifest, data_cfg, config.eval, progress=progress)
+        measured[subset] = evaluated.aggregate
+        result.runs[subset] = {"config": str(path), "run_dir": str(run.run_dir), "trained": evaluated.as_dict()}
+        if zero_shot:
+            base = build_model(config.model, config.data, num_ids=1).eval()
+            zs = evaluate_manifest(base, manifest, config.data, config.eval, progress=progress)
+            zero[subset] = zs.aggregate
+            result.runs[subset]["zero_shot"] = zs.as_dict()
+    backbone = plans[0][2].model.backbone
+    result.rows.append((label or f"HandCLIP ({backbone})", measured))
+    if zero_shot:
+        result.rows.append((f"zero-shot {backbone} image features (same weights)", zero))
+    result.table = benchmark_table(result.rows)
+    atomic_write_text(out_dir / "benchmark.md", "# HandCLIP benchmark\n\n" + result.table)
+    atomic_write_json(out_dir / "benchmark.json", {"rows": [{"method": m, "subsets": s} for m, s in result.rows],
+                                                  "runs": result.runs})
+    return result
