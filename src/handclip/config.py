@@ -83,6 +83,8 @@ class ModelConfig(_Section):
     arcface_scale: float = Field(30.0, gt=0)
     arcface_margin: float = Field(0.5, ge=0)
     unfreeze_last_n: Optional[int] = Field(None, ge=0, description="train only the last N blocks (None: all)")
+    logit_scale: Optional[float] = Field(
+        None, gt=0, description="scale of the cosine image-text logits in the losses (None: the CLIP model's own)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -105,6 +107,8 @@ class Stage1Config(_Section):
     warmup_lr_init: float = Field(1e-5, gt=0)
     lr_min: float = Field(1e-6, ge=0)
     prompt_l2: float = Field(0.0, ge=0, description="L2 penalty on the prompt vectors")
+    schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")
+    cache_features: bool = Field(True, description="reuse encoded training features across runs (issue 6)")
 
 
 class Stage2Config(_Section):
@@ -134,6 +138,7 @@ class Stage2Config(_Section):
     head_lr: Optional[float] = Field(None, gt=0, description="lr of new heads (default: lr)")
     grad_clip: Optional[float] = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
+    schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")
 
     @model_validator(mode="after")
     def _check(self):

@@ -12,12 +12,15 @@ Semantics of :func:`evaluate_rank` (design.md section 2):
 * CMC[k] is the fraction of valid queries whose first correct match is within the top k+1. Asking for
   more ranks than a query's gallery holds is allowed: the curve then stays at its last value (1.0).
 
-The fast path never sorts a whole gallery row. The only thing the metrics need is the rank of every
+The fast path never argsorts a gallery row. The only thing the metrics need is the rank of every
 correct match, and rank = (number of gallery items strictly closer) + (number of equally close items
 listed earlier). With a few matches per query, counting with comparisons costs ``k * gallery`` work
 per query against ``gallery * log(gallery)`` for a sort; when identities are large the code switches
-to sorting the row values and binary search. :func:`evaluate_rank_reference` is the classic per-query
-loop kept as the ground truth for tests and the benchmark.
+to sorting the row values and binary search. Counting runs in float32 and any match whose float32
+value is shared by another item is recounted exactly, so results equal the classic loop's (tests
+check to 1e-12). Temporary memory is bounded by processing queries in blocks (about 32 MiB of
+booleans per block, whatever the matrix size). :func:`evaluate_rank_reference` is the classic
+per-query loop kept as the ground truth for tests and the benchmark.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def _as_distmat(distmat: Any) -> np.ndarray:
         raise MetricInputError(f"distmat must hold real numbers, got dtype {d.dtype}")
     if d.shape[0] == 0 or d.shape[1] == 0:
         raise MetricInputError(f"distmat is empty (shape {d.shape}): need at least one query and one gallery item")
-    d = np.ascontiguousarray(d, dtype=np.float64)
+    # float32 stays float32 (comparisons are exact in either precision; no 2x copy of a big matrix).
+    d = np.ascontiguousarray(d, dtype=np.float32 if d.dtype in (np.float16, np.float32) else np.float64)
     # min() propagates NaN, so the full NaN mask is only built when there is one to report.
     if np.isnan(d.min()):
         nan = np.isnan(d)
@@ -191,30 +195,41 @@ def _strict_and_equal_counts_by_sorting(d: np.ndarray, thresholds: np.ndarray) -
     return left, right - left
 
 
-def _ranks_of_matches(d: np.ndarray, match_idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """0-based stable rank (ties by gallery order) of gallery item match_idx[b, j] in row b of d."""
+def _ranks_of_matches(d: np.ndarray, rows: np.ndarray, match_idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """0-based stable rank (ties by gallery order) of gallery item match_idx[b, j] in row rows[b] of d.
+
+    Counting runs in float32, which halves memory traffic. Rounding to float32 is monotone, so an item
+    strictly below (above) the match in float32 is strictly below (above) it exactly; only when
+    another item rounds to the same float32 value as the match (a real tie, or values closer than
+    float32 resolution) is that match's rank recounted exactly in the matrix's own precision.
+    """
     b, k = match_idx.shape
     ng = d.shape[1]
-    rows = np.arange(b)[:, None]
+    exact_thresholds = np.where(valid, d[rows[:, None], match_idx], -np.inf)
+    with np.errstate(over="ignore"):  # beyond float32 range -> inf, still order-preserving
+        block = d[rows] if d.dtype == np.float32 else d[rows].astype(np.float32)
+        thresholds = exact_thresholds.astype(np.float32)
     # Padding entries probe with -inf: they count nothing and are masked out afterwards.
-    thresholds = np.where(valid, d[rows, match_idx], -np.inf)
     # Counting costs two comparison passes per match, sorting about log2(ng) passes per row; the
     # factor comes from timing both on 10,000-wide rows (benchmarks/bench_metrics.py).
     if k <= max(4, int(1.25 * np.log2(max(ng, 2)))):
-        n_less, n_equal = _strict_and_equal_counts_by_comparison(d, thresholds)
+        n_less, n_equal = _strict_and_equal_counts_by_comparison(block, thresholds)
     else:
-        n_less, n_equal = _strict_and_equal_counts_by_sorting(d, thresholds)
+        n_less, n_equal = _strict_and_equal_counts_by_sorting(block, thresholds)
     ranks = n_less
-    # Exact ties (e.g. duplicate images): add the equally distant items listed before the match.
+    # Recount exactly where another item shares the match's float32 value; equal items listed
+    # before the match rank before it.
     tb, tj = np.nonzero(valid & (n_equal > 1))
     if tb.size:
         ranks = ranks.copy()
-        step = max(1, _BLOCK_ELEMENTS // ng)
+        step = max(1, _BLOCK_ELEMENTS // (4 * ng))
         positions = np.arange(ng)
         for s in range(0, tb.size, step):
             bb, jj = tb[s : s + step], tj[s : s + step]
-            earlier = (d[bb] == thresholds[bb, jj][:, None]) & (positions[None, :] < match_idx[bb, jj][:, None])
-            ranks[bb, jj] += earlier.sum(axis=1)
+            full = d[rows[bb]]
+            t = exact_thresholds[bb, jj][:, None]
+            earlier = (full == t) & (positions[None, :] < match_idx[bb, jj][:, None])
+            ranks[bb, jj] = (full < t).sum(axis=1) + earlier.sum(axis=1)
     return ranks
 
 
@@ -228,7 +243,8 @@ def evaluate_rank(
 ) -> RankResult:
     """CMC, mAP and mINP for a query x gallery distance matrix (see the module docstring).
 
-    ``distmat`` (numpy or torch, any real dtype; +/-inf allowed, NaN refused), ``q_pids``/``g_pids``
+    ``distmat`` (numpy or torch, any real dtype, compared in float32 if given as float32/float16,
+    else float64; +/-inf allowed, NaN refused), ``q_pids``/``g_pids``
     integer identities, optional ``q_camids``/``g_camids`` (both or neither). Raises
     :class:`MetricInputError` (a ``HandCLIPError`` and a ``ValueError``) for malformed inputs and when
     no query has a correct match in the gallery.
@@ -246,8 +262,9 @@ def evaluate_rank(
     pos = 0
     while pos < nq:
         # Size the block for its widest row (the last one, counts ascend), then shrink if needed.
-        end = min(nq, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[pos]]), 1))))
-        end = min(end, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[end - 1]]), 1))))
+        # (at least 4 per row so the gathered rows themselves stay within a few blocks' memory).
+        end = min(nq, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[pos]]), 4))))
+        end = min(end, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[end - 1]]), 4))))
         qi = by_count[pos:end]
         pos = end
         if int(count[qi].max()) == 0:
@@ -258,7 +275,7 @@ def evaluate_rank(
         match_idx = g_order[np.minimum(start[qi][:, None] + cols[None, :], ng - 1)]
         match_idx = np.where(valid, match_idx, 0)
 
-        ranks = _ranks_of_matches(d[qi], match_idx, valid)
+        ranks = _ranks_of_matches(d, qi, match_idx, valid)
         if qc is not None:
             removed = valid & (gc[match_idx] == qc[qi][:, None])
         else:

@@ -1,7 +1,8 @@
 """Pictures and reports: CMC curves, ranked-list sheets, training curves, metric tables, HTML.
 
-Everything is rendered in memory first (matplotlib's Agg backend, no display needed) and written
-with :mod:`handclip.atomic`, so a failure while drawing leaves no file behind, not even a partial one.
+Everything is rendered in memory first with matplotlib's Agg canvas (no display needed; figures are
+built without pyplot, so importing this module never changes a notebook's backend) and written with
+:mod:`handclip.atomic`, so a failure while drawing leaves no file behind, not even a partial one.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image, UnidentifiedImageError
 
-matplotlib.use("Agg")  # headless; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from .atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-from .errors import DataError, HandCLIPError  # noqa: E402
+from .atomic import atomic_write_bytes, atomic_write_text
+from .errors import DataError, HandCLIPError
 
 __all__ = [
     "plot_cmc",
@@ -50,12 +49,15 @@ _PRETTY = {
 }
 
 
+def _subplots(rows: int, cols: int, figsize: tuple[float, float]):
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
 def _save_figure(fig, out_png: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
     atomic_write_bytes(out_png, buffer.getvalue())
     return Path(out_png)
 
@@ -68,7 +70,8 @@ def plot_cmc(curves: Mapping[str, Any], out_png: str | os.PathLike, max_rank: in
     """One line per label: matching rate (%) against rank 1..max_rank. Values are fractions in [0, 1]."""
     if not curves:
         raise HandCLIPError("plot_cmc needs at least one curve")
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, axes = _subplots(1, 1, (6.4, 4.4))
+    ax = axes[0, 0]
     ranks = np.arange(1, max_rank + 1)
     for label, cmc in curves.items():
         values = np.asarray(cmc, dtype=np.float64).ravel()
@@ -140,36 +143,32 @@ def ranked_list_sheet(
         raise HandCLIPError(f"top_k must be at least 1, got {top_k}")
     cols = 1 + top_k
     rows = len(queries)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols + 0.3, 1.85 * rows), squeeze=False)
-    try:
-        for r, ((q_path, q_pid), ranking) in enumerate(zip(queries, rankings)):
-            ax = axes[r, 0]
-            ax.imshow(_thumbnail(q_path, thumb))
-            _frame(ax, QUERY, 4.0)
-            ax.set_title(f"query {r + 1}", fontsize=9, color=QUERY, fontweight="bold")
-            ax.set_xlabel(f"id {q_pid}", fontsize=9)
-            for c in range(top_k):
-                ax = axes[r, c + 1]
-                if c >= len(ranking):
-                    ax.axis("off")
-                    continue
-                g_path, g_pid, distance = ranking[c]
-                right = g_pid == q_pid
-                colour = CORRECT if right else WRONG
-                ax.imshow(_thumbnail(g_path, thumb))
-                _frame(ax, colour, 4.0)
-                ax.set_title(f"#{c + 1} {'✓' if right else '✗'}", fontsize=9, color=colour, fontweight="bold")
-                ax.set_xlabel(f"id {g_pid}\nd={float(distance):.3f}", fontsize=8, color=colour if not right else "black")
-        height = 1.85 * rows
-        fig.subplots_adjust(wspace=0.08, hspace=0.55, top=1.0 - 0.45 / height, bottom=0.55 / height)
-        fig.suptitle(
-            "Ranked lists: query (blue), then nearest gallery images; green = same identity, red = different",
-            fontsize=10,
-            y=1.0 - 0.05 / height,
-        )
-    except BaseException:
-        plt.close(fig)
-        raise
+    fig, axes = _subplots(rows, cols, (1.45 * cols + 0.3, 1.85 * rows))
+    for r, ((q_path, q_pid), ranking) in enumerate(zip(queries, rankings)):
+        ax = axes[r, 0]
+        ax.imshow(_thumbnail(q_path, thumb))
+        _frame(ax, QUERY, 4.0)
+        ax.set_title(f"query {r + 1}", fontsize=9, color=QUERY, fontweight="bold")
+        ax.set_xlabel(f"id {q_pid}", fontsize=9)
+        for c in range(top_k):
+            ax = axes[r, c + 1]
+            if c >= len(ranking):
+                ax.axis("off")
+                continue
+            g_path, g_pid, distance = ranking[c]
+            right = g_pid == q_pid
+            colour = CORRECT if right else WRONG
+            ax.imshow(_thumbnail(g_path, thumb))
+            _frame(ax, colour, 4.0)
+            ax.set_title(f"#{c + 1} {'✓' if right else '✗'}", fontsize=9, color=colour, fontweight="bold")
+            ax.set_xlabel(f"id {g_pid}\nd={float(distance):.3f}", fontsize=8, color=colour if not right else "black")
+    height = 1.85 * rows
+    fig.subplots_adjust(wspace=0.08, hspace=0.55, top=1.0 - 0.45 / height, bottom=0.55 / height)
+    fig.suptitle(
+        "Ranked lists: query (blue), then nearest gallery images; green = same identity, red = different",
+        fontsize=10,
+        y=1.0 - 0.05 / height,
+    )
     return _save_figure(fig, out_png)
 
 
@@ -198,7 +197,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os
     stages: dict[str, list[Mapping[str, Any]]] = {}
     for entry in history:
         stages.setdefault(_stage_name(entry.get("stage", "training")), []).append(entry)
-    fig, axes = plt.subplots(len(stages), 3, figsize=(13, 3.4 * len(stages)), squeeze=False)
+    fig, axes = _subplots(len(stages), 3, (13, 3.4 * len(stages)))
     for row, (stage, entries) in enumerate(stages.items()):
         epochs = [e.get("epoch", i + 1) for i, e in enumerate(entries)]
         keys: list[str] = []

@@ -1,0 +1,45 @@
+"""``handclip train``: stage 1 then stage 2 (or one of them), a joint run, or ``--resume`` a killed run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (see configs/); default: the built-in defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set stage2.epochs=30 (repeatable)")
+    parser.add_argument("--stage", choices=["stage1", "stage2", "both"], default="both",
+                        help="run only one stage (default: both)")
+    parser.add_argument("--out", help="run folder (default: <output_dir>/<name>-<UTC time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides runtime.device)")
+    parser.add_argument("--skip-bad", action="store_true", help="leave unusable images out instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from ..api import train
+    from ..config import load_config
+    from ..errors import ConfigError
+
+    stages = ("stage1", "stage2") if args.stage == "both" else (args.stage,)
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise ConfigError("--resume continues a run with its own config.yaml; do not combine it with "
+                              "--config, --set or --out")
+        result = train(resume=args.resume, device=args.device, progress=not args.no_progress)
+    else:
+        overrides = list(args.overrides)
+        if args.skip_bad:
+            overrides.append("data.skip_bad=true")
+        config = load_config(args.config, overrides)
+        result = train(config, run_dir=args.out, stages=stages, device=args.device,
+                       progress=config.runtime.progress and not args.no_progress)
+    best = result.best or {}
+    print(f"run folder: {result.run_dir}")
+    if result.best_checkpoint:
+        print(f"best checkpoint: {result.best_checkpoint} ({best.get('stage')} epoch {best.get('epoch')}, "
+              f"val rank-1 {best.get('rank1', float('nan')):.4f}, mAP {best.get('mAP', float('nan')):.4f})")
+    print(f"last checkpoint: {result.last_checkpoint}")
+    return 0

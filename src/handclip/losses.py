@@ -1,0 +1,130 @@
+"""Training losses of CLIP-ReID (design.md section 2) and the optional extras.
+
+- ``CrossEntropyLabelSmooth``: identity cross-entropy with label smoothing (0.1).
+- ``TripletLoss``: batch-hard triplet loss (margin 0.3) on Euclidean distances; needs P x K batches so
+  every anchor has a positive (the prototype's batches had none, mistake 3).
+- ``SupConLoss``: supervised contrastive loss between two sets of features (image->text and
+  text->image in stage 1): for every anchor, the mean log-softmax over its positives (same identity).
+- ``CenterLoss``: learnable class centres; they are parameters and must be given to an optimizer.
+- ``i2t_cross_entropy``: image->text cross-entropy over all identities' text features.
+- ``prompt_l2``: L2 penalty on the prompt vectors.
+
+Image-text logits are cosine similarities (both sides L2-normalised) times a scale: CLIP's own logit
+scale by default. CLIP-ReID uses raw dot products; normalising keeps the losses on the same scale for
+a random-init tiny model and a pretrained ViT alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CrossEntropyLabelSmooth(nn.Module):
+    """Cross-entropy against (1 - eps) * one-hot + eps / num_classes."""
+
+    def __init__(self, epsilon: float = 0.1):
+        super().__init__()
+        self.epsilon = float(epsilon)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.epsilon)
+
+
+def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pairwise Euclidean distances [len(x), len(y)] (clamped so the sqrt has a gradient at 0)."""
+    x = x.float()
+    y = y.float()
+    sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1, keepdim=True).T - 2.0 * x @ y.T
+    return sq.clamp_min(1e-12).sqrt()
+
+
+class TripletLoss(nn.Module):
+    """Batch-hard triplet loss: hardest positive and hardest negative per anchor.
+
+    Anchors without a positive or a negative in the batch are left out (they carry no signal);
+    if no anchor has both, the loss is 0 (still connected to the graph).
+    """
+
+    def __init__(self, margin: float = 0.3):
+        super().__init__()
+        self.margin = float(margin)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        dist = euclidean_dist(features, features)
+        same = labels.unsqueeze(0) == labels.unsqueeze(1)
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        positive = same & ~eye
+        negative = ~same
+        valid = positive.any(1) & negative.any(1)
+        if not bool(valid.any()):
+            return features.sum() * 0.0
+        hardest_pos = dist.masked_fill(~positive, float("-inf")).amax(1)
+        hardest_neg = dist.masked_fill(~negative, float("inf")).amin(1)
+        losses = F.relu(hardest_pos[valid] - hardest_neg[valid] + self.margin)
+        return losses.mean()
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss of anchors against a contrast set (CLIP-ReID stage 1).
+
+    logits[i, j] = scale * <anchor_i, contrast_j> (cosine when ``normalize``). For every anchor the
+    loss is minus the mean, over the contrast items with the same label, of the log-softmax of its
+    row. Stage 1 calls it twice: images as anchors against the batch's text features and back.
+    """
+
+    def __init__(self, normalize: bool = True):
+        super().__init__()
+        self.normalize = normalize
+
+    def forward(self, anchors: torch.Tensor, contrast: torch.Tensor, anchor_labels: torch.Tensor,
+                contrast_labels: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+        anchors = anchors.float()
+        contrast = contrast.float()
+        if self.normalize:
+            anchors = F.normalize(anchors, dim=-1)
+            contrast = F.normalize(contrast, dim=-1)
+        logits = scale * anchors @ contrast.T
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positives = (anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)).to(log_prob.dtype)
+        count = positives.sum(1)
+        has_positive = count > 0
+        mean_log_prob = (positives * log_prob).sum(1)[has_positive] / count[has_positive]
+        if mean_log_prob.numel() == 0:
+            return logits.sum() * 0.0
+        return -mean_log_prob.mean()
+
+
+class CenterLoss(nn.Module):
+    """Mean squared distance of each feature to its class centre (Wen et al. 2016).
+
+    The centres are learnable parameters: the training code gives them their own optimizer group
+    (the prototype never did, mistake 1).
+    """
+
+    def __init__(self, num_classes: int, feat_dim: int):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        diff = features.float() - self.centers[labels]
+        return diff.pow(2).sum(1).clamp(1e-12, 1e12).mean()
+
+
+def i2t_cross_entropy(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
+                      scale: float | torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of each image over every identity's text feature (cosine logits x scale)."""
+    logits = scale * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def text_id_logits(image_features: torch.Tensor, text_features: torch.Tensor,
+                   scale: float | torch.Tensor) -> torch.Tensor:
+    """ID logits from text anchors (``model.id_head == 'text'``): scaled cosine image @ text.T."""
+    return scale * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+
+
+def prompt_l2(ctx: torch.Tensor) -> torch.Tensor:
+    """Mean squared L2 norm of the prompt context vectors."""
+    return ctx.float().pow(2).sum(-1).mean()

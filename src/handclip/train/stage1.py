@@ -1,0 +1,176 @@
+"""Stage 1: learn one text prompt per identity against fixed image features (design.md section 2).
+
+Everything but the prompt vectors is frozen. Every training image is encoded once with the eval
+transform (no augmentation); the features are cached on disk under
+``<cache>/features/<key>.pt``, keyed by a hash of the image encoder's weights, the transform and the
+training records, so a second experiment on the same data skips the encoding pass (issue 6).
+Each epoch walks a random permutation of the cache in consecutive batches; the loss is the
+supervised-contrastive image->text plus text->image loss (+ an optional L2 penalty on the prompts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+
+import torch
+
+from ..atomic import atomic_write_bytes
+from ..losses import SupConLoss, prompt_l2
+from ..optim import build_stage1_optimizer
+from .runtime import amp_dtype, autocast, cache_root, logit_scale_of, restore_rng_if_resuming
+
+
+def freeze_all_but_prompts(model) -> None:
+    model.freeze_all_but_prompt()
+
+
+def _tensor_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16
+                      else tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_cache_key(model, data_cfg, records) -> str:
+    """Hash of everything the cached features depend on: encoder weights, transform, images."""
+    spec = {
+        "encoder": _tensor_digest(model.image_encoder),
+        "image_size": list(data_cfg.image_size),
+        "mean": list(data_cfg.pixel_mean),
+        "std": list(data_cfg.pixel_std),
+        "records": hashlib.sha256("\n".join(f"{r.path}\t{r.pid}" for r in records).encode()).hexdigest(),
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@torch.inference_mode()
+def encode_training_images(model, records, label_map, data_cfg, eval_cfg, device, dtype=None, progress=False):
+    """Projected image features (float32, on CPU) and contiguous labels for ``records``, in order."""
+    from ..data.loaders import build_eval_loader
+
+    was_training = model.training
+    model.eval()
+    loader = build_eval_loader(data_cfg, list(records), eval_cfg.batch_size)
+    feats, labels = [], []
+    iterator = loader
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(loader, desc="stage1 encode", unit="batch", leave=False)
+    try:
+        for batch in iterator:
+            images, index = batch[0], batch[2]
+            with autocast(device, dtype):
+                out = model(images.to(device, non_blocking=True))
+            feats.append(out.image_proj.float().cpu())
+            labels.append(torch.tensor([label_map[records[int(i)].pid] for i in index], dtype=torch.long))
+    finally:
+        model.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_training_features(ctx):
+    """Load the stage-1 features from the cache, or encode and store them."""
+    cfg = ctx.config
+    records = ctx.train_records
+    path = None
+    if cfg.stage1.cache_features:
+        key = feature_cache_key(ctx.model, cfg.data, records)
+        path = cache_root(cfg.data) / "features" / f"{key}.pt"
+        if path.is_file():
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                if len(blob["labels"]) == len(records):
+                    ctx.log(f"stage 1: {len(records)} image features read from cache {path.name}")
+                    return blob["features"], blob["labels"], True
+            except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+                pass
+    start = time.perf_counter()
+    # RNG-neutral (the eval loader draws a seed from the global generator), so a cache hit and a cache
+    # miss leave training on the same random stream.
+    with torch.random.fork_rng(devices=[]):
+        feats, labels = encode_training_images(ctx.model, records, ctx.label_map, cfg.data, cfg.eval, ctx.device,
+                                               amp_dtype(cfg.runtime, ctx.device), progress=ctx.progress)
+    ctx.log(f"stage 1: encoded {len(records)} training images in {time.perf_counter() - start:.1f}s")
+    if path is not None and ctx.is_main:
+        buffer = io.BytesIO()
+        torch.save({"features": feats, "labels": labels}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return feats, labels, False
+
+
+def run_stage1(ctx, resume: dict | None = None) -> None:
+    """Train the prompt vectors for ``stage1.epochs`` epochs (continuing from ``resume`` if given)."""
+    cfg = ctx.config
+    s1 = cfg.stage1
+    model = ctx.model
+    device = ctx.device
+    freeze_all_but_prompts(model)
+    optimizer, schedule = build_stage1_optimizer(model, s1, cfg.runtime, device)
+    start_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        start_epoch = resume["epoch"]
+    feats, labels, _ = cached_training_features(ctx)
+    feats = feats.to(device)
+    labels = labels.to(device)
+    scale = logit_scale_of(model, cfg.model)
+    supcon = SupConLoss()
+    dtype = amp_dtype(cfg.runtime, device)
+    n = len(labels)
+    steps = (n + s1.batch_size - 1) // s1.batch_size
+    restore_rng_if_resuming(resume)
+
+    for epoch in range(start_epoch, s1.epochs):
+        started = time.perf_counter()
+        model.train()
+        if s1.schedule == "epoch":
+            schedule.set_position(epoch)
+        order = torch.randperm(n).to(device)
+        sums = {"i2t": torch.zeros((), device=device), "t2i": torch.zeros((), device=device)}
+        if s1.prompt_l2 > 0:
+            sums["prompt_l2"] = torch.zeros((), device=device)
+        iterator = range(steps)
+        if ctx.progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc=f"stage1 {epoch + 1}/{s1.epochs}", unit="step", leave=False)
+        for step in iterator:
+            if s1.schedule == "step":
+                schedule.set_position(epoch + step / steps)
+            idx = order[step * s1.batch_size:(step + 1) * s1.batch_size]
+            image_feats, batch_labels = feats[idx], labels[idx]
+            # Each identity's prompt goes through the text encoder once per batch, however many of its
+            # images the batch holds (same features and gradients, fewer text-encoder passes).
+            unique_labels, inverse = torch.unique(batch_labels, return_inverse=True)
+            with autocast(device, dtype):
+                text_feats = model.text_features(unique_labels)[inverse]
+            terms = {
+                "i2t": supcon(image_feats, text_feats, batch_labels, batch_labels, scale),
+                "t2i": supcon(text_feats, image_feats, batch_labels, batch_labels, scale),
+            }
+            if s1.prompt_l2 > 0:
+                terms["prompt_l2"] = s1.prompt_l2 * prompt_l2(model.prompt_learner.ctx)
+            ctx.check_finite(terms, "stage1", epoch, step)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in terms.items():
+                sums[key] += value.detach()
+        record = {"stage": "stage1", "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"loss_{k}": float(v) / steps for k, v in sums.items()})
+        record["loss"] = sum(record[f"loss_{k}"] for k in sums)
+        record["time_s"] = round(time.perf_counter() - started, 3)
+        # Stage 1 leaves the image features unchanged, so it is validated once, at its end (the stage-1 model
+        # is then the first candidate for best.pt).
+        ctx.end_epoch("stage1", epoch + 1, record, validate=(epoch + 1 == s1.epochs), resume_state={
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1})

@@ -1,0 +1,230 @@
+"""Stage 2: fine-tune the image encoder against fixed text anchors (design.md section 2), and the joint run.
+
+Trainable: the image encoder (or its last ``model.unfreeze_last_n`` blocks) and every new head (BNNeck,
+ID classifiers, ArcFace), plus center-loss centres when that loss is on. The prompts and the text
+encoder stay frozen unless ``stage2.freeze_prompt`` is False (then the prompt vectors train too, and
+text features are recomputed every batch so the gradient reaches them; the text encoder itself is
+never trained, as in CLIP-ReID).
+
+Losses (each weighted by its ``stage2.*_weight``): identity cross-entropy with label smoothing on both
+BNNeck heads (or on ``image_proj @ text.T`` with ``model.id_head == 'text'``), batch-hard triplet on
+``feat_last`` and ``feat_proj``, image->text cross-entropy over all identities' text features,
+optional supervised contrastive i2t + t2i, optional center loss on the test feature
+(``[feat_last, feat_proj]``), and the prompt L2 penalty when the prompts train.
+
+Joint run (``runtime.joint``): one run of ``stage2.epochs`` epochs in which the prompts and the image
+encoder train together. The prompts get their own Adam group (``stage1.lr``/``stage1.weight_decay``),
+every lr follows stage 2's warm-up multi-step schedule, text features are recomputed every batch with
+gradient, and the stage-1 loss (SupCon i2t + t2i on the batch, weight 1) is added to the stage-2 losses.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+
+from ..losses import (CenterLoss, CrossEntropyLabelSmooth, SupConLoss, TripletLoss, i2t_cross_entropy,
+                      prompt_l2, text_id_logits)
+from ..optim import build_stage2_optimizer
+from .runtime import amp_dtype, autocast, logit_scale_of, make_scaler, restore_rng_if_resuming, use_channels_last
+
+def configure_stage2_trainable(model, model_cfg, stage2_cfg, joint: bool) -> None:
+    """Image encoder (all, or its last N blocks + output layers) and heads train; text encoder frozen;
+    prompts train only in a joint run or with ``stage2.freeze_prompt: false``."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model.set_stage2_trainable(freeze_prompt=not (joint or not stage2_cfg.freeze_prompt),
+                               unfreeze_last_n=model_cfg.unfreeze_last_n)
+    if model_cfg.id_head == "text":
+        # No loss reads the BNNeck outputs then (ID logits come from image_proj @ text.T): keep its
+        # affine weights out of the optimizer rather than "train" them with a zero gradient.
+        for module in (model.bottleneck, model.bottleneck_proj):
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+
+class Stage2Trainer:
+    """Holds the stage-2 (or joint) losses, optimizers and text anchors; ``compute_losses`` is one batch."""
+
+    def __init__(self, ctx, joint: bool = False):
+        self.ctx = ctx
+        self.cfg = ctx.config
+        self.joint = joint
+        s2 = self.cfg.stage2
+        self.s2 = s2
+        model = ctx.model
+        self.model = model
+        device = ctx.device
+        self.device = device
+        configure_stage2_trainable(model, self.cfg.model, s2, joint)
+        self.prompt_trains = joint or not s2.freeze_prompt
+        self.scale = logit_scale_of(model, self.cfg.model)
+        self.id_loss = CrossEntropyLabelSmooth(s2.label_smoothing)
+        self.triplet = TripletLoss(s2.triplet_margin)
+        self.supcon = SupConLoss()
+        self.center = None
+        if s2.center_weight > 0:
+            self.center = CenterLoss(model.num_ids, model.feature_dim).to(device)
+        self.optimizers, self.schedule = build_stage2_optimizer(
+            model, s2, self.cfg.runtime, device, center_loss=self.center,
+            prompt_lr=self.cfg.stage1.lr if joint else None,
+            prompt_weight_decay=self.cfg.stage1.weight_decay if joint else 0.0)
+        self.dtype = amp_dtype(self.cfg.runtime, device)
+        self.scaler = make_scaler(device, self.dtype)
+        self.channels_last = use_channels_last(self.cfg.runtime, device)
+        if self.channels_last:
+            model.image_encoder.to(memory_format=torch.channels_last)
+        self.text_per_batch = self.prompt_trains or s2.text_features == "per_batch"
+        self.needs_text = (s2.i2t_weight > 0 or s2.supcon_weight > 0 or self.cfg.model.id_head == "text" or joint)
+        self.fixed_text = None
+        if self.needs_text and not self.text_per_batch:
+            self.fixed_text = self._all_text_features(grad=False)
+        self.forward_model = ctx.wrap_for_training(model)
+        if self.cfg.runtime.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.forward_takes_labels = "labels" in inspect.signature(model.forward).parameters
+
+    def _all_text_features(self, grad: bool) -> torch.Tensor:
+        with torch.set_grad_enabled(grad), autocast(self.device, self.dtype):
+            return self.model.all_text_features().float()
+
+    def text_features(self) -> torch.Tensor | None:
+        if not self.needs_text:
+            return None
+        if self.fixed_text is not None:
+            return self.fixed_text
+        return self._all_text_features(grad=self.prompt_trains)
+
+    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of one batch (already on the device)."""
+        s2 = self.s2
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            if self.forward_takes_labels:
+                out = self.forward_model(images, labels)
+            else:
+                out = self.forward_model(images)
+        text = self.text_features()
+        terms: dict[str, torch.Tensor] = {}
+        if s2.id_weight > 0:
+            if self.cfg.model.id_head == "text":
+                terms["id"] = s2.id_weight * self.id_loss(text_id_logits(out.image_proj, text, self.scale), labels)
+            else:
+                terms["id"] = s2.id_weight * sum(self.id_loss(logits, labels) for logits in out.logits)
+        if s2.triplet_weight > 0:
+            terms["triplet"] = s2.triplet_weight * (self.triplet(out.feat_last, labels)
+                                                    + self.triplet(out.feat_proj, labels))
+        if s2.i2t_weight > 0:
+            terms["i2t"] = s2.i2t_weight * i2t_cross_entropy(out.image_proj, text, labels, self.scale,
+                                                             s2.label_smoothing)
+        if s2.supcon_weight > 0 or self.joint:
+            batch_text = text[labels]
+            pair = (self.supcon(out.image_proj, batch_text, labels, labels, self.scale)
+                    + self.supcon(batch_text, out.image_proj, labels, labels, self.scale))
+            if s2.supcon_weight > 0:
+                terms["supcon"] = s2.supcon_weight * pair
+            if self.joint:
+                terms["stage1_supcon"] = pair
+        if self.center is not None:
+            features = torch.cat([out.feat_last.float(), out.feat_proj.float()], dim=1)
+            terms["center"] = s2.center_weight * self.center(features, labels)
+        if self.prompt_trains:
+            weight = self.cfg.stage1.prompt_l2 if self.joint else s2.prompt_l2
+            if weight > 0:
+                terms["prompt_l2"] = weight * prompt_l2(self.model.prompt_learner.ctx)
+        return terms
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        opts = self.optimizers
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.ctx.reduce_extra_gradients(self)
+        if self.center is not None and self.s2.center_weight > 0:
+            # As in CLIP-ReID: the centres move with center_lr whatever the loss weight.
+            for param in self.center.parameters():
+                if param.grad is not None:
+                    param.grad.mul_(1.0 / self.s2.center_weight)
+        if self.s2.grad_clip is not None:
+            if self.scaler is not None:
+                opts.unscale_(self.scaler)
+            params = [p for g in opts.main.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.s2.grad_clip)
+        opts.step(self.scaler)
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def state_dict(self, epoch: int) -> dict:
+        state = {"optimizer": self.optimizers.state_dict(), "schedule": self.schedule.state_dict(), "epoch": epoch}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.center is not None:
+            state["center"] = self.center.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizers.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.center is not None and "center" in state:
+            self.center.load_state_dict(state["center"])
+
+    def run(self, resume: dict | None = None) -> None:
+        ctx = self.ctx
+        stage = "joint" if self.joint else "stage2"
+        start_epoch = 0
+        if resume is not None:
+            self.load_state_dict(resume)
+            start_epoch = resume["epoch"]
+        loader = ctx.build_train_loader()
+        steps = len(loader)
+        if steps == 0:
+            from ..errors import TrainingError
+
+            raise TrainingError("stage2: the P x K sampler produced no batch; lower stage2.ids_per_batch")
+        restore_rng_if_resuming(resume)
+        for epoch in range(start_epoch, self.s2.epochs):
+            started = time.perf_counter()
+            self.model.train()
+            if hasattr(loader, "batch_sampler") and hasattr(loader.batch_sampler, "set_epoch"):
+                loader.batch_sampler.set_epoch(epoch)
+            if self.s2.schedule == "epoch":
+                self.schedule.set_position(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            iterator = loader
+            if ctx.progress:
+                from tqdm import tqdm
+
+                iterator = tqdm(loader, desc=f"{stage} {epoch + 1}/{self.s2.epochs}", unit="batch", leave=False)
+            images_seen = 0
+            for step, batch in enumerate(iterator):
+                if self.s2.schedule == "step":
+                    self.schedule.set_position(epoch + step / steps)
+                images = batch[0].to(self.device, non_blocking=True)
+                labels = batch[1].to(self.device, non_blocking=True)
+                images_seen += len(labels)
+                terms = self.compute_losses(images, labels)
+                ctx.check_finite(terms, stage, epoch, step)
+                loss = sum(terms.values())
+                self.optimizers.zero_grad()
+                self.backward_and_step(loss)
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0) + value.detach().float()
+            ctx.flush_finite_checks()
+            elapsed = time.perf_counter() - started
+            record = {"stage": stage, "epoch": epoch + 1, "lr": self.optimizers.main.param_groups[0]["lr"]}
+            record.update({f"loss_{k}": float(v) / steps for k, v in sums.items()})
+            record["loss"] = sum(record[f"loss_{k}"] for k in sums)
+            record["images_per_s"] = round(images_seen * ctx.world_size / max(elapsed, 1e-9), 2)
+            record["time_s"] = round(elapsed, 3)
+            validate = (epoch + 1) % self.s2.eval_every == 0 or epoch + 1 == self.s2.epochs
+            ctx.end_epoch(stage, epoch + 1, record, resume_state=self.state_dict(epoch + 1), validate=validate)
+
+
+def run_stage2(ctx, resume: dict | None = None, joint: bool = False) -> None:
+    Stage2Trainer(ctx, joint=joint).run(resume)
