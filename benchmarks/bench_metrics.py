@@ -27,6 +27,42 @@ def _timed(fn):
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
+def make_problem(size: int, ids: int, seed: int = 0, camids: bool = False, dtype: str = "float64"):
+    """(distmat, q_pids, g_pids, (q_camids, g_camids)): a random size x size distance matrix with ~ids
+    identities (query and gallery drawn from the same identities, so each query has ~size/ids correct
+    matches); correct matches a little closer on average, like a weak model, so ranks are not uniform."""
+    rng = np.random.default_rng(seed)
+    q_pids = rng.integers(0, ids, size)
+    g_pids = rng.integers(0, ids, size)
+    distmat = rng.random((size, size))
+    distmat[q_pids[:, None] == g_pids[None, :]] -= 0.2
+    distmat = distmat.astype(dtype)
+    cams = (rng.integers(0, 6, size), rng.integers(0, 6, size)) if camids else (None, None)
+    return distmat, q_pids, g_pids, cams
+
+
+def compare_metrics(distmat, q_pids, g_pids, cams=(None, None)):
+    """Time evaluate_rank and both classic loops on one problem and check they agree to 1e-9.
+
+    Returns (evaluate_rank's result, {label: (CPU seconds, wall seconds)}) with the labels
+    "evaluate_rank", "stable" and "quicksort".
+    """
+    fast, t_fast, w_fast = _timed(lambda: evaluate_rank(distmat, q_pids, g_pids, *cams, max_rank=50))
+    ref_stable, t_stable, w_stable = _timed(
+        lambda: evaluate_rank_reference(distmat, q_pids, g_pids, *cams, max_rank=50)
+    )
+    ref_quick, t_quick, w_quick = _timed(
+        lambda: evaluate_rank_reference(distmat, q_pids, g_pids, *cams, max_rank=50, sort_kind="quicksort")
+    )
+    for name, ref in (("stable", ref_stable), ("quicksort", ref_quick)):
+        diff = max(
+            float(np.max(np.abs(ref.cmc - fast.cmc))), abs(ref.mAP - fast.mAP), abs(ref.mINP - fast.mINP)
+        )
+        assert diff <= 1e-9, f"classic loop ({name}) and evaluate_rank differ by {diff:g}"
+        assert ref.num_valid_queries == fast.num_valid_queries
+    return fast, {"evaluate_rank": (t_fast, w_fast), "stable": (t_stable, w_stable), "quicksort": (t_quick, w_quick)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10_000)
@@ -36,30 +72,11 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(args.seed)
     n = args.size
-    q_pids = rng.integers(0, args.ids, n)
-    g_pids = rng.integers(0, args.ids, n)
-    distmat = rng.random((n, n))
-    # Correct matches a little closer on average, like a weak model, so ranks are not uniform.
-    distmat[q_pids[:, None] == g_pids[None, :]] -= 0.2
-    distmat = distmat.astype(args.dtype)
-    cams = (rng.integers(0, 6, n), rng.integers(0, 6, n)) if args.camids else (None, None)
-
-    fast, t_fast, w_fast = _timed(lambda: evaluate_rank(distmat, q_pids, g_pids, *cams, max_rank=50))
-    ref_stable, t_stable, w_stable = _timed(
-        lambda: evaluate_rank_reference(distmat, q_pids, g_pids, *cams, max_rank=50)
-    )
-    ref_quick, t_quick, w_quick = _timed(
-        lambda: evaluate_rank_reference(distmat, q_pids, g_pids, *cams, max_rank=50, sort_kind="quicksort")
-    )
-
-    for name, ref in (("stable", ref_stable), ("quicksort", ref_quick)):
-        diff = max(
-            float(np.max(np.abs(ref.cmc - fast.cmc))), abs(ref.mAP - fast.mAP), abs(ref.mINP - fast.mINP)
-        )
-        assert diff <= 1e-9, f"classic loop ({name}) and evaluate_rank differ by {diff:g}"
-        assert ref.num_valid_queries == fast.num_valid_queries
+    distmat, q_pids, g_pids, cams = make_problem(n, args.ids, args.seed, args.camids, args.dtype)
+    fast, times = compare_metrics(distmat, q_pids, g_pids, cams)
+    (t_fast, w_fast), (t_stable, w_stable), (t_quick, w_quick) = (
+        times["evaluate_rank"], times["stable"], times["quicksort"])
 
     print(f"distmat {n} x {n} {args.dtype}, {args.ids} ids, camids={'yes' if args.camids else 'no'}, "
           f"{fast.num_valid_queries} valid / {fast.num_skipped_queries} skipped queries")
