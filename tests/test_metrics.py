@@ -369,3 +369,12 @@ def test_float64_ties_hidden_by_float32_rounding_are_ranked_by_gallery_order():
     np.testing.assert_array_equal(got.cmc, [0, 0, 1, 1, 1])
     assert got.mAP == pytest.approx((1 / 3 + 2 / 4 + 3 / 5) / 3)
     assert_same(got, evaluate_rank_reference(distmat, [7], g_pids, max_rank=5))
+
+
+def test_nan_is_refused_in_rows_with_and_without_matches():
+    # NaN is looked for while rows are counted; rows never counted (no match) are checked apart
+    for q_pids in ([1, 99], [98, 99], [1, 2]):
+        for dtype in (np.float64, np.float32):
+            distmat = np.array([[0.1, 0.2], [np.nan, 0.3]], dtype=dtype)
+            with pytest.raises(MetricInputError, match="1 NaN distance.*first at query 1, gallery 0"):
+                evaluate_rank(distmat, q_pids, [1, 2])

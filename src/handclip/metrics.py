@@ -99,7 +99,16 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _as_distmat(distmat: Any) -> np.ndarray:
+def _raise_nan(d: np.ndarray) -> None:
+    nan = np.isnan(d)
+    i, j = np.argwhere(nan)[0]
+    raise MetricInputError(
+        f"distmat contains {int(nan.sum())} NaN distance(s), first at query {i}, gallery {j}; "
+        "check the features for NaN/inf"
+    )
+
+
+def _as_distmat(distmat: Any, check_nan: bool = True) -> np.ndarray:
     try:
         d = _to_numpy(distmat)
     except Exception as exc:  # e.g. ragged nested lists
@@ -113,13 +122,9 @@ def _as_distmat(distmat: Any) -> np.ndarray:
     # float32 stays float32 (comparisons are exact in either precision; no 2x copy of a big matrix).
     d = np.ascontiguousarray(d, dtype=np.float32 if d.dtype in (np.float16, np.float32) else np.float64)
     # min() propagates NaN, so the full NaN mask is only built when there is one to report.
-    if np.isnan(d.min()):
-        nan = np.isnan(d)
-        i, j = np.argwhere(nan)[0]
-        raise MetricInputError(
-            f"distmat contains {int(nan.sum())} NaN distance(s), first at query {i}, gallery {j}; "
-            "check the features for NaN/inf"
-        )
+    # (evaluate_rank checks each row while it is in the cache instead: one pass less over memory.)
+    if check_nan and np.isnan(d.min()):
+        _raise_nan(d)
     return d
 
 
@@ -139,8 +144,8 @@ def _as_ids(values: Any, name: str, expected: int) -> np.ndarray:
     raise MetricInputError(f"{name} must hold integer ids, got dtype {a.dtype}")
 
 
-def _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    d = _as_distmat(distmat)
+def _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, check_nan=True):
+    d = _as_distmat(distmat, check_nan)
     nq, ng = d.shape
     qp = _as_ids(q_pids, "q_pids", nq)
     gp = _as_ids(g_pids, "g_pids", ng)
@@ -265,9 +270,14 @@ def _ranks_of_matches(d: np.ndarray, rows: np.ndarray, match_idx: np.ndarray, va
         # Gather (and round) only a cache-sized group of rows at a time, row by row straight into
         # float32 so no float64 copy competes with the scratch for the cache.
         block = gathered[: e - s]
-        with np.errstate(over="ignore"):
-            for i, r in enumerate(rows[s:e]):
-                block[i] = d[r]
+        if d.dtype == np.float32:
+            np.take(d, rows[s:e], axis=0, out=block, mode="clip")  # "clip": no buffered copy
+        else:
+            with np.errstate(over="ignore"):
+                for i, r in enumerate(rows[s:e]):
+                    block[i] = d[r]
+        if np.isnan(block.min()):  # min() propagates NaN (float32 keeps it)
+            _raise_nan(d)
         if by_comparison:
             n_less[s:e], n_equal[s:e] = _strict_and_equal_counts_by_comparison(block, thresholds[s:e], scratch)
         else:
@@ -304,9 +314,15 @@ def evaluate_rank(
     :class:`MetricInputError` (a ``HandCLIPError`` and a ``ValueError``) for malformed inputs and when
     no query has a correct match in the gallery.
     """
-    d, qp, gp, qc, gc, max_rank = _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    # NaN is looked for while each row is in the cache for counting; rows never counted (queries
+    # without a match) are looked at here.
+    d, qp, gp, qc, gc, max_rank = _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, check_nan=False)
     nq, ng = d.shape
     g_order, start, count = _match_lists(qp, gp)
+    unmatched = np.flatnonzero(count == 0)
+    for s in range(0, unmatched.size, max(1, _BLOCK_ELEMENTS // (8 * ng))):
+        if np.isnan(d[unmatched[s : s + max(1, _BLOCK_ELEMENTS // (8 * ng))]].min()):
+            _raise_nan(d)
 
     first_rank = np.full(nq, -1, dtype=np.int64)  # rank of the first kept correct match, -1 if none
     ap = np.zeros(nq, dtype=np.float64)
