@@ -267,8 +267,8 @@ def _ranks_of_matches(d: np.ndarray, rows: np.ndarray, match_idx: np.ndarray, va
     gathered = np.empty((step, ng), dtype=np.float32)
     for s in range(0, b, step):
         e = min(b, s + step)
-        # Gather (and round) only a cache-sized group of rows at a time, row by row straight into
-        # float32 so no float64 copy competes with the scratch for the cache.
+        # Gather (and round) only a cache-sized group of rows at a time; float64 rows are copied one
+        # by one straight into float32, so no float64 copy competes with the scratch for the cache.
         block = gathered[: e - s]
         if d.dtype == np.float32:
             np.take(d, rows[s:e], axis=0, out=block, mode="clip")  # "clip": no buffered copy
@@ -320,8 +320,9 @@ def evaluate_rank(
     nq, ng = d.shape
     g_order, start, count = _match_lists(qp, gp)
     unmatched = np.flatnonzero(count == 0)
-    for s in range(0, unmatched.size, max(1, _BLOCK_ELEMENTS // (8 * ng))):
-        if np.isnan(d[unmatched[s : s + max(1, _BLOCK_ELEMENTS // (8 * ng))]].min()):
+    rows_per_check = max(1, _BLOCK_ELEMENTS // (8 * ng))
+    for s in range(0, unmatched.size, rows_per_check):
+        if np.isnan(d[unmatched[s : s + rows_per_check]].min()):
             _raise_nan(d)
 
     first_rank = np.full(nq, -1, dtype=np.int64)  # rank of the first kept correct match, -1 if none
