@@ -6,6 +6,9 @@ reports nearest-neighbour rank-1 and mAP on raw pixels and on a random-init smal
 Raw pixels should score far below what a trained model reaches (well below 0.30 rank-1).
 
     PYTHONPATH=src python benchmarks/bench_synthetic_raw_pixels.py [--out DIR]
+
+2026-11-26, renderer v1: raw pixels rank-1 0.043 +- 0.010 / mAP 0.127, random conv net 0.031 / 0.112,
+chance 0.020 (a tiny CNN trained 500 steps reaches 0.866 / 0.923: learn_synthetic_tiny_cnn.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """Is the synthetic hand set learnable? Train a tiny CNN briefly and score unseen identities.
 
-Renders 100 training + 50 unseen test identities x 8 images at 64 px, trains open_clip's
-ModifiedResNet (layers 1-1-1-1, width 32) from random init with identity cross-entropy (BNNeck
-classifier) + batch-hard triplet on P x K batches for a fixed wall-clock budget, then reports
+Renders 100 training + 50 unseen test identities x 8 images at 64 px, trains a tiny CNN
+from random init with identity cross-entropy (BNNeck
+classifier) + batch-hard triplet on P x K batches for a step or wall-clock budget, then reports
 rank-1 / mAP on the unseen identities over 10 Monte Carlo gallery draws (cosine, L2-normalised).
+The default network is a plain 7-layer CNN (cheaper per step on a shared CPU); --arch rn uses
+open_clip's ModifiedResNet (layers 1-1-1-1, width 32).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/learn_synthetic_tiny_cnn.py --seconds 180
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/learn_synthetic_tiny_cnn.py --steps 500 --seconds 900
+    (2026-11-26, renderer v1, shared 2-core CPU at load ~8: unseen rank-1 0.866 +- 0.017, mAP 0.923, 397 s)
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def batch_hard_triplet(feat, labels, margin=0.3):
 
 
 def augment(x, rng: torch.Generator, pad=6):
-    # Pad + random crop and random erasing; no flip, so the hand keeps its handedness.
+    # Pad + random crop; no flip, so the hand keeps its handedness.
     b = x.shape[0]
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     out = torch.empty_like(x)

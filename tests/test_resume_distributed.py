@@ -135,7 +135,7 @@ def test_ddp_two_gloo_ranks_match_each_other_and_one_process(tiny_manifest, tmp_
     from handclip.train.stage2 import Stage2Trainer
     from training_helpers import make_context
 
-    steps = 3
+    steps = 2  # 8 training ids x 3 images: two 4 x 2 batches per epoch
     # No augmentation randomness, so the single-process reference sees exactly the ranks' images.
     cfg = base_config(tiny_manifest, data={"augment": {"hflip_p": 0.0, "pad": 0, "random_erasing_p": 0.0}},
                       stage2={"ids_per_batch": 4, "images_per_id": 2})

@@ -131,3 +131,16 @@ def test_interrupted_render_is_not_mistaken_for_complete(tmp_path, monkeypatch):
     write_synthetic_dataset(tmp_path / "syn", 2, 2, size=32, seed=9)
     img = Image.open(tmp_path / "syn" / "0001" / "001.png")
     assert np.array_equal(_pixels(img), _pixels(real(1, 1, size=32, seed=9)))
+
+
+def test_parallel_render_matches_serial_rendering(tmp_path, monkeypatch):
+    import handclip.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "PARALLEL_MIN_IMAGES", 4)
+    monkeypatch.setattr(synthetic, "_worker_count", lambda: 2)
+    root = write_synthetic_dataset(tmp_path / "syn", 4, 3, size=16, seed=3)
+    assert len(list(root.rglob("*.png"))) == 12
+    for identity in range(4):
+        for sample in range(3):
+            img = Image.open(root / f"{identity:04d}" / f"{sample:03d}.png")
+            assert np.array_equal(_pixels(img), _pixels(render_hand(identity, sample, size=16, seed=3)))

@@ -33,6 +33,7 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence
@@ -71,15 +72,15 @@ SearchBy = Literal["image", "identity"]
 @dataclass
 class HNSWParams:
     M: int = 32
-    ef_construction: int = 80
+    ef_construction: int = 40
     ef_search: int = 128
 
 
 @dataclass
 class IVFParams:
-    nlist: int | None = None  # default: 4 * sqrt(N), between 16 and 16384
-    nprobe: int = 32
-    train_size: int = 100_000  # training sample (k-means cost grows with nlist * train_size)
+    nlist: int | None = None  # default: sqrt(N), between 16 and 65536
+    nprobe: int = 64
+    points_per_list: int = 64  # k-means training sample = points_per_list * nlist (cost ~ nlist^2)
 
 
 @dataclass
@@ -125,8 +126,15 @@ def _describe(value) -> str:
 
 
 def fingerprint_differences(expected: dict, actual: dict) -> list[str]:
-    """The fields on which two model fingerprints differ, as ``key: gallery vs model`` strings."""
-    keys = sorted((set(expected) | set(actual)) - FINGERPRINT_IGNORED)
+    """The fields on which two model fingerprints differ, as ``key gallery vs model`` strings.
+
+    The same weights re-saved into another checkpoint file (other epoch counter, other extras)
+    compute the same embeddings, so the file hash only counts when no weights hash is recorded.
+    """
+    ignored = set(FINGERPRINT_IGNORED)
+    if expected.get("weights_sha256") and expected.get("weights_sha256") == actual.get("weights_sha256"):
+        ignored.add("checkpoint_sha256")
+    keys = sorted((set(expected) | set(actual)) - ignored)
     return [f"{key} {_describe(expected.get(key))} vs {_describe(actual.get(key))}"
             for key in keys if expected.get(key) != actual.get(key)]
 
@@ -357,19 +365,41 @@ class Gallery:
         return array
 
     def _iter_vectors(self, start_row: int = 0, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
-        """Yield committed vectors from ``start_row`` on, in chunks, verifying each shard's SHA-256."""
+        """Yield committed vectors from ``start_row`` on, in chunks, checking each shard's SHA-256.
+
+        Files are read (not memory-mapped) into fresh buffers so a million-row gallery costs its
+        index's memory once, and each byte is read once for both the hash and the index.
+        """
         offset = 0
         for shard in self._shards:
-            end = offset + shard.rows
-            if end > start_row:
-                if self.verify:
-                    path = self._shard_path(shard.name, ".npy")
-                    if sha256_file(path) != shard.vectors_sha256:
-                        raise IndexError_(f"gallery vectors file {path} is corrupt (SHA-256 mismatch)")
-                array = self._open_vectors(shard)
-                for lo in range(max(0, start_row - offset), shard.rows, chunk_rows):
-                    yield np.ascontiguousarray(array[lo:lo + chunk_rows])
-            offset = end
+            if offset + shard.rows > start_row:
+                yield from self._read_shard(shard, max(0, start_row - offset), chunk_rows)
+            offset += shard.rows
+
+    def _read_shard(self, shard: _Shard, first_row: int, chunk_rows: int) -> Iterator[np.ndarray]:
+        path = self._shard_path(shard.name, ".npy")
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            try:
+                np.lib.format.read_magic(handle)
+                np.lib.format.read_array_header_1_0(handle)
+            except ValueError:
+                raise IndexError_(f"gallery vectors file {path} is corrupt or truncated") from None
+            header_size = handle.tell()
+            handle.seek(0)
+            digest.update(handle.read(header_size))
+            row = 0
+            while row < shard.rows:
+                buffer = np.empty((min(chunk_rows, shard.rows - row), self.dim), np.float32)
+                if handle.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
+                    raise IndexError_(f"gallery vectors file {path} is truncated")
+                digest.update(buffer)
+                if row + len(buffer) > first_row:
+                    yield buffer[max(0, first_row - row):]
+                row += len(buffer)
+            digest.update(handle.read())
+        if self.verify and digest.hexdigest() != shard.vectors_sha256:
+            raise IndexError_(f"gallery vectors file {path} is corrupt (SHA-256 mismatch)")
 
     def vectors(self) -> np.ndarray:
         """All enrolled embeddings as one float32 array (a copy; mind memory for huge galleries)."""
@@ -561,12 +591,23 @@ class Gallery:
         return index_type
 
     def flat_index(self):
-        """Exact inner-product index over every committed row (built once per process)."""
+        """Exact inner-product index over every committed row (built once per process).
+
+        The shards are read straight into the index's preallocated storage: adding chunk by chunk
+        would grow it by doubling and briefly need twice the gallery's size in memory.
+        """
         faiss = self._faiss()
         if self._flat is None or self._flat.ntotal != len(self):
             index = faiss.IndexFlatIP(self.dim)
+            total = len(self)
+            index.codes.resize(total * self.dim * 4)
+            storage = faiss.rev_swig_ptr(index.codes.data(), total * self.dim * 4).view(np.float32)
+            storage = storage.reshape(total, self.dim)
+            row = 0
             for chunk in self._iter_vectors():
-                index.add(chunk)
+                storage[row:row + len(chunk)] = chunk
+                row += len(chunk)
+            index.ntotal = total
             self._flat = index
         return self._flat
 
@@ -599,12 +640,12 @@ class Gallery:
             index = faiss.IndexHNSWFlat(self.dim, int(build["M"]), faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = int(build["ef_construction"])
             return index
-        nlist = build["nlist"] or int(np.clip(4 * np.sqrt(len(self)), 16, 16384))
+        nlist = build["nlist"] or int(np.clip(np.sqrt(len(self)), 16, 65536))
         nlist = max(1, min(nlist, len(self) // 39))  # k-means wants >= 39 points per centroid
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.make_direct_map()  # lets reconstruct() fetch rows for by-identity rescoring
-        sample_rows = min(len(self), max(int(build["train_size"]), nlist * 4))
+        sample_rows = min(len(self), int(build["points_per_list"]) * nlist)
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(self), size=sample_rows, replace=False))
         index.train(self._gather_rows(rows))
@@ -683,9 +724,23 @@ class Gallery:
         if by == "image":
             scores, rows = index.search(queries, min(top_k, len(self)))
             return [self._image_candidates(s, r) for s, r in zip(scores, rows)]
-        depth = min(len(self), 4 * top_k)
-        _, rows = index.search(queries, depth)
+        # Deepen the image search, batched over the queries that still lack top_k distinct people
+        # (a person with many close images can fill the first hits on their own).
+        n, wanted = len(self), min(top_k, len(self._rows_by_identity))
+        per_identity = -(-n // len(self._rows_by_identity))  # mean images per person, rounded up
+        depth = min(n, top_k * max(4, 2 * per_identity))
+        rows = list(index.search(queries, depth)[1])
+        pending = [i for i in range(len(queries)) if self._distinct_identities(rows[i]) < wanted]
+        while pending and depth < n:
+            depth = min(n, depth * 4)
+            deeper = index.search(queries[pending], depth)[1]
+            for i, found in zip(pending, deeper):
+                rows[i] = found
+            pending = [i for i in pending if self._distinct_identities(rows[i]) < wanted]
         return [self._identity_candidates(index, q, r, top_k) for q, r in zip(queries, rows)]
+
+    def _distinct_identities(self, rows: np.ndarray) -> int:
+        return len({self._identities[r] for r in rows if r >= 0})
 
     def _image_candidates(self, scores: np.ndarray, rows: np.ndarray) -> list[Candidate]:
         out = []
@@ -698,30 +753,23 @@ class Gallery:
         return out
 
     def _identity_candidates(self, index, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
-        n, wanted = len(self), min(top_k, len(self._rows_by_identity))
-        depth = len(rows)
-        while True:  # deepen this query's image search until top_k distinct identities appear
-            rows = rows[rows >= 0]
-            found = list(dict.fromkeys(self._identities[r] for r in rows))
-            if len(found) >= wanted or depth >= n:
-                break
-            depth = min(n, depth * 4)
-            rows = index.search(query[None], depth)[1][0]
-        top_image_rows = rows[:top_k]
+        rows = rows[rows >= 0]
+        found = list(dict.fromkeys(self._identities[r] for r in rows))[: 2 * top_k]
+        matched = Counter(self._identities[r] for r in rows[:top_k])
+        # Exact scores for every image of these people, in one gather: max aggregation stays exact
+        # even when an approximate index missed a person's best image.
+        members = [self._rows_by_identity[identity] for identity in found]
+        all_rows = np.fromiter((r for m in members for r in m), dtype=np.int64)
+        all_scores = index.reconstruct_batch(all_rows) @ query
+        bounds = np.cumsum([0] + [len(m) for m in members])
+        best = [float(all_scores[lo:hi].max()) for lo, hi in zip(bounds[:-1], bounds[1:])]
         out = []
-        for identity in found[:2 * top_k]:
-            # Exact scores for every image of this person: max aggregation stays exact even when
-            # the approximate index missed their best image.
-            member_rows = self._rows_by_identity[identity]
-            member_scores = index.reconstruct_batch(np.asarray(member_rows, dtype=np.int64)) @ query
-            order = np.argsort(-member_scores, kind="stable")
-            images = [(self._paths[member_rows[i]], float(member_scores[i])) for i in order]
-            matched = int(sum(self._identities[r] == identity for r in top_image_rows))
-            out.append(Candidate(0, identity, images[0][1], images[0][0], len(member_rows), matched, images))
-        out.sort(key=lambda c: -c.score)
-        out = out[:top_k]
-        for rank, candidate in enumerate(out, 1):
-            candidate.rank = rank
+        for rank, i in enumerate(sorted(range(len(found)), key=lambda i: -best[i])[:top_k], 1):
+            scores = all_scores[bounds[i]:bounds[i + 1]]
+            order = np.argsort(-scores, kind="stable")
+            images = [(self._paths[members[i][j]], float(scores[j])) for j in order]
+            out.append(Candidate(rank, found[i], images[0][1], images[0][0], len(members[i]),
+                                 matched[found[i]], images))
         return out
 
 

@@ -34,7 +34,8 @@ def run(args) -> int:
         if args.skip_bad:
             overrides.append("data.skip_bad=true")
         config = load_config(args.config, overrides)
-        result = train(config, run_dir=args.out, stages=stages, device=args.device, progress=not args.no_progress)
+        result = train(config, run_dir=args.out, stages=stages, device=args.device,
+                       progress=config.runtime.progress and not args.no_progress)
     best = result.best or {}
     print(f"run folder: {result.run_dir}")
     if result.best_checkpoint:

@@ -32,6 +32,8 @@ MARKER_NAME = ".handclip_synthetic.json"
 # Bump when the renderer changes, so old folders are re-rendered instead of silently reused.
 RENDERER_VERSION = 1
 _SUPERSAMPLE = 2
+# Below this many images, starting worker processes costs more than it saves.
+PARALLEL_MIN_IMAGES = 256
 _FINGERS = ("index", "middle", "ring", "little")
 
 # Skin tones from dark to light (RGB); an identity's tone is a point on this ramp plus a hue shift.
@@ -73,6 +75,7 @@ class HandIdentity:
     polished: bool
     moles: tuple[tuple[float, ...], ...]  # (part, u, v, radius): part -1 palm, 0..3 fingers, 4 thumb
     scar: tuple[float, ...]  # () or (x0, y0, x1, y1) on the palm
+    birthmarks: tuple[tuple[float, ...], ...]  # (x, y, rx, ry, angle, tone) pigment patches on the palm
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -88,12 +91,12 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
     tone = rng.uniform(0, len(_SKIN_RAMP) - 1)
     lo = int(min(math.floor(tone), len(_SKIN_RAMP) - 2))
     skin = _SKIN_RAMP[lo] + (tone - lo) * (_SKIN_RAMP[lo + 1] - _SKIN_RAMP[lo])
-    skin = np.clip(skin * rng.uniform(0.93, 1.07, 3), 0, 255)
+    skin = np.clip(skin * rng.uniform(0.86, 1.14, 3), 0, 255)
 
     length_scale = rng.uniform(0.8, 1.2)
     width_scale = rng.uniform(0.8, 1.25)
     base_len = np.array([0.78, 0.88, 0.82, 0.62])
-    finger_lengths = base_len * length_scale * rng.uniform(0.85, 1.15, 4)
+    finger_lengths = base_len * length_scale * rng.uniform(0.8, 1.2, 4)
     base_w = np.array([0.19, 0.2, 0.185, 0.16])
     finger_widths = base_w * width_scale * rng.uniform(0.88, 1.12, 4)
     finger_base_angles = np.array([-0.16, -0.04, 0.07, 0.2]) + rng.normal(0, 0.05, 4)
@@ -109,21 +112,29 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
         cx, cy = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
         palm_lines.append((x0, y0, cx, cy, x1, y1))
 
-    polished = bool(rng.random() < 0.25)
+    polished = bool(rng.random() < 0.35)
     if polished:
         nail_color = _POLISH[int(rng.integers(len(_POLISH)))] * rng.uniform(0.85, 1.1, 3)
     else:
-        nail_color = skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.35, 0.7)
+        nail_color = skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
 
     moles = []
-    for _ in range(int(rng.choice([0, 1, 1, 2, 3]))):
+    for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
         part = int(rng.choice([-1, -1, -1, 0, 1, 2, 3, 4]))
-        moles.append((part, rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.8), rng.uniform(0.025, 0.05)))
+        moles.append((part, rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.8), rng.uniform(0.035, 0.06)))
     scar = ()
     if rng.random() < 0.3:
         x0, y0 = rng.uniform(-0.35, 0.35, 2)
         ang, ln = rng.uniform(0, math.pi), rng.uniform(0.15, 0.35)
         scar = (x0, y0, x0 + ln * math.cos(ang), y0 + ln * math.sin(ang))
+
+    birthmarks = []
+    if rng.random() < 0.4:
+        x, y = rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.35)
+        tone = rng.choice([0.72, 1.22])
+        for _ in range(int(rng.integers(1, 4))):  # overlapping blobs make an irregular patch
+            birthmarks.append((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06),
+                               rng.uniform(0.05, 0.12), rng.uniform(0.04, 0.09), rng.uniform(0, math.pi), tone))
 
     def tup(a):
         return tuple(float(x) for x in a)
@@ -153,6 +164,7 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
         polished=polished,
         moles=tuple(tup(m) for m in moles),
         scar=tup(scar),
+        birthmarks=tuple(tup(b) for b in birthmarks),
     )
 
 
@@ -179,20 +191,20 @@ class _Pose:
 def _pose(identity: int, sample: int, seed: int) -> _Pose:
     rng = _rng(seed, identity, 0x9E, sample)
     return _Pose(
-        spread=float(rng.uniform(0.3, 1.9)),
-        finger_jitter=tuple(float(x) for x in rng.normal(0, 0.05, 4)),
-        curl=tuple(float(x) for x in rng.uniform(0, 0.35, 4) * (rng.random() < 0.6)),
-        thumb_spread=float(rng.uniform(-0.3, 0.35)),
-        rotation=float(rng.uniform(-0.45, 0.45)),
-        scale=float(rng.uniform(0.85, 1.12)),
-        shift=(float(rng.uniform(-0.08, 0.08)), float(rng.uniform(-0.06, 0.08))),
-        brightness=float(rng.uniform(0.75, 1.2)),
-        contrast=float(rng.uniform(0.8, 1.15)),
-        cast=tuple(float(x) for x in rng.uniform(0.9, 1.1, 3)),
+        spread=float(rng.uniform(0.7, 1.4)),
+        finger_jitter=tuple(float(x) for x in rng.normal(0, 0.04, 4)),
+        curl=tuple(float(x) for x in rng.uniform(0, 0.25, 4) * (rng.random() < 0.5)),
+        thumb_spread=float(rng.uniform(-0.2, 0.25)),
+        rotation=float(rng.uniform(-0.2, 0.2)),
+        scale=float(rng.uniform(0.9, 1.08)),
+        shift=(float(rng.uniform(-0.06, 0.06)), float(rng.uniform(-0.04, 0.06))),
+        brightness=float(rng.uniform(0.85, 1.12)),
+        contrast=float(rng.uniform(0.88, 1.1)),
+        cast=tuple(float(x) for x in rng.uniform(0.95, 1.05, 3)),
         light_dir=float(rng.uniform(0, 2 * math.pi)),
-        light_strength=float(rng.uniform(0.0, 0.25)),
-        blur=float(rng.uniform(0, 0.8) if rng.random() < 0.5 else 0.0),
-        noise=float(rng.uniform(0, 7)),
+        light_strength=float(rng.uniform(0.0, 0.15)),
+        blur=float(rng.uniform(0, 0.6) if rng.random() < 0.3 else 0.0),
+        noise=float(rng.uniform(0, 4)),
     )
 
 
@@ -210,7 +222,7 @@ def _background(rng: np.random.Generator, px: int) -> np.ndarray:
         bg = base + ramp[..., None] * (other - base)
     else:
         cells = int(rng.integers(4, 12))
-        tex = rng.normal(0, rng.uniform(8, 30), (cells, cells, 3))
+        tex = rng.normal(0, rng.uniform(6, 20), (cells, cells, 3))
         tex_img = Image.fromarray(np.clip(tex + 128, 0, 255).astype(np.uint8)).resize((px, px), Image.BICUBIC)
         bg = base + (np.asarray(tex_img, dtype=np.float64) - 128)
     return bg
@@ -316,7 +328,9 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
     skin = np.array(hand.skin)
     outline = _rgb(skin * 0.6)
     fill = _rgb(skin)
-    crease = _rgb(skin * hand.line_darkness)
+    # Creases read as darker lines on light skin and as paler ("ashy") lines on dark skin.
+    light_skin = skin.mean() > 100
+    crease = _rgb(skin * hand.line_darkness if light_skin else skin * (2.1 - hand.line_darkness) + 12)
     W, H = hand.palm_width, hand.palm_height
 
     # Palm: a rounded trapezoid, wider at the knuckles than at the wrist.
@@ -356,6 +370,9 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
 
     silhouette(outline, 0.022)
     silhouette(fill, 0.0)
+
+    for x, y, rx, ry, angle, tone in hand.birthmarks:
+        cv.polygon(_ellipse_poly(x * W, y * H, rx, ry, angle), _rgb(skin * tone + (8 if tone > 1 else 0)), mask=False)
 
     # Back-of-hand lines (tendons/creases) and a scar, fixed in palm coordinates.
     for x0, y0, cx_, cy_, x1, y1 in hand.palm_lines:
@@ -479,7 +496,7 @@ def write_synthetic_dataset(out_dir, num_ids: int, images_per_id: int, size: int
             if not (f.stem.isdigit() and int(f.stem) < images_per_id and len(f.stem) == 3):
                 f.unlink()
     jobs = [(out, i, images_per_id, size, seed) for i in range(num_ids)]
-    workers = min(_worker_count(), num_ids) if num_ids * images_per_id >= 256 else 1
+    workers = min(_worker_count(), num_ids) if num_ids * images_per_id >= PARALLEL_MIN_IMAGES else 1
     if workers > 1:
         # Rendering is CPU-bound Python and each atomic write waits on fsync: separate processes
         # overlap both. Images depend only on (identity, sample, size, seed), so order is irrelevant.

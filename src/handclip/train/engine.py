@@ -291,8 +291,6 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
     else:
         config = _as_config(config)
         run_path = Path(run_dir) if run_dir is not None else _default_run_dir(config)
-        if (run_path / "config.yaml").exists():
-            raise ConfigError(f"run folder {run_path} already holds a run; use --resume {run_path} or another --out")
     stages = tuple(stages)
     for stage in stages:
         if stage not in STAGES:
@@ -305,6 +303,10 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
 
     dist_info = ddp.init_distributed(device or config.runtime.device)
     try:
+        # Every rank uses rank 0's folder name (a default name holds the time, which may differ by a second).
+        run_path = Path(ddp.broadcast_object(str(run_path), dist_info))
+        if resume is None and (run_path / "config.yaml").exists():
+            raise ConfigError(f"run folder {run_path} already holds a run; use --resume {run_path} or another --out")
         device_obj = ddp.device_for(dist_info, resolve_device(device or config.runtime.device))
         if config.runtime.threads:
             torch.set_num_threads(config.runtime.threads)
@@ -331,7 +333,8 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
             model, _, resume_extra = load_checkpoint(run_path / "last.pt", map_location="cpu")
         model.to(device_obj)
 
-        # ---- the run folder ----
+        # ---- the run folder (all ranks have passed the checks above before rank 0 writes) ----
+        ddp.barrier(dist_info)
         run = RunFolder(run_path, active=dist_info.is_main)
         if resume is not None:
             state = resume_extra["run_state"]

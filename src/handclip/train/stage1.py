@@ -174,8 +174,11 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
                 schedule.set_position(epoch + step / steps)
             idx = order[step * s1.batch_size:(step + 1) * s1.batch_size]
             image_feats, batch_labels = feats[idx], labels[idx]
+            # Each identity's prompt goes through the text encoder once per batch, however many of its
+            # images the batch holds (same features and gradients, fewer text-encoder passes).
+            unique_labels, inverse = torch.unique(batch_labels, return_inverse=True)
             with autocast(device, dtype):
-                text_feats = model.text_features(batch_labels)
+                text_feats = model.text_features(unique_labels)[inverse]
             terms = {
                 "i2t": supcon(image_feats, text_feats, batch_labels, batch_labels, scale),
                 "t2i": supcon(text_feats, image_feats, batch_labels, batch_labels, scale),

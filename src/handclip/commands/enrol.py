@@ -1,0 +1,41 @@
+"""``handclip enrol``: embed hand photos with a trained model and add them to a gallery on disk."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="HandCLIP checkpoint (.pt) written by `handclip train`")
+    parser.add_argument("--images", required=True,
+                        help="directory of per-identity folders (identity = folder name) or a manifest CSV (identity = pid)")
+    parser.add_argument("--index", required=True, help="gallery directory (created on first enrolment, appended to later)")
+    parser.add_argument("--split", default=None, help="with a manifest: enrol only this split (e.g. gallery)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch; each batch is committed (default 64)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable or too-small images (listed in GALLERY/skipped_images.txt) instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..atomic import atomic_write_text
+    from ..embedding import collect_images, enrol_images, load_model
+    from ..errors import HandCLIPError
+    from ..gallery import Gallery
+
+    if args.batch_size < 1:
+        raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    items = collect_images(args.images, split=args.split)
+    loaded = load_model(args.checkpoint, device=args.device)
+    gallery = Gallery.open_or_create(args.index, loaded.fingerprint, int(loaded.model.feature_dim),
+                                     checkpoint=loaded.checkpoint)
+    summary = enrol_images(gallery, loaded, items, batch_size=args.batch_size, device=args.device,
+                           skip_bad=args.skip_bad, progress=not args.no_progress)
+    if summary.skipped_bad:
+        listing = "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad)
+        atomic_write_text(gallery.index_dir / "skipped_images.txt", listing)
+        print(f"left out {len(summary.skipped_bad)} unusable image(s), listed in {gallery.index_dir / 'skipped_images.txt'}")
+    print(f"enrolled {summary.added} new image(s) ({summary.already_enrolled} already in the gallery) into "
+          f"{gallery.index_dir}: {len(gallery)} images of {len(gallery.identities())} identities")
+    return 0

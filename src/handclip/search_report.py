@@ -1,0 +1,80 @@
+"""Search results for an examiner: a self-contained HTML page (query beside its ranked candidates,
+thumbnails embedded as base64 JPEG) and a JSON file with every candidate."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .atomic import atomic_write_json, atomic_write_text
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.3em} .meta{color:#555;font-size:.85em;margin-bottom:1em}
+.query{display:flex;gap:1.2em;align-items:flex-start;border-top:1px solid #ccc;padding:1em 0}
+.probe{flex:0 0 auto;text-align:center} .probe img{border:3px solid #1f5fa8}
+.cands{display:flex;flex-wrap:wrap;gap:.6em}
+figure{margin:0;text-align:center;font-size:.78em;width:%(px)dpx}
+figure img{display:block;width:%(px)dpx;height:%(px)dpx;object-fit:contain;background:#f4f4f4;border:1px solid #bbb}
+.missing{width:%(px)dpx;height:%(px)dpx;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
+.score{font-weight:600} .path{color:#666;word-break:break-all}
+"""
+
+
+def thumbnail_data_uri(path: str | os.PathLike, size: int = 160) -> str | None:
+    """A base64 JPEG thumbnail of ``path``, or None when the file is missing or unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except Exception:  # noqa: BLE001 - a moved or damaged gallery file must not break the report
+        return None
+    rgb.thumbnail((size, size))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(path: str, caption_html: str, size: int) -> str:
+    uri = thumbnail_data_uri(path, size)
+    picture = (f'<img alt="{html.escape(Path(path).name)}" src="{uri}">' if uri
+               else '<div class="missing">image not available</div>')
+    return f"<figure>{picture}<figcaption>{caption_html}</figcaption></figure>"
+
+
+def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery_dir: str = "",
+                      by: str = "identity", checkpoint: str | None = None, size: int = 160) -> Path:
+    """One row per query: the query photo, then its candidates in rank order with their scores."""
+    rows = []
+    for result in results:
+        cands = []
+        for c in result.candidates:
+            extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
+                     else f"<br>image of {html.escape(c.identity)}")
+            caption = (f"#{c.rank} <b>{html.escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
+                       f"{extra}<br><span class=path>{html.escape(Path(c.path).name)}</span>")
+            cands.append(_figure(c.path, caption, size))
+        probe = _figure(result.query, f"query<br><span class=path>{html.escape(Path(result.query).name)}</span>", size)
+        rows.append(f'<div class="query"><div class="probe">{probe}</div><div class="cands">{"".join(cands)}</div></div>')
+    meta = (f"gallery {html.escape(str(gallery_dir))} &middot; ranked by {html.escape(by)} "
+            f"(score: cosine similarity{', best image per person' if by == 'identity' else ''})"
+            + (f" &middot; model {html.escape(checkpoint)}" if checkpoint else "")
+            + f" &middot; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>HandCLIP search</title>"
+            f"<style>{_CSS % {'px': size}}</style></head><body><h1>HandCLIP search: {len(results)} "
+            f"quer{'y' if len(results) == 1 else 'ies'}</h1><div class=\"meta\">{meta}</div>"
+            + "\n".join(rows) + "</body></html>\n")
+    atomic_write_text(out_html, page)
+    return Path(out_html)
+
+
+def write_search_json(results: Sequence, out_json: str | os.PathLike, **info) -> Path:
+    atomic_write_json(out_json, {**info, "results": [r.as_dict() for r in results]})
+    return Path(out_json)
