@@ -181,8 +181,8 @@ def main(argv=None) -> int:
     print()
     if not cuda:
         print("No GPU here: only the CPU figures above were measured. On CPU both steps run fp32 with the same "
-              "(non-fused) Adam, so the ratio shows the cost of the per-step sync and bookkeeping only; the "
-              "bf16 / fused-Adam / compile fast paths are GPU paths (run this script on a GPU for them).")
+              "(non-fused) Adam; the one CPU fast path is channels_last for ResNet backbones. The bf16 / "
+              "fused-Adam / no-sync / compile fast paths are GPU paths (run this script on a GPU for them).")
     return 0
 
 
