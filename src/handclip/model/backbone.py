@@ -154,6 +154,23 @@ def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+
+def looks_like_torch_file(path) -> bool:
+    """torch.save writes a zip archive (new format) or a pickle starting with the PROTO opcode."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def quiet_weights_only_load(path, map_location="cpu"):
+    """torch.load(weights_only=True) without torch's pickle-protocol UserWarning on stderr."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _is_torchscript_archive(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -221,8 +238,10 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             raise CheckpointError(f"weights file {path} is not a loadable TorchScript archive ({_first_line(exc)})") from None
         return _as_state_dict(scripted.state_dict(), path)
 
+    if not looks_like_torch_file(path):
+        raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file (it does not start like a file written by torch.save)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = quiet_weights_only_load(path)
     except pickle.UnpicklingError as exc:
         # weights_only refused something: a global (class/function) or an unusual pickle. Only
         # trusted files may go on to the full unpickler.

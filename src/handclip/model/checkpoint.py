@@ -27,6 +27,8 @@ import torch
 from ..atomic import atomic_open, sha256_file
 from ..errors import CheckpointError, ConfigError, HandCLIPError
 from .backbone import (
+    looks_like_torch_file,
+    quiet_weights_only_load,
     _describe_mismatch,
     _first_line,
     _is_torchscript_archive,
@@ -120,8 +122,10 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"{path} is a TorchScript archive (such as OpenAI's original CLIP files), not a HandCLIP "
             f"checkpoint; backbone weights go in model.weights"
         )
+    if not looks_like_torch_file(path):
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file (it does not start like a file written by torch.save)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = quiet_weights_only_load(path, map_location=map_location)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain data, which could run "
