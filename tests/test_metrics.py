@@ -294,3 +294,87 @@ def test_differences_below_float32_resolution_stay_exact():
     assert_same(evaluate_rank(distmat, q_pids, g_pids), evaluate_rank_reference(distmat, q_pids, g_pids))
     huge = np.array([[1e300, -1e300, 3e39, 0.5]])  # beyond float32 range
     assert_same(evaluate_rank(huge, [1], [1, 2, 1, 1]), evaluate_rank_reference(huge, [1], [1, 2, 1, 1]))
+
+
+# --- the cache-blocked counting path -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ng", [1, 7, 8, 9, 2039, 2040, 2041, 4081, 5000])
+def test_word_wise_counting_matches_a_plain_count_at_run_boundaries(ng):
+    # eight booleans per uint64 word, runs of <= 255 words: all-True rows are the overflow worst case
+    rng = np.random.default_rng(ng)
+    d = rng.integers(0, 4, (3, ng)).astype(np.float32)
+    d[0] = 0.0  # every item below +inf and equal to 0
+    thresholds = np.array([[np.inf, 0.0, -np.inf], [1.0, 2.0, 3.0], [0.0, 3.0, np.inf]], dtype=np.float32)
+    n_less, n_equal = metrics._strict_and_equal_counts_by_comparison(d, thresholds)
+    np.testing.assert_array_equal(n_less, (d[:, None, :] < thresholds[:, :, None]).sum(2))
+    np.testing.assert_array_equal(n_equal, (d[:, None, :] == thresholds[:, :, None]).sum(2))
+    assert n_less[0, 0] == ng and n_equal[0, 1] == ng
+
+
+def test_reused_scratch_keeps_counts_right_across_partial_sub_blocks(monkeypatch):
+    # a scratch of 3 rows for 10 rows: the last sub-block is partial and reuses dirty scratch rows
+    monkeypatch.setattr(metrics, "_SCRATCH_BYTES", 3 * 4 * 24)
+    rng = np.random.default_rng(1)
+    d = rng.integers(0, 3, (10, 20)).astype(np.float32)
+    thresholds = np.sort(rng.integers(0, 4, (10, 4)), axis=1).astype(np.float32)
+    n_less, n_equal = metrics._strict_and_equal_counts_by_comparison(d, thresholds)
+    np.testing.assert_array_equal(n_less, (d[:, None, :] < thresholds[:, :, None]).sum(2))
+    np.testing.assert_array_equal(n_equal, (d[:, None, :] == thresholds[:, :, None]).sum(2))
+
+
+def _tie_heavy_problem(seed, nq=40, ng=150):
+    rng = np.random.default_rng(seed)
+    # identities of very different sizes (1 .. ~40 items) and some queries with no match at all
+    g_pids = np.concatenate([np.zeros(40, int), np.ones(12, int), rng.integers(2, 60, ng - 52)])
+    q_pids = np.concatenate([[0, 1, 1000, 1001], rng.integers(0, 62, nq - 4)])
+    distmat = rng.integers(0, 8, (nq, ng)) / 4.0  # many exact ties, exact in float32 too
+    distmat[5] = 0.5  # a row of equal distances: pure gallery order
+    cams = (rng.integers(0, 3, nq), rng.integers(0, 3, ng))
+    return distmat, q_pids, g_pids, cams
+
+
+@pytest.mark.parametrize("path", ["comparison", "sorting"])
+@pytest.mark.parametrize("with_cams", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ties_and_skipped_queries_across_sub_blocks_and_counting_paths(monkeypatch, path, with_cams, dtype):
+    distmat, q_pids, g_pids, cams = _tie_heavy_problem(7)
+    distmat = distmat.astype(dtype)
+    cams = cams if with_cams else (None, None)
+    expected = evaluate_rank_reference(distmat, q_pids, g_pids, *cams, max_rank=200)  # > gallery
+    # tiny sub-blocks and groups, and every query forced onto one counting path
+    monkeypatch.setattr(metrics, "_SCRATCH_BYTES", 2 * 8 * 160)
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 2000)
+    monkeypatch.setattr(metrics, "_COMPARISON_PER_LOG2", 1e9 if path == "comparison" else 0.0)
+    got = evaluate_rank(distmat, q_pids, g_pids, *cams, max_rank=200)
+    assert_same(got, expected)
+    assert got.num_skipped_queries >= 2 and got.cmc.shape == (200,) and got.cmc[-1] == 1.0
+
+
+def test_float32_and_float64_inputs_of_the_same_values_give_identical_results():
+    distmat, q_pids, g_pids, cams = _tie_heavy_problem(3)
+    a = evaluate_rank(distmat, q_pids, g_pids, *cams, max_rank=7)
+    b = evaluate_rank(distmat.astype(np.float32), q_pids, g_pids, *cams, max_rank=7)
+    c = evaluate_rank(torch.from_numpy(distmat).half(), q_pids, g_pids, *cams, max_rank=7)  # exact in fp16 too
+    assert_same(a, b, tol=0.0)
+    assert_same(a, c, tol=0.0)
+
+
+def test_float64_ties_hidden_by_float32_rounding_are_ranked_by_gallery_order():
+    # 1 + 1e-12 and 1 both round to 1.0f: the counting pass sees a tie, the recount must not
+    distmat = np.array([[1.0 + 1e-12, 1.0, 1.0, 0.5, 1.0 + 2e-12]])
+    g_pids = [7, 3, 7, 3, 7]
+    got = evaluate_rank(distmat, [7], g_pids, max_rank=5)
+    # ranked: g3 (0.5), g1 (1.0), g2 (1.0), g0, g4 -> matches at ranks 3, 4, 5
+    np.testing.assert_array_equal(got.cmc, [0, 0, 1, 1, 1])
+    assert got.mAP == pytest.approx((1 / 3 + 2 / 4 + 3 / 5) / 3)
+    assert_same(got, evaluate_rank_reference(distmat, [7], g_pids, max_rank=5))
+
+
+def test_nan_is_refused_in_rows_with_and_without_matches():
+    # NaN is looked for while rows are counted; rows never counted (no match) are checked apart
+    for q_pids in ([1, 99], [98, 99], [1, 2]):
+        for dtype in (np.float64, np.float32):
+            distmat = np.array([[0.1, 0.2], [np.nan, 0.3]], dtype=dtype)
+            with pytest.raises(MetricInputError, match="1 NaN distance.*first at query 1, gallery 0"):
+                evaluate_rank(distmat, q_pids, [1, 2])

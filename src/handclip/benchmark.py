@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .atomic import atomic_write_json, atomic_write_text
 from .config import load_config
 from .errors import ConfigError
@@ -71,15 +73,28 @@ def run_benchmark(config_dir, out_dir, data_11k=None, data_hd=None, subsets=None
         measured[subset] = evaluated.aggregate
         result.runs[subset] = {"config": str(path), "run_dir": str(run.run_dir), "trained": evaluated.as_dict()}
         if zero_shot:
-            base = build_model(config.model, config.data, num_ids=1).eval()
+            # Seeded so a random-init baseline (tiny models, no weights file) is the same on every run.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                base = build_model(config.model, config.data, num_ids=1).eval()
             zs = evaluate_manifest(base, manifest, config.data, config.eval, progress=progress)
             zero[subset] = zs.aggregate
             result.runs[subset]["zero_shot"] = zs.as_dict()
     backbone = plans[0][2].model.backbone
+    weights = plans[0][2].model.weights
     result.rows.append((label or f"HandCLIP ({backbone})", measured))
     if zero_shot:
-        result.rows.append((f"zero-shot {backbone} image features (same weights)", zero))
-    result.table = benchmark_table(result.rows)
+        source = Path(weights).name if weights else "random init"
+        result.rows.append((f"zero-shot {backbone} image features ({source}, no training)", zero))
+    runs = sorted({len(r["trained"]["per_run"]) for r in result.runs.values()})
+    notes = [f"Measured rows: mean ± std over {'/'.join(map(str, runs))} Monte Carlo runs of each subset's own "
+             f"manifest; best checkpoint chosen on the validation split."]
+    if any(s != "hd" for s in subsets):
+        notes.append("11k: " + ("gallery_all (the aspect's gallery plus the other three aspects' galleries as "
+                                "distractors)." if gallery_all else "each aspect's own gallery only (--own-gallery)."))
+    if "hd" in subsets:
+        notes.append("HD: every gallery includes the 213 distractor identities of 502-712.")
+    result.table = benchmark_table(result.rows, notes=notes)
     atomic_write_text(out_dir / "benchmark.md", "# HandCLIP benchmark\n\n" + result.table)
     atomic_write_json(out_dir / "benchmark.json", {"rows": [{"method": m, "subsets": s} for m, s in result.rows],
                                                   "runs": result.runs})

@@ -33,6 +33,7 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence
@@ -753,22 +754,22 @@ class Gallery:
 
     def _identity_candidates(self, index, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
         rows = rows[rows >= 0]
-        found = list(dict.fromkeys(self._identities[r] for r in rows))
-        top_image_rows = rows[:top_k]
+        found = list(dict.fromkeys(self._identities[r] for r in rows))[: 2 * top_k]
+        matched = Counter(self._identities[r] for r in rows[:top_k])
+        # Exact scores for every image of these people, in one gather: max aggregation stays exact
+        # even when an approximate index missed a person's best image.
+        members = [self._rows_by_identity[identity] for identity in found]
+        all_rows = np.fromiter((r for m in members for r in m), dtype=np.int64)
+        all_scores = index.reconstruct_batch(all_rows) @ query
+        bounds = np.cumsum([0] + [len(m) for m in members])
+        best = [float(all_scores[lo:hi].max()) for lo, hi in zip(bounds[:-1], bounds[1:])]
         out = []
-        for identity in found[:2 * top_k]:
-            # Exact scores for every image of this person: max aggregation stays exact even when
-            # the approximate index missed their best image.
-            member_rows = self._rows_by_identity[identity]
-            member_scores = index.reconstruct_batch(np.asarray(member_rows, dtype=np.int64)) @ query
-            order = np.argsort(-member_scores, kind="stable")
-            images = [(self._paths[member_rows[i]], float(member_scores[i])) for i in order]
-            matched = int(sum(self._identities[r] == identity for r in top_image_rows))
-            out.append(Candidate(0, identity, images[0][1], images[0][0], len(member_rows), matched, images))
-        out.sort(key=lambda c: -c.score)
-        out = out[:top_k]
-        for rank, candidate in enumerate(out, 1):
-            candidate.rank = rank
+        for rank, i in enumerate(sorted(range(len(found)), key=lambda i: -best[i])[:top_k], 1):
+            scores = all_scores[bounds[i]:bounds[i + 1]]
+            order = np.argsort(-scores, kind="stable")
+            images = [(self._paths[members[i][j]], float(scores[j])) for j in order]
+            out.append(Candidate(rank, found[i], images[0][1], images[0][0], len(members[i]),
+                                 matched[found[i]], images))
         return out
 
 

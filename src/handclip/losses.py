@@ -58,12 +58,13 @@ class TripletLoss(nn.Module):
         positive = same & ~eye
         negative = ~same
         valid = positive.any(1) & negative.any(1)
-        if not bool(valid.any()):
-            return features.sum() * 0.0
         hardest_pos = dist.masked_fill(~positive, float("-inf")).amax(1)
         hardest_neg = dist.masked_fill(~negative, float("inf")).amin(1)
-        losses = F.relu(hardest_pos[valid] - hardest_neg[valid] + self.margin)
-        return losses.mean()
+        # Masked mean instead of boolean indexing / an ``if`` on a device value: no host sync per step on
+        # a GPU and no graph break under torch.compile. Rows without both a positive and a negative
+        # contribute exactly 0 (and no gradient); no valid row at all gives 0, still on the graph.
+        losses = torch.where(valid, F.relu(hardest_pos - hardest_neg + self.margin), dist.new_zeros(()))
+        return losses.sum() / valid.sum().clamp_min(1)
 
 
 class SupConLoss(nn.Module):

@@ -23,12 +23,10 @@ import torch.nn as nn
 
 
 def use_fused(runtime_cfg, device: torch.device) -> bool:
-    """Fused Adam: 'auto' uses it on CUDA only (on CPU the foreach path is as fast and well trodden)."""
-    if runtime_cfg.fused_optimizer == "off":
-        return False
-    if runtime_cfg.fused_optimizer == "on":
-        return True
-    return device.type == "cuda"
+    """Fused Adam per ``runtime.fused_optimizer`` (resolved in handclip.runtime: 'auto' = CUDA only)."""
+    from .runtime import use_fused_optimizer
+
+    return use_fused_optimizer(runtime_cfg, device)
 
 
 def _adam(groups: list[dict], fused: bool) -> torch.optim.Adam:

@@ -25,7 +25,26 @@ SUBSET_TITLES = {
 }
 
 
-def benchmark_table(measured: list[tuple[str, dict[str, dict]]], include_quoted: bool = True) -> str:
+def subset_key(dataset: str, subset: str | None) -> str:
+    """The benchmark name of a manifest record's subset: 11k_dorsal_r, hd, or the dataset (and folder) name."""
+    if dataset == "hd":
+        return "hd"
+    if not subset or subset == dataset:
+        return dataset
+    return f"{dataset}_{subset}"
+
+
+def subset_title(key: str) -> str:
+    return SUBSET_TITLES.get(key, key.replace("_", " "))
+
+
+# Named in design.md section 4 without numbers we can quote.
+QUOTED_WITHOUT_NUMBERS = ["CLIP-HandID (2025, arXiv 2506.12447) reports results above MBA-Net on this protocol; "
+                          "no numbers are quoted here."]
+
+
+def benchmark_table(measured: list[tuple[str, dict[str, dict]]], include_quoted: bool = True,
+                    notes: list[str] | None = None) -> str:
     """Paper-layout Markdown table: rows are methods, columns each subset's rank-1 and mAP.
 
     ``measured`` holds (row label, {subset: {"rank1": {"mean", "std"}, "mAP": {...}}}) with metrics in [0, 1].
@@ -51,4 +70,8 @@ def benchmark_table(measured: list[tuple[str, dict[str, dict]]], include_quoted:
                 r1_map = by_subset.get(subset)
                 cells.extend(["–", "–"] if r1_map is None else [f"{r1_map[0]:.2f}", f"{r1_map[1]:.2f}"])
             lines.append(f"| {label} | " + " | ".join(cells) + f" | quoted, not measured: {source} |")
-    return "\n".join(lines) + "\n"
+    footnotes = list(notes or []) + (QUOTED_WITHOUT_NUMBERS if include_quoted else [])
+    if include_quoted:
+        footnotes.append("Quoted rows are copied from others' reports (design.md section 4), not measured by this code.")
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + "\n".join(f"- {note}" for note in footnotes) + "\n" if footnotes else "")

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import DataError, HandCLIPError
@@ -115,12 +115,20 @@ def _thumbnail(path: str | os.PathLike, size: int) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _frame(ax, colour: str, width: float) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_edgecolor(colour)
-        spine.set_linewidth(width)
+def _distance_text(distance: float) -> str:
+    """Three decimals; four below 0.01; scientific below 1e-4 (an untrained model's distances are tiny)."""
+    distance = float(distance)
+    if abs(distance) >= 0.01 or distance == 0:
+        return f"{distance:.3f}"
+    return f"{distance:.4f}" if abs(distance) >= 1e-4 else f"{distance:.1e}"
+
+
+def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (shipped with matplotlib, so always present; it has the check and cross marks)."""
+    from matplotlib import font_manager
+
+    prop = font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal")
+    return ImageFont.truetype(font_manager.findfont(prop, fallback_to_default=True), size)
 
 
 def ranked_list_sheet(
@@ -141,35 +149,40 @@ def ranked_list_sheet(
         raise HandCLIPError("ranked_list_sheet needs at least one query")
     if top_k < 1:
         raise HandCLIPError(f"top_k must be at least 1, got {top_k}")
+    # Drawn with PIL on one canvas: a matplotlib grid of 1 + top_k axes per query took seconds per sheet.
+    border, gap, pad, query_gap = 5, 12, 16, 14
+    tile = thumb + 2 * border
+    title_font, text_font, head_font = _font(15, bold=True), _font(14), _font(17)
+    title_h, caption_h, header_h = 22, 42, 42
+    row_h = title_h + tile + caption_h + gap
     cols = 1 + top_k
-    rows = len(queries)
-    fig, axes = _subplots(rows, cols, (1.45 * cols + 0.3, 1.85 * rows))
+    width = 2 * pad + cols * tile + (cols - 1) * gap + query_gap
+    height = header_h + len(queries) * row_h + pad
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((width / 2, pad), "Ranked lists: query (blue), then nearest gallery images; "
+              "green = same identity, red = different", font=head_font, fill="black", anchor="mt")
+
+    def cell(x: int, y: int, path, colour: str, title: str, lines: list[str], text_colour: str) -> None:
+        draw.text((x + tile / 2, y + title_h - 4), title, font=title_font, fill=colour, anchor="ms")
+        draw.rectangle([x, y + title_h, x + tile - 1, y + title_h + tile - 1], fill=colour)
+        sheet.paste(Image.fromarray(_thumbnail(path, thumb)), (x + border, y + title_h + border))
+        for i, line in enumerate(lines):
+            draw.text((x + tile / 2, y + title_h + tile + 4 + 17 * i), line, font=text_font, fill=text_colour, anchor="mt")
+
     for r, ((q_path, q_pid), ranking) in enumerate(zip(queries, rankings)):
-        ax = axes[r, 0]
-        ax.imshow(_thumbnail(q_path, thumb))
-        _frame(ax, QUERY, 4.0)
-        ax.set_title(f"query {r + 1}", fontsize=9, color=QUERY, fontweight="bold")
-        ax.set_xlabel(f"id {q_pid}", fontsize=9)
-        for c in range(top_k):
-            ax = axes[r, c + 1]
-            if c >= len(ranking):
-                ax.axis("off")
-                continue
-            g_path, g_pid, distance = ranking[c]
+        y = header_h + r * row_h
+        cell(pad, y, q_path, QUERY, f"query {r + 1}", [f"id {q_pid}"], "black")
+        for c, (g_path, g_pid, distance) in enumerate(ranking[:top_k]):
             right = g_pid == q_pid
             colour = CORRECT if right else WRONG
-            ax.imshow(_thumbnail(g_path, thumb))
-            _frame(ax, colour, 4.0)
-            ax.set_title(f"#{c + 1} {'✓' if right else '✗'}", fontsize=9, color=colour, fontweight="bold")
-            ax.set_xlabel(f"id {g_pid}\nd={float(distance):.3f}", fontsize=8, color=colour if not right else "black")
-    height = 1.85 * rows
-    fig.subplots_adjust(wspace=0.08, hspace=0.55, top=1.0 - 0.45 / height, bottom=0.55 / height)
-    fig.suptitle(
-        "Ranked lists: query (blue), then nearest gallery images; green = same identity, red = different",
-        fontsize=10,
-        y=1.0 - 0.05 / height,
-    )
-    return _save_figure(fig, out_png)
+            x = pad + (c + 1) * (tile + gap) + query_gap
+            cell(x, y, g_path, colour, f"#{c + 1} {'✓' if right else '✗'}",
+                 [f"id {g_pid}", f"d={_distance_text(distance)}"], "black" if right else colour)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG", compress_level=1)  # photos barely compress; level 6+ only costs time
+    atomic_write_bytes(out_png, buffer.getvalue())
+    return Path(out_png)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,26 +243,36 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os
             lr_ax.text(0.5, 0.5, "no learning rate recorded", ha="center", va="center", transform=lr_ax.transAxes, color="grey")
         lr_ax.set_title(f"{stage}: learning rate")
 
-        for k in [k for k in keys if k.startswith("val_")]:
+        # Rank-1 (what picks the best checkpoint) and mAP; five overlapping curves were unreadable.
+        val_keys = [k for k in ("val_rank1", "val_mAP") if k in keys] or [k for k in keys if k.startswith("val_")]
+        for k in val_keys:
             xs, ys = series(k)
             if xs:
                 label = _PRETTY.get(k[4:], k[4:])
-                val_ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
-                best = int(np.argmax(ys))
-                val_ax.annotate(f"{100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
-                                textcoords="offset points", xytext=(0, 5), ha="center")
+                line, = val_ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
+                if k == val_keys[0]:
+                    best = int(np.argmax(ys))
+                    val_ax.plot([xs[best]], [100 * ys[best]], marker="*", markersize=12, color=line.get_color(),
+                                linestyle="none")
+                    # Keep the label inside the panel when the best epoch is the first or last one.
+                    align = "right" if xs[best] == max(xs) else "left" if xs[best] == min(xs) else "center"
+                    val_ax.annotate(f"best {label} {100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
+                                    textcoords="offset points", xytext=(0, 7), ha=align)
         val_ax.set_title(f"{stage}: validation (%)")
         if val_ax.get_lines():
-            val_ax.legend(fontsize=8)
-            val_ax.margins(y=0.12)
+            val_ax.legend(fontsize=8, loc="best")
+            val_ax.margins(y=0.15)
         else:
             val_ax.text(0.5, 0.5, "no validation in this stage", ha="center", va="center",
                         transform=val_ax.transAxes, color="grey")
+        numeric_epochs = [float(x) for x in epochs if _finite(x)]
         for ax in (loss_ax, lr_ax, val_ax):
             if ax.get_lines():
                 ax.set_xlabel("epoch")
                 ax.grid(True, alpha=0.3)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if numeric_epochs:  # same epoch axis in a stage's three panels, even with one validation point
+                    ax.set_xlim(min(numeric_epochs) - 0.5, max(numeric_epochs) + 0.5)
             else:
                 ax.set_xticks([])
                 ax.set_yticks([])

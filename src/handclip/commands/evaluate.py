@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<manifest name>)")
-    parser.add_argument("--show", type=int, default=8, help="queries shown in the ranked-list picture")
+    parser.add_argument("--show", type=int, default=8, help="queries shown in the ranked-list picture (0: no picture)")
     parser.add_argument("--top-k", type=int, default=10, help="gallery images per query in the ranked-list picture")
 
 
@@ -60,8 +60,10 @@ def run(args) -> int:
     from ..config import EvalConfig
     from ..data.manifest import Manifest
     from ..evaluation import evaluate_manifest, load_model_for_evaluation, write_evaluation_outputs
-    from ..references import SUBSET_TITLES
+    from ..references import subset_key, subset_title
 
+    if args.show < 0 or args.top_k < 1:
+        raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
     manifest = Manifest.read(args.manifest)
     runs = _parse_runs(args.runs)
     has_distractors = any(r.is_distractor for r in manifest.records)
@@ -72,9 +74,8 @@ def run(args) -> int:
     eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
     result = evaluate_manifest(model, manifest, data_cfg, eval_cfg, runs=runs, device=args.device,
                                distractors=not args.no_distractors, progress=True, keep_distances=True)
-    subsets = sorted({f"{r.dataset}_{r.subset}" if r.subset else r.dataset
-                      for r in manifest.records if not r.is_distractor})
-    title = "Evaluation on " + ", ".join(SUBSET_TITLES.get(s, s.replace("_", " ")) for s in subsets)
+    subsets = sorted({subset_key(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
+    title = "Evaluation on " + ", ".join(subset_title(s) for s in subsets)
     if args.out:
         out = Path(args.out)
     elif args.checkpoint:

@@ -7,7 +7,6 @@ Call ``loader.batch_sampler.set_epoch(epoch)`` (or ``set_epoch(loader, epoch)``)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from ..runtime import default_num_workers, pin_memory
 from .cache import DecodeCache, default_cache_resolution, default_cache_root
 from .dataset import ManifestDataset, as_records
 from .sampler import PKSampler
@@ -27,9 +27,7 @@ def resolve_num_workers(setting: int | str) -> int:
     processes torchrun started on this node, minus one for the main process, at most 8."""
     if setting != "auto":
         return int(setting)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(0, min(8, cpus // local_world - 1))
+    return default_num_workers()
 
 
 def working_resolution(data_cfg: DataConfig) -> int:
@@ -52,7 +50,7 @@ def decode_cache_for(data_cfg: DataConfig) -> DecodeCache | None:
 
 def _loader_kwargs(data_cfg: DataConfig, persistent: bool) -> dict:
     workers = resolve_num_workers(data_cfg.num_workers)
-    kwargs = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    kwargs = {"num_workers": workers, "pin_memory": pin_memory()}
     if workers > 0:
         kwargs["persistent_workers"] = persistent
     return kwargs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from pathlib import Path
@@ -10,31 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime import resolve_amp_dtype, resolve_device  # noqa: F401 - re-exported for the stages
+# The fast-path switches live in handclip.runtime (one resolution for training, evaluation and the
+# benchmarks); the stages import them from here under their historical names.
+from ..runtime import autocast, resolve_amp_dtype, resolve_device, use_channels_last  # noqa: F401
+from ..runtime import make_grad_scaler as make_scaler  # noqa: F401
 
 
 def amp_dtype(runtime_cfg, device: torch.device) -> torch.dtype | None:
     """Autocast dtype of ``runtime.amp`` on ``device`` (bf16 on CUDA when supported; off on CPU)."""
     return resolve_amp_dtype(device, runtime_cfg.amp)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_scaler(device: torch.device, dtype: torch.dtype | None):
-    """A GradScaler only for fp16 (bf16 has fp32's range and needs none)."""
-    if dtype is torch.float16:
-        return torch.amp.GradScaler(device.type)
-    return None
-
-
-def use_channels_last(runtime_cfg, device: torch.device) -> bool:
-    if runtime_cfg.channels_last == "auto":
-        return device.type == "cuda"
-    return runtime_cfg.channels_last == "on"
 
 
 def seed_everything(seed: int) -> None:

@@ -37,15 +37,40 @@ def _tensor_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def feature_cache_key(model, data_cfg, records) -> str:
-    """Hash of everything the cached features depend on: encoder weights, transform, images."""
+def _records_digest(records) -> str:
+    """The training images as the manifest lists them (path, pid) plus each file's size and mtime, so an
+    image rewritten in place is encoded again rather than served from a stale cache entry."""
+    import os
+
+    digest = hashlib.sha256()
+    for r in records:
+        try:
+            st = os.stat(r.path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"  # the loader raises the clear error when it reads the image
+        digest.update(f"{r.path}\t{r.pid}\t{stamp}\n".encode())
+    return digest.hexdigest()
+
+
+def feature_cache_key(model, data_cfg, records, dtype: torch.dtype | None = None) -> str:
+    """Hash of everything the cached features depend on: backbone and its geometry, encoder weights, the
+    eval transform (input size, working resolution, normalisation), the encoding precision and the images."""
+    from ..data.loaders import working_resolution
+
+    model_spec = getattr(model, "spec", {}).get("model", {})
     spec = {
+        "backbone": model_spec.get("backbone"),
+        "patch_stride": model_spec.get("patch_stride"),
+        "rn_last_stride": model_spec.get("rn_last_stride"),
         "encoder": _tensor_digest(model.image_encoder),
         "image_size": list(data_cfg.image_size),
+        "working_resolution": working_resolution(data_cfg),
         "mean": list(data_cfg.pixel_mean),
         "std": list(data_cfg.pixel_std),
-        "records": hashlib.sha256("\n".join(f"{r.path}\t{r.pid}" for r in records).encode()).hexdigest(),
-        "version": 1,
+        "dtype": str(dtype),
+        "records": _records_digest(records),
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -81,8 +106,9 @@ def cached_training_features(ctx):
     cfg = ctx.config
     records = ctx.train_records
     path = None
+    dtype = amp_dtype(cfg.runtime, ctx.device)
     if cfg.stage1.cache_features:
-        key = feature_cache_key(ctx.model, cfg.data, records)
+        key = feature_cache_key(ctx.model, cfg.data, records, dtype)
         path = cache_root(cfg.data) / "features" / f"{key}.pt"
         if path.is_file():
             try:
@@ -97,7 +123,7 @@ def cached_training_features(ctx):
     # miss leave training on the same random stream.
     with torch.random.fork_rng(devices=[]):
         feats, labels = encode_training_images(ctx.model, records, ctx.label_map, cfg.data, cfg.eval, ctx.device,
-                                               amp_dtype(cfg.runtime, ctx.device), progress=ctx.progress)
+                                               dtype, progress=ctx.progress)
     ctx.log(f"stage 1: encoded {len(records)} training images in {time.perf_counter() - start:.1f}s")
     if path is not None and ctx.is_main:
         buffer = io.BytesIO()

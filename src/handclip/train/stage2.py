@@ -73,7 +73,7 @@ class Stage2Trainer:
             prompt_weight_decay=self.cfg.stage1.weight_decay if joint else 0.0)
         self.dtype = amp_dtype(self.cfg.runtime, device)
         self.scaler = make_scaler(device, self.dtype)
-        self.channels_last = use_channels_last(self.cfg.runtime, device)
+        self.channels_last = use_channels_last(self.cfg.runtime, device, model)
         if self.channels_last:
             model.image_encoder.to(memory_format=torch.channels_last)
         self.text_per_batch = self.prompt_trains or s2.text_features == "per_batch"
@@ -135,6 +135,17 @@ class Stage2Trainer:
             weight = self.cfg.stage1.prompt_l2 if self.joint else s2.prompt_l2
             if weight > 0:
                 terms["prompt_l2"] = weight * prompt_l2(self.model.prompt_learner.ctx)
+        return terms
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, stage: str = "stage2", epoch: int = 0,
+                   step: int = 0) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch already on the device (what ``run`` does per batch, and what
+        benchmarks/bench_stage2.py times); returns the loss terms. No host sync per step on CUDA."""
+        terms = self.compute_losses(images, labels)
+        self.ctx.check_finite(terms, stage, epoch, step)
+        loss = sum(terms.values())
+        self.optimizers.zero_grad()
+        self.backward_and_step(loss)
         return terms
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
@@ -208,11 +219,7 @@ class Stage2Trainer:
                 images = batch[0].to(self.device, non_blocking=True)
                 labels = batch[1].to(self.device, non_blocking=True)
                 images_seen += len(labels)
-                terms = self.compute_losses(images, labels)
-                ctx.check_finite(terms, stage, epoch, step)
-                loss = sum(terms.values())
-                self.optimizers.zero_grad()
-                self.backward_and_step(loss)
+                terms = self.train_step(images, labels, stage, epoch, step)
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0) + value.detach().float()
             ctx.flush_finite_checks()
