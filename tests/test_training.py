@@ -181,22 +181,18 @@ def test_best_checkpoint_is_saved_when_found_not_kept_by_reference(tiny_manifest
 def test_nan_loss_stops_naming_epoch_step_and_term_and_keeps_last_good(tiny_manifest, tmp_path, monkeypatch):
     from handclip import losses
 
-    calls = {"n": 0}
+    cfg = base_config(tiny_manifest)
+    steps_per_epoch = len(make_context(cfg).build_train_loader())
     original = losses.TripletLoss.forward
+    calls = {"n": 0}
 
     def poisoned(self, features, labels):
+        # Stage 2 calls the triplet loss twice per step; from stage-2 epoch 2 on it returns NaN.
         calls["n"] += 1
         value = original(self, features, labels)
-        # Stage 2 has 2 triplet calls per step; poison epoch 2 (after a good epoch 1 was saved).
-        return value * float("nan") if calls["n"] > 2 * steps_per_epoch["n"] else value
+        return value * float("nan") if calls["n"] > 2 * steps_per_epoch else value
 
-    steps_per_epoch = {"n": 10**9}
     monkeypatch.setattr(losses.TripletLoss, "forward", poisoned)
-    cfg = base_config(tiny_manifest)
-    from handclip.train.engine import TrainContext
-
-    ctx = make_context(cfg)
-    steps_per_epoch["n"] = len(ctx.build_train_loader())
     with pytest.raises(TrainingError) as info:
         api.train(cfg, run_dir=tmp_path / "run")
     message = str(info.value)

@@ -122,6 +122,7 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
         "device": str(device),
     }
     atomic_write_json(out / "metrics.json", metrics)
-    say(_table(metrics["before"], metrics["after"]))
-    say(f"total time {total:.1f}s (training {train_time:.1f}s); metrics written to {out / 'metrics.json'}")
+    # The result table is the point of the demo: printed even without progress output.
+    print(_table(metrics["before"], metrics["after"]), flush=True)
+    print(f"total time {total:.1f}s (training {train_time:.1f}s); metrics written to {out / 'metrics.json'}", flush=True)
     return metrics
