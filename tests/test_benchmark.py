@@ -5,7 +5,6 @@ import json
 import pytest
 import yaml
 
-pytest.importorskip("handclip.api", reason="training (handclip.api) is not merged into this branch yet")
 
 from handclip import cli  # noqa: E402
 from handclip.data.manifest import Manifest  # noqa: E402
