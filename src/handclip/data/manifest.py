@@ -277,6 +277,21 @@ class Manifest:
         return "\n".join(lines)
 
 
+
+def iter_csv_rows(reader, source: str):
+    """(line number, row) for every non-blank row of a csv.reader; a malformed row is a DataError
+    naming ``source`` and the line. Blank lines (e.g. an editor's trailing newline) are skipped."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{source}, line {reader.line_num}: malformed CSV ({exc})") from None
+        if row and any(cell.strip() for cell in row):
+            yield reader.line_num, row
+
+
 def _parse_int(text: str, column: str, allow_empty: bool) -> Optional[int]:
     value = text.strip()
     if value == "":
@@ -314,17 +329,7 @@ def _parse_csv(text: str, source: str, base_dir: Path) -> list[ManifestRecord]:
                         f"(required: {','.join(REQUIRED_COLUMNS)})")
     index = {name: i for i, name in enumerate(names)}
     records = []
-    line = 1
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(f"manifest {source}, line {reader.line_num}: malformed CSV ({exc})") from None
-        line = reader.line_num
-        if not row or all(cell.strip() == "" for cell in row):
-            continue  # blank lines (e.g. a trailing newline added by an editor)
+    for line, row in iter_csv_rows(reader, f"manifest {source}"):
         if len(row) != len(names):
             raise DataError(f"manifest {source}, line {line}: expected {len(names)} fields, found {len(row)}")
         get = lambda col, default="": row[index[col]] if col in index else default  # noqa: E731

@@ -44,7 +44,7 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DataError
-from .manifest import Manifest, ManifestRecord
+from .manifest import Manifest, ManifestRecord, iter_csv_rows
 
 SmallIds = Literal["error", "keep"]
 
@@ -201,16 +201,7 @@ def read_handinfo(csv_path: Path) -> list[_HandRow]:
     col = {name: header.index(name) for name in _HANDINFO_NEEDED}
     rows: list[_HandRow] = []
     seen: dict[str, int] = {}
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(f"{csv_path}, line {reader.line_num}: malformed CSV ({exc})") from None
-        line = reader.line_num
-        if not row or all(not cell.strip() for cell in row):
-            continue
+    for line, row in iter_csv_rows(reader, str(csv_path)):
         if len(row) < len(header):
             raise DataError(f"{csv_path}, line {line}: expected {len(header)} fields, found {len(row)}")
         raw_id = row[col["id"]].strip()  # one real id is written '1200000 ' (trailing space)
