@@ -8,7 +8,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-11k", help="11k Hands folder (Hands/ and HandInfo.csv)")
     parser.add_argument("--data-hd", help="HD folder (with 'Original Images/')")
     parser.add_argument("--subsets", nargs="+", help="subsets to run (default: all five)")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every subset, e.g. model.weights=/models/ViT-B-16.pt")
     parser.add_argument("--out", default="runs/benchmark", help="output folder (default: runs/benchmark)")
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot baseline rows")

@@ -7,7 +7,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); default: the built-in defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set stage2.epochs=30 (repeatable)")
     parser.add_argument("--stage", choices=["stage1", "stage2", "both"], default="both",
                         help="run only one stage (default: both)")
