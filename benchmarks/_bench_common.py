@@ -33,6 +33,19 @@ def load_line() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
+
+def device_and_model_defaults(args) -> tuple[torch.device, bool, str, int]:
+    """(device, is_cuda, backbone, image side): ViT-B/16 at 224 on a GPU, the tiny ViT at 64 on a CPU,
+    unless ``--backbone`` / ``--image-size`` say otherwise."""
+    from handclip.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    backbone = args.backbone or ("ViT-B-16" if cuda else "tiny-vit")
+    size = args.image_size or (224 if cuda else 64)
+    return device, cuda, backbone, size
+
+
 def machine_line(device: torch.device) -> str:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     text = (f"machine: {platform.machine()}, {cpus} CPUs available, torch {torch.__version__}, "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import machine_line, sync  # noqa: E402
+from _bench_common import device_and_model_defaults, machine_line, sync  # noqa: E402
 from bench_metrics import compare_metrics, make_problem  # noqa: E402
 
 
@@ -57,12 +57,9 @@ def main(argv=None) -> int:
     from handclip.data.manifest import Manifest
     from handclip.evaluation import extract_features
     from handclip.model.handclip import build_model
-    from handclip.runtime import resolve_amp_dtype, resolve_device
+    from handclip.runtime import resolve_amp_dtype
 
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    backbone = args.backbone or ("ViT-B-16" if cuda else "tiny-vit")
-    size = args.image_size or (224 if cuda else 64)
+    device, cuda, backbone, size = device_and_model_defaults(args)
     count = args.images or (2048 if cuda else 512)
     per_id = 8
     torch.manual_seed(0)

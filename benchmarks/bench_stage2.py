@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import (count_flops, interleaved_timing, machine_line, peak_flops, pk_batch,  # noqa: E402
+from _bench_common import (count_flops, device_and_model_defaults, interleaved_timing, machine_line, peak_flops, pk_batch,  # noqa: E402
                            stage2_config, sync, training_context)
 
 
@@ -98,14 +98,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from handclip.model.handclip import build_model
-    from handclip.runtime import resolve_device
     from handclip.train.runtime import seed_everything
     from handclip.train.stage2 import Stage2Trainer
 
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    backbone = args.backbone or ("ViT-B-16" if cuda else "tiny-vit")
-    size = args.image_size or (224 if cuda else 64)
+    device, cuda, backbone, size = device_and_model_defaults(args)
     rounds = args.rounds or (5 if cuda else 3)
     steps = args.steps or (20 if cuda else 3)
     P, K = args.ids_per_batch, args.images_per_id
