@@ -10,7 +10,7 @@ from torch import nn
 
 from handclip.errors import CheckpointError, ConfigError
 from handclip.model import backbone
-from handclip.model.backbone import create_clip, rn_feature_map_size
+from handclip.model.backbone import TinyConvNet, create_clip, get_tokenizer, rn_feature_map_size
 from handclip.model.handclip import build_model
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation notices
@@ -250,6 +250,21 @@ def test_rn_feature_map_size_matches_the_network(size, last_stride):
     clip = create_clip("tiny-rn", image_size=size, rn_last_stride=last_stride)
     shape, _ = _layer4_map(clip, size)
     assert shape == rn_feature_map_size(size, last_stride)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 70), (33, 47)])
+@pytest.mark.parametrize("last_stride", [1, 2])
+def test_tiny_cnn_geometry_matches_the_network(size, last_stride):
+    clip = create_clip("tiny-cnn", image_size=size, rn_last_stride=last_stride)
+    visual = clip.visual
+    assert isinstance(visual, TinyConvNet)
+    shape, out = _layer4_map(clip, size)
+    assert shape == visual.map_size_for(size, last_stride) == visual.feature_map_size
+    assert visual.attnpool.positional_embedding.shape[0] == shape[0] * shape[1] + 1
+    assert out.shape == (1, 128)
+    # CLIP's text side is the tiny config's own, untouched by the image tower swap.
+    tokens = get_tokenizer("tiny-cnn")(["a photo of a hand."])
+    assert clip.encode_text(tokens).shape == (1, 128)
 
 
 def test_full_size_backbones_get_clip_reid_geometry():

@@ -31,7 +31,8 @@ def _trained_a_little(config, num_ids=5):
 
 @pytest.mark.parametrize(
     "backbone,image_size,extra_model",
-    [("tiny-vit", (96, 64), {"patch_stride": 6, "neck_feat": "after"}), ("tiny-rn", (64, 48), {"rn_last_stride": 1})],
+    [("tiny-vit", (96, 64), {"patch_stride": 6, "neck_feat": "after"}), ("tiny-rn", (64, 48), {"rn_last_stride": 1}),
+     ("tiny-cnn", (64, 48), {"rn_last_stride": 2})],
 )
 def test_round_trip_gives_identical_features(tmp_path, backbone, image_size, extra_model):
     config = _config(backbone, image_size, **extra_model)

@@ -228,7 +228,7 @@ def test_stage1_trains_only_the_prompt():
     assert model.image_parameters() == [] and model.head_parameters() == []
 
 
-@pytest.mark.parametrize("backbone", ["tiny-vit", "tiny-rn"])
+@pytest.mark.parametrize("backbone", ["tiny-vit", "tiny-rn", "tiny-cnn"])
 def test_stage2_policy_and_groups_cover_every_trainable_parameter(backbone):
     model = make(backbone)
     model.set_stage2_trainable(freeze_prompt=True, unfreeze_last_n=None)

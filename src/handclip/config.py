@@ -71,7 +71,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: str = Field("ViT-B-16", description="open_clip model name, or tiny-vit / tiny-rn")
+    backbone: str = Field("ViT-B-16", description="open_clip model name, or tiny-vit / tiny-rn / tiny-cnn")
     weights: Optional[str] = Field(None, description="local file, open_clip pretrained tag, or none (random)")
     allow_unsafe_weights: bool = Field(False, description="allow pickle/TorchScript files of unknown hash")
     patch_stride: Optional[int] = Field(None, ge=1, description="overlapping patches (CLIP-ReID OLP uses 12)")

@@ -189,7 +189,7 @@ class HandCLIP(nn.Module):
 
     def _rn_features(self, images: torch.Tensor):
         v = self.image_encoder
-        x = v.stem(images.to(v.conv1.weight.dtype))
+        x = v.stem(images.to(next(v.parameters()).dtype))
         x = v.layer2(v.layer1(x))
         x3 = v.layer3(x)
         x4 = v.layer4(x3)
@@ -274,7 +274,9 @@ class HandCLIP(nn.Module):
         v = self.image_encoder
         if self.kind == "vit":
             return [[v.conv1, v.class_embedding, v.positional_embedding, v.ln_pre], *[[b] for b in v.transformer.resblocks]]
-        return [[v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3], [v.layer1], [v.layer2], [v.layer3], [v.layer4]]
+        # ModifiedResNet's stem is a method over its conv/bn modules; TinyConvNet's is a module.
+        stem = [v.stem] if isinstance(v.stem, nn.Module) else [v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3]
+        return [stem, [v.layer1], [v.layer2], [v.layer3], [v.layer4]]
 
     def _image_output_modules(self) -> list:
         v = self.image_encoder
