@@ -66,6 +66,22 @@ def test_changing_one_context_changes_only_that_identity(vit):
     assert torch.all(changed[[0, 1, 3, 4, 5]] == 0)
 
 
+def test_text_encoder_stops_at_end_of_text_exactly(vit):
+    """The text encoder runs only up to the end-of-text token; under the causal mask that must give the
+    features the full 77-position pass gives."""
+    vit.eval()
+    labels = torch.arange(NUM_IDS)
+    learner = vit.prompt_learner
+    assert learner.prompt_length == learner.eot_index + 1 < learner.tokenized_prompt.shape[1]
+    with torch.no_grad():
+        prompts = learner(labels)
+        tokens = learner.tokenized_prompt.expand(NUM_IDS, -1)
+        full = vit.text_encoder(prompts, tokens)
+        cut = vit.all_text_features()
+    assert prompts.shape[1] == 77
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
+
+
 def test_text_feature_is_read_at_eot_not_at_start(vit):
     """Under the causal mask, position 0 never sees the context; the EOT position does."""
     enc = vit.text_encoder

@@ -60,6 +60,8 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_prefix", embedded[:, :start])
         self.register_buffer("token_suffix", embedded[:, start + n_ctx:])
         self.register_buffer("tokenized_prompt", tokens)
+        # Plain int, read without touching the device: the text encoder runs only up to this position.
+        self.prompt_length = int(tokens.argmax(dim=-1)[0]) + 1
         self.ctx = nn.Parameter(torch.empty(num_ids, n_ctx, width))
         nn.init.normal_(self.ctx, std=0.02)
 
@@ -94,10 +96,17 @@ class TextEncoder(nn.Module):
             return proj.out_features
         return proj.shape[1] if proj is not None else self.ln_final.weight.shape[0]
 
-    def forward(self, prompts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        x = prompts + self.positional_embedding.to(prompts.dtype)
+    def forward(self, prompts: torch.Tensor, tokens: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
+        """Text features at the end-of-text token. ``length``: run only the first ``length`` positions.
+
+        Under the causal mask no position sees a later one, so positions after the last end-of-text
+        token cannot change the result: cutting them is exact, and for the default template (11 tokens
+        of a 77-token context) about 7x less work.
+        """
+        length = prompts.shape[1] if length is None else length
+        x = prompts[:, :length] + self.positional_embedding[:length].to(prompts.dtype)
         # open_clip's Transformer takes batch-first input and handles its own layout.
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         # The end-of-text token has the largest id; under the causal mask it has seen the whole prompt.
         eot = tokens.argmax(dim=-1).to(x.device)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
@@ -237,7 +246,7 @@ class HandCLIP(nn.Module):
         labels = labels.to(self.prompt_learner.ctx.device).long()
         prompts = self.prompt_learner(labels)
         tokens = self.prompt_learner.tokenized_prompt.expand(labels.shape[0], -1)
-        return self.text_encoder(prompts, tokens)
+        return self.text_encoder(prompts, tokens, length=self.prompt_learner.prompt_length)
 
     def all_text_features(self, batch: int = 256) -> torch.Tensor:
         """Text features of every identity, [num_ids, D] (wrap in torch.no_grad() for fixed anchors)."""
