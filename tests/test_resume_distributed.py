@@ -173,6 +173,14 @@ def test_ddp_two_gloo_ranks_match_each_other_and_one_process(tiny_manifest, tmp_
         trainer.backward_and_step(total)
     moved = 0
     for name, param in ctx.model.named_parameters():
-        assert torch.allclose(param.detach(), rank0[name], atol=1e-5, rtol=1e-4), name
+        ours, theirs = param.detach(), rank0[name]
+        if name.endswith("attn.in_proj_bias"):
+            # The key bias's gradient is exactly zero in theory (softmax ignores a per-row shift), so
+            # Adam's update of it is driven by rounding noise, which differs with summation order.
+            width = ours.shape[0] // 3
+            keep = torch.ones_like(ours, dtype=torch.bool)
+            keep[width:2 * width] = False
+            ours, theirs = ours[keep], theirs[keep]
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), name
         moved += int(not torch.equal(param.detach(), initial[name]))
     assert moved > 10  # the comparison is about trained parameters, not untouched ones
