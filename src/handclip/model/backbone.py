@@ -1,13 +1,15 @@
 """CLIP backbones from open_clip, adapted to hand re-identification inputs.
 
 ``create_clip`` builds any CLIP-style open_clip model (ViT or ModifiedResNet image tower, the
-standard causal text transformer) or one of two tiny configs for tests and the demo, loads
+standard causal text transformer) or one of three tiny configs for tests and the demo (tiny-cnn:
+CLIP's tiny text tower with HandCLIP's small conv image tower, ``TinyConvNet``), loads
 weights safely (see ``load_weights_file``), then adapts the image tower's geometry:
 
 - other input sizes, including non-square ones, by bicubic resizing of the positional
   embedding grid (the class-token embedding is kept as is);
 - overlapping patches (CLIP-ReID's "OLP") by changing the ViT patch-embedding stride;
-- ResNet last stride 1: layer4's first block no longer downsamples, doubling the final map.
+- ResNet last stride 1: layer4's first block no longer downsamples, doubling the final map
+  (for TinyConvNet: its last max-pool is dropped).
 
 Weights are always loaded into the model at its native geometry first, so a file written for
 the native model loads strictly and mismatches are reported key by key.
@@ -157,7 +159,7 @@ def get_clip_config(name: str) -> dict:
     cfg = open_clip.get_model_config(lookup) if lookup and ":" not in lookup else None
     if cfg is None:
         suggestions = difflib.get_close_matches(name, available_backbones(), n=3, cutoff=0.5)
-        common = ["ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "RN50", "RN50-quickgelu", "tiny-vit", "tiny-rn"]
+        common = ["ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "RN50", "RN50-quickgelu", "tiny-vit", "tiny-rn", "tiny-cnn"]
         hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
         raise ConfigError(
             f"unknown backbone '{name}' in model.backbone; {hint}valid names include "
