@@ -414,13 +414,41 @@ def test_approximate_search_names_a_corrupted_shard_before_using_its_vectors(gal
         reopened.search(vectors[:1], index_type="pca")
 
 
-def test_auto_index_switches_to_pca_above_the_threshold(gallery_dir, monkeypatch):
-    gallery, vectors, _ = _projected_gallery(gallery_dir, num_ids=40, per_id=5)
+def test_auto_index_switches_to_pca_above_the_threshold_unless_it_is_unfit(gallery_dir, tmp_path, monkeypatch):
+    gallery, vectors, _ = _projected_gallery(gallery_dir, num_ids=40, per_id=5, dims=48)
     assert gallery.resolve_index_type("auto") == "flat"
     monkeypatch.setattr(gallery_module, "AUTO_APPROX_THRESHOLD", 199)
     assert gallery.resolve_index_type("auto") == "pca"
     [hits] = gallery.search(vectors[7:8], top_k=3, by="image")
     assert hits[0].path == "/g/7.png" and (gallery_dir / "ann" / "pca.faiss").exists()
+    # Where the pca index fails its self-check, auto keeps exact search.
+    noise = unit(np.random.default_rng(0).standard_normal((600, 64)))
+    other = Gallery.create(tmp_path / "noise", dict(FINGERPRINT, feature_dim=64), 64)
+    other.add(noise, [f"/n/{i}.png" for i in range(600)], [str(i // 3) for i in range(600)], [str(i) for i in range(600)])
+    other.pca_params.dims = 8
+    assert other.resolve_index_type("auto") == "flat" and other.resolve_index_type("pca") == "pca"
+    assert (tmp_path / "noise" / "ann" / "pca.faiss").exists()
+
+
+def test_each_build_measures_its_recall_on_the_gallery_and_warns_when_it_is_low(gallery_dir, tmp_path, caplog):
+    gallery, vectors, _ = _projected_gallery(gallery_dir, dims=48)
+    with caplog.at_level("WARNING", logger="handclip.gallery"):
+        check = gallery.ann_settings("pca")["self_check"]
+    assert check["probes"] == 200 and check["recall_at_10"] >= 0.95 and check["same_person_recall"] == 1.0
+    assert not caplog.records
+    reopened = Gallery.open(gallery_dir)  # kept in the cache: no rebuild needed to report it
+    reopened.pca_params.dims = 48
+    assert reopened.ann_settings("pca")["self_check"] == check
+    # Structureless vectors squeezed into 8 of 64 dims: the index says it is unfit, and how to avoid it.
+    noise = unit(np.random.default_rng(0).standard_normal((600, 64)))
+    other = Gallery.create(tmp_path / "noise", dict(FINGERPRINT, feature_dim=64), 64)
+    other.add(noise, [f"/n/{i}.png" for i in range(600)], [str(i // 3) for i in range(600)], [str(i) for i in range(600)])
+    other.pca_params.dims = 8
+    with caplog.at_level("WARNING", logger="handclip.gallery"):
+        low = other.ann_settings("pca")["self_check"]["recall_at_10"]
+    assert low < 0.6
+    [message] = [r.getMessage() for r in caplog.records]
+    assert f"finds only {low:.2f} of the exact top-10" in message and "auto uses exact search" in message
 
 
 def _sha256(path: Path) -> str:

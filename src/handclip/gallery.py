@@ -31,11 +31,14 @@ photos of one hand differ most along the same dominant directions that separate 
 projected index misses some of them while still finding one. ``pca`` scans all projected vectors
 (one matrix product per batch of queries: never misses a region of the gallery, about 5x less work
 than exact search at 1280 -> 256 dims); ``ivf`` and ``hnsw`` only visit part of the gallery
-(faster, lower recall). ``auto`` is exact search up to AUTO_APPROX_THRESHOLD images, pca above.
+(faster, lower recall). ``auto`` is exact search up to AUTO_APPROX_THRESHOLD images, pca above (unless pca's self-check,
+below, finds it unfit for the gallery's embeddings).
 The cached index is extended with newly enrolled rows, and rebuilt (new projection, new lists) once
 the gallery has grown past REBUILD_GROWTH times the rows it was trained on; a damaged cache is
-rebuilt with a warning. Rows re-scored are read from the memory-mapped shards, each checked once
-per process against its SHA-256 before its vectors are used.
+rebuilt with a warning. Every build measures its own recall@10 on SELF_CHECK_PROBES of the gallery's
+images against exact search (kept in the cache, ``ann_settings``) and warns when it is below
+MIN_SELF_RECALL, since how well a projection fits depends on the embeddings. Rows re-scored are read
+from the memory-mapped shards, each checked once per process against its SHA-256 before use.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ AUTO_APPROX_THRESHOLD = 200_000
 REBUILD_GROWTH = 2
 # Rows used to estimate the projection (a 1280 x 1280 second-moment matrix is well determined by far fewer).
 PROJECTION_SAMPLE = 100_000
+# Each (re)build measures the index on this many of the gallery's own images (left out of their own
+# results, like a new photo of an enrolled person) against exact search, and warns below MIN_SELF_RECALL.
+SELF_CHECK_PROBES = 200
+SELF_CHECK_K = 10
+MIN_SELF_RECALL = 0.9
 # Size-tiered compaction: when the newest COMPACT_FANOUT shards share a level they are merged into
 # one shard of the next level, so a gallery enrolled 64 images at a time keeps O(16 log16 N) files
 # and every row is rewritten only O(log16 N) times. Shards stop growing at MAX_SHARD_ROWS.
@@ -648,9 +656,15 @@ class Gallery:
     def resolve_index_type(self, index_type: IndexType = "auto") -> str:
         if index_type not in INDEX_TYPES:
             raise IndexError_(f"unknown index type '{index_type}' (choose {', '.join(INDEX_TYPES)})")
-        if index_type == "auto":
-            return "pca" if len(self) > AUTO_APPROX_THRESHOLD else "flat"
-        return index_type
+        if index_type != "auto":
+            return index_type
+        if len(self) <= AUTO_APPROX_THRESHOLD:
+            return "flat"
+        self.ann_index("pca")  # built once, then cached with its self-check
+        check = self._ann["pca"][3] or {}
+        if check.get("recall_at_10") is not None and check["recall_at_10"] < MIN_SELF_RECALL:
+            return "flat"
+        return "pca"
 
     def flat_index(self):
         """Exact inner-product index over every committed row (built once per process).
@@ -687,21 +701,55 @@ class Gallery:
             raise IndexError_(f"'{index_type}' is not an approximate index type (choose pca, ivf or hnsw)")
         self._faiss()
         build = self._build_params(index_type)
-        index, trained, built_with = self._ann.get(index_type, (None, 0, None))
+        index, trained, built_with, check = self._ann.get(index_type, (None, 0, None, None))
         if index is None or built_with != build:
-            index, trained = self._load_ann_cache(index_type, build)
+            index, trained, check = self._load_ann_cache(index_type, build)
         if index is not None and len(self) > REBUILD_GROWTH * trained:
             log.info("gallery %s grew from %d to %d images since its %s index was trained; rebuilding it",
                      self.index_dir, trained, len(self), index_type)
             index = None
+        exact = None
         if index is None:
             index, trained = self._new_ann(index_type, build), len(self)
+            probe_rows = np.sort(np.random.default_rng(1).choice(
+                len(self), size=min(len(self), SELF_CHECK_PROBES), replace=False))
+            exact = _ExactTopK(self._gather_rows(probe_rows), probe_rows, SELF_CHECK_K)
         if index.ntotal < len(self):
+            row = index.ntotal
             for chunk in self._iter_vectors(start_row=index.ntotal):
                 index.add(chunk)
-            self._save_ann_cache(index_type, index, build, trained)
-        self._ann[index_type] = (index, trained, build)
+                if exact is not None:
+                    exact.observe(chunk, row)  # exact answers for the self-check, in the same pass
+                row += len(chunk)
+            if exact is not None:
+                check = self._self_check(index_type, index, exact)
+            self._save_ann_cache(index_type, index, build, trained, check)
+        self._ann[index_type] = (index, trained, build, check)
         return index
+
+    def _self_check(self, index_type: str, index, exact: "_ExactTopK") -> dict:
+        """Recall@10 of the finished index on some of the gallery's own images, each left out of
+        its own results (so its person keeps only their other photos, as for a new query photo)."""
+        truth = exact.result()
+        depth = min(len(self), int(self._ann_params(index_type).shortlist) * SELF_CHECK_K + 1)
+        shortlists = self._shortlist(index_type, index, exact.probes, depth)
+        recalls, same_found, same_total = [], 0, 0
+        for probe, row, shortlist, true_rows in zip(exact.probes, exact.rows, shortlists, truth):
+            if not len(true_rows):
+                continue
+            _, found = self._expand_and_score(probe, shortlist, SELF_CHECK_K, exclude=int(row))
+            recalls.append(len(set(found.tolist()) & set(true_rows.tolist())) / len(true_rows))
+            same = {int(t) for t in true_rows if self._identities[t] == self._identities[row]}
+            same_found += len(same & set(found.tolist()))
+            same_total += len(same)
+        check = {"probes": len(recalls), "recall_at_10": round(float(np.mean(recalls)), 4) if recalls else None,
+                 "same_person_recall": round(same_found / same_total, 4) if same_total else None}
+        if check["recall_at_10"] is not None and check["recall_at_10"] < MIN_SELF_RECALL:
+            log.warning("the %s index of gallery %s finds only %.2f of the exact top-%d for %d of the "
+                        "gallery's own images: these embeddings do not suit it, so --index-type auto uses exact "
+                        "search (flat) for this gallery", index_type, self.index_dir, check["recall_at_10"],
+                        SELF_CHECK_K, check["probes"])
+        return check
 
     def _new_ann(self, index_type: str, build: dict):
         """An empty, trained index: projection (and IVF cells) fitted to a sample of the gallery."""
@@ -733,7 +781,7 @@ class Gallery:
         return base / f"{index_type}.faiss", base / f"{index_type}.json"
 
     def _load_ann_cache(self, index_type: str, build: dict):
-        """(index, rows it was trained on) from the cache, or (None, 0) to build afresh.
+        """(index, rows it was trained on, self-check) from the cache, or (None, 0, None) to build afresh.
 
         The cache is derived data: anything unexpected means a rebuild, never an error, and a
         damaged file (as opposed to a cache made for other settings) is reported as a warning.
@@ -741,11 +789,11 @@ class Gallery:
         faiss = self._faiss()
         index_path, meta_path = self._ann_paths(index_type)
         if not index_path.exists() and not meta_path.exists():
-            return None, 0
+            return None, 0, None
 
         def damaged(reason: str):
             log.warning("approximate index cache %s is damaged (%s); rebuilding it", index_path, reason)
-            return None, 0
+            return None, 0, None
 
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -754,7 +802,7 @@ class Gallery:
         if not isinstance(meta, dict):
             return damaged(f"{meta_path.name} is not a JSON object")
         if meta.get("uid") != self._info["uid"] or meta.get("scheme") != ANN_SCHEME or meta.get("params") != build:
-            return None, 0  # made for another gallery, an older HandCLIP or other settings: not damage
+            return None, 0, None  # made for another gallery, an older HandCLIP or other settings: not damage
         rows, trained = meta.get("rows"), meta.get("trained_rows")
         if not isinstance(rows, int) or not isinstance(trained, int) or not 0 < trained <= rows <= len(self):
             return damaged(f"{meta_path.name} lists {rows} rows for a gallery of {len(self)}")
@@ -768,9 +816,9 @@ class Gallery:
             return damaged("FAISS cannot read it")
         if index.ntotal != rows or index.d != self.dim:
             return damaged(f"it holds {index.ntotal} x {index.d}, expected {rows} x {self.dim}")
-        return index, trained
+        return index, trained, meta.get("self_check")
 
-    def _save_ann_cache(self, index_type: str, index, build: dict, trained: int) -> None:
+    def _save_ann_cache(self, index_type: str, index, build: dict, trained: int, check: dict | None) -> None:
         faiss = self._faiss()
         index_path, meta_path = self._ann_paths(index_type)
         digest = hashlib.sha256()
@@ -782,7 +830,7 @@ class Gallery:
             # The description is written last: a kill in between leaves a hash mismatch, i.e. a rebuild.
             atomic_write_json(meta_path, {"scheme": ANN_SCHEME, "uid": self._info["uid"], "rows": int(index.ntotal),
                                           "trained_rows": int(trained), "params": build,
-                                          "sha256": digest.hexdigest()})
+                                          "self_check": check, "sha256": digest.hexdigest()})
         except OSError:
             pass  # a read-only gallery still searches; it just rebuilds the index next time
 
@@ -799,7 +847,7 @@ class Gallery:
         index = self.ann_index(index_type)
         inner, params = self._inner(index), self._ann_params(index_type)
         out = {"type": index_type, "rows": int(index.ntotal), "trained_rows": self._ann[index_type][1],
-               "dims": int(inner.d), "shortlist": int(params.shortlist)}
+               "dims": int(inner.d), "shortlist": int(params.shortlist), "self_check": self._ann[index_type][3]}
         if index_type == "ivf":
             out.update(nlist=int(inner.nlist), nprobe=self._nprobe(inner.nlist, params))
         elif index_type == "hnsw":
@@ -917,12 +965,19 @@ class Gallery:
         return out
 
     def _rescored_image_candidates(self, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
-        """Exact scores for the shortlisted images and every other image of their people."""
-        people = dict.fromkeys(self._identities[r] for r in rows[rows >= 0])
-        expanded = np.fromiter((r for person in people for r in self._rows_by_identity[person]), dtype=np.int64)
+        return self._image_candidates(*self._expand_and_score(query, rows, top_k))
+
+    def _expand_and_score(self, query: np.ndarray, rows: np.ndarray, top_k: int,
+                          exclude: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores and rows of the ``top_k`` best among the shortlisted images and every other
+        image of their people (``exclude``: a row to leave out, for the self-check)."""
+        rows = rows[(rows >= 0) & (rows != exclude)]
+        people = dict.fromkeys(self._identities[r] for r in rows)
+        expanded = np.fromiter((r for person in people for r in self._rows_by_identity[person] if r != exclude),
+                               dtype=np.int64)
         scores = self._exact_rows(expanded) @ query
         order = np.argsort(-scores, kind="stable")[:top_k]
-        return self._image_candidates(scores[order], expanded[order])
+        return scores[order], expanded[order]
 
     def _identity_candidates(self, query: np.ndarray, rows: np.ndarray, top_k: int,
                              limit: int | None) -> list[Candidate]:
@@ -944,6 +999,31 @@ class Gallery:
             images = [(self._paths[members[i][j]], float(scores[j])) for j in order]
             out.append(Candidate(rank, found[i], images[0][1], images[0][0], len(members[i]),
                                  matched[i], images))
+        return out
+
+
+class _ExactTopK:
+    """Running exact top-k (plus the probe itself) of a few probe rows over streamed chunks."""
+
+    def __init__(self, probes: np.ndarray, rows: np.ndarray, k: int):
+        self.probes, self.rows, self.k = probes, rows, k
+        self.best_scores = np.full((len(rows), k + 1), -np.inf, np.float32)
+        self.best_rows = np.full((len(rows), k + 1), -1, np.int64)
+
+    def observe(self, chunk: np.ndarray, first_row: int) -> None:
+        scores = np.concatenate([self.best_scores, self.probes @ chunk.T], axis=1)
+        rows = np.concatenate([self.best_rows, np.broadcast_to(
+            np.arange(first_row, first_row + len(chunk)), (len(self.rows), len(chunk)))], axis=1)
+        keep = np.argpartition(-scores, self.k, axis=1)[:, :self.k + 1]
+        self.best_scores = np.take_along_axis(scores, keep, axis=1)
+        self.best_rows = np.take_along_axis(rows, keep, axis=1)
+
+    def result(self) -> list[np.ndarray]:
+        """Each probe's exact top-k rows, the probe itself left out."""
+        out = []
+        for row, scores, rows in zip(self.rows, self.best_scores, self.best_rows):
+            ranked = rows[np.argsort(-scores, kind="stable")]
+            out.append(ranked[(ranked >= 0) & (ranked != row)][:self.k])
         return out
 
 
