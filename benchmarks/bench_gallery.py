@@ -63,6 +63,17 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+def rss_now_gib() -> dict:
+    """Resident memory now, split into anonymous (the process's own) and file-backed pages (the
+    memory-mapped shards, i.e. reclaimable page cache that ru_maxrss also counts)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            fields[key] = round(int(value.split()[0]) / 2**20, 2)
+    return fields
+
+
 def load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -211,6 +222,7 @@ def phase_search(a) -> dict:
         out["results"].append(row)
         progress(f"{kind} {label}: {row['qps']:.1f} queries/s, recall@10 {row['recall']:.3f}")
     out["peak_gib"] = peak_rss_gib()
+    out["rss_end_gib"] = rss_now_gib()
     out["load_end"] = load()
     return out
 
@@ -298,6 +310,8 @@ def main() -> None:
         print(f"{first} from its cache in a new process: open {reload['open_s']:.1f} s, load index "
               f"{reload['build_s']:.1f} s, then {r['qps']:.1f} queries/s for the first {a.queries} queries "
               f"(includes checking every shard's SHA-256 once)")
+    for name, res in rows:
+        print(f"{name}: peak RSS {res['peak_gib']:.2f} GiB; resident at the end {json.dumps(res['rss_end_gib'])}")
     print()
     print("| search | setting | build s | queries/s | CPU ms/query | recall@10 | same-person recall "
           "| identity recall@10 | by-identity queries/s | peak RSS GiB | load (start, end) |")
