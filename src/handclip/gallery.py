@@ -865,6 +865,7 @@ class Gallery:
         return index.search(queries, depth)[1]
 
     def _shard_vectors(self, shard: _Shard) -> np.ndarray:
+        """A shard's vectors, memory-mapped for re-scoring (kept open for the process)."""
         array = self._mmaps.get(shard.name)
         if array is None:
             array = self._mmaps[shard.name] = self._open_vectors(shard)
