@@ -78,6 +78,12 @@ def test_enrol_then_search_finds_the_enrolled_identity_and_writes_html_and_json(
     assert cli("search", "--index", index, "--query", query, "--by", "image", "--top-k", "2",
                "--json", out_json) == 0
     assert json.loads(out_json.read_text())["results"][0]["candidates"][0]["path"] == str(query.resolve())
+    # The approximate index answers the same, and the report says which index ran.
+    assert cli("search", "--index", index, "--query", query, "--by", "image", "--top-k", "2",
+               "--index-type", "pca", "--json", out_json) == 0
+    report = json.loads(out_json.read_text())
+    assert report["results"][0]["candidates"][0]["path"] == str(query.resolve())
+    assert report["index_type"] == "pca" and (index / "ann" / "pca.faiss").exists()
 
 
 def test_re_enrolment_and_copied_files_are_not_duplicated_and_new_people_append(assets, tmp_path, capsys):

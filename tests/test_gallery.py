@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -261,7 +262,7 @@ def test_approximate_indexes_agree_with_exact_search_on_clustered_data(gallery_d
     exact_ids = gallery.search(queries, top_k=5, by="identity", index_type="flat")
     assert np.mean([r[0].identity == f"person{t:03d}" for r, t in zip(exact_ids, true_ids)]) > 0.95
     gallery.ivf_params.nprobe = 8
-    for kind in ("hnsw", "ivf"):
+    for kind in ("pca", "hnsw", "ivf"):
         approx_img = gallery.search(queries, top_k=10, by="image", index_type=kind)
         recall = np.mean([len({c.path for c in a} & {c.path for c in e}) / 10
                           for a, e in zip(approx_img, exact_img)])
@@ -298,6 +299,160 @@ def test_approximate_index_is_cached_on_disk_and_extended_when_the_gallery_grows
     finally:
         Gallery._new_ann = original_new
     assert gallery.resolve_index_type("auto") == "flat"
+
+
+APPROX_KINDS = ("pca", "ivf", "hnsw")
+
+
+def _projected_gallery(gallery_dir, num_ids=150, per_id=6, dims=16):
+    """A 64-d gallery whose approximate indexes project to ``dims`` (so the projection is exercised)."""
+    vectors, identities, centres = clustered(num_ids, per_id, noise=0.6, seed=5, dim=64)
+    gallery = Gallery.create(gallery_dir, dict(FINGERPRINT, feature_dim=64), 64)
+    gallery.add(vectors, [f"/g/{i}.png" for i in range(len(vectors))], identities,
+                [str(i) for i in range(len(vectors))])
+    for params in (gallery.pca_params, gallery.ivf_params, gallery.hnsw_params):
+        params.dims = dims
+    return gallery, vectors, identities
+
+
+@pytest.mark.parametrize("kind", APPROX_KINDS)
+def test_approximate_search_puts_an_enrolled_image_first_with_its_exact_score(gallery_dir, kind):
+    gallery, vectors, identities = _projected_gallery(gallery_dir)
+    rows = np.arange(0, len(vectors), 17)
+    exact_img = gallery.search(vectors[rows], top_k=5, by="image", index_type="flat")
+    approx_img = gallery.search(vectors[rows], top_k=5, by="image", index_type=kind)
+    approx_ids = gallery.search(vectors[rows], top_k=5, by="identity", index_type=kind)
+    assert gallery.ann_settings(kind)["dims"] == 16
+    for row, exact, approx, people in zip(rows, exact_img, approx_img, approx_ids):
+        assert exact[0].path == approx[0].path == f"/g/{row}.png"
+        assert approx[0].score == pytest.approx(1.0, abs=1e-5)
+        assert people[0].identity == identities[row] and people[0].score == pytest.approx(1.0, abs=1e-5)
+        # Whatever an approximate index returns carries the exact score.
+        for c in approx:
+            assert c.score == pytest.approx(float(vectors[int(c.path[3:-4])] @ vectors[row]), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pca", "ivf"])
+def test_cached_index_is_extended_with_new_rows_and_rebuilt_once_the_gallery_doubles(gallery_dir, kind, monkeypatch):
+    vectors, identities, _ = clustered(90, 10, seed=6)
+    built = []
+    original_new = Gallery._new_ann
+    monkeypatch.setattr(Gallery, "_new_ann", lambda self, *a: built.append(len(self)) or original_new(self, *a))
+    gallery = Gallery.create(gallery_dir, FINGERPRINT, DIM)
+
+    def add(lo, hi):
+        Gallery.open(gallery_dir).add(vectors[lo:hi], [f"/g/{i}.png" for i in range(lo, hi)], identities[lo:hi],
+                                      [str(i) for i in range(lo, hi)])
+
+    def top_path(row):
+        [hits] = Gallery.open(gallery_dir).search(vectors[row:row + 1], top_k=1, by="image", index_type=kind)
+        return hits[0].path
+
+    meta_path = gallery_dir / "ann" / f"{kind}.json"
+    add(0, 300)
+    assert top_path(5) == "/g/5.png" and built == [300]
+    add(300, 550)  # 550 <= 2 x 300: the cached index gains the 250 new rows
+    assert top_path(549) == "/g/549.png" and built == [300]
+    meta = json.loads(meta_path.read_text())
+    assert (meta["rows"], meta["trained_rows"]) == (550, 300)
+    add(550, 700)  # past twice the training rows: projection and lists are fitted again
+    assert top_path(699) == "/g/699.png" and built == [300, 700]
+    meta = json.loads(meta_path.read_text())
+    assert (meta["rows"], meta["trained_rows"]) == (700, 700)
+    # A process that already holds the index in memory extends it with rows enrolled elsewhere.
+    reader = Gallery.open(gallery_dir)
+    reader.search(vectors[:1], top_k=1, index_type=kind)
+    add(700, 800)
+    reader.refresh()
+    [hits] = reader.search(vectors[799:800], top_k=1, by="image", index_type=kind)
+    assert hits[0].path == "/g/799.png" and len(reader) == 800 and built == [300, 700]
+    assert gallery.resolve_index_type("auto") == "flat"
+
+
+def test_damaged_approximate_cache_is_rebuilt_with_a_warning_naming_it(gallery_dir, caplog):
+    gallery, vectors, _ = _projected_gallery(gallery_dir, num_ids=40, per_id=5)
+    gallery.search(vectors[:1], index_type="pca")
+    index_path, meta_path = gallery_dir / "ann" / "pca.faiss", gallery_dir / "ann" / "pca.json"
+    good = {index_path: index_path.read_bytes(), meta_path: meta_path.read_bytes()}
+    flipped = bytearray(good[index_path])
+    flipped[len(flipped) // 2] ^= 0xFF
+    longer = json.loads(good[meta_path])
+    longer["rows"] = 900
+    damage = {"truncated index": (index_path, good[index_path][:100]),
+              "flipped byte": (index_path, bytes(flipped)),
+              "garbage description": (meta_path, b"\x00{not json"),
+              "description of a longer gallery": (meta_path, json.dumps(longer).encode())}
+    for what, (path, data) in damage.items():
+        path.write_bytes(data)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="handclip.gallery"):
+            reopened = Gallery.open(gallery_dir)
+            reopened.pca_params.dims = 16
+            [hits] = reopened.search(vectors[33:34], top_k=1, by="image", index_type="pca")
+        assert hits[0].path == "/g/33.png", what
+        assert any(str(index_path) in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records), what
+        assert _sha256(index_path) == json.loads(meta_path.read_text())["sha256"], what  # rewritten whole
+    # A cache made with other settings is replaced without a warning: nothing was damaged.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="handclip.gallery"):
+        reopened = Gallery.open(gallery_dir)
+        reopened.pca_params.dims = 8
+        reopened.search(vectors[:1], index_type="pca")
+    assert not caplog.records and json.loads(meta_path.read_text())["params"]["dims"] == 8
+
+
+def test_approximate_search_names_a_corrupted_shard_before_using_its_vectors(gallery_dir):
+    gallery, vectors, _ = _projected_gallery(gallery_dir, num_ids=40, per_id=5)
+    gallery.search(vectors[:1], index_type="pca")  # cache built while every shard was still intact
+    shard = gallery_dir / "shards" / f"{gallery._shards[0].name}.npy"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF  # same size: only the SHA-256 can tell
+    shard.write_bytes(bytes(data))
+    reopened = Gallery.open(gallery_dir)
+    reopened.pca_params.dims = 16
+    with pytest.raises(IndexError_, match=f"{shard}.*SHA-256 mismatch"):
+        reopened.search(vectors[:1], index_type="pca")
+
+
+def test_auto_index_switches_to_pca_above_the_threshold_unless_it_is_unfit(gallery_dir, tmp_path, monkeypatch):
+    gallery, vectors, _ = _projected_gallery(gallery_dir, num_ids=40, per_id=5, dims=48)
+    assert gallery.resolve_index_type("auto") == "flat"
+    monkeypatch.setattr(gallery_module, "AUTO_APPROX_THRESHOLD", 199)
+    assert gallery.resolve_index_type("auto") == "pca"
+    [hits] = gallery.search(vectors[7:8], top_k=3, by="image")
+    assert hits[0].path == "/g/7.png" and (gallery_dir / "ann" / "pca.faiss").exists()
+    # Where the pca index fails its self-check, auto keeps exact search.
+    noise = unit(np.random.default_rng(0).standard_normal((600, 64)))
+    other = Gallery.create(tmp_path / "noise", dict(FINGERPRINT, feature_dim=64), 64)
+    other.add(noise, [f"/n/{i}.png" for i in range(600)], [str(i // 3) for i in range(600)], [str(i) for i in range(600)])
+    other.pca_params.dims = 8
+    assert other.resolve_index_type("auto") == "flat" and other.resolve_index_type("pca") == "pca"
+    assert (tmp_path / "noise" / "ann" / "pca.faiss").exists()
+
+
+def test_each_build_measures_its_recall_on_the_gallery_and_warns_when_it_is_low(gallery_dir, tmp_path, caplog):
+    gallery, vectors, _ = _projected_gallery(gallery_dir, dims=48)
+    with caplog.at_level("WARNING", logger="handclip.gallery"):
+        check = gallery.ann_settings("pca")["self_check"]
+    assert check["probes"] == 200 and check["recall_at_10"] >= 0.95 and check["same_person_recall"] == 1.0
+    assert not caplog.records
+    reopened = Gallery.open(gallery_dir)  # kept in the cache: no rebuild needed to report it
+    reopened.pca_params.dims = 48
+    assert reopened.ann_settings("pca")["self_check"] == check
+    # Structureless vectors squeezed into 8 of 64 dims: the index says it is unfit, and how to avoid it.
+    noise = unit(np.random.default_rng(0).standard_normal((600, 64)))
+    other = Gallery.create(tmp_path / "noise", dict(FINGERPRINT, feature_dim=64), 64)
+    other.add(noise, [f"/n/{i}.png" for i in range(600)], [str(i // 3) for i in range(600)], [str(i) for i in range(600)])
+    other.pca_params.dims = 8
+    with caplog.at_level("WARNING", logger="handclip.gallery"):
+        low = other.ann_settings("pca")["self_check"]["recall_at_10"]
+    assert low < 0.6
+    [message] = [r.getMessage() for r in caplog.records]
+    assert f"finds only {low:.2f} of the exact top-10" in message and "auto uses exact search" in message
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_compaction_keeps_rows_and_order_and_cleans_crash_leftovers(gallery_dir, monkeypatch):

@@ -8,7 +8,7 @@ directory::
     commit.json           the list of committed shards: the single source of truth
     shards/000007.npy     float32 [rows, dim] L2-normalised embeddings of one enrolment batch
     shards/000007.jsonl   one line per row: {"path", "identity", "sha256"}
-    ann/hnsw.faiss|.json  cached approximate index (derived data, rebuilt or extended when stale)
+    ann/pca.faiss|.json   cached approximate index, one per type (derived data, extended or rebuilt)
     .lock                 held by the one process that writes
 
 Crash safety: every file is written through ``handclip.atomic`` (temporary file, fsync, rename).
@@ -22,6 +22,23 @@ Scores are cosine similarities (inner products of L2-normalised vectors). Search
 ranks people by the best score over their enrolled images (max aggregation: one good photo of the
 right hand is the evidence an examiner looks for; averaging would penalise people enrolled with
 many poor photos).
+
+Approximate search (``index_type`` pca, ivf or hnsw) never reports an approximate score. A small
+FAISS index over the embeddings projected onto their top principal directions proposes a shortlist
+(``shortlist`` x top_k images); every image of each person in it is then re-scored exactly against
+the stored float32 vectors, and the best are returned. Adding a person's other photos matters:
+photos of one hand differ most along the same dominant directions that separate people, so a
+projected index misses some of them while still finding one. ``pca`` scans all projected vectors
+(one matrix product per batch of queries: never misses a region of the gallery, about 5x less work
+than exact search at 1280 -> 256 dims); ``ivf`` and ``hnsw`` only visit part of the gallery
+(faster, lower recall). ``auto`` is exact search up to AUTO_APPROX_THRESHOLD images, pca above (unless pca's self-check,
+below, finds it unfit for the gallery's embeddings).
+The cached index is extended with newly enrolled rows, and rebuilt (new projection, new lists) once
+the gallery has grown past REBUILD_GROWTH times the rows it was trained on; a damaged cache is
+rebuilt with a warning. Every build measures its own recall@10 on SELF_CHECK_PROBES of the gallery's
+images against exact search (kept in the cache, ``ann_settings``) and warns when it is below
+MIN_SELF_RECALL, since how well a projection fits depends on the embeddings. Rows re-scored are read
+from the memory-mapped shards, each checked once per process against its SHA-256 before use.
 """
 
 from __future__ import annotations
@@ -30,6 +47,8 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
+import math
 import os
 import time
 import uuid
@@ -51,8 +70,18 @@ SHARD_DIR = "shards"
 ANN_DIR = "ann"
 LOCK_FILE = ".lock"
 
-# Above this many vectors, index_type='auto' switches from exact search to HNSW.
+# Above this many vectors, index_type='auto' switches from exact search to the pca index.
 AUTO_APPROX_THRESHOLD = 200_000
+# An approximate index is rebuilt (projection and lists retrained) once the gallery has grown past
+# this factor times the rows it was trained on; smaller growth is appended to the cached index.
+REBUILD_GROWTH = 2
+# Rows used to estimate the projection (a 1280 x 1280 second-moment matrix is well determined by far fewer).
+PROJECTION_SAMPLE = 100_000
+# Each (re)build measures the index on this many of the gallery's own images (left out of their own
+# results, like a new photo of an enrolled person) against exact search, and warns below MIN_SELF_RECALL.
+SELF_CHECK_PROBES = 200
+SELF_CHECK_K = 10
+MIN_SELF_RECALL = 0.9
 # Size-tiered compaction: when the newest COMPACT_FANOUT shards share a level they are merged into
 # one shard of the next level, so a gallery enrolled 64 images at a time keeps O(16 log16 N) files
 # and every row is rewritten only O(log16 N) times. Shards stop growing at MAX_SHARD_ROWS.
@@ -65,22 +94,48 @@ FINGERPRINT_IGNORED = frozenset({"checkpoint_path", "path", "created"})
 # can SIGKILL an enrolment inside the critical window.
 COMMIT_DELAY_ENV = "HANDCLIP_GALLERY_COMMIT_DELAY"
 
-IndexType = Literal["auto", "flat", "hnsw", "ivf"]
+IndexType = Literal["auto", "flat", "pca", "ivf", "hnsw"]
+INDEX_TYPES = ("auto", "flat", "pca", "ivf", "hnsw")
 SearchBy = Literal["image", "identity"]
+
+log = logging.getLogger(__name__)
+
+# Defaults below were chosen from benchmarks/bench_gallery.py sweeps at 100k-200k x 1280 (README).
 
 
 @dataclass
-class HNSWParams:
-    M: int = 32
-    ef_construction: int = 40
-    ef_search: int = 128
+class PCAParams:
+    """Exhaustive scan of the projected vectors."""
+
+    dims: int = 256  # projection size; 128 loses more same-person photos, 512 doubles the scan
+    shortlist: int = 3  # images proposed per requested result, before adding their people's other photos
 
 
 @dataclass
 class IVFParams:
-    nlist: int | None = None  # default: sqrt(N), between 16 and 65536
-    nprobe: int = 64
-    points_per_list: int = 64  # k-means training sample = points_per_list * nlist (cost ~ nlist^2)
+    """Inverted lists over the projected vectors: k-means cells, only the nearest ``nprobe`` scanned."""
+
+    dims: int = 128
+    nlist: int | None = None  # default 4 sqrt(N), at most N / 39 (k-means wants >= 39 points per cell)
+    nprobe: int | None = None  # default nlist / 16: a fixed share of the gallery, so recall holds as N grows
+    points_per_list: int = 40  # k-means training sample = points_per_list * nlist
+    shortlist: int = 3
+
+
+@dataclass
+class HNSWParams:
+    """Graph over the projected vectors (the projection makes a 1M build affordable)."""
+
+    dims: int = 128
+    M: int = 32
+    ef_construction: int = 40
+    ef_search: int = 256
+    shortlist: int = 3
+
+
+# Parameters read at search time; changing the others invalidates a cached index.
+SEARCH_TIME_PARAMS = frozenset({"nprobe", "ef_search", "shortlist"})
+ANN_SCHEME = "projected-shortlist-exact-rescore-v1"
 
 
 @dataclass
@@ -178,8 +233,9 @@ class Gallery:
         self.dim = int(info["dim"])
         self.threads = threads
         self.verify = verify
-        self.hnsw_params = HNSWParams()
+        self.pca_params = PCAParams()
         self.ivf_params = IVFParams()
+        self.hnsw_params = HNSWParams()
         self._reset_state()
         self._load_commit()
 
@@ -294,6 +350,9 @@ class Gallery:
         self._rows_by_identity: dict[str, list[int]] = {}
         self._flat = None  # in-memory faiss.IndexFlatIP over all rows, built lazily
         self._ann: dict[str, object] = {}
+        self._ann_trained_rows: dict[str, int] = {}
+        self._mmaps: dict[str, np.ndarray] = {}  # shard name -> memory-mapped vectors, for re-scoring
+        self._verified: set[str] = set()  # shards whose SHA-256 this process has checked
 
     def _load_commit(self) -> None:
         path = self.index_dir / COMMIT_FILE
@@ -400,6 +459,14 @@ class Gallery:
             digest.update(handle.read())
         if self.verify and digest.hexdigest() != shard.vectors_sha256:
             raise IndexError_(f"gallery vectors file {path} is corrupt (SHA-256 mismatch)")
+        self._verified.add(shard.name)
+
+    def _verify_shard(self, shard: _Shard) -> None:
+        """Check a whole shard's SHA-256 once per process, streaming (nothing is kept in memory)."""
+        if shard.name in self._verified or not self.verify:
+            return
+        for _ in self._read_shard(shard, shard.rows, chunk_rows=16384):
+            pass
 
     def vectors(self) -> np.ndarray:
         """All enrolled embeddings as one float32 array (a copy; mind memory for huge galleries)."""
@@ -541,6 +608,9 @@ class Gallery:
         self._commit = commit
         self._generation = commit["generation"]
         self._shards = shards
+        live = {s.name for s in shards}
+        self._mmaps = {name: array for name, array in self._mmaps.items() if name in live}
+        self._verified &= live
 
     def _compact(self) -> None:
         while len(self._shards) >= COMPACT_FANOUT:
@@ -584,11 +654,17 @@ class Gallery:
         return faiss
 
     def resolve_index_type(self, index_type: IndexType = "auto") -> str:
-        if index_type not in ("auto", "flat", "hnsw", "ivf"):
-            raise IndexError_(f"unknown index type '{index_type}' (choose auto, flat, hnsw or ivf)")
-        if index_type == "auto":
-            return "hnsw" if len(self) > AUTO_APPROX_THRESHOLD else "flat"
-        return index_type
+        if index_type not in INDEX_TYPES:
+            raise IndexError_(f"unknown index type '{index_type}' (choose {', '.join(INDEX_TYPES)})")
+        if index_type != "auto":
+            return index_type
+        if len(self) <= AUTO_APPROX_THRESHOLD:
+            return "flat"
+        self.ann_index("pca")  # built once, then cached with its self-check
+        check = self._ann["pca"][3] or {}
+        if check.get("recall_at_10") is not None and check["recall_at_10"] < MIN_SELF_RECALL:
+            return "flat"
+        return "pca"
 
     def flat_index(self):
         """Exact inner-product index over every committed row (built once per process).
@@ -611,98 +687,219 @@ class Gallery:
             self._flat = index
         return self._flat
 
+    def _ann_params(self, index_type: str):
+        return {"pca": self.pca_params, "ivf": self.ivf_params, "hnsw": self.hnsw_params}[index_type]
+
+    def _build_params(self, index_type: str) -> dict:
+        return {k: v for k, v in asdict(self._ann_params(index_type)).items() if k not in SEARCH_TIME_PARAMS}
+
     def ann_index(self, index_type: str):
-        """The approximate index, loaded from its on-disk cache, extended, or built, as needed."""
-        faiss = self._faiss()
-        params = asdict(self.hnsw_params if index_type == "hnsw" else self.ivf_params)
-        build_params = {k: v for k, v in params.items() if k not in ("ef_search", "nprobe")}
-        index = self._ann.get(index_type)
+        """The approximate index over every committed row: kept in memory, loaded from its on-disk
+        cache, extended with rows enrolled since, or (re)built when missing, damaged, configured
+        differently or outgrown (more than REBUILD_GROWTH times the rows it was trained on)."""
+        if index_type not in ("pca", "ivf", "hnsw"):
+            raise IndexError_(f"'{index_type}' is not an approximate index type (choose pca, ivf or hnsw)")
+        self._faiss()
+        build = self._build_params(index_type)
+        index, trained, built_with, check = self._ann.get(index_type, (None, 0, None, None))
+        if index is None or built_with != build:
+            index, trained, check = self._load_ann_cache(index_type, build)
+        if index is not None and len(self) > REBUILD_GROWTH * trained:
+            log.info("gallery %s grew from %d to %d images since its %s index was trained; rebuilding it",
+                     self.index_dir, trained, len(self), index_type)
+            index = None
+        exact = None
         if index is None:
-            index = self._load_ann_cache(index_type, build_params)
-        if index is not None and index_type == "ivf" and len(self) > 2 * index.ntotal:
-            index = None  # grown too much since the k-means training: retrain on the current data
-        if index is None:
-            index = self._new_ann(index_type, build_params)
+            index, trained = self._new_ann(index_type, build), len(self)
+            probe_rows = np.sort(np.random.default_rng(1).choice(
+                len(self), size=min(len(self), SELF_CHECK_PROBES), replace=False))
+            exact = _ExactTopK(self._gather_rows(probe_rows), probe_rows, SELF_CHECK_K)
         if index.ntotal < len(self):
+            row = index.ntotal
             for chunk in self._iter_vectors(start_row=index.ntotal):
                 index.add(chunk)
-            self._save_ann_cache(index_type, index, build_params)
-        if index_type == "hnsw":
-            index.hnsw.efSearch = int(self.hnsw_params.ef_search)
-        else:
-            index.nprobe = int(self.ivf_params.nprobe)
-        self._ann[index_type] = index
+                if exact is not None:
+                    exact.observe(chunk, row)  # exact answers for the self-check, in the same pass
+                row += len(chunk)
+            if exact is not None:
+                check = self._self_check(index_type, index, exact)
+            self._save_ann_cache(index_type, index, build, trained, check)
+        self._ann[index_type] = (index, trained, build, check)
         return index
 
-    def _new_ann(self, index_type: str, build: dict):
-        faiss = self._faiss()
-        if index_type == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, int(build["M"]), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(build["ef_construction"])
-            return index
-        nlist = build["nlist"] or int(np.clip(np.sqrt(len(self)), 16, 65536))
-        nlist = max(1, min(nlist, len(self) // 39))  # k-means wants >= 39 points per centroid
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.make_direct_map()  # lets reconstruct() fetch rows for by-identity rescoring
-        sample_rows = min(len(self), int(build["points_per_list"]) * nlist)
-        rng = np.random.default_rng(0)
-        rows = np.sort(rng.choice(len(self), size=sample_rows, replace=False))
-        index.train(self._gather_rows(rows))
-        return index  # faiss's Python wrapper keeps the quantizer alive with the index
+    def _self_check(self, index_type: str, index, exact: "_ExactTopK") -> dict:
+        """Recall@10 of the finished index on some of the gallery's own images, each left out of
+        its own results (so its person keeps only their other photos, as for a new query photo)."""
+        truth = exact.result()
+        depth = min(len(self), int(self._ann_params(index_type).shortlist) * SELF_CHECK_K + 1)
+        shortlists = self._shortlist(index_type, index, exact.probes, depth)
+        recalls, same_found, same_total = [], 0, 0
+        for probe, row, shortlist, true_rows in zip(exact.probes, exact.rows, shortlists, truth):
+            if not len(true_rows):
+                continue
+            _, found = self._expand_and_score(probe, shortlist, SELF_CHECK_K, exclude=int(row))
+            recalls.append(len(set(found.tolist()) & set(true_rows.tolist())) / len(true_rows))
+            same = {int(t) for t in true_rows if self._identities[t] == self._identities[row]}
+            same_found += len(same & set(found.tolist()))
+            same_total += len(same)
+        check = {"probes": len(recalls), "recall_at_10": round(float(np.mean(recalls)), 4) if recalls else None,
+                 "same_person_recall": round(same_found / same_total, 4) if same_total else None}
+        if check["recall_at_10"] is not None and check["recall_at_10"] < MIN_SELF_RECALL:
+            log.warning("the %s index of gallery %s finds only %.2f of the exact top-%d for %d of the "
+                        "gallery's own images: these embeddings do not suit it, so --index-type auto uses exact "
+                        "search (flat) for this gallery", index_type, self.index_dir, check["recall_at_10"],
+                        SELF_CHECK_K, check["probes"])
+        return check
 
-    def _gather_rows(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self.dim), np.float32)
-        offset = 0
-        for shard in self._shards:
-            mask = (rows >= offset) & (rows < offset + shard.rows)
-            if mask.any():
-                out[mask] = self._open_vectors(shard)[rows[mask] - offset]
-            offset += shard.rows
-        return out
+    def _new_ann(self, index_type: str, build: dict):
+        """An empty, trained index: projection (and IVF cells) fitted to a sample of the gallery."""
+        faiss = self._faiss()
+        n = len(self)
+        dims = max(1, min(int(build["dims"]), self.dim))
+        sample_size = min(n, PROJECTION_SAMPLE)
+        if index_type == "ivf":
+            nlist = int(build["nlist"] or 4 * math.sqrt(n))
+            nlist = max(1, min(nlist, n // 39))
+            sample_size = min(n, max(sample_size, int(build["points_per_list"]) * nlist))
+        rows = np.sort(np.random.default_rng(0).choice(n, size=sample_size, replace=False))
+        sample = self._gather_rows(rows)
+        transform = _projection(sample, dims) if dims < self.dim else None
+        if index_type == "pca":
+            inner = faiss.IndexFlatIP(dims)
+        elif index_type == "hnsw":
+            inner = faiss.IndexHNSWFlat(dims, int(build["M"]), faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = int(build["ef_construction"])
+        else:
+            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dims), dims, nlist, faiss.METRIC_INNER_PRODUCT)
+            inner.train(transform.apply(sample) if transform is not None else sample)
+        del sample
+        # faiss's Python wrapper keeps the transform and quantizer alive with the index.
+        return faiss.IndexPreTransform(transform, inner) if transform is not None else inner
 
     def _ann_paths(self, index_type: str) -> tuple[Path, Path]:
         base = self.index_dir / ANN_DIR
         return base / f"{index_type}.faiss", base / f"{index_type}.json"
 
     def _load_ann_cache(self, index_type: str, build: dict):
+        """(index, rows it was trained on, self-check) from the cache, or (None, 0, None) to build afresh.
+
+        The cache is derived data: anything unexpected means a rebuild, never an error, and a
+        damaged file (as opposed to a cache made for other settings) is reported as a warning.
+        """
         faiss = self._faiss()
         index_path, meta_path = self._ann_paths(index_type)
-        if not index_path.exists() or not meta_path.exists():
-            return None
+        if not index_path.exists() and not meta_path.exists():
+            return None, 0, None
+
+        def damaged(reason: str):
+            log.warning("approximate index cache %s is damaged (%s); rebuilding it", index_path, reason)
+            return None, 0, None
+
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
-        if (meta.get("uid") != self._info["uid"] or meta.get("params") != build
-                or not isinstance(meta.get("rows"), int) or meta["rows"] > len(self)):
-            return None
+            return damaged(f"{meta_path.name} is missing or not valid JSON")
+        if not isinstance(meta, dict):
+            return damaged(f"{meta_path.name} is not a JSON object")
+        if meta.get("uid") != self._info["uid"] or meta.get("scheme") != ANN_SCHEME or meta.get("params") != build:
+            return None, 0, None  # made for another gallery, an older HandCLIP or other settings: not damage
+        rows, trained = meta.get("rows"), meta.get("trained_rows")
+        if not isinstance(rows, int) or not isinstance(trained, int) or not 0 < trained <= rows <= len(self):
+            return damaged(f"{meta_path.name} lists {rows} rows for a gallery of {len(self)}")
+        if not index_path.exists():
+            return damaged("the index file is missing")
         if self.verify and sha256_file(index_path) != meta.get("sha256"):
-            return None  # derived data: a damaged cache is rebuilt, never trusted
+            return damaged("SHA-256 mismatch")
         try:
             index = faiss.read_index(str(index_path))
         except RuntimeError:
-            return None
-        if index.ntotal != meta["rows"] or index.d != self.dim:
-            return None
-        return index
+            return damaged("FAISS cannot read it")
+        if index.ntotal != rows or index.d != self.dim:
+            return damaged(f"it holds {index.ntotal} x {index.d}, expected {rows} x {self.dim}")
+        return index, trained, meta.get("self_check")
 
-    def _save_ann_cache(self, index_type: str, index, build: dict) -> None:
+    def _save_ann_cache(self, index_type: str, index, build: dict, trained: int, check: dict | None) -> None:
         faiss = self._faiss()
         index_path, meta_path = self._ann_paths(index_type)
         digest = hashlib.sha256()
         try:
+            index_path.parent.mkdir(exist_ok=True)
             with atomic_open(index_path, "wb") as handle:
                 writer = _HashingWriter(handle, digest)
                 faiss.write_index(index, faiss.PyCallbackIOWriter(writer.write))
-            atomic_write_json(meta_path, {"uid": self._info["uid"], "rows": int(index.ntotal),
-                                          "params": build, "sha256": digest.hexdigest()})
+            # The description is written last: a kill in between leaves a hash mismatch, i.e. a rebuild.
+            atomic_write_json(meta_path, {"scheme": ANN_SCHEME, "uid": self._info["uid"], "rows": int(index.ntotal),
+                                          "trained_rows": int(trained), "params": build,
+                                          "self_check": check, "sha256": digest.hexdigest()})
         except OSError:
             pass  # a read-only gallery still searches; it just rebuilds the index next time
 
+    def _inner(self, index):
+        faiss = self._faiss()
+        return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+
+    @staticmethod
+    def _nprobe(nlist: int, params: IVFParams) -> int:
+        return int(params.nprobe or max(min(nlist, 8), math.ceil(nlist / 16)))
+
+    def ann_settings(self, index_type: str) -> dict:
+        """The approximate index's effective settings (defaults resolved), building it if needed."""
+        index = self.ann_index(index_type)
+        inner, params = self._inner(index), self._ann_params(index_type)
+        out = {"type": index_type, "rows": int(index.ntotal), "trained_rows": self._ann[index_type][1],
+               "dims": int(inner.d), "shortlist": int(params.shortlist), "self_check": self._ann[index_type][3]}
+        if index_type == "ivf":
+            out.update(nlist=int(inner.nlist), nprobe=self._nprobe(inner.nlist, params))
+        elif index_type == "hnsw":
+            out.update(M=int(params.M), ef_construction=int(params.ef_construction), ef_search=int(params.ef_search))
+        return out
+
+    def _shortlist(self, index_type: str, index, queries: np.ndarray, depth: int) -> np.ndarray:
+        """Row ids of each query's ``depth`` best candidates by projected inner product (-1: none)."""
+        inner = self._inner(index)
+        params = self._ann_params(index_type)
+        if index_type == "ivf":
+            inner.nprobe = self._nprobe(inner.nlist, params)
+        elif index_type == "hnsw":
+            inner.hnsw.efSearch = max(int(params.ef_search), depth)
+        return index.search(queries, depth)[1]
+
+    def _shard_vectors(self, shard: _Shard) -> np.ndarray:
+        """A shard's vectors, memory-mapped for re-scoring (kept open for the process)."""
+        array = self._mmaps.get(shard.name)
+        if array is None:
+            array = self._mmaps[shard.name] = self._open_vectors(shard)
+        return array
+
+    def _gather_rows(self, rows: np.ndarray, verify: bool = False) -> np.ndarray:
+        """Stored vectors of ``rows`` (any order) read from the memory-mapped shards.
+
+        With ``verify`` each shard touched is first checked against its SHA-256 (once per process).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), np.float32)
+        starts = np.cumsum([0] + [s.rows for s in self._shards])
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for number in np.unique(which):
+            shard = self._shards[number]
+            if verify:
+                self._verify_shard(shard)
+            mask = which == number
+            out[mask] = self._shard_vectors(shard)[rows[mask] - starts[number]]
+        return out
+
+    def _exact_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored float32 vectors of ``rows``: from the exact index if it is loaded, else the shards."""
+        if self._flat is not None and self._flat.ntotal == len(self):
+            return self._flat.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        return self._gather_rows(rows, verify=True)
+
     def search(self, queries: np.ndarray, top_k: int = 10, by: SearchBy = "identity",
                index_type: IndexType = "auto") -> list[list[Candidate]]:
-        """Rank the gallery for each query embedding; one candidate list per query, best first."""
+        """Rank the gallery for each query embedding; one candidate list per query, best first.
+
+        Every score returned is exact (approximate indexes only choose which images get scored).
+        """
         if by not in ("image", "identity"):
             raise IndexError_(f"search by '{by}' is not supported (choose image or identity)")
         if len(self) == 0:
@@ -719,25 +916,41 @@ class Gallery:
             raise IndexError_("query embeddings contain NaN, infinite or all-zero rows")
         queries = np.ascontiguousarray(queries / norms)
         kind = self.resolve_index_type(index_type)
-        index = self.flat_index() if kind == "flat" else self.ann_index(kind)
-        top_k = int(top_k)
-        if by == "image":
-            scores, rows = index.search(queries, min(top_k, len(self)))
-            return [self._image_candidates(s, r) for s, r in zip(scores, rows)]
+        n, top_k = len(self), int(top_k)
+        if kind == "flat":
+            index = self.flat_index()
+            if by == "image":
+                scores, rows = index.search(queries, min(top_k, n))
+                return [self._image_candidates(s, r) for s, r in zip(scores, rows)]
+            shortlist = lambda q, depth: index.search(q, depth)[1]  # noqa: E731
+            first_depth = 0
+        else:
+            index = self.ann_index(kind)
+            first_depth = int(self._ann_params(kind).shortlist) * top_k
+            shortlist = lambda q, depth: self._shortlist(kind, index, q, depth)  # noqa: E731
+            if by == "image":
+                rows = shortlist(queries, min(n, max(top_k, first_depth)))
+                return [self._rescored_image_candidates(q, r, top_k) for q, r in zip(queries, rows)]
         # Deepen the image search, batched over the queries that still lack top_k distinct people
         # (a person with many close images can fill the first hits on their own).
-        n, wanted = len(self), min(top_k, len(self._rows_by_identity))
+        wanted = min(top_k, len(self._rows_by_identity))
         per_identity = -(-n // len(self._rows_by_identity))  # mean images per person, rounded up
-        depth = min(n, top_k * max(4, 2 * per_identity))
-        rows = list(index.search(queries, depth)[1])
+        depth = min(n, max(first_depth, top_k * max(4, 2 * per_identity)))
+        rows = list(shortlist(queries, depth))
         pending = [i for i in range(len(queries)) if self._distinct_identities(rows[i]) < wanted]
         while pending and depth < n:
             depth = min(n, depth * 4)
-            deeper = index.search(queries[pending], depth)[1]
+            deeper = shortlist(queries[pending], depth)
+            still = []
             for i, found in zip(pending, deeper):
+                grew = (found >= 0).sum() > (rows[i] >= 0).sum()  # an approximate index can run dry
                 rows[i] = found
-            pending = [i for i in pending if self._distinct_identities(rows[i]) < wanted]
-        return [self._identity_candidates(index, q, r, top_k) for q, r in zip(queries, rows)]
+                if grew and self._distinct_identities(found) < wanted:
+                    still.append(i)
+            pending = still
+        # In exact order the first top_k people found are the answer; the others are re-ranked.
+        limit = 2 * top_k if kind == "flat" else None
+        return [self._identity_candidates(q, r, top_k, limit) for q, r in zip(queries, rows)]
 
     def _distinct_identities(self, rows: np.ndarray) -> int:
         return len({self._identities[r] for r in rows if r >= 0})
@@ -752,16 +965,33 @@ class Gallery:
                                  len(self._rows_by_identity[identity]), 1, [(self._paths[row], float(score))]))
         return out
 
-    def _identity_candidates(self, index, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
+    def _rescored_image_candidates(self, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
+        return self._image_candidates(*self._expand_and_score(query, rows, top_k))
+
+    def _expand_and_score(self, query: np.ndarray, rows: np.ndarray, top_k: int,
+                          exclude: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores and rows of the ``top_k`` best among the shortlisted images and every other
+        image of their people (``exclude``: a row to leave out, for the self-check)."""
+        rows = rows[(rows >= 0) & (rows != exclude)]
+        people = dict.fromkeys(self._identities[r] for r in rows)
+        expanded = np.fromiter((r for person in people for r in self._rows_by_identity[person] if r != exclude),
+                               dtype=np.int64)
+        scores = self._exact_rows(expanded) @ query
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return scores[order], expanded[order]
+
+    def _identity_candidates(self, query: np.ndarray, rows: np.ndarray, top_k: int,
+                             limit: int | None) -> list[Candidate]:
         rows = rows[rows >= 0]
-        found = list(dict.fromkeys(self._identities[r] for r in rows))[: 2 * top_k]
-        matched = Counter(self._identities[r] for r in rows[:top_k])
+        found = list(dict.fromkeys(self._identities[r] for r in rows))[:limit]
         # Exact scores for every image of these people, in one gather: max aggregation stays exact
         # even when an approximate index missed a person's best image.
         members = [self._rows_by_identity[identity] for identity in found]
         all_rows = np.fromiter((r for m in members for r in m), dtype=np.int64)
-        all_scores = index.reconstruct_batch(all_rows) @ query
+        all_scores = self._exact_rows(all_rows) @ query
         bounds = np.cumsum([0] + [len(m) for m in members])
+        owner = np.repeat(np.arange(len(found)), np.diff(bounds))
+        matched = Counter(owner[np.argsort(-all_scores, kind="stable")[:top_k]].tolist())
         best = [float(all_scores[lo:hi].max()) for lo, hi in zip(bounds[:-1], bounds[1:])]
         out = []
         for rank, i in enumerate(sorted(range(len(found)), key=lambda i: -best[i])[:top_k], 1):
@@ -769,8 +999,50 @@ class Gallery:
             order = np.argsort(-scores, kind="stable")
             images = [(self._paths[members[i][j]], float(scores[j])) for j in order]
             out.append(Candidate(rank, found[i], images[0][1], images[0][0], len(members[i]),
-                                 matched[found[i]], images))
+                                 matched[i], images))
         return out
+
+
+class _ExactTopK:
+    """Running exact top-k (plus the probe itself) of a few probe rows over streamed chunks."""
+
+    def __init__(self, probes: np.ndarray, rows: np.ndarray, k: int):
+        self.probes, self.rows, self.k = probes, rows, k
+        self.best_scores = np.full((len(rows), k + 1), -np.inf, np.float32)
+        self.best_rows = np.full((len(rows), k + 1), -1, np.int64)
+
+    def observe(self, chunk: np.ndarray, first_row: int) -> None:
+        scores = np.concatenate([self.best_scores, self.probes @ chunk.T], axis=1)
+        rows = np.concatenate([self.best_rows, np.broadcast_to(
+            np.arange(first_row, first_row + len(chunk)), (len(self.rows), len(chunk)))], axis=1)
+        keep = np.argpartition(-scores, self.k, axis=1)[:, :self.k + 1]
+        self.best_scores = np.take_along_axis(scores, keep, axis=1)
+        self.best_rows = np.take_along_axis(rows, keep, axis=1)
+
+    def result(self) -> list[np.ndarray]:
+        """Each probe's exact top-k rows, the probe itself left out."""
+        out = []
+        for row, scores, rows in zip(self.rows, self.best_scores, self.best_rows):
+            ranked = rows[np.argsort(-scores, kind="stable")]
+            out.append(ranked[(ranked >= 0) & (ranked != row)][:self.k])
+        return out
+
+
+def _projection(sample: np.ndarray, dims: int):
+    """A faiss transform onto the ``dims`` top eigenvectors of the sample's uncentred second moment.
+
+    Not centred (unlike PCA), so the projected inner product is exactly the part of the true inner
+    product that lies in the kept directions, which is what the shortlist ranks by.
+    """
+    import faiss
+
+    moment = (sample.T @ sample).astype(np.float64)
+    _, vectors = np.linalg.eigh(moment)  # ascending eigenvalues
+    basis = np.ascontiguousarray(vectors[:, ::-1][:, :dims].T, dtype=np.float32)  # [dims, dim]
+    transform = faiss.LinearTransform(sample.shape[1], dims, False)
+    faiss.copy_array_to_vector(basis.ravel(), transform.A)
+    transform.is_trained = True
+    return transform
 
 
 class _HashingWriter:

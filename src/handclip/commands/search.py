@@ -12,8 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", choices=["identity", "image"], default="identity",
                         help="rank people (best score over their images, default) or single images")
     parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: the one the gallery was enrolled with)")
-    parser.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivf"], default="auto",
-                        help="exact search (flat) or an approximate index; auto: exact up to 200,000 images")
+    parser.add_argument("--index-type", choices=["auto", "flat", "pca", "ivf", "hnsw"], default="auto",
+                        help="exact search (flat), or a shortlist from an approximate index re-scored exactly "
+                             "(pca: full scan of 256-d projections; ivf, hnsw: faster, lower recall); "
+                             "auto: flat up to 200,000 images, pca above unless its self-check finds it unfit")
     parser.add_argument("--html", default=None, metavar="OUT.html", help="write a page with thumbnails and scores")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write every candidate as JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
