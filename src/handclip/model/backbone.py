@@ -122,6 +122,7 @@ def _build_clip(cfg: dict) -> open_clip.CLIP:
     clip.visual = TinyConvNet(cfg["embed_dim"], vision["width"], vision["head_width"], vision["image_size"])
     return clip
 
+
 # SHA-256 of OpenAI's official CLIP TorchScript archives. OpenAI publishes each file under a URL
 # that contains its SHA-256 (https://openaipublic.azureedge.net/clip/models/<sha256>/<name>.pt),
 # as listed in open_clip/pretrained.py. Only these pickle/TorchScript files load without
