@@ -27,6 +27,18 @@ GPU_BF16_PEAK = {
 }
 
 
+def best_of(fn, repeat: int):
+    """(result, CPU seconds, wall seconds), the best of ``repeat`` runs of ``fn``."""
+    best_cpu = best_wall = float("inf")
+    out = None
+    for _ in range(repeat):
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = fn()
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    return out, best_cpu, best_wall
+
+
 def load_line() -> str:
     """Load averages at the time of the run (the machine is shared; compare ratios, not absolute figures)."""
     one, five, fifteen = os.getloadavg()

@@ -22,23 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
 
+from _bench_common import best_of
 from handclip.metrics import evaluate_rank, evaluate_rank_reference
-
-
-def _timed(fn, repeat: int):
-    """(result, CPU seconds, wall seconds), best of ``repeat`` runs."""
-    best_cpu = best_wall = float("inf")
-    out = None
-    for _ in range(repeat):
-        cpu, wall = time.process_time(), time.perf_counter()
-        out = fn()
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-    return out, best_cpu, best_wall
 
 
 def _max_difference(a, b) -> float:
@@ -71,11 +59,11 @@ def compare_metrics(distmat, q_pids, g_pids, cams=(None, None), repeat: int = 1)
 
     Returns (evaluate_rank's result, {"evaluate_rank"|"quicksort"|"stable": (CPU s, wall s)}).
     """
-    fast, t_fast, w_fast = _timed(lambda: evaluate_rank(distmat, q_pids, g_pids, *cams, max_rank=50), repeat)
-    quick, t_quick, w_quick = _timed(
+    fast, t_fast, w_fast = best_of(lambda: evaluate_rank(distmat, q_pids, g_pids, *cams, max_rank=50), repeat)
+    quick, t_quick, w_quick = best_of(
         lambda: evaluate_rank_reference(distmat, q_pids, g_pids, *cams, max_rank=50, sort_kind="quicksort"), repeat
     )
-    stable, t_stable, w_stable = _timed(
+    stable, t_stable, w_stable = best_of(
         lambda: evaluate_rank_reference(distmat, q_pids, g_pids, *cams, max_rank=50), repeat
     )
     for name, ref in (("classic (quicksort)", quick), ("stable", stable)):

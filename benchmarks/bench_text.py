@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,16 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _bench_common import best_of  # noqa: E402
 from handclip.model.handclip import build_model  # noqa: E402
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> int:
@@ -46,8 +37,8 @@ def main() -> int:
         tokens = learner.tokenized_prompt.expand(args.ids, -1)
         full = model.text_encoder(prompts, tokens)
         cut = model.text_encoder(prompts, tokens, length=learner.prompt_length)
-        t_full = best_of(lambda: model.text_encoder(prompts, tokens), args.repeat)
-        t_cut = best_of(lambda: model.text_encoder(prompts, tokens, length=learner.prompt_length), args.repeat)
+        t_full = best_of(lambda: model.text_encoder(prompts, tokens), args.repeat)[2]
+        t_cut = best_of(lambda: model.text_encoder(prompts, tokens, length=learner.prompt_length), args.repeat)[2]
     print(f"{args.backbone}, {args.ids} identities, {torch.get_num_threads()} threads: "
           f"77 positions {t_full:.3f} s, {learner.prompt_length} positions {t_cut:.3f} s -> {t_full / t_cut:.1f}x; "
           f"max |difference| {float((full - cut).abs().max()):.1e}")
