@@ -60,14 +60,15 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_prefix", embedded[:, :start])
         self.register_buffer("token_suffix", embedded[:, start + n_ctx:])
         self.register_buffer("tokenized_prompt", tokens)
-        # Plain int, read without touching the device: the text encoder runs only up to this position.
-        self.prompt_length = int(tokens.argmax(dim=-1)[0]) + 1
+        # Plain int, read without touching the device (the end-of-text token has the largest id).
+        self.eot_index = int(tokens.argmax(dim=-1)[0])
         self.ctx = nn.Parameter(torch.empty(num_ids, n_ctx, width))
         nn.init.normal_(self.ctx, std=0.02)
 
     @property
-    def eot_index(self) -> int:
-        return int(self.tokenized_prompt.argmax(dim=-1)[0])
+    def prompt_length(self) -> int:
+        """Positions up to and including the end-of-text token: all the text encoder needs to run."""
+        return self.eot_index + 1
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings [B, L, width] for identity indices ``labels``."""
