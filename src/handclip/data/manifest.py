@@ -199,10 +199,7 @@ class Manifest:
             raise DataError(f"manifest not found: {path}")
         if not path.is_file():
             raise DataError(f"manifest {path} is not a file")
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"manifest {path} is not UTF-8 text (byte {exc.start})") from None
+        text = read_csv_text(path, "manifest ")
         base_dir = Path(os.path.abspath(path.parent))
         records = _parse_csv(text, str(path), base_dir)
         return cls(records, source=f"manifest {path}")
@@ -276,6 +273,15 @@ class Manifest:
         lines.append(f"sha256 {self.sha256()}")
         return "\n".join(lines)
 
+
+
+def read_csv_text(path: Path, label: str = "") -> str:
+    """A CSV file's text (UTF-8, a byte-order mark tolerated); otherwise a DataError naming
+    ``label`` + path and the first bad byte."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{label}{path} is not UTF-8 text (byte {exc.start})") from None
 
 
 def iter_csv_rows(reader, source: str):

@@ -44,7 +44,7 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DataError
-from .manifest import Manifest, ManifestRecord, iter_csv_rows
+from .manifest import Manifest, ManifestRecord, iter_csv_rows, read_csv_text
 
 SmallIds = Literal["error", "keep"]
 
@@ -185,10 +185,7 @@ def read_handinfo(csv_path: Path) -> list[_HandRow]:
     """Parse and validate 11k's HandInfo.csv (every row, so errors name the exact line)."""
     if not csv_path.is_file():
         raise DataError(f"11k metadata file not found: {csv_path} (expected HandInfo.csv in the dataset root)")
-    try:
-        text = csv_path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path} is not UTF-8 text (byte {exc.start})") from None
+    text = read_csv_text(csv_path)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader, [])]
