@@ -186,11 +186,13 @@ def test_nan_loss_stops_naming_epoch_step_and_term_and_keeps_last_good(tiny_mani
     original = losses.TripletLoss.forward
     calls = {"n": 0}
 
+    per_step = len(cfg.stage2.triplet_features)
+
     def poisoned(self, features, labels):
-        # Stage 2 calls the triplet loss twice per step; from stage-2 epoch 2 on it returns NaN.
+        # Stage 2 calls the triplet loss once per triplet feature per step; from stage-2 epoch 2 on it returns NaN.
         calls["n"] += 1
         value = original(self, features, labels)
-        return value * float("nan") if calls["n"] > 2 * steps_per_epoch else value
+        return value * float("nan") if calls["n"] > per_step * steps_per_epoch else value
 
     monkeypatch.setattr(losses.TripletLoss, "forward", poisoned)
     with pytest.raises(TrainingError) as info:
@@ -272,7 +274,7 @@ def test_shipped_configs_load():
     from handclip.config import load_config
     from handclip.train.demo import demo_config
 
-    for path in sorted(root.glob("*.yaml")):
+    for path in sorted(root.rglob("*.yaml")):
         overrides = [] if path.name == "demo.yaml" else ["data.root=/data"]
         cfg = load_config(path, overrides)
         assert cfg.stage1.epochs >= 1

@@ -73,6 +73,12 @@ def logit_scale_of(model, model_cfg) -> float:
     return 1.0 / 0.07  # CLIP's initial temperature
 
 
+def image_text_scale(model, config) -> float | None:
+    """Scale of the image-text logits: None for CLIP-ReID's raw dot products (``losses.logits: dot``), else
+    the cosine scale of ``logit_scale_of``."""
+    return logit_scale_of(model, config.model) if config.losses.logits == "cosine" else None
+
+
 def restore_rng_if_resuming(resume: dict | None) -> None:
     """Called by a stage right before its epoch loop when it continues from a checkpoint."""
     if resume is not None and "_rng" in resume:
