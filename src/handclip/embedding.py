@@ -56,17 +56,13 @@ class LoadedModel:
 
 def load_model(checkpoint: str | os.PathLike, device=None) -> LoadedModel:
     """Load a HandCLIP checkpoint for enrolment or search (eval transform settings come with it)."""
-    from .config import DataConfig
-    from .model.checkpoint import load_checkpoint, model_fingerprint
+    from .model.checkpoint import eval_data_config, load_checkpoint, model_fingerprint
     from .runtime import resolve_device
 
     model, config, _ = load_checkpoint(checkpoint, map_location="cpu")
     model.to(resolve_device(device)).eval()
-    spec = getattr(model, "spec", None) or {}
-    if config is not None:
-        data_cfg = config.data
-    else:
-        data_cfg = DataConfig(**{k: tuple(spec[k]) for k in ("image_size", "pixel_mean", "pixel_std") if k in spec})
+    # The evaluation transform the model was trained with (older checkpoints: the resize they were evaluated with).
+    data_cfg = eval_data_config(model.spec)
     # Each gallery image is embedded once: caching its decoded pixels would only fill the disk.
     # Decoding stays in this process: enrolment embeds one committed batch at a time, and starting
     # loader workers for every batch cost 4x the throughput (benchmarks/bench_enrol.py).

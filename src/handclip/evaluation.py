@@ -246,7 +246,7 @@ def load_model_for_evaluation(checkpoint=None, backbone: str | None = None, weig
     Returns (model, data_cfg, label). The zero-shot model goes through the same feature path as a
     trained one (``HandCLIP.extract``), so stage-0 numbers are comparable.
     """
-    from .model.checkpoint import load_checkpoint
+    from .model.checkpoint import eval_data_config, load_checkpoint
     from .model.handclip import build_model
 
     if checkpoint is not None and backbone is not None:
@@ -256,8 +256,7 @@ def load_model_for_evaluation(checkpoint=None, backbone: str | None = None, weig
     if checkpoint is not None:
         model, _config, extra = load_checkpoint(checkpoint)
         spec = model.spec
-        data_cfg = DataConfig(image_size=tuple(spec["image_size"]), pixel_mean=tuple(spec["pixel_mean"]),
-                              pixel_std=tuple(spec["pixel_std"]))
+        data_cfg = eval_data_config(spec)
         label = f"HandCLIP ({spec['model']['backbone']})"
         return model, data_cfg, label
     if backbone is None:
