@@ -5,14 +5,17 @@ standard causal text transformer) or one of three tiny configs for tests and the
 CLIP's tiny text tower with HandCLIP's small conv image tower, ``TinyConvNet``), loads
 weights safely (see ``load_weights_file``), then adapts the image tower's geometry:
 
-- other input sizes, including non-square ones, by bicubic resizing of the positional
-  embedding grid (the class-token embedding is kept as is);
+- other input sizes, including non-square ones, by resizing the positional embedding grid
+  (``model.pos_embed_interpolation``: bilinear without antialias as CLIP-ReID, or bicubic; the
+  class-token embedding is kept as is);
 - overlapping patches (CLIP-ReID's "OLP") by changing the ViT patch-embedding stride;
 - ResNet last stride 1: layer4's first block no longer downsamples, doubling the final map
   (for TinyConvNet: its last max-pool is dropped).
 
 Weights are always loaded into the model at its native geometry first, so a file written for
-the native model loads strictly and mismatches are reported key by key.
+the native model loads strictly and mismatches are reported key by key. OpenAI's own files (their
+TorchScript archives, and state dicts that still carry OpenAI's metadata entries) were trained with
+QuickGELU: loading one into a GELU backbone is refused, naming the ``-quickgelu`` model to use.
 """
 
 from __future__ import annotations
@@ -279,7 +282,15 @@ def _unsafe_refusal(path: Path, kind: str, reason: str) -> CheckpointError:
 
 
 def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat state dict, never running untrusted pickle code (see ``read_weights_file``)."""
+    return read_weights_file(path, allow_unsafe)[0]
+
+
+def read_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> tuple[dict[str, torch.Tensor], str | None]:
     """Read a weights file into a flat state dict, never running untrusted pickle code.
+
+    Returns (state dict, why the file is OpenAI's own or None): a TorchScript archive, or a state dict
+    with OpenAI's metadata entries (``input_resolution``, ``context_length``, ``vocab_size``).
 
     - ``.safetensors``: read with safetensors.
     - plain ``torch.save`` state dicts: ``torch.load(weights_only=True)``.
@@ -299,7 +310,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"weights file {path} is not a readable safetensors file ({_first_line(exc)})") from None
-        return _as_state_dict(obj, path)
+        return _as_state_dict(obj, path), _openai_mark(obj)
 
     if _is_torchscript_archive(path):
         if not allow_unsafe and not is_known_openai_file(path):
@@ -308,7 +319,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # corrupt archive: report, do not traceback
             raise CheckpointError(f"weights file {path} is not a loadable TorchScript archive ({_first_line(exc)})") from None
-        return _as_state_dict(scripted.state_dict(), path)
+        return _as_state_dict(scripted.state_dict(), path), "a TorchScript archive, as OpenAI ships CLIP"
 
     if not looks_like_torch_file(path):
         raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file (it does not start like a file written by torch.save)")
@@ -332,7 +343,17 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             f"{path} is a HandCLIP checkpoint, not backbone weights; load it as a checkpoint "
             f"(handclip.model.checkpoint.load_checkpoint) instead of passing it as model.weights"
         )
-    return _as_state_dict(obj, path)
+    state = _as_state_dict(obj, path)
+    return state, _openai_mark(obj.get("state_dict", obj) if isinstance(obj, dict) else obj)
+
+
+def _openai_mark(obj) -> str | None:
+    """Why a state dict is (converted from) OpenAI's own file, or None: its OpenAI metadata entries."""
+    if not isinstance(obj, dict):
+        return None
+    keys = {k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k for k in obj}
+    found = [k for k in _OPENAI_EXTRA_KEYS if k in keys]
+    return f"a state dict with OpenAI's metadata entries ({', '.join(found)})" if found else None
 
 
 def _as_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -387,14 +408,15 @@ def load_state_into_clip(clip: nn.Module, state: dict[str, torch.Tensor], path, 
     clip.load_state_dict(state, strict=True)
 
 
-def _resolve_weights(name: str, weights: str, allow_unsafe: bool) -> tuple[dict, str]:
-    """Return (state dict, description of its source) for a local file or a pretrained tag."""
+def _resolve_weights(name: str, weights: str, allow_unsafe: bool) -> tuple[dict, str, str | None]:
+    """Return (state dict, description of its source, why it is OpenAI's or None) for a file or a pretrained tag."""
     text = str(weights)
     looks_like_file = (
         os.path.exists(text) or os.sep in text or "/" in text or text.lower().endswith(_WEIGHT_SUFFIXES)
     )
     if looks_like_file:
-        return load_weights_file(text, allow_unsafe), text
+        state, openai = read_weights_file(text, allow_unsafe)
+        return state, text, openai
     tags = open_clip.list_pretrained_tags_by_model(name) if name not in TINY_CONFIGS else []
     if text not in tags and text.lower() not in tags:
         shown = ", ".join(tags[:6]) if tags else "none"
@@ -414,22 +436,35 @@ def _resolve_weights(name: str, weights: str, allow_unsafe: bool) -> tuple[dict,
     except Exception as exc:
         raise CheckpointError(f"could not download pretrained tag '{text}' of '{name}' ({exc})") from None
     # open_clip verifies OpenAI downloads against the SHA-256 in their URL, so they are trusted.
-    return load_weights_file(file, allow_unsafe=True), f"{name}:{text}"
+    state, openai = read_weights_file(file, allow_unsafe=True)
+    return state, f"{name}:{text}", openai
 
 
 # --------------------------------------------------------------------------------------------
 # geometry
 
 
-def _resize_grid(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], extra_tokens: int = 1):
-    """Bicubic 2D resize of the grid part of a [extra + gh*gw, C] positional embedding."""
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _resize_grid(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], extra_tokens: int = 1,
+                 interpolation: str = "bilinear"):
+    """2D resize of the grid part of a [extra + gh*gw, C] positional embedding.
+
+    ``bilinear``: without antialias, as CLIP-ReID resizes; ``bicubic``: antialiased when a side shrinks.
+    """
+    if interpolation not in POS_EMBED_INTERPOLATIONS:
+        raise ConfigError(f"model.pos_embed_interpolation must be bilinear or bicubic, got {interpolation!r}")
     if tuple(old_grid) == tuple(new_grid):
         return pos
     tokens, grid = pos[:extra_tokens], pos[extra_tokens:]
     channels = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2).float()
-    shrinking = new_grid[0] < old_grid[0] or new_grid[1] < old_grid[1]
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=shrinking)
+    if interpolation == "bilinear":
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bilinear", align_corners=False, antialias=False)
+    else:
+        shrinking = new_grid[0] < old_grid[0] or new_grid[1] < old_grid[1]
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=shrinking)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], channels).to(pos.dtype)
     return torch.cat([tokens, grid], dim=0)
 
@@ -438,7 +473,8 @@ def vit_grid(image_size: tuple[int, int], patch_size: tuple[int, int], stride: t
     return tuple((image_size[i] - patch_size[i]) // stride[i] + 1 for i in range(2))
 
 
-def _adapt_vit(visual: VisionTransformer, image_size: tuple[int, int], patch_stride: Optional[int]) -> None:
+def _adapt_vit(visual: VisionTransformer, image_size: tuple[int, int], patch_stride: Optional[int],
+               interpolation: str = "bilinear") -> None:
     patch = tuple(visual.patch_size)
     if image_size[0] < patch[0] or image_size[1] < patch[1]:
         raise ConfigError(f"data.image_size {tuple(image_size)} is smaller than the ViT patch size {patch}")
@@ -450,7 +486,7 @@ def _adapt_vit(visual: VisionTransformer, image_size: tuple[int, int], patch_str
     visual.conv1.stride = stride
     if new_grid != old_grid:
         with torch.no_grad():
-            resized = _resize_grid(visual.positional_embedding.data, old_grid, new_grid)
+            resized = _resize_grid(visual.positional_embedding.data, old_grid, new_grid, interpolation=interpolation)
         visual.positional_embedding = nn.Parameter(resized, requires_grad=visual.positional_embedding.requires_grad)
     visual.grid_size = new_grid
     visual.image_size = tuple(image_size)
@@ -469,7 +505,7 @@ def rn_feature_map_size(image_size: tuple[int, int], last_stride: int) -> tuple[
 
 
 def _adapt_rn(visual: ModifiedResNet | TinyConvNet, image_size: tuple[int, int], last_stride: int,
-              native: int) -> None:
+              native: int, interpolation: str = "bilinear") -> None:
     if last_stride not in (1, 2):
         raise ConfigError(f"model.rn_last_stride must be 1 or 2, got {last_stride}")
     if isinstance(visual, TinyConvNet):
@@ -489,7 +525,8 @@ def _adapt_rn(visual: ModifiedResNet | TinyConvNet, image_size: tuple[int, int],
     if new_map != (old_side, old_side):
         pool = visual.attnpool
         with torch.no_grad():
-            resized = _resize_grid(pool.positional_embedding.data, (old_side, old_side), new_map)
+            resized = _resize_grid(pool.positional_embedding.data, (old_side, old_side), new_map,
+                                   interpolation=interpolation)
         pool.positional_embedding = nn.Parameter(resized, requires_grad=pool.positional_embedding.requires_grad)
     visual.image_size = tuple(image_size)
     visual.feature_map_size = new_map
@@ -515,12 +552,15 @@ def create_clip(
     patch_stride: Optional[int] = None,
     rn_last_stride: int = 1,
     allow_unsafe_weights: bool = False,
+    pos_embed_interpolation: str = "bilinear",
+    allow_activation_mismatch: bool = False,
 ) -> open_clip.CLIP:
     """Build the open_clip CLIP model ``name`` with ``weights`` for inputs of ``image_size`` (H, W).
 
     ``weights``: None (random init), a local file (TorchScript/pickle only for known OpenAI
-    SHA-256 or ``allow_unsafe_weights``), or an open_clip pretrained tag (needs network).
-    The returned model carries ``handclip_geometry`` (a dict of how it was adapted).
+    SHA-256 or ``allow_unsafe_weights``), or an open_clip pretrained tag (needs network). OpenAI's
+    files need a QuickGELU backbone (``check_activation``). The returned model carries
+    ``handclip_geometry`` (a dict of how it was adapted).
     """
     cfg = get_clip_config(name)
     native_size = cfg["vision_cfg"].get("image_size", 224)
@@ -530,27 +570,22 @@ def create_clip(
     if weights is not None and str(weights).strip().lower() in ("", "none", "random"):
         weights = None
 
-    state, source = (None, "random") if weights is None else _resolve_weights(name, weights, allow_unsafe_weights)
+    state, source, openai = (None, "random", None) if weights is None else _resolve_weights(name, weights, allow_unsafe_weights)
+    if openai is not None:
+        check_activation(name, cfg, weights, openai, allow_activation_mismatch)
     clip = _build_clip(cfg)
     if state is not None:
         load_state_into_clip(clip, state, weights, name)
-        if not cfg.get("quick_gelu", False) and _looks_like_openai(weights):
-            warnings.warn(
-                f"OpenAI weights were trained with QuickGELU; use '{name}-quickgelu' rather than '{name}' "
-                f"to reproduce their features",
-                UserWarning,
-                stacklevel=2,
-            )
 
     if isinstance(clip.visual, VisionTransformer):
         if rn_last_stride not in (1, 2):
             raise ConfigError(f"model.rn_last_stride must be 1 or 2, got {rn_last_stride}")
-        _adapt_vit(clip.visual, image_size, patch_stride)
+        _adapt_vit(clip.visual, image_size, patch_stride, pos_embed_interpolation)
         kind = "vit"
     else:
         if patch_stride is not None:
             raise ConfigError(f"model.patch_stride applies to ViT backbones only, not to '{name}'")
-        _adapt_rn(clip.visual, image_size, rn_last_stride, native_size)
+        _adapt_rn(clip.visual, image_size, rn_last_stride, native_size, pos_embed_interpolation)
         kind = "rn"
     clip.handclip_geometry = {
         "backbone": name,
@@ -563,9 +598,16 @@ def create_clip(
     return clip
 
 
-def _looks_like_openai(weights) -> bool:
-    text = str(weights)
-    if text.lower() == "openai":
-        return True
-    path = Path(text)
-    return path.is_file() and is_known_openai_file(path)
+def check_activation(name: str, cfg: dict, weights, why_openai: str, allow_mismatch: bool = False) -> None:
+    """OpenAI's CLIP weights were trained with QuickGELU: refuse them for a GELU backbone (one line)."""
+    if cfg.get("quick_gelu", False):
+        return
+    quick = f"{name}-quickgelu"
+    hint = f"use model.backbone '{quick}'" if open_clip.get_model_config(quick) is not None else \
+        "use a QuickGELU backbone (an open_clip '-quickgelu' model)"
+    message = (f"weights file {weights} is OpenAI's CLIP ({why_openai}), trained with QuickGELU, but backbone "
+               f"'{name}' uses GELU and would give wrong features; {hint}, or set "
+               f"model.allow_activation_mismatch=true to load it anyway")
+    if not allow_mismatch:
+        raise CheckpointError(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
