@@ -60,9 +60,9 @@ def test_i2t_default_is_label_smoothed_cross_entropy_on_image_proj_at_text_T(tin
 
     torch.manual_seed(0)
     images, labels = torch.randn(8, 3, 32, 32), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    for logits_mode in ("dot", "cosine"):
-        ctx = make_context(base_config(tiny_manifest, losses={"logits": logits_mode},
-                                       stage2={"id_weight": 0.0, "triplet_weight": 0.0}))
+    for logits_mode in ("dot", "cosine"):  # dot: the default, not set
+        losses = {} if logits_mode == "dot" else {"logits": "cosine"}
+        ctx = make_context(base_config(tiny_manifest, losses=losses, stage2={"id_weight": 0.0, "triplet_weight": 0.0}))
         trainer = Stage2Trainer(ctx)
         seen = _spy_forward(trainer)
         terms = trainer.compute_losses(images, labels)
@@ -90,9 +90,10 @@ def test_stage1_supcon_gets_the_logits_switch(tiny_manifest, monkeypatch):
             return super().forward(anchors, contrast, anchor_labels, contrast_labels, scale)
 
     monkeypatch.setattr(stage1, "SupConLoss", Recording)
-    for logits_mode, model_section in (("dot", {}), ("cosine", {"logit_scale": 7.0})):
+    for losses, model_section in (({}, {}), ({"logits": "cosine"}, {"logit_scale": 7.0})):
+        logits_mode = losses.get("logits", "dot")  # dot: the default
         scales.clear()
-        ctx = make_context(base_config(tiny_manifest, losses={"logits": logits_mode}, stage1={"epochs": 1},
+        ctx = make_context(base_config(tiny_manifest, losses=losses, stage1={"epochs": 1},
                                        model={"backbone": "tiny-vit", **model_section}))
         stage1.run_stage1(ctx)
         assert scales and set(scales) == ({None} if logits_mode == "dot" else {7.0})
@@ -232,21 +233,22 @@ def test_stage2_lr_is_warmup_multistep_stepped_at_each_epoch_start():
         assert math.isclose(_lr_at(schedule, optimizers.main, epoch, 0), value, rel_tol=1e-12), epoch
 
 
-def test_training_loops_record_the_lr_of_each_epoch_number(tiny_manifest, tmp_path):
-    from handclip import api
+def test_training_loops_record_the_lr_of_each_epoch_number(tiny_manifest):
+    from handclip.train.stage1 import run_stage1
+    from handclip.train.stage2 import Stage2Trainer
 
-    stage1 = {"epochs": 3, "warmup_epochs": 1, "lr": 1e-3, "warmup_lr_init": 1e-4, "lr_min": 1e-5}
-    stage2 = {"epochs": 3, "warmup_epochs": 2, "lr": 1e-3, "warmup_factor": 0.1, "milestones": [3]}
+    stage1 = {"epochs": 2, "warmup_epochs": 1, "lr": 1e-3, "warmup_lr_init": 1e-4, "lr_min": 1e-5}
+    stage2 = {"epochs": 2, "warmup_epochs": 2, "lr": 1e-3, "warmup_factor": 0.1, "milestones": [2], "eval_every": 99}
     for first in (1, 0):
-        cfg = base_config(tiny_manifest, stage1={**stage1, "schedule_epochs_from": first},
-                          stage2={**stage2, "schedule_epochs_from": first})
-        run = api.train(cfg, run_dir=tmp_path / f"from{first}")
-        history = run.history
-        got = {(r["stage"], r["epoch"]): r["lr"] for r in history}
-        for epoch in (1, 2, 3):
+        ctx = make_context(base_config(tiny_manifest, stage1={**stage1, "schedule_epochs_from": first},
+                                       stage2={**stage2, "schedule_epochs_from": first}))
+        run_stage1(ctx)
+        Stage2Trainer(ctx).run()
+        got = {(r["stage"], r["epoch"]): r["lr"] for r in ctx.state["history"]}
+        for epoch in (1, 2):
             t = epoch - 1 + first
-            expected1 = (_stage1_clipreid(t, 1e-3, 1e-4, 1, 1e-5, 3) if t < 3 else 1e-5)
-            expected2 = _stage2_clipreid(t, 1e-3, 0.1, 2, (3,), 0.1)
+            expected1 = _stage1_clipreid(t, 1e-3, 1e-4, 1, 1e-5, 2)
+            expected2 = _stage2_clipreid(t, 1e-3, 0.1, 2, (2,), 0.1)
             assert math.isclose(got[("stage1", epoch)], expected1, rel_tol=1e-12), (first, epoch)
             assert math.isclose(got[("stage2", epoch)], expected2, rel_tol=1e-12), (first, epoch)
 

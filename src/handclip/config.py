@@ -19,11 +19,10 @@ from .errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# CLIP-ReID's ViT configs normalise with mean = std = 0.5; its RN50 config with ImageNet's statistics.
+# CLIP-ReID's ViT configs normalise with mean = std = 0.5 (its RN50 config with ImageNet's statistics:
+# configs/rn50 sets them).
 CLIPREID_VIT_MEAN = (0.5, 0.5, 0.5)
 CLIPREID_VIT_STD = (0.5, 0.5, 0.5)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Interpolation = Literal["bilinear", "bicubic"]
 
 
