@@ -22,10 +22,10 @@ from handclip.config import CLIP_MEAN, CLIP_STD, DataConfig, ModelConfig, Stage1
 from handclip.config import config_from_dict, load_config
 from handclip.data.transforms import build_transforms
 from handclip.errors import CheckpointError
-from handclip.losses import SupConLoss, i2t_cross_entropy
+from handclip.train.losses import SupConLoss
 from handclip.model.backbone import create_clip
 from handclip.model.handclip import build_model
-from handclip.optim import build_stage1_optimizer, build_stage2_optimizer
+from handclip.train.optim import build_stage1_optimizer, build_stage2_optimizer
 
 from training_helpers import base_config, make_context, tiny_manifest  # noqa: F401 - fixture
 
@@ -437,8 +437,8 @@ def test_gelu_trained_weights_in_the_same_layout_still_load_into_the_gelu_model(
 
 def test_default_and_shipped_backbones_are_quickgelu():
     assert ModelConfig().backbone == "ViT-B-16-quickgelu"
-    shipped = sorted(CONFIGS.glob("*_vitb16.yaml")) + sorted((CONFIGS / "rn50").glob("*.yaml"))
-    assert len(shipped) == 10
+    shipped = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "rn50").glob("*.yaml"))
+    assert len(shipped) == 12  # two recipes (ViT-B/16, RN50) and five dataset configs on each
     for path in shipped:
         cfg = load_config(path, ["data.root=/data"])
         assert cfg.model.backbone in ("ViT-B-16-quickgelu", "RN50-quickgelu"), path

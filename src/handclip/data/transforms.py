@@ -6,7 +6,7 @@ Train order follows CLIP-ReID: resize (``data.interpolation.train``, bicubic as 
 with per-pixel N(0, 1) noise through timm's RandomErasing (mode 'pixel', one box, as CLIP-ReID), or with 0,
 the mean colour after normalisation (``data.augment.random_erasing_fill: zero``, torchvision's).
 Evaluation only resizes (``data.interpolation.eval``, bilinear as CLIP-ReID's test transform) and
-normalises, so training and evaluation always share the same normalisation.
+normalises, so training and evaluation always share the same normalisation (docs/method.md, "Pitfalls").
 """
 
 from __future__ import annotations

@@ -25,17 +25,17 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_open, sha256_file
+from ..config import config_from_dict
 from ..errors import CheckpointError, ConfigError, HandCLIPError
-from .backbone import (
+from .handclip import HandCLIP, build_model
+from .weights import (
+    describe_mismatch,
+    first_line,
+    is_torchscript_archive,
     looks_like_torch_file,
     quiet_weights_only_load,
-    _describe_mismatch,
-    _first_line,
-    _is_torchscript_archive,
-    load_weights_file,
     weights_only_reason,
 )
-from .handclip import HandCLIP, build_model
 
 CHECKPOINT_FORMAT = "handclip-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -46,10 +46,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
-    "eval_data_config",
+    "spec_data_config",
     "model_fingerprint",
     "state_dict_sha256",
-    "load_weights_file",
 ]
 
 # Exactly the types torch.load(weights_only=True) accepts (subclasses such as defaultdict are refused).
@@ -118,7 +117,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+    if zipfile.is_zipfile(path) and is_torchscript_archive(path):
         raise CheckpointError(
             f"{path} is a TorchScript archive (such as OpenAI's original CLIP files), not a HandCLIP "
             f"checkpoint; backbone weights go in model.weights"
@@ -133,7 +132,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"code when loaded ({weights_only_reason(exc)}), so it is not a HandCLIP checkpoint"
         ) from None
     except Exception as exc:  # torch raises KeyError/RuntimeError/EOFError/... on damaged files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a HandCLIP checkpoint (backbone weights go in model.weights, not here)"
@@ -151,21 +150,19 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     """Rebuild the model stored at ``path``: returns (model in eval mode, Config or None, extra dict)."""
-    from ..config import config_from_dict
-
     path = Path(path)
     payload = read_checkpoint(path, map_location=map_location)
     spec = payload["spec"]
     try:
         model_section = dict(spec["model"], weights=None)  # rebuilt from the stored tensors, not the original file
-        model = build_model(model_section, eval_data_config(spec), int(spec["num_ids"]))
+        model = build_model(model_section, spec_data_config(spec), int(spec["num_ids"]))
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} has an incomplete model description (missing {exc})") from None
     except HandCLIPError as exc:
         raise CheckpointError(f"checkpoint {path} describes a model this HandCLIP cannot build: {exc}") from None
     model.spec["weights_source"] = spec.get("weights_source", "random")
     state = payload["state_dict"]
-    problem = _describe_mismatch(model.state_dict(), state)
+    problem = describe_mismatch(model.state_dict(), state)
     if problem:
         raise CheckpointError(f"checkpoint {path} does not match the architecture it describes: {problem}")
     model.load_state_dict(state, strict=True)
@@ -184,8 +181,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     return model, config, payload["extra"]
 
 
-def eval_data_config(spec: dict):
-    """The data settings of the evaluation transform a checkpoint's model was trained with.
+def spec_data_config(spec: dict):
+    """The data settings of the evaluation transform a checkpoint's model was trained with, from its spec.
 
     Checkpoints written before the interpolation was recorded were evaluated with a bicubic resize after a
     bicubic shrink to twice the input size; they keep exactly that, so their features do not change.
