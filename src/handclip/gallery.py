@@ -322,6 +322,29 @@ class Gallery:
     def paths(self) -> list[str]:
         return list(self._paths)
 
+    def file_hashes(self, paths: Iterable[str]) -> dict[str, str]:
+        """The SHA-256 recorded at enrolment for each of ``paths`` that is enrolled."""
+        wanted = set(paths)
+        return {p: h for p, h in zip(self._paths, self._hashes) if p in wanted}
+
+    def entries(self, start: int = 0) -> list[dict]:
+        """Enrolled rows from ``start`` on, in order, as ``{"path", "identity", "sha256"}``."""
+        return [{"path": p, "identity": i, "sha256": h}
+                for p, i, h in zip(self._paths[start:], self._identities[start:], self._hashes[start:])]
+
+    @property
+    def commit_state(self) -> dict:
+        """The committed state this object holds: uid, generation, rows and the SHA-256 of commit.json
+        as HandCLIP writes it (equal to the file's own SHA-256 until the next commit)."""
+        text = json.dumps(self._commit, indent=2, sort_keys=True) + "\n"
+        return {"uid": self._info["uid"], "generation": self._generation, "rows": len(self),
+                "commit_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+    def verify_files(self) -> None:
+        """Check every committed shard against its SHA-256 (IndexError_ names the first damaged file)."""
+        for shard in self._shards:
+            self._verify_shard(shard)
+
     def check_model(self, fingerprint: dict, dim: int | None = None) -> None:
         """Refuse a model whose fingerprint differs from the one the gallery was enrolled with."""
         differences = fingerprint_differences(self._info["fingerprint"], fingerprint)
