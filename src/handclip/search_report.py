@@ -42,35 +42,64 @@ def thumbnail_data_uri(path: str | os.PathLike, size: int = 160) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _figure(path: str, caption_html: str, size: int) -> str:
+def _figure(path: str, label: str, caption_html: str, size: int) -> str:
     uri = thumbnail_data_uri(path, size)
-    picture = (f'<img alt="{html.escape(Path(path).name)}" src="{uri}">' if uri
+    picture = (f'<img alt="{html.escape(label)}" src="{uri}">' if uri
                else '<div class="missing">image not available</div>')
     return f"<figure>{picture}<figcaption>{caption_html}</figcaption></figure>"
 
 
+def _weight(candidate) -> str:
+    """The likelihood-ratio line of a calibrated candidate (nothing for a plain search result)."""
+    lr = getattr(candidate, "log10_lr", None)
+    if lr is None:
+        return ""
+    bound = f" (at the {candidate.at_bound} bound)" if getattr(candidate, "at_bound", None) else ""
+    return f"<br>log10 LR {lr:+.2f}{bound}<br>{html.escape(candidate.verbal or '')}"
+
+
 def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery_dir: str = "",
-                      by: str = "identity", checkpoint: str | None = None, size: int = 160) -> Path:
-    """One row per query: the query photo, then its candidates in rank order with their scores."""
+                      by: str = "identity", checkpoint: str | None = None, size: int = 160,
+                      statement: str | None = None, propositions: dict | None = None, audit=None) -> Path:
+    """One row per query: the query photo, then its candidates in rank order with their scores.
+
+    Every name and path is HTML-escaped, and paths are shown as ``handclip.evidence.display_path``
+    gives them (relative to the gallery or enrolment root, else the file name), never the directories
+    above; a query's SHA-256 is shown when the results carry it.
+    """
+    from .evidence import display_path
+
     rows = []
     for result in results:
         cands = []
         for c in result.candidates:
+            shown = display_path(c.path, c.identity, gallery_dir or None)
             extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
                      else f"<br>image of {html.escape(c.identity)}")
             caption = (f"#{c.rank} <b>{html.escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
-                       f"{extra}<br><span class=path>{html.escape(Path(c.path).name)}</span>")
-            cands.append(_figure(c.path, caption, size))
-        probe = _figure(result.query, f"query<br><span class=path>{html.escape(Path(result.query).name)}</span>", size)
+                       f"{_weight(c)}{extra}<br><span class=path>{html.escape(shown)}</span>")
+            cands.append(_figure(c.path, shown, caption, size))
+        query_name = display_path(result.query, gallery_dir=gallery_dir or None)
+        digest = getattr(result, "sha256", None)
+        digest_html = f"<br><span class=path>SHA-256 {html.escape(digest[:16])}...</span>" if digest else ""
+        probe = _figure(result.query, query_name,
+                        f"query<br><span class=path>{html.escape(query_name)}</span>{digest_html}", size)
         rows.append(f'<div class="query"><div class="probe">{probe}</div><div class="cands">{"".join(cands)}</div></div>')
-    meta = (f"gallery {html.escape(str(gallery_dir))} &middot; ranked by {html.escape(by)} "
+    meta = (f"gallery {html.escape(Path(gallery_dir).name)} &middot; ranked by {html.escape(by)} "
             f"(score: cosine similarity{', best image per person' if by == 'identity' else ''})"
-            + (f" &middot; model {html.escape(checkpoint)}" if checkpoint else "")
+            + (f" &middot; model {html.escape(Path(checkpoint).name)}" if checkpoint else "")
             + f" &middot; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if audit is not None:
+        meta += f" &middot; audit record {int(audit.seq)} ({html.escape(audit.hash[:16])}...)"
+    notes = ""
+    if propositions:
+        notes += "".join(f"<p>{html.escape(k.capitalize())}: {html.escape(v)}</p>" for k, v in propositions.items())
+    if statement:
+        notes += f"<p>{html.escape(statement)}</p>"
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>HandCLIP search</title>"
             f"<style>{_CSS % {'px': size}}</style></head><body><h1>HandCLIP search: {len(results)} "
             f"quer{'y' if len(results) == 1 else 'ies'}</h1><div class=\"meta\">{meta}</div>"
-            + "\n".join(rows) + "</body></html>\n")
+            f"<div class=\"meta\">{notes}</div>" + "\n".join(rows) + "</body></html>\n")
     atomic_write_text(out_html, page)
     return Path(out_html)
 
