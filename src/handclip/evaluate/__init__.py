@@ -1,0 +1,1 @@
+"""Evaluation: protocol metrics, verification and open-set figures, score calibration to likelihood ratios."""
