@@ -258,3 +258,87 @@ def test_sigkill_during_an_enrolment_leaves_a_verifiable_log_and_notes_the_unrec
     assert cli("audit", "verify", "--index", index) == 0
     out = capsys.readouterr().out
     assert "the gallery changed between records 1 and 2 with no record" in out and "2 record(s)" in out
+
+
+def _fit_calibration(checkpoint: Path, out: Path) -> Path:
+    """A KDE calibration for ``checkpoint`` on made-up scores spanning the random-weight model's
+    cosines (0.997-1.0; a logistic fit, being L2-regularised, stays flat on so narrow a range)."""
+    import numpy as np
+
+    from handclip.embedding import load_model
+    from handclip.evaluate.calibration import ScoreCalibration, fit_score_map
+
+    rng = np.random.default_rng(0)
+    maps = {kind: fit_score_map(1 - np.abs(rng.normal(0, width * 6e-4, 400)),
+                                1 - np.abs(rng.normal(0, width * 2e-3, 4000)), method="kde")
+            for kind, width in (("image", 1.0), ("identity", 0.8))}
+    summary = {"method": "kde", "cllr": 0.42, "cllr_min": 0.31, "n_identities": 60, "n_images": 480,
+               "n_mated": 400, "n_nonmated": 4000, "manifest": "/data/cal/calibration.csv",
+               "manifest_sha256": "c" * 64, "splits": ["query", "gallery"], "created": "2026-12-01T00:00:00+0000",
+               "kinds": {"identity": {"cllr": 0.38, "cllr_min": 0.30, "n_mated": 400, "n_nonmated": 4000}}}
+    ScoreCalibration(maps, load_model(checkpoint, device="cpu").fingerprint, summary).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibrations(assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibration")
+    return {"ours": _fit_calibration(assets["ckpt"], root / "calibration.json"),
+            "other": _fit_calibration(assets["other"], root / "other-model.json")}
+
+
+@pytest.mark.parametrize("by", ["identity", "image"])
+def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositions(enrolled, calibrations, tmp_path,
+                                                                                 capsys, by):
+    from handclip.evaluate.calibration import ScoreCalibration, verbal_equivalent
+
+    images, index = enrolled
+    out_json, report = tmp_path / "hits.json", tmp_path / "case.pdf"
+    assert cli("search", "--index", index, "--query", images / "0004" / "001.png", "--by", by, "--top-k", "5",
+               "--calibration", calibrations["ours"], "--json", out_json, "--report", report) == 0
+    out = capsys.readouterr().out
+    calibration = ScoreCalibration.load(calibrations["ours"])
+    low, high = calibration.bounds(by)
+    found = json.loads(out_json.read_text())
+    candidates = found["results"][0]["candidates"]
+    scores = [c["score"] for c in candidates]
+    expected = calibration.log10_lr(scores, kind=by)
+    assert [c["log10_lr"] for c in candidates] == pytest.approx(expected.tolist(), abs=1e-12)
+    assert [c["verbal"] for c in candidates] == [verbal_equivalent(v) for v in expected]
+    assert len(set(expected.round(6))) > 1 and all(low <= v <= high for v in expected)
+    assert found["calibration"]["sha256"] == sha256_file(calibrations["ours"]) and found["calibration"]["kind"] == by
+    assert "Hp: The query hand and the candidate's enrolled hand images come from the same person." in out
+    assert "Hd: They come from different people, from the population the calibration data represents: " in out
+    cllr = "Cllr 0.380 (Cllr_min 0.300)" if by == "identity" else "Cllr 0.420 (Cllr_min 0.310)"
+    assert f"{cllr}, 60 identities, 400 mated and 4000 non-mated pairs" in out
+    assert f"[{low:+.2f}, {high:+.2f}]" in out and "60 identities, 480 images, of manifest calibration.csv (splits query, gallery; SHA-256 cccc" in out
+    assert "not likelihood ratios" not in out and f"log10 LR {expected[0]:+.2f}" in out
+    record = AuditLog(index).records()[-1]
+    assert record["calibration"]["sha256"] == sha256_file(calibrations["ours"])
+    assert {"role": "calibration", "path": str(calibrations["ours"].resolve()),
+            "sha256": sha256_file(calibrations["ours"])} in record["files"]
+    assert [c["log10_lr"] for c in record["results"][0]["candidates"]] == [c["log10_lr"] for c in candidates]
+    text = _pdf_text(report)
+    assert "Propositions" in text and "Hd: They come from different people" in text
+    assert f"{expected[0]:+.2f}" in text and sha256_file(calibrations["ours"]) in text
+    assert "not likelihood ratios" not in text
+
+
+def test_a_calibration_for_another_model_or_a_bad_calibration_file_is_refused(enrolled, calibrations, tmp_path,
+                                                                                capsys):
+    images, index = enrolled
+    before = (index / AUDIT_FILE).read_bytes()
+    query = images / "0000" / "000.png"
+    assert cli("search", "--index", index, "--query", query, "--calibration", calibrations["other"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "fitted for another model" in err and "weights_sha256" in err
+    assert str(calibrations["other"]) in err
+    assert cli("search", "--index", index, "--query", query, "--calibration", tmp_path / "missing.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"calibration file {tmp_path / 'missing.json'} does not exist" in err
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(calibrations["ours"].read_text()[:200])
+    assert cli("search", "--index", index, "--query", query, "--calibration", corrupt) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"calibration file {corrupt} is not valid JSON" in err
+    assert (index / AUDIT_FILE).read_bytes() == before  # refused searches leave no record

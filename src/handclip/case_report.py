@@ -102,7 +102,7 @@ def _candidate_table(query, search: EvidentialSearch, styles, usable_mm: float):
 
     calibrated = search.calibration is not None
     head = ["Rank", "Gallery image", "Identity", "Score", "log10 LR", "Verbal equivalent", "Image file"]
-    widths = [10, _THUMB_MM + 3, 28, 15, 17, 44]
+    widths = [12, _THUMB_MM + 3, 27, 15, 18, 43]
     widths.append(usable_mm - sum(widths))
     rows = [[_para(h, styles["head"]) for h in head]]
     for c in query.candidates:
@@ -163,7 +163,7 @@ def _identifiers(search: EvidentialSearch) -> list[tuple[str, str, bool]]:
         cal = search.calibration
         s = cal.summary
         low, high = search.bounds
-        rows += [("Calibration", f"{display_path(cal.path)}: {cal.validation()}; kind '{search.by}'; "
+        rows += [("Calibration", f"{display_path(cal.path)}: {cal.validation(search.by)}; "
                                  f"log10 LR bounds {low:+.2f} .. {high:+.2f}; created {s.get('created', '?')}", False),
                  ("Calibration SHA-256", cal.sha256, True)]
     else:
@@ -209,8 +209,8 @@ def write_case_report(search: EvidentialSearch, out_pdf: str | os.PathLike, *, c
                         colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT",
                         style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
                   Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm)]
-    story += [Paragraph("Identifiers", styles["h2"]),
-              _key_values(_identifiers(search), styles, [38 * mm, (usable_mm - 38) * mm]),
+    story += [CondPageBreak(70 * mm), Paragraph("Identifiers", styles["h2"]),
+              _key_values(_identifiers(search), styles, [40 * mm, (usable_mm - 40) * mm]),
               KeepTogether([Paragraph("Limitations", styles["h2"]), _para(_limitations(search), styles["body"])]),
               KeepTogether([Paragraph("Examiner's declaration", styles["h2"]),
                             _para("I compared the candidates above with the query image and report my findings "

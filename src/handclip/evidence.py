@@ -71,20 +71,31 @@ class CalibrationInfo:
         return dict(self.calibration.summary)
 
     def population(self) -> str:
+        """Who the calibration data were: what Hd's "different people" are drawn from."""
         s = self.summary
-        described = s.get("population") or s.get("dataset") or s.get("description")
-        data = (f"{described}: " if described else "") + f"{s.get('n_identities', '?')} identities"
+        text = f"{s.get('n_identities', '?')} identities"
+        if s.get("n_images"):
+            text += f", {s['n_images']} images"
+        details = []
+        if s.get("splits"):
+            details.append(f"splits {', '.join(map(str, s['splits']))}")
         if s.get("manifest_sha256"):
-            data += f", manifest SHA-256 {str(s['manifest_sha256'])[:16]}..."
-        return data
+            details.append(f"SHA-256 {str(s['manifest_sha256'])[:16]}...")
+        if s.get("manifest"):
+            text += f", of manifest {PurePath(str(s['manifest'])).name}"
+        return text + (f" ({'; '.join(details)})" if details else "")
 
-    def validation(self) -> str:
+    def figures(self, kind: str) -> dict:
+        """The cross-validated figures of one score kind (the top-level ones when not given per kind)."""
         s = self.summary
-        cllr = f"Cllr {s['cllr']:.3f}" if isinstance(s.get("cllr"), (int, float)) else "Cllr ?"
-        if isinstance(s.get("cllr_min"), (int, float)):
-            cllr += f" (Cllr_min {s['cllr_min']:.3f})"
-        return (f"{s.get('method', '?')} calibration, {cllr}, {s.get('n_identities', '?')} identities, "
-                f"{s.get('n_mated', '?')} mated and {s.get('n_nonmated', '?')} non-mated pairs")
+        return {**s, **((s.get("kinds") or {}).get(kind) or {})}
+
+    def validation(self, kind: str) -> str:
+        f = self.figures(kind)
+        number = lambda key: f"{f[key]:.3f}" if isinstance(f.get(key), (int, float)) else "?"  # noqa: E731
+        return (f"{f.get('method', '?')} calibration of '{kind}' scores: Cllr {number('cllr')} (Cllr_min "
+                f"{number('cllr_min')}), {f.get('n_identities', '?')} identities, {f.get('n_mated', '?')} mated "
+                f"and {f.get('n_nonmated', '?')} non-mated pairs")
 
     def as_record(self, kind: str) -> dict:
         low, high = self.calibration.bounds(kind)
@@ -104,8 +115,8 @@ def propositions(calibration: CalibrationInfo | None) -> dict | None:
     if calibration is None:
         return None
     return {"hp": "The query hand and the candidate's enrolled hand images come from the same person.",
-            "hd": "They come from different people, from the population the calibration data represents "
-                  f"({calibration.population()})."}
+            "hd": "They come from different people, from the population the calibration data represents: "
+                  f"{calibration.population()}."}
 
 
 # ---------------------------------------------------------------------- results

@@ -47,7 +47,7 @@ def _print(search) -> None:
         low, high = search.bounds
         print(f"Hp: {search.propositions['hp']}\nHd: {search.propositions['hd']}")
         print(f"calibration {display_path(search.calibration.path)} (SHA-256 {search.calibration.sha256[:16]}...): "
-              f"{search.calibration.validation()}; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
+              f"{search.calibration.validation(search.by)}; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
     else:
         print(search.statement)
     if search.audit is not None:
