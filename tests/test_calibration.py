@@ -42,7 +42,7 @@ def test_plain_data_map_reproduces_lirs_fitted_calibrator(method):
     mated, nonmated = _scores()  # both under the KDE point limit, so lir sees the same data
     x, y = _labelled(mated, nonmated)
     fitted = fit_score_map(mated, nonmated, method)
-    reference = {"logit": LogitCalibrator(), "kde": KDECalibrator(bandwidth="silverman"),
+    reference = {"logit": LogitCalibrator(C=np.inf), "kde": KDECalibrator(bandwidth="silverman"),
                  "isotonic": IsotonicCalibrator(add_misleading=1)}[method].fit(x, y)
     probe = np.linspace(0.0, 1.0, 41)
     np.testing.assert_allclose(fitted.raw_log10_lr(probe), reference.transform(probe), rtol=1e-9, atol=1e-9)
@@ -81,6 +81,16 @@ def test_higher_scores_give_higher_lrs_and_the_crossing_lies_between_the_classes
         lrs = fit_score_map(mated, nonmated, method).log10_lr(np.linspace(0.2, 0.95, 16))
         assert np.all(np.diff(lrs) >= -1e-9), method
         assert lrs[0] < 0 < lrs[-1], method
+
+
+def test_logistic_calibration_is_not_shrunk_by_a_penalty_on_narrow_score_ranges():
+    rng = np.random.default_rng(5)
+    mated, nonmated = rng.normal(0.985, 0.006, 300), rng.normal(0.93, 0.025, 3000)
+    fitted = fit_score_map(mated, nonmated, "logit")
+    x, y = _labelled(mated, nonmated)
+    # The two-Gaussian LR changes by orders of magnitude over these scores; a shrunk slope would not.
+    assert fitted.params["coef"] > 100
+    assert cllr_figures(fitted.log10_lr(x), y)["cllr_cal"] < 0.05
 
 
 def test_check_model_names_the_differing_fields():

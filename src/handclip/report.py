@@ -371,12 +371,14 @@ def html_report(
     images: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]] = (),
     sections: Mapping[str, str] | None = None,
     subtitle: str = "",
+    tables: Mapping[str, str] | None = None,
 ) -> Path:
     """A single self-contained HTML file: title, metrics table, embedded PNGs, extra text sections.
 
     ``metrics_table`` is Markdown (e.g. from :func:`markdown_table`) or the rows to build it from.
     ``images`` are PNG paths or ``(caption, path)`` pairs; they are embedded as base64 so the file
-    can be mailed or archived on its own. ``sections`` maps a heading to plain text (escaped).
+    can be mailed or archived on its own. ``sections`` maps a heading to plain text (escaped);
+    ``tables`` maps a heading to a further Markdown table, shown after the metrics table.
     """
     table_md = metrics_table if isinstance(metrics_table, str) else markdown_table(metrics_table)
     figures = []
@@ -403,6 +405,8 @@ def html_report(
         "<h2>Metrics</h2>",
         f"<section>{_markdown_to_html_table(table_md)}</section>",
     ]
+    for heading, extra in (tables or {}).items():
+        parts += [f"<h2>{html.escape(heading)}</h2>", f"<section>{_markdown_to_html_table(extra)}</section>"]
     if figures:
         parts += ["<h2>Figures</h2>", "<section>" + "\n".join(figures) + "</section>"]
     for heading, text in (sections or {}).items():

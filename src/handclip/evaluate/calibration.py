@@ -221,7 +221,9 @@ def fit_score_map(mated, nonmated, method: str = "logit", seed: int = 0) -> Scor
     if method == "logit":
         from lir.algorithms.logistic_regression import LogitCalibrator
 
-        calibrator = LogitCalibrator().fit(x, y)
+        # Plain maximum likelihood: sklearn's default L2 penalty (C = 1) shrinks the slope several-fold when
+        # scores span a narrow range (a trained model's cosines lie within 0.8-1.0), squashing every LR to ~1.
+        calibrator = LogitCalibrator(C=np.inf).fit(x, y)
         model = calibrator._logit  # the fitted sklearn LogisticRegression (lir keeps no public handle)
         params = {"coef": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])}
     elif method == "kde":
