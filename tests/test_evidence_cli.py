@@ -116,6 +116,17 @@ def test_audit_trail_of_enrols_and_searches_verifies_and_names_what_was_altered(
     assert cli("audit", "verify", "--index", index) == 0
     capsys.readouterr()
 
+    shard = sorted((index / "shards").glob("*.npy"))[-1]  # the gallery's own files are checked too
+    vectors = shard.read_bytes()
+    shard.write_bytes(vectors[:-4] + bytes(4))
+    assert cli("audit", "verify", "--index", index) == 1
+    assert f"FAILED: gallery: gallery vectors file {shard} is corrupt (SHA-256 mismatch)" in capsys.readouterr().out
+    shard.write_bytes(vectors)
+    assert cli("audit", "show", "--index", index, "--seq", "4") == 0
+    assert json.loads(capsys.readouterr().out)["files"][0]["path"] == str(outside.resolve())
+    assert cli("audit", "verify", "--index", tmp_path / "nowhere") == 2
+    assert "gallery directory" in capsys.readouterr().err
+
     # (a) an edited record, (b) a deleted record
     lines = (index / AUDIT_FILE).read_bytes().splitlines(keepends=True)
     edited = json.loads(lines[2])
@@ -262,7 +273,7 @@ def test_sigkill_during_an_enrolment_leaves_a_verifiable_log_and_notes_the_unrec
 
 def _fit_calibration(checkpoint: Path, out: Path) -> Path:
     """A KDE calibration for ``checkpoint`` on made-up scores spanning the random-weight model's
-    cosines (0.997-1.0; a logistic fit, being L2-regularised, stays flat on so narrow a range)."""
+    cosines (0.997-1.0), so its candidates get LRs of both signs."""
     import numpy as np
 
     from handclip.embedding import load_model

@@ -36,6 +36,10 @@ def run(args) -> int:
     from ..errors import HandCLIPError
     from ..evidence import verify_gallery_audit
 
+    from pathlib import Path
+
+    if not Path(args.index).is_dir():
+        raise HandCLIPError(f"gallery directory {args.index} does not exist")
     log = AuditLog(args.index)
     if args.action == "verify":
         result = verify_gallery_audit(args.index, check_files=not args.no_files)
