@@ -150,17 +150,19 @@ def test_case_report_holds_the_query_hash_candidates_and_audit_record_and_render
     import pypdfium2
 
     images, index = enrolled
-    query = images / "0002" / "000.png"
+    query, second = images / "0002" / "000.png", images / "0004" / "002.png"
     report, out_json = tmp_path / "case.pdf", tmp_path / "hits.json"
-    assert cli("search", "--index", index, "--query", query, "--top-k", "3", "--report", report,
+    assert cli("search", "--index", index, "--query", query, second, "--top-k", "3", "--report", report,
                "--case-id", "CASE-2026-017", "--examiner", "A. Examiner", "--json", out_json) == 0
     assert f"wrote {report} (SHA-256 {sha256_file(report)})" in capsys.readouterr().out
     found = json.loads(out_json.read_text())
     text = _pdf_text(report)
-    assert sha256_file(query) in text and found["audit"]["hash"] in text
+    assert sha256_file(query) in text and sha256_file(second) in text and found["audit"]["hash"] in text
+    assert "Query 1 of 2" in text and "Query 2 of 2" in text
     assert "CASE-2026-017" in text and "A. Examiner" in text
-    for candidate in found["results"][0]["candidates"]:
-        assert f"{candidate['identity']}" in text and f"{candidate['score']:.4f}" in text
+    for result in found["results"]:
+        for candidate in result["candidates"]:
+            assert f"{candidate['identity']}" in text and f"{candidate['score']:.4f}" in text
     assert "not likelihood ratios" in text and "investigative lead" in text
     assert found["gallery"]["commit_sha256"] in text and found["model"]["checkpoint_sha256"] in text
     assert str(tmp_path) not in text  # no directory outside the gallery is shown
@@ -169,6 +171,17 @@ def test_case_report_holds_the_query_hash_candidates_and_audit_record_and_render
     assert pixels.shape[0] > pixels.shape[1] > 500  # A4 portrait
     assert (pixels < 128).mean() > 0.01 and pixels.std() > 20  # text and thumbnails, not a blank page
     page.save(tmp_path / "case_page1.png")
+
+
+def test_display_paths_are_gallery_or_enrolment_relative_else_the_file_name(tmp_path):
+    from handclip.evidence import display_path
+
+    gallery = tmp_path / "gallery"
+    assert display_path(str(gallery.resolve() / "shards" / "x.png"), "p1", gallery) == "shards/x.png"
+    assert display_path("/home/examiner/known/p1/sub/3.png", "p1", gallery) == "p1/sub/3.png"
+    assert display_path("/home/examiner/p1/known/p1/3.png", "p1") == "p1/3.png"  # the nearest p1 folder
+    assert display_path("/home/examiner/cases/item-7.png", "1042") == "item-7.png"  # manifest pid, no folder
+    assert display_path("/home/examiner/cases/item-7.png") == "item-7.png"
 
 
 class _Tags(html.parser.HTMLParser):
