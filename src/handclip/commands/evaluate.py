@@ -36,6 +36,8 @@ def add_arguments(parser) -> None:
                           help="lir calibrator for the cross-calibrated LRs (default logit)")
     forensic.add_argument("--calibration-folds", type=int, default=2,
                           help="identity folds per run for cross-calibration (default 2)")
+    forensic.add_argument("--calibration", metavar="JSON",
+                          help="also judge this stored calibration (from `handclip calibrate`, same model) on every run")
 
 
 def _parse_runs(text: str):
@@ -77,6 +79,9 @@ def forensic_summary_lines(forensic) -> list[str]:
         lines.append(f"  Cllr: {agg['cllr']['mean']:.3f} ± {agg['cllr']['std']:.3f}  Cllr_min: "
                      f"{agg['cllr_min']['mean']:.3f}  Cllr_cal: {agg['cllr_cal']['mean']:.3f}  log10 LR from "
                      f"{agg['log10_lr_min']['mean']:.2f} to {agg['log10_lr_max']['mean']:.2f}")
+    if agg.get("stored_cllr") is not None:
+        lines.append(f"  stored calibration: Cllr {agg['stored_cllr']['mean']:.3f} ± {agg['stored_cllr']['std']:.3f}  "
+                     f"Cllr_cal {agg['stored_cllr_cal']['mean']:.3f}")
     for note in forensic.notes:
         lines.append(f"  note: {note}")
     return lines
@@ -97,6 +102,15 @@ def run(args) -> int:
         raise DataError(f"{args.manifest} has no distractor gallery; prepare it with --gallery-all")
     model, data_cfg, label = load_model_for_evaluation(args.checkpoint, args.backbone, args.weights,
                                                        args.image_size, args.allow_unsafe_weights)
+    calibration = None
+    if args.calibration:
+        from ..evaluate.calibration import ScoreCalibration
+        from ..model.checkpoint import model_fingerprint
+
+        if args.no_forensic:
+            raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")
+        calibration = ScoreCalibration.load(args.calibration)
+        calibration.check_model(model_fingerprint(model))
     eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
     result = evaluate_manifest(model, manifest, data_cfg, eval_cfg, runs=runs, device=args.device,
                                distractors=not args.no_distractors, progress=True, keep_distances=True)
@@ -115,7 +129,7 @@ def run(args) -> int:
         if args.calibration_folds < 2:
             raise DataError(f"--calibration-folds must be at least 2 (got {args.calibration_folds})")
         forensic = forensic_evaluation(result, method=args.calibration_method, folds=args.calibration_folds,
-                                       progress=True)
+                                       progress=True, calibration=calibration)
     write_evaluation_outputs(result, out, title, label, args.manifest, _training_history(args.checkpoint),
                              queries_shown=args.show, top_k=args.top_k, forensic=forensic)
     agg = result.aggregate

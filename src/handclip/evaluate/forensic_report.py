@@ -79,6 +79,10 @@ def lr_table(forensic: ForensicResult) -> str | None:
     lines.append(f"| lowest log10 LR the bounds allow | {_mean_std(low, percent=False)} | {_runs(low, total)} |")
     lines.append(f"| highest log10 LR the bounds allow | {_mean_std(high, percent=False)} | {_runs(high, total)} |")
     lines.append(f"| LR range (mean bounds) | {_lr_text(low['mean'])} to {_lr_text(high['mean'])} | |")
+    for key, label in (("stored_cllr", "stored calibration: Cllr"), ("stored_cllr_min", "stored calibration: Cllr_min"),
+                       ("stored_cllr_cal", "stored calibration: Cllr_cal")):
+        if agg.get(key) is not None:
+            lines.append(f"| {label} | {_mean_std(agg[key], percent=False, digits=3)} | {_runs(agg[key], total)} |")
     return "\n".join(lines) + "\n"
 
 
