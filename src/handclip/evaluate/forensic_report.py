@@ -165,7 +165,7 @@ def forensic_benchmark_table(rows: list) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {' / '.join(cllrs)} |")
     note = ("\n- Measured here, mean ± std over each subset's Monte Carlo runs, in %; – = not computable (too few "
             "non-mated searches for FPIR 0.01: at least 100 needed). Cllr: identity-disjoint cross-calibration, "
-            "2 folds per run. No published numbers exist for these figures on these protocols.\n")
+            "2 folds per run. No published figures are quoted for these.\n")
     return "\n".join(lines) + "\n" + note
 
 
