@@ -11,7 +11,7 @@ import torch
 from handclip import cli
 from handclip.config import DataConfig, ModelConfig, SyntheticConfig
 from handclip.data.protocols import prepare_synthetic
-from handclip.embedding import load_model
+from handclip.gallery.enrol import load_encoder
 from handclip.evaluate.calibration import CalibrationError, ScoreCalibration
 from handclip.evaluate.verification import split_pairs, verification_metrics
 from handclip.model.checkpoint import save_checkpoint
@@ -50,7 +50,7 @@ def test_calibrate_writes_a_calibration_for_this_model_and_manifest(calibration_
     assert summary["n_identities"] == 8 and summary["n_images"] == 40
     assert summary["n_mated"] == 8 * 10 and summary["n_nonmated"] == 40 * 39 // 2 - 80  # all image pairs
     assert set(summary["kinds"]) == {"image", "identity"} and 0 < summary["cllr"] < 2
-    calibration.check_model(load_model(checkpoint).fingerprint)  # what search will check
+    calibration.check_model(load_encoder(checkpoint).fingerprint())  # what search will check
     for kind in ("image", "identity"):
         low, high = calibration.bounds(kind)
         lrs = calibration.log10_lr(np.linspace(-1, 1, 50), kind)
@@ -63,7 +63,7 @@ def test_calibration_of_another_model_is_refused_naming_the_fields(main, calibra
     other = build_model(ModelConfig(backbone="tiny-rn", neck_feat="after"), DataConfig(image_size=(64, 64)), num_ids=12)
     other_path = save_checkpoint(tmp_path / "other.pt", other, None, {"epoch": 1})
     with pytest.raises(CalibrationError, match="weights_sha256"):
-        ScoreCalibration.load(calibration_file).check_model(load_model(other_path).fingerprint)
+        ScoreCalibration.load(calibration_file).check_model(load_encoder(other_path).fingerprint())
     out = tmp_path / "report"
     assert main(["evaluate", "--checkpoint", str(other_path), "--manifest", str(manifest_path), "--out", str(out),
                  "--calibration", str(calibration_file)]) == 2
@@ -84,14 +84,14 @@ def test_too_few_identities_says_how_many_are_needed(main, checkpoint, tmp_path,
 
 
 def test_all_equal_scores_stop_with_one_line_and_no_file(main, synthetic, checkpoint, tmp_path, capsys, monkeypatch):  # noqa: F811
-    from handclip import evaluation
+    from handclip.model import inference
 
     _, manifest_path = synthetic
 
     def constant(model, records, *args, **kwargs):
         return np.tile(np.eye(1, 16, dtype=np.float32), (len(records), 1))  # every image the same feature
 
-    monkeypatch.setattr(evaluation, "extract_features", constant)
+    monkeypatch.setattr(inference, "extract_features", constant)
     out = tmp_path / "calibration.json"
     assert main(["calibrate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out", str(out)]) == 2
     assert "scores are equal" in _error_line(capsys)
@@ -100,7 +100,8 @@ def test_all_equal_scores_stop_with_one_line_and_no_file(main, synthetic, checkp
 
 def test_evaluate_reports_forensic_figures_that_match_a_direct_computation(main, synthetic, checkpoint,  # noqa: F811
                                                                           calibration_file, tmp_path, capsys):
-    from handclip.evaluation import evaluate_manifest, load_model_for_evaluation
+    from handclip.evaluate.protocol import evaluate_manifest
+    from handclip.model.inference import Encoder
 
     manifest, manifest_path = synthetic
     out = tmp_path / "report"
@@ -109,8 +110,7 @@ def test_evaluate_reports_forensic_figures_that_match_a_direct_computation(main,
     printed = capsys.readouterr().out
     assert "EER:" in printed and "Cllr:" in printed and "stored calibration: Cllr" in printed
     forensic = json.loads((out / "metrics.json").read_text())["forensic"]
-    model, data_cfg, _ = load_model_for_evaluation(checkpoint=checkpoint)
-    result = evaluate_manifest(model, manifest, data_cfg, keep_distances=True)
+    result = evaluate_manifest(Encoder.from_checkpoint(checkpoint), manifest, keep_distances=True)
     eers = []
     for run in result.distances:
         query, gallery = result.splits[run]

@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..benchmark import run_benchmark
+    from ..workflows.benchmark import run_benchmark
 
     result = run_benchmark(args.config_dir, args.out, data_11k=args.data_11k, data_hd=args.data_hd,
                            subsets=args.subsets, overrides=args.overrides, zero_shot=not args.no_zero_shot,

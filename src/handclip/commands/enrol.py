@@ -20,18 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..atomic import atomic_write_text
-    from ..embedding import collect_images, enrol_images, load_model
     from ..errors import HandCLIPError
     from ..gallery import Gallery
+    from ..gallery.enrol import collect_images, enrol_images, load_encoder
 
     if args.batch_size < 1:
         raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")
     items = collect_images(args.images, split=args.split)
-    loaded = load_model(args.checkpoint, device=args.device)
-    gallery = Gallery.open_or_create(args.index, loaded.fingerprint, int(loaded.model.feature_dim),
-                                     checkpoint=loaded.checkpoint)
-    summary = enrol_images(gallery, loaded, items, batch_size=args.batch_size, device=args.device,
-                           skip_bad=args.skip_bad, progress=not args.no_progress)
+    encoder = load_encoder(args.checkpoint, device=args.device)
+    gallery = Gallery.open_or_create(args.index, encoder.fingerprint(), encoder.feature_dim,
+                                     checkpoint=encoder.checkpoint)
+    summary = enrol_images(gallery, encoder, items, batch_size=args.batch_size, skip_bad=args.skip_bad,
+                           progress=not args.no_progress)
     if summary.skipped_bad:
         listing = "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad)
         atomic_write_text(gallery.index_dir / "skipped_images.txt", listing)

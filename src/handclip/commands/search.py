@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..embedding import load_model, search_images
     from ..errors import HandCLIPError
     from ..gallery import Gallery
-    from ..search_report import write_search_html, write_search_json
+    from ..gallery.enrol import load_encoder, search_images
+    from ..gallery.html import write_search_html, write_search_json
 
     if args.top_k < 1:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
@@ -33,21 +33,21 @@ def run(args) -> int:
     checkpoint = args.checkpoint or gallery.checkpoint
     if not checkpoint:
         raise HandCLIPError(f"gallery {args.index} does not record its model; pass --checkpoint")
-    loaded = load_model(checkpoint, device=args.device)
-    results = search_images(gallery, loaded, args.query, top_k=args.top_k, by=args.by,
-                            index_type=args.index_type, device=args.device)
+    encoder = load_encoder(checkpoint, device=args.device)
+    results = search_images(gallery, encoder, args.query, top_k=args.top_k, by=args.by,
+                            index_type=args.index_type)
     for result in results:
         print(f"query {result.query}")
         for c in result.candidates:
             detail = f"{c.matched}/{c.num_images} images in top hits" if args.by == "identity" else c.path
             print(f"  {c.rank:3d}. {c.identity:<20} {c.score:.4f}  {detail}")
-    info = {"gallery": str(gallery.index_dir), "checkpoint": loaded.checkpoint, "by": args.by,
+    info = {"gallery": str(gallery.index_dir), "checkpoint": encoder.checkpoint, "by": args.by,
             "top_k": args.top_k, "index_type": gallery.resolve_index_type(args.index_type),
             "score": "cosine similarity" + (" (best image per identity)" if args.by == "identity" else "")}
     if args.json:
         write_search_json(results, args.json, **info)
         print(f"wrote {args.json}")
     if args.html:
-        write_search_html(results, args.html, gallery_dir=str(gallery.index_dir), by=args.by, checkpoint=loaded.checkpoint)
+        write_search_html(results, args.html, gallery_dir=str(gallery.index_dir), by=args.by, checkpoint=encoder.checkpoint)
         print(f"wrote {args.html}")
     return 0

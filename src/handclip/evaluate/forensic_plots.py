@@ -28,7 +28,7 @@ def _figure(width: float, height: float, cols: int = 1):
 
 
 def _save(fig, out_png) -> Path:
-    from ..report import _save_figure
+    from .plots import _save_figure
 
     return _save_figure(fig, out_png)
 

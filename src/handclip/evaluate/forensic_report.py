@@ -149,7 +149,7 @@ def render_forensic(forensic: ForensicResult, folder, title: str) -> tuple[str, 
 
 def forensic_benchmark_table(rows: list) -> str:
     """Rows = (method, {subset: forensic aggregate}); columns per subset: EER and FNIR at FPIR 0.01 (in %)."""
-    from ..references import SUBSET_TITLES, SUBSETS
+    from .references import SUBSET_TITLES, SUBSETS
 
     subsets = [s for s in SUBSETS if any(s in by_subset for _, by_subset in rows)]
     header = "| method | " + " | ".join(f"{SUBSET_TITLES[s]} EER | {SUBSET_TITLES[s]} FNIR@FPIR=0.01"

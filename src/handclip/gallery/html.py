@@ -3,15 +3,13 @@ thumbnails embedded as base64 JPEG) and a JSON file with every candidate."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import os
 import time
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
+from ..htmlpage import escape, html_page, thumbnail_data_uri
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -26,25 +24,9 @@ figure img{display:block;width:%(px)dpx;height:%(px)dpx;object-fit:contain;backg
 """
 
 
-def thumbnail_data_uri(path: str | os.PathLike, size: int = 160) -> str | None:
-    """A base64 JPEG thumbnail of ``path``, or None when the file is missing or unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = image.convert("RGB")
-    except Exception:  # noqa: BLE001 - a moved or damaged gallery file must not break the report
-        return None
-    rgb.thumbnail((size, size))
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _figure(path: str, caption_html: str, size: int) -> str:
     uri = thumbnail_data_uri(path, size)
-    picture = (f'<img alt="{html.escape(Path(path).name)}" src="{uri}">' if uri
+    picture = (f'<img alt="{escape(Path(path).name)}" src="{uri}">' if uri
                else '<div class="missing">image not available</div>')
     return f"<figure>{picture}<figcaption>{caption_html}</figcaption></figure>"
 
@@ -57,21 +39,19 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
         cands = []
         for c in result.candidates:
             extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
-                     else f"<br>image of {html.escape(c.identity)}")
-            caption = (f"#{c.rank} <b>{html.escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
-                       f"{extra}<br><span class=path>{html.escape(Path(c.path).name)}</span>")
+                     else f"<br>image of {escape(c.identity)}")
+            caption = (f"#{c.rank} <b>{escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
+                       f"{extra}<br><span class=path>{escape(Path(c.path).name)}</span>")
             cands.append(_figure(c.path, caption, size))
-        probe = _figure(result.query, f"query<br><span class=path>{html.escape(Path(result.query).name)}</span>", size)
+        probe = _figure(result.query, f"query<br><span class=path>{escape(Path(result.query).name)}</span>", size)
         rows.append(f'<div class="query"><div class="probe">{probe}</div><div class="cands">{"".join(cands)}</div></div>')
-    meta = (f"gallery {html.escape(str(gallery_dir))} &middot; ranked by {html.escape(by)} "
+    meta = (f"gallery {escape(str(gallery_dir))} &middot; ranked by {escape(by)} "
             f"(score: cosine similarity{', best image per person' if by == 'identity' else ''})"
-            + (f" &middot; model {html.escape(checkpoint)}" if checkpoint else "")
+            + (f" &middot; model {escape(checkpoint)}" if checkpoint else "")
             + f" &middot; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>HandCLIP search</title>"
-            f"<style>{_CSS % {'px': size}}</style></head><body><h1>HandCLIP search: {len(results)} "
-            f"quer{'y' if len(results) == 1 else 'ies'}</h1><div class=\"meta\">{meta}</div>"
-            + "\n".join(rows) + "</body></html>\n")
-    atomic_write_text(out_html, page)
+    body = (f"<h1>HandCLIP search: {len(results)} quer{'y' if len(results) == 1 else 'ies'}</h1>"
+            f"<div class=\"meta\">{meta}</div>" + "\n".join(rows))
+    atomic_write_text(out_html, html_page("HandCLIP search", body, _CSS % {"px": size}))
     return Path(out_html)
 
 
