@@ -192,9 +192,9 @@ def context_from_config(config, run_dir, device: torch.device):
     run folder in ``run_dir``."""
     from handclip.data.manifest import Manifest
     from handclip.model.handclip import build_model
+    from handclip.runtime import seed_everything
     from handclip.train import distributed as ddp
     from handclip.train.engine import RunFolder, TrainContext, check_training_data
-    from handclip.train.runtime import seed_everything
 
     seed_everything(config.seed)
     manifest = Manifest.read(config.data.manifest)

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/bench_eval.py [--images 512] [--device auto] [--size 10000]
 
-Features: ``handclip.evaluation.extract_features`` (inference mode, ``runtime`` autocast: bf16 on a GPU,
+Features: ``handclip.model.inference.extract_features`` (inference mode, ``runtime`` autocast: bf16 on a GPU,
 fp32 on CPU, decode cache warm) beside a CLIP-ReID-style extraction loop (``torch.no_grad``, fp32, the same
 model, loader and images), timed in alternating passes (median). Default model: tiny-vit at 64x64 on CPU,
 ViT-B/16 at 224x224 on a GPU. Images: procedural synthetic hands at the input size.
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
 
     from handclip.config import DataConfig, EvalConfig, ModelConfig
     from handclip.data.manifest import Manifest
-    from handclip.evaluation import extract_features
     from handclip.model.handclip import build_model
+    from handclip.model.inference import extract_features
     from handclip.runtime import resolve_amp_dtype
 
     device, cuda, backbone, size = device_and_model_defaults(args)
@@ -75,14 +75,14 @@ def main(argv=None) -> int:
         model = build_model(ModelConfig(backbone=backbone), data_cfg, 10).to(device)
 
         # Warm-up pass: fills the decode cache, cuDNN autotuning, allocator.
-        extract_features(model, records, data_cfg, eval_cfg, device=device)
+        extract_features(model, records, data_cfg, eval_cfg.batch_size, device=device)
         times = {"reference (no_grad, fp32)": [], "extract_features": []}
         for _ in range(args.rounds):
             for name in times:
                 sync(device)
                 start = time.perf_counter()
                 if name == "extract_features":
-                    fast = extract_features(model, records, data_cfg, eval_cfg, device=device)
+                    fast = extract_features(model, records, data_cfg, eval_cfg.batch_size, device=device)
                 else:
                     ref = reference_extract(model, records, data_cfg, args.batch_size, device)
                 sync(device)

@@ -200,14 +200,14 @@ def phase_search(a) -> dict:
     else:
         out["from_cache"] = cache.exists()
         t0 = time.perf_counter()
-        gallery.ann_index(kind)
+        gallery.ann.index(kind)
         out["build_s"] = time.perf_counter() - t0
         out["index_gib"] = cache.stat().st_size / 2**30
         progress(f"{kind}: index {'loaded' if out['from_cache'] else 'built'} in {out['build_s']:.1f} s")
-    params = {"pca": gallery.pca_params, "ivf": gallery.ivf_params, "hnsw": gallery.hnsw_params}.get(kind)
+    params = gallery.ann.params.get(kind)
     knob = {"pca": "shortlist", "ivf": "nprobe", "hnsw": "ef_search"}.get(kind)
     if kind != "flat":
-        out["settings"] = gallery.ann_settings(kind)
+        out["settings"] = gallery.ann.settings(kind)
     if not a.cold:
         # Like exact search's loading, first touch every shard (SHA-256 check, memory map) untimed.
         t0 = time.perf_counter()
@@ -219,7 +219,7 @@ def phase_search(a) -> dict:
     for value in settings:
         if value is not None:
             setattr(params, knob, value)
-        label = "exact" if kind == "flat" else f"{knob} {gallery.ann_settings(kind)[knob]}"
+        label = "exact" if kind == "flat" else f"{knob} {gallery.ann.settings(kind)[knob]}"
         if value is None and kind != "flat":
             label += " (default)"
         hits, wall, cpu = timed_search(gallery, queries, "image", kind)

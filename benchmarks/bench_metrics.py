@@ -1,4 +1,4 @@
-"""Speed of handclip.metrics.evaluate_rank against the classic per-query loop.
+"""Speed of handclip.evaluate.metrics.evaluate_rank against the classic per-query loop.
 
     PYTHONPATH=src python benchmarks/bench_metrics.py [--size 10000] [--ids 1000] [--seed 0]
         [--dtype float64 float32] [--camids no yes] [--repeat 1]
@@ -24,9 +24,9 @@ import argparse
 import os
 
 import numpy as np
-
 from _bench_common import best_of
-from handclip.metrics import evaluate_rank, evaluate_rank_reference
+
+from handclip.evaluate.metrics import evaluate_rank, evaluate_rank_reference
 
 
 def _max_difference(a, b) -> float:

@@ -32,16 +32,25 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import (count_flops, device_and_model_defaults, interleaved_timing, machine_line, peak_flops, pk_batch,  # noqa: E402
-                           stage2_config, sync, training_context)
+from _bench_common import (  # noqa: E402
+    count_flops,
+    device_and_model_defaults,
+    interleaved_timing,
+    machine_line,
+    peak_flops,
+    pk_batch,
+    stage2_config,
+    sync,
+    training_context,
+)
 
 
 class ReferenceStage2Step:
     """A stage-2 step the way CLIP-ReID's processor does it (fp16 AMP + GradScaler, plain Adam, sync per step)."""
 
     def __init__(self, model, config, text_features: torch.Tensor, scale: float, device: torch.device):
-        from handclip.losses import CrossEntropyLabelSmooth, TripletLoss
-        from handclip.optim import stage2_param_groups
+        from handclip.train.losses import CrossEntropyLabelSmooth, TripletLoss
+        from handclip.train.optim import stage2_param_groups
         from handclip.train.stage2 import configure_stage2_trainable
 
         self.model = model
@@ -60,7 +69,7 @@ class ReferenceStage2Step:
         self.acc_sum = 0.0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        from handclip.losses import i2t_cross_entropy
+        from handclip.train.losses import i2t_cross_entropy
 
         s2 = self.s2
         self.model.train()
@@ -98,7 +107,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from handclip.model.handclip import build_model
-    from handclip.train.runtime import seed_everything
+    from handclip.runtime import seed_everything
     from handclip.train.stage2 import Stage2Trainer
 
     device, cuda, backbone, size = device_and_model_defaults(args)

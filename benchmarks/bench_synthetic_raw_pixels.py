@@ -69,7 +69,7 @@ def main() -> int:
             images.reshape(len(images), -1).astype(np.float64))),
         ("random-init conv net (3 conv, 512-d)", random_conv_features(images)),
     ]
-    print(f"| features | rank-1 | mAP |\n|---|---|---|")
+    print("| features | rank-1 | mAP |\n|---|---|---|")
     for name, feats in rows:
         r1, r1_sd, m, m_sd = monte_carlo_retrieval(feats, labels, runs=args.runs)
         print(f"| {name} | {r1:.3f} ± {r1_sd:.3f} | {m:.3f} ± {m_sd:.3f} |")

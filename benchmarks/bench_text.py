@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _bench_common import best_of  # noqa: E402
+
 from handclip.model.handclip import build_model  # noqa: E402
 
 

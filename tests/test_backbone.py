@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from handclip.errors import CheckpointError, ConfigError
-from handclip.model import backbone
+from handclip.model import backbone, weights
 from handclip.model.backbone import TinyConvNet, create_clip, get_tokenizer, rn_feature_map_size
 from handclip.model.handclip import build_model
 
@@ -118,7 +118,7 @@ def test_openai_torchscript_file_matches_open_clip_features(openai_style_model, 
     # ... accepted with it ...
     _compare_with_open_clip(name, path, {"allow_unsafe_weights": True})
     # ... and accepted without it once the file's hash is a known official one.
-    monkeypatch.setitem(backbone.KNOWN_OPENAI_SHA256, backbone.sha256_file(path), "test.pt")
+    monkeypatch.setitem(weights.KNOWN_OPENAI_SHA256, weights.sha256_file(path), "test.pt")
     _compare_with_open_clip(name, path, {})
 
 
@@ -128,7 +128,7 @@ def test_known_openai_hashes_are_the_published_ones():
 
     for model_name in ("RN50", "ViT-B-32", "ViT-B-16"):
         url = get_pretrained_url(model_name, "openai")
-        assert url.split("/")[-2] in backbone.KNOWN_OPENAI_SHA256
+        assert url.split("/")[-2] in weights.KNOWN_OPENAI_SHA256
 
 
 def test_unknown_backbone_names_valid_ones():

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import yaml
-
+from helpers_datasets import make_11k_tree, make_hd_tree  # noqa: E402
 
 from handclip import cli  # noqa: E402
 from handclip.data.manifest import Manifest  # noqa: E402
-from handclip.evaluation import evaluate_manifest, load_model_for_evaluation  # noqa: E402
-from handclip.references import QUOTED_RESULTS  # noqa: E402
-from helpers_datasets import make_11k_tree, make_hd_tree  # noqa: E402
+from handclip.evaluate.protocol import evaluate_manifest  # noqa: E402
+from handclip.evaluate.references import QUOTED_RESULTS  # noqa: E402
+from handclip.model.inference import Encoder  # noqa: E402
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
@@ -69,8 +69,7 @@ def test_benchmark_table_json_and_evaluations_agree(tmp_path, monkeypatch, capsy
         run = data["runs"][subset]
         # The JSON's numbers are those of evaluating the run's best checkpoint on its own manifest again.
         manifest = Manifest.read(f"{run['run_dir']}/manifest.csv")
-        model, data_cfg, _ = load_model_for_evaluation(f"{run['run_dir']}/best.pt")
-        again = evaluate_manifest(model, manifest, data_cfg)
+        again = evaluate_manifest(Encoder.from_checkpoint(f"{run['run_dir']}/best.pt"), manifest)
         for key in METRICS:
             assert run["trained"]["aggregate"][key]["mean"] == pytest.approx(again.aggregate[key]["mean"], abs=1e-9)
             assert data["rows"][0]["subsets"][subset][key]["mean"] == run["trained"]["aggregate"][key]["mean"]
@@ -87,6 +86,7 @@ def test_benchmark_table_json_and_evaluations_agree(tmp_path, monkeypatch, capsy
             f"{data['runs'][subset]['run_dir']}/manifest.csv").split("query", 0)})
     # The zero-shot row is the untrained backbone (seeded random init here) through the same evaluation code.
     import torch
+
     from handclip.config import load_config
     from handclip.model.handclip import build_model
 
@@ -94,12 +94,18 @@ def test_benchmark_table_json_and_evaluations_agree(tmp_path, monkeypatch, capsy
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         base = build_model(config.model, config.data, num_ids=1).eval()
-    zs = evaluate_manifest(base, Manifest.read(f"{data['runs']['hd']['run_dir']}/manifest.csv"), config.data, config.eval)
+    zs = evaluate_manifest(Encoder.for_model(base, config.data), Manifest.read(f"{data['runs']['hd']['run_dir']}/manifest.csv"),
+                           config.eval)
     assert data["runs"]["hd"]["zero_shot"]["aggregate"]["mAP"]["mean"] == pytest.approx(zs.aggregate["mAP"]["mean"], abs=1e-9)
     assert "random init" in zero_label
     assert "gallery_all" in table and "502-712" in table and "CLIP-HandID" in table
     # Subsets not run show a dash, not a number.
     assert "–" in rows[trained_label]
+    # The forensic table (EER, FNIR@FPIR per subset) holds the JSON's per-subset figures, and is printed.
+    forensic_table = (out / "benchmark_forensic.md").read_text()
+    eer = data["runs"]["hd"]["trained"]["forensic"]["aggregate"]["eer"]
+    assert f"{100 * eer['mean']:.2f} ± {100 * eer['std']:.2f}" in forensic_table.splitlines()[4]
+    assert forensic_table.splitlines()[4] in printed and zero_label in forensic_table
 
 
 def test_benchmark_refuses_missing_dataset_and_config_before_training(tmp_path, monkeypatch, capsys):

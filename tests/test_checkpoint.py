@@ -10,9 +10,10 @@ import torch
 from handclip.config import config_from_dict
 from handclip.errors import CheckpointError
 from handclip.model import checkpoint as ckpt
-from handclip.model.backbone import create_clip, load_weights_file
+from handclip.model.backbone import create_clip
 from handclip.model.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
 from handclip.model.handclip import build_model
+from handclip.model.weights import load_weights_file
 
 
 def _config(backbone, image_size, **model):
@@ -220,7 +221,7 @@ def test_training_state_round_trips_through_a_checkpoint(tmp_path):
     model = _trained_a_little(config)
     model.set_stage2_trainable()
     model.train()
-    optimizer = torch.optim.Adam(model.image_parameters() + model.head_parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [3, 5])
     out = model(torch.randn(4, 3, 64, 64))
     sum(torch.nn.functional.cross_entropy(l, torch.tensor([0, 1, 2, 3])) for l in out.logits).backward()
@@ -235,7 +236,7 @@ def test_training_state_round_trips_through_a_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "state.pt", model, config, extra)
     _, _, loaded = load_checkpoint(tmp_path / "state.pt")
     assert isinstance(loaded["scheduler"]["milestones"], collections.Counter)
-    restored = torch.optim.Adam(model.image_parameters() + model.head_parameters(), lr=1e-3)
+    restored = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     restored.load_state_dict(loaded["optimizer"])
     first = next(iter(optimizer.state.values()))["exp_avg"]
     assert torch.equal(next(iter(restored.state.values()))["exp_avg"], first)

@@ -14,7 +14,7 @@ from handclip.config import DataConfig
 from handclip.data import cache as cache_module
 from handclip.data.cache import DecodeCache, decode_resized, default_cache_resolution
 from handclip.data.dataset import ManifestDataset
-from handclip.data.loaders import build_eval_loader, build_train_loader, set_epoch, working_resolution
+from handclip.data.loaders import build_eval_loader, build_train_loader, working_resolution
 from handclip.data.transforms import build_transforms
 from handclip.errors import ConfigError, DataError
 
@@ -190,7 +190,7 @@ def test_train_loader_batches_with_cache_on_equal_cache_off(records, tmp_path):
         torch.manual_seed(0)
         run = []
         for epoch in range(2):
-            set_epoch(loader, epoch)
+            loader.batch_sampler.set_epoch(epoch)
             for images, labels, indices in loader:
                 assert images.shape == (6, 3, 32, 32)
                 assert sorted(Counter(labels.tolist()).values()) == [2, 2, 2]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from handclip import cli as cli_module
-from handclip.gallery import COMMIT_DELAY_ENV, Gallery
+from handclip.gallery import Gallery
+from handclip.gallery.store import COMMIT_DELAY_ENV
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The real `handclip` entry point, limited to the two commands under test so these tests do not
@@ -146,11 +147,11 @@ def test_bad_queries_and_galleries_give_one_line_errors(assets, tmp_path, capsys
     (index / "commit.json").write_text('{"uid": ')
     assert cli("search", "--index", index, "--query", assets["images"] / "0000" / "000.png") == 2
     assert f"{index / 'commit.json'} is corrupt or truncated" in capsys.readouterr().err
-    from handclip.embedding import load_model
+    from handclip.gallery.enrol import load_encoder
 
-    loaded = load_model(assets["ckpt"], device="cpu")
+    loaded = load_encoder(assets["ckpt"], device="cpu")
     empty = tmp_path / "empty"
-    Gallery.create(empty, loaded.fingerprint, loaded.model.feature_dim, checkpoint=str(assets["ckpt"]))
+    Gallery.create(empty, loaded.fingerprint(), loaded.feature_dim, checkpoint=str(assets["ckpt"]))
     assert cli("search", "--index", empty, "--query", assets["images"] / "0000" / "000.png") == 2
     assert "is empty; enrol images" in capsys.readouterr().err
     Gallery.create(tmp_path / "small", {"feature_dim": 4}, 4, checkpoint=str(assets["ckpt"]))

@@ -1,4 +1,4 @@
-"""``handclip evaluate`` and handclip.evaluation: numbers checked against a direct computation, one
+"""``handclip evaluate`` and handclip.evaluate.protocol: numbers checked against a direct computation, one
 encoding per image, options that change results only when asked, pid matching, zero-shot, cross-aspect,
 gallery_all distractors, and bad input that leaves nothing behind."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_datasets import make_11k_tree
 
 from handclip import cli
 from handclip.config import DataConfig, EvalConfig, ModelConfig, SyntheticConfig
@@ -17,11 +18,12 @@ from handclip.data.images import load_rgb
 from handclip.data.manifest import Manifest
 from handclip.data.protocols import prepare_11k, prepare_synthetic
 from handclip.data.transforms import build_transforms
-from handclip.evaluation import evaluate_manifest, load_model_for_evaluation
-from handclip.metrics import aggregate_runs, cosine_distance, evaluate_rank
+from handclip.evaluate.distances import cosine_distance
+from handclip.evaluate.metrics import aggregate_runs, evaluate_rank
+from handclip.evaluate.protocol import evaluate_manifest
 from handclip.model.checkpoint import load_checkpoint, save_checkpoint
 from handclip.model.handclip import HandCLIP, build_model
-from helpers_datasets import make_11k_tree
+from handclip.model.inference import Encoder, extract_features
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 FORENSIC_PICTURES = ("det.png", "fnir_fpir.png", "tippett.png", "lr_calibration.png")
@@ -69,7 +71,7 @@ def checkpoint(tmp_path_factory, synthetic):
 
 
 def direct_metrics(checkpoint_path, manifest, runs=None, drop_distractors=False):
-    """Metrics computed without handclip.evaluation: eval transform, extract, L2, cosine, evaluate_rank."""
+    """Metrics computed without handclip.evaluate.protocol: eval transform, extract, L2, cosine, evaluate_rank."""
     model, _, _ = load_checkpoint(checkpoint_path)
     spec = model.spec
     transform = build_transforms(DataConfig(image_size=tuple(spec["image_size"]), pixel_mean=spec["pixel_mean"],
@@ -186,10 +188,10 @@ def test_each_image_is_encoded_once_per_evaluation(main, synthetic, checkpoint, 
 
 def test_flip_and_rerank_change_numbers_only_when_asked(synthetic, checkpoint):
     manifest, _ = synthetic
-    model, data_cfg, _ = load_model_for_evaluation(checkpoint)
+    encoder = Encoder.from_checkpoint(checkpoint)
 
     def run(**options):
-        result = evaluate_manifest(model, manifest, data_cfg, EvalConfig(**options))
+        result = evaluate_manifest(encoder, manifest, EvalConfig(**options))
         return [[r.metrics[k] for k in METRICS] for r in result.per_run], result
 
     default, first = run()
@@ -209,10 +211,10 @@ def test_flip_and_rerank_change_numbers_only_when_asked(synthetic, checkpoint):
 def test_pids_decide_matches_not_folder_names_or_order(synthetic, checkpoint, tmp_path):
     """The prototype numbered identities per folder listing, so query and gallery disagreed (HD ~0%)."""
     manifest, _ = synthetic
-    model, data_cfg, _ = load_model_for_evaluation(checkpoint)
+    encoder = Encoder.from_checkpoint(checkpoint)
 
     def numbers(m):
-        return [[r.metrics[k] for k in METRICS] for r in evaluate_manifest(model, m, data_cfg).per_run]
+        return [[r.metrics[k] for k in METRICS] for r in evaluate_manifest(encoder, m).per_run]
 
     # Copy the images into folders whose names sort in the opposite order of their identities, and give
     # every identity a new pid: a consistent relabelling must not change a single number.
@@ -299,8 +301,8 @@ def test_gallery_all_adds_distractors_that_never_match(main, hands11k, checkpoin
                  "--out", str(tmp_path / "all"), *SMALL_SHEET]) == 0
     with_all = read_metrics(tmp_path / "all")
     assert with_all["options"]["distractors"]
-    model, data_cfg, _ = load_model_for_evaluation(checkpoint)
-    own = evaluate_manifest(model, manifest, data_cfg, distractors=False)
+    encoder = Encoder.from_checkpoint(checkpoint)
+    own = evaluate_manifest(encoder, manifest, distractors=False)
     assert not own.options["distractors"]
     for run, big, small in zip(manifest.runs, with_all["per_run"], own.per_run):
         gallery = manifest.split("gallery", run)
@@ -384,11 +386,10 @@ def test_unreadable_image_found_by_a_loader_worker_gives_one_line(synthetic, che
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     records = [dataclasses.replace(rec, path=str(bad)) if i == 0 else rec
                for i, rec in enumerate(manifest.split("gallery", 0))]
-    model, _, _ = load_model_for_evaluation(checkpoint)
-    from handclip.evaluation import extract_features
+    model = Encoder.from_checkpoint(checkpoint).model
 
     with pytest.raises(DataError) as info:
-        extract_features(model, records, DataConfig(image_size=IMAGE_SIZE, num_workers=1), EvalConfig(batch_size=4))
+        extract_features(model, records, DataConfig(image_size=IMAGE_SIZE, num_workers=1), batch_size=4)
     assert "\n" not in str(info.value) and "broken.png" in str(info.value)
     assert "Traceback" not in str(info.value) and "worker" not in str(info.value)
 
@@ -404,8 +405,8 @@ def test_run_that_does_not_exist_is_refused(main, synthetic, checkpoint, tmp_pat
 
 
 def test_failure_while_drawing_leaves_no_partial_report(main, synthetic, checkpoint, tmp_path, capsys, monkeypatch):
-    from handclip import report
     from handclip.errors import HandCLIPError
+    from handclip.evaluate import report
 
     _, manifest_path = synthetic
 

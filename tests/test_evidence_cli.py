@@ -16,8 +16,9 @@ import pytest
 
 from handclip import cli as cli_module
 from handclip.atomic import sha256_file
-from handclip.audit import AUDIT_FILE, TORN_WRITE_DELAY_ENV, AuditLog
-from handclip.gallery import COMMIT_DELAY_ENV, Gallery
+from handclip.gallery import Gallery
+from handclip.gallery.audit import AUDIT_FILE, TORN_WRITE_DELAY_ENV, AuditLog
+from handclip.gallery.store import COMMIT_DELAY_ENV
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 OUR_COMMANDS = {name: cli_module.COMMANDS[name] for name in ("enrol", "search", "audit")}
@@ -174,7 +175,7 @@ def test_case_report_holds_the_query_hash_candidates_and_audit_record_and_render
 
 
 def test_display_paths_are_gallery_or_enrolment_relative_else_the_file_name(tmp_path):
-    from handclip.evidence import display_path
+    from handclip.gallery.evidence import display_path
 
     gallery = tmp_path / "gallery"
     assert display_path(str(gallery.resolve() / "shards" / "x.png"), "p1", gallery) == "shards/x.png"
@@ -289,7 +290,7 @@ def _fit_calibration(checkpoint: Path, out: Path) -> Path:
     cosines (0.997-1.0), so its candidates get LRs of both signs."""
     import numpy as np
 
-    from handclip.embedding import load_model
+    from handclip.gallery.enrol import load_encoder
     from handclip.evaluate.calibration import ScoreCalibration, fit_score_map
 
     rng = np.random.default_rng(0)
@@ -300,7 +301,7 @@ def _fit_calibration(checkpoint: Path, out: Path) -> Path:
                "n_mated": 400, "n_nonmated": 4000, "manifest": "/data/cal/calibration.csv",
                "manifest_sha256": "c" * 64, "splits": ["query", "gallery"], "created": "2026-12-01T00:00:00+0000",
                "kinds": {"identity": {"cllr": 0.38, "cllr_min": 0.30, "n_mated": 400, "n_nonmated": 4000}}}
-    ScoreCalibration(maps, load_model(checkpoint, device="cpu").fingerprint, summary).save(out)
+    ScoreCalibration(maps, load_encoder(checkpoint, device="cpu").fingerprint(), summary).save(out)
     return out
 
 

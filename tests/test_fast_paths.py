@@ -9,10 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from training_helpers import base_config, make_context, tiny_manifest  # noqa: F401 - fixture
 
 from handclip.config import RuntimeConfig
-
-from training_helpers import base_config, make_context, tiny_manifest  # noqa: F401 - fixture
 
 
 def _train_steps(trainer, loader, steps: int) -> list[float]:
@@ -28,7 +27,8 @@ def _train_steps(trainer, loader, steps: int) -> list[float]:
 def test_decode_cache_on_or_off_gives_the_same_training_and_metrics(tiny_manifest, tmp_path):
     from handclip.data.loaders import build_eval_loader
     from handclip.data.manifest import Manifest
-    from handclip.evaluation import evaluate_manifest
+    from handclip.evaluate.protocol import evaluate_manifest
+    from handclip.model.inference import Encoder
     from handclip.train.stage2 import Stage2Trainer
 
     outcomes = {}
@@ -45,7 +45,7 @@ def test_decode_cache_on_or_off_gives_the_same_training_and_metrics(tiny_manifes
         ctx = make_context(cfg)
         trainer = Stage2Trainer(ctx)
         losses = _train_steps(trainer, ctx.build_train_loader(), steps=2)
-        result = evaluate_manifest(ctx.model, ctx.manifest, cfg.data, cfg.eval, device="cpu")
+        result = evaluate_manifest(Encoder.for_model(ctx.model, cfg.data, "cpu"), ctx.manifest, cfg.eval)
         features = np.stack([result.features[p] for p in sorted(result.features)])
         outcomes[cached] = (losses, result.aggregate, features)
     (loss_off, agg_off, feat_off), (loss_on, agg_on, feat_on) = outcomes[False], outcomes[True]
@@ -123,7 +123,7 @@ def test_channels_last_resnet_trains_like_nchw(tiny_manifest):
 
 # ------------------------------------------------------------------------------------- inference mode
 def test_feature_extraction_runs_under_inference_mode(tiny_manifest):
-    from handclip.evaluation import extract_features
+    from handclip.model.inference import extract_features
     from handclip.train.stage1 import encode_training_images
 
     ctx = make_context(base_config(tiny_manifest))
@@ -141,7 +141,7 @@ def test_feature_extraction_runs_under_inference_mode(tiny_manifest):
 
     model.extract, model.forward = spy_extract, spy_forward
     model.train()
-    feats = extract_features(model, ctx.manifest.split("val"), ctx.config.data, ctx.config.eval, device="cpu")
+    feats = extract_features(model, ctx.manifest.split("val"), ctx.config.data, ctx.config.eval.batch_size, device="cpu")
     encode_training_images(model, ctx.train_records, ctx.label_map, ctx.config.data, ctx.config.eval,
                            torch.device("cpu"))
     assert feats.shape[0] == len(ctx.manifest.split("val"))

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handclip import gallery as gallery_module
-from handclip.errors import HandCLIPError, IndexError_
-from handclip.gallery import COMMIT_DELAY_ENV, Gallery
+from handclip.errors import GalleryError, HandCLIPError
+from handclip.gallery import Gallery
+from handclip.gallery import ann as ann_module
+from handclip.gallery import search as search_module
+from handclip.gallery.store import COMMIT_DELAY_ENV
 
 DIM = 32
 FINGERPRINT = {"architecture": "tiny-rn", "checkpoint_sha256": "a" * 64, "feature_dim": DIM,
@@ -170,13 +172,13 @@ def test_persistence_across_processes(gallery_dir):
 def test_a_different_model_is_refused_naming_the_differing_fields(gallery_dir):
     Gallery.create(gallery_dir, FINGERPRINT, DIM, checkpoint="/models/a.pt")
     other = dict(FINGERPRINT, architecture="ViT-B-16", checkpoint_sha256="b" * 64)
-    with pytest.raises(IndexError_) as info:
+    with pytest.raises(GalleryError) as info:
         Gallery.open_or_create(gallery_dir, other, DIM)
     message = str(info.value)
     assert "architecture 'tiny-rn' vs 'ViT-B-16'" in message
     assert "checkpoint_sha256" in message and "aaaa" in message and "bbbb" in message
     assert "image_size" not in message  # only the fields that differ
-    with pytest.raises(IndexError_, match="dim 32 vs 64"):
+    with pytest.raises(GalleryError, match="dim 32 vs 64"):
         Gallery.open(gallery_dir).check_model(dict(FINGERPRINT, feature_dim=64), 64)
     # The same model (even from another path) is accepted and its path recorded.
     same = Gallery.open_or_create(gallery_dir, dict(FINGERPRINT, checkpoint_path="/elsewhere.pt"), DIM,
@@ -186,26 +188,26 @@ def test_a_different_model_is_refused_naming_the_differing_fields(gallery_dir):
 
 def test_empty_gallery_and_bad_inputs_give_clear_errors(gallery_dir, tmp_path):
     gallery = Gallery.create(gallery_dir, FINGERPRINT, DIM)
-    with pytest.raises(IndexError_, match="is empty; enrol images"):
+    with pytest.raises(GalleryError, match="is empty; enrol images"):
         gallery.search(unit(np.ones(DIM)))
-    with pytest.raises(IndexError_, match="already holds a gallery"):
+    with pytest.raises(GalleryError, match="already holds a gallery"):
         Gallery.create(gallery_dir, FINGERPRINT, DIM)
-    with pytest.raises(IndexError_, match="does not exist"):
+    with pytest.raises(GalleryError, match="does not exist"):
         Gallery.open(tmp_path / "nowhere")
-    with pytest.raises(IndexError_, match=r"gallery\.json is missing"):
+    with pytest.raises(GalleryError, match=r"gallery\.json is missing"):
         Gallery.open(tmp_path)
-    with pytest.raises(IndexError_, match="L2-normalised"):
+    with pytest.raises(GalleryError, match="L2-normalised"):
         gallery.add(np.ones((2, DIM), np.float32), ["a", "b"], ["x", "x"], ["h1", "h2"])
-    with pytest.raises(IndexError_, match=r"shape \[N, 32\]"):
+    with pytest.raises(GalleryError, match=r"shape \[N, 32\]"):
         gallery.add(unit(np.ones((2, 8))), ["a", "b"], ["x", "x"], ["h1", "h2"])
-    with pytest.raises(IndexError_, match="one path, identity and file hash"):
+    with pytest.raises(GalleryError, match="one path, identity and file hash"):
         gallery.add(unit(np.ones((2, DIM))), ["a", "b"], ["x"], ["h1", "h2"])
     enrol(gallery, unit(np.eye(DIM)[:3] + 0.01), ["x", "y", "z"])
-    with pytest.raises(IndexError_, match=r"shape \[M, 32\]"):
+    with pytest.raises(GalleryError, match=r"shape \[M, 32\]"):
         gallery.search(np.ones((1, 5), np.float32))
-    with pytest.raises(IndexError_, match="unknown index type"):
+    with pytest.raises(GalleryError, match="unknown index type"):
         gallery.search(unit(np.ones(DIM)), index_type="lsh")
-    assert issubclass(IndexError_, HandCLIPError)
+    assert issubclass(GalleryError, HandCLIPError)
 
 
 def _populated(gallery_dir, batches=3):
@@ -220,7 +222,7 @@ def _populated(gallery_dir, batches=3):
 
 def test_truncated_or_corrupted_files_are_named_in_the_error(gallery_dir):
     gallery, vectors = _populated(gallery_dir)
-    shard = gallery_dir / "shards" / f"{gallery._shards[1].name}.npy"
+    shard = gallery_dir / "shards" / f"{gallery.shards[1].name}.npy"
     meta = shard.with_suffix(".jsonl")
     commit = gallery_dir / "commit.json"
     original = {p: p.read_bytes() for p in (shard, meta, commit, gallery_dir / "gallery.json")}
@@ -228,7 +230,7 @@ def test_truncated_or_corrupted_files_are_named_in_the_error(gallery_dir):
     def damaged(path, data):
         path.write_bytes(data)
         try:
-            with pytest.raises(IndexError_) as info:
+            with pytest.raises(GalleryError) as info:
                 Gallery.open(gallery_dir).search(vectors[:1], top_k=1)
             assert str(path) in str(info.value)
             return str(info.value)
@@ -244,7 +246,7 @@ def test_truncated_or_corrupted_files_are_named_in_the_error(gallery_dir):
     assert "truncated" in damaged(commit, original[commit][: len(original[commit]) // 2])
     assert "not valid JSON" in damaged(gallery_dir / "gallery.json", b"\x00\x01garbage")
     shard.unlink()
-    with pytest.raises(IndexError_, match=f"{shard}.*missing"):
+    with pytest.raises(GalleryError, match=f"{shard}.*missing"):
         Gallery.open(gallery_dir)
     shard.write_bytes(original[shard])
     assert len(Gallery.open(gallery_dir)) == len(vectors)
@@ -261,7 +263,7 @@ def test_approximate_indexes_agree_with_exact_search_on_clustered_data(gallery_d
     exact_img = gallery.search(queries, top_k=10, by="image", index_type="flat")
     exact_ids = gallery.search(queries, top_k=5, by="identity", index_type="flat")
     assert np.mean([r[0].identity == f"person{t:03d}" for r, t in zip(exact_ids, true_ids)]) > 0.95
-    gallery.ivf_params.nprobe = 8
+    gallery.ann.params["ivf"].nprobe = 8
     for kind in ("pca", "hnsw", "ivf"):
         approx_img = gallery.search(queries, top_k=10, by="image", index_type=kind)
         recall = np.mean([len({c.path for c in a} & {c.path for c in e}) / 10
@@ -281,8 +283,8 @@ def test_approximate_index_is_cached_on_disk_and_extended_when_the_gallery_grows
     meta_path = gallery_dir / "ann" / "hnsw.json"
     assert json.loads(meta_path.read_text())["rows"] == 200
     built = []
-    original_new = Gallery._new_ann
-    Gallery._new_ann = lambda self, *a: built.append(1) or original_new(self, *a)
+    original_new = ann_module.ApproximateIndexes._new
+    ann_module.ApproximateIndexes._new = lambda self, *a: built.append(1) or original_new(self, *a)
     try:
         reopened = Gallery.open(gallery_dir)
         reopened.search(vectors[:2], index_type="hnsw")
@@ -297,7 +299,7 @@ def test_approximate_index_is_cached_on_disk_and_extended_when_the_gallery_grows
         [hits] = Gallery.open(gallery_dir).search(vectors[10:11], top_k=1, by="image", index_type="hnsw")
         assert hits[0].path == "/g/10" and built == [1]
     finally:
-        Gallery._new_ann = original_new
+        ann_module.ApproximateIndexes._new = original_new
     assert gallery.resolve_index_type("auto") == "flat"
 
 
@@ -310,7 +312,7 @@ def _projected_gallery(gallery_dir, num_ids=150, per_id=6, dims=16):
     gallery = Gallery.create(gallery_dir, dict(FINGERPRINT, feature_dim=64), 64)
     gallery.add(vectors, [f"/g/{i}.png" for i in range(len(vectors))], identities,
                 [str(i) for i in range(len(vectors))])
-    for params in (gallery.pca_params, gallery.ivf_params, gallery.hnsw_params):
+    for params in (gallery.ann.params["pca"], gallery.ann.params["ivf"], gallery.ann.params["hnsw"]):
         params.dims = dims
     return gallery, vectors, identities
 
@@ -322,7 +324,7 @@ def test_approximate_search_puts_an_enrolled_image_first_with_its_exact_score(ga
     exact_img = gallery.search(vectors[rows], top_k=5, by="image", index_type="flat")
     approx_img = gallery.search(vectors[rows], top_k=5, by="image", index_type=kind)
     approx_ids = gallery.search(vectors[rows], top_k=5, by="identity", index_type=kind)
-    assert gallery.ann_settings(kind)["dims"] == 16
+    assert gallery.ann.settings(kind)["dims"] == 16
     for row, exact, approx, people in zip(rows, exact_img, approx_img, approx_ids):
         assert exact[0].path == approx[0].path == f"/g/{row}.png"
         assert approx[0].score == pytest.approx(1.0, abs=1e-5)
@@ -336,8 +338,9 @@ def test_approximate_search_puts_an_enrolled_image_first_with_its_exact_score(ga
 def test_cached_index_is_extended_with_new_rows_and_rebuilt_once_the_gallery_doubles(gallery_dir, kind, monkeypatch):
     vectors, identities, _ = clustered(90, 10, seed=6)
     built = []
-    original_new = Gallery._new_ann
-    monkeypatch.setattr(Gallery, "_new_ann", lambda self, *a: built.append(len(self)) or original_new(self, *a))
+    original_new = ann_module.ApproximateIndexes._new
+    monkeypatch.setattr(ann_module.ApproximateIndexes, "_new",
+                        lambda self, *a: built.append(len(self.gallery)) or original_new(self, *a))
     gallery = Gallery.create(gallery_dir, FINGERPRINT, DIM)
 
     def add(lo, hi):
@@ -385,18 +388,18 @@ def test_damaged_approximate_cache_is_rebuilt_with_a_warning_naming_it(gallery_d
     for what, (path, data) in damage.items():
         path.write_bytes(data)
         caplog.clear()
-        with caplog.at_level("WARNING", logger="handclip.gallery"):
+        with caplog.at_level("WARNING", logger="handclip.gallery.ann"):
             reopened = Gallery.open(gallery_dir)
-            reopened.pca_params.dims = 16
+            reopened.ann.params["pca"].dims = 16
             [hits] = reopened.search(vectors[33:34], top_k=1, by="image", index_type="pca")
         assert hits[0].path == "/g/33.png", what
         assert any(str(index_path) in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records), what
         assert _sha256(index_path) == json.loads(meta_path.read_text())["sha256"], what  # rewritten whole
     # A cache made with other settings is replaced without a warning: nothing was damaged.
     caplog.clear()
-    with caplog.at_level("WARNING", logger="handclip.gallery"):
+    with caplog.at_level("WARNING", logger="handclip.gallery.ann"):
         reopened = Gallery.open(gallery_dir)
-        reopened.pca_params.dims = 8
+        reopened.ann.params["pca"].dims = 8
         reopened.search(vectors[:1], index_type="pca")
     assert not caplog.records and json.loads(meta_path.read_text())["params"]["dims"] == 8
 
@@ -404,20 +407,20 @@ def test_damaged_approximate_cache_is_rebuilt_with_a_warning_naming_it(gallery_d
 def test_approximate_search_names_a_corrupted_shard_before_using_its_vectors(gallery_dir):
     gallery, vectors, _ = _projected_gallery(gallery_dir, num_ids=40, per_id=5)
     gallery.search(vectors[:1], index_type="pca")  # cache built while every shard was still intact
-    shard = gallery_dir / "shards" / f"{gallery._shards[0].name}.npy"
+    shard = gallery_dir / "shards" / f"{gallery.shards[0].name}.npy"
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF  # same size: only the SHA-256 can tell
     shard.write_bytes(bytes(data))
     reopened = Gallery.open(gallery_dir)
-    reopened.pca_params.dims = 16
-    with pytest.raises(IndexError_, match=f"{shard}.*SHA-256 mismatch"):
+    reopened.ann.params["pca"].dims = 16
+    with pytest.raises(GalleryError, match=f"{shard}.*SHA-256 mismatch"):
         reopened.search(vectors[:1], index_type="pca")
 
 
 def test_auto_index_switches_to_pca_above_the_threshold_unless_it_is_unfit(gallery_dir, tmp_path, monkeypatch):
     gallery, vectors, _ = _projected_gallery(gallery_dir, num_ids=40, per_id=5, dims=48)
     assert gallery.resolve_index_type("auto") == "flat"
-    monkeypatch.setattr(gallery_module, "AUTO_APPROX_THRESHOLD", 199)
+    monkeypatch.setattr(search_module, "AUTO_APPROX_THRESHOLD", 199)
     assert gallery.resolve_index_type("auto") == "pca"
     [hits] = gallery.search(vectors[7:8], top_k=3, by="image")
     assert hits[0].path == "/g/7.png" and (gallery_dir / "ann" / "pca.faiss").exists()
@@ -425,27 +428,27 @@ def test_auto_index_switches_to_pca_above_the_threshold_unless_it_is_unfit(galle
     noise = unit(np.random.default_rng(0).standard_normal((600, 64)))
     other = Gallery.create(tmp_path / "noise", dict(FINGERPRINT, feature_dim=64), 64)
     other.add(noise, [f"/n/{i}.png" for i in range(600)], [str(i // 3) for i in range(600)], [str(i) for i in range(600)])
-    other.pca_params.dims = 8
+    other.ann.params["pca"].dims = 8
     assert other.resolve_index_type("auto") == "flat" and other.resolve_index_type("pca") == "pca"
     assert (tmp_path / "noise" / "ann" / "pca.faiss").exists()
 
 
 def test_each_build_measures_its_recall_on_the_gallery_and_warns_when_it_is_low(gallery_dir, tmp_path, caplog):
     gallery, vectors, _ = _projected_gallery(gallery_dir, dims=48)
-    with caplog.at_level("WARNING", logger="handclip.gallery"):
-        check = gallery.ann_settings("pca")["self_check"]
+    with caplog.at_level("WARNING", logger="handclip.gallery.ann"):
+        check = gallery.ann.settings("pca")["self_check"]
     assert check["probes"] == 200 and check["recall_at_10"] >= 0.95 and check["same_person_recall"] == 1.0
     assert not caplog.records
     reopened = Gallery.open(gallery_dir)  # kept in the cache: no rebuild needed to report it
-    reopened.pca_params.dims = 48
-    assert reopened.ann_settings("pca")["self_check"] == check
+    reopened.ann.params["pca"].dims = 48
+    assert reopened.ann.settings("pca")["self_check"] == check
     # Structureless vectors squeezed into 8 of 64 dims: the index says it is unfit, and how to avoid it.
     noise = unit(np.random.default_rng(0).standard_normal((600, 64)))
     other = Gallery.create(tmp_path / "noise", dict(FINGERPRINT, feature_dim=64), 64)
     other.add(noise, [f"/n/{i}.png" for i in range(600)], [str(i // 3) for i in range(600)], [str(i) for i in range(600)])
-    other.pca_params.dims = 8
-    with caplog.at_level("WARNING", logger="handclip.gallery"):
-        low = other.ann_settings("pca")["self_check"]["recall_at_10"]
+    other.ann.params["pca"].dims = 8
+    with caplog.at_level("WARNING", logger="handclip.gallery.ann"):
+        low = other.ann.settings("pca")["self_check"]["recall_at_10"]
     assert low < 0.6
     [message] = [r.getMessage() for r in caplog.records]
     assert f"finds only {low:.2f} of the exact top-10" in message and "auto uses exact search" in message
@@ -461,8 +464,8 @@ def test_compaction_keeps_rows_and_order_and_cleans_crash_leftovers(gallery_dir,
     for b in range(40):  # 40 batches of 10: the tail is merged every 16 batches
         sl = slice(b * 10, (b + 1) * 10)
         enrol(gallery, vectors[sl], identities[sl], prefix=f"b{b:02d}_")
-    assert len(gallery._shards) < 40 and [s.level for s in gallery._shards][:2] == [1, 1]
-    assert len(list((gallery_dir / "shards").glob("*.npy"))) == len(gallery._shards)
+    assert len(gallery.shards) < 40 and [s.level for s in gallery.shards][:2] == [1, 1]
+    assert len(list((gallery_dir / "shards").glob("*.npy"))) == len(gallery.shards)
     # A crash inside a full compaction, after the merged shard is written but before the commit.
     monkeypatch.setattr(Gallery, "_commit_shards", lambda self, shards: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError):
@@ -470,10 +473,10 @@ def test_compaction_keeps_rows_and_order_and_cleans_crash_leftovers(gallery_dir,
     monkeypatch.undo()
     reopened = Gallery.open(gallery_dir)
     np.testing.assert_array_equal(reopened.vectors(), vectors)
-    assert len(list((gallery_dir / "shards").glob("*.npy"))) == len(reopened._shards) + 1  # one orphan
+    assert len(list((gallery_dir / "shards").glob("*.npy"))) == len(reopened.shards) + 1  # one orphan
     reopened.compact()
-    assert len(reopened._shards) == 1 and sorted(p.name for p in (gallery_dir / "shards").iterdir()) == [
-        f"{reopened._shards[0].name}.jsonl", f"{reopened._shards[0].name}.npy"]
+    assert len(reopened.shards) == 1 and sorted(p.name for p in (gallery_dir / "shards").iterdir()) == [
+        f"{reopened.shards[0].name}.jsonl", f"{reopened.shards[0].name}.npy"]
     final = Gallery.open(gallery_dir)
     np.testing.assert_array_equal(final.vectors(), vectors)
     assert final.paths == [f"/evidence/b{b:02d}_{i:05d}.png" for b in range(40) for i in range(10)]
@@ -483,7 +486,7 @@ def test_a_second_writer_is_refused_while_the_lock_is_held(gallery_dir):
     gallery = Gallery.create(gallery_dir, FINGERPRINT, DIM)
     with open(gallery_dir / ".lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        with pytest.raises(IndexError_, match="being written by another process"):
+        with pytest.raises(GalleryError, match="being written by another process"):
             enrol(gallery, unit(np.ones((1, DIM))), ["x"])
     assert enrol(gallery, unit(np.ones((1, DIM))), ["x"]) == 1
 
@@ -543,6 +546,6 @@ def test_killed_enrolment_keeps_every_committed_batch_and_a_rerun_completes(gall
     final = Gallery.open(gallery_dir)
     assert len(final) == batches * per and len(set(final._hashes)) == batches * per
     np.testing.assert_array_equal(final.vectors(), np.concatenate([_expected_batch(b, per) for b in range(batches)]))
-    live = {s.name for s in final._shards}
+    live = {s.name for s in final.shards}
     assert {p.name.split(".")[0] for p in (gallery_dir / "shards").iterdir()} == live  # leftovers removed
     assert not list(gallery_dir.glob(".*.tmp"))

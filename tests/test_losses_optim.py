@@ -1,15 +1,20 @@
 """Losses and optimizers on plain tensors: the semantics the training stages rely on."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from handclip.config import Stage1Config, Stage2Config, RuntimeConfig
-from handclip.losses import (CenterLoss, CrossEntropyLabelSmooth, SupConLoss, TripletLoss, i2t_cross_entropy,
-                             prompt_l2)
-from handclip.optim import (WarmupCosineLR, WarmupMultiStepLR, build_stage2_optimizer, stage2_param_groups)
+from handclip.config import RuntimeConfig, Stage2Config
+from handclip.train.losses import (
+    CenterLoss,
+    CrossEntropyLabelSmooth,
+    SupConLoss,
+    TripletLoss,
+    i2t_cross_entropy,
+    prompt_l2,
+)
+from handclip.train.optim import WarmupCosineLR, WarmupMultiStepLR, build_stage2_optimizer, stage2_param_groups
 
 
 def test_label_smoothing_matches_definition():

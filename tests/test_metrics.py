@@ -7,16 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from handclip import metrics
 from handclip.errors import HandCLIPError
-from handclip.metrics import (
-    MetricInputError,
-    aggregate_runs,
-    cosine_distance,
-    euclidean_distance,
-    evaluate_rank,
-    evaluate_rank_reference,
-)
+from handclip.evaluate import metrics
+from handclip.evaluate.distances import cosine_distance, euclidean_distance
+from handclip.evaluate.metrics import MetricInputError, aggregate_runs, evaluate_rank, evaluate_rank_reference
 
 
 def assert_same(a, b, tol=1e-12):

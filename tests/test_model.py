@@ -4,9 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from handclip.config import ModelConfig
+from handclip.config import ModelConfig, Stage2Config
 from handclip.errors import ConfigError
 from handclip.model.handclip import HandCLIP, ModelOutput, build_model
+from handclip.train.losses import text_id_logits
+from handclip.train.optim import stage2_param_groups
+
+HEADS = ("bottleneck", "classifier")  # BNNeck and ID classifiers: the parameters outside CLIP
 
 NUM_IDS = 6
 
@@ -191,13 +195,14 @@ def test_arcface_head_applies_margin_to_true_class():
 def test_text_id_head_has_no_classifier_and_scores_against_text():
     model = make(id_head="text")
     assert model.classifier is None and model.classifier_proj is None
-    assert [n for n, _ in model.named_head_parameters()] == ["bottleneck.weight", "bottleneck_proj.weight"]
+    assert [n for n, _ in model.named_parameters() if n.startswith(HEADS)] == [
+        "bottleneck.weight", "bottleneck.bias", "bottleneck_proj.weight", "bottleneck_proj.bias"]
     model.train()
     out = model(torch.randn(4, 3, 64, 64))
     assert out.logits is None
     with torch.no_grad():
         text = model.all_text_features()
-    logits = model.text_logits(out.image_proj, text)
+    logits = text_id_logits(out.image_proj, text, model.logit_scale.exp())
     assert logits.shape == (4, NUM_IDS)
     expected = F.normalize(out.image_proj, dim=1) @ F.normalize(text, dim=1).T * model.logit_scale.exp()
     torch.testing.assert_close(logits, expected)
@@ -210,7 +215,9 @@ def test_id_loss_gradients_reach_heads_and_bnneck():
     out = model(torch.randn(4, 3, 64, 64))
     loss = sum(F.cross_entropy(l, torch.tensor([0, 1, 2, 3])) for l in out.logits)
     loss.backward()
-    for name, param in model.named_head_parameters():
+    for name, param in model.named_parameters():
+        if not name.startswith(HEADS) or not param.requires_grad:
+            continue
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert model.image_encoder.conv1.weight.grad.abs().sum() > 0
 
@@ -236,12 +243,16 @@ def _trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _grouped(model):
+    """Names of the parameters in stage 2's optimizer groups (the groups training really uses)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in stage2_param_groups(model, Stage2Config()) for p in group["params"]]
+
+
 def test_stage1_trains_only_the_prompt():
     model = make()
     model.freeze_all_but_prompt()
     assert _trainable(model) == {"prompt_learner.ctx"}
-    assert model.prompt_parameters() == [model.prompt_learner.ctx]
-    assert model.image_parameters() == [] and model.head_parameters() == []
 
 
 @pytest.mark.parametrize("backbone", ["tiny-vit", "tiny-rn", "tiny-cnn"])
@@ -252,8 +263,7 @@ def test_stage2_policy_and_groups_cover_every_trainable_parameter(backbone):
     assert not any(n.startswith("text_encoder.") for n in trainable)
     assert "prompt_learner.ctx" not in trainable
     assert all(p.requires_grad for p in model.image_encoder.parameters())
-    grouped = [n for n, _ in model.named_image_parameters() + model.named_head_parameters() + model.named_prompt_parameters()]
-    assert sorted(grouped) == sorted(trainable)  # nothing trainable is left out of an optimizer group
+    assert sorted(_grouped(model)) == sorted(trainable)  # nothing trainable is left out of an optimizer group
 
     model.set_stage2_trainable(freeze_prompt=False, unfreeze_last_n=1)
     trainable = _trainable(model)
@@ -269,8 +279,7 @@ def test_stage2_policy_and_groups_cover_every_trainable_parameter(backbone):
         assert "image_encoder.ln_post.weight" in image and "image_encoder.proj" in image
     else:
         assert image and all(n.startswith(("image_encoder.layer4.", "image_encoder.attnpool.")) for n in image)
-    grouped = [n for n, _ in model.named_image_parameters() + model.named_head_parameters() + model.named_prompt_parameters()]
-    assert sorted(grouped) == sorted(trainable)
+    assert sorted(_grouped(model)) == sorted(trainable)
 
 
 def test_build_model_accepts_pydantic_and_dict_sections():

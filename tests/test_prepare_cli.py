@@ -3,12 +3,12 @@ import os
 import shutil
 
 import pytest
+from helpers_datasets import make_11k_tree, make_folder_tree, make_hd_tree
 from PIL import Image
 
 from handclip import cli
 from handclip.data.manifest import Manifest
 from handclip.data.protocols import prepare_11k, prepare_hd
-from helpers_datasets import make_11k_tree, make_folder_tree, make_hd_tree
 
 
 @pytest.fixture

@@ -6,14 +6,27 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers_datasets import (
+    ASPECT_NAMES,
+    CUTOFFS,
+    DEFAULT_HD_EXTRA,
+    DEFAULT_HD_MAIN,
+    make_11k_tree,
+    make_folder_tree,
+    make_hd_tree,
+)
 
 from handclip.config import DataConfig, SyntheticConfig
 from handclip.data.manifest import Manifest
-from handclip.data.protocols import (DataWarning, prepare_11k, prepare_folder, prepare_from_config, prepare_hd,
-                                     prepare_synthetic)
+from handclip.data.protocols import (
+    DataWarning,
+    prepare_11k,
+    prepare_folder,
+    prepare_from_config,
+    prepare_hd,
+    prepare_synthetic,
+)
 from handclip.errors import DataError
-from helpers_datasets import (ASPECT_NAMES, CUTOFFS, DEFAULT_HD_EXTRA, DEFAULT_HD_MAIN,
-                              make_11k_tree, make_folder_tree, make_hd_tree)
 
 
 # --------------------------------------------------------------------------- independent expectations

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from handclip.errors import DataError, HandCLIPError
-from handclip.metrics import aggregate_runs
-from handclip.report import html_report, markdown_table, plot_cmc, plot_training_curves, ranked_list_sheet
+from handclip.evaluate.metrics import aggregate_runs
+from handclip.evaluate.plots import plot_cmc, plot_training_curves, ranked_list_sheet
+from handclip.evaluate.report import html_report, markdown_table
 
 
 def fake_hand(path, pid, n):
@@ -68,7 +69,7 @@ def test_ranked_list_sheet(tmp_path):
 def test_ranked_list_sheet_missing_image_leaves_nothing(tmp_path):
     good = fake_hand(tmp_path / "q.png", 0, 0)
     out = tmp_path / "out" / "sheet.png"
-    with pytest.raises(DataError, match="missing.png does not exist"):
+    with pytest.raises(DataError, match="missing.png: file not found"):
         ranked_list_sheet([(good, 0)], [[(good, 0, 0.1), (str(tmp_path / "missing.png"), 1, 0.2)]], out)
     assert not out.exists()
     assert not out.parent.exists() or no_temp_files(out.parent)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from handclip.metrics import MetricInputError, euclidean_distance, evaluate_rank
-from handclip.rerank import re_ranking
+from handclip.evaluate.distances import euclidean_distance
+from handclip.evaluate.metrics import MetricInputError, evaluate_rank
+from handclip.evaluate.rerank import re_ranking
 
 
 def clustered(noise, ids=40, per=8, dim=16, seed=0):

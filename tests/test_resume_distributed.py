@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from training_helpers import base_config, tiny_manifest  # noqa: F401 - fixture
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -131,9 +130,10 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_ddp_two_gloo_ranks_match_each_other_and_one_process(tiny_manifest, tmp_path):
+    from training_helpers import make_context
+
     from handclip.data.loaders import build_train_loader
     from handclip.train.stage2 import Stage2Trainer
-    from training_helpers import make_context
 
     steps = 2  # 8 training ids x 3 images: two 4 x 2 batches per epoch
     # No augmentation randomness, so the single-process reference sees exactly the ranks' images.

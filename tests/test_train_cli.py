@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from training_helpers import base_config, tiny_manifest  # noqa: F401 - fixture
 
 from handclip import cli
-
-from training_helpers import base_config, tiny_manifest  # noqa: F401 - fixture
 
 
 @pytest.fixture(autouse=True)

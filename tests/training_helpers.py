@@ -55,9 +55,9 @@ def make_context(config, run_dir=None):
     """What ``train()`` builds before its stages, without the run-folder set-up."""
     from handclip.data.manifest import Manifest
     from handclip.model.handclip import build_model
+    from handclip.runtime import seed_everything
     from handclip.train import distributed as ddp
     from handclip.train.engine import RunFolder, TrainContext, check_training_data
-    from handclip.train.runtime import seed_everything
 
     seed_everything(config.seed)
     manifest = Manifest.read(config.data.manifest)

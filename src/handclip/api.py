@@ -1,39 +1,54 @@
-"""The Python API: what the ``handclip train`` and ``handclip demo`` commands call, usable from a notebook.
+"""The Python API: every workflow the ``handclip`` command runs, importable from one place.
 
     from handclip import api
-    result = api.train("configs/11k_dorsal_r_vitb16.yaml", run_dir="runs/dr")
-    result.best_checkpoint, result.history[-1]
-    api.train(resume="runs/dr")          # continue a killed run
-    api.demo("demo_out")                 # synthetic hands, tiny model, before/after table
+
+    manifest = api.prepare_11k("/data/11k", "dorsal_r", gallery_all=True)       # protocol manifest
+    run = api.train(api.load_config("configs/11k_dorsal_r_vitb16.yaml", ["data.root=/data/11k"]))
+    encoder = api.Encoder.from_checkpoint(run.best_checkpoint)                  # checkpoint -> features
+    result = api.evaluate(encoder, manifest)                                     # result.aggregate["rank1"]
+    gallery = api.Gallery.open_or_create("cases/gallery", encoder.fingerprint(), encoder.feature_dim)
+    api.enrol(gallery, encoder.single_pass(), api.collect_images("cases/known_people"))
+    hits = api.search(gallery, encoder.single_pass(), ["evidence.jpg"], top_k=10)
+    found = api.evidential_search(gallery, encoder.single_pass(), ["evidence.jpg"],
+                                  calibration="calibration.json")        # LRs + audit record (found.audit)
+    api.write_case_report(found, "case.pdf", case_id="2026/017")         # PDF to sign
+    api.verify_gallery_audit("cases/gallery").problems                   # [] when the audit trail checks out
+    api.demo("demo_out")                                                         # synthetic hands, tiny model
+    api.train(resume="runs/11k_dorsal_r_vitb16-20261126-120000")                 # continue a killed run
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+from .config import Config, load_config
+from .data.manifest import Manifest
+from .data.protocols import (
+    prepare_11k,
+    prepare_folder,
+    prepare_from_config,
+    prepare_hd,
+    prepare_synthetic,
+)
+from .evaluate.protocol import EvalResult
+from .evaluate.protocol import evaluate_manifest as evaluate
+from .evaluate.report import write_evaluation_outputs
+from .gallery import Candidate, Gallery
+from .gallery.enrol import collect_images, load_encoder
+from .gallery.enrol import enrol_images as enrol
+from .gallery.enrol import search_images as search
+from .gallery.case_report import write_case_report
+from .gallery.evidence import audited_enrol, evidential_search, load_calibration, verify_gallery_audit
+from .model.inference import Encoder
+from .train.engine import RunResult, train
+from .workflows.benchmark import run_benchmark as benchmark
+from .workflows.demo import demo_config
+from .workflows.demo import run_demo as demo
 
-from .train.engine import STAGES, RunResult
-from .train.engine import train as _train
-
-__all__ = ["train", "demo", "RunResult"]
-
-
-def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] = STAGES, *,
-          resume: str | Path | None = None, device: str | None = None, progress: bool = False) -> RunResult:
-    """Train HandCLIP: stage 1 (prompts) then stage 2 (image encoder), or one of them, or a joint run.
-
-    ``config``: a ``handclip.config.Config``, a YAML path or a dict. ``run_dir``: the run folder
-    (default ``<output_dir>/<name>-<UTC time>``). ``resume``: a run folder to continue instead.
-    Returns ``RunResult(run_dir, best_checkpoint, last_checkpoint, history, best)``.
-    """
-    return _train(config, run_dir=run_dir, stages=stages, resume=resume, device=device, progress=progress)
-
-
-def demo(out_dir: str | Path = "demo_out", config=None, progress: bool = True, runs: int | None = None):
-    """Synthetic hands, tiny model, random init: evaluate, train both stages, evaluate again.
-
-    Writes ``<out_dir>/metrics.json`` and returns it as a dict (see ``handclip.train.demo``).
-    """
-    from .train.demo import run_demo
-
-    return run_demo(out_dir, config=config, progress=progress, runs=runs)
+__all__ = [
+    "Config", "load_config", "Manifest",
+    "prepare_11k", "prepare_hd", "prepare_folder", "prepare_synthetic", "prepare_from_config",
+    "train", "RunResult",
+    "Encoder", "evaluate", "EvalResult", "write_evaluation_outputs",
+    "Gallery", "Candidate", "collect_images", "load_encoder", "enrol", "search",
+    "evidential_search", "audited_enrol", "load_calibration", "verify_gallery_audit", "write_case_report",
+    "demo", "demo_config", "benchmark",
+]

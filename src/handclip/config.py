@@ -3,7 +3,11 @@
 A config file mirrors ``Config`` below section by section. Unknown keys, wrong types and impossible
 values are rejected with a message naming the key (``stage2.ids_per_batch: must be >= 2``).
 Command-line overrides use dotted keys: ``--set stage2.epochs=30 model.backbone=RN50``.
-Defaults are CLIP-ReID's (design.md section 2).
+Defaults are CLIP-ReID's (docs/method.md, "Defaults").
+
+A file may start from another: ``_BASE_: clipreid_vitb16.yaml`` (a path relative to the file, or a
+list of them, later bases winning) loads the base first and lays the file's own keys over it, section
+by section, so each dataset config states only what differs from the recipe it builds on.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class _Section(BaseModel):
 
 
 class SyntheticConfig(_Section):
-    """Procedural hands made on the fly (design.md section 3, "Others")."""
+    """Procedural hands made on the fly (docs/method.md, "Synthetic hands")."""
 
     train_ids: int = Field(100, ge=2)
     test_ids: int = Field(50, ge=2)
@@ -108,7 +112,7 @@ class Stage1Config(_Section):
     lr_min: float = Field(1e-6, ge=0)
     prompt_l2: float = Field(0.0, ge=0, description="L2 penalty on the prompt vectors")
     schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")
-    cache_features: bool = Field(True, description="reuse encoded training features across runs (issue 6)")
+    cache_features: bool = Field(True, description="reuse encoded training features across runs")
 
 
 class Stage2Config(_Section):
@@ -244,13 +248,29 @@ def config_from_dict(raw: dict | None, overrides: list[str] | None = None, sourc
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
-    if path is None:
-        return config_from_dict({}, overrides, source="defaults")
+BASE_KEY = "_BASE_"
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` laid over ``base``: sections merge key by key, any other value replaces the base's."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The raw mapping of a YAML config file, with its ``_BASE_`` files merged underneath."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        where = f" (the _BASE_ of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"config file {path} names itself as a base through _BASE_ ({cycle})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -259,4 +279,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(raw).__name__}")
-    return config_from_dict(raw, overrides, source=str(path))
+    bases = raw.pop(BASE_KEY, None)
+    if bases is None:
+        return raw
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"config file {path}: {BASE_KEY} must be a file name or a list of file names")
+    merged: dict = {}
+    for base in bases:
+        merged = _merge(merged, read_config_file(path.parent / base, (*_chain, path.resolve())))
+    return _merge(merged, raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+    if path is None:
+        return config_from_dict({}, overrides, source="defaults")
+    return config_from_dict(read_config_file(path), overrides, source=str(path))

@@ -24,8 +24,8 @@ class CheckpointError(HandCLIPError):
     """A checkpoint or weights file is incompatible, corrupt or unsafe to load."""
 
 
-class IndexError_(HandCLIPError):
-    """A gallery index is missing, corrupt or built with another model."""
+class GalleryError(HandCLIPError):
+    """A gallery is missing, corrupt, locked or was enrolled with another model."""
 
 
 class TrainingError(HandCLIPError):

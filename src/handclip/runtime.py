@@ -2,7 +2,7 @@
 
 Every switch of the ``runtime`` config section is resolved here, and only here, so training,
 feature extraction and the benchmarks make the same choice for the same device. The ``auto``
-defaults are the fastest correct choice measured for each device (issue 6):
+defaults are the fastest correct choice measured for each device:
 
 - ``runtime.device``: CUDA when present, else CPU.
 - ``runtime.amp``: bf16 autocast on GPUs that support it, fp16 (with a GradScaler) on older GPUs,
@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -94,9 +97,65 @@ def pin_memory(device: torch.device | None = None) -> bool:
     return torch.cuda.is_available()
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's total)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def default_num_workers() -> int:
     """DataLoader workers sized to the machine: the CPUs this process may use, shared by the processes
     torchrun started on this node, minus one for the main process, at most 8."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(0, min(8, cpus // local_world - 1))
+    return max(0, min(8, available_cpus() // local_world - 1))
+
+
+def cache_root(data_cfg=None) -> Path:
+    """Root of HandCLIP's caches: ``data.cache_dir``, else ``$HANDCLIP_CACHE_DIR``, else ``~/.cache/handclip``."""
+    if data_cfg is not None and getattr(data_cfg, "cache_dir", None):
+        return Path(data_cfg.cache_dir).expanduser()
+    env = os.environ.get("HANDCLIP_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "handclip"
+
+
+# ---------------------------------------------------------------------------------------------
+# random state: seeded runs, and the exact generator states a resumed run continues from
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch generator states as plain data and tensors (loads with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_rng_if_resuming(resume: dict | None) -> None:
+    """Called by a training stage right before its epoch loop when it continues from a checkpoint."""
+    if resume is not None and "_rng" in resume:
+        set_rng_state(resume["_rng"])

@@ -32,9 +32,9 @@ def _summary(record: dict) -> str:
 
 
 def run(args) -> int:
-    from ..audit import AuditLog
+    from ..gallery.audit import AuditLog
     from ..errors import HandCLIPError
-    from ..evidence import verify_gallery_audit
+    from ..gallery.evidence import verify_gallery_audit
 
     from pathlib import Path
 

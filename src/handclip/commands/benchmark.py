@@ -17,11 +17,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..benchmark import run_benchmark
+    from ..workflows.benchmark import run_benchmark
 
     result = run_benchmark(args.config_dir, args.out, data_11k=args.data_11k, data_hd=args.data_hd,
                            subsets=args.subsets, overrides=args.overrides, zero_shot=not args.no_zero_shot,
                            gallery_all=not args.own_gallery, progress=True)
     print(result.table)
-    print(f"written: {args.out}/benchmark.md and benchmark.json")
+    print(result.forensic_table)
+    print(f"written: {args.out}/benchmark.md, benchmark_forensic.md and benchmark.json")
     return 0

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..api import demo
-    from ..train.demo import demo_config
+    from ..workflows.demo import demo_config
 
     config = demo_config(args.config, args.overrides)
     demo(args.out, config=config, progress=not args.no_progress)

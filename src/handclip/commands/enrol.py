@@ -21,20 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..atomic import atomic_write_text
-    from ..embedding import collect_images, load_model
     from ..errors import HandCLIPError
-    from ..evidence import audited_enrol
     from ..gallery import Gallery
+    from ..gallery.enrol import collect_images, load_encoder
+    from ..gallery.evidence import audited_enrol
 
     if args.batch_size < 1:
         raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")
     items = collect_images(args.images, split=args.split)
-    loaded = load_model(args.checkpoint, device=args.device)
-    gallery = Gallery.open_or_create(args.index, loaded.fingerprint, int(loaded.model.feature_dim),
-                                     checkpoint=loaded.checkpoint)
+    encoder = load_encoder(args.checkpoint, device=args.device)
+    gallery = Gallery.open_or_create(args.index, encoder.fingerprint(), encoder.feature_dim,
+                                     checkpoint=encoder.checkpoint)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
-    summary, record = audited_enrol(gallery, loaded, items, examiner=args.examiner, arguments=arguments,
-                                    batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
+    summary, record = audited_enrol(gallery, encoder, items, examiner=args.examiner, arguments=arguments,
+                                    batch_size=args.batch_size, skip_bad=args.skip_bad,
                                     progress=not args.no_progress)
     if summary.skipped_bad:
         listing = "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad)

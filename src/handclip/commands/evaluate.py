@@ -36,6 +36,8 @@ def add_arguments(parser) -> None:
                           help="lir calibrator for the cross-calibrated LRs (default logit)")
     forensic.add_argument("--calibration-folds", type=int, default=2,
                           help="identity folds per run for cross-calibration (default 2)")
+    forensic.add_argument("--calibration", metavar="JSON",
+                          help="also judge this stored calibration (from `handclip calibrate`, same model) on every run")
 
 
 def _parse_runs(text: str):
@@ -77,16 +79,37 @@ def forensic_summary_lines(forensic) -> list[str]:
         lines.append(f"  Cllr: {agg['cllr']['mean']:.3f} ± {agg['cllr']['std']:.3f}  Cllr_min: "
                      f"{agg['cllr_min']['mean']:.3f}  Cllr_cal: {agg['cllr_cal']['mean']:.3f}  log10 LR from "
                      f"{agg['log10_lr_min']['mean']:.2f} to {agg['log10_lr_max']['mean']:.2f}")
+    if agg.get("stored_cllr") is not None:
+        lines.append(f"  stored calibration: Cllr {agg['stored_cllr']['mean']:.3f} ± {agg['stored_cllr']['std']:.3f}  "
+                     f"Cllr_cal {agg['stored_cllr_cal']['mean']:.3f}")
     for note in forensic.notes:
         lines.append(f"  note: {note}")
     return lines
 
 
+def load_encoder(args):
+    """A trained checkpoint, or a backbone with its (pretrained or random) weights for the zero-shot baseline."""
+    from ..model.inference import Encoder
+
+    if args.checkpoint is not None and args.backbone is not None:
+        raise DataError("give either a checkpoint or a backbone for a zero-shot evaluation, not both")
+    if args.checkpoint is not None:
+        if args.weights is not None or args.image_size is not None:
+            raise DataError("weights and image size are for a zero-shot backbone; a checkpoint brings its own")
+        return Encoder.from_checkpoint(args.checkpoint, device=args.device)
+    if args.backbone is None:
+        raise DataError("nothing to evaluate: give --checkpoint, or --backbone (with --weights) for zero-shot")
+    return Encoder.zero_shot(args.backbone, args.weights, args.image_size, args.allow_unsafe_weights,
+                             device=args.device)
+
+
 def run(args) -> int:
     from ..config import EvalConfig
     from ..data.manifest import Manifest
-    from ..evaluation import evaluate_manifest, load_model_for_evaluation, write_evaluation_outputs
-    from ..references import subset_key, subset_title
+    from ..evaluate.metrics import METRIC_KEYS
+    from ..evaluate.protocol import evaluate_manifest
+    from ..evaluate.references import subset_key, subset_title
+    from ..evaluate.report import write_evaluation_outputs
 
     if args.show < 0 or args.top_k < 1:
         raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
@@ -95,11 +118,19 @@ def run(args) -> int:
     has_distractors = any(r.is_distractor for r in manifest.records)
     if args.gallery_all and not has_distractors:
         raise DataError(f"{args.manifest} has no distractor gallery; prepare it with --gallery-all")
-    model, data_cfg, label = load_model_for_evaluation(args.checkpoint, args.backbone, args.weights,
-                                                       args.image_size, args.allow_unsafe_weights)
+    encoder = load_encoder(args)
+    label = encoder.label
+    calibration = None
+    if args.calibration:
+        from ..evaluate.calibration import ScoreCalibration
+
+        if args.no_forensic:
+            raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")
+        calibration = ScoreCalibration.load(args.calibration)
+        calibration.check_model(encoder.fingerprint())
     eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
-    result = evaluate_manifest(model, manifest, data_cfg, eval_cfg, runs=runs, device=args.device,
-                               distractors=not args.no_distractors, progress=True, keep_distances=True)
+    result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=not args.no_distractors,
+                               progress=True, keep_distances=True)
     subsets = sorted({subset_key(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
     title = "Evaluation on " + ", ".join(subset_title(s) for s in subsets)
     if args.out:
@@ -115,12 +146,12 @@ def run(args) -> int:
         if args.calibration_folds < 2:
             raise DataError(f"--calibration-folds must be at least 2 (got {args.calibration_folds})")
         forensic = forensic_evaluation(result, method=args.calibration_method, folds=args.calibration_folds,
-                                       progress=True)
+                                       progress=True, calibration=calibration)
     write_evaluation_outputs(result, out, title, label, args.manifest, _training_history(args.checkpoint),
                              queries_shown=args.show, top_k=args.top_k, forensic=forensic)
     agg = result.aggregate
     print(f"{label} on {args.manifest}: {len(result.per_run)} run(s), {result.num_images_encoded} images encoded")
-    for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
+    for key in METRIC_KEYS:
         print(f"  {key:>6}: {100 * agg[key]['mean']:6.2f} ± {100 * agg[key]['std']:.2f}")
     if forensic is not None:
         for line in forensic_summary_lines(forensic):

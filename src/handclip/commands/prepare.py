@@ -1,4 +1,4 @@
-"""``handclip prepare {11k,hd,folder,synthetic}``: write a protocol manifest (design.md section 3)."""
+"""``handclip prepare {11k,hd,folder,synthetic}``: write a protocol manifest (docs/method.md, "Protocols")."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print(search) -> None:
-    from ..evidence import display_path
+    from ..gallery.evidence import display_path
 
     calibrated = search.calibration is not None
     for query in search.queries:
@@ -56,11 +56,11 @@ def _print(search) -> None:
 
 def run(args) -> int:
     from ..atomic import atomic_write_json, sha256_file
-    from ..embedding import load_model
     from ..errors import HandCLIPError
-    from ..evidence import evidential_search, load_calibration
     from ..gallery import Gallery
-    from ..search_report import write_search_html
+    from ..gallery.enrol import load_encoder
+    from ..gallery.evidence import evidential_search, load_calibration
+    from ..gallery.html import write_search_html
 
     if args.top_k < 1:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
@@ -69,24 +69,24 @@ def run(args) -> int:
     checkpoint = args.checkpoint or gallery.checkpoint
     if not checkpoint:
         raise HandCLIPError(f"gallery {args.index} does not record its model; pass --checkpoint")
-    loaded = load_model(checkpoint, device=args.device)
+    encoder = load_encoder(checkpoint, device=args.device)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
-    search = evidential_search(gallery, loaded, args.query, top_k=args.top_k, by=args.by,
+    search = evidential_search(gallery, encoder, args.query, top_k=args.top_k, by=args.by,
                                index_type=args.index_type, calibration=calibration, examiner=args.examiner,
-                               arguments=arguments, device=args.device)
+                               arguments=arguments)
     _print(search)
     if args.json:
         info = search.as_dict()
         atomic_write_json(args.json, {**{k: v for k, v in info.items() if k != "queries"},
-                                      "checkpoint": loaded.checkpoint, "results": info["queries"]})
+                                      "checkpoint": encoder.checkpoint, "results": info["queries"]})
         print(f"wrote {args.json}")
     if args.html:
         write_search_html(search.queries, args.html, gallery_dir=str(gallery.index_dir), by=args.by,
-                          checkpoint=loaded.checkpoint, statement=search.statement,
+                          checkpoint=encoder.checkpoint, statement=search.statement,
                           propositions=search.propositions, audit=search.audit)
         print(f"wrote {args.html}")
     if args.report:
-        from ..case_report import write_case_report
+        from ..gallery.case_report import write_case_report
 
         write_case_report(search, args.report, case_id=args.case_id, examiner=args.examiner)
         print(f"wrote {args.report} (SHA-256 {sha256_file(args.report)})")

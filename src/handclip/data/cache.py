@@ -31,30 +31,14 @@ from PIL import Image
 
 from ..atomic import atomic_open
 from ..errors import DataError, HandCLIPError
-
-try:  # the data helper's loader (clear DataError for missing/truncated files) once it exists
-    from .images import load_rgb as load_image
-except ImportError:  # pragma: no cover - fallback until handclip.data.images lands
-    def load_image(path) -> Image.Image:
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except FileNotFoundError:
-            raise DataError(f"image not found: {path}") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+from ..runtime import cache_root
+from .images import load_rgb as load_image
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _MAGIC = b"HCDECODE"
 _HEADER = struct.Struct("<8sI32sIII")  # magic, version, key digest, height, width, crc32
-
-
-def default_cache_root() -> Path:
-    """Root of HandCLIP's caches: ``$HANDCLIP_CACHE_DIR``, else ``~/.cache/handclip``."""
-    env = os.environ.get("HANDCLIP_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "handclip"
 
 
 def default_cache_resolution(image_size) -> int:
@@ -95,14 +79,14 @@ def _source_stat(path: str) -> os.stat_result:
 class DecodeCache:
     """On-disk store of decoded, downsized images; safe to share between processes.
 
-    ``cache_dir`` defaults to ``default_cache_root() / "decode"``. Use ``get(path)`` for the uint8 array or
+    ``cache_dir`` defaults to ``cache_root() / "decode"``. Use ``get(path)`` for the uint8 array or
     ``image(path)`` for a PIL image ready for the transforms.
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, resolution: int = 448):
         if int(resolution) < 16:
             raise DataError(f"decode cache resolution {resolution} is too small (minimum 16)")
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_root() / "decode"
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache_root() / "decode"
         self.resolution = int(resolution)
         self._write_failed = False
         self.hits = 0

@@ -22,10 +22,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from ..runtime import available_cpus
 
 # Background for transparent pixels: the hand datasets are photographed on white.
 BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+# File suffixes taken for images wherever a folder is walked (prepare folder / HD, enrol).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def _check_one(path: str, min_size: int) -> Optional[ImageProblem]:
 
 def default_workers() -> int:
     # Decoding releases the GIL and file reads wait on the disk, so a few threads per core pay off.
-    return max(1, min(32, 4 * (os.cpu_count() or 1)))
+    return max(1, min(32, 4 * available_cpus()))
 
 
 def scan_images(paths: Iterable[str | os.PathLike], min_size: int = 16,
@@ -159,3 +162,38 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             return image.size
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"image {path}: cannot read its header ({exc})") from None
+
+
+def thumbnail(path: str | os.PathLike, size: int, letterbox: bool = False) -> Image.Image:
+    """The image (EXIF orientation applied, as the model sees it) scaled so its long side is ``size``;
+    with ``letterbox``, centred on a light-grey ``size`` x ``size`` square. Small images are enlarged
+    too, so 64 px synthetic hands stay legible."""
+    image = load_rgb(path)
+    scale = size / max(image.width, image.height)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+    if not letterbox:
+        return image
+    canvas = Image.new("RGB", (size, size), (245, 245, 245))
+    canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+    return canvas
+
+
+def is_image_name(name: str) -> bool:
+    """A visible file whose suffix is one of IMAGE_SUFFIXES (case-insensitive)."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def identity_folders(root: str | os.PathLike) -> list[tuple[str, list[str]]]:
+    """The identity folders of a folder-per-identity tree (ImageFolder layout), for ``prepare folder``
+    and ``enrol`` alike: ``(folder name, image paths)`` for each visible sub-folder of ``root``, sorted by
+    name, with its images found recursively (hidden files and folders skipped, symlinked folders
+    followed), each path ``root``-joined and the list sorted."""
+    root = Path(root)
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found.extend(os.path.join(dirpath, name) for name in filenames if is_image_name(name))
+        out.append((folder.name, sorted(found)))
+    return out

@@ -2,12 +2,11 @@
 
 Both bring every image to the working resolution (long side ``data.cache_resolution``) before the
 transforms, through the decode cache when ``data.decode_cache`` is on, so the cache never changes a pixel.
-Call ``loader.batch_sampler.set_epoch(epoch)`` (or ``set_epoch(loader, epoch)``) before each training epoch.
+Call ``loader.batch_sampler.set_epoch(epoch)`` before each training epoch.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -15,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
-from ..runtime import default_num_workers, pin_memory
-from .cache import DecodeCache, default_cache_resolution, default_cache_root
+from ..runtime import cache_root, default_num_workers, pin_memory
+from .cache import DecodeCache, default_cache_resolution
 from .dataset import ManifestDataset, as_records
 from .sampler import PKSampler
 from .transforms import build_transforms
@@ -44,8 +43,7 @@ def working_resolution(data_cfg: DataConfig) -> int:
 def decode_cache_for(data_cfg: DataConfig) -> DecodeCache | None:
     if not data_cfg.decode_cache:
         return None
-    root = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else default_cache_root()
-    return DecodeCache(root / "decode", working_resolution(data_cfg))
+    return DecodeCache(cache_root(data_cfg) / "decode", working_resolution(data_cfg))
 
 
 def _loader_kwargs(data_cfg: DataConfig, persistent: bool) -> dict:
@@ -79,10 +77,3 @@ def build_eval_loader(data_cfg: DataConfig, records_or_paths: Sequence, batch_si
                               decode_cache=decode_cache_for(data_cfg), max_side=working_resolution(data_cfg))
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=False, drop_last=False,
                       **_loader_kwargs(data_cfg, persistent=False))
-
-
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Select the P x K batch layout of ``epoch`` (same on every rank)."""
-    sampler = loader.batch_sampler
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)

@@ -206,7 +206,7 @@ class Manifest:
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> str:
-        """A table of identities and images per split, like the tables in design.md section 3."""
+        """A table of identities and images per split, like the tables in docs/method.md, "Protocols"."""
         datasets = sorted({r.dataset for r in self.records if not r.is_distractor} - {""})
         subsets = sorted({r.subset for r in self.records if not r.is_distractor} - {""})
         runs = self.runs

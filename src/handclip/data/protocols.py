@@ -1,4 +1,4 @@
-"""The published evaluation protocols (design.md section 3), each turned into a ``Manifest``.
+"""The published evaluation protocols (docs/method.md, "Protocols"), each turned into a ``Manifest``.
 
 Shared machinery for every dataset:
 
@@ -19,7 +19,7 @@ warning: a one-image training identity stays in train without a val image, a one
 is in every gallery with no query (which is also what the Market-1501-style scripts behind the
 published numbers do). Identity folders without any image are dropped under "keep".
 
-Distractor identity numbers (design.md: "ids offset so they never match"):
+Distractor identity numbers (offset so they never match a real identity):
 
 * 11k ``gallery_all``: the other three aspects' gallery ``i`` is added with
   ``pid = k * base + id``, ``k`` = 1, 2, 3 in the order dorsal_r, dorsal_l, palmar_r, palmar_l
@@ -27,7 +27,7 @@ Distractor identity numbers (design.md: "ids offset so they never match"):
   HandInfo.csv, at least 10,000,000 (the largest real id is 1,200,000). Real pids are below
   ``base``, so no distractor can equal a real identity or another aspect's distractor.
 * HD: the 502-712 subjects get ``pid = id + offset`` with ``offset`` = the smallest power of ten
-  above every id in ``1-501``, at least 1000 (so 1000 for the real data, as design.md says).
+  above every id in ``1-501``, at least 1000 (so 1000 for the real data, as the published protocol offsets them).
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DataError
+from .images import identity_folders, is_image_name
 from .manifest import Manifest, ManifestRecord, iter_csv_rows, read_csv_text
+from .synthetic import write_synthetic_dataset
 
 SmallIds = Literal["error", "keep"]
 
@@ -253,7 +255,7 @@ def _check_exist(paths: Sequence[str], listed_in: Path) -> None:
 
 def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: bool = False,
                 small_ids: SmallIds = "error") -> Manifest:
-    """11k Hands protocol for one aspect (design.md section 3)."""
+    """11k Hands protocol for one aspect (docs/method.md, "Protocols")."""
     aspect = normalise_aspect(aspect)
     _check_common(runs, seed, small_ids)
     root = _require_dir(root, "11k")
@@ -295,7 +297,6 @@ def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: b
 HD_TRAIN_CUTOFF = 447
 HD_MAIN, HD_EXTRA = "1-501", "502-712"
 _HD_NAME = re.compile(r"^(\d+)_(\d+)\.(jpe?g|png|bmp|tiff?)$", re.IGNORECASE)
-_IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _HD_CODE = 11
 
 
@@ -315,7 +316,7 @@ def _hd_identities(folder: Path) -> list[Identity]:
             continue
         match = _HD_NAME.match(entry.name)
         if not match:
-            if Path(entry.name).suffix.lower() in _IMAGE_EXTENSIONS:
+            if is_image_name(entry.name):
                 skipped.append(entry.name)
             continue
         pid = int(match.group(1))
@@ -364,16 +365,6 @@ def prepare_hd(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "error
 _FOLDER_CODE = 21
 
 
-def _folder_images(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in _IMAGE_EXTENSIONS:
-                found.append(os.path.join(dirpath, name))
-    return sorted(found)
-
-
 def _test_count(test_ids, n: int, root: Path) -> int:
     if test_ids is None:
         count = n // 2
@@ -402,17 +393,16 @@ def prepare_folder(root, runs: int = 10, seed: int = 0, test_ids: Union[None, in
     """
     _check_common(runs, seed, small_ids)
     root = _require_dir(root, "folder dataset")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     idents = []
-    for folder in folders:
-        paths = _folder_images(folder)
+    for name, paths in identity_folders(root):
+        folder = root / name
         if not paths:
             if small_ids != "keep":
                 raise DataError(f"identity folder {folder} has no images "
                                 f"(use --keep-small-ids / small_ids='keep' to leave such folders out)")
             warnings.warn(f"identity folder {folder} has no images; it was left out", DataWarning, stacklevel=2)
             continue
-        idents.append(Identity(len(idents), folder.name, paths))
+        idents.append(Identity(len(idents), name, paths))
     if len(idents) < 2:
         raise DataError(f"folder dataset {root} needs at least 2 identity folders with images, found {len(idents)}")
     n_test = _test_count(test_ids, len(idents), root)
@@ -435,8 +425,6 @@ def prepare_synthetic(out_dir, synthetic_cfg, runs: int = 10, seed: int = 0) -> 
     The first ``synthetic_cfg.train_ids`` identities are training identities, the next
     ``test_ids`` test identities. ``synthetic_cfg.seed`` fixes the images, ``seed`` the splits.
     """
-    from .synthetic import write_synthetic_dataset
-
     _check_common(runs, seed, "error")
     if out_dir is None or str(out_dir) == "":
         raise DataError("synthetic dataset: no output folder given")

@@ -3,8 +3,8 @@
 Each epoch, every identity's images are shuffled and cut into chunks of K (an identity with fewer than K
 images gets K drawn with replacement; a final partial chunk is dropped); then batches are formed by
 repeatedly drawing P distinct identities that still have chunks and taking one chunk of each. Every anchor
-therefore has K-1 positives in its batch (the prototype's plain random batches left most anchors without a
-positive and the triplet loss near zero).
+therefore has K-1 positives in its batch (plain random batches leave most anchors without a positive and
+the triplet loss near zero; docs/method.md, "Pitfalls").
 
 Differences from CLIP-ReID, both deliberate:
 - the epoch is a function of (seed, epoch) only, so runs and resumed runs repeat exactly;
@@ -22,14 +22,13 @@ from collections import defaultdict
 from typing import Iterator, Sequence
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ..errors import TrainingError
 
 
 def _distributed_rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -17,9 +17,8 @@ import io
 import json
 import math
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import DataError
+from ..runtime import available_cpus
 
 MARKER_NAME = ".handclip_synthetic.json"
 # Bump when the renderer changes, so old folders are re-rendered instead of silently reused.
@@ -440,10 +440,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def _worker_count() -> int:
-    try:
-        return max(1, min(4, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not on Linux
-        return max(1, min(4, os.cpu_count() or 1))
+    return min(4, available_cpus())
 
 
 def _write_identity(job) -> None:

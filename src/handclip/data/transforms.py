@@ -3,7 +3,7 @@
 Train order follows CLIP-ReID: resize (bicubic, as CLIP was trained), horizontal flip, pad + random crop
 back to the input size, to-tensor, normalise, random erasing. Random erasing fills with 0, which after
 normalisation is the dataset mean colour. Evaluation only resizes and normalises, so training and
-evaluation always share the same normalisation (the prototype trained without it and evaluated with it).
+evaluation always share the same normalisation (docs/method.md, "Pitfalls").
 """
 
 from __future__ import annotations

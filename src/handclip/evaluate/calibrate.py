@@ -82,10 +82,9 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
               progress: bool = False) -> ScoreCalibration:
     """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved)."""
     from ..atomic import sha256_file
-    from ..config import EvalConfig
     from ..data.manifest import Manifest
-    from ..embedding import load_model
-    from ..evaluation import check_images_exist, extract_features
+    from ..gallery.enrol import load_encoder
+    from .protocol import check_images_exist
 
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
@@ -95,9 +94,8 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
         print("handclip: warning: the model trained on the train/val identities; LRs calibrated on them "
               "overstate the evidence for new people", file=sys.stderr)
     check_images_exist(records, source=manifest_path)
-    loaded = load_model(checkpoint, device=device)
-    features = extract_features(loaded.model, records, loaded.data_cfg, EvalConfig(batch_size=batch_size),
-                                device=device, flip=False, progress=progress)
+    encoder = load_encoder(checkpoint, device=device)  # what enrol and search use
+    features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
     pids = np.array([rec.pid for rec in records])
     maps, figures = fit_calibration(features, pids, method, folds, seed)
     image = figures["image"]
@@ -110,7 +108,7 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
         "score": "cosine similarity of L2-normalised features (no flip)",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
     }
-    return ScoreCalibration(maps, loaded.fingerprint, summary)
+    return ScoreCalibration(maps, encoder.fingerprint(), summary)
 
 
 __all__ = ["calibrate", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]

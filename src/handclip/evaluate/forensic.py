@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import CalibrationError, verbal_scale_rows
+from .calibration import CalibrationError, cllr_figures, verbal_scale_rows
 from .crosscal import cross_calibrate
 from .openset import FPIR_LEVELS, RANKS, openset_metrics
 from .verification import FMR_LEVELS, ForensicMetricError, level_key, split_pairs, verification_metrics
@@ -19,6 +19,7 @@ from .verification import FMR_LEVELS, ForensicMetricError, level_key, split_pair
 VERIFICATION_KEYS = ["eer", "auc", *[f"fnmr@fmr={level_key(v)}" for v in FMR_LEVELS]]
 OPENSET_KEYS = [*[f"fnir@fpir={level_key(v)}" for v in FPIR_LEVELS], *[f"fnir@rank{r}" for r in RANKS]]
 LR_KEYS = ["cllr", "cllr_min", "cllr_cal", "log10_lr_min", "log10_lr_max"]
+STORED_KEYS = ["stored_cllr", "stored_cllr_min", "stored_cllr_cal"]
 
 
 def similarity_scores(distances: np.ndarray, options: dict) -> tuple[np.ndarray, str]:
@@ -72,7 +73,7 @@ def _aggregate(per_run: list, keys: list) -> dict:
 
 
 def run_figures(scores: np.ndarray, query_pids, gallery_pids, method: str = "logit", folds: int = 2,
-                seed: int = 0) -> dict:
+                seed: int = 0, calibration=None) -> dict:
     """Every forensic figure of one run; a part that cannot be computed leaves a note instead."""
     figures = {"notes": []}
     flat = {}
@@ -108,13 +109,28 @@ def run_figures(scores: np.ndarray, query_pids, gallery_pids, method: str = "log
         flat.update({k: lr[k] for k in LR_KEYS})
     except CalibrationError as exc:
         figures["notes"].append(f"likelihood ratios not computed: {exc}")
+    if calibration is not None:  # a stored calibration, judged on this run's pairs
+        try:
+            stored = cllr_figures(calibration.log10_lr(np.asarray(scores).ravel(), "image"), labels)
+            figures["stored_calibration"] = stored
+            flat.update({f"stored_{k}": stored[k] for k in ("cllr", "cllr_min", "cllr_cal")})
+        except CalibrationError as exc:
+            figures["notes"].append(f"stored calibration not judged: {exc}")
     figures["flat"] = flat
     return figures
 
 
 def forensic_evaluation(result, method: str = "logit", folds: int = 2, seed: int = 0,
-                        progress: bool = False) -> ForensicResult:
-    """Forensic figures for an ``EvalResult`` evaluated with ``keep_distances=True``."""
+                        progress: bool = False, calibration=None) -> ForensicResult:
+    """Forensic figures for an ``EvalResult`` evaluated with ``keep_distances=True``.
+
+    ``calibration`` (a ``ScoreCalibration`` of the same model) is also applied to every pair and judged
+    by Cllr: the check that a stored calibration holds on identities it was not fitted on.
+    """
+    if calibration is not None and (result.options.get("flip") or result.options.get("rerank")
+                                    or result.options.get("metric", "cosine") != "cosine"):
+        raise CalibrationError("a stored calibration maps plain cosine scores (no flip, no re-ranking); "
+                               "evaluate without --flip / --rerank / --metric euclidean to judge it")
     if not result.distances:
         raise ForensicMetricError("the evaluation kept no distances; evaluate with keep_distances=True")
     runs = list(result.distances)
@@ -127,14 +143,16 @@ def forensic_evaluation(result, method: str = "logit", folds: int = 2, seed: int
     for run in iterator:
         query, gallery = result.splits[run]
         scores, score_name = similarity_scores(result.distances[run], result.options)
-        figures = run_figures(scores, [r.pid for r in query], [r.pid for r in gallery], method, folds, seed + run)
+        figures = run_figures(scores, [r.pid for r in query], [r.pid for r in gallery], method, folds, seed + run,
+                              calibration)
         curves[run] = {"roc": figures.pop("roc", None), "openset": figures.pop("fpir_fnir", None)}
         if "llrs" in figures:
             llrs.append(figures.pop("llrs"))
             labels.append(figures.pop("labels"))
         notes += [f"run {run}: {n}" for n in figures["notes"]]
         per_run.append({"run": run, **figures})
-    aggregate = _aggregate(per_run, VERIFICATION_KEYS + OPENSET_KEYS + LR_KEYS)
+    aggregate = _aggregate(per_run, VERIFICATION_KEYS + OPENSET_KEYS + LR_KEYS
+                           + (STORED_KEYS if calibration is not None else []))
     for entry in per_run:
         entry.pop("flat")
     return ForensicResult(per_run, aggregate, _dedupe(notes), score_name, method, folds, curves,

@@ -28,7 +28,7 @@ def _figure(width: float, height: float, cols: int = 1):
 
 
 def _save(fig, out_png) -> Path:
-    from ..report import _save_figure
+    from .plots import _save_figure
 
     return _save_figure(fig, out_png)
 
@@ -122,14 +122,14 @@ def plot_tippett(llrs, labels, out_png: str | os.PathLike, title: str = "Tippett
             if low <= side <= high:
                 ax.axvline(side, color="grey", alpha=0.35, linewidth=0.8)
                 ax.text(side, 50, f" {name} ", rotation=90, fontsize=7, va="center",
-                        ha="right" if side > 0 else "left", color="dimgrey")
+                        ha="left" if side > 0 else "right", color="dimgrey")  # inside the band it names
     lines = ax.get_lines()
     lines[0].set_label(f"same person (n={int(np.sum(labels))})")
     lines[1].set_label(f"different people (n={int(np.sum(np.asarray(labels) == 0))})")
     ax.set_ylabel("LRs at or above the value (%)")
     ax.set_xlabel("log$_{10}$ LR (cross-calibrated by identity)")
-    ax.set_title(title + "\n(grey lines: lower edges of ENFSI's verbal bands, either direction)", fontsize=10)
-    ax.legend(loc="center", bbox_to_anchor=(0.3, 0.5), fontsize=8)
+    ax.set_title(title + "\n(grey lines: edges of ENFSI's verbal bands, each named inside its band)", fontsize=10)
+    ax.legend(loc="center", bbox_to_anchor=(0.3, 0.25), fontsize=8)
     ax.grid(True, alpha=0.3)
     return _save(fig, out_png)
 

@@ -25,17 +25,17 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_open, sha256_file
+from ..config import config_from_dict
 from ..errors import CheckpointError, ConfigError, HandCLIPError
-from .backbone import (
+from .handclip import HandCLIP, build_model
+from .weights import (
+    describe_mismatch,
+    first_line,
+    is_torchscript_archive,
     looks_like_torch_file,
     quiet_weights_only_load,
-    _describe_mismatch,
-    _first_line,
-    _is_torchscript_archive,
-    load_weights_file,
     weights_only_reason,
 )
-from .handclip import HandCLIP, build_model
 
 CHECKPOINT_FORMAT = "handclip-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -48,7 +48,6 @@ __all__ = [
     "read_checkpoint",
     "model_fingerprint",
     "state_dict_sha256",
-    "load_weights_file",
 ]
 
 # Exactly the types torch.load(weights_only=True) accepts (subclasses such as defaultdict are refused).
@@ -117,7 +116,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+    if zipfile.is_zipfile(path) and is_torchscript_archive(path):
         raise CheckpointError(
             f"{path} is a TorchScript archive (such as OpenAI's original CLIP files), not a HandCLIP "
             f"checkpoint; backbone weights go in model.weights"
@@ -132,7 +131,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"code when loaded ({weights_only_reason(exc)}), so it is not a HandCLIP checkpoint"
         ) from None
     except Exception as exc:  # torch raises KeyError/RuntimeError/EOFError/... on damaged files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(exc)})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a HandCLIP checkpoint (backbone weights go in model.weights, not here)"
@@ -150,8 +149,6 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     """Rebuild the model stored at ``path``: returns (model in eval mode, Config or None, extra dict)."""
-    from ..config import config_from_dict
-
     path = Path(path)
     payload = read_checkpoint(path, map_location=map_location)
     spec = payload["spec"]
@@ -165,7 +162,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} describes a model this HandCLIP cannot build: {exc}") from None
     model.spec["weights_source"] = spec.get("weights_source", "random")
     state = payload["state_dict"]
-    problem = _describe_mismatch(model.state_dict(), state)
+    problem = describe_mismatch(model.state_dict(), state)
     if problem:
         raise CheckpointError(f"checkpoint {path} does not match the architecture it describes: {problem}")
     model.load_state_dict(state, strict=True)

@@ -1,6 +1,6 @@
 """The HandCLIP model: CLIP-ReID's image features, BNNeck, ID heads, and identity prompts.
 
-Image side (design.md section 2): for a ViT the class token after the second-to-last block
+Image side (docs/method.md, "Features"): for a ViT the class token after the second-to-last block
 (``feat_mid``), after the last block + ``ln_post`` (``feat_last``, width W) and after the
 projection (``feat_proj``, dim D); for a ModifiedResNet the spatially pooled layer3 / layer4
 maps and the attention-pool output. ``feat_last`` and ``feat_proj`` each pass through a BNNeck
@@ -14,12 +14,13 @@ end-of-text token (argmax of the token ids), through ``ln_final`` and ``text_pro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
+from ..config import DataConfig, ModelConfig
 from ..errors import ConfigError
 from .backbone import create_clip, get_tokenizer, is_vit
 from .heads import ArcMarginProduct, linear_id_classifier
@@ -258,12 +259,6 @@ class HandCLIP(nn.Module):
         ]
         return torch.cat(chunks, dim=0)
 
-    def text_logits(self, image_proj: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """ID logits from text anchors (id_head 'text'): cosine(image_proj, text) * CLIP's logit scale."""
-        image = F.normalize(image_proj, dim=-1)
-        text = F.normalize(text_features.to(image.dtype), dim=-1)
-        return image @ text.t() * self.logit_scale.exp()
-
     # ---------------------------------------------------------------- training policy
 
     def head_modules(self) -> list[nn.Module]:
@@ -319,39 +314,6 @@ class HandCLIP(nn.Module):
                 param.requires_grad_(True)
         self._freeze_bn_bias()
 
-    # ---------------------------------------------------------------- optimizer groups
-
-    def named_image_parameters(self, trainable_only: bool = True) -> list[tuple[str, nn.Parameter]]:
-        return [
-            (f"image_encoder.{n}", p)
-            for n, p in self.image_encoder.named_parameters()
-            if p.requires_grad or not trainable_only
-        ]
-
-    def named_head_parameters(self, trainable_only: bool = True) -> list[tuple[str, nn.Parameter]]:
-        named = []
-        for prefix in ("bottleneck", "bottleneck_proj", "classifier", "classifier_proj"):
-            module = getattr(self, prefix)
-            if module is not None:
-                named += [(f"{prefix}.{n}", p) for n, p in module.named_parameters() if p.requires_grad or not trainable_only]
-        return named
-
-    def named_prompt_parameters(self, trainable_only: bool = True) -> list[tuple[str, nn.Parameter]]:
-        ctx = self.prompt_learner.ctx
-        return [("prompt_learner.ctx", ctx)] if ctx.requires_grad or not trainable_only else []
-
-    def image_parameters(self, trainable_only: bool = True) -> list[nn.Parameter]:
-        return [p for _, p in self.named_image_parameters(trainable_only)]
-
-    def head_parameters(self, trainable_only: bool = True) -> list[nn.Parameter]:
-        return [p for _, p in self.named_head_parameters(trainable_only)]
-
-    def prompt_parameters(self, trainable_only: bool = True) -> list[nn.Parameter]:
-        return [p for _, p in self.named_prompt_parameters(trainable_only)]
-
-    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
-
 
 # ------------------------------------------------------------------------------------------------
 
@@ -367,8 +329,6 @@ def _section_dict(section, name: str) -> dict:
 
 
 def _validated(cls, section, name: str):
-    from pydantic import ValidationError
-
     if isinstance(section, cls):
         return section
     try:
@@ -382,8 +342,6 @@ def _validated(cls, section, name: str):
 
 def build_model(model_cfg, data_cfg, num_ids: int) -> HandCLIP:
     """Build HandCLIP from the ``model`` and ``data`` config sections (pydantic objects or dicts)."""
-    from ..config import DataConfig, ModelConfig
-
     model_cfg = _validated(ModelConfig, model_cfg, "model")
     data_cfg = _validated(DataConfig, data_cfg, "data")
     clip = create_clip(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -67,8 +68,6 @@ def device_for(info: DistInfo, device: torch.device) -> torch.device:
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device, ignore: list[str]):
     """DistributedDataParallel over the image path; ``ignore`` names parameters reduced by hand."""
-    from torch.nn.parallel import DistributedDataParallel
-
     if ignore:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
     device_ids = [device.index] if device.type == "cuda" else None

@@ -22,9 +22,8 @@ on CPU the continued run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,12 +31,29 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm import tqdm
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..config import Config, load_config
+from ..config import Config, config_from_dict, load_config
+from ..data.images import scan_images
+from ..data.loaders import build_train_loader
+from ..data.manifest import Manifest
+from ..data.protocols import prepare_from_config
 from ..errors import ConfigError, DataError, HandCLIPError, TrainingError
+from ..evaluate.protocol import evaluate_validation
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.handclip import build_model
+from ..model.inference import Encoder
+from ..runtime import (
+    cache_root,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from . import distributed as ddp
-from .runtime import cache_root, resolve_device, rng_state, seed_everything, set_rng_state
+from .stage1 import run_stage1
+from .stage2 import run_stage2
 
 STAGES = ("stage1", "stage2")
 
@@ -87,8 +103,6 @@ def _as_config(config) -> Config:
     if isinstance(config, (str, Path)):
         return load_config(config)
     if isinstance(config, dict):
-        from ..config import config_from_dict
-
         return config_from_dict(config)
     raise ConfigError(f"config must be a Config, a YAML path or a dict, not {type(config).__name__}")
 
@@ -142,8 +156,6 @@ class TrainContext:
             return
         self.run.log(message)
         if self.progress:
-            from tqdm import tqdm
-
             tqdm.write(message)
 
     def check_finite(self, terms: dict, stage: str, epoch: int, step: int) -> None:
@@ -177,29 +189,23 @@ class TrainContext:
             ddp.average_gradients([p for p in self.model.prompt_learner.parameters() if p.requires_grad])
 
     def build_train_loader(self):
-        from ..data.loaders import build_train_loader
-
         s2 = self.config.stage2
         return build_train_loader(self.config.data, self.train_records, self.label_map, s2.ids_per_batch,
                                   s2.images_per_id, seed=self.config.seed, rank=self.dist.rank,
                                   world_size=self.dist.world_size)
 
     def validate(self) -> dict:
-        from ..evaluation import evaluate_validation
-
         metrics = None
         if self.is_main:
+            encoder = Encoder.for_model(self.model, self.config.data, self.device)
             # RNG-neutral: how often one validates must not change the training run's random stream.
             with torch.random.fork_rng(devices=[]):
-                metrics = evaluate_validation(self.model, self.manifest, self.config.data, self.config.eval,
-                                              self.device)
+                metrics = evaluate_validation(encoder, self.manifest, self.config.eval)
             metrics = {k: float(v) for k, v in metrics.items()}
         return ddp.broadcast_object(metrics, self.dist)
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def save(self, name: str, extra: dict) -> Path:
-        from ..model.checkpoint import save_checkpoint
-
         path = self.run.file(name)
         if self.is_main:
             save_checkpoint(path, self.model, self.config, extra)
@@ -215,7 +221,8 @@ class TrainContext:
             best = state.get("best")
             if best is None or score > (best["rank1"], best["mAP"]):
                 state["best"] = {"stage": stage, "epoch": epoch, "rank1": score[0], "mAP": score[1]}
-                # Saved now, to disk (the prototype kept its "best" model by reference: mistake 7).
+                # Saved now, to disk: a "best" model kept by reference would really be the last epoch
+                # (docs/method.md, "Pitfalls").
                 self.save("best.pt", {"stage": stage, "epoch": epoch, "val": metrics})
                 record["best"] = True
         total = self.config.stage1.epochs if stage == "stage1" else self.config.stage2.epochs
@@ -236,8 +243,6 @@ class TrainContext:
 
 def _dataset_workdir(config: Config) -> Path:
     """Where generated datasets go: one folder per synthetic setting, so settings never mix images."""
-    import hashlib
-
     key = hashlib.sha256(json.dumps(config.data.synthetic.model_dump(mode="json"), sort_keys=True).encode())
     return cache_root(config.data) / "datasets" / key.hexdigest()[:16]
 
@@ -249,10 +254,6 @@ def _default_run_dir(config: Config) -> Path:
 
 def _scan(records, config: Config, run_lines: list[str]) -> tuple[list, list]:
     """Check every image once; stop on problems unless data.skip_bad (then leave those images out)."""
-    try:
-        from ..data.images import scan_images
-    except ImportError:  # pragma: no cover - data package not merged yet
-        return list(records), []
     problems = scan_images(sorted({r.path for r in records}))
     if not problems:
         return list(records), []
@@ -265,21 +266,9 @@ def _scan(records, config: Config, run_lines: list[str]) -> tuple[list, list]:
     return [r for r in records if r.path not in bad], sorted(bad)
 
 
-def _filtered_manifest(manifest, keep_records):
-    """The manifest without the images dropped by the scan (same class, same other splits)."""
-    from ..data.manifest import Manifest
-
-    return Manifest(keep_records)
-
-
 def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] = STAGES,
           resume: str | Path | None = None, device: str | None = None, progress: bool = False) -> RunResult:
     """Train HandCLIP and return where the checkpoints are (see the module docstring for the run folder)."""
-    from ..data.manifest import Manifest
-    from ..data.protocols import prepare_from_config
-    from ..model.checkpoint import load_checkpoint
-    from ..model.handclip import build_model
-
     resume_extra = None
     if resume is not None:
         run_path = Path(resume)
@@ -320,9 +309,7 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
         skipped_lines: list[str] = []
         usable, skipped = _scan(manifest.split("train") + manifest.split("val"), config, skipped_lines)
         if skipped:
-            keep = set(r.path for r in usable)
-            manifest = _filtered_manifest(manifest, [r for r in manifest.records
-                                                     if r.split not in ("train", "val") or r.path in keep])
+            manifest = manifest.without_paths(skipped)
         train_records, label_map = check_training_data(manifest, config.stage2,
                                                         check_batches=("stage2" in stages or joint))
         if not manifest.split("val"):
@@ -382,9 +369,6 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
 
 
 def _run_stages(ctx: TrainContext, stages: list[str], resume_extra: dict | None) -> None:
-    from .stage1 import run_stage1
-    from .stage2 import run_stage2
-
     state = ctx.state
     for stage in stages:
         if stage in state["completed"]:

@@ -1,9 +1,9 @@
-"""Stage 1: learn one text prompt per identity against fixed image features (design.md section 2).
+"""Stage 1: learn one text prompt per identity against fixed image features (docs/method.md, "Stage 1").
 
 Everything but the prompt vectors is frozen. Every training image is encoded once with the eval
 transform (no augmentation); the features are cached on disk under
 ``<cache>/features/<key>.pt``, keyed by a hash of the image encoder's weights, the transform and the
-training records, so a second experiment on the same data skips the encoding pass (issue 6).
+training records, so a second experiment on the same data skips the encoding pass.
 Each epoch walks a random permutation of the cache in consecutive batches; the loss is the
 supervised-contrastive image->text plus text->image loss (+ an optional L2 penalty on the prompts).
 """
@@ -13,18 +13,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 
 import torch
+from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes
-from ..losses import SupConLoss, prompt_l2
-from ..optim import build_stage1_optimizer
-from .runtime import amp_dtype, autocast, cache_root, logit_scale_of, restore_rng_if_resuming
-
-
-def freeze_all_but_prompts(model) -> None:
-    model.freeze_all_but_prompt()
+from ..data.loaders import build_eval_loader, working_resolution
+from ..runtime import autocast, cache_root, resolve_amp_dtype, restore_rng_if_resuming
+from .losses import SupConLoss, logit_scale_of, prompt_l2
+from .optim import build_stage1_optimizer
 
 
 def _tensor_digest(module: torch.nn.Module) -> str:
@@ -40,8 +39,6 @@ def _tensor_digest(module: torch.nn.Module) -> str:
 def _records_digest(records) -> str:
     """The training images as the manifest lists them (path, pid) plus each file's size and mtime, so an
     image rewritten in place is encoded again rather than served from a stale cache entry."""
-    import os
-
     digest = hashlib.sha256()
     for r in records:
         try:
@@ -56,8 +53,6 @@ def _records_digest(records) -> str:
 def feature_cache_key(model, data_cfg, records, dtype: torch.dtype | None = None) -> str:
     """Hash of everything the cached features depend on: backbone and its geometry, encoder weights, the
     eval transform (input size, working resolution, normalisation), the encoding precision and the images."""
-    from ..data.loaders import working_resolution
-
     model_spec = getattr(model, "spec", {}).get("model", {})
     spec = {
         "backbone": model_spec.get("backbone"),
@@ -78,16 +73,12 @@ def feature_cache_key(model, data_cfg, records, dtype: torch.dtype | None = None
 @torch.inference_mode()
 def encode_training_images(model, records, label_map, data_cfg, eval_cfg, device, dtype=None, progress=False):
     """Projected image features (float32, on CPU) and contiguous labels for ``records``, in order."""
-    from ..data.loaders import build_eval_loader
-
     was_training = model.training
     model.eval()
     loader = build_eval_loader(data_cfg, list(records), eval_cfg.batch_size)
     feats, labels = [], []
     iterator = loader
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(loader, desc="stage1 encode", unit="batch", leave=False)
     try:
         for batch in iterator:
@@ -106,7 +97,7 @@ def cached_training_features(ctx):
     cfg = ctx.config
     records = ctx.train_records
     path = None
-    dtype = amp_dtype(cfg.runtime, ctx.device)
+    dtype = resolve_amp_dtype(ctx.device, cfg.runtime.amp)
     if cfg.stage1.cache_features:
         key = feature_cache_key(ctx.model, cfg.data, records, dtype)
         path = cache_root(cfg.data) / "features" / f"{key}.pt"
@@ -138,7 +129,7 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
     s1 = cfg.stage1
     model = ctx.model
     device = ctx.device
-    freeze_all_but_prompts(model)
+    model.freeze_all_but_prompt()
     optimizer, schedule = build_stage1_optimizer(model, s1, cfg.runtime, device)
     start_epoch = 0
     if resume is not None:
@@ -150,7 +141,7 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
     labels = labels.to(device)
     scale = logit_scale_of(model, cfg.model)
     supcon = SupConLoss()
-    dtype = amp_dtype(cfg.runtime, device)
+    dtype = resolve_amp_dtype(device, cfg.runtime.amp)
     n = len(labels)
     steps = (n + s1.batch_size - 1) // s1.batch_size
     restore_rng_if_resuming(resume)
@@ -166,8 +157,6 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
             sums["prompt_l2"] = torch.zeros((), device=device)
         iterator = range(steps)
         if ctx.progress:
-            from tqdm import tqdm
-
             iterator = tqdm(iterator, desc=f"stage1 {epoch + 1}/{s1.epochs}", unit="step", leave=False)
         for step in iterator:
             if s1.schedule == "step":

@@ -1,4 +1,4 @@
-"""Stage 2: fine-tune the image encoder against fixed text anchors (design.md section 2), and the joint run.
+"""Stage 2: fine-tune the image encoder against fixed text anchors (docs/method.md, "Stage 2"), and the joint run.
 
 Trainable: the image encoder (or its last ``model.unfreeze_last_n`` blocks) and every new head (BNNeck,
 ID classifiers, ArcFace), plus center-loss centres when that loss is on. The prompts and the text
@@ -24,11 +24,28 @@ import inspect
 import time
 
 import torch
+from tqdm import tqdm
 
-from ..losses import (CenterLoss, CrossEntropyLabelSmooth, SupConLoss, TripletLoss, i2t_cross_entropy,
-                      prompt_l2, text_id_logits)
-from ..optim import build_stage2_optimizer
-from .runtime import amp_dtype, autocast, logit_scale_of, make_scaler, restore_rng_if_resuming, use_channels_last
+from ..errors import TrainingError
+from ..runtime import (
+    autocast,
+    make_grad_scaler,
+    resolve_amp_dtype,
+    restore_rng_if_resuming,
+    use_channels_last,
+)
+from .losses import (
+    CenterLoss,
+    CrossEntropyLabelSmooth,
+    SupConLoss,
+    TripletLoss,
+    i2t_cross_entropy,
+    logit_scale_of,
+    prompt_l2,
+    text_id_logits,
+)
+from .optim import build_stage2_optimizer
+
 
 def configure_stage2_trainable(model, model_cfg, stage2_cfg, joint: bool) -> None:
     """Image encoder (all, or its last N blocks + output layers) and heads train; text encoder frozen;
@@ -71,8 +88,8 @@ class Stage2Trainer:
             model, s2, self.cfg.runtime, device, center_loss=self.center,
             prompt_lr=self.cfg.stage1.lr if joint else None,
             prompt_weight_decay=self.cfg.stage1.weight_decay if joint else 0.0)
-        self.dtype = amp_dtype(self.cfg.runtime, device)
-        self.scaler = make_scaler(device, self.dtype)
+        self.dtype = resolve_amp_dtype(device, self.cfg.runtime.amp)
+        self.scaler = make_grad_scaler(device, self.dtype)
         self.channels_last = use_channels_last(self.cfg.runtime, device, model)
         if self.channels_last:
             model.image_encoder.to(memory_format=torch.channels_last)
@@ -195,8 +212,6 @@ class Stage2Trainer:
         loader = ctx.build_train_loader()
         steps = len(loader)
         if steps == 0:
-            from ..errors import TrainingError
-
             raise TrainingError("stage2: the P x K sampler produced no batch; lower stage2.ids_per_batch")
         restore_rng_if_resuming(resume)
         for epoch in range(start_epoch, self.s2.epochs):
@@ -209,8 +224,6 @@ class Stage2Trainer:
             sums: dict[str, torch.Tensor] = {}
             iterator = loader
             if ctx.progress:
-                from tqdm import tqdm
-
                 iterator = tqdm(loader, desc=f"{stage} {epoch + 1}/{self.s2.epochs}", unit="batch", leave=False)
             images_seen = 0
             for step, batch in enumerate(iterator):

@@ -1,4 +1,4 @@
-"""Published numbers on the 11k / HD protocols, quoted (not measured) from design.md section 4.
+"""Published numbers on the 11k / HD protocols, quoted (not measured; docs/method.md, "Reference numbers").
 
 They are printed beside HandCLIP's measured figures and always labelled as quoted.
 """
@@ -7,12 +7,12 @@ from __future__ import annotations
 
 # (method, {subset: (rank1, mAP)}, source). Percentages.
 QUOTED_RESULTS = [
-    ("MBA-Net (ResNet-50 + attention, 2022)", {"11k_dorsal_r": (97.45, 97.98)}, "as cited in the HandCLIP prototype's report"),
-    ("ABD-Net", {"11k_dorsal_r": (95.89, 96.76)}, "as cited in the HandCLIP prototype's report"),
-    ("GPA-Net", {"11k_dorsal_r": (94.80, 95.72)}, "as cited in the HandCLIP prototype's report"),
-    ("RGA-Net", {"11k_dorsal_r": (94.77, 95.67)}, "as cited in the HandCLIP prototype's report"),
+    ("MBA-Net (ResNet-50 + attention, 2022)", {"11k_dorsal_r": (97.45, 97.98)}, "as cited in an earlier HandCLIP prototype's report"),
+    ("ABD-Net", {"11k_dorsal_r": (95.89, 96.76)}, "as cited in an earlier HandCLIP prototype's report"),
+    ("GPA-Net", {"11k_dorsal_r": (94.80, 95.72)}, "as cited in an earlier HandCLIP prototype's report"),
+    ("RGA-Net", {"11k_dorsal_r": (94.77, 95.67)}, "as cited in an earlier HandCLIP prototype's report"),
     ("HandCLIP prototype, ViT-B/16, two-stage", {"11k_dorsal_r": (88.18, 92.20)}, "its own report (code had bugs)"),
-    ("CLIP zero-shot image features, ViT-B/16", {"11k_dorsal_r": (71.42, 78.98)}, "HandCLIP prototype's report"),
+    ("CLIP zero-shot image features, ViT-B/16", {"11k_dorsal_r": (71.42, 78.98)}, "an earlier HandCLIP prototype's report"),
 ]
 
 SUBSETS = ["11k_dorsal_r", "11k_dorsal_l", "11k_palmar_r", "11k_palmar_l", "hd"]
@@ -38,7 +38,7 @@ def subset_title(key: str) -> str:
     return SUBSET_TITLES.get(key, key.replace("_", " "))
 
 
-# Named in design.md section 4 without numbers we can quote.
+# Reported above MBA-Net, without numbers we can quote.
 QUOTED_WITHOUT_NUMBERS = ["CLIP-HandID (2025, arXiv 2506.12447) reports results above MBA-Net on this protocol; "
                           "no numbers are quoted here."]
 
@@ -72,6 +72,6 @@ def benchmark_table(measured: list[tuple[str, dict[str, dict]]], include_quoted:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | quoted, not measured: {source} |")
     footnotes = list(notes or []) + (QUOTED_WITHOUT_NUMBERS if include_quoted else [])
     if include_quoted:
-        footnotes.append("Quoted rows are copied from others' reports (design.md section 4), not measured by this code.")
+        footnotes.append("Quoted rows are copied from others' reports (docs/method.md, 'Reference numbers'), not measured by this code.")
     text = "\n".join(lines) + "\n"
     return text + ("\n" + "\n".join(f"- {note}" for note in footnotes) + "\n" if footnotes else "")

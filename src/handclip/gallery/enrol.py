@@ -1,9 +1,9 @@
-"""Examiner workflow on top of ``handclip.gallery``: embed images with a trained model, enrol, search.
+"""Examiner workflow on top of the gallery store: embed image files with a trained model, enrol, search.
 
-The gallery itself only knows vectors; this module turns image files into those vectors with the
-model's evaluation transform and ``model.extract`` (via ``handclip.evaluation.extract_features``),
-and keeps the bookkeeping an examiner relies on: identity per image, file hashes for duplicate
-detection, one commit per batch so a killed enrolment resumes where it stopped.
+The gallery itself only knows vectors; this module turns image files into those vectors through the
+model's ``Encoder`` (the same feature path as evaluation), and keeps the bookkeeping an examiner relies
+on: identity per image, file hashes for duplicate detection, one commit per batch so a killed
+enrolment resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
+from tqdm import tqdm
 
-from .atomic import sha256_file
-from .errors import DataError, HandCLIPError
-from .gallery import Candidate, Gallery
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+from ..atomic import sha256_file
+from ..data.images import identity_folders, scan_images
+from ..data.manifest import Manifest
+from ..errors import DataError, HandCLIPError
+from ..model.inference import Encoder
+from .search import Candidate, Gallery
 
 
 @dataclass(frozen=True)
@@ -46,41 +47,9 @@ class QueryResult:
         return {"query": self.query, "candidates": [c.as_dict() for c in self.candidates]}
 
 
-@dataclass
-class LoadedModel:
-    model: object
-    data_cfg: object
-    fingerprint: dict
-    checkpoint: str
-
-
-def load_model(checkpoint: str | os.PathLike, device=None) -> LoadedModel:
-    """Load a HandCLIP checkpoint for enrolment or search (eval transform settings come with it)."""
-    from .config import DataConfig
-    from .model.checkpoint import load_checkpoint, model_fingerprint
-    from .runtime import resolve_device
-
-    model, config, _ = load_checkpoint(checkpoint, map_location="cpu")
-    model.to(resolve_device(device)).eval()
-    spec = getattr(model, "spec", None) or {}
-    if config is not None:
-        data_cfg = config.data
-    else:
-        data_cfg = DataConfig(**{k: tuple(spec[k]) for k in ("image_size", "pixel_mean", "pixel_std") if k in spec})
-    # Each gallery image is embedded once: caching its decoded pixels would only fill the disk.
-    # Decoding stays in this process: enrolment embeds one committed batch at a time, and starting
-    # loader workers for every batch cost 4x the throughput (benchmarks/bench_enrol.py).
-    data_cfg = data_cfg.model_copy(update={"decode_cache": False, "num_workers": 0})
-    return LoadedModel(model, data_cfg, model_fingerprint(model, config), str(Path(checkpoint).resolve()))
-
-
-def embed_images(model, paths: Sequence[str], data_cfg, batch_size: int = 64, device=None) -> np.ndarray:
-    """L2-normalised test features (``model.extract`` on the eval transform) of ``paths``, in order."""
-    from .config import EvalConfig
-    from .evaluation import extract_features
-
-    return extract_features(model, [str(p) for p in paths], data_cfg, EvalConfig(batch_size=batch_size),
-                            device=device, flip=False)
+def load_encoder(checkpoint: str | os.PathLike, device=None) -> Encoder:
+    """A HandCLIP checkpoint's encoder for enrolment or search (each image read once, in this process)."""
+    return Encoder.from_checkpoint(checkpoint, device=device).single_pass()
 
 
 def collect_images(source: str | os.PathLike, split: str | None = None) -> list[EnrolItem]:
@@ -88,8 +57,6 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
     directory of per-identity folders (identity = folder name)."""
     source = Path(source)
     if source.is_file():
-        from .data.manifest import Manifest
-
         manifest = Manifest.read(source)
         records = manifest.split(split) if split else manifest.records
         items = {}
@@ -100,11 +67,7 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
         return list(items.values())
     if not source.is_dir():
         raise DataError(f"images to enrol not found: {source} (give a directory of per-identity folders or a manifest CSV)")
-    items = []
-    for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for image in sorted(folder.rglob("*")):
-            if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES and not image.name.startswith("."):
-                items.append(EnrolItem(str(image.resolve()), folder.name))
+    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute()) for path in paths]
     if not items:
         raise DataError(f"no images found in per-identity folders under {source} "
                         f"(expected {source}/<identity>/<image>.jpg)")
@@ -112,8 +75,6 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
 
 
 def _check_images(paths: Sequence[str], skip_bad: bool, what: str) -> list:
-    from .data.images import scan_images
-
     problems = scan_images(paths)
     if problems and not skip_bad:
         shown = "; ".join(f"{p.path}: {p.reason}" for p in problems[:5])
@@ -123,15 +84,15 @@ def _check_images(paths: Sequence[str], skip_bad: bool, what: str) -> list:
     return problems
 
 
-def enrol_images(gallery: Gallery, loaded: LoadedModel, items: Sequence[EnrolItem], batch_size: int = 64,
-                 device=None, skip_bad: bool = False, progress: bool = False,
+def enrol_images(gallery: Gallery, encoder: Encoder, items: Sequence[EnrolItem], batch_size: int = 64,
+                 skip_bad: bool = False, progress: bool = False,
                  on_batch: Callable[[EnrolSummary], None] | None = None) -> EnrolSummary:
     """Embed and add ``items`` batch by batch; each batch is committed before the next starts.
 
     Files already enrolled (same SHA-256 of their bytes) are skipped, so rerunning after a crash
     continues where the killed run stopped.
     """
-    gallery.check_model(loaded.fingerprint, int(loaded.model.feature_dim))
+    gallery.check_model(encoder.fingerprint(), encoder.feature_dim)
     summary = EnrolSummary()
     enrolled_paths = set(gallery.paths)
     pending = [item for item in items if item.path not in enrolled_paths]
@@ -143,8 +104,6 @@ def enrol_images(gallery: Gallery, loaded: LoadedModel, items: Sequence[EnrolIte
         pending = [item for item in pending if item.path not in bad]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(items), initial=summary.already_enrolled, unit="img", desc="enrol")
     try:
         for start in range(0, len(pending), batch_size):
@@ -153,8 +112,7 @@ def enrol_images(gallery: Gallery, loaded: LoadedModel, items: Sequence[EnrolIte
             fresh = [(item, h) for item, h in zip(batch, hashes) if not gallery.contains(h)]
             summary.already_enrolled += len(batch) - len(fresh)
             if fresh:
-                vectors = embed_images(loaded.model, [item.path for item, _ in fresh], loaded.data_cfg,
-                                       batch_size=batch_size, device=device)
+                vectors = encoder.features([item.path for item, _ in fresh], batch_size=batch_size)
                 summary.added += gallery.add(vectors, [item.path for item, _ in fresh],
                                              [item.identity for item, _ in fresh], [h for _, h in fresh])
             summary.batches += 1
@@ -170,15 +128,14 @@ def enrol_images(gallery: Gallery, loaded: LoadedModel, items: Sequence[EnrolIte
     return summary
 
 
-def search_images(gallery: Gallery, loaded: LoadedModel, queries: Sequence[str | os.PathLike], top_k: int = 10,
-                  by: str = "identity", index_type: str = "auto", batch_size: int = 64,
-                  device=None) -> list[QueryResult]:
+def search_images(gallery: Gallery, encoder: Encoder, queries: Sequence[str | os.PathLike], top_k: int = 10,
+                  by: str = "identity", index_type: str = "auto", batch_size: int = 64) -> list[QueryResult]:
     """Rank the gallery for each query image (unusable query images are named in one DataError)."""
-    gallery.check_model(loaded.fingerprint, int(loaded.model.feature_dim))
+    gallery.check_model(encoder.fingerprint(), encoder.feature_dim)
     if len(gallery) == 0:
         raise HandCLIPError(f"gallery {gallery.index_dir} is empty; enrol images before searching")
     paths = [str(Path(q)) for q in queries]
     _check_images(paths, skip_bad=False, what="query")
-    vectors = embed_images(loaded.model, paths, loaded.data_cfg, batch_size=batch_size, device=device)
+    vectors = encoder.features(paths, batch_size=batch_size)
     ranked = gallery.search(vectors, top_k=top_k, by=by, index_type=index_type)
     return [QueryResult(path, candidates) for path, candidates in zip(paths, ranked)]

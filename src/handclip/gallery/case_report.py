@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from .atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..errors import HandCLIPError
 from .evidence import EvidentialSearch, display_path
 
 _FONTS = {"body": "Helvetica", "bold": "Helvetica-Bold", "mono": "Courier"}
@@ -59,17 +60,15 @@ def _styles(fonts: dict) -> dict:
 
 def _picture(path: str, size_mm: float, style):
     """A thumbnail of ``path`` at most ``size_mm`` square, or a note when it cannot be read."""
-    from PIL import Image as PILImage
     from reportlab.lib.units import mm
     from reportlab.platypus import Image, Paragraph
 
+    from ..data.images import thumbnail
+
     try:
-        with PILImage.open(path) as image:
-            image.load()
-            rgb = image.convert("RGB")
-    except Exception:  # noqa: BLE001 - a moved or damaged file must not stop the report
+        rgb = thumbnail(path, 256)  # as the model sees it (EXIF orientation applied)
+    except HandCLIPError:  # a moved or damaged file must not stop the report
         return Paragraph("image not available", style)
-    rgb.thumbnail((512, 512))
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     buffer.seek(0)

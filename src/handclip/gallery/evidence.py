@@ -29,9 +29,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import sha256_file
+from ..atomic import sha256_file
+from ..errors import DataError, GalleryError, HandCLIPError
 from .audit import AuditLog, AuditProblem, AuditRef, VerifyResult, file_entry
-from .errors import DataError, HandCLIPError, IndexError_
 
 NOT_LIKELIHOOD_RATIOS = ("Scores are cosine similarities between hand embeddings, not likelihood ratios: "
                          "they rank candidates but carry no evidential weight (give --calibration for "
@@ -105,7 +105,7 @@ class CalibrationInfo:
 
 def load_calibration(path: str | os.PathLike) -> CalibrationInfo:
     """Load a calibration file (CalibrationError naming the file if it is missing or corrupt)."""
-    from .evaluate.calibration import ScoreCalibration
+    from ..evaluate.calibration import ScoreCalibration
 
     calibration = ScoreCalibration.load(path)
     return CalibrationInfo(calibration, str(Path(path).resolve()), sha256_file(path))
@@ -193,22 +193,22 @@ def _hash_queries(paths: Sequence[str]) -> dict[str, str | None]:
     return out
 
 
-def evidential_search(gallery, loaded, queries: Sequence[str | os.PathLike], *, top_k: int = 10,
+def evidential_search(gallery, encoder, queries: Sequence[str | os.PathLike], *, top_k: int = 10,
                       by: str = "identity", index_type: str = "auto",
                       calibration: CalibrationInfo | str | os.PathLike | None = None,
                       examiner: str | None = None, arguments: dict | None = None, audit: bool = True,
-                      batch_size: int = 64, device=None) -> EvidentialSearch:
+                      batch_size: int = 64) -> EvidentialSearch:
     """Search, attach likelihood ratios when calibrated, append the audit record, return it all."""
-    from .embedding import search_images
+    from .enrol import search_images
 
     if calibration is not None and not isinstance(calibration, CalibrationInfo):
         calibration = load_calibration(calibration)
     if calibration is not None:
-        calibration.calibration.check_model(loaded.fingerprint)
+        calibration.calibration.check_model(encoder.fingerprint())
     paths = [str(Path(q)) for q in queries]
     intake = _hash_queries(paths)
-    results = search_images(gallery, loaded, paths, top_k=top_k, by=by, index_type=index_type,
-                            batch_size=batch_size, device=device)
+    results = search_images(gallery, encoder, paths, top_k=top_k, by=by, index_type=index_type,
+                            batch_size=batch_size)
     for path, digest in _hash_queries(paths).items():
         if digest != intake[path]:
             raise DataError(f"query file {path} changed while it was searched; search it again")
@@ -223,19 +223,19 @@ def evidential_search(gallery, loaded, queries: Sequence[str | os.PathLike], *, 
             evidence = CandidateEvidence(c.rank, c.identity, float(c.score), c.path, hashes.get(c.path),
                                          c.num_images, c.matched)
             if lr is not None:
-                from .evaluate.calibration import verbal_equivalent
+                from ..evaluate.calibration import verbal_equivalent
 
                 evidence.log10_lr = float(lr)
                 evidence.verbal = verbal_equivalent(float(lr))
                 evidence.at_bound = _bound_side(float(lr), bounds)
             candidates.append(evidence)
         found.append(QueryEvidence(result.query, intake[result.query], candidates))
-    fingerprint = dict(loaded.fingerprint)
+    fingerprint = encoder.fingerprint()
     search = EvidentialSearch(
         queries=found, by=by, top_k=int(top_k), index_type=gallery.resolve_index_type(index_type),
         score=SCORE_DEFINITIONS[by], gallery={"dir": str(gallery.index_dir.resolve()), **gallery.commit_state,
                                               "images": len(gallery), "identities": len(gallery.identities())},
-        model={"checkpoint": loaded.checkpoint, "checkpoint_sha256": fingerprint.get("checkpoint_sha256"),
+        model={"checkpoint": encoder.checkpoint, "checkpoint_sha256": fingerprint.get("checkpoint_sha256"),
                "fingerprint": fingerprint},
         calibration=calibration, examiner=examiner, propositions=propositions(calibration), bounds=bounds,
         statement=("Likelihood ratios from the calibration below, bounded to what its data supports."
@@ -265,17 +265,17 @@ def _search_record(search: EvidentialSearch, arguments: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------------- enrolment
-def audited_enrol(gallery, loaded, items, *, examiner: str | None = None, arguments: dict | None = None,
+def audited_enrol(gallery, encoder, items, *, examiner: str | None = None, arguments: dict | None = None,
                   **enrol_kwargs):
     """``enrol_images`` plus one audit record listing every image it added; returns (summary, AuditRef)."""
-    from .embedding import enrol_images
+    from .enrol import enrol_images
 
     before = gallery.commit_state
-    summary = enrol_images(gallery, loaded, items, **enrol_kwargs)
+    summary = enrol_images(gallery, encoder, items, **enrol_kwargs)
     ours = {item.path for item in items}
     added = [e for e in gallery.entries(before["rows"]) if e["path"] in ours]
-    fingerprint = dict(loaded.fingerprint)
-    model = {"checkpoint": loaded.checkpoint, "checkpoint_sha256": fingerprint.get("checkpoint_sha256"),
+    fingerprint = encoder.fingerprint()
+    model = {"checkpoint": encoder.checkpoint, "checkpoint_sha256": fingerprint.get("checkpoint_sha256"),
              "fingerprint": fingerprint}
     keys = ("uid", "generation", "rows", "commit_sha256")
     record = {"command": "enrol", "examiner": examiner, "arguments": arguments or {"items": len(items)},
@@ -292,7 +292,7 @@ def audited_enrol(gallery, loaded, items, *, examiner: str | None = None, argume
 # ---------------------------------------------------------------------- verification
 def verify_gallery_audit(index_dir: str | os.PathLike, check_files: bool = True) -> VerifyResult:
     """The audit log's own checks, plus the gallery files and whether the gallery changed unrecorded."""
-    from .gallery import Gallery
+    from .search import Gallery
 
     log = AuditLog(index_dir)
     result = log.verify(check_files=check_files)
@@ -300,7 +300,7 @@ def verify_gallery_audit(index_dir: str | os.PathLike, check_files: bool = True)
         gallery = Gallery.open(index_dir)
         if check_files:
             gallery.verify_files()
-    except IndexError_ as exc:
+    except GalleryError as exc:
         result.problems.append(AuditProblem(f"gallery: {exc}"))
         return result
     try:

@@ -1,6 +1,6 @@
 """Retrieval metrics: CMC, mAP and mINP with Market-1501 semantics, distance helpers, run aggregation.
 
-Semantics of :func:`evaluate_rank` (design.md section 2):
+Semantics of :func:`evaluate_rank` (docs/method.md, "Evaluation"):
 
 * For each query the gallery is ranked by distance, ascending. Ties are broken by gallery order (a
   stable sort): of two equally distant gallery items the one listed first ranks first.
@@ -33,17 +33,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import HandCLIPError
+from ..errors import HandCLIPError
 
 __all__ = [
     "MetricInputError",
     "RankResult",
     "evaluate_rank",
     "evaluate_rank_reference",
-    "cosine_distance",
-    "euclidean_distance",
     "aggregate_runs",
+    "METRIC_KEYS",
 ]
+
+# The retrieval figures every evaluation reports (protocol runs, validation, the demo, the CLI).
+METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 # Bound on the temporary boolean/float blocks, in elements (about 32 MiB of booleans).
 _BLOCK_ELEMENTS = 1 << 25
@@ -441,48 +443,6 @@ def evaluate_rank_reference(
         num_skipped_queries=nq - len(all_cmc),
         max_rank=max_rank,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Distances
-
-
-def _features(x: Any, name: str) -> np.ndarray:
-    try:
-        a = _to_numpy(x)
-    except Exception as exc:
-        raise MetricInputError(f"{name} could not be read as a feature matrix ({exc})") from exc
-    if a.ndim != 2:
-        raise MetricInputError(f"{name} must be 2-D (num_items x feature_dim), got shape {a.shape}")
-    if a.dtype.kind not in "biuf":
-        raise MetricInputError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    a = a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
-    if not np.isfinite(a).all():
-        raise MetricInputError(f"{name} contains NaN or infinite values")
-    return a
-
-
-def _pair(q: Any, g: Any) -> tuple[np.ndarray, np.ndarray]:
-    qa, ga = _features(q, "query features"), _features(g, "gallery features")
-    if qa.shape[1] != ga.shape[1]:
-        raise MetricInputError(f"query features have dimension {qa.shape[1]} but gallery features {ga.shape[1]}")
-    dtype = np.result_type(qa.dtype, ga.dtype)
-    return qa.astype(dtype, copy=False), ga.astype(dtype, copy=False)
-
-
-def cosine_distance(q: Any, g: Any) -> np.ndarray:
-    """1 - cosine similarity, in [0, 2]; rows are L2-normalised here (an all-zero row gives 1)."""
-    qa, ga = _pair(q, g)
-    qa = qa / np.maximum(np.linalg.norm(qa, axis=1, keepdims=True), 1e-12)
-    ga = ga / np.maximum(np.linalg.norm(ga, axis=1, keepdims=True), 1e-12)
-    return np.clip(1.0 - qa @ ga.T, 0.0, 2.0)
-
-
-def euclidean_distance(q: Any, g: Any) -> np.ndarray:
-    """Euclidean (not squared) distance; squared would rank identically but read differently."""
-    qa, ga = _pair(q, g)
-    sq = (qa * qa).sum(1)[:, None] + (ga * ga).sum(1)[None, :] - 2.0 * (qa @ ga.T)
-    return np.sqrt(np.maximum(sq, 0.0))
 
 
 # ----------------------------------------------------------------------------------------------

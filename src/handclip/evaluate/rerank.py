@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import MetricInputError, _pair
+from .distances import feature_pair
+from .metrics import MetricInputError
 
 __all__ = ["re_ranking"]
 
@@ -42,7 +43,7 @@ def _neighbours(order: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def re_ranking(q_feat: Any, g_feat: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
     """Re-ranked query x gallery distance matrix (float64). See the module docstring."""
-    q, g = _pair(q_feat, g_feat)
+    q, g = feature_pair(q_feat, g_feat)
     for name, value in (("k1", k1), ("k2", k2)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise MetricInputError(f"re-ranking {name} must be a positive integer, got {value!r}")

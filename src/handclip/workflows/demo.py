@@ -4,7 +4,7 @@ prepare (synthetic images + protocol manifest) -> evaluate the random-init model
 run -> stage 1 -> stage 2 -> evaluate the best checkpoint (chosen on the validation split) on every
 run -> table + ``metrics.json``.
 
-The demo config (``DEMO_CONFIG``, mirrored in configs/demo.yaml) differs from CLIP-ReID's ViT-B/16
+The demo config (``demo.yaml`` beside this module) differs from CLIP-ReID's ViT-B/16
 defaults on purpose: those fine-tune a pretrained model with lr 5e-6 for 60 epochs, which would
 barely move a randomly initialised tiny network in the few minutes a demo may take on a 2-core CPU.
 The demo trains ``tiny-cnn`` at 64x64 on 300 synthetic identities with lr 3e-3, a short warm-up and
@@ -16,71 +16,44 @@ steps, while the conv tower passes 0.9 (measurements in the README's demo sectio
 
 from __future__ import annotations
 
-import copy
+import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from ..atomic import atomic_write_json
-from ..config import Config, config_from_dict, load_config
+from ..config import Config, load_config
+from ..data.protocols import prepare_from_config
+from ..evaluate.metrics import METRIC_KEYS
+from ..evaluate.protocol import evaluate_manifest
+from ..model.handclip import build_model
+from ..model.inference import Encoder
+from ..runtime import resolve_device, seed_everything
+from ..train.engine import train
 
-METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
-
-DEMO_CONFIG: dict = {
-    "name": "demo",
-    "seed": 0,
-    "output_dir": "demo_out",
-    "data": {
-        "dataset": "synthetic",
-        "runs": 10,
-        "split_seed": 0,
-        "synthetic": {"train_ids": 300, "test_ids": 50, "images_per_id": 8, "image_size": 64, "seed": 0},
-        "image_size": [64, 64],
-        # No flip: a mirrored right hand looks like a left hand, another identity cue.
-        "augment": {"hflip_p": 0.0, "pad": 6, "random_erasing_p": 0.0},
-        "decode_cache": False,
-        "num_workers": 0,
-    },
-    "model": {"backbone": "tiny-cnn", "weights": None, "logit_scale": 20.0},
-    "stage1": {"epochs": 2, "batch_size": 256, "lr": 5e-3, "warmup_epochs": 0, "lr_min": 5e-4},
-    "stage2": {"epochs": 24, "ids_per_batch": 16, "images_per_id": 4, "lr": 3e-3, "warmup_epochs": 1,
-               "warmup_factor": 0.1, "milestones": [20, 23], "weight_decay": 5e-4, "weight_decay_bias": 0.0,
-               "id_weight": 1.0, "triplet_weight": 1.0, "i2t_weight": 0.5, "eval_every": 8},
-    # One thread: on the 2-core development machine, with another job using both cores, a stage-2 step
-    # took 2.8 s on two OpenMP threads; on one thread a step takes about 0.4 s.
-    "runtime": {"device": "cpu", "amp": "off", "threads": 1},
-    "eval": {"batch_size": 256},
-}
+# The demo's config, shipped with the package (the reasons for each setting are in the file).
+DEMO_CONFIG_FILE = Path(__file__).with_name("demo.yaml")
 
 
 def demo_config(path=None, overrides=None) -> Config:
-    """The demo's config: ``DEMO_CONFIG`` (or a YAML file) with ``--set`` overrides applied."""
-    if path is not None:
-        return load_config(path, overrides)
-    return config_from_dict(copy.deepcopy(DEMO_CONFIG), overrides, source="the built-in demo config")
+    """The demo's config: ``demo.yaml`` (or another YAML file) with ``--set`` overrides applied."""
+    return load_config(path if path is not None else DEMO_CONFIG_FILE, overrides)
 
 
 def _table(before: dict, after: dict) -> str:
-    lines = [f"{'':8s}" + "".join(f"{m:>16s}" for m in METRICS)]
+    lines = [f"{'':8s}" + "".join(f"{m:>16s}" for m in METRIC_KEYS)]
     for label, agg in (("before", before), ("after", after)):
-        cells = "".join(f"{agg[m]['mean']:>9.4f} ± {agg[m]['std']:.3f}" for m in METRICS)
+        cells = "".join(f"{agg[m]['mean']:>9.4f} ± {agg[m]['std']:.3f}" for m in METRIC_KEYS)
         lines.append(f"{label:8s}{cells}")
     return "\n".join(lines)
 
 
 def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs: int | None = None) -> dict:
-    from ..data.protocols import prepare_from_config
-    from ..evaluation import evaluate_manifest
-    from ..model.checkpoint import load_checkpoint
-    from ..model.handclip import build_model
-    from .engine import train
-    from .runtime import resolve_device, seed_everything
-
     started = time.perf_counter()
     out = Path(out_dir)
     config = config or demo_config()
     if config.runtime.threads:
-        import torch
-
         torch.set_num_threads(config.runtime.threads)
     device = resolve_device(config.runtime.device)
 
@@ -100,25 +73,24 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
     seed_everything(config.seed)
     model = build_model(config.model, config.data, len(manifest.train_label_map())).to(device)
     t = time.perf_counter()
-    before = evaluate_manifest(model, manifest, config.data, config.eval, runs=chosen, device=device)
+    before = evaluate_manifest(Encoder.for_model(model, config.data, device), manifest, config.eval, runs=chosen)
     say(f"before training: rank-1 {before.aggregate['rank1']['mean']:.4f} ({time.perf_counter() - t:.1f}s)")
     del model
 
     run_dir = out / "run"
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)  # the demo always starts afresh
     t = time.perf_counter()
     result = train(config, run_dir=run_dir, progress=progress)
     train_time = time.perf_counter() - t
-    trained, _, _ = load_checkpoint(result.best_checkpoint, map_location="cpu")
-    trained.to(device)
-    after = evaluate_manifest(trained, manifest, config.data, config.eval, runs=chosen, device=device)
+    # The demo's own loading settings (no decode cache, no loader workers); the pixels come from the checkpoint.
+    trained = Encoder.from_checkpoint(result.best_checkpoint, device).with_loading(
+        decode_cache=config.data.decode_cache, num_workers=config.data.num_workers)
+    after = evaluate_manifest(trained, manifest, config.eval, runs=chosen)
     total = time.perf_counter() - started
     metrics = {
-        "before": {m: before.aggregate[m] for m in METRICS},
-        "after": {m: after.aggregate[m] for m in METRICS},
+        "before": {m: before.aggregate[m] for m in METRIC_KEYS},
+        "after": {m: after.aggregate[m] for m in METRIC_KEYS},
         "time_s": round(total, 1),
         "train_time_s": round(train_time, 1),
         "best_checkpoint": str(result.best_checkpoint),

@@ -1,4 +1,4 @@
-"""Pictures and reports: CMC curves, ranked-list sheets, training curves, metric tables, HTML.
+"""Pictures of an evaluation: CMC curves, ranked-list sheets, training curves.
 
 Everything is rendered in memory first with matplotlib's Agg canvas (no display needed; figures are
 built without pyplot, so importing this module never changes a notebook's backend) and written with
@@ -7,8 +7,6 @@ built without pyplot, so importing this module never changes a notebook's backen
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 import os
@@ -19,25 +17,21 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import DataError, HandCLIPError
+from ..atomic import atomic_write_bytes
+from ..data.images import thumbnail
+from ..errors import HandCLIPError
 
-__all__ = [
-    "plot_cmc",
-    "ranked_list_sheet",
-    "plot_training_curves",
-    "markdown_table",
-    "html_report",
-]
+__all__ = ["plot_cmc", "ranked_list_sheet", "plot_training_curves"]
 
 CORRECT = "#1a9850"  # green
 WRONG = "#d73027"  # red
 QUERY = "#4575b4"  # blue
 _DPI = 110
 
-_PRETTY = {
+# Readable names of metric keys, in figures and tables.
+METRIC_LABELS = {
     "rank1": "Rank-1",
     "rank5": "Rank-5",
     "rank10": "Rank-10",
@@ -47,6 +41,7 @@ _PRETTY = {
     "num_valid_queries": "valid queries",
     "num_skipped_queries": "skipped queries",
 }
+
 
 
 def _subplots(rows: int, cols: int, figsize: tuple[float, float]):
@@ -95,24 +90,6 @@ def plot_cmc(curves: Mapping[str, Any], out_png: str | os.PathLike, max_rank: in
 
 # ----------------------------------------------------------------------------------------------
 # Ranked lists
-
-
-def _thumbnail(path: str | os.PathLike, size: int) -> np.ndarray:
-    """The image letterboxed into a size x size square (aspect kept), as an RGB array."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.convert("RGB")
-    except FileNotFoundError as exc:
-        raise DataError(f"image {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"image {path} could not be read ({exc})") from exc
-    # Fit the long side to the box, enlarging small images too (64 px synthetic hands stay legible).
-    scale = size / max(rgb.width, rgb.height)
-    rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BICUBIC)
-    canvas = Image.new("RGB", (size, size), (245, 245, 245))
-    canvas.paste(rgb, ((size - rgb.width) // 2, (size - rgb.height) // 2))
-    return np.asarray(canvas)
 
 
 def _distance_text(distance: float) -> str:
@@ -166,7 +143,7 @@ def ranked_list_sheet(
     def cell(x: int, y: int, path, colour: str, title: str, lines: list[str], text_colour: str) -> None:
         draw.text((x + tile / 2, y + title_h - 4), title, font=title_font, fill=colour, anchor="ms")
         draw.rectangle([x, y + title_h, x + tile - 1, y + title_h + tile - 1], fill=colour)
-        sheet.paste(Image.fromarray(_thumbnail(path, thumb)), (x + border, y + title_h + border))
+        sheet.paste(thumbnail(path, thumb, letterbox=True), (x + border, y + title_h + border))
         for i, line in enumerate(lines):
             draw.text((x + tile / 2, y + title_h + tile + 4 + 17 * i), line, font=text_font, fill=text_colour, anchor="mt")
 
@@ -248,7 +225,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os
         for k in val_keys:
             xs, ys = series(k)
             if xs:
-                label = _PRETTY.get(k[4:], k[4:])
+                label = METRIC_LABELS.get(k[4:], k[4:])
                 line, = val_ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
                 if k == val_keys[0]:
                     best = int(np.argmax(ys))
@@ -278,140 +255,3 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os
                 ax.set_yticks([])
     fig.tight_layout()
     return _save_figure(fig, out_png)
-
-
-# ----------------------------------------------------------------------------------------------
-# Tables and HTML
-
-
-def _cell(value: Any, percent: bool) -> str:
-    if isinstance(value, Mapping) and "mean" in value:
-        mean, std = float(value["mean"]), float(value.get("std", 0.0))
-        scale = 100.0 if percent else 1.0
-        return f"{scale * mean:.2f} ± {scale * std:.2f}"
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{100.0 * float(value):.2f}" if percent else f"{float(value):.4g}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, percent: bool = True) -> str:
-    """A Markdown table from a list of dicts (column order: ``columns`` or first-seen key order).
-
-    Floats are fractions shown in percent with two decimals, ``{"mean", "std"}`` dicts (as from
-    :func:`handclip.metrics.aggregate_runs`) become ``mean ± std`` in percent, ints and strings stay
-    as they are. Known metric keys get readable headers (rank1 -> Rank-1).
-    """
-    if not rows:
-        raise HandCLIPError("markdown_table needs at least one row")
-    if columns is None:
-        columns = []
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-    header = [_PRETTY.get(c, c) for c in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), percent) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_to_html_table(markdown: str) -> str:
-    lines = [ln.strip() for ln in markdown.strip().splitlines() if ln.strip().startswith("|")]
-    if len(lines) < 2:
-        return f"<pre>{html.escape(markdown)}</pre>"
-
-    def cells(line: str) -> list[str]:
-        parts, current, escaped = [], "", False
-        for ch in line.strip()[1:-1] if line.strip().endswith("|") else line.strip()[1:]:
-            if ch == "|" and not escaped:
-                parts.append(current.strip())
-                current = ""
-            else:
-                current += ch
-            escaped = ch == "\\"
-        parts.append(current.strip())
-        return [p.replace("\\|", "|") for p in parts]
-
-    head = cells(lines[0])
-    body = [cells(ln) for ln in lines[2:]]
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
-    for row in body:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
-_CSS = """
-body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
-main{max-width:1200px;margin:0 auto;padding:28px 32px 48px}
-h1{font-size:26px;margin:0 0 4px}
-.meta{color:#5b6475;font-size:13px;margin-bottom:22px}
-h2{font-size:18px;margin:30px 0 10px;border-bottom:2px solid #dfe3ea;padding-bottom:4px}
-section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 20px;margin-bottom:18px}
-table{border-collapse:collapse;font-size:14px;width:auto;font-variant-numeric:tabular-nums}
-th,td{padding:6px 14px;border-bottom:1px solid #e6e9ef;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}
-thead th{background:#eef1f6;font-weight:600}
-tbody tr:nth-child(even){background:#fafbfc}
-figure{margin:0 0 10px}
-figure img{max-width:100%;height:auto;border:1px solid #e6e9ef;border-radius:4px}
-figcaption{color:#5b6475;font-size:13px;margin-top:4px}
-p,pre{font-size:14px;line-height:1.5}
-pre{background:#f6f8fa;padding:10px;border-radius:4px;overflow:auto}
-"""
-
-
-def html_report(
-    out_html: str | os.PathLike,
-    title: str,
-    metrics_table: str | Sequence[Mapping[str, Any]],
-    images: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]] = (),
-    sections: Mapping[str, str] | None = None,
-    subtitle: str = "",
-    tables: Mapping[str, str] | None = None,
-) -> Path:
-    """A single self-contained HTML file: title, metrics table, embedded PNGs, extra text sections.
-
-    ``metrics_table`` is Markdown (e.g. from :func:`markdown_table`) or the rows to build it from.
-    ``images`` are PNG paths or ``(caption, path)`` pairs; they are embedded as base64 so the file
-    can be mailed or archived on its own. ``sections`` maps a heading to plain text (escaped);
-    ``tables`` maps a heading to a further Markdown table, shown after the metrics table.
-    """
-    table_md = metrics_table if isinstance(metrics_table, str) else markdown_table(metrics_table)
-    figures = []
-    for item in images:
-        caption, path = item if isinstance(item, tuple) else (Path(item).stem.replace("_", " "), item)
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise DataError(f"report image {path} could not be read ({exc.strerror or exc})") from exc
-        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise DataError(f"report image {path} is not a PNG file")
-        encoded = base64.b64encode(data).decode("ascii")
-        figures.append(
-            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body><main>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<div class="meta">{html.escape(subtitle)}</div>' if subtitle else "",
-        "<h2>Metrics</h2>",
-        f"<section>{_markdown_to_html_table(table_md)}</section>",
-    ]
-    for heading, extra in (tables or {}).items():
-        parts += [f"<h2>{html.escape(heading)}</h2>", f"<section>{_markdown_to_html_table(extra)}</section>"]
-    if figures:
-        parts += ["<h2>Figures</h2>", "<section>" + "\n".join(figures) + "</section>"]
-    for heading, text in (sections or {}).items():
-        paragraphs = "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>" for p in str(text).split("\n\n"))
-        parts += [f"<h2>{html.escape(heading)}</h2>", f"<section>{paragraphs}</section>"]
-    parts.append("</main></body></html>\n")
-    atomic_write_text(out_html, "\n".join(p for p in parts if p))
-    return Path(out_html)

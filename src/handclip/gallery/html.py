@@ -3,15 +3,13 @@ thumbnails embedded as base64 JPEG) and a JSON file with every candidate."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import os
 import time
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
+from ..htmlpage import escape, html_page, thumbnail_data_uri
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -26,25 +24,9 @@ figure img{display:block;width:%(px)dpx;height:%(px)dpx;object-fit:contain;backg
 """
 
 
-def thumbnail_data_uri(path: str | os.PathLike, size: int = 160) -> str | None:
-    """A base64 JPEG thumbnail of ``path``, or None when the file is missing or unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = image.convert("RGB")
-    except Exception:  # noqa: BLE001 - a moved or damaged gallery file must not break the report
-        return None
-    rgb.thumbnail((size, size))
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _figure(path: str, label: str, caption_html: str, size: int) -> str:
     uri = thumbnail_data_uri(path, size)
-    picture = (f'<img alt="{html.escape(label)}" src="{uri}">' if uri
+    picture = (f'<img alt="{escape(label)}" src="{uri}">' if uri
                else '<div class="missing">image not available</div>')
     return f"<figure>{picture}<figcaption>{caption_html}</figcaption></figure>"
 
@@ -55,7 +37,7 @@ def _weight(candidate) -> str:
     if lr is None:
         return ""
     bound = f" (at the {candidate.at_bound} bound)" if getattr(candidate, "at_bound", None) else ""
-    return f"<br>log10 LR {lr:+.2f}{bound}<br>{html.escape(candidate.verbal or '')}"
+    return f"<br>log10 LR {lr:+.2f}{bound}<br>{escape(candidate.verbal or '')}"
 
 
 def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery_dir: str = "",
@@ -63,9 +45,9 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
                       statement: str | None = None, propositions: dict | None = None, audit=None) -> Path:
     """One row per query: the query photo, then its candidates in rank order with their scores.
 
-    Every name and path is HTML-escaped, and paths are shown as ``handclip.evidence.display_path``
-    gives them (relative to the gallery or enrolment root, else the file name), never the directories
-    above; a query's SHA-256 is shown when the results carry it.
+    Paths are shown as ``handclip.gallery.evidence.display_path`` gives them (relative to the gallery
+    or the enrolment root, else the file name), never the directories above; a query's SHA-256 is
+    shown when the results carry it, and the propositions and audit record of an evidential search.
     """
     from .evidence import display_path
 
@@ -75,32 +57,28 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
         for c in result.candidates:
             shown = display_path(c.path, c.identity, gallery_dir or None)
             extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
-                     else f"<br>image of {html.escape(c.identity)}")
-            caption = (f"#{c.rank} <b>{html.escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
-                       f"{_weight(c)}{extra}<br><span class=path>{html.escape(shown)}</span>")
+                     else f"<br>image of {escape(c.identity)}")
+            caption = (f"#{c.rank} <b>{escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
+                       f"{_weight(c)}{extra}<br><span class=path>{escape(shown)}</span>")
             cands.append(_figure(c.path, shown, caption, size))
         query_name = display_path(result.query, gallery_dir=gallery_dir or None)
         digest = getattr(result, "sha256", None)
-        digest_html = f"<br><span class=path>SHA-256 {html.escape(digest[:16])}...</span>" if digest else ""
+        digest_html = f"<br><span class=path>SHA-256 {escape(digest[:16])}...</span>" if digest else ""
         probe = _figure(result.query, query_name,
-                        f"query<br><span class=path>{html.escape(query_name)}</span>{digest_html}", size)
+                        f"query<br><span class=path>{escape(query_name)}</span>{digest_html}", size)
         rows.append(f'<div class="query"><div class="probe">{probe}</div><div class="cands">{"".join(cands)}</div></div>')
-    meta = (f"gallery {html.escape(Path(gallery_dir).name)} &middot; ranked by {html.escape(by)} "
+    meta = (f"gallery {escape(Path(gallery_dir).name)} &middot; ranked by {escape(by)} "
             f"(score: cosine similarity{', best image per person' if by == 'identity' else ''})"
-            + (f" &middot; model {html.escape(Path(checkpoint).name)}" if checkpoint else "")
+            + (f" &middot; model {escape(Path(checkpoint).name)}" if checkpoint else "")
             + f" &middot; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if audit is not None:
-        meta += f" &middot; audit record {int(audit.seq)} ({html.escape(audit.hash[:16])}...)"
-    notes = ""
-    if propositions:
-        notes += "".join(f"<p>{html.escape(k.capitalize())}: {html.escape(v)}</p>" for k, v in propositions.items())
+        meta += f" &middot; audit record {int(audit.seq)} ({escape(audit.hash[:16])}...)"
+    notes = "".join(f"<p>{escape(k.capitalize())}: {escape(v)}</p>" for k, v in (propositions or {}).items())
     if statement:
-        notes += f"<p>{html.escape(statement)}</p>"
-    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>HandCLIP search</title>"
-            f"<style>{_CSS % {'px': size}}</style></head><body><h1>HandCLIP search: {len(results)} "
-            f"quer{'y' if len(results) == 1 else 'ies'}</h1><div class=\"meta\">{meta}</div>"
-            f"<div class=\"meta\">{notes}</div>" + "\n".join(rows) + "</body></html>\n")
-    atomic_write_text(out_html, page)
+        notes += f"<p>{escape(statement)}</p>"
+    body = (f"<h1>HandCLIP search: {len(results)} quer{'y' if len(results) == 1 else 'ies'}</h1>"
+            f"<div class=\"meta\">{meta}</div><div class=\"meta\">{notes}</div>" + "\n".join(rows))
+    atomic_write_text(out_html, html_page("HandCLIP search", body, _CSS % {"px": size}))
     return Path(out_html)
 
 

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import atomic_write_json, sha256_file
-from .errors import HandCLIPError
+from ..atomic import atomic_write_json, sha256_file
+from ..errors import HandCLIPError
 
 AUDIT_FILE = "audit.jsonl"
 HEAD_FILE = "audit.head.json"
@@ -75,7 +75,7 @@ def record_hash(record: dict) -> str:
 def _versions() -> tuple:
     from importlib import metadata
 
-    from . import __version__
+    from .. import __version__
 
     versions = {"handclip": __version__, "python": platform.python_version()}
     for package in ("torch", "open_clip_torch", "faiss-cpu", "numpy"):

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules of both stages (CLIP-ReID defaults, design.md section 2).
+"""Optimizers and learning-rate schedules of both stages (CLIP-ReID defaults, docs/method.md "Defaults").
 
 Stage 1: Adam on the prompt vectors only; cosine schedule with a linear warm-up from
 ``warmup_lr_init`` (timm's CosineLRScheduler as used by CLIP-ReID).
@@ -19,14 +19,8 @@ import math
 from typing import Iterable
 
 import torch
-import torch.nn as nn
 
-
-def use_fused(runtime_cfg, device: torch.device) -> bool:
-    """Fused Adam per ``runtime.fused_optimizer`` (resolved in handclip.runtime: 'auto' = CUDA only)."""
-    from .runtime import use_fused_optimizer
-
-    return use_fused_optimizer(runtime_cfg, device)
+from ..runtime import use_fused_optimizer
 
 
 def _adam(groups: list[dict], fused: bool) -> torch.optim.Adam:
@@ -105,15 +99,11 @@ class WarmupMultiStepLR(EpochSchedule):
         return base_lr * factor * self.gamma ** bisect.bisect_right(self.milestones, t)
 
 
-def prompt_parameters(model) -> list[nn.Parameter]:
-    return [p for p in model.prompt_learner.parameters()]
-
-
 def build_stage1_optimizer(model, stage1_cfg, runtime_cfg, device: torch.device):
     """Adam on the prompt vectors only, with its warm-up cosine schedule."""
-    params = prompt_parameters(model)
+    params = list(model.prompt_learner.parameters())
     optimizer = _adam([{"params": params, "lr": stage1_cfg.lr, "weight_decay": stage1_cfg.weight_decay}],
-                      use_fused(runtime_cfg, device))
+                      use_fused_optimizer(runtime_cfg, device))
     schedule = WarmupCosineLR(optimizer, stage1_cfg.epochs, stage1_cfg.warmup_epochs,
                               stage1_cfg.warmup_lr_init, stage1_cfg.lr_min)
     return optimizer, schedule
@@ -196,7 +186,7 @@ def build_stage2_optimizer(model, stage2_cfg, runtime_cfg, device: torch.device,
                            prompt_lr: float | None = None, prompt_weight_decay: float = 0.0):
     """Adam over every trainable model parameter (+ SGD for centres) and the warm-up multi-step schedule."""
     groups = stage2_param_groups(model, stage2_cfg, prompt_lr, prompt_weight_decay)
-    optimizers = [_adam(groups, use_fused(runtime_cfg, device))]
+    optimizers = [_adam(groups, use_fused_optimizer(runtime_cfg, device))]
     if center_loss is not None:
         optimizers.append(torch.optim.SGD(center_loss.parameters(), lr=stage2_cfg.center_lr))
     schedule = WarmupMultiStepLR(optimizers[0], stage2_cfg.milestones, stage2_cfg.gamma,

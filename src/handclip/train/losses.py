@@ -1,8 +1,8 @@
-"""Training losses of CLIP-ReID (design.md section 2) and the optional extras.
+"""Training losses of CLIP-ReID (docs/method.md, "Stage 2") and the optional extras.
 
 - ``CrossEntropyLabelSmooth``: identity cross-entropy with label smoothing (0.1).
 - ``TripletLoss``: batch-hard triplet loss (margin 0.3) on Euclidean distances; needs P x K batches so
-  every anchor has a positive (the prototype's batches had none, mistake 3).
+  every anchor has a positive (docs/method.md, "Pitfalls").
 - ``SupConLoss``: supervised contrastive loss between two sets of features (image->text and
   text->image in stage 1): for every anchor, the mean log-softmax over its positives (same identity).
 - ``CenterLoss``: learnable class centres; they are parameters and must be given to an optimizer.
@@ -101,7 +101,7 @@ class CenterLoss(nn.Module):
     """Mean squared distance of each feature to its class centre (Wen et al. 2016).
 
     The centres are learnable parameters: the training code gives them their own optimizer group
-    (the prototype never did, mistake 1).
+    (a head outside every optimizer would train nothing; docs/method.md, "Pitfalls").
     """
 
     def __init__(self, num_classes: int, feat_dim: int):
@@ -129,3 +129,16 @@ def text_id_logits(image_features: torch.Tensor, text_features: torch.Tensor,
 def prompt_l2(ctx: torch.Tensor) -> torch.Tensor:
     """Mean squared L2 norm of the prompt context vectors."""
     return ctx.float().pow(2).sum(-1).mean()
+
+
+def logit_scale_of(model, model_cfg) -> float:
+    """The fixed scale of cosine image-text logits: model.logit_scale from the config, else CLIP's own."""
+    if model_cfg.logit_scale is not None:
+        return float(model_cfg.logit_scale)
+    for owner in (model, getattr(model, "clip", None), getattr(model, "text_encoder", None)):
+        value = getattr(owner, "logit_scale", None) if owner is not None else None
+        if isinstance(value, torch.Tensor):
+            return float(value.detach().float().exp().clamp(max=100.0))
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 1.0 / 0.07  # CLIP's initial temperature

@@ -1,0 +1,178 @@
+"""Protocol evaluation: features once per image, metrics per Monte Carlo run, mean and std.
+
+Identities are matched by the manifest's ``pid`` and nothing else (matching by folder order lines up
+the wrong people; docs/method.md, "Pitfalls"). Every image needed by any requested run is encoded
+exactly once, through the model's ``Encoder``; the runs then only index into that feature table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..config import EvalConfig
+from ..errors import DataError
+from .distances import cosine_distance, euclidean_distance
+from .metrics import METRIC_KEYS, aggregate_runs, evaluate_rank
+from .rerank import re_ranking
+
+
+@dataclass
+class RunMetrics:
+    run: int
+    metrics: dict
+    num_query: int
+    num_gallery: int
+    num_gallery_ids: int
+    cmc: list = field(default_factory=list, repr=False)
+
+
+@dataclass
+class EvalResult:
+    per_run: list[RunMetrics]
+    aggregate: dict
+    feature_dim: int
+    num_images_encoded: int
+    options: dict = field(default_factory=dict)
+    # path -> L2-normalised feature, and per-run query/gallery records and distances (for pictures)
+    features: dict = field(default_factory=dict, repr=False)
+    splits: dict = field(default_factory=dict, repr=False)
+    distances: dict = field(default_factory=dict, repr=False)
+
+    def mean_cmc(self) -> np.ndarray:
+        return np.mean([r.cmc for r in self.per_run], axis=0)
+
+    def as_dict(self) -> dict:
+        return {
+            "aggregate": self.aggregate,
+            "per_run": [
+                {"run": r.run, **r.metrics, "num_query": r.num_query, "num_gallery": r.num_gallery,
+                 "num_gallery_ids": r.num_gallery_ids}
+                for r in self.per_run
+            ],
+            "feature_dim": self.feature_dim,
+            "num_images_encoded": self.num_images_encoded,
+            "options": self.options,
+        }
+
+
+def _unique_paths(records: Iterable) -> list:
+    seen: dict[str, object] = {}
+    for rec in records:
+        seen.setdefault(rec.path, rec)
+    return list(seen.values())
+
+
+def check_images_exist(records: Sequence, source=None) -> None:
+    """DataError naming the first missing image (and how many are missing) before any encoding starts."""
+    missing = [rec.path for rec in records if not os.path.isfile(rec.path)]
+    if missing:
+        where = f" (listed in {source})" if source else " (listed in the manifest)"
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"image {missing[0]}{where} does not exist{more}")
+
+
+def distance_matrix(q: np.ndarray, g: np.ndarray, eval_cfg: EvalConfig) -> np.ndarray:
+    if eval_cfg.rerank:
+        return re_ranking(q, g, k1=eval_cfg.k1, k2=eval_cfg.k2, lambda_value=eval_cfg.lambda_value)
+    if eval_cfg.metric == "euclidean":
+        return euclidean_distance(q, g)
+    return cosine_distance(q, g)
+
+
+def select_runs(manifest, runs) -> list[int]:
+    available = manifest.runs
+    if not available:
+        raise DataError("the manifest has no query/gallery runs to evaluate")
+    if runs is None or runs == "all":
+        return list(available)
+    chosen = list(dict.fromkeys(int(r) for r in ([runs] if isinstance(runs, (int, str)) else runs)))
+    if not chosen:
+        raise DataError("no runs were chosen to evaluate")
+    missing = [r for r in chosen if r not in available]
+    if missing:
+        raise DataError(f"run {missing[0]} does not exist in the manifest (runs are {available[0]}..{available[-1]})")
+    return chosen
+
+
+def evaluate_records(features: dict[str, np.ndarray], query, gallery, eval_cfg: EvalConfig,
+                     what: str = "this run") -> tuple[dict, np.ndarray]:
+    """Metrics for one query/gallery split, given a path -> feature table."""
+    if not query:
+        raise DataError(f"no query images in {what}")
+    if not gallery:
+        raise DataError(f"no gallery images in {what}")
+    q = np.stack([features[r.path] for r in query])
+    g = np.stack([features[r.path] for r in gallery])
+    dist = distance_matrix(q, g, eval_cfg)
+    camids_known = all(r.camid is not None for r in query) and all(r.camid is not None for r in gallery)
+    result = evaluate_rank(
+        dist,
+        np.array([r.pid for r in query]),
+        np.array([r.pid for r in gallery]),
+        np.array([r.camid for r in query]) if camids_known else None,
+        np.array([r.camid for r in gallery]) if camids_known else None,
+        max_rank=eval_cfg.max_rank,
+    )
+    metrics = result.as_dict()
+    metrics["cmc"] = [float(v) for v in result.cmc]
+    return metrics, dist
+
+
+def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=None,
+                      distractors: bool = True, progress: bool = False,
+                      keep_distances: bool = False) -> EvalResult:
+    """Evaluate every requested run of ``manifest`` with ``encoder`` (a ``handclip.model.inference.Encoder``);
+    each image is encoded once for all runs.
+
+    ``distractors=False`` drops the manifest's distractor gallery images (11k gallery_all, HD 502-712).
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    chosen = select_runs(manifest, runs)
+    splits = {}
+    for run in chosen:
+        gallery = manifest.split("gallery", run)
+        if not distractors:
+            gallery = [r for r in gallery if not r.is_distractor]
+        splits[run] = (manifest.split("query", run), gallery)
+    needed = _unique_paths(rec for q, g in splits.values() for rec in (*q, *g))
+    check_images_exist(needed)
+    feats = encoder.features(needed, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip, progress=progress)
+    table = {rec.path: feats[i] for i, rec in enumerate(needed)}
+    per_run = []
+    distances = {}
+    for run, (query, gallery) in splits.items():
+        metrics, dist = evaluate_records(table, query, gallery, eval_cfg, what=f"run {run} of the manifest")
+        if keep_distances:
+            distances[run] = dist
+        cmc = metrics.pop("cmc")
+        per_run.append(RunMetrics(run, metrics, len(query), len(gallery), len({r.pid for r in gallery}), cmc))
+    aggregate = aggregate_runs([{k: r.metrics[k] for k in METRIC_KEYS} for r in per_run])
+    options = {"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
+               "runs": chosen, "distractors": distractors,
+               "distractor_images": max(sum(r.is_distractor for r in g) for _, g in splits.values())}
+    return EvalResult(per_run, aggregate, int(feats.shape[1]), len(needed), options,
+                      features=table, splits=splits, distances=distances)
+
+
+def evaluate_validation(encoder, manifest, eval_cfg: EvalConfig | None = None) -> dict:
+    """Model-selection score: held-out val images (one per training identity) ranked against the train images.
+
+    Test identities are never looked at here: choosing the best epoch on them would report a
+    selected, not a measured, result (docs/method.md, "Pitfalls").
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    eval_cfg = eval_cfg.model_copy(update={"rerank": False, "flip": False})
+    query = manifest.split("val")
+    gallery = manifest.split("train")
+    if not query:
+        raise DataError("the manifest has no val split to choose the best checkpoint on")
+    needed = _unique_paths([*query, *gallery])
+    check_images_exist(needed)
+    feats = encoder.features(needed, batch_size=eval_cfg.batch_size)
+    table = {rec.path: feats[i] for i, rec in enumerate(needed)}
+    metrics, _ = evaluate_records(table, query, gallery, eval_cfg)
+    return {k: metrics[k] for k in METRIC_KEYS}
