@@ -23,6 +23,7 @@ COMMANDS = {
     "benchmark": "train and evaluate on every benchmark subset and print the paper-style table",
     "enrol": "embed images and add them to a gallery index on disk",
     "search": "rank a gallery's identities for query hand photos",
+    "audit": "verify or show a gallery's hash-chained audit log",
     "demo": "run the whole pipeline on built-in synthetic hands",
 }
 
