@@ -101,6 +101,11 @@ def test_benchmark_table_json_and_evaluations_agree(tmp_path, monkeypatch, capsy
     assert "gallery_all" in table and "502-712" in table and "CLIP-HandID" in table
     # Subsets not run show a dash, not a number.
     assert "–" in rows[trained_label]
+    # The forensic table (EER, FNIR@FPIR per subset) holds the JSON's per-subset figures, and is printed.
+    forensic_table = (out / "benchmark_forensic.md").read_text()
+    eer = data["runs"]["hd"]["trained"]["forensic"]["aggregate"]["eer"]
+    assert f"{100 * eer['mean']:.2f} ± {100 * eer['std']:.2f}" in forensic_table.splitlines()[4]
+    assert forensic_table.splitlines()[4] in printed and zero_label in forensic_table
 
 
 def test_benchmark_refuses_missing_dataset_and_config_before_training(tmp_path, monkeypatch, capsys):

@@ -26,7 +26,8 @@ from handclip.model.handclip import HandCLIP, build_model
 from handclip.model.inference import Encoder, extract_features
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
-REPORT = ("metrics.json", "metrics.md", "cmc.png", "ranked_list.png", "report.html")
+FORENSIC_PICTURES = ("det.png", "fnir_fpir.png", "tippett.png", "lr_calibration.png")
+REPORT = ("metrics.json", "metrics.md", "cmc.png", "ranked_list.png", "report.html", *FORENSIC_PICTURES)
 IMAGE_SIZE = (64, 64)
 SMALL_SHEET = ["--show", "2", "--top-k", "3"]  # the ranked-list picture is the slow part of a report
 
@@ -153,7 +154,7 @@ def test_evaluate_writes_report_whose_numbers_match_a_direct_computation(main, s
     mean_r1 = aggregate["rank1"]["mean"] * 100
     assert f"{mean_r1:.2f} ± " in markdown and "| 2 |" in markdown
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and f"{mean_r1:.2f}" in html
+    assert html.count("data:image/png;base64,") == 2 + len(FORENSIC_PICTURES) and f"{mean_r1:.2f}" in html
 
 
 def test_each_image_is_encoded_once_per_evaluation(main, synthetic, checkpoint, tmp_path, monkeypatch):
@@ -433,4 +434,5 @@ def test_rewriting_a_report_folder_drops_stale_pictures(main, synthetic, checkpo
     # --show 0: no ranked-list picture, and the one from the previous report goes too.
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out", str(out),
                  "--runs", "0", "--show", "0"]) == 0
-    assert not (out / "ranked_list.png").exists() and (out / "report.html").read_text().count("data:image/png") == 1
+    html = (out / "report.html").read_text()
+    assert not (out / "ranked_list.png").exists() and html.count("data:image/png") == 1 + len(FORENSIC_PICTURES)

@@ -9,6 +9,10 @@
     gallery = api.Gallery.open_or_create("cases/gallery", encoder.fingerprint(), encoder.feature_dim)
     api.enrol(gallery, encoder.single_pass(), api.collect_images("cases/known_people"))
     hits = api.search(gallery, encoder.single_pass(), ["evidence.jpg"], top_k=10)
+    found = api.evidential_search(gallery, encoder.single_pass(), ["evidence.jpg"],
+                                  calibration="calibration.json")        # LRs + audit record (found.audit)
+    api.write_case_report(found, "case.pdf", case_id="2026/017")         # PDF to sign
+    api.verify_gallery_audit("cases/gallery").problems                   # [] when the audit trail checks out
     api.demo("demo_out")                                                         # synthetic hands, tiny model
     api.train(resume="runs/11k_dorsal_r_vitb16-20261126-120000")                 # continue a killed run
 """
@@ -31,6 +35,8 @@ from .gallery import Candidate, Gallery
 from .gallery.enrol import collect_images, load_encoder
 from .gallery.enrol import enrol_images as enrol
 from .gallery.enrol import search_images as search
+from .gallery.case_report import write_case_report
+from .gallery.evidence import audited_enrol, evidential_search, load_calibration, verify_gallery_audit
 from .model.inference import Encoder
 from .train.engine import RunResult, train
 from .workflows.benchmark import run_benchmark as benchmark
@@ -43,5 +49,6 @@ __all__ = [
     "train", "RunResult",
     "Encoder", "evaluate", "EvalResult", "write_evaluation_outputs",
     "Gallery", "Candidate", "collect_images", "load_encoder", "enrol", "search",
+    "evidential_search", "audited_enrol", "load_calibration", "verify_gallery_audit", "write_case_report",
     "demo", "demo_config", "benchmark",
 ]

@@ -19,9 +19,11 @@ COMMANDS = {
     "scan": "check every image of a manifest: exists, decodes, large enough",
     "train": "train HandCLIP (stage 1 prompts, stage 2 image encoder)",
     "evaluate": "evaluate a checkpoint (or a zero-shot backbone) on a manifest's Monte Carlo runs",
+    "calibrate": "fit score -> likelihood-ratio maps for a checkpoint on a manifest's identities",
     "benchmark": "train and evaluate on every benchmark subset and print the paper-style table",
     "enrol": "embed images and add them to a gallery index on disk",
     "search": "rank a gallery's identities for query hand photos",
+    "audit": "verify or show a gallery's hash-chained audit log",
     "demo": "run the whole pipeline on built-in synthetic hands",
 }
 

@@ -23,5 +23,6 @@ def run(args) -> int:
                            subsets=args.subsets, overrides=args.overrides, zero_shot=not args.no_zero_shot,
                            gallery_all=not args.own_gallery, progress=True)
     print(result.table)
-    print(f"written: {args.out}/benchmark.md and benchmark.json")
+    print(result.forensic_table)
+    print(f"written: {args.out}/benchmark.md, benchmark_forensic.md and benchmark.json")
     return 0

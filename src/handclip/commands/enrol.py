@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable or too-small images (listed in GALLERY/skipped_images.txt) instead of stopping")
+    parser.add_argument("--examiner", default=None, help="examiner's name for the audit record (default: the OS user)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -22,7 +23,8 @@ def run(args) -> int:
     from ..atomic import atomic_write_text
     from ..errors import HandCLIPError
     from ..gallery import Gallery
-    from ..gallery.enrol import collect_images, enrol_images, load_encoder
+    from ..gallery.enrol import collect_images, load_encoder
+    from ..gallery.evidence import audited_enrol
 
     if args.batch_size < 1:
         raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")
@@ -30,12 +32,15 @@ def run(args) -> int:
     encoder = load_encoder(args.checkpoint, device=args.device)
     gallery = Gallery.open_or_create(args.index, encoder.fingerprint(), encoder.feature_dim,
                                      checkpoint=encoder.checkpoint)
-    summary = enrol_images(gallery, encoder, items, batch_size=args.batch_size, skip_bad=args.skip_bad,
-                           progress=not args.no_progress)
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
+    summary, record = audited_enrol(gallery, encoder, items, examiner=args.examiner, arguments=arguments,
+                                    batch_size=args.batch_size, skip_bad=args.skip_bad,
+                                    progress=not args.no_progress)
     if summary.skipped_bad:
         listing = "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad)
         atomic_write_text(gallery.index_dir / "skipped_images.txt", listing)
         print(f"left out {len(summary.skipped_bad)} unusable image(s), listed in {gallery.index_dir / 'skipped_images.txt'}")
     print(f"enrolled {summary.added} new image(s) ({summary.already_enrolled} already in the gallery) into "
           f"{gallery.index_dir}: {len(gallery)} images of {len(gallery.identities())} identities")
+    print(f"audit record {record.seq} (SHA-256 {record.hash}) in {record.log}")
     return 0

@@ -30,6 +30,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<manifest name>)")
     parser.add_argument("--show", type=int, default=8, help="queries shown in the ranked-list picture (0: no picture)")
     parser.add_argument("--top-k", type=int, default=10, help="gallery images per query in the ranked-list picture")
+    forensic = parser.add_argument_group("forensic figures (verification, open-set identification, likelihood ratios)")
+    forensic.add_argument("--no-forensic", action="store_true", help="CMC / mAP only")
+    forensic.add_argument("--calibration-method", choices=["logit", "kde", "isotonic"], default="logit",
+                          help="lir calibrator for the cross-calibrated LRs (default logit)")
+    forensic.add_argument("--calibration-folds", type=int, default=2,
+                          help="identity folds per run for cross-calibration (default 2)")
+    forensic.add_argument("--calibration", metavar="JSON",
+                          help="also judge this stored calibration (from `handclip calibrate`, same model) on every run")
 
 
 def _parse_runs(text: str):
@@ -54,6 +62,29 @@ def _training_history(checkpoint) -> list | None:
         except json.JSONDecodeError:
             continue
     return history or None
+
+
+def forensic_summary_lines(forensic) -> list[str]:
+    """EER, FNMR@FMR, FNIR@FPIR, Cllr for the terminal (the report has the rest)."""
+    agg = forensic.aggregate
+
+    def rate(key: str) -> str:
+        entry = agg.get(key)
+        return "n/a" if entry is None else f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
+
+    lines = [f"  EER: {rate('eer')}  FNMR@FMR=0.01: {rate('fnmr@fmr=0.01')}  FNMR@FMR=0.001: {rate('fnmr@fmr=0.001')}",
+             f"  FNIR@FPIR=0.1: {rate('fnir@fpir=0.1')}  FNIR@FPIR=0.01: {rate('fnir@fpir=0.01')}  "
+             f"FNIR@FPIR=0.003: {rate('fnir@fpir=0.003')}"]
+    if agg.get("cllr") is not None:
+        lines.append(f"  Cllr: {agg['cllr']['mean']:.3f} ± {agg['cllr']['std']:.3f}  Cllr_min: "
+                     f"{agg['cllr_min']['mean']:.3f}  Cllr_cal: {agg['cllr_cal']['mean']:.3f}  log10 LR from "
+                     f"{agg['log10_lr_min']['mean']:.2f} to {agg['log10_lr_max']['mean']:.2f}")
+    if agg.get("stored_cllr") is not None:
+        lines.append(f"  stored calibration: Cllr {agg['stored_cllr']['mean']:.3f} ± {agg['stored_cllr']['std']:.3f}  "
+                     f"Cllr_cal {agg['stored_cllr_cal']['mean']:.3f}")
+    for note in forensic.notes:
+        lines.append(f"  note: {note}")
+    return lines
 
 
 def load_encoder(args):
@@ -89,6 +120,14 @@ def run(args) -> int:
         raise DataError(f"{args.manifest} has no distractor gallery; prepare it with --gallery-all")
     encoder = load_encoder(args)
     label = encoder.label
+    calibration = None
+    if args.calibration:
+        from ..evaluate.calibration import ScoreCalibration
+
+        if args.no_forensic:
+            raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")
+        calibration = ScoreCalibration.load(args.calibration)
+        calibration.check_model(encoder.fingerprint())
     eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=not args.no_distractors,
                                progress=True, keep_distances=True)
@@ -100,11 +139,22 @@ def run(args) -> int:
         out = Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
     else:
         out = Path(f"eval-zeroshot-{Path(args.manifest).stem}")
+    forensic = None
+    if not args.no_forensic:
+        from ..evaluate.forensic import forensic_evaluation
+
+        if args.calibration_folds < 2:
+            raise DataError(f"--calibration-folds must be at least 2 (got {args.calibration_folds})")
+        forensic = forensic_evaluation(result, method=args.calibration_method, folds=args.calibration_folds,
+                                       progress=True, calibration=calibration)
     write_evaluation_outputs(result, out, title, label, args.manifest, _training_history(args.checkpoint),
-                             queries_shown=args.show, top_k=args.top_k)
+                             queries_shown=args.show, top_k=args.top_k, forensic=forensic)
     agg = result.aggregate
     print(f"{label} on {args.manifest}: {len(result.per_run)} run(s), {result.num_images_encoded} images encoded")
     for key in METRIC_KEYS:
         print(f"  {key:>6}: {100 * agg[key]['mean']:6.2f} ± {100 * agg[key]['std']:.2f}")
+    if forensic is not None:
+        for line in forensic_summary_lines(forensic):
+            print(line)
     print(f"report: {out / 'report.html'}")
     return 0

@@ -10,44 +10,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query", required=True, nargs="+", metavar="IMG", help="query hand photo(s)")
     parser.add_argument("--top-k", type=int, default=10, help="candidates per query (default 10)")
     parser.add_argument("--by", choices=["identity", "image"], default="identity",
-                        help="rank people (best score over their images, default) or single images")
+                        help="rank people (best cosine similarity over their images, default) or single images")
     parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: the one the gallery was enrolled with)")
     parser.add_argument("--index-type", choices=["auto", "flat", "pca", "ivf", "hnsw"], default="auto",
                         help="exact search (flat), or a shortlist from an approximate index re-scored exactly "
                              "(pca: full scan of 256-d projections; ivf, hnsw: faster, lower recall); "
                              "auto: flat up to 200,000 images, pca above unless its self-check finds it unfit")
+    parser.add_argument("--calibration", default=None, metavar="CAL.json",
+                        help="score calibration for this model: gives each candidate a bounded log10 likelihood "
+                             "ratio and its verbal equivalent (--by identity uses its 'identity' kind)")
+    parser.add_argument("--report", default=None, metavar="CASE.pdf", help="write a case report (PDF) to sign")
+    parser.add_argument("--case-id", default=None, help="case identifier printed on the report")
+    parser.add_argument("--examiner", default=None, help="examiner's name for the audit record and report "
+                                                         "(default: the OS user)")
     parser.add_argument("--html", default=None, metavar="OUT.html", help="write a page with thumbnails and scores")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write every candidate as JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
+def _print(search) -> None:
+    from ..gallery.evidence import display_path
+
+    calibrated = search.calibration is not None
+    for query in search.queries:
+        print(f"query {display_path(query.query)}  SHA-256 {query.sha256}")
+        for c in query.candidates:
+            detail = (f"{c.matched}/{c.num_images} images in top hits" if search.by == "identity"
+                      else display_path(c.path, c.identity, search.gallery["dir"]))
+            weight = ""
+            if calibrated:
+                bound = f" (at the {c.at_bound} bound)" if c.at_bound else ""
+                weight = f"  log10 LR {c.log10_lr:+.2f}{bound}  {c.verbal}"
+            print(f"  {c.rank:3d}. {c.identity:<20} {c.score:.4f}{weight}  {detail}")
+    print(f"score: {search.score}")
+    if calibrated:
+        low, high = search.bounds
+        print(f"Hp: {search.propositions['hp']}\nHd: {search.propositions['hd']}")
+        print(f"calibration {display_path(search.calibration.path)} (SHA-256 {search.calibration.sha256[:16]}...): "
+              f"{search.calibration.validation(search.by)}; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
+    else:
+        print(search.statement)
+    if search.audit is not None:
+        print(f"audit record {search.audit.seq} (SHA-256 {search.audit.hash}) in {search.audit.log}")
+
+
 def run(args) -> int:
+    from ..atomic import atomic_write_json, sha256_file
     from ..errors import HandCLIPError
     from ..gallery import Gallery
-    from ..gallery.enrol import load_encoder, search_images
-    from ..gallery.html import write_search_html, write_search_json
+    from ..gallery.enrol import load_encoder
+    from ..gallery.evidence import evidential_search, load_calibration
+    from ..gallery.html import write_search_html
 
     if args.top_k < 1:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
+    calibration = load_calibration(args.calibration) if args.calibration else None
     gallery = Gallery.open(args.index)
     checkpoint = args.checkpoint or gallery.checkpoint
     if not checkpoint:
         raise HandCLIPError(f"gallery {args.index} does not record its model; pass --checkpoint")
     encoder = load_encoder(checkpoint, device=args.device)
-    results = search_images(gallery, encoder, args.query, top_k=args.top_k, by=args.by,
-                            index_type=args.index_type)
-    for result in results:
-        print(f"query {result.query}")
-        for c in result.candidates:
-            detail = f"{c.matched}/{c.num_images} images in top hits" if args.by == "identity" else c.path
-            print(f"  {c.rank:3d}. {c.identity:<20} {c.score:.4f}  {detail}")
-    info = {"gallery": str(gallery.index_dir), "checkpoint": encoder.checkpoint, "by": args.by,
-            "top_k": args.top_k, "index_type": gallery.resolve_index_type(args.index_type),
-            "score": "cosine similarity" + (" (best image per identity)" if args.by == "identity" else "")}
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
+    search = evidential_search(gallery, encoder, args.query, top_k=args.top_k, by=args.by,
+                               index_type=args.index_type, calibration=calibration, examiner=args.examiner,
+                               arguments=arguments)
+    _print(search)
     if args.json:
-        write_search_json(results, args.json, **info)
+        info = search.as_dict()
+        atomic_write_json(args.json, {**{k: v for k, v in info.items() if k != "queries"},
+                                      "checkpoint": encoder.checkpoint, "results": info["queries"]})
         print(f"wrote {args.json}")
     if args.html:
-        write_search_html(results, args.html, gallery_dir=str(gallery.index_dir), by=args.by, checkpoint=encoder.checkpoint)
+        write_search_html(search.queries, args.html, gallery_dir=str(gallery.index_dir), by=args.by,
+                          checkpoint=encoder.checkpoint, statement=search.statement,
+                          propositions=search.propositions, audit=search.audit)
         print(f"wrote {args.html}")
+    if args.report:
+        from ..gallery.case_report import write_case_report
+
+        write_case_report(search, args.report, case_id=args.case_id, examiner=args.examiner)
+        print(f"wrote {args.report} (SHA-256 {sha256_file(args.report)})")
     return 0

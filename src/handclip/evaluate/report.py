@@ -119,12 +119,14 @@ def html_report(
     images: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]] = (),
     sections: Mapping[str, str] | None = None,
     subtitle: str = "",
+    tables: Mapping[str, str] | None = None,
 ) -> Path:
     """A single self-contained HTML file: title, metrics table, embedded PNGs, extra text sections.
 
     ``metrics_table`` is Markdown (e.g. from :func:`markdown_table`) or the rows to build it from.
     ``images`` are PNG paths or ``(caption, path)`` pairs; they are embedded as base64 so the file
-    can be mailed or archived on its own. ``sections`` maps a heading to plain text (escaped).
+    can be mailed or archived on its own. ``sections`` maps a heading to plain text (escaped);
+    ``tables`` maps a heading to a further Markdown table, shown after the metrics table.
     """
     table_md = metrics_table if isinstance(metrics_table, str) else markdown_table(metrics_table)
     figures = []
@@ -147,6 +149,8 @@ def html_report(
         "<h2>Metrics</h2>",
         f"<section>{_markdown_to_html_table(table_md)}</section>",
     ]
+    for heading, extra in (tables or {}).items():
+        parts += [f"<h2>{escape(heading)}</h2>", f"<section>{_markdown_to_html_table(extra)}</section>"]
     if figures:
         parts += ["<h2>Figures</h2>", "<section>" + "\n".join(figures) + "</section>"]
     for heading, text in (sections or {}).items():
@@ -173,7 +177,8 @@ def _pick_queries(result: EvalResult, run: int, count: int) -> list[int]:
     return sorted(take_wrong) + sorted(take_right)
 
 
-REPORT_FILES = ("metrics.json", "metrics.md", "cmc.png", "ranked_list.png", "training_curves.png", "report.html")
+REPORT_FILES = ("metrics.json", "metrics.md", "cmc.png", "ranked_list.png", "training_curves.png", "report.html",
+                "det.png", "fnir_fpir.png", "tippett.png", "lr_calibration.png")
 
 
 def describe_options(options: dict) -> str:
@@ -195,8 +200,12 @@ def describe_options(options: dict) -> str:
 
 
 def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str, manifest_path=None,
-                             history: list | None = None, queries_shown: int = 8, top_k: int = 10) -> Path:
+                             history: list | None = None, queries_shown: int = 8, top_k: int = 10,
+                             forensic=None) -> Path:
     """metrics.json, metrics.md, cmc.png, ranked_list.png, (training_curves.png), report.html.
+
+    With ``forensic`` (a ``handclip.evaluate.forensic.ForensicResult``) also the verification, open-set
+    and likelihood-ratio tables and det.png, fnir_fpir.png, tippett.png, lr_calibration.png.
 
     Everything is rendered into a staging folder first and moved into ``out_dir`` only when all of it
     succeeded, so a failed evaluation leaves no partial report.
@@ -209,6 +218,8 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
     try:
         summary = {"title": title, "model": label, "manifest": str(manifest_path) if manifest_path else None,
                    **result.as_dict()}
+        if forensic is not None:
+            summary["forensic"] = forensic.as_dict()
         atomic_write_json(stage / "metrics.json", json.loads(json.dumps(summary, default=float)))
         rows = [{"run": r.run, **{k: r.metrics[k] for k in METRIC_KEYS}, "queries": r.num_query,
                  "gallery": r.num_gallery} for r in result.per_run]
@@ -223,7 +234,14 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
         if own and all(len(set(pids)) == len(pids) for pids in own):  # single-shot gallery (11k, HD protocols)
             note += (" Each identity has one gallery image, so mAP and mINP both equal the mean reciprocal rank "
                      "of the correct match.")
-        atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}\n{note}\n")
+        forensic_md, forensic_tables, forensic_images = "", {}, []
+        if forensic is not None:
+            from .forensic_report import render_forensic
+
+            forensic_md, forensic_tables, forensic_images = render_forensic(
+                forensic, stage, title.removeprefix("Evaluation on "))
+        atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}\n{note}\n"
+                          + (f"\n{forensic_md}" if forensic_md else ""))
         images = []
         runs_text = f"mean over {len(result.per_run)} runs" if len(result.per_run) > 1 else f"run {result.per_run[0].run}"
         # Past the gallery size every curve is flat at 100%: stop there.
@@ -249,8 +267,14 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
             plot_training_curves(history, stage / "training_curves.png")
             images.append(("Training curves (from the run's metrics.jsonl): losses, learning rate, and rank-1/mAP on "
                            "the validation split of the training identities, which picks best.pt", stage / "training_curves.png"))
+        images += forensic_images
         manifest_text = f"; manifest {manifest_path}" if manifest_path else ""
-        html_report(stage / "report.html", title, table, images, sections={"Notes": note},
+        sections = {"Notes": note}
+        if forensic is not None:
+            from .forensic_report import notes_text
+
+            sections["Forensic figures: how they are computed"] = notes_text(forensic)
+        html_report(stage / "report.html", title, table, images, sections=sections, tables=forensic_tables,
                            subtitle=f"Model: {label}{manifest_text}; {describe_options(result.options)}; "
                                     f"{result.num_images_encoded} images encoded once, {result.feature_dim}-d features")
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,33 +24,60 @@ figure img{display:block;width:%(px)dpx;height:%(px)dpx;object-fit:contain;backg
 """
 
 
-def _figure(path: str, caption_html: str, size: int) -> str:
+def _figure(path: str, label: str, caption_html: str, size: int) -> str:
     uri = thumbnail_data_uri(path, size)
-    picture = (f'<img alt="{escape(Path(path).name)}" src="{uri}">' if uri
+    picture = (f'<img alt="{escape(label)}" src="{uri}">' if uri
                else '<div class="missing">image not available</div>')
     return f"<figure>{picture}<figcaption>{caption_html}</figcaption></figure>"
 
 
+def _weight(candidate) -> str:
+    """The likelihood-ratio line of a calibrated candidate (nothing for a plain search result)."""
+    lr = getattr(candidate, "log10_lr", None)
+    if lr is None:
+        return ""
+    bound = f" (at the {candidate.at_bound} bound)" if getattr(candidate, "at_bound", None) else ""
+    return f"<br>log10 LR {lr:+.2f}{bound}<br>{escape(candidate.verbal or '')}"
+
+
 def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery_dir: str = "",
-                      by: str = "identity", checkpoint: str | None = None, size: int = 160) -> Path:
-    """One row per query: the query photo, then its candidates in rank order with their scores."""
+                      by: str = "identity", checkpoint: str | None = None, size: int = 160,
+                      statement: str | None = None, propositions: dict | None = None, audit=None) -> Path:
+    """One row per query: the query photo, then its candidates in rank order with their scores.
+
+    Paths are shown as ``handclip.gallery.evidence.display_path`` gives them (relative to the gallery
+    or the enrolment root, else the file name), never the directories above; a query's SHA-256 is
+    shown when the results carry it, and the propositions and audit record of an evidential search.
+    """
+    from .evidence import display_path
+
     rows = []
     for result in results:
         cands = []
         for c in result.candidates:
+            shown = display_path(c.path, c.identity, gallery_dir or None)
             extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
                      else f"<br>image of {escape(c.identity)}")
             caption = (f"#{c.rank} <b>{escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
-                       f"{extra}<br><span class=path>{escape(Path(c.path).name)}</span>")
-            cands.append(_figure(c.path, caption, size))
-        probe = _figure(result.query, f"query<br><span class=path>{escape(Path(result.query).name)}</span>", size)
+                       f"{_weight(c)}{extra}<br><span class=path>{escape(shown)}</span>")
+            cands.append(_figure(c.path, shown, caption, size))
+        query_name = display_path(result.query, gallery_dir=gallery_dir or None)
+        digest = getattr(result, "sha256", None)
+        digest_html = f"<br><span class=path>SHA-256 {escape(digest[:16])}...</span>" if digest else ""
+        probe = _figure(result.query, query_name,
+                        f"query<br><span class=path>{escape(query_name)}</span>{digest_html}", size)
         rows.append(f'<div class="query"><div class="probe">{probe}</div><div class="cands">{"".join(cands)}</div></div>')
-    meta = (f"gallery {escape(str(gallery_dir))} &middot; ranked by {escape(by)} "
+    meta = (f"gallery {escape(Path(gallery_dir).name)} &middot; ranked by {escape(by)} "
             f"(score: cosine similarity{', best image per person' if by == 'identity' else ''})"
-            + (f" &middot; model {escape(checkpoint)}" if checkpoint else "")
+            + (f" &middot; model {escape(Path(checkpoint).name)}" if checkpoint else "")
             + f" &middot; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if audit is not None:
+        meta += f" &middot; audit record {int(audit.seq)} ({escape(audit.hash[:16])}...)"
+    notes = "".join(f"<p>{escape(k.capitalize())}: {escape(v)}</p>" for k, v in (propositions or {}).items())
+    if statement:
+        notes += f"<p>{escape(statement)}</p>"
     body = (f"<h1>HandCLIP search: {len(results)} quer{'y' if len(results) == 1 else 'ies'}</h1>"
-            f"<div class=\"meta\">{meta}</div>" + "\n".join(rows))
+            f"<div class=\"meta\">{meta}</div><div class=\"meta\">{notes}</div>" + "\n".join(rows))
     atomic_write_text(out_html, html_page("HandCLIP search", body, _CSS % {"px": size}))
     return Path(out_html)
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -225,6 +226,29 @@ class GalleryStore:
     @property
     def paths(self) -> list[str]:
         return list(self.path_of_row)
+
+    def file_hashes(self, paths: Iterable[str]) -> dict[str, str]:
+        """The SHA-256 recorded at enrolment for each of ``paths`` that is enrolled."""
+        wanted = set(paths)
+        return {p: h for p, h in zip(self.path_of_row, self._hashes) if p in wanted}
+
+    def entries(self, start: int = 0) -> list[dict]:
+        """Enrolled rows from ``start`` on, in order, as ``{"path", "identity", "sha256"}``."""
+        return [{"path": p, "identity": i, "sha256": h}
+                for p, i, h in zip(self.path_of_row[start:], self.identity_of_row[start:], self._hashes[start:])]
+
+    @property
+    def commit_state(self) -> dict:
+        """The committed state this object holds: uid, generation, rows and the SHA-256 of commit.json
+        as HandCLIP writes it (equal to the file's own SHA-256 until the next commit)."""
+        text = json.dumps(self._commit, indent=2, sort_keys=True) + "\n"
+        return {"uid": self.uid, "generation": self._generation, "rows": len(self),
+                "commit_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+    def verify_files(self) -> None:
+        """Check every committed shard against its SHA-256 (GalleryError names the first damaged file)."""
+        for shard in self._shards.shards:
+            self._shards.check(shard)
 
     def check_model(self, fingerprint: dict, dim: int | None = None) -> None:
         """Refuse a model whose fingerprint differs from the one the gallery was enrolled with."""

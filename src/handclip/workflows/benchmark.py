@@ -17,6 +17,8 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..config import load_config
 from ..data.manifest import Manifest
 from ..errors import ConfigError
+from ..evaluate.forensic import forensic_evaluation
+from ..evaluate.forensic_report import forensic_benchmark_table
 from ..evaluate.protocol import evaluate_manifest
 from ..evaluate.references import SUBSETS, benchmark_table
 from ..model.handclip import build_model
@@ -29,6 +31,7 @@ class BenchmarkResult:
     rows: list[tuple[str, dict]] = field(default_factory=list)
     runs: dict = field(default_factory=dict)
     table: str = ""
+    forensic_table: str = ""
 
 
 def find_config(config_dir: Path, subset: str) -> Path:
@@ -63,6 +66,7 @@ def run_benchmark(config_dir, out_dir, data_11k=None, data_hd=None, subsets=None
 
     measured: dict[str, dict] = {}
     zero: dict[str, dict] = {}
+    forensic_rows: dict[str, dict[str, dict]] = {"trained": {}, "zero_shot": {}}
     result = BenchmarkResult()
     label = None
     for subset, path, config in plans:
@@ -70,17 +74,24 @@ def run_benchmark(config_dir, out_dir, data_11k=None, data_hd=None, subsets=None
         manifest = Manifest.read(Path(run.run_dir) / "manifest.csv")
         encoder = Encoder.from_checkpoint(run.best_checkpoint)
         label = encoder.label
-        evaluated = evaluate_manifest(encoder, manifest, config.eval, progress=progress)
+        evaluated = evaluate_manifest(encoder, manifest, config.eval, progress=progress, keep_distances=True)
         measured[subset] = evaluated.aggregate
         result.runs[subset] = {"config": str(path), "run_dir": str(run.run_dir), "trained": evaluated.as_dict()}
+        forensic = forensic_evaluation(evaluated)
+        result.runs[subset]["trained"]["forensic"] = forensic.as_dict()
+        forensic_rows["trained"][subset] = forensic.aggregate
         if zero_shot:
             # Seeded so a random-init baseline (tiny models, no weights file) is the same on every run.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 base = build_model(config.model, config.data, num_ids=1).eval()
-            zs = evaluate_manifest(Encoder.for_model(base, config.data), manifest, config.eval, progress=progress)
+            zs = evaluate_manifest(Encoder.for_model(base, config.data), manifest, config.eval, progress=progress,
+                                   keep_distances=True)
             zero[subset] = zs.aggregate
             result.runs[subset]["zero_shot"] = zs.as_dict()
+            forensic = forensic_evaluation(zs)
+            result.runs[subset]["zero_shot"]["forensic"] = forensic.as_dict()
+            forensic_rows["zero_shot"][subset] = forensic.aggregate
     backbone = plans[0][2].model.backbone
     weights = plans[0][2].model.weights
     result.rows.append((label or f"HandCLIP ({backbone})", measured))
@@ -97,6 +108,12 @@ def run_benchmark(config_dir, out_dir, data_11k=None, data_hd=None, subsets=None
         notes.append("HD: every gallery includes the 213 distractor identities of 502-712.")
     result.table = benchmark_table(result.rows, notes=notes)
     atomic_write_text(out_dir / "benchmark.md", "# HandCLIP benchmark\n\n" + result.table)
+    labelled = [(result.rows[0][0], forensic_rows["trained"])]
+    if zero_shot:
+        labelled.append((result.rows[1][0], forensic_rows["zero_shot"]))
+    result.forensic_table = forensic_benchmark_table(labelled)
+    atomic_write_text(out_dir / "benchmark_forensic.md", "# HandCLIP benchmark: forensic figures\n\n"
+                      + result.forensic_table)
     atomic_write_json(out_dir / "benchmark.json", {"rows": [{"method": m, "subsets": s} for m, s in result.rows],
                                                   "runs": result.runs})
     return result

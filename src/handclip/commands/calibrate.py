@@ -1,0 +1,41 @@
+"""``handclip calibrate``: fit score -> likelihood-ratio maps for a model on a manifest's identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="the HandCLIP checkpoint whose scores to calibrate")
+    parser.add_argument("--manifest", required=True,
+                        help="protocol manifest CSV whose identities the model did not train on")
+    parser.add_argument("--method", choices=["logit", "kde", "isotonic"], default="logit",
+                        help="lir calibrator: logistic regression (default), KDE or isotonic (PAV)")
+    parser.add_argument("--out", help="calibration JSON to write (default: calibration.json next to the checkpoint)")
+    parser.add_argument("--splits", default="query,gallery",
+                        help="manifest splits whose images to use (default: query,gallery = the test identities)")
+    parser.add_argument("--folds", type=int, default=5, help="identity folds for the cross-validated Cllr (default 5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="auto")
+
+
+def run(args) -> int:
+    from ..errors import HandCLIPError
+    from ..evaluate.calibrate import calibrate
+    from ..evaluate.calibration import describe
+
+    if args.folds < 2:
+        raise HandCLIPError(f"--folds must be at least 2 (got {args.folds})")
+    splits = [part.strip() for part in args.splits.split(",") if part.strip()]
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "calibration.json"
+    calibration = calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
+                            seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True)
+    calibration.save(out)
+    summary = calibration.summary
+    print(f"calibrated {args.checkpoint} ({args.method}) on {summary['n_identities']} identities, "
+          f"{summary['n_images']} images of {args.manifest}")
+    for line in describe(calibration):
+        print(line)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,377 @@
+"""Comparison scores as likelihood ratios: fitted, bounded, stored as plain data.
+
+A calibration turns a score (cosine similarity) into log10 LR, where
+LR = p(score | same person) / p(score | different people). The calibrators are the NFI's ``lir``
+package's (logistic regression, KDE, isotonic/PAV); their fitted state is kept as plain numbers
+(two coefficients, KDE sample points and bandwidths, the PAV step function), so a calibration file
+loads without unpickling anything and gives the same LRs every time. Each map is clipped to its
+empirical lower and upper bounds (ELUB), so it never claims more than its calibration data supports.
+
+Two score kinds are calibrated separately because their distributions differ:
+``image`` is one query image against one gallery image; ``identity`` is the best score of a query
+over all gallery images of one person (what ``handclip search --by identity`` ranks by).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import HandCLIPError
+
+FORMAT = "handclip-score-calibration"
+VERSION = 1
+METHODS = ("logit", "kde", "isotonic")
+KINDS = ("image", "identity")
+# Two-fold cross-calibration needs at least three people with two or more images in each fold.
+MIN_IDENTITIES = 6
+# KDE keeps its sample points in the file and evaluates every kernel per score: a few thousand suffice.
+KDE_MAX_POINTS = 2000
+# lir's ELUB search holds a pairs x thresholds float matrix; larger non-mated sets are subsampled,
+# which can only lower the upper bound (it never exceeds log10 of the non-mated count + 1).
+ELUB_MAX_NONMATED = 50_000
+
+
+class CalibrationError(HandCLIPError):
+    """A calibration cannot be fitted, read or applied (too little data, other model, bad file)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# ENFSI's verbal scale
+
+# Lower edge of each band in log10 LR and the strength of support (ENFSI Guideline for Evaluative
+# Reporting in Forensic Science, 2015): 2-10 weak, 10-100 moderate, 100-1,000 moderately strong,
+# 1,000-10,000 strong, 10,000-1,000,000 very strong, above 1,000,000 extremely strong.
+VERBAL_BANDS = (
+    (math.log10(2.0), "weak"),
+    (1.0, "moderate"),
+    (2.0, "moderately strong"),
+    (3.0, "strong"),
+    (4.0, "very strong"),
+    (6.0, "extremely strong"),
+)
+SAME = "the same-person proposition"
+DIFFERENT = "the different-person proposition"
+
+
+def verbal_strength(log10_lr: float) -> str:
+    """The band's word for |log10 LR|: "no", "weak", ..., "extremely strong"."""
+    magnitude = abs(float(log10_lr))
+    word = "no"
+    for edge, name in VERBAL_BANDS:
+        if magnitude >= edge - 1e-12:
+            word = name
+    return word
+
+
+def verbal_equivalent(log10_lr: float) -> str:
+    """ENFSI's verbal equivalent of an LR, in both directions.
+
+    The propositions: the two hands are from the same person / from different people. An LR below 1
+    supports the different-person proposition with the strength its reciprocal gives. LRs between
+    1/2 and 2 are said to support neither (ENFSI lists LR 1 for this and starts "weak" at 2).
+    """
+    value = float(log10_lr)
+    if math.isnan(value):
+        raise CalibrationError("no verbal equivalent for a log10 LR of NaN")
+    word = verbal_strength(value)
+    if word == "no":
+        return "the findings do not support one proposition over the other"
+    first, second = (SAME, DIFFERENT) if value > 0 else (DIFFERENT, SAME)
+    return f"the findings provide {word} support for {first} rather than {second}"
+
+
+def _lr_text(log10: float) -> str:
+    if math.isinf(log10):
+        return "∞" if log10 > 0 else "0"
+    value = 10.0 ** log10
+    return f"{value:,.0f}" if value >= 1 else f"1/{1 / value:,.0f}"
+
+
+def verbal_scale_rows() -> list[dict]:
+    """The bands from the strongest same-person support down to the strongest different-person support:
+    ``low`` and ``high`` in log10 LR, the LR range as text, and the verbal equivalent."""
+    edges = [edge for edge, _ in VERBAL_BANDS]
+    upper = [*edges[1:], math.inf]
+    positive = [(low, high) for low, high in zip(edges, upper)][::-1]
+    bands = [*positive, (-edges[0], edges[0]), *[(-high, -low) for low, high in positive[::-1]]]
+    return [{"low": low, "high": high, "lr": f"{_lr_text(low)} to {_lr_text(high)}",
+             "verbal": verbal_equivalent(0.0 if low < 0 < high else (low if low > 0 else high))}
+            for low, high in bands]
+
+
+# ----------------------------------------------------------------------------------------------
+# One fitted, bounded map
+
+
+def _as_scores(values, what: str) -> np.ndarray:
+    scores = np.asarray(values, dtype=np.float64).reshape(-1)
+    if scores.size and not np.all(np.isfinite(scores)):
+        raise CalibrationError(f"{what} contain NaN or infinite values")
+    return scores
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """score -> log10 LR for one score kind: the calibrator's plain-data state and its ELUB bounds."""
+
+    method: str
+    params: dict
+    lower: float
+    upper: float
+
+    def raw_log10_lr(self, scores) -> np.ndarray:
+        """The calibrator's log10 LR before bounding (may be infinite for PAV's end steps)."""
+        from lir.util import ln_to_log10, probability_to_logodds
+
+        x = _as_scores(scores, "scores")
+        if self.method == "logit":
+            return ln_to_log10(self.params["intercept"] + self.params["coef"] * x)
+        if self.method == "kde":
+            from sklearn.neighbors import KernelDensity
+
+            densities = []
+            for points, bandwidth in ((self.params["nonmated_points"], self.params["bandwidth"][0]),
+                                      (self.params["mated_points"], self.params["bandwidth"][1])):
+                kde = KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(np.asarray(points).reshape(-1, 1))
+                densities.append(kde.score_samples(x.reshape(-1, 1)))
+            return ln_to_log10(densities[1] - densities[0])
+        if self.method == "isotonic":
+            knots = np.asarray(self.params["x"], dtype=np.float64)
+            probability = np.interp(np.clip(x, knots[0], knots[-1]), knots, np.asarray(self.params["p"]))
+            with np.errstate(divide="ignore"):
+                return np.asarray(probability_to_logodds(probability), dtype=np.float64)
+        raise CalibrationError(f"unknown calibration method {self.method!r} (choose from {', '.join(METHODS)})")
+
+    def log10_lr(self, scores) -> np.ndarray:
+        raw = self.raw_log10_lr(scores)
+        # A score far outside both KDE samples gives -inf - -inf = NaN: the data say nothing there.
+        raw = np.where(np.isnan(raw), 0.0, raw)
+        return np.clip(raw, self.lower, self.upper)
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "params": self.params, "log10_lr_bounds": [self.lower, self.upper]}
+
+    @classmethod
+    def from_dict(cls, data, where: str) -> "ScoreMap":
+        try:
+            method, params = data["method"], data["params"]
+            lower, upper = (float(v) for v in data["log10_lr_bounds"])
+        except (KeyError, TypeError, ValueError):
+            raise CalibrationError(f"{where} is malformed (needs method, params and two log10_lr_bounds)") from None
+        required = {"logit": ("coef", "intercept"), "kde": ("bandwidth", "nonmated_points", "mated_points"),
+                    "isotonic": ("x", "p")}
+        if method not in required:
+            raise CalibrationError(f"{where}: unknown method {method!r} (choose from {', '.join(METHODS)})")
+        missing = [key for key in required[method] if not isinstance(params, dict) or key not in params]
+        if missing:
+            raise CalibrationError(f"{where}: params lack {', '.join(missing)}")
+        if not lower <= 0.0 <= upper:
+            raise CalibrationError(f"{where}: bounds {lower}, {upper} must enclose log10 LR 0")
+        return cls(method, params, lower, upper)
+
+
+def _check_fit_input(mated: np.ndarray, nonmated: np.ndarray) -> None:
+    if mated.size == 0:
+        raise CalibrationError("no mated (same-person) scores to calibrate on")
+    if nonmated.size == 0:
+        raise CalibrationError("no non-mated (different-person) scores to calibrate on")
+    both = np.concatenate([mated, nonmated])
+    if np.ptp(both) == 0:
+        raise CalibrationError(f"all {both.size} scores are equal ({both[0]:.6g}); they cannot tell people apart, "
+                               f"so no calibration can be fitted")
+
+
+def _subsample(values: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    if values.size <= limit:
+        return values
+    return np.sort(rng.choice(values, size=limit, replace=False))
+
+
+def elub_bounds(llrs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """lir's empirical lower and upper log10 LR bounds for calibrated ``llrs`` with 0/1 ``labels``."""
+    from lir.algorithms.bayeserror import elub
+
+    llrs = np.asarray(llrs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    nonmated = np.flatnonzero(labels == 0)
+    if nonmated.size > ELUB_MAX_NONMATED:
+        keep = np.random.default_rng(seed).choice(nonmated, size=ELUB_MAX_NONMATED, replace=False)
+        chosen = np.sort(np.concatenate([np.flatnonzero(labels == 1), keep]))
+        llrs, labels = llrs[chosen], labels[chosen]
+    low, high = elub(llrs.copy(), labels, add_misleading=1)  # elub clips its input in place
+    return float(low), float(high)
+
+
+def fit_score_map(mated, nonmated, method: str = "logit", seed: int = 0) -> ScoreMap:
+    """Fit lir's calibrator on mated / non-mated scores, keep its state as plain data, add ELUB bounds."""
+    mated = _as_scores(mated, "mated scores")
+    nonmated = _as_scores(nonmated, "non-mated scores")
+    _check_fit_input(mated, nonmated)
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([nonmated, mated])
+    y = np.concatenate([np.zeros(nonmated.size, dtype=np.int64), np.ones(mated.size, dtype=np.int64)])
+    if method == "logit":
+        from lir.algorithms.logistic_regression import LogitCalibrator
+
+        # Plain maximum likelihood: sklearn's default L2 penalty (C = 1) shrinks the slope several-fold when
+        # scores span a narrow range (a trained model's cosines lie within 0.8-1.0), squashing every LR to ~1.
+        calibrator = LogitCalibrator(C=np.inf).fit(x, y)
+        model = calibrator._logit  # the fitted sklearn LogisticRegression (lir keeps no public handle)
+        params = {"coef": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])}
+    elif method == "kde":
+        from lir.algorithms.kde import KDECalibrator
+
+        mated_points, nonmated_points = _subsample(mated, KDE_MAX_POINTS, rng), _subsample(nonmated, KDE_MAX_POINTS, rng)
+        if np.ptp(mated_points) == 0 or np.ptp(nonmated_points) == 0:
+            raise CalibrationError("KDE calibration needs mated and non-mated scores that each vary "
+                                   "(Silverman's bandwidth is zero otherwise); use --method logit")
+        sample_x = np.concatenate([nonmated_points, mated_points])
+        sample_y = np.concatenate([np.zeros(nonmated_points.size, np.int64), np.ones(mated_points.size, np.int64)])
+        calibrator = KDECalibrator(bandwidth="silverman").fit(sample_x, sample_y)
+        params = {"bandwidth": [float(calibrator._kde0.bandwidth_), float(calibrator._kde1.bandwidth_)],
+                  "nonmated_points": [float(v) for v in nonmated_points],
+                  "mated_points": [float(v) for v in mated_points]}
+    else:
+        from lir.algorithms.isotonic_regression import IsotonicCalibrator
+
+        # One misleading point at each end keeps the PAV's outermost steps off LR 0 and infinity.
+        calibrator = IsotonicCalibrator(add_misleading=1).fit(x, y)
+        regression = calibrator._ir
+        params = {"x": [float(v) for v in regression._necessary_X_], "p": [float(v) for v in regression._necessary_y_]}
+    unbounded = ScoreMap(method, params, -math.inf, math.inf)
+    fitted = unbounded.log10_lr(x)
+    low, high = elub_bounds(fitted, y, seed=seed)
+    return ScoreMap(method, params, low, high)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cllr
+
+
+def cllr_figures(llrs, labels) -> dict:
+    """lir's Cllr, Cllr_min (after PAV) and Cllr_cal = Cllr - Cllr_min, plus the pair counts."""
+    from lir.data.models import LLRData
+    from lir.metrics import cllr, cllr_min
+
+    llrs = np.asarray(llrs, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n_mated, n_nonmated = int(labels.sum()), int((labels == 0).sum())
+    if n_mated == 0 or n_nonmated == 0:
+        raise CalibrationError(f"Cllr needs mated and non-mated comparisons (got {n_mated} mated, "
+                               f"{n_nonmated} non-mated)")
+    data = LLRData(features=llrs, labels=labels)
+    total, minimum = float(cllr(data)), float(cllr_min(data))
+    return {"cllr": total, "cllr_min": minimum, "cllr_cal": total - minimum,
+            "n_mated": n_mated, "n_nonmated": n_nonmated}
+
+
+# ----------------------------------------------------------------------------------------------
+# The calibration file
+
+
+def _json_text(payload: dict) -> str:
+    try:
+        return json.dumps(payload, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError:
+        raise CalibrationError("the calibration holds NaN or infinite numbers and cannot be stored") from None
+
+
+@dataclass
+class ScoreCalibration:
+    """Fitted, bounded score -> log10 LR maps per score kind, with the model and data they belong to.
+
+    ``summary`` holds ``method``, the cross-validated (by identity) ``cllr``, ``cllr_min`` and
+    ``cllr_cal``, ``n_identities``, ``n_mated``, ``n_nonmated`` (those of the ``image`` kind; every
+    kind's own figures are under ``summary["kinds"]``), ``manifest_sha256`` and ``created``.
+    """
+
+    maps: dict[str, ScoreMap]
+    fingerprint: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    def _map(self, kind: str) -> ScoreMap:
+        if kind not in self.maps:
+            raise CalibrationError(f"this calibration has no {kind!r} scores (it has {', '.join(sorted(self.maps))})")
+        return self.maps[kind]
+
+    def log10_lr(self, scores, kind: str = "image") -> np.ndarray:
+        """log10 LR of cosine ``scores`` of the given kind, clipped to the calibration's ELUB range."""
+        return self._map(kind).log10_lr(scores)
+
+    def bounds(self, kind: str = "image") -> tuple[float, float]:
+        score_map = self._map(kind)
+        return score_map.lower, score_map.upper
+
+    def check_model(self, fingerprint: dict) -> None:
+        """CalibrationError naming every field on which ``fingerprint`` differs from the calibrated model's."""
+        from ..gallery.store import fingerprint_differences
+
+        differences = fingerprint_differences(self.fingerprint, fingerprint)
+        if differences:
+            source = self.summary.get("path") or "this calibration"
+            raise CalibrationError(f"{source} was fitted for another model; differing fields (calibration vs model): "
+                                   + "; ".join(differences))
+
+    def as_dict(self) -> dict:
+        summary = {k: v for k, v in self.summary.items() if k != "path"}
+        return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,
+                "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+
+    def save(self, path) -> None:
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(path, _json_text(self.as_dict()))
+
+    @classmethod
+    def load(cls, path) -> "ScoreCalibration":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CalibrationError(f"calibration file {path} does not exist") from None
+        except IsADirectoryError:
+            raise CalibrationError(f"calibration file {path} is a directory") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CalibrationError(f"cannot read calibration file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise CalibrationError(f"calibration file {path} is not valid JSON (truncated or not a calibration)") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CalibrationError(f"{path} is not a HandCLIP score calibration (made by `handclip calibrate`)")
+        if data.get("version") != VERSION:
+            raise CalibrationError(f"calibration file {path} has format version {data.get('version')!r}; "
+                                   f"this HandCLIP reads version {VERSION}")
+        maps = data.get("maps")
+        if not isinstance(maps, dict) or not maps:
+            raise CalibrationError(f"calibration file {path} has no score maps")
+        unknown = sorted(set(maps) - set(KINDS))
+        if unknown:
+            raise CalibrationError(f"calibration file {path} has an unknown score kind {unknown[0]!r}")
+        fingerprint, summary = data.get("fingerprint"), data.get("summary")
+        if not isinstance(fingerprint, dict) or not isinstance(summary, dict):
+            raise CalibrationError(f"calibration file {path} lacks the model fingerprint or the summary")
+        parsed = {kind: ScoreMap.from_dict(m, f"calibration file {path}, maps.{kind}") for kind, m in maps.items()}
+        return cls(parsed, fingerprint, {**summary, "path": str(path)})
+
+
+def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:
+    """Lines for a terminal: method, cross-validated Cllr and LR range per kind."""
+    lines = []
+    for kind in kinds:
+        if kind not in calibration.maps:
+            continue
+        figures = calibration.summary.get("kinds", {}).get(kind, {})
+        low, high = calibration.bounds(kind)
+        lines.append(f"{kind:>8}: {figures.get('n_mated', '?')} mated / {figures.get('n_nonmated', '?')} non-mated; "
+                     f"cross-validated Cllr {figures.get('cllr', float('nan')):.3f} (min {figures.get('cllr_min', float('nan')):.3f}, "
+                     f"cal {figures.get('cllr_cal', float('nan')):.3f}); LR from 10^{low:.2f} to 10^{high:.2f}")
+    return lines
