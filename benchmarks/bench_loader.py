@@ -83,12 +83,14 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", default="auto", help="DataLoader workers (int or auto)")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--cache-resolution", type=int, default=None,
+                        help="data.cache_resolution (default: none, the cache holds the resize to --size)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first cached epoch fills the cache)")
 
     from handclip.config import DataConfig
-    from handclip.data.loaders import build_train_loader, resolve_num_workers, working_resolution
+    from handclip.data.loaders import build_train_loader, first_resize, resolve_num_workers
 
     workers = args.workers if args.workers == "auto" else int(args.workers)
     with tempfile.TemporaryDirectory(prefix="handclip-bench-loader-") as tmp:
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
         loaders = {}
         for name, cached in (("uncached", False), ("decode cache", True)):
             cfg = DataConfig(image_size=(args.size, args.size), decode_cache=cached, num_workers=workers,
-                             cache_dir=str(tmp / "cache"))
+                             cache_dir=str(tmp / "cache"), cache_resolution=args.cache_resolution)
             loaders[name] = build_train_loader(cfg, records, label_map, args.ids_per_batch, args.images_per_id, seed=0)
         # Epochs alternate between the two loaders so load from other users hits both alike.
         rows = {name: [] for name in loaders}
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs available "
           f"(shared with other users; timings vary), python {sys.version.split()[0]}")
     print(f"input {args.size}x{args.size}, train augmentation, P x K = {args.ids_per_batch} x {args.images_per_id}, "
-          f"workers = {resolve_num_workers(workers)}, cache resolution {working_resolution(cfg)} "
+          f"workers = {resolve_num_workers(workers)}, cached first resize {first_resize(cfg, train=True).tag} "
           f"({cache_bytes / len(records) / 1024:.0f} KiB/image on disk)")
     print()
     header = f"{'loader':<14}" + "".join(f"{f'epoch {e + 1} img/s':>16}" for e in range(args.epochs))

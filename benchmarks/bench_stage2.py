@@ -6,8 +6,8 @@
 
 Both steps train the same model (identical copies of one random-init HandCLIP), on the same P x K batch
 (already on the device, as in design.md section 6), with the same losses (ID cross-entropy with label
-smoothing on both BNNeck heads x 0.25, batch-hard triplet on both features, image->text cross-entropy
-against fixed text features) and the same Adam parameter groups.
+smoothing on both BNNeck heads x 0.25, batch-hard triplet summed over CLIP-ReID's three features,
+image->text cross-entropy on raw dot products against fixed text features) and the same Adam parameter groups.
 
 - reference: the step as CLIP-ReID's stage-2 processor runs it, written here from its description:
   zero the grads, forward + losses under fp16 autocast, GradScaler scale/backward/step/update, plain
@@ -79,8 +79,9 @@ class ReferenceStage2Step:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             out = self.model(images)
             logits = out.image_proj @ self.text_features.t()
+            features = {"mid": out.feat_mid, "last": out.feat_last, "proj": out.feat_proj}
             loss = (s2.id_weight * sum(self.id_loss(score, labels) for score in out.logits)
-                    + s2.triplet_weight * (self.triplet(out.feat_last, labels) + self.triplet(out.feat_proj, labels))
+                    + s2.triplet_weight * sum(self.triplet(features[name], labels) for name in s2.triplet_features)
                     + s2.i2t_weight * i2t_cross_entropy(out.image_proj, self.text_features, labels, self.scale,
                                                         s2.label_smoothing))
         self.scaler.scale(loss).backward()

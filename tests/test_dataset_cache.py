@@ -1,6 +1,7 @@
 import logging
 import multiprocessing
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,9 @@ from PIL import Image
 
 from handclip.config import DataConfig
 from handclip.data import cache as cache_module
-from handclip.data.cache import DecodeCache, decode_resized, default_cache_resolution
+from handclip.data.cache import DecodeCache, FirstResize, decode_resized
 from handclip.data.dataset import ManifestDataset
-from handclip.data.loaders import build_eval_loader, build_train_loader, working_resolution
+from handclip.data.loaders import build_eval_loader, build_train_loader, first_resize, working_resolution
 from handclip.data.transforms import build_transforms
 from handclip.errors import ConfigError, DataError
 
@@ -77,13 +78,15 @@ def test_second_read_comes_from_the_cache_without_decoding(tmp_path, monkeypatch
 @pytest.mark.parametrize("train", [True, False])
 def test_cached_tensor_equals_uncached_tensor(records, tmp_path, train):
     transform = build_transforms(small_cfg(tmp_path), train)
-    uncached = ManifestDataset(records, transform, max_side=64)
+    uncached = ManifestDataset(records, transform, first_resize=64)
     cached = ManifestDataset(records, transform, decode_cache=DecodeCache(tmp_path / "c", 64))
     for _ in range(2):  # first pass fills the cache, second reads it
         for i in range(len(records)):
             torch.manual_seed(i)
+            random.seed(i)  # timm's random erasing draws its box from Python's generator
             a = uncached[i]
             torch.manual_seed(i)
+            random.seed(i)
             b = cached[i]
             assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
     assert cached.decode_cache.hits == len(records)
@@ -188,6 +191,7 @@ def test_train_loader_batches_with_cache_on_equal_cache_off(records, tmp_path):
     for cached in (False, True, True):  # off, on (fills), on (reads)
         loader = build_train_loader(small_cfg(tmp_path, decode_cache=cached), records, label_map, 3, 2, seed=4)
         torch.manual_seed(0)
+        random.seed(0)
         run = []
         for epoch in range(2):
             loader.batch_sampler.set_epoch(epoch)
@@ -216,7 +220,30 @@ def test_eval_loader_keeps_order_and_accepts_paths_with_a_worker(records, tmp_pa
 
 
 def test_cache_resolution_default_and_minimum(tmp_path):
-    assert default_cache_resolution((256, 128)) == 512
-    assert working_resolution(DataConfig(image_size=(224, 224))) == 448
+    # Default: no pre-shrink; the first resize is the transforms' own, to the input size.
+    assert working_resolution(DataConfig(image_size=(224, 224))) is None
+    assert first_resize(DataConfig(image_size=(256, 128)), train=True) == FirstResize(size=(256, 128), interpolation="bicubic")
+    assert first_resize(DataConfig(image_size=(256, 128)), train=False).tag == "256x128:bilinear"
+    assert first_resize(DataConfig(image_size=(224, 224), cache_resolution=448), train=True) == FirstResize(max_side=448)
     with pytest.raises(ConfigError, match="data.cache_resolution 100 is smaller than the input size"):
         working_resolution(DataConfig(image_size=(224, 224), cache_resolution=100))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_default_first_resize_cached_or_not_equals_one_resize_of_the_original(records, tmp_path, train):
+    cfg = small_cfg(tmp_path, cache_resolution=None, image_size=(24, 40))
+    resize = first_resize(cfg, train)
+    transform = build_transforms(cfg, train)
+    uncached = ManifestDataset(records, transform, first_resize=resize)
+    cached = ManifestDataset(records, transform, decode_cache=DecodeCache(tmp_path / "c", resize), first_resize=resize)
+    plain = ManifestDataset(records, transform)  # the transforms' own resize of the decoded original, nothing before
+    for _ in range(2):  # first pass fills the cache, second reads it
+        for i in range(len(records)):
+            items = []
+            for dataset in (plain, uncached, cached):
+                torch.manual_seed(i)
+                random.seed(i)
+                items.append(dataset[i][0])
+            assert torch.equal(items[0], items[1]) and torch.equal(items[0], items[2])
+    assert cached.decode_cache.hits == len(records)
+    assert cached.decode_cache.get(records[0].path).shape == (24, 40, 3)

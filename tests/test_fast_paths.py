@@ -202,8 +202,9 @@ def test_stage1_feature_cache_hits_only_when_nothing_it_depends_on_changed(own_i
     assert not run(ctx)[2]
     # Backbone.
     assert not run(fresh(model={"backbone": "tiny-rn"}))[2]
-    # Transform: normalisation, input size, working resolution.
-    assert not run(fresh(data={"pixel_mean": [0.5, 0.5, 0.5]}))[2]
+    # Transform: normalisation, input size, interpolation, pre-shrink resolution.
+    assert not run(fresh(data={"pixel_mean": [0.4, 0.5, 0.5]}))[2]
+    assert not run(fresh(data={"interpolation": {"train": "bilinear", "eval": "bicubic"}}))[2]
     assert not run(fresh(data={"image_size": [48, 48]}))[2]
     assert not run(fresh(data={"cache_resolution": 40}))[2]
     # Manifest: one training image fewer.

@@ -14,7 +14,7 @@ from handclip.train.losses import (
     i2t_cross_entropy,
     prompt_l2,
 )
-from handclip.train.optim import WarmupCosineLR, WarmupMultiStepLR, build_stage2_optimizer, stage2_param_groups
+from handclip.train.optim import TimmCosineLR, WarmupMultiStepLR, build_stage2_optimizer, stage2_param_groups
 
 
 def test_label_smoothing_matches_definition():
@@ -100,9 +100,11 @@ def _opt(lr=1.0):
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
 
 
-def test_warmup_cosine_schedule_values():
+def test_warmup_prefix_cosine_schedule_values():
+    # warmup_prefix=True: the cosine starts once the warm-up is over (CLIP-ReID's default is False:
+    # tests/test_clipreid_parity.py).
     opt = _opt(3.5e-4)
-    sched = WarmupCosineLR(opt, epochs=120, warmup_epochs=5, warmup_lr_init=1e-5, lr_min=1e-6)
+    sched = TimmCosineLR(opt, epochs=120, warmup_epochs=5, warmup_lr_init=1e-5, lr_min=1e-6, warmup_prefix=True)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
     sched.set_position(2.5)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 + (3.5e-4 - 1e-5) / 2)

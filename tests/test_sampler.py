@@ -16,7 +16,8 @@ def layout(counts: list[int]) -> list[int]:
 
 
 def check_epoch(sampler: PKSampler, labels: list[int]) -> list[list[int]]:
-    """Assert the P x K invariants for the current epoch; return the batches."""
+    """Assert the P x K invariants for the current epoch (and, with ``leftover="extra_batch"``, that every
+    identity is visited); return the batches."""
     P, K = sampler.P, sampler.K
     batches = list(sampler)
     assert len(batches) == len(sampler) > 0
@@ -34,17 +35,36 @@ def check_epoch(sampler: PKSampler, labels: list[int]) -> list[list[int]]:
             assert len({labels[i] for i in chunk}) == 1
             if len(by_id[labels[chunk[0]]]) >= K:
                 assert len(set(chunk)) == K, "no image repeated when the identity has K or more"
-    visited = {labels[i] for batch in batches for i in batch}
-    assert visited == set(labels), "every identity visited every epoch"
+    if sampler.leftover == "extra_batch":
+        visited = {labels[i] for batch in batches for i in batch}
+        assert visited == set(labels), "every identity visited every epoch"
     return batches
 
 
 def test_batches_are_p_ids_by_k_images_and_visit_every_id():
     labels = layout([13, 4, 5, 2, 9, 1, 7, 8, 3, 6, 12, 4])
-    sampler = PKSampler(labels, ids_per_batch=4, images_per_id=4, seed=0)
+    sampler = PKSampler(labels, ids_per_batch=4, images_per_id=4, seed=0, leftover="extra_batch")
     for epoch in range(5):
         sampler.set_epoch(epoch)
         check_epoch(sampler, labels)
+
+
+def test_drop_leaves_out_the_last_identities_as_clip_reid_and_extra_batch_adds_one_batch():
+    # 5 identities x 4 images, 4 per batch: one batch per epoch, and CLIP-ReID's sampler drops the fifth.
+    labels = layout([4] * 5)
+    dropped = PKSampler(labels, ids_per_batch=4, images_per_id=4, seed=3)
+    assert dropped.leftover == "drop"
+    extra = PKSampler(labels, ids_per_batch=4, images_per_id=4, seed=3, leftover="extra_batch")
+    for epoch in range(4):
+        dropped.set_epoch(epoch)
+        extra.set_epoch(epoch)
+        a, b = check_epoch(dropped, labels), check_epoch(extra, labels)
+        assert len(a) == 1 and len({labels[i] for i in a[0]}) == 4
+        assert b[:1] == a and len(b) == 2  # the same walk, plus one batch for the identity left over
+        left_over = set(labels) - {labels[i] for i in a[0]}
+        assert left_over <= {labels[i] for i in b[1]}
+    with pytest.raises(TrainingError, match="leftover"):
+        PKSampler(labels, 4, 4, leftover="repeat")
 
 
 def test_ids_with_enough_images_use_most_of_them_each_epoch():
@@ -127,19 +147,20 @@ def test_batch_not_divisible_by_world_size_is_a_clear_error():
     epoch=st.integers(0, 50),
     world_size=st.sampled_from([1, 2, 4]),
 )
-def test_property_random_label_layouts(counts, P, K, seed, epoch, world_size):
+@pytest.mark.parametrize("leftover", ["drop", "extra_batch"])
+def test_property_random_label_layouts(leftover, counts, P, K, seed, epoch, world_size):
     labels = layout(counts)
     if P > len(counts):
         with pytest.raises(TrainingError):
-            PKSampler(labels, P, K, seed=seed)
+            PKSampler(labels, P, K, seed=seed, leftover=leftover)
         return
-    sampler = PKSampler(labels, P, K, seed=seed)
+    sampler = PKSampler(labels, P, K, seed=seed, leftover=leftover)
     sampler.set_epoch(epoch)
     reference = check_epoch(sampler, labels)
     if (P * K) % world_size == 0:
         shards = []
         for rank in range(world_size):
-            s = PKSampler(labels, P, K, seed=seed, rank=rank, world_size=world_size)
+            s = PKSampler(labels, P, K, seed=seed, rank=rank, world_size=world_size, leftover=leftover)
             s.set_epoch(epoch)
             shards.append(list(s))
         assert [sum((shard[i] for shard in shards), []) for i in range(len(reference))] == reference

@@ -185,11 +185,13 @@ def test_nan_loss_stops_naming_epoch_step_and_term_and_keeps_last_good(tiny_mani
     original = losses.TripletLoss.forward
     calls = {"n": 0}
 
+    per_step = len(cfg.stage2.triplet_features)
+
     def poisoned(self, features, labels):
-        # Stage 2 calls the triplet loss twice per step; from stage-2 epoch 2 on it returns NaN.
+        # Stage 2 calls the triplet loss once per triplet feature per step; from stage-2 epoch 2 on it returns NaN.
         calls["n"] += 1
         value = original(self, features, labels)
-        return value * float("nan") if calls["n"] > 2 * steps_per_epoch else value
+        return value * float("nan") if calls["n"] > per_step * steps_per_epoch else value
 
     monkeypatch.setattr(losses.TripletLoss, "forward", poisoned)
     with pytest.raises(TrainingError) as info:
@@ -271,8 +273,9 @@ def test_shipped_configs_load():
     from handclip.config import load_config
     from handclip.workflows.demo import demo_config
 
-    for path in sorted(root.glob("*.yaml")):
-        cfg = load_config(path, ["data.root=/data"] if path.name != "clipreid_vitb16.yaml" else [])
+    for path in sorted(root.rglob("*.yaml")):
+        base = path.name.startswith("clipreid_")  # a recipe without a dataset
+        cfg = load_config(path, [] if base else ["data.root=/data"])
         assert cfg.stage1.epochs >= 1
     vit = load_config(root / "11k_dorsal_r_vitb16.yaml", ["data.root=/data"])
     assert (vit.stage2.lr, vit.stage2.id_weight, vit.stage2.milestones, vit.stage1.lr) == (5e-6, 0.25, [30, 50], 3.5e-4)

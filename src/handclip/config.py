@@ -3,7 +3,9 @@
 A config file mirrors ``Config`` below section by section. Unknown keys, wrong types and impossible
 values are rejected with a message naming the key (``stage2.ids_per_batch: must be >= 2``).
 Command-line overrides use dotted keys: ``--set stage2.epochs=30 model.backbone=RN50``.
-Defaults are CLIP-ReID's (docs/method.md, "Defaults").
+Defaults are what CLIP-ReID's official code computes on its ViT-B/16 recipe (docs/method.md, "Defaults");
+each place where HandCLIP can compute something else is a named switch (the README's "Differences from
+CLIP-ReID" lists them).
 
 A file may start from another: ``_BASE_: clipreid_vitb16.yaml`` (a path relative to the file, or a
 list of them, later bases winning) loads the base first and lays the file's own keys over it, section
@@ -22,6 +24,11 @@ from .errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIP-ReID's ViT configs normalise with mean = std = 0.5 (its RN50 config with ImageNet's statistics:
+# configs/rn50 sets them).
+CLIPREID_VIT_MEAN = (0.5, 0.5, 0.5)
+CLIPREID_VIT_STD = (0.5, 0.5, 0.5)
+Interpolation = Literal["bilinear", "bicubic"]
 
 
 class _Section(BaseModel):
@@ -42,6 +49,17 @@ class AugmentConfig(_Section):
     hflip_p: float = Field(0.5, ge=0, le=1)
     pad: int = Field(10, ge=0)
     random_erasing_p: float = Field(0.5, ge=0, le=1)
+    random_erasing_fill: Literal["pixel", "zero"] = Field(
+        "pixel", description="pixel: timm's RandomErasing, per-pixel N(0,1) noise (CLIP-ReID); "
+                             "zero: torchvision's RandomErasing filled with 0, the mean colour after normalisation")
+
+
+class InterpolationConfig(_Section):
+    """Resampling of the one resize from the decoded image to ``data.image_size``."""
+
+    train: Interpolation = Field("bicubic", description="training transform (CLIP-ReID: bicubic)")
+    eval: Interpolation = Field(
+        "bilinear", description="evaluation and stage-1 encoding (CLIP-ReID: torchvision's default, bilinear)")
 
 
 class DataConfig(_Section):
@@ -54,12 +72,16 @@ class DataConfig(_Section):
     gallery_all: bool = False
     synthetic: SyntheticConfig = SyntheticConfig()
     image_size: tuple[int, int] = Field((224, 224), description="model input (height, width)")
-    pixel_mean: tuple[float, float, float] = CLIP_MEAN
-    pixel_std: tuple[float, float, float] = CLIP_STD
+    pixel_mean: tuple[float, float, float] = CLIPREID_VIT_MEAN
+    pixel_std: tuple[float, float, float] = CLIPREID_VIT_STD
+    interpolation: InterpolationConfig = InterpolationConfig()
     augment: AugmentConfig = AugmentConfig()
     decode_cache: bool = True
     cache_dir: Optional[str] = Field(None, description="default: ~/.cache/handclip")
-    cache_resolution: Optional[int] = Field(None, ge=16, description="long side kept in the decode cache; default: 2x input")
+    cache_resolution: Optional[int] = Field(
+        None, ge=16, description="None: each image is resized once, from the decoded original to image_size, and "
+                                 "the decode cache stores that resize (CLIP-ReID's pixels); N: first shrink "
+                                 "(bicubic) to long side N, cached, then resize (earlier HandCLIP)")
     num_workers: int | Literal["auto"] = "auto"
     skip_bad: bool = False
 
@@ -75,7 +97,8 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: str = Field("ViT-B-16", description="open_clip model name, or tiny-vit / tiny-rn / tiny-cnn")
+    backbone: str = Field("ViT-B-16-quickgelu", description="open_clip model name (-quickgelu for OpenAI's weights, "
+                                                          "as CLIP-ReID), or tiny-vit / tiny-rn / tiny-cnn")
     weights: Optional[str] = Field(None, description="local file, open_clip pretrained tag, or none (random)")
     allow_unsafe_weights: bool = Field(False, description="allow pickle/TorchScript files of unknown hash")
     patch_stride: Optional[int] = Field(None, ge=1, description="overlapping patches (CLIP-ReID OLP uses 12)")
@@ -88,7 +111,12 @@ class ModelConfig(_Section):
     arcface_margin: float = Field(0.5, ge=0)
     unfreeze_last_n: Optional[int] = Field(None, ge=0, description="train only the last N blocks (None: all)")
     logit_scale: Optional[float] = Field(
-        None, gt=0, description="scale of the cosine image-text logits in the losses (None: the CLIP model's own)")
+        None, gt=0, description="scale of the image-text logits when losses.logits is cosine (None: the CLIP model's own)")
+    pos_embed_interpolation: Interpolation = Field(
+        "bilinear", description="positional-embedding resize at non-native input sizes: bilinear without "
+                                "antialias (CLIP-ReID) or bicubic, antialiased when shrinking (earlier HandCLIP)")
+    allow_activation_mismatch: bool = Field(
+        False, description="load OpenAI's weights (trained with QuickGELU) into a GELU backbone anyway")
 
     @model_validator(mode="after")
     def _check(self):
@@ -112,6 +140,12 @@ class Stage1Config(_Section):
     lr_min: float = Field(1e-6, ge=0)
     prompt_l2: float = Field(0.0, ge=0, description="L2 penalty on the prompt vectors")
     schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")
+    schedule_epochs_from: Literal[0, 1] = Field(
+        1, description="1: epoch e trains at the scheduler's value for e, epochs numbered 1..N as CLIP-ReID's "
+                       "scheduler.step(epoch); 0: numbered 0..N-1 (earlier HandCLIP)")
+    warmup_prefix: bool = Field(
+        False, description="timm's warmup_prefix: False (CLIP-ReID) runs the cosine over all epochs, warm-up "
+                           "included; True starts it after the warm-up (earlier HandCLIP)")
     cache_features: bool = Field(True, description="reuse encoded training features across runs")
 
 
@@ -143,12 +177,31 @@ class Stage2Config(_Section):
     grad_clip: Optional[float] = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
     schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")
+    schedule_epochs_from: Literal[0, 1] = Field(
+        1, description="1: epoch e trains at the warm-up multi-step value for e (CLIP-ReID steps its scheduler at "
+                       "the start of every epoch, last_epoch 1..N); 0: one epoch earlier (earlier HandCLIP)")
+    triplet_features: list[Literal["mid", "last", "proj"]] = Field(
+        ["mid", "last", "proj"], description="features the batch-hard triplet loss is summed over: mid = CLS after "
+                                             "the second-to-last block (RN: layer3), last = ln_post CLS, proj = projection")
+    sampler_leftover: Literal["drop", "extra_batch"] = Field(
+        "drop", description="identities left when fewer than ids_per_batch still have images: drop (CLIP-ReID's "
+                            "RandomIdentitySampler) or give the unvisited ones one more batch")
 
     @model_validator(mode="after")
     def _check(self):
         if sorted(self.milestones) != list(self.milestones):
             raise ValueError(f"stage2.milestones {self.milestones} must be increasing")
+        if len(set(self.triplet_features)) != len(self.triplet_features):
+            raise ValueError(f"stage2.triplet_features {self.triplet_features} names a feature twice")
+        if self.triplet_weight > 0 and not self.triplet_features:
+            raise ValueError("stage2.triplet_features is empty but stage2.triplet_weight is above 0")
         return self
+
+
+class LossesConfig(_Section):
+    logits: Literal["dot", "cosine"] = Field(
+        "dot", description="image-text logits: raw dot products of the unnormalised features, temperature 1 "
+                           "(CLIP-ReID), or cosine similarities x model.logit_scale (else CLIP's own)")
 
 
 class RuntimeConfig(_Section):
@@ -181,6 +234,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
+    losses: LossesConfig = LossesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()
 

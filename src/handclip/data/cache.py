@@ -1,20 +1,23 @@
-"""Decode cache: each source image is decoded and downsized once, then read back as raw pixels.
+"""Decode cache: each source image is decoded and resized once, then read back as raw pixels.
 
 11k Hands images are 1600x1200 JPEGs; decoding and resizing them every epoch costs more than a small
-model's step. The first access decodes the image, shrinks it so its long side is ``resolution`` (aspect
-kept, never enlarged) and stores the uint8 pixels; later epochs, later runs and other processes read
-those pixels back and run augmentation on them.
+model's step. The first access decodes the image, applies the loader's first resize (a ``FirstResize``)
+and stores the uint8 pixels; later epochs, later runs and other processes read those pixels back and run
+augmentation on them. By default the first resize is the transforms' own resize to the input size (same
+function, same interpolation), so the transforms' resize then leaves the image as it is and every pixel is
+that of one resize of the original, as in CLIP-ReID; ``data.cache_resolution`` instead shrinks the long
+side to a fixed resolution first (aspect kept, never enlarged) and the transforms resize from there.
 
 Layout: one file per image, ``<cache_dir>/<kk>/<key>.px``, where ``key`` hashes the absolute source
-path, its size, its mtime (ns), the resolution and the format version, so a rewritten source image gets
-a new entry and the stale one is never read. Each file is a small header (magic, version, key digest,
-height, width, CRC32 of the pixels) followed by the raw HxWx3 pixels. Files are written through
+path, its size, its mtime (ns), the first resize's ``tag`` and the format version, so a rewritten source
+image gets a new entry and the stale one is never read. Each file is a small header (magic, version, key
+digest, height, width, CRC32 of the pixels) followed by the raw HxWx3 pixels. Files are written through
 ``handclip.atomic`` (temporary sibling + rename), so DataLoader workers or separate runs filling the same
 cache at once can only ever see complete entries; an entry that is truncated, from another format or
 fails its CRC is decoded again and rewritten instead of crashing the run.
 
-Images are always brought to this working resolution, cache or not (see ``decode_resized``), so switching
-the cache on or off changes no pixel.
+Images always go through the same first resize, cache or not (see ``decode_resized``), so switching the
+cache on or off changes no pixel.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +45,6 @@ _MAGIC = b"HCDECODE"
 _HEADER = struct.Struct("<8sI32sIII")  # magic, version, key digest, height, width, crc32
 
 
-def default_cache_resolution(image_size) -> int:
-    """Long side kept in the decode cache: twice the larger input side.
-
-    A 2x margin keeps both sides at or above the input size for aspect ratios up to 2:1 (11k and HD are
-    4:3), and leaves room for pad + crop augmentation, while a 1600x1200 JPEG shrinks to 448x336 for
-    224x224 input (13x fewer pixels to read and resize every epoch).
-    """
-    return 2 * max(int(s) for s in image_size)
 
 
 def shrink_to(image: Image.Image, max_side: int) -> Image.Image:
@@ -62,9 +58,51 @@ def shrink_to(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(new_size, Image.BICUBIC)
 
 
-def decode_resized(path, max_side: int) -> np.ndarray:
-    """Decode ``path`` to RGB and shrink it to ``max_side``; uint8 array [H, W, 3]. The cache stores exactly this."""
-    return np.asarray(shrink_to(load_image(path), max_side), dtype=np.uint8)
+@dataclass(frozen=True)
+class FirstResize:
+    """What a loader does to each decoded image before its transforms (and what the decode cache stores).
+
+    ``size`` (height, width): resize to exactly the input size with ``interpolation``, through the very
+    function the transforms' ``Resize`` calls, which then returns the image unchanged. ``max_side``
+    (``data.cache_resolution``): shrink the long side to at most ``max_side`` (bicubic, aspect kept).
+    """
+
+    size: tuple[int, int] | None = None
+    interpolation: str = "bicubic"
+    max_side: int | None = None
+
+    def __post_init__(self):
+        if (self.size is None) == (self.max_side is None):
+            raise DataError("a first resize needs exactly one of an exact size or a maximum side")
+        if self.max_side is not None and int(self.max_side) < 16:
+            raise DataError(f"decode cache resolution {self.max_side} is too small (minimum 16)")
+
+    @property
+    def tag(self) -> str:
+        """What the resized pixels depend on (part of cache keys): ``448`` or ``224x224:bilinear``."""
+        if self.max_side is not None:
+            return str(int(self.max_side))
+        return f"{self.size[0]}x{self.size[1]}:{self.interpolation}"
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        if self.max_side is not None:
+            return shrink_to(image, int(self.max_side))
+        from torchvision.transforms.v2 import functional as TF
+
+        from .transforms import INTERPOLATION_MODES
+
+        return TF.resize(image, list(self.size), interpolation=INTERPOLATION_MODES[self.interpolation], antialias=True)
+
+
+def as_first_resize(resize: "FirstResize | int") -> FirstResize:
+    """A ``FirstResize``; a bare int is a maximum long side."""
+    return resize if isinstance(resize, FirstResize) else FirstResize(max_side=int(resize))
+
+
+def decode_resized(path, resize: FirstResize | int) -> np.ndarray:
+    """Decode ``path`` to RGB and apply ``resize`` (an int: shrink to that long side); uint8 array [H, W, 3].
+    The cache stores exactly this."""
+    return np.asarray(as_first_resize(resize).apply(load_image(path)), dtype=np.uint8)
 
 
 def _source_stat(path: str) -> os.stat_result:
@@ -77,17 +115,17 @@ def _source_stat(path: str) -> os.stat_result:
 
 
 class DecodeCache:
-    """On-disk store of decoded, downsized images; safe to share between processes.
+    """On-disk store of decoded, resized images; safe to share between processes.
 
-    ``cache_dir`` defaults to ``cache_root() / "decode"``. Use ``get(path)`` for the uint8 array or
-    ``image(path)`` for a PIL image ready for the transforms.
+    ``cache_dir`` defaults to ``cache_root() / "decode"``; ``resolution`` is the ``FirstResize`` (an int:
+    shrink to that long side). Use ``get(path)`` for the uint8 array or ``image(path)`` for a PIL image
+    ready for the transforms.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, resolution: int = 448):
-        if int(resolution) < 16:
-            raise DataError(f"decode cache resolution {resolution} is too small (minimum 16)")
+    def __init__(self, cache_dir: str | os.PathLike | None = None, resolution: FirstResize | int = 448):
+        self.resize = as_first_resize(resolution)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache_root() / "decode"
-        self.resolution = int(resolution)
+        self.resolution = self.resize.tag
         self._write_failed = False
         self.hits = 0
         self.misses = 0
@@ -139,7 +177,7 @@ class DecodeCache:
             log.warning("cannot write the decode cache in %s (%s); continuing without storing", self.cache_dir, exc)
 
     def get(self, path) -> np.ndarray:
-        """The image at ``path`` as uint8 [H, W, 3], long side at most ``resolution`` (read-only array)."""
+        """The image at ``path`` as uint8 [H, W, 3] after the first resize (read-only array)."""
         path = os.path.abspath(path)
         stat = _source_stat(path)
         key = self._key(path, stat)
@@ -150,7 +188,7 @@ class DecodeCache:
             self.hits += 1
             return pixels
         self.misses += 1
-        pixels = decode_resized(path, self.resolution)
+        pixels = decode_resized(path, self.resize)
         after = _source_stat(path)
         # Store only if the source did not change while it was being decoded.
         if (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):

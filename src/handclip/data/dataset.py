@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .cache import DecodeCache, load_image, shrink_to
+from .cache import DecodeCache, FirstResize, as_first_resize, load_image
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,17 @@ class ManifestDataset(Dataset):
     """Images of ``records`` through ``transform``.
 
     ``decode_cache``: a ``DecodeCache`` to read pixels from (filled on first access).
-    ``max_side``: without a cache, shrink decoded images to this long side first, exactly as the cache
-    would, so results do not depend on whether the cache is on.
+    ``first_resize``: without a cache, apply this ``FirstResize`` (an int: shrink to that long side) to the
+    decoded image, exactly as the cache would, so results do not depend on whether the cache is on.
     """
 
     def __init__(self, records: Sequence, transform: Callable | None, label_map: Mapping[int, int] | None = None,
-                 decode_cache: DecodeCache | None = None, max_side: int | None = None):
+                 decode_cache: DecodeCache | None = None, first_resize: FirstResize | int | None = None):
         self.records = as_records(records)
         self.transform = transform
         self.label_map = dict(label_map) if label_map is not None else None
         self.decode_cache = decode_cache
-        self.max_side = max_side
+        self.first_resize = as_first_resize(first_resize) if first_resize is not None else None
         if self.label_map is not None:
             for rec in self.records:
                 if rec.pid not in self.label_map:
@@ -65,7 +65,7 @@ class ManifestDataset(Dataset):
         if self.decode_cache is not None:
             return self.decode_cache.image(path)
         image = load_image(path)
-        return shrink_to(image, self.max_side) if self.max_side else image
+        return self.first_resize.apply(image) if self.first_resize is not None else image
 
     def __getitem__(self, index: int):
         image = self.load(index)

@@ -6,10 +6,10 @@ repeatedly drawing P distinct identities that still have chunks and taking one c
 therefore has K-1 positives in its batch (plain random batches leave most anchors without a positive and
 the triplet loss near zero; docs/method.md, "Pitfalls").
 
-Differences from CLIP-ReID, both deliberate:
-- the epoch is a function of (seed, epoch) only, so runs and resumed runs repeat exactly;
-- when fewer than P identities still have chunks, identities that were not visited yet this epoch get one
-  more batch, completed with other identities, so every identity is seen every epoch (CLIP-ReID drops them).
+When fewer than P identities still have chunks, CLIP-ReID drops them (``leftover="drop"``, the default);
+with ``leftover="extra_batch"`` (``stage2.sampler_leftover``) the identities that were not visited yet this
+epoch get one more batch, completed with other identities, so every identity is seen every epoch.
+Unlike CLIP-ReID's, the epoch is a function of (seed, epoch) only, so runs and resumed runs repeat exactly.
 
 Under DistributedDataParallel every rank builds the same global batch list and takes its contiguous slice
 of P*K/world_size indices from each batch: ranks never repeat or drop an image of the global batch, and
@@ -42,7 +42,7 @@ class PKSampler(Sampler[list[int]]):
     """
 
     def __init__(self, labels: Sequence[int], ids_per_batch: int, images_per_id: int, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, leftover: str = "drop"):
         if rank is None or world_size is None:
             dist_rank, dist_world = _distributed_rank_world()
             rank = dist_rank if rank is None else rank
@@ -50,6 +50,9 @@ class PKSampler(Sampler[list[int]]):
         self.P, self.K = int(ids_per_batch), int(images_per_id)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.epoch = 0
+        if leftover not in ("drop", "extra_batch"):
+            raise TrainingError(f"sampler leftover handling must be 'drop' or 'extra_batch', not {leftover!r}")
+        self.leftover = leftover
         if self.P < 1 or self.K < 1:
             raise TrainingError(f"ids_per_batch ({self.P}) and images_per_id ({self.K}) must be at least 1")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -107,7 +110,7 @@ class PKSampler(Sampler[list[int]]):
                 if next_chunk[available[c]] == len(chunks[available[c]]):
                     available[c] = available[-1]
                     available.pop()
-        unvisited = [s for s in available if next_chunk[s] == 0]
+        unvisited = [s for s in available if next_chunk[s] == 0] if self.leftover == "extra_batch" else []
         if unvisited:
             # Fewer than P identities left and some never seen: one more batch with fresh chunks of others.
             skip = set(unvisited)

@@ -5,14 +5,17 @@ standard causal text transformer) or one of three tiny configs for tests and the
 CLIP's tiny text tower with HandCLIP's small conv image tower, ``TinyConvNet``), loads
 weights safely (``handclip.model.weights``), then adapts the image tower's geometry:
 
-- other input sizes, including non-square ones, by bicubic resizing of the positional
-  embedding grid (the class-token embedding is kept as is);
+- other input sizes, including non-square ones, by resizing the positional embedding grid
+  (``model.pos_embed_interpolation``: bilinear without antialias as CLIP-ReID, or bicubic; the
+  class-token embedding is kept as is);
 - overlapping patches (CLIP-ReID's "OLP") by changing the ViT patch-embedding stride;
 - ResNet last stride 1: layer4's first block no longer downsamples, doubling the final map
   (for TinyConvNet: its last max-pool is dropped).
 
 Weights are always loaded into the model at its native geometry first, so a file written for
-the native model loads strictly and mismatches are reported key by key.
+the native model loads strictly and mismatches are reported key by key. OpenAI's own files (their
+TorchScript archives, and state dicts that still carry OpenAI's metadata entries) were trained with
+QuickGELU: loading one into a GELU backbone is refused, naming the ``-quickgelu`` model to use.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from ..errors import ConfigError
-from .weights import load_state_into_clip, looks_like_openai, resolve_weights
+from ..errors import CheckpointError, ConfigError
+from .weights import load_state_into_clip, resolve_weights
 
 # Tiny CLIP configs for tests and the built-in demo (random init). The text tower keeps CLIP's
 # real vocabulary and context length so that prompts tokenize exactly as for full models.
@@ -185,15 +188,27 @@ def is_vit(clip: nn.Module) -> bool:
 # geometry
 
 
-def _resize_grid(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], extra_tokens: int = 1):
-    """Bicubic 2D resize of the grid part of a [extra + gh*gw, C] positional embedding."""
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _resize_grid(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], extra_tokens: int = 1,
+                 interpolation: str = "bilinear"):
+    """2D resize of the grid part of a [extra + gh*gw, C] positional embedding.
+
+    ``bilinear``: without antialias, as CLIP-ReID resizes; ``bicubic``: antialiased when a side shrinks.
+    """
+    if interpolation not in POS_EMBED_INTERPOLATIONS:
+        raise ConfigError(f"model.pos_embed_interpolation must be bilinear or bicubic, got {interpolation!r}")
     if tuple(old_grid) == tuple(new_grid):
         return pos
     tokens, grid = pos[:extra_tokens], pos[extra_tokens:]
     channels = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2).float()
-    shrinking = new_grid[0] < old_grid[0] or new_grid[1] < old_grid[1]
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=shrinking)
+    if interpolation == "bilinear":
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bilinear", align_corners=False, antialias=False)
+    else:
+        shrinking = new_grid[0] < old_grid[0] or new_grid[1] < old_grid[1]
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=shrinking)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], channels).to(pos.dtype)
     return torch.cat([tokens, grid], dim=0)
 
@@ -202,7 +217,8 @@ def vit_grid(image_size: tuple[int, int], patch_size: tuple[int, int], stride: t
     return tuple((image_size[i] - patch_size[i]) // stride[i] + 1 for i in range(2))
 
 
-def _adapt_vit(visual: VisionTransformer, image_size: tuple[int, int], patch_stride: Optional[int]) -> None:
+def _adapt_vit(visual: VisionTransformer, image_size: tuple[int, int], patch_stride: Optional[int],
+               interpolation: str = "bilinear") -> None:
     patch = tuple(visual.patch_size)
     if image_size[0] < patch[0] or image_size[1] < patch[1]:
         raise ConfigError(f"data.image_size {tuple(image_size)} is smaller than the ViT patch size {patch}")
@@ -214,7 +230,7 @@ def _adapt_vit(visual: VisionTransformer, image_size: tuple[int, int], patch_str
     visual.conv1.stride = stride
     if new_grid != old_grid:
         with torch.no_grad():
-            resized = _resize_grid(visual.positional_embedding.data, old_grid, new_grid)
+            resized = _resize_grid(visual.positional_embedding.data, old_grid, new_grid, interpolation=interpolation)
         visual.positional_embedding = nn.Parameter(resized, requires_grad=visual.positional_embedding.requires_grad)
     visual.grid_size = new_grid
     visual.image_size = tuple(image_size)
@@ -233,7 +249,7 @@ def rn_feature_map_size(image_size: tuple[int, int], last_stride: int) -> tuple[
 
 
 def _adapt_rn(visual: ModifiedResNet | TinyConvNet, image_size: tuple[int, int], last_stride: int,
-              native: int) -> None:
+              native: int, interpolation: str = "bilinear") -> None:
     if last_stride not in (1, 2):
         raise ConfigError(f"model.rn_last_stride must be 1 or 2, got {last_stride}")
     if isinstance(visual, TinyConvNet):
@@ -253,7 +269,8 @@ def _adapt_rn(visual: ModifiedResNet | TinyConvNet, image_size: tuple[int, int],
     if new_map != (old_side, old_side):
         pool = visual.attnpool
         with torch.no_grad():
-            resized = _resize_grid(pool.positional_embedding.data, (old_side, old_side), new_map)
+            resized = _resize_grid(pool.positional_embedding.data, (old_side, old_side), new_map,
+                                   interpolation=interpolation)
         pool.positional_embedding = nn.Parameter(resized, requires_grad=pool.positional_embedding.requires_grad)
     visual.image_size = tuple(image_size)
     visual.feature_map_size = new_map
@@ -279,12 +296,15 @@ def create_clip(
     patch_stride: Optional[int] = None,
     rn_last_stride: int = 1,
     allow_unsafe_weights: bool = False,
+    pos_embed_interpolation: str = "bilinear",
+    allow_activation_mismatch: bool = False,
 ) -> open_clip.CLIP:
     """Build the open_clip CLIP model ``name`` with ``weights`` for inputs of ``image_size`` (H, W).
 
     ``weights``: None (random init), a local file (TorchScript/pickle only for known OpenAI
-    SHA-256 or ``allow_unsafe_weights``), or an open_clip pretrained tag (needs network).
-    The returned model carries ``handclip_geometry`` (a dict of how it was adapted).
+    SHA-256 or ``allow_unsafe_weights``), or an open_clip pretrained tag (needs network). OpenAI's
+    files need a QuickGELU backbone (``check_activation``). The returned model carries
+    ``handclip_geometry`` (a dict of how it was adapted).
     """
     cfg = get_clip_config(name)
     native_size = cfg["vision_cfg"].get("image_size", 224)
@@ -295,30 +315,25 @@ def create_clip(
         weights = None
 
     if weights is None:
-        state, source = None, "random"
+        state, source, openai = None, "random", None
     else:
         tags = open_clip.list_pretrained_tags_by_model(name) if name not in TINY_CONFIGS else []
-        state, source = resolve_weights(name, weights, allow_unsafe_weights, tags)
+        state, source, openai = resolve_weights(name, weights, allow_unsafe_weights, tags)
+    if openai is not None:
+        check_activation(name, cfg, weights, openai, allow_activation_mismatch)
     clip = _build_clip(cfg)
     if state is not None:
         load_state_into_clip(clip, state, weights, name)
-        if not cfg.get("quick_gelu", False) and looks_like_openai(weights):
-            warnings.warn(
-                f"OpenAI weights were trained with QuickGELU; use '{name}-quickgelu' rather than '{name}' "
-                f"to reproduce their features",
-                UserWarning,
-                stacklevel=2,
-            )
 
     if isinstance(clip.visual, VisionTransformer):
         if rn_last_stride not in (1, 2):
             raise ConfigError(f"model.rn_last_stride must be 1 or 2, got {rn_last_stride}")
-        _adapt_vit(clip.visual, image_size, patch_stride)
+        _adapt_vit(clip.visual, image_size, patch_stride, pos_embed_interpolation)
         kind = "vit"
     else:
         if patch_stride is not None:
             raise ConfigError(f"model.patch_stride applies to ViT backbones only, not to '{name}'")
-        _adapt_rn(clip.visual, image_size, rn_last_stride, native_size)
+        _adapt_rn(clip.visual, image_size, rn_last_stride, native_size, pos_embed_interpolation)
         kind = "rn"
     clip.handclip_geometry = {
         "backbone": name,
@@ -329,3 +344,18 @@ def create_clip(
         "weights": source,
     }
     return clip
+
+
+def check_activation(name: str, cfg: dict, weights, why_openai: str, allow_mismatch: bool = False) -> None:
+    """OpenAI's CLIP weights were trained with QuickGELU: refuse them for a GELU backbone (one line)."""
+    if cfg.get("quick_gelu", False):
+        return
+    quick = f"{name}-quickgelu"
+    hint = f"use model.backbone '{quick}'" if open_clip.get_model_config(quick) is not None else \
+        "use a QuickGELU backbone (an open_clip '-quickgelu' model)"
+    message = (f"model.weights {weights} is OpenAI's CLIP ({why_openai}), trained with QuickGELU, but backbone "
+               f"'{name}' uses GELU and would give wrong features; {hint}, or set "
+               f"model.allow_activation_mismatch=true to load it anyway")
+    if not allow_mismatch:
+        raise CheckpointError(message)
+    warnings.warn(message, UserWarning, stacklevel=3)

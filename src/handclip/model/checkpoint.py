@@ -46,6 +46,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
+    "spec_data_config",
     "model_fingerprint",
     "state_dict_sha256",
 ]
@@ -154,8 +155,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     spec = payload["spec"]
     try:
         model_section = dict(spec["model"], weights=None)  # rebuilt from the stored tensors, not the original file
-        data_section = {"image_size": spec["image_size"], "pixel_mean": spec["pixel_mean"], "pixel_std": spec["pixel_std"]}
-        model = build_model(model_section, data_section, int(spec["num_ids"]))
+        model = build_model(model_section, spec_data_config(spec), int(spec["num_ids"]))
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} has an incomplete model description (missing {exc})") from None
     except HandCLIPError as exc:
@@ -179,6 +179,23 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {path} holds a configuration this HandCLIP cannot read: {exc}") from None
     return model, config, payload["extra"]
+
+
+def spec_data_config(spec: dict):
+    """The data settings of the evaluation transform a checkpoint's model was trained with, from its spec.
+
+    Checkpoints written before the interpolation was recorded were evaluated with a bicubic resize after a
+    bicubic shrink to twice the input size; they keep exactly that, so their features do not change.
+    """
+    from ..config import DataConfig
+
+    size = tuple(spec["image_size"])
+    fields = {"image_size": size, "pixel_mean": tuple(spec["pixel_mean"]), "pixel_std": tuple(spec["pixel_std"])}
+    if "interpolation" in spec:
+        fields.update(interpolation=spec["interpolation"], cache_resolution=spec.get("cache_resolution"))
+    else:
+        fields.update(interpolation={"train": "bicubic", "eval": "bicubic"}, cache_resolution=2 * max(size))
+    return DataConfig(**fields)
 
 
 def state_dict_sha256(model: torch.nn.Module) -> str:

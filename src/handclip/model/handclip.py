@@ -351,6 +351,8 @@ def build_model(model_cfg, data_cfg, num_ids: int) -> HandCLIP:
         patch_stride=model_cfg.patch_stride,
         rn_last_stride=model_cfg.rn_last_stride,
         allow_unsafe_weights=model_cfg.allow_unsafe_weights,
+        pos_embed_interpolation=model_cfg.pos_embed_interpolation,
+        allow_activation_mismatch=model_cfg.allow_activation_mismatch,
     )
     model = HandCLIP(
         clip,
@@ -368,6 +370,9 @@ def build_model(model_cfg, data_cfg, num_ids: int) -> HandCLIP:
         "image_size": list(data_cfg.image_size),
         "pixel_mean": list(data_cfg.pixel_mean),
         "pixel_std": list(data_cfg.pixel_std),
+        # The evaluation transform's resize: what enrolment, search and evaluation must repeat.
+        "interpolation": data_cfg.interpolation.model_dump(mode="json"),
+        "cache_resolution": data_cfg.cache_resolution,
         "num_ids": int(num_ids),
         "feature_dim": model.feature_dim,
         "embed_dim": model.embed_dim,

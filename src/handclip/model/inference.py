@@ -24,7 +24,7 @@ from ..config import Config, DataConfig, ModelConfig
 from ..data.loaders import build_eval_loader
 from ..errors import DataError
 from ..runtime import autocast, resolve_device
-from .checkpoint import load_checkpoint, model_fingerprint
+from .checkpoint import load_checkpoint, model_fingerprint, spec_data_config
 from .handclip import build_model
 
 # Data settings that choose how images are loaded here, not what pixels the model sees.
@@ -32,12 +32,18 @@ LOADING_FIELDS = ("decode_cache", "cache_dir", "num_workers", "skip_bad")
 
 
 def eval_data_config(config: Config | None, spec: dict) -> DataConfig:
-    """The evaluation pixel pipeline of a checkpoint: its run's data section, loading settings reset."""
-    if config is not None:
-        defaults = DataConfig()
-        return config.data.model_copy(update={name: getattr(defaults, name) for name in LOADING_FIELDS})
-    return DataConfig(image_size=tuple(spec["image_size"]), pixel_mean=tuple(spec["pixel_mean"]),
-                      pixel_std=tuple(spec["pixel_std"]))
+    """The evaluation pixel pipeline of a checkpoint: its run's data section, loading settings reset.
+
+    The resize (interpolation, pre-shrink) comes from the model's spec, which for checkpoints written
+    before it was recorded holds the resize they were evaluated with (``spec_data_config``), so their
+    features do not change with the newer defaults.
+    """
+    recorded = spec_data_config(spec)
+    if config is None:
+        return recorded
+    defaults = DataConfig()
+    data = config.data.model_copy(update={name: getattr(defaults, name) for name in LOADING_FIELDS})
+    return data.model_copy(update={"interpolation": recorded.interpolation, "cache_resolution": recorded.cache_resolution})
 
 
 def _worker_error_line(exc: Exception) -> str:

@@ -4,7 +4,9 @@ or open_clip pretrained tags, never running untrusted pickle code.
 A TorchScript archive or a pickle that holds more than tensors can run arbitrary code when loaded, so
 it is only opened when its SHA-256 is one of OpenAI's official CLIP files or the user says they trust
 it (``model.allow_unsafe_weights``). Everything else goes through ``torch.load(weights_only=True)``.
-Weights are loaded strictly, and a mismatch is reported key by key.
+Weights are loaded strictly, and a mismatch is reported key by key. ``read_weights_file`` also says
+whether a file is OpenAI's own (a TorchScript archive, or a state dict with OpenAI's metadata entries),
+which needs a QuickGELU backbone.
 """
 
 from __future__ import annotations
@@ -113,7 +115,15 @@ def _unsafe_refusal(path: Path, kind: str, reason: str) -> CheckpointError:
 
 
 def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat state dict, never running untrusted pickle code (``read_weights_file``)."""
+    return read_weights_file(path, allow_unsafe)[0]
+
+
+def read_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> tuple[dict[str, torch.Tensor], str | None]:
     """Read a weights file into a flat state dict, never running untrusted pickle code.
+
+    Returns (state dict, why the file is OpenAI's own or None): a TorchScript archive, or a state dict
+    with OpenAI's metadata entries (``input_resolution``, ``context_length``, ``vocab_size``).
 
     - ``.safetensors``: read with safetensors.
     - plain ``torch.save`` state dicts: ``torch.load(weights_only=True)``.
@@ -133,7 +143,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"weights file {path} is not a readable safetensors file ({first_line(exc)})") from None
-        return _as_state_dict(obj, path)
+        return _as_state_dict(obj, path), _openai_mark(obj)
 
     if is_torchscript_archive(path):
         if not allow_unsafe and not is_known_openai_file(path):
@@ -142,7 +152,7 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # corrupt archive: report, do not traceback
             raise CheckpointError(f"weights file {path} is not a loadable TorchScript archive ({first_line(exc)})") from None
-        return _as_state_dict(scripted.state_dict(), path)
+        return _as_state_dict(scripted.state_dict(), path), "a TorchScript archive, as OpenAI ships CLIP"
 
     if not looks_like_torch_file(path):
         raise CheckpointError(f"weights file {path} is corrupt or not a PyTorch file (it does not start like a file written by torch.save)")
@@ -166,7 +176,17 @@ def load_weights_file(path: str | os.PathLike, allow_unsafe: bool = False) -> di
             f"{path} is a HandCLIP checkpoint, not backbone weights; load it as a checkpoint "
             f"(handclip.model.checkpoint.load_checkpoint) instead of passing it as model.weights"
         )
-    return _as_state_dict(obj, path)
+    state = _as_state_dict(obj, path)
+    return state, _openai_mark(obj.get("state_dict", obj) if isinstance(obj, dict) else obj)
+
+
+def _openai_mark(obj) -> str | None:
+    """Why a state dict is (converted from) OpenAI's own file, or None: its OpenAI metadata entries."""
+    if not isinstance(obj, dict):
+        return None
+    keys = {k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k for k in obj}
+    found = [k for k in _OPENAI_EXTRA_KEYS if k in keys]
+    return f"a state dict with OpenAI's metadata entries ({', '.join(found)})" if found else None
 
 
 def _as_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -221,15 +241,16 @@ def load_state_into_clip(clip: nn.Module, state: dict[str, torch.Tensor], path, 
     clip.load_state_dict(state, strict=True)
 
 
-def resolve_weights(name: str, weights: str, allow_unsafe: bool, tags: list[str]) -> tuple[dict, str]:
-    """Return (state dict, description of its source) for a local file or one of ``tags``, the backbone's
-    open_clip pretrained tags."""
+def resolve_weights(name: str, weights: str, allow_unsafe: bool, tags: list[str]) -> tuple[dict, str, str | None]:
+    """Return (state dict, description of its source, why it is OpenAI's own file or None) for a local file
+    or one of ``tags``, the backbone's open_clip pretrained tags."""
     text = str(weights)
     looks_like_file = (
         os.path.exists(text) or os.sep in text or "/" in text or text.lower().endswith(_WEIGHT_SUFFIXES)
     )
     if looks_like_file:
-        return load_weights_file(text, allow_unsafe), text
+        state, openai = read_weights_file(text, allow_unsafe)
+        return state, text, openai
     if text not in tags and text.lower() not in tags:
         shown = ", ".join(tags[:6]) if tags else "none"
         raise CheckpointError(
@@ -248,13 +269,5 @@ def resolve_weights(name: str, weights: str, allow_unsafe: bool, tags: list[str]
     except Exception as exc:
         raise CheckpointError(f"could not download pretrained tag '{text}' of '{name}' ({exc})") from None
     # open_clip verifies OpenAI downloads against the SHA-256 in their URL, so they are trusted.
-    return load_weights_file(file, allow_unsafe=True), f"{name}:{text}"
-
-
-
-def looks_like_openai(weights) -> bool:
-    text = str(weights)
-    if text.lower() == "openai":
-        return True
-    path = Path(text)
-    return path.is_file() and is_known_openai_file(path)
+    state, openai = read_weights_file(file, allow_unsafe=True)
+    return state, f"{name}:{text}", openai

@@ -192,7 +192,7 @@ class TrainContext:
         s2 = self.config.stage2
         return build_train_loader(self.config.data, self.train_records, self.label_map, s2.ids_per_batch,
                                   s2.images_per_id, seed=self.config.seed, rank=self.dist.rank,
-                                  world_size=self.dist.world_size)
+                                  world_size=self.dist.world_size, leftover=s2.sampler_leftover)
 
     def validate(self) -> dict:
         metrics = None

@@ -9,9 +9,10 @@
 - ``i2t_cross_entropy``: image->text cross-entropy over all identities' text features.
 - ``prompt_l2``: L2 penalty on the prompt vectors.
 
-Image-text logits are cosine similarities (both sides L2-normalised) times a scale: CLIP's own logit
-scale by default. CLIP-ReID uses raw dot products; normalising keeps the losses on the same scale for
-a random-init tiny model and a pretrained ViT alike.
+Image-text logits (``image_text_logits``) are, as in CLIP-ReID, raw dot products of the unnormalised
+features (temperature 1) when ``scale`` is None, and cosine similarities times ``scale`` otherwise
+(``losses.logits: cosine``), which keeps the losses on one scale for a random-init tiny model and a
+pretrained ViT alike.
 """
 
 from __future__ import annotations
@@ -67,26 +68,25 @@ class TripletLoss(nn.Module):
         return losses.sum() / valid.sum().clamp_min(1)
 
 
+def image_text_logits(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor | None) -> torch.Tensor:
+    """``a @ b.T`` in float32: raw dot products when ``scale`` is None, else cosine similarities x ``scale``."""
+    if scale is None:
+        return a.float() @ b.float().T
+    return scale * F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+
+
 class SupConLoss(nn.Module):
     """Supervised contrastive loss of anchors against a contrast set (CLIP-ReID stage 1).
 
-    logits[i, j] = scale * <anchor_i, contrast_j> (cosine when ``normalize``). For every anchor the
-    loss is minus the mean, over the contrast items with the same label, of the log-softmax of its
-    row. Stage 1 calls it twice: images as anchors against the batch's text features and back.
+    logits[i, j] = ``image_text_logits(anchors, contrast, scale)``: the raw dot product (CLIP-ReID's
+    temperature 1) when ``scale`` is None. For every anchor the loss is minus the mean, over the
+    contrast items with the same label, of the log-softmax of its row. Stage 1 calls it twice: images
+    as anchors against the batch's text features and back.
     """
 
-    def __init__(self, normalize: bool = True):
-        super().__init__()
-        self.normalize = normalize
-
     def forward(self, anchors: torch.Tensor, contrast: torch.Tensor, anchor_labels: torch.Tensor,
-                contrast_labels: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
-        anchors = anchors.float()
-        contrast = contrast.float()
-        if self.normalize:
-            anchors = F.normalize(anchors, dim=-1)
-            contrast = F.normalize(contrast, dim=-1)
-        logits = scale * anchors @ contrast.T
+                contrast_labels: torch.Tensor, scale: float | torch.Tensor | None = None) -> torch.Tensor:
+        logits = image_text_logits(anchors, contrast, scale)
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         positives = (anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)).to(log_prob.dtype)
         count = positives.sum(1)
@@ -114,16 +114,16 @@ class CenterLoss(nn.Module):
 
 
 def i2t_cross_entropy(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
-                      scale: float | torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of each image over every identity's text feature (cosine logits x scale)."""
-    logits = scale * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+                      scale: float | torch.Tensor | None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of each image over every identity's text feature (``image_text_logits``)."""
+    logits = image_text_logits(image_features, text_features, scale)
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 def text_id_logits(image_features: torch.Tensor, text_features: torch.Tensor,
-                   scale: float | torch.Tensor) -> torch.Tensor:
-    """ID logits from text anchors (``model.id_head == 'text'``): scaled cosine image @ text.T."""
-    return scale * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+                   scale: float | torch.Tensor | None) -> torch.Tensor:
+    """ID logits from text anchors (``model.id_head == 'text'``): ``image_text_logits(image, text, scale)``."""
+    return image_text_logits(image_features, text_features, scale)
 
 
 def prompt_l2(ctx: torch.Tensor) -> torch.Tensor:
@@ -142,3 +142,9 @@ def logit_scale_of(model, model_cfg) -> float:
         if isinstance(value, (int, float)):
             return float(value)
     return 1.0 / 0.07  # CLIP's initial temperature
+
+
+def image_text_scale(model, config) -> float | None:
+    """Scale of the image-text logits: None for CLIP-ReID's raw dot products (``losses.logits: dot``), else
+    the cosine scale of ``logit_scale_of``."""
+    return logit_scale_of(model, config.model) if config.losses.logits == "cosine" else None

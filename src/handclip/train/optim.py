@@ -1,21 +1,23 @@
 """Optimizers and learning-rate schedules of both stages (CLIP-ReID defaults, docs/method.md "Defaults").
 
-Stage 1: Adam on the prompt vectors only; cosine schedule with a linear warm-up from
-``warmup_lr_init`` (timm's CosineLRScheduler as used by CLIP-ReID).
+Stage 1: Adam on the prompt vectors only; timm's ``CosineLRScheduler`` with CLIP-ReID's arguments
+(linear warm-up from ``warmup_lr_init`` over ``warmup_epochs``, cosine to ``lr_min`` over all
+``epochs``, no warm-up prefix, one cycle). CLIP-ReID calls ``scheduler.step(epoch)`` with epoch 1..N
+before each epoch, so epoch 1 already trains at 7.8e-5 and epoch N at ``lr_min``.
 Stage 2: Adam with one group per (lr, weight decay) kind: backbone weights, backbone biases (lr x
 ``bias_lr_factor``, ``weight_decay_bias``), new heads (``head_lr``) and, in a joint run, the prompts;
-center-loss centres get their own SGD optimizer with ``center_lr`` (as in CLIP-ReID); linear warm-up
-from ``warmup_factor`` then steps at ``milestones``.
+center-loss centres get their own SGD optimizer with ``center_lr`` (as in CLIP-ReID); CLIP-ReID's
+``WarmupMultiStepLR``: linear warm-up from ``warmup_factor`` then steps at ``milestones``, which
+CLIP-ReID steps at the start of every epoch (last_epoch 1..N).
 
 Schedules are functions of a (possibly fractional) epoch position, so the same object serves
-per-epoch (``set_position(epoch)``) and per-step (``set_position(epoch + step / steps)``) updates,
-and resuming only needs the position.
+per-epoch (``set_position(epoch + first)``) and per-step (``set_position(epoch + first + step / steps)``)
+updates, where ``first`` is ``stage*.schedule_epochs_from``; resuming only needs the position.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from typing import Iterable
 
 import torch
@@ -61,23 +63,27 @@ class EpochSchedule:
         self.set_position(state["position"])
 
 
-class WarmupCosineLR(EpochSchedule):
-    """Linear warm-up from ``warmup_lr_init`` over ``warmup_epochs``, then cosine to ``lr_min``."""
+class TimmCosineLR(EpochSchedule):
+    """timm's ``CosineLRScheduler`` as CLIP-ReID builds it, evaluated at the epoch position.
+
+    ``warmup_prefix=False`` (CLIP-ReID): the cosine spans all ``epochs``, the warm-up included.
+    ``warmup_prefix=True``: the cosine starts after the warm-up and spans the remaining epochs.
+    """
 
     def __init__(self, optimizer, epochs: int, warmup_epochs: int = 5, warmup_lr_init: float = 1e-5,
-                 lr_min: float = 1e-6):
-        self.epochs = epochs
-        self.warmup_epochs = warmup_epochs
-        self.warmup_lr_init = warmup_lr_init
-        self.lr_min = lr_min
+                 lr_min: float = 1e-6, warmup_prefix: bool = False):
+        from timm.scheduler import CosineLRScheduler
+
+        span = epochs - warmup_epochs if warmup_prefix else epochs
+        self.timm = CosineLRScheduler(optimizer, t_initial=max(span, 1), lr_min=lr_min, cycle_mul=1.0,
+                                      cycle_decay=0.1, cycle_limit=1, warmup_t=warmup_epochs,
+                                      warmup_lr_init=warmup_lr_init, warmup_prefix=warmup_prefix,
+                                      t_in_epochs=True, noise_range_t=None)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr: float, t: float) -> float:
-        if t < self.warmup_epochs:
-            return self.warmup_lr_init + (base_lr - self.warmup_lr_init) * t / self.warmup_epochs
-        span = max(self.epochs - self.warmup_epochs, 1)
-        progress = min((t - self.warmup_epochs) / span, 1.0)
-        return self.lr_min + 0.5 * (base_lr - self.lr_min) * (1.0 + math.cos(math.pi * progress))
+    def set_position(self, t: float) -> None:
+        self.position = float(t)
+        self.timm.step(self.position)
 
 
 class WarmupMultiStepLR(EpochSchedule):
@@ -100,12 +106,12 @@ class WarmupMultiStepLR(EpochSchedule):
 
 
 def build_stage1_optimizer(model, stage1_cfg, runtime_cfg, device: torch.device):
-    """Adam on the prompt vectors only, with its warm-up cosine schedule."""
+    """Adam on the prompt vectors only, with timm's warm-up cosine schedule."""
     params = list(model.prompt_learner.parameters())
     optimizer = _adam([{"params": params, "lr": stage1_cfg.lr, "weight_decay": stage1_cfg.weight_decay}],
                       use_fused_optimizer(runtime_cfg, device))
-    schedule = WarmupCosineLR(optimizer, stage1_cfg.epochs, stage1_cfg.warmup_epochs,
-                              stage1_cfg.warmup_lr_init, stage1_cfg.lr_min)
+    schedule = TimmCosineLR(optimizer, stage1_cfg.epochs, stage1_cfg.warmup_epochs, stage1_cfg.warmup_lr_init,
+                            stage1_cfg.lr_min, warmup_prefix=stage1_cfg.warmup_prefix)
     return optimizer, schedule
 
 

@@ -4,8 +4,9 @@ Everything but the prompt vectors is frozen. Every training image is encoded onc
 transform (no augmentation); the features are cached on disk under
 ``<cache>/features/<key>.pt``, keyed by a hash of the image encoder's weights, the transform and the
 training records, so a second experiment on the same data skips the encoding pass.
-Each epoch walks a random permutation of the cache in consecutive batches; the loss is the
-supervised-contrastive image->text plus text->image loss (+ an optional L2 penalty on the prompts).
+Each epoch walks a random permutation of the cache in consecutive batches (the last one shorter, never
+empty); the loss is the supervised-contrastive image->text plus text->image loss on raw dot products
+(``losses.logits``), plus an optional L2 penalty on the prompts.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes
-from ..data.loaders import build_eval_loader, working_resolution
-from ..runtime import autocast, cache_root, resolve_amp_dtype, restore_rng_if_resuming
-from .losses import SupConLoss, logit_scale_of, prompt_l2
+from ..data.loaders import build_eval_loader, first_resize
+from ..runtime import autocast, cache_root, make_grad_scaler, resolve_amp_dtype, restore_rng_if_resuming
+from .losses import SupConLoss, image_text_scale, prompt_l2
 from .optim import build_stage1_optimizer
 
 
@@ -52,7 +53,7 @@ def _records_digest(records) -> str:
 
 def feature_cache_key(model, data_cfg, records, dtype: torch.dtype | None = None) -> str:
     """Hash of everything the cached features depend on: backbone and its geometry, encoder weights, the
-    eval transform (input size, working resolution, normalisation), the encoding precision and the images."""
+    eval transform (input size, first resize, interpolation, normalisation), the encoding precision and the images."""
     model_spec = getattr(model, "spec", {}).get("model", {})
     spec = {
         "backbone": model_spec.get("backbone"),
@@ -60,12 +61,13 @@ def feature_cache_key(model, data_cfg, records, dtype: torch.dtype | None = None
         "rn_last_stride": model_spec.get("rn_last_stride"),
         "encoder": _tensor_digest(model.image_encoder),
         "image_size": list(data_cfg.image_size),
-        "working_resolution": working_resolution(data_cfg),
+        "first_resize": first_resize(data_cfg, train=False).tag,
+        "interpolation": data_cfg.interpolation.eval,
         "mean": list(data_cfg.pixel_mean),
         "std": list(data_cfg.pixel_std),
         "dtype": str(dtype),
         "records": _records_digest(records),
-        "version": 2,
+        "version": 3,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -123,6 +125,13 @@ def cached_training_features(ctx):
     return feats, labels, False
 
 
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """One epoch's consecutive batches over ``n`` shuffled items: ceil(n / batch_size) of them, the last
+    shorter when batch_size does not divide n, none empty (CLIP-ReID walks an empty last batch when it
+    does, and crashes on it)."""
+    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
 def run_stage1(ctx, resume: dict | None = None) -> None:
     """Train the prompt vectors for ``stage1.epochs`` epochs (continuing from ``resume`` if given)."""
     cfg = ctx.config
@@ -139,18 +148,24 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
     feats, labels, _ = cached_training_features(ctx)
     feats = feats.to(device)
     labels = labels.to(device)
-    scale = logit_scale_of(model, cfg.model)
+    scale = image_text_scale(model, cfg)
     supcon = SupConLoss()
     dtype = resolve_amp_dtype(device, cfg.runtime.amp)
+    # fp16 (runtime.amp: fp16, CLIP-ReID's precision) needs loss scaling here as in stage 2; bf16 and fp32 none.
+    scaler = make_grad_scaler(device, dtype)
+    if scaler is not None and resume is not None and "scaler" in resume:
+        scaler.load_state_dict(resume["scaler"])
     n = len(labels)
-    steps = (n + s1.batch_size - 1) // s1.batch_size
+    batches = batch_slices(n, s1.batch_size)
+    steps = len(batches)
+    first = s1.schedule_epochs_from
     restore_rng_if_resuming(resume)
 
     for epoch in range(start_epoch, s1.epochs):
         started = time.perf_counter()
         model.train()
         if s1.schedule == "epoch":
-            schedule.set_position(epoch)
+            schedule.set_position(epoch + first)
         order = torch.randperm(n).to(device)
         sums = {"i2t": torch.zeros((), device=device), "t2i": torch.zeros((), device=device)}
         if s1.prompt_l2 > 0:
@@ -160,8 +175,8 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
             iterator = tqdm(iterator, desc=f"stage1 {epoch + 1}/{s1.epochs}", unit="step", leave=False)
         for step in iterator:
             if s1.schedule == "step":
-                schedule.set_position(epoch + step / steps)
-            idx = order[step * s1.batch_size:(step + 1) * s1.batch_size]
+                schedule.set_position(epoch + first + step / steps)
+            idx = order[batches[step]]
             image_feats, batch_labels = feats[idx], labels[idx]
             # Each identity's prompt goes through the text encoder once per batch, however many of its
             # images the batch holds (same features and gradients, fewer text-encoder passes).
@@ -177,8 +192,13 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
             ctx.check_finite(terms, "stage1", epoch, step)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             for key, value in terms.items():
                 sums[key] += value.detach()
         record = {"stage": "stage1", "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -187,5 +207,7 @@ def run_stage1(ctx, resume: dict | None = None) -> None:
         record["time_s"] = round(time.perf_counter() - started, 3)
         # Stage 1 leaves the image features unchanged, so it is validated once, at its end (the stage-1 model
         # is then the first candidate for best.pt).
-        ctx.end_epoch("stage1", epoch + 1, record, validate=(epoch + 1 == s1.epochs), resume_state={
-            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1})
+        resume_state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1}
+        if scaler is not None:
+            resume_state["scaler"] = scaler.state_dict()
+        ctx.end_epoch("stage1", epoch + 1, record, validate=(epoch + 1 == s1.epochs), resume_state=resume_state)

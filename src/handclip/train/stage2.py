@@ -7,8 +7,10 @@ text features are recomputed every batch so the gradient reaches them; the text 
 never trained, as in CLIP-ReID).
 
 Losses (each weighted by its ``stage2.*_weight``): identity cross-entropy with label smoothing on both
-BNNeck heads (or on ``image_proj @ text.T`` with ``model.id_head == 'text'``), batch-hard triplet on
-``feat_last`` and ``feat_proj``, image->text cross-entropy over all identities' text features,
+BNNeck heads (or on ``image_proj @ text.T`` with ``model.id_head == 'text'``), batch-hard triplet summed
+over ``stage2.triplet_features`` (default CLIP-ReID's three: ``feat_mid``, ``feat_last``, ``feat_proj``),
+image->text cross-entropy over all identities' text features (raw dot products unless
+``losses.logits: cosine``),
 optional supervised contrastive i2t + t2i, optional center loss on the test feature
 (``[feat_last, feat_proj]``), and the prompt L2 penalty when the prompts train.
 
@@ -40,7 +42,7 @@ from .losses import (
     SupConLoss,
     TripletLoss,
     i2t_cross_entropy,
-    logit_scale_of,
+    image_text_scale,
     prompt_l2,
     text_id_logits,
 )
@@ -77,7 +79,7 @@ class Stage2Trainer:
         self.device = device
         configure_stage2_trainable(model, self.cfg.model, s2, joint)
         self.prompt_trains = joint or not s2.freeze_prompt
-        self.scale = logit_scale_of(model, self.cfg.model)
+        self.scale = image_text_scale(model, self.cfg)
         self.id_loss = CrossEntropyLabelSmooth(s2.label_smoothing)
         self.triplet = TripletLoss(s2.triplet_margin)
         self.supcon = SupConLoss()
@@ -132,8 +134,12 @@ class Stage2Trainer:
             else:
                 terms["id"] = s2.id_weight * sum(self.id_loss(logits, labels) for logits in out.logits)
         if s2.triplet_weight > 0:
-            terms["triplet"] = s2.triplet_weight * (self.triplet(out.feat_last, labels)
-                                                    + self.triplet(out.feat_proj, labels))
+            features = {"mid": out.feat_mid, "last": out.feat_last, "proj": out.feat_proj}
+            total = None
+            for name in s2.triplet_features:
+                loss = self.triplet(features[name], labels)
+                total = loss if total is None else total + loss
+            terms["triplet"] = s2.triplet_weight * total
         if s2.i2t_weight > 0:
             terms["i2t"] = s2.i2t_weight * i2t_cross_entropy(out.image_proj, text, labels, self.scale,
                                                              s2.label_smoothing)
@@ -219,8 +225,9 @@ class Stage2Trainer:
             self.model.train()
             if hasattr(loader, "batch_sampler") and hasattr(loader.batch_sampler, "set_epoch"):
                 loader.batch_sampler.set_epoch(epoch)
+            first = self.s2.schedule_epochs_from
             if self.s2.schedule == "epoch":
-                self.schedule.set_position(epoch)
+                self.schedule.set_position(epoch + first)
             sums: dict[str, torch.Tensor] = {}
             iterator = loader
             if ctx.progress:
@@ -228,7 +235,7 @@ class Stage2Trainer:
             images_seen = 0
             for step, batch in enumerate(iterator):
                 if self.s2.schedule == "step":
-                    self.schedule.set_position(epoch + step / steps)
+                    self.schedule.set_position(epoch + first + step / steps)
                 images = batch[0].to(self.device, non_blocking=True)
                 labels = batch[1].to(self.device, non_blocking=True)
                 images_seen += len(labels)
