@@ -19,12 +19,13 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import DataError, GalleryError, HandCLIPError
 from ..gallery.evidence import display_path
 from .keys import ApiKey
-from .limits import Limits, UploadRefused, check_image
+from .limits import BodySizeLimit, Limits, UploadRefused, check_image, too_large
 from .state import ServiceState, Upload
 
 log = logging.getLogger("handclip.serve")
@@ -97,6 +98,7 @@ def _search_response(found, gallery) -> dict:
                      "checkpoint_sha256": found.model["checkpoint_sha256"]}
     if info["calibration"]:
         info["calibration"] = {k: v for k, v in info["calibration"].items() if k != "path"}
+    info["audit"] = {"seq": found.audit.seq, "hash": found.audit.hash}
     info["candidates"] = info["queries"][0]["candidates"]
     info["record"] = found.audit.seq
     info["report"] = None
@@ -105,19 +107,18 @@ def _search_response(found, gallery) -> dict:
 
 def create_app(state: ServiceState) -> FastAPI:
     app = FastAPI(title="HandCLIP examiner service", version=__version__,
-                  description="Search and enrol hand photos in one HandCLIP gallery.",
-                  max_body_size=state.limits.max_request_bytes)
+                  description="Search and enrol hand photos in one HandCLIP gallery.")
     app.state.service = state
 
     @app.exception_handler(HandCLIPError)
     async def handclip_error(request: Request, exc: HandCLIPError):
         return _error(_status_of(exc), str(exc))
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's, Starlette's 404s and the body limit
+    async def http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 413:
-            message = f"request body is larger than the limit of {state.limits.max_request_bytes} bytes"
+            message = too_large(state.limits.max_request_bytes)
         return _error(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -217,4 +218,5 @@ def create_app(state: ServiceState) -> FastAPI:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodySizeLimit, max_bytes=state.limits.max_request_bytes)
     return app

@@ -2,13 +2,14 @@
 
 Each refusal is an ``UploadRefused`` with the HTTP status it maps to (413 too large, 415 a format the
 service does not take, 422 a file that does not decode), so the client gets one JSON sentence, never
-a 500. The request-size limit is FastAPI's own ``max_body_size`` (it refuses a declared
-``Content-Length`` over the limit before reading anything and counts the bytes of a chunked body).
+a 500. The request-size limit is ``BodySizeLimit``, in front of the app.
+(FastAPI's own ``max_body_size`` answers in plain text, not JSON.)
 """
 
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from dataclasses import dataclass
 
@@ -65,3 +66,43 @@ def check_image(data: bytes, name: str, limits: Limits) -> str:
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data; all mean "corrupt"
         raise UploadRefused(422, f"uploaded image {name!r} is truncated or corrupt ({exc or type(exc).__name__})") from None
     return ALLOWED_FORMATS[fmt]
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over the limit. A declared ``Content-Length`` over it
+    is refused in JSON before anything is read; a chunked body is counted as it arrives and refused
+    with an ``HTTPException(413)``, which the app's handler turns into the same JSON."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            body = json.dumps({"error": too_large(self.max_bytes)}).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    from starlette.exceptions import HTTPException
+
+                    raise HTTPException(413, too_large(self.max_bytes))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def too_large(max_bytes: int) -> str:
+    return f"request body is larger than the limit of {max_bytes} bytes"
