@@ -70,7 +70,7 @@ function candidateItem(c, by) {
   who.className = "identity";
   who.textContent = c.identity;
   const score = document.createElement("div");
-  score.textContent = `score ${c.score.toFixed(4)}  ${weight(c)}`;
+  score.textContent = [`score ${c.score.toFixed(4)}`, weight(c)].filter(Boolean).join(" · ");
   const verbal = document.createElement("div");
   verbal.className = "verbal";
   verbal.textContent = c.verbal || "";
@@ -97,7 +97,8 @@ $("search-form").addEventListener("submit", async (e) => {
     const found = await (await api("/api/v1/search", { method: "POST", body: form })).json();
     const list = $("candidates");
     list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
-    $("statement").textContent = `${found.statement} Score: ${found.score}.`;
+    const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
+    $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}`;
     const record = $("record");
     record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...). `;
     if (found.report) {
