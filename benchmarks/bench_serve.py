@@ -143,8 +143,9 @@ def main() -> None:
     key = KeyStore(index).add("bench", ["search", "enrol"])[0]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server_log = open(work / "server.log", "w")  # a pipe nobody reads would fill up and stall the server
     server = subprocess.Popen([sys.executable, "-m", "handclip", "serve", "--index", str(index), "--port", str(port),
-                               "--device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               "--device", "cpu"], env=env, stdout=server_log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -157,7 +158,7 @@ def main() -> None:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("server did not start:\n" + (server.stdout.read() if server.stdout else ""))
+                raise SystemExit("server did not start:\n" + (work / "server.log").read_text())
             time.sleep(0.2)
         queries = [png(render_hand(i, 1)) for i in range(0, args.ids, max(1, args.ids // 32))]
         counter = iter(range(10**6))
@@ -184,6 +185,7 @@ def main() -> None:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+        server_log.close()
 
 
 if __name__ == "__main__":
