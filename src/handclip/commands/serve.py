@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    import logging
+
     import uvicorn
 
     from ..errors import HandCLIPError
@@ -34,6 +36,8 @@ def run(args) -> int:
         raise HandCLIPError(f"--port must be 1-65535 (got {args.port})")
     if args.max_request_mb <= 0 or args.max_pixels < 1 or args.batch_size < 1:
         raise HandCLIPError("--max-request-mb, --max-pixels and --batch-size must be positive")
+    # Refused keys and internal errors are logged by "handclip.serve" with a time, beside uvicorn's own lines.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(int(args.max_request_mb * 2**20), args.max_pixels)
     state = ServiceState(args.index, checkpoint=args.checkpoint, calibration=args.calibration, device=args.device,
                          limits=limits, batch_size=args.batch_size)
