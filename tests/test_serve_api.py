@@ -211,3 +211,16 @@ def test_serve_keys_command_stores_only_hashes(tmp_path, master_gallery, capsys)
         cli_module.main(["serve-keys", "add", "--index", str(index), "--name", "x", "--role", "admin"])
     assert cli_module.main(["serve-keys", "add", "--index", str(index), "--name", "../x", "--role", "enrol"]) == 2
     assert cli_module.main(["serve-keys", "list", "--index", str(tmp_path / "nowhere")]) == 2
+
+
+def test_serve_command_refuses_bad_settings_in_one_line(tmp_path, master_gallery, capsys):
+    assert cli_module.main(["serve", "--index", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist; pass --checkpoint" in capsys.readouterr().err
+    assert cli_module.main(["serve", "--index", str(master_gallery), "--port", "0"]) == 2
+    assert "--port must be 1-65535" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    from serve_helpers import make_checkpoint
+
+    make_checkpoint(other, seed=1)
+    assert cli_module.main(["serve", "--index", str(master_gallery), "--checkpoint", str(other)]) == 2
+    assert "different model" in capsys.readouterr().err

@@ -153,3 +153,73 @@ def test_searches_while_another_process_enrols_and_compacts_see_its_commits(asse
     assert len(final) == start_rows + 12
     seen = {_check_committed(found, final, 20) for found in answers}
     assert max(seen) == len(final)  # the other process's last commit was picked up
+
+
+def test_a_service_killed_during_an_enrolment_keeps_every_committed_batch_and_resumes(assets, tmp_path):
+    """SIGKILL the server while a 4-batch enrolment is committing: the gallery holds whole batches
+    only, opens, searches, and the same upload again adds exactly the images that were lost."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from handclip.gallery.store import COMMIT_DELAY_ENV
+
+    index = enrolled_gallery(assets, tmp_path / "gallery")
+    keys = add_keys(index)
+    start_rows = len(Gallery.open(index))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", COMMIT_DELAY_ENV: "0.5"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "handclip", "serve", "--index", str(index), "--port", str(port),
+                               "--batch-size", "2", "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    photos = [("images", (f"{i}.png", png_bytes(render_hand(300, i)), "image/png")) for i in range(8)]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.2)
+
+        def enrol():
+            try:
+                httpx.post(url + "/api/v1/enrol", data={"identity": "late"}, files=photos,
+                           headers={"X-API-Key": keys["enrol"]}, timeout=120)
+            except httpx.HTTPError:
+                pass  # the server is killed under this request
+
+        thread = threading.Thread(target=enrol)
+        thread.start()
+        while len(Gallery.open(index)) < start_rows + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+        thread.join(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+    kept = len(Gallery.open(index)) - start_rows
+    assert kept in (2, 4, 6), kept  # whole batches only, and the kill came before the last one
+    assert AuditLog(index).verify(check_files=False).ok
+    state = ServiceState(index, device="cpu", batch_size=2)
+    with TestClient(create_app(state)) as client:
+        again = client.post("/api/v1/enrol", data={"identity": "late"}, files=photos,
+                            headers={"X-API-Key": keys["enrol"]}).json()
+        assert again["added"] == 8 - kept and again["already_enrolled"] == kept
+        found = client.post("/api/v1/search", files={"image": ("q.png", png_bytes(render_hand(300, 0)), "image/png")},
+                            headers={"X-API-Key": keys["search"]}).json()
+        assert found["candidates"][0]["identity"] == "late"
+    assert len(Gallery.open(index).images_of("late")) == 8
