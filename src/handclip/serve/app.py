@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import DataError, GalleryError, HandCLIPError
 from ..gallery.evidence import display_path
-from .keys import ApiKey
+from .keys import ApiKey, KeyFileError
 from .limits import BodySizeLimit, Limits, UploadRefused, check_image, too_large
 from .state import ServiceState, Upload
 
@@ -41,6 +41,8 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 def _status_of(exc: HandCLIPError) -> int:
     if isinstance(exc, UploadRefused):
         return exc.status
+    if isinstance(exc, KeyFileError):
+        return 503  # the service's own key file is damaged: nothing the client can fix
     if isinstance(exc, DataError):
         return 422
     if isinstance(exc, GalleryError):

@@ -113,7 +113,8 @@ $("search-form").addEventListener("submit", async (e) => {
       record.append(link);
     }
     $("results").hidden = false;
-    status("search-status", `${found.candidates.length} candidate(s) for ${queryFile.name}`);
+    status("search-status", `${found.candidates.length} candidate(s) for ${queryFile.name} ` +
+      `(SHA-256 ${found.queries[0].sha256.slice(0, 16)}...)`);
   } catch (err) {
     status("search-status", err.message, true);
   } finally {
