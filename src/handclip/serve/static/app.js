@@ -98,7 +98,10 @@ $("search-form").addEventListener("submit", async (e) => {
     const list = $("candidates");
     list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
     const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
-    $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}`;
+    const cal = found.calibration;
+    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}... (${cal.summary.method || "?"}, ` +
+      `Cllr ${cal.summary.cllr ?? "?"}); log10 LR bounded to [${cal.bounds_log10.map((b) => b.toFixed(2)).join(", ")}].` : "";
+    $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}${calibration}`;
     const record = $("record");
     record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...). `;
     if (found.report) {
