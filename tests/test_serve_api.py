@@ -113,6 +113,10 @@ def test_search_equals_the_cli_and_records_the_search_with_the_key_holder_as_exa
     # the case report
     pdf = client.get(found["report"], headers=auth(keys["search"]))
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and pdf.headers["content-type"] == "application/pdf"
+    from pypdf import PdfReader
+
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "2026/17" in text and "A. Examiner" in text and record["hash"] in text.replace("\n", "").replace(" ", "")
     missing = client.get("/api/v1/search/999/report.pdf", headers=auth(keys["search"]))
     assert missing.status_code == 404 and "999" in missing.json()["error"]
     assert client.get(found["report"]).status_code == 401
