@@ -25,6 +25,8 @@ COMMANDS = {
     "search": "rank a gallery's identities for query hand photos",
     "audit": "verify or show a gallery's hash-chained audit log",
     "demo": "run the whole pipeline on built-in synthetic hands",
+    "serve": "run the examiner web service (REST API and web page) over a gallery",
+    "serve-keys": "add, list or revoke the web service's API keys",
 }
 
 
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"handclip.commands.{name}")
+        module = importlib.import_module(f"handclip.commands.{name.replace('-', '_')}")
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                     help="show full tracebacks on errors")

@@ -1,0 +1,1 @@
+"""The examiner web service: a REST API and a web page over one gallery (``handclip serve``)."""

@@ -1,0 +1,181 @@
+"""What one service process holds: the model (loaded once), the calibration, the key store and a
+read-only snapshot of the gallery that searches share.
+
+Searches and enrolments call the same functions as ``handclip search`` and ``handclip enrol``
+(``evidential_search``, ``audited_enrol``, ``write_case_report``), so a result equals the CLI's.
+
+Readers never see a half-applied commit: each search takes the current snapshot, a ``Gallery``
+opened at one commit with its exact index built in memory, and never touches the shard files again
+(exact search reads only that index). A new commit, by this process or another, is picked up by
+opening a fresh snapshot and swapping the reference; searches already running finish on the old
+one. Enrolments are serialised by one in-process lock (the gallery's own file lock keeps other
+processes out) and publish a new snapshot after every committed batch, so an enrolment killed
+mid-way loses at most its batch in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..atomic import atomic_write_bytes, sha256_bytes
+from ..errors import GalleryError, HandCLIPError
+from ..gallery import Gallery
+from ..gallery.enrol import EnrolItem, load_encoder
+from ..gallery.evidence import audited_enrol, evidential_search, load_calibration
+from ..gallery.audit import AUDIT_FILE
+from ..gallery.store import COMMIT_FILE
+from .keys import SERVE_DIR, KeyStore
+from .limits import Limits
+
+log = logging.getLogger("handclip.serve")
+
+# Opening a snapshot can race another process's compaction deleting the shards it lists; the next
+# commit file names the merged shard, so a retry succeeds.
+SNAPSHOT_ATTEMPTS = 3
+
+
+@contextlib.contextmanager
+def _audit_lock(index_dir: Path):
+    """The exclusive lock every audit append takes (``flock`` on audit.jsonl)."""
+    fd = os.open(index_dir / AUDIT_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class _WriterGallery(Gallery):
+    """The service's writer. Each batch commit holds the audit lock: a gallery writer, as it starts,
+    removes every ``.*.tmp`` file in the gallery folder as debris of an interrupted write, and that
+    includes the temporary file of audit.head.json while a concurrent search is appending its record."""
+
+    def add(self, *args, **kwargs):
+        with _audit_lock(self.index_dir):
+            return super().add(*args, **kwargs)
+
+
+@dataclass
+class Upload:
+    name: str   # the name the client gave (kept in the audit record's arguments only)
+    data: bytes
+    suffix: str  # from the decoded format, see limits.check_image
+
+
+class ServiceState:
+    def __init__(self, index_dir: str | os.PathLike, checkpoint: str | None = None, calibration: str | None = None,
+                 device: str = "auto", limits: Limits | None = None, batch_size: int = 32):
+        self.index_dir = Path(index_dir)
+        self.limits = limits or Limits()
+        self.batch_size = int(batch_size)
+        if (self.index_dir / "gallery.json").exists():
+            gallery = Gallery.open(self.index_dir)
+            checkpoint = checkpoint or gallery.checkpoint
+            if not checkpoint:
+                raise HandCLIPError(f"gallery {self.index_dir} does not record its model; pass --checkpoint")
+            self.encoder = load_encoder(checkpoint, device=device)
+            gallery.check_model(self.encoder.fingerprint(), self.encoder.feature_dim)
+        elif checkpoint:
+            self.encoder = load_encoder(checkpoint, device=device)
+            Gallery.open_or_create(self.index_dir, self.encoder.fingerprint(), self.encoder.feature_dim,
+                                   checkpoint=self.encoder.checkpoint)
+        else:
+            raise HandCLIPError(f"gallery {self.index_dir} does not exist; pass --checkpoint to create it")
+        self.calibration = load_calibration(calibration) if calibration else None
+        if self.calibration is not None:
+            self.calibration.calibration.check_model(self.encoder.fingerprint())
+        self.keys = KeyStore(self.index_dir)
+        self.serve_dir = self.index_dir / SERVE_DIR
+        self._write_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        self._snapshot: Gallery | None = None
+        self._stamp: tuple | None = None
+        self.snapshot()
+
+    # ------------------------------------------------------------------ reading
+    def _commit_stamp(self) -> tuple:
+        st = (self.index_dir / COMMIT_FILE).stat()
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def snapshot(self) -> Gallery:
+        """The gallery at its newest commit (opened again only when commit.json changed)."""
+        current = self._snapshot
+        if current is not None and self._stamp == self._commit_stamp():
+            return current
+        with self._snapshot_lock:
+            return self._reload()
+
+    def _reload(self, force: bool = False) -> Gallery:
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            stamp = self._commit_stamp()
+            if not force and self._snapshot is not None and stamp == self._stamp:
+                return self._snapshot
+            try:
+                gallery = Gallery.open(self.index_dir)
+                if len(gallery):
+                    gallery.flat_index()  # reads every shard now: searches never open them later
+            except (GalleryError, FileNotFoundError) as exc:
+                if attempt + 1 == SNAPSHOT_ATTEMPTS:
+                    raise
+                log.info("gallery changed while it was opened (%s); opening its newest commit", exc)
+                continue
+            gallery.hash_to_row = {e["sha256"]: row for row, e in enumerate(gallery.entries())}
+            self._snapshot, self._stamp = gallery, stamp
+            return gallery
+        raise AssertionError("unreachable")
+
+    def image_path(self, sha256: str) -> tuple[str, str] | None:
+        """(path, identity) of the enrolled image with this SHA-256, if any."""
+        gallery = self.snapshot()
+        row = gallery.hash_to_row.get(sha256)
+        return None if row is None else (gallery.path_of_row[row], gallery.identity_of_row[row])
+
+    # ------------------------------------------------------------------ stored uploads
+    def _store(self, folder: Path, upload: Upload) -> tuple[str, str]:
+        digest = sha256_bytes(upload.data)
+        path = folder / f"{digest}{upload.suffix}"
+        if not path.exists():  # named by content: an existing file already holds these bytes
+            atomic_write_bytes(path, upload.data)
+        return str(path.resolve()), digest
+
+    def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, examiner: str,
+               arguments: dict, report: bool = False, case_id: str | None = None):
+        """One query through ``evidential_search`` (audit record appended); with ``report`` the PDF too."""
+        query, _ = self._store(self.serve_dir / "queries", upload)
+        gallery = self.snapshot()
+        found = evidential_search(gallery, self.encoder, [query], top_k=top_k, by=by, index_type=index_type,
+                                  calibration=self.calibration, examiner=examiner, arguments=arguments)
+        if report:
+            from ..gallery.case_report import write_case_report
+
+            write_case_report(found, self.report_path(found.audit.seq), case_id=case_id, examiner=examiner)
+        return found, gallery
+
+    def report_path(self, seq: int) -> Path:
+        return self.serve_dir / "reports" / f"search-{int(seq)}.pdf"
+
+    # ------------------------------------------------------------------ writing
+    def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict):
+        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them, one writer at a time."""
+        folder = self.serve_dir / "enrolled" / identity
+        items = list({path: EnrolItem(path, identity)
+                      for path, _ in (self._store(folder, u) for u in uploads)}.values())
+        with self._write_lock:
+            gallery = _WriterGallery.open(self.index_dir)
+
+            def publish(_summary):
+                with self._snapshot_lock:
+                    self._reload()
+
+            summary, record = audited_enrol(gallery, self.encoder, items, examiner=examiner, arguments=arguments,
+                                            batch_size=self.batch_size, on_batch=publish)
+            with self._snapshot_lock:
+                self._reload()
+        return summary, record, gallery

@@ -1,0 +1,152 @@
+// The examiner page: plain script over the REST API (no build step). Images and the PDF are fetched
+// with the API key header and shown from blob URLs, so the key never appears in a URL.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const keyInput = $("api-key");
+keyInput.value = sessionStorage.getItem("handclip-key") || "";
+keyInput.addEventListener("change", () => sessionStorage.setItem("handclip-key", keyInput.value.trim()));
+let queryFile = null;
+
+function headers() { return { "X-API-Key": keyInput.value.trim() }; }
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function status(id, text, isError = false) {
+  const el = $(id);
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+async function blobUrl(path) {
+  return URL.createObjectURL(await (await api(path)).blob());
+}
+
+function setQuery(file) {
+  if (!file) return;
+  queryFile = file;
+  const preview = $("query-preview");
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  $("search-button").disabled = false;
+  status("search-status", `query: ${file.name}`);
+}
+
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  setQuery(e.dataTransfer.files[0]);
+});
+$("query-file").addEventListener("change", (e) => setQuery(e.target.files[0]));
+
+function weight(c) {
+  if (c.log10_lr === null || c.log10_lr === undefined) return "";
+  const bound = c.at_bound ? ` (at the ${c.at_bound} bound)` : "";
+  return `log10 LR ${c.log10_lr >= 0 ? "+" : ""}${c.log10_lr.toFixed(2)}${bound}`;
+}
+
+function candidateItem(c, by) {
+  const li = document.createElement("li");
+  li.className = "candidate";
+  li.dataset.identity = c.identity;
+  const rank = document.createElement("span");
+  rank.className = "rank";
+  rank.textContent = c.rank;
+  const img = document.createElement("img");
+  img.alt = c.name;
+  if (c.thumbnail) blobUrl(c.thumbnail).then((url) => { img.src = url; }).catch(() => {});
+  const text = document.createElement("div");
+  const who = document.createElement("div");
+  who.className = "identity";
+  who.textContent = c.identity;
+  const score = document.createElement("div");
+  score.textContent = [`score ${c.score.toFixed(4)}`, weight(c)].filter(Boolean).join(" · ");
+  const verbal = document.createElement("div");
+  verbal.className = "verbal";
+  verbal.textContent = c.verbal || "";
+  const detail = document.createElement("div");
+  detail.className = "muted";
+  detail.textContent = by === "identity" ? `${c.matched}/${c.num_images} images in top hits; best: ${c.name}` : c.name;
+  text.append(who, score, verbal, detail);
+  li.append(rank, img, text);
+  return li;
+}
+
+$("search-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (!queryFile) return;
+  const form = new FormData();
+  form.append("image", queryFile);
+  form.append("top_k", $("top-k").value);
+  form.append("by", $("by").value);
+  form.append("report", $("want-report").checked ? "true" : "false");
+  if ($("case-id").value.trim()) form.append("case_id", $("case-id").value.trim());
+  status("search-status", "searching...");
+  $("search-button").disabled = true;
+  try {
+    const found = await (await api("/api/v1/search", { method: "POST", body: form })).json();
+    const list = $("candidates");
+    list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
+    const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
+    const cal = found.calibration;
+    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}... (${cal.summary.method || "?"}, ` +
+      `Cllr ${cal.summary.cllr ?? "?"}); log10 LR bounded to [${cal.bounds_log10.map((b) => b.toFixed(2)).join(", ")}].` : "";
+    $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}${calibration}`;
+    const record = $("record");
+    record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...). `;
+    if (found.report) {
+      const link = document.createElement("a");
+      link.id = "report-link";
+      link.href = "#";
+      link.textContent = "Open the case report (PDF)";
+      link.addEventListener("click", async (ev) => {
+        ev.preventDefault();
+        window.open(await blobUrl(found.report), "_blank");
+      });
+      record.append(link);
+    }
+    $("results").hidden = false;
+    status("search-status", `${found.candidates.length} candidate(s) for ${queryFile.name} ` +
+      `(SHA-256 ${found.queries[0].sha256.slice(0, 16)}...)`);
+  } catch (err) {
+    status("search-status", err.message, true);
+  } finally {
+    $("search-button").disabled = false;
+  }
+});
+
+$("enrol-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const files = [...$("enrol-folder").files, ...$("enrol-files").files].filter((f) => /\.(jpe?g|png|webp|bmp|tiff?)$/i.test(f.name));
+  if (!files.length) { status("enrol-status", "choose a folder or images to enrol", true); return; }
+  const form = new FormData();
+  form.append("identity", $("identity").value.trim());
+  for (const f of files) form.append("images", f, f.name);
+  status("enrol-status", `enrolling ${files.length} image(s)...`);
+  try {
+    const done = await (await api("/api/v1/enrol", { method: "POST", body: form })).json();
+    status("enrol-status", `${done.identity}: ${done.added} added, ${done.already_enrolled} already enrolled; ` +
+      `gallery ${done.gallery_images} images of ${done.gallery_identities} people (audit record ${done.record})`);
+    refreshHealth();
+  } catch (err) {
+    status("enrol-status", err.message, true);
+  }
+});
+
+async function refreshHealth() {
+  try {
+    const h = await (await fetch("/api/v1/health")).json();
+    $("health").textContent = `${h.images} images of ${h.identities} people` + (h.calibrated ? ", calibrated" : "");
+  } catch (e) { $("health").textContent = "service unreachable"; }
+}
+refreshHealth();

@@ -1,0 +1,73 @@
+"""Shared set-up for the web-service tests: a tiny random-weights model, synthetic hands enrolled
+into a gallery, API keys, and a calibration for that model."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> Path:
+    import torch
+
+    from handclip.config import load_config
+    from handclip.model.checkpoint import save_checkpoint
+    from handclip.model.handclip import build_model
+
+    torch.manual_seed(seed)
+    cfg = load_config(None, ["model.backbone=tiny-rn", "data.image_size=[64,64]", "data.num_workers=0"])
+    save_checkpoint(path, build_model(cfg.model, cfg.data, 6), cfg, {"epoch": 0})
+    return path
+
+
+def make_calibration(checkpoint: Path, out: Path) -> Path:
+    """A KDE calibration on made-up scores spanning the random-weight model's cosines (0.997-1.0)."""
+    from handclip.evaluate.calibration import ScoreCalibration, fit_score_map
+    from handclip.gallery.enrol import load_encoder
+
+    rng = np.random.default_rng(0)
+    maps = {kind: fit_score_map(1 - np.abs(rng.normal(0, width * 6e-4, 400)),
+                                1 - np.abs(rng.normal(0, width * 2e-3, 4000)), method="kde")
+            for kind, width in (("image", 1.0), ("identity", 0.8))}
+    summary = {"method": "kde", "cllr": 0.42, "cllr_min": 0.31, "n_identities": 60, "n_images": 480,
+               "n_mated": 400, "n_nonmated": 4000}
+    ScoreCalibration(maps, load_encoder(checkpoint, device="cpu").fingerprint(), summary).save(out)
+    return out
+
+
+def make_assets(root: Path, num_ids: int = 5, images_per_id: int = 3) -> dict:
+    from handclip.data.synthetic import write_synthetic_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    images = write_synthetic_dataset(root / "hands", num_ids=num_ids, images_per_id=images_per_id, size=64, seed=0)
+    ckpt = make_checkpoint(root / "model.pt")
+    return {"images": Path(images), "ckpt": ckpt, "calibration": make_calibration(ckpt, root / "calibration.json")}
+
+
+def enrolled_gallery(assets: dict, index: Path) -> Path:
+    """The synthetic hands enrolled into a fresh gallery at ``index`` (through the audited API)."""
+    from handclip.gallery import Gallery
+    from handclip.gallery.enrol import collect_images, load_encoder
+    from handclip.gallery.evidence import audited_enrol
+
+    encoder = load_encoder(assets["ckpt"], device="cpu")
+    gallery = Gallery.create(index, encoder.fingerprint(), encoder.feature_dim, checkpoint=encoder.checkpoint)
+    audited_enrol(gallery, encoder, collect_images(assets["images"]), examiner="setup", batch_size=8)
+    return index
+
+
+def add_keys(index: Path) -> dict:
+    from handclip.serve.keys import KeyStore
+
+    store = KeyStore(index)
+    return {"search": store.add("Searcher", ["search"])[0], "enrol": store.add("Enroller", ["enrol"])[0],
+            "both": store.add("A. Examiner", ["search", "enrol"])[0]}
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

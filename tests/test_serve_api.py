@@ -1,0 +1,230 @@
+"""The web service's REST API through FastAPI's test client: every endpoint, keys and roles, upload
+limits, and equality with `handclip search`."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from serve_helpers import add_keys, enrolled_gallery, make_assets, png_bytes
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from handclip import cli as cli_module  # noqa: E402
+from handclip.gallery.audit import AuditLog  # noqa: E402
+from handclip.serve.app import create_app  # noqa: E402
+from handclip.serve.keys import KeyStore, keys_path  # noqa: E402
+from handclip.serve.limits import Limits  # noqa: E402
+from handclip.serve.state import ServiceState  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("serve-assets"))
+
+
+@pytest.fixture(scope="module")
+def master_gallery(assets, tmp_path_factory):
+    return enrolled_gallery(assets, tmp_path_factory.mktemp("serve-master") / "gallery")
+
+
+@pytest.fixture
+def service(assets, master_gallery, tmp_path):
+    index = Path(shutil.copytree(master_gallery, tmp_path / "gallery"))
+    keys = add_keys(index)
+    state = ServiceState(index, calibration=str(assets["calibration"]), device="cpu",
+                         limits=Limits(max_request_bytes=2 * 2**20, max_pixels=1_000_000), batch_size=2)
+    with TestClient(create_app(state)) as client:
+        yield client, keys, index, state
+
+
+def auth(key: str) -> dict:
+    return {"X-API-Key": key}
+
+
+def upload(path: Path):
+    return {"image": (path.name, path.read_bytes(), "image/png")}
+
+
+def test_health_and_openapi_need_no_key_and_describe_the_service(service):
+    client, _, _, _ = service
+    health = client.get("/api/v1/health").json()
+    assert health["status"] == "ok" and health["images"] == 15 and health["identities"] == 5 and health["calibrated"]
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/v1/search", "/api/v1/enrol", "/api/v1/identities", "/api/v1/identities/{identity}",
+                 "/api/v1/search/{record}/report.pdf", "/api/v1/health"):
+        assert path in paths
+    page = client.get("/")
+    assert page.status_code == 200 and "HandCLIP examiner" in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_missing_invalid_and_revoked_keys_get_401_and_are_logged_wrong_role_gets_403(service, assets, caplog):
+    client, keys, index, _ = service
+    query = assets["images"] / "0002" / "000.png"
+    caplog.set_level(logging.WARNING, logger="handclip.serve")
+    no_key = client.post("/api/v1/search", files=upload(query))
+    assert no_key.status_code == 401 and "API key" in no_key.json()["error"]
+    assert client.get("/api/v1/identities", headers=auth("not-a-key")).status_code == 401
+    assert "refused GET /api/v1/identities" in caplog.text and "invalid or revoked" in caplog.text
+    assert "not-a-key" not in caplog.text  # the presented key is never logged
+    # roles: an enrol-only key cannot search, a search-only key cannot enrol
+    assert client.post("/api/v1/search", files=upload(query), headers=auth(keys["enrol"])).status_code == 403
+    refused = client.post("/api/v1/enrol", data={"identity": "x1"}, files={"images": ("a.png", query.read_bytes())},
+                          headers=auth(keys["search"]))
+    assert refused.status_code == 403 and "'enrol' role" in refused.json()["error"]
+    # a bearer token works like the header; revoking it takes effect without a restart
+    assert client.get("/api/v1/identities", headers={"Authorization": f"Bearer {keys['search']}"}).status_code == 200
+    KeyStore(index).revoke("Searcher")
+    assert client.get("/api/v1/identities", headers=auth(keys["search"])).status_code == 401
+    assert client.get("/api/v1/identities", headers=auth(keys["both"])).status_code == 200
+
+
+def test_search_equals_the_cli_and_records_the_search_with_the_key_holder_as_examiner(service, assets, tmp_path):
+    client, keys, index, state = service
+    query = assets["images"] / "0003" / "001.png"
+    response = client.post("/api/v1/search", files=upload(query), data={"top_k": "4", "report": "true",
+                                                                         "case_id": "2026/17"},
+                           headers=auth(keys["both"]))
+    assert response.status_code == 200, response.text
+    found = response.json()
+    assert found["candidates"][0]["identity"] == "0003" and len(found["candidates"]) == 4
+    record = AuditLog(index).records()[-1]
+    assert found["record"] == record["seq"] and found["audit"]["hash"] == record["hash"]
+    assert record["examiner"] == "A. Examiner" and record["arguments"]["interface"] == "serve"
+    assert record["arguments"]["upload"] == "001.png"
+    # the same query file through `handclip search` gives the same candidates, scores and LRs
+    stored = record["results"][0]["query"]
+    out_json = tmp_path / "cli.json"
+    assert cli_module.main(["search", "--index", str(index), "--query", stored, "--top-k", "4", "--calibration",
+                            str(assets["calibration"]), "--json", str(out_json), "--device", "cpu"]) == 0
+    cli = json.loads(out_json.read_text())["results"][0]["candidates"]
+    assert [(c["identity"], c["score"], c["log10_lr"], c["verbal"]) for c in cli] == \
+        [(c["identity"], c["score"], c["log10_lr"], c["verbal"]) for c in found["candidates"]]
+    assert all(c["log10_lr"] is not None for c in found["candidates"])
+    assert str(index) not in response.text  # server paths are not shown to web clients
+    # the case report
+    pdf = client.get(found["report"], headers=auth(keys["search"]))
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and pdf.headers["content-type"] == "application/pdf"
+    from pypdf import PdfReader
+
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "2026/17" in text and "A. Examiner" in text and record["hash"] in text.replace("\n", "").replace(" ", "")
+    missing = client.get("/api/v1/search/999/report.pdf", headers=auth(keys["search"]))
+    assert missing.status_code == 404 and "999" in missing.json()["error"]
+    assert client.get(found["report"]).status_code == 401
+    # a thumbnail of the first candidate
+    thumb = client.get(found["candidates"][0]["thumbnail"], headers=auth(keys["search"]))
+    assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (160, 160)
+    assert client.get("/api/v1/images/" + "0" * 64 + "/thumbnail", headers=auth(keys["search"])).status_code == 404
+
+
+def test_identities_and_enrolment_of_new_photos(service, assets):
+    client, keys, index, _ = service
+    listed = client.get("/api/v1/identities", headers=auth(keys["search"])).json()
+    assert [p["identity"] for p in listed["identities"]] == ["0000", "0001", "0002", "0003", "0004"]
+    assert all(p["images"] == 3 for p in listed["identities"])
+    one = client.get("/api/v1/identities/0002", headers=auth(keys["search"])).json()
+    assert [i["name"] for i in one["images"]] == ["0002/000.png", "0002/001.png", "0002/002.png"]
+    assert client.get("/api/v1/identities/nobody", headers=auth(keys["search"])).status_code == 404
+
+    from handclip.data.synthetic import render_hand
+
+    photos = [("images", (f"p{i}.png", png_bytes(render_hand(40, i)), "image/png")) for i in range(3)]
+    done = client.post("/api/v1/enrol", data={"identity": "newcomer"}, files=photos, headers=auth(keys["enrol"]))
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["added"] == 3 and body["already_enrolled"] == 0 and body["gallery_images"] == 18
+    assert body["batches"] == 2  # batch_size 2: each batch committed on its own
+    record = AuditLog(index).records()[-1]
+    assert record["seq"] == body["record"] and record["command"] == "enrol" and record["examiner"] == "Enroller"
+    again = client.post("/api/v1/enrol", data={"identity": "newcomer"}, files=photos, headers=auth(keys["enrol"]))
+    assert again.json()["added"] == 0 and again.json()["already_enrolled"] == 3
+    query = {"image": ("q.png", png_bytes(render_hand(40, 1)), "image/png")}
+    found = client.post("/api/v1/search", files=query, headers=auth(keys["search"])).json()
+    assert found["candidates"][0]["identity"] == "newcomer" and found["gallery"]["images"] == 18
+    assert client.get("/api/v1/identities/newcomer", headers=auth(keys["search"])).json()["images"][0]["name"] \
+        .startswith("serve/enrolled/newcomer/")
+    bad = client.post("/api/v1/enrol", data={"identity": "../escape"}, files=photos, headers=auth(keys["enrol"]))
+    assert bad.status_code == 422 and "identity" in bad.json()["error"]
+
+
+def _gif_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 150, 120)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def test_bad_uploads_get_a_json_4xx_and_store_nothing(service, assets):
+    client, keys, index, _ = service
+    headers = auth(keys["both"])
+    good = (assets["images"] / "0001" / "000.png").read_bytes()
+    before = len(AuditLog(index).records())
+
+    def search(data: bytes, name="x.png", **form):
+        return client.post("/api/v1/search", files={"image": (name, data, "application/octet-stream")},
+                           data=form, headers=headers)
+
+    cases = {
+        "too big": (search(b"\0" * (3 * 2**20)), 413, "larger than the limit"),
+        # 3000 x 3000 pixels in a few kilobytes: refused from its header, never decoded
+        "bomb": (search(png_bytes(Image.new("1", (3000, 3000)))), 413, "pixels, more than the limit"),
+        "gif": (search(_gif_bytes(), "x.gif"), 415, "is GIF"),
+        "text": (search(b"hello, not an image", "x.jpg"), 415, "not an image"),
+        "truncated": (search(good[: len(good) // 2]), 422, "truncated or corrupt"),
+        "tiny": (search(png_bytes(Image.new("RGB", (8, 8)))), 422, "at least 16 pixels"),
+        "empty": (search(b""), 422, "empty"),
+        "top_k": (search(good, top_k="0"), 422, "top_k"),
+        "by": (search(good, by="hand"), 422, "by"),
+    }
+    for name, (response, status, text) in cases.items():
+        assert response.status_code == status, (name, response.status_code, response.text)
+        assert text in response.json()["error"], (name, response.json())
+    # a chunked body declares no length: it is counted as it arrives
+    chunks = iter([b"\0" * 2**20] * 3)
+    chunked = client.post("/api/v1/search", content=chunks,
+                          headers={**headers, "content-type": "multipart/form-data; boundary=xyz"})
+    assert chunked.status_code == 413 and "larger than the limit" in chunked.json()["error"], chunked.text
+    no_file = client.post("/api/v1/search", data={"top_k": "3"}, headers=headers)
+    assert no_file.status_code == 422 and "image" in no_file.json()["error"]
+    assert len(AuditLog(index).records()) == before  # nothing refused reached the audit log
+    assert not (index / "serve" / "queries").exists()
+
+
+def test_serve_keys_command_stores_only_hashes(tmp_path, master_gallery, capsys):
+    index = Path(shutil.copytree(master_gallery, tmp_path / "gallery"))
+    assert cli_module.main(["serve-keys", "add", "--index", str(index), "--name", "J. Doe", "--role", "search"]) == 0
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    stored = keys_path(index).read_text()
+    assert secret not in stored and KeyStore(index).authenticate(secret).name == "J. Doe"
+    assert cli_module.main(["serve-keys", "list", "--index", str(index)]) == 0
+    listing = capsys.readouterr().out
+    assert "J. Doe" in listing and "search" in listing and "live" in listing and secret not in listing
+    assert cli_module.main(["serve-keys", "revoke", "--index", str(index), "J. Doe"]) == 0
+    assert KeyStore(index).authenticate(secret) is None
+    assert cli_module.main(["serve-keys", "revoke", "--index", str(index), "J. Doe"]) == 2
+    assert "no live API key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse refuses an unknown role
+        cli_module.main(["serve-keys", "add", "--index", str(index), "--name", "x", "--role", "admin"])
+    assert cli_module.main(["serve-keys", "add", "--index", str(index), "--name", "../x", "--role", "enrol"]) == 2
+    assert cli_module.main(["serve-keys", "list", "--index", str(tmp_path / "nowhere")]) == 2
+
+
+def test_serve_command_refuses_bad_settings_in_one_line(tmp_path, master_gallery, capsys):
+    assert cli_module.main(["serve", "--index", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist; pass --checkpoint" in capsys.readouterr().err
+    assert cli_module.main(["serve", "--index", str(master_gallery), "--port", "0"]) == 2
+    assert "--port must be 1-65535" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    from serve_helpers import make_checkpoint
+
+    make_checkpoint(other, seed=1)
+    assert cli_module.main(["serve", "--index", str(master_gallery), "--checkpoint", str(other)]) == 2
+    assert "different model" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""The examiner page in a real browser: Playwright driving Debian's Chromium against a real uvicorn
+server on 127.0.0.1 (nothing is downloaded; `make test` installs chromium).
+
+Set HANDCLIP_SCREENSHOT_DIR to keep the screenshot (the README's docs/images/serve_search.png was
+made with HANDCLIP_SCREENSHOT_DIR=docs/images).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_helpers import add_keys, enrolled_gallery, make_assets
+
+CHROMIUM = "/usr/bin/chromium"
+playwright_api = pytest.importorskip("playwright.sync_api")
+uvicorn = pytest.importorskip("uvicorn")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed (`make test` installs Debian's chromium)", allow_module_level=True)
+
+from handclip.serve.app import create_app  # noqa: E402
+from handclip.serve.state import ServiceState  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    assets = make_assets(tmp_path / "assets", num_ids=5, images_per_id=3)
+    index = enrolled_gallery(assets, tmp_path / "gallery")
+    keys = add_keys(index)
+    state = ServiceState(index, calibration=str(assets["calibration"]), device="cpu")
+    config = uvicorn.Config(create_app(state), host="127.0.0.1", port=_free_port(), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield {"url": f"http://127.0.0.1:{config.port}/", "keys": keys, "assets": assets, "index": index}
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_path):
+    query = server["assets"]["images"] / "0003" / "002.png"  # an enrolled image: its owner ranks first
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server["url"])
+            page.fill("#api-key", server["keys"]["both"])
+            page.dispatch_event("#api-key", "change")
+            page.set_input_files("#query-file", str(query))
+            page.fill("#case-id", "2026/017")
+            page.click("#search-button")
+            page.wait_for_selector("#candidates li.candidate", timeout=60_000)
+            items = page.locator("#candidates li.candidate")
+            assert items.count() == 5
+            assert items.first.get_attribute("data-identity") == "0003"
+            first = items.first.inner_text()
+            assert "0003" in first and "log10 LR" in first and "support" in first
+            # thumbnails arrive through the API with the key header
+            page.wait_for_function("[...document.querySelectorAll('#candidates img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+            assert page.locator("#report-link").is_visible()
+            assert "Audit record" in page.inner_text("#record")
+            shot = tmp_path / "serve_search.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            keep = os.environ.get("HANDCLIP_SCREENSHOT_DIR")
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, Path(keep) / "serve_search.png")
+
+            # enrol two photos for a new identity from the page
+            from handclip.data.synthetic import render_hand
+
+            photos = []
+            for i in range(2):
+                photos.append(tmp_path / f"new-{i}.png")
+                render_hand(77, i).save(photos[-1])
+            page.fill("#identity", "walk-in")
+            page.set_input_files("#enrol-files", [str(p) for p in photos])
+            page.click("#enrol-button")
+            page.wait_for_function("document.getElementById('enrol-status').textContent.includes('added')",
+                                   timeout=60_000)
+            assert "walk-in: 2 added" in page.inner_text("#enrol-status")
+            assert "17 images of 6 people" in page.inner_text("#enrol-status")
+        finally:
+            browser.close()
