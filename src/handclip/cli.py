@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"handclip: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("handclip: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # SIGTERM during training arrives as a KeyboardInterrupt subclass carrying exit code 143.
+        print(f"handclip: {exc or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         # The reader went away (``handclip ... | head``): stop quietly, as command-line tools do.
         _silence_stdout()

@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
     distractors.add_argument("--gallery-all", action="store_true",
                              help="require the manifest's distractor gallery (prepare 11k with --gallery-all)")
     distractors.add_argument("--no-distractors", action="store_true", help="drop the manifest's distractor gallery images")
+    parser.add_argument("--allow-id-overlap", action="store_true",
+                        help="accept query/gallery identities that are also training identities (normally refused)")
     parser.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
@@ -114,6 +116,7 @@ def run(args) -> int:
     if args.show < 0 or args.top_k < 1:
         raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
     manifest = Manifest.read(args.manifest)
+    manifest.check_identity_overlap(args.allow_id_overlap, f"manifest {args.manifest}", "pass --allow-id-overlap")
     runs = _parse_runs(args.runs)
     has_distractors = any(r.is_distractor for r in manifest.records)
     if args.gallery_all and not has_distractors:

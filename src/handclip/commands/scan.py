@@ -9,6 +9,8 @@ import time
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, help="manifest CSV written by `handclip prepare`")
     parser.add_argument("--min-size", type=int, default=16, help="smallest acceptable image side in pixels (default 16)")
+    parser.add_argument("--allow-id-overlap", action="store_true",
+                        help="accept query/gallery identities that are also training identities (normally refused)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: 4 per CPU core, max 32)")
 
 
@@ -20,6 +22,7 @@ def run(args) -> int:
     if args.min_size < 1:
         raise DataError(f"--min-size must be >= 1 (got {args.min_size})")
     manifest = Manifest.read(args.manifest)
+    manifest.check_identity_overlap(args.allow_id_overlap, f"manifest {args.manifest}", "pass --allow-id-overlap")
     paths = manifest.paths()
     start = time.perf_counter()
     problems = scan_images(paths, min_size=args.min_size, workers=args.workers)

@@ -166,6 +166,24 @@ class Manifest:
         """Training pid -> contiguous class index 0..N-1 (pids sorted ascending)."""
         return {pid: index for index, pid in enumerate(sorted({r.pid for r in self.records if r.split == "train"}))}
 
+    def identity_overlap(self) -> list[int]:
+        """Pids that are both training (train/val) and test (query/gallery) identities, ascending."""
+        trainval = {r.pid for r in self.records if r.split in ("train", "val")}
+        return sorted({r.pid for r in self.records if r.split in ("query", "gallery") and r.pid in trainval})
+
+    def check_identity_overlap(self, allow: bool, source: str, flag: str) -> None:
+        """Refuse test identities that are also training identities unless ``allow``: their scores would
+        measure memorisation, not identification of unseen people (docs/method.md, "Protocols")."""
+        shared = self.identity_overlap()
+        if not shared or allow:
+            return
+        names = {r.pid: r.original_id for r in self.records if r.pid in set(shared[:5])}
+        shown = ", ".join(f"{pid}" + (f" ({names[pid]})" if names.get(pid) else "") for pid in shared[:5])
+        more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+        raise DataError(f"{source}: {len(shared)} query/gallery identit{'y is' if len(shared) == 1 else 'ies are'} "
+                        f"also training identities (pid {shown}{more}); use disjoint identities, or {flag} "
+                        f"if the overlap is intended")
+
     def paths(self) -> list[str]:
         return sorted({r.path for r in self.records})
 
