@@ -105,22 +105,49 @@ def load_encoder(args):
                              device=args.device)
 
 
+def _eval_config(args):
+    """The evaluation options as an EvalConfig; a bad value is one line naming the option."""
+    from pydantic import ValidationError
+
+    from ..config import EvalConfig, shorten
+
+    try:
+        return EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
+        raise DataError(f"{option}: {err['msg']} (got {shorten(err.get('input'))})") from None
+
+
 def run(args) -> int:
-    from ..config import EvalConfig
     from ..data.manifest import Manifest
     from ..evaluate.metrics import METRIC_KEYS
     from ..evaluate.protocol import evaluate_manifest
     from ..evaluate.references import subset_key, subset_title
-    from ..evaluate.report import write_evaluation_outputs
+    from ..evaluate.report import check_output_folder, write_evaluation_outputs
 
     if args.show < 0 or args.top_k < 1:
         raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
+    eval_cfg = _eval_config(args)
+    if args.image_size is not None:
+        from ..config import MAX_IMAGE_SIDE
+
+        if not all(16 <= side <= MAX_IMAGE_SIDE for side in args.image_size):
+            raise DataError(f"--image-size {args.image_size[0]} {args.image_size[1]}: each side must be from 16 "
+                            f"to {MAX_IMAGE_SIDE} pixels")
     manifest = Manifest.read(args.manifest)
     manifest.check_identity_overlap(args.allow_id_overlap, f"manifest {args.manifest}", "pass --allow-id-overlap")
     runs = _parse_runs(args.runs)
     has_distractors = any(r.is_distractor for r in manifest.records)
     if args.gallery_all and not has_distractors:
         raise DataError(f"{args.manifest} has no distractor gallery; prepare it with --gallery-all")
+    if args.out:
+        out = Path(args.out)
+    elif args.checkpoint:
+        out = Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
+    else:
+        out = Path(f"eval-zeroshot-{Path(args.manifest).stem}")
+    check_output_folder(out)  # before minutes of encoding, not after
     encoder = load_encoder(args)
     label = encoder.label
     calibration = None
@@ -131,17 +158,10 @@ def run(args) -> int:
             raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")
         calibration = ScoreCalibration.load(args.calibration)
         calibration.check_model(encoder.fingerprint())
-    eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=not args.no_distractors,
                                progress=True, keep_distances=True)
     subsets = sorted({subset_key(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
     title = "Evaluation on " + ", ".join(subset_title(s) for s in subsets)
-    if args.out:
-        out = Path(args.out)
-    elif args.checkpoint:
-        out = Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
-    else:
-        out = Path(f"eval-zeroshot-{Path(args.manifest).stem}")
     forensic = None
     if not args.no_forensic:
         from ..evaluate.forensic import forensic_evaluation
