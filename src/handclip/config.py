@@ -305,7 +305,10 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {shorten(value)})"
         problems.append(f"{key}: {msg}{shown}")
     shown = problems[:5] + ([f"and {len(problems) - 5} more"] if len(problems) > 5 else [])
-    return f"invalid configuration in {source}: " + "; ".join(shown)
+    text = "; ".join(shown)
+    if len(text) > 4 * MAX_ECHO:
+        text = text[: 4 * MAX_ECHO - 3] + "..."
+    return f"invalid configuration in {source}: {text}"
 
 
 def check_size(value: Any, source: str, limit: int = MAX_CONFIG_NODES) -> None:
