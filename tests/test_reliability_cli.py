@@ -219,7 +219,7 @@ def test_full_disk_in_training_checkpoint_is_one_line(tiny_manifest, tmp_path, c
                      "--out", str(run), "--no-progress"])
     monkeypatch.setattr(atomic.io, "FileIO", io.FileIO)
     line = _one_line(capsys.readouterr().err)
-    assert code == 2 and "no space left on device while writing" in line and "last.pt" in line
+    assert code == 2 and "no space left on device while writing" in line and str(run / "best.pt") in line
     assert not any(p.name.endswith(".tmp") for p in run.iterdir())
 
 
@@ -450,3 +450,20 @@ def test_stale_staging_folders_of_killed_evaluations_are_removed(tmp_path):
     other.mkdir()
     remove_stale_staging(tmp_path / "eval")
     assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_relative_input_paths_in_a_config_file_are_relative_to_that_file(tmp_path, monkeypatch):
+    from handclip.config import load_config
+
+    sub = tmp_path / "configs" / "sub"
+    sub.mkdir(parents=True)
+    (sub / "base.yaml").write_text("data: {manifest: ../../data/m.csv, cache_dir: cache}\nmodel: {weights: openai}\n")
+    (tmp_path / "configs" / "exp.yaml").write_text("_BASE_: sub/base.yaml\nmodel: {weights: w/ViT-B-16.pt}\n"
+                                                   "output_dir: runs\n")
+    monkeypatch.chdir(tmp_path / "configs" / "sub")
+    cfg = load_config(tmp_path / "configs" / "exp.yaml", ["data.root=here"])
+    assert cfg.data.manifest == str(tmp_path / "data" / "m.csv")
+    assert cfg.data.cache_dir == str(sub / "cache")
+    assert cfg.model.weights == str(tmp_path / "configs" / "w" / "ViT-B-16.pt")
+    assert cfg.data.root == "here" and cfg.output_dir == "runs"  # command line and outputs: the current folder
+    assert load_config(sub / "base.yaml").model.weights == "openai"  # an open_clip tag, not a path

@@ -7,6 +7,10 @@ Defaults are what CLIP-ReID's official code computes on its ViT-B/16 recipe (doc
 each place where HandCLIP can compute something else is a named switch (the README's "Differences from
 CLIP-ReID" lists them).
 
+A relative input path in a config file (``data.root``, ``data.manifest``, ``data.cache_dir``, a
+``model.weights`` file) is relative to the file's own folder, as paths in a manifest are relative to
+the manifest's folder; paths given with ``--set`` and ``output_dir`` are relative to the current folder.
+
 A file may start from another: ``_BASE_: clipreid_vitb16.yaml`` (a path relative to the file, or a
 list of them, later bases winning) loads the base first and lays the file's own keys over it, section
 by section, so each dataset config states only what differs from the recipe it builds on.
@@ -14,6 +18,7 @@ by section, so each dataset config states only what differs from the recipe it b
 
 from __future__ import annotations
 
+import os
 import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -389,6 +394,33 @@ def _merge(base: dict, child: dict) -> dict:
     return out
 
 
+# Keys that name input files or folders. One rule for every file HandCLIP reads: a relative input path
+# written in a file (config or manifest) is relative to that file's folder; one typed on the command line
+# (--set, --root, ...) is relative to the current folder. output_dir, where runs go, is relative to the
+# current folder, as every output path is.
+PATH_KEYS = (("data", "root"), ("data", "manifest"), ("data", "cache_dir"), ("model", "weights"))
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+
+
+def resolve_file_paths(raw: dict, folder: Path) -> None:
+    """Make the relative paths of one config file's own keys relative to ``folder`` (in place).
+
+    ``model.weights`` may also be an open_clip tag (``openai``); it is taken as a path only when it has
+    a folder separator or a weights-file suffix."""
+    for keys in PATH_KEYS:
+        node = raw
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        value = node.get(keys[-1])
+        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+            continue
+        if keys == ("model", "weights") and "/" not in value and not value.lower().endswith(_WEIGHT_SUFFIXES):
+            continue
+        node[keys[-1]] = str(Path(os.path.normpath(folder.absolute() / value)))
+
+
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     """The raw mapping of a YAML config file, with its ``_BASE_`` files merged underneath."""
     path = Path(path)
@@ -411,6 +443,7 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(raw).__name__}")
+    resolve_file_paths(raw, path.parent)
     bases = raw.pop(BASE_KEY, None)
     if bases is None:
         return raw

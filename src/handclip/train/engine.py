@@ -306,7 +306,7 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
     try:
         # Every rank uses rank 0's folder name (a default name holds the time, which may differ by a second).
         run_path = Path(ddp.broadcast_object(str(run_path), dist_info))
-        if resume is None and (run_path / "config.yaml").exists():
+        if resume is None and not unique_name and (run_path / "config.yaml").exists():
             raise ConfigError(f"run folder {run_path} already holds a run; use --resume {run_path} or another --out")
         device_obj = ddp.device_for(dist_info, resolve_device(device or config.runtime.device))
         if config.runtime.threads:
