@@ -467,3 +467,36 @@ def test_relative_input_paths_in_a_config_file_are_relative_to_that_file(tmp_pat
     assert cfg.model.weights == str(tmp_path / "configs" / "w" / "ViT-B-16.pt")
     assert cfg.data.root == "here" and cfg.output_dir == "runs"  # command line and outputs: the current folder
     assert load_config(sub / "base.yaml").model.weights == "openai"  # an open_clip tag, not a path
+
+
+def test_scan_bounds_the_pixels_decoded_at_once(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from handclip.data import images
+
+    budget = images._PixelBudget(3 * 400 * 400)
+    monkeypatch.setattr(images, "_SCAN_BUDGET", budget)
+    active, peak, lock = [0], [0], threading.Lock()
+    real_load = Image.Image.load
+
+    def watched_load(self):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.02)
+            return real_load(self)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(Image.Image, "load", watched_load)
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (400, 400), (i, 0, 0)).save(path)
+        paths.append(str(path))
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1000, 1000)).save(big)  # above the budget alone: decoded alone, not refused
+    assert images.scan_images([*paths, str(big)], workers=8) == []
+    assert 1 <= peak[0] <= 3 and budget.used == 0  # three 400x400 images fit the budget at once, never more
