@@ -500,3 +500,33 @@ def test_scan_bounds_the_pixels_decoded_at_once(tmp_path, monkeypatch):
     Image.new("RGB", (1000, 1000)).save(big)  # above the budget alone: decoded alone, not refused
     assert images.scan_images([*paths, str(big)], workers=8) == []
     assert 1 <= peak[0] <= 3 and budget.used == 0  # three 400x400 images fit the budget at once, never more
+
+
+def test_read_only_run_folder_and_report_folder_are_one_line(tiny_manifest, tmp_path, capsys, monkeypatch):
+    from handclip.evaluate import report
+    from handclip.train.run_folder import CLAIM_NAME
+
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):
+        if str(path).endswith(CLAIM_NAME):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    cfg = _config_file(tmp_path, tiny_manifest, stage1={"epochs": 1})
+    code = cli.main(["train", "--config", str(cfg), "--stage", "stage1", "--out", str(tmp_path / "run"),
+                     "--no-progress"])
+    monkeypatch.setattr(os, "open", real_open)
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "read-only file system" in line and str(tmp_path / "run") in line
+
+    def read_only_mkdtemp(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(report, "tempfile", type("ReadOnly", (), {"mkdtemp": staticmethod(read_only_mkdtemp)}))
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--manifest", str(tiny_manifest), "--backbone", "tiny-rn", "--image-size", "32", "32",
+                     "--no-forensic", "--show", "0", "--out", str(out)])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and "read-only file system" in line and str(out) in line
