@@ -6,7 +6,8 @@ Run folder (every file written atomically, only by rank 0):
   used_images.txt    the train + val images actually used (skipped_images.txt: those left out by --skip-bad)
   train.log          human-readable log (rewritten whole at every epoch)
   metrics.jsonl      one JSON object per epoch: stage, epoch, each loss term, lr, val metrics, time
-  status.json        {"status": "running" | "completed" | "failed", "error": ..., "stage", "epoch"}
+  status.json        {"status": "running" | "completed" | "failed" | "interrupted", "error": ..., "stage", "epoch"}
+  .handclip-run      the claim marker: created exclusively, so no two trainings ever share the folder
   best.pt            best checkpoint on the validation split (rank-1, then mAP), saved when it is found
   last.pt            checkpoint after the latest epoch, with the resume state (optimizers, schedules,
                      scaler, sampler epoch, RNG states, history) in its ``extra``
@@ -14,7 +15,8 @@ Run folder (every file written atomically, only by rank 0):
 Failure policy: everything that can be checked before training (config, manifest, image scan, batch
 layout, backbone and weights) is checked before the run folder is touched, so bad input leaves no
 run folder at all (or an untouched one). A failure after that marks status.json "failed" with the
-message, and last.pt / best.pt keep the last good state.
+message and the stage that was running, and last.pt / best.pt keep the last good state (a checkpoint
+with a non-finite parameter is never written). SIGTERM stops at the next step and marks it "interrupted".
 
 Resume (``handclip train --resume RUN_DIR``) restarts from last.pt at the epoch boundary it records;
 on CPU the continued run is bit-identical to an uninterrupted one.
