@@ -530,3 +530,13 @@ def test_read_only_run_folder_and_report_folder_are_one_line(tiny_manifest, tmp_
                      "--no-forensic", "--show", "0", "--out", str(out)])
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and "read-only file system" in line and str(out) in line
+
+
+def test_output_into_a_closed_pipe_is_quiet(tiny_manifest):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "handclip", "scan", "--manifest", str(tiny_manifest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # as `| head` does once it has what it wants
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""

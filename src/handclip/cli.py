@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             prog = f"handclip {command}" if exc.prog == "handclip" and command else exc.prog
             print(f"handclip: error: {exc} (see {prog} --help)", file=sys.stderr)
             return 2
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, so a closed pipe is handled below rather than at interpreter exit
+        return code
     except HandCLIPError as exc:
         if debug:
             raise
