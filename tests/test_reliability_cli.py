@@ -540,3 +540,14 @@ def test_output_into_a_closed_pipe_is_quiet(tiny_manifest):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert err == ""
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--seed", "-5"], "--seed"),
+    (["--folds", "99999999999"], "--folds"),
+])
+def test_calibrate_bounds_its_options(tmp_path, capsys, extra, needle):
+    code = cli.main(["calibrate", "--checkpoint", str(tmp_path / "none.pt"), "--manifest", str(tmp_path / "m.csv"),
+                     *extra])
+    assert code == 2 and needle in _one_line(capsys.readouterr().err)
