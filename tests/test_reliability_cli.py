@@ -417,6 +417,7 @@ def _rec(split, pid, path):
 @pytest.mark.parametrize("extra, needle", [
     (["--batch-size", "0"], "--batch-size"),
     (["--image-size", "0", "0"], "--image-size"),
+    (["--calibration-folds", "1"], "--calibration-folds"),
 ])
 def test_evaluate_bad_options_are_one_line(tiny_manifest, tmp_path, capsys, extra, needle):
     out = tmp_path / "eval"
@@ -551,3 +552,9 @@ def test_calibrate_bounds_its_options(tmp_path, capsys, extra, needle):
     code = cli.main(["calibrate", "--checkpoint", str(tmp_path / "none.pt"), "--manifest", str(tmp_path / "m.csv"),
                      *extra])
     assert code == 2 and needle in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("extra", [["--workers", "-5"], ["--workers", "100000"], ["--min-size", "0"]])
+def test_scan_bounds_its_options(tiny_manifest, capsys, extra):
+    assert cli.main(["scan", "--manifest", str(tiny_manifest), *extra]) == 2
+    assert extra[0] in _one_line(capsys.readouterr().err)

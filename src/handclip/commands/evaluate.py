@@ -129,6 +129,8 @@ def run(args) -> int:
     if args.show < 0 or args.top_k < 1:
         raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
     eval_cfg = _eval_config(args)
+    if not 2 <= args.calibration_folds <= 1000:
+        raise DataError(f"--calibration-folds must be from 2 to 1000 (got {args.calibration_folds})")
     if args.image_size is not None:
         from ..config import MAX_IMAGE_SIDE
 
@@ -166,8 +168,7 @@ def run(args) -> int:
     if not args.no_forensic:
         from ..evaluate.forensic import forensic_evaluation
 
-        if args.calibration_folds < 2:
-            raise DataError(f"--calibration-folds must be at least 2 (got {args.calibration_folds})")
+
         forensic = forensic_evaluation(result, method=args.calibration_method, folds=args.calibration_folds,
                                        progress=True, calibration=calibration)
     write_evaluation_outputs(result, out, title, label, args.manifest, _training_history(args.checkpoint),

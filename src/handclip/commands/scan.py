@@ -19,8 +19,10 @@ def run(args) -> int:
     from ..data.manifest import Manifest
     from ..errors import DataError
 
-    if args.min_size < 1:
-        raise DataError(f"--min-size must be >= 1 (got {args.min_size})")
+    if not 1 <= args.min_size <= 100_000:
+        raise DataError(f"--min-size must be from 1 to 100000 (got {args.min_size})")
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise DataError(f"--workers must be from 1 to 256 (got {args.workers})")
     manifest = Manifest.read(args.manifest)
     manifest.check_identity_overlap(args.allow_id_overlap, f"manifest {args.manifest}", "pass --allow-id-overlap")
     paths = manifest.paths()
