@@ -30,8 +30,23 @@ COMMANDS = {
 }
 
 
+class UsageError(HandCLIPError):
+    """A command line argparse refused; ``prog`` is the (sub)command whose parser refused it."""
+
+    def __init__(self, message: str, prog: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where the help is, not the whole usage."""
+
+    def error(self, message: str):
+        raise UsageError(message, self.prog)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="handclip", description="Hand-based person identification with CLIP-ReID.")
+    parser = _Parser(prog="handclip", description="Hand-based person identification with CLIP-ReID.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -49,20 +64,36 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("HANDCLIP_DEBUG") == "1"
     try:
-        args = build_parser().parse_args(argv)
-        return int(args._run(args) or 0)
+        try:
+            args = build_parser().parse_args(argv)
+        except UsageError as exc:
+            # Unknown options are reported by the top-level parser; point at the command's own help.
+            command = next((a for a in argv if a in COMMANDS), None)
+            prog = f"handclip {command}" if exc.prog == "handclip" and command else exc.prog
+            print(f"handclip: error: {exc} (see {prog} --help)", file=sys.stderr)
+            return 2
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, so a closed pipe is handled below rather than at interpreter exit
+        return code
     except HandCLIPError as exc:
         if debug:
             raise
         print(f"handclip: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("handclip: interrupted", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except KeyboardInterrupt as exc:
+        # SIGTERM during training arrives as a KeyboardInterrupt subclass carrying exit code 143.
+        print(f"handclip: {exc or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
+    except BrokenPipeError:
+        # The reader went away (``handclip ... | head``): stop quietly, as command-line tools do.
+        _silence_stdout()
+        return 141
+    except OSError as exc:
+        # A file the user named cannot be read or written (missing, read-only, full disk, ...).
         if debug:
             raise
-        print(f"handclip: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"handclip: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if debug:
@@ -70,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handclip: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ Defaults are what CLIP-ReID's official code computes on its ViT-B/16 recipe (doc
 each place where HandCLIP can compute something else is a named switch (the README's "Differences from
 CLIP-ReID" lists them).
 
+A relative input path in a config file (``data.root``, ``data.manifest``, ``data.cache_dir``, a
+``model.weights`` file) is relative to the file's own folder, as paths in a manifest are relative to
+the manifest's folder; paths given with ``--set`` and ``output_dir`` are relative to the current folder.
+
 A file may start from another: ``_BASE_: clipreid_vitb16.yaml`` (a path relative to the file, or a
 list of them, later bases winning) loads the base first and lays the file's own keys over it, section
 by section, so each dataset config states only what differs from the recipe it builds on.
@@ -14,11 +18,13 @@ by section, so each dataset config states only what differs from the recipe it b
 
 from __future__ import annotations
 
+import os
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -29,20 +35,34 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIPREID_VIT_MEAN = (0.5, 0.5, 0.5)
 CLIPREID_VIT_STD = (0.5, 0.5, 0.5)
 Interpolation = Literal["bilinear", "bicubic"]
+# Bounds on counts and sizes: beyond them a run would hang or exhaust memory instead of failing clearly.
+MAX_SEED = 2**32 - 1          # what NumPy's legacy seeding accepts; torch and Python take it too
+MAX_IMAGE_SIDE = 4096
+MAX_RUNS = 1000
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_LR = 10.0
+MAX_IDS = 1_000_000
+# A config holds at most this many values once YAML aliases are expanded (a few hundred in practice);
+# an "alias bomb" of a kilobyte expands to billions.
+MAX_CONFIG_NODES = 100_000
+# Any value echoed in an error message is cut to this many characters.
+MAX_ECHO = 120
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an inf or nan anywhere in a config is refused (an inf lr trains to NaN weights).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Section):
     """Procedural hands made on the fly (docs/method.md, "Synthetic hands")."""
 
-    train_ids: int = Field(100, ge=2)
-    test_ids: int = Field(50, ge=2)
-    images_per_id: int = Field(8, ge=3)
-    image_size: int = Field(64, ge=16)
-    seed: int = 0
+    train_ids: int = Field(100, ge=2, le=100_000)
+    test_ids: int = Field(50, ge=2, le=100_000)
+    images_per_id: int = Field(8, ge=3, le=1000)
+    image_size: int = Field(64, ge=16, le=1024)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class AugmentConfig(_Section):
@@ -67,8 +87,8 @@ class DataConfig(_Section):
     root: Optional[str] = None
     aspect: Optional[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"]] = None
     manifest: Optional[str] = Field(None, description="use this manifest instead of preparing one")
-    runs: int = Field(10, ge=1)
-    split_seed: int = 0
+    runs: int = Field(10, ge=1, le=MAX_RUNS)
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     gallery_all: bool = False
     synthetic: SyntheticConfig = SyntheticConfig()
     image_size: tuple[int, int] = Field((224, 224), description="model input (height, width)")
@@ -84,6 +104,16 @@ class DataConfig(_Section):
                                  "(bicubic) to long side N, cached, then resize (earlier HandCLIP)")
     num_workers: int | Literal["auto"] = "auto"
     skip_bad: bool = False
+    allow_id_overlap: bool = Field(
+        False, description="allow query/gallery identities that are also training identities (normally refused: "
+                           "the scores would measure memory, not identification)")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value):
+        if value != "auto" and not 0 <= value <= 256:
+            raise ValueError("must be 'auto' or a whole number from 0 to 256")
+        return value
 
     @model_validator(mode="after")
     def _check(self):
@@ -93,6 +123,10 @@ class DataConfig(_Section):
             raise ValueError("data.aspect is required for dataset '11k' (dorsal_r, dorsal_l, palmar_r or palmar_l)")
         if min(self.image_size) < 16:
             raise ValueError(f"data.image_size {self.image_size} is too small (minimum 16)")
+        if max(self.image_size) > MAX_IMAGE_SIDE:
+            raise ValueError(f"data.image_size {self.image_size} is too large (maximum {MAX_IMAGE_SIDE} per side)")
+        if min(self.pixel_std) <= 0:
+            raise ValueError(f"data.pixel_std {self.pixel_std} must be above 0 in every channel")
         return self
 
 
@@ -131,12 +165,12 @@ class ModelConfig(_Section):
 
 class Stage1Config(_Section):
     enabled: bool = True
-    epochs: int = Field(120, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(3.5e-4, gt=0)
+    epochs: int = Field(120, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
+    lr: float = Field(3.5e-4, gt=0, le=MAX_LR)
     weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: int = Field(5, ge=0)
-    warmup_lr_init: float = Field(1e-5, gt=0)
+    warmup_epochs: int = Field(5, ge=0, le=MAX_EPOCHS)
+    warmup_lr_init: float = Field(1e-5, gt=0, le=MAX_LR)
     lr_min: float = Field(1e-6, ge=0)
     prompt_l2: float = Field(0.0, ge=0, description="L2 penalty on the prompt vectors")
     schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")
@@ -151,14 +185,14 @@ class Stage1Config(_Section):
 
 class Stage2Config(_Section):
     enabled: bool = True
-    epochs: int = Field(60, ge=1)
-    ids_per_batch: int = Field(16, ge=2)
-    images_per_id: int = Field(4, ge=2)
-    lr: float = Field(5e-6, gt=0)
+    epochs: int = Field(60, ge=1, le=MAX_EPOCHS)
+    ids_per_batch: int = Field(16, ge=2, le=MAX_BATCH)
+    images_per_id: int = Field(4, ge=2, le=MAX_BATCH)
+    lr: float = Field(5e-6, gt=0, le=MAX_LR)
     bias_lr_factor: float = Field(2.0, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     weight_decay_bias: float = Field(1e-4, ge=0)
-    warmup_epochs: int = Field(10, ge=0)
+    warmup_epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
     warmup_factor: float = Field(0.1, gt=0, le=1)
     milestones: list[int] = [30, 50]
     gamma: float = Field(0.1, gt=0)
@@ -169,11 +203,11 @@ class Stage2Config(_Section):
     i2t_weight: float = Field(1.0, ge=0)
     supcon_weight: float = Field(0.0, ge=0)
     center_weight: float = Field(0.0, ge=0)
-    center_lr: float = Field(0.5, gt=0)
+    center_lr: float = Field(0.5, gt=0, le=MAX_LR)
     prompt_l2: float = Field(0.0, ge=0)
     freeze_prompt: bool = True
     text_features: Literal["once", "per_batch"] = "once"
-    head_lr: Optional[float] = Field(None, gt=0, description="lr of new heads (default: lr)")
+    head_lr: Optional[float] = Field(None, gt=0, le=MAX_LR, description="lr of new heads (default: lr)")
     grad_clip: Optional[float] = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
     schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")
@@ -210,13 +244,13 @@ class RuntimeConfig(_Section):
     compile: bool = False
     channels_last: Literal["auto", "on", "off"] = "auto"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
-    threads: Optional[int] = Field(None, ge=1)
+    threads: Optional[int] = Field(None, ge=1, le=1024)
     joint: bool = Field(False, description="one joint run of both stages instead of stage 1 then stage 2")
     progress: bool = True
 
 
 class EvalConfig(_Section):
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     flip: bool = False
     rerank: bool = False
     k1: int = Field(20, ge=1)
@@ -228,7 +262,7 @@ class EvalConfig(_Section):
 
 class Config(_Section):
     name: str = "handclip"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     output_dir: str = "runs"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -238,11 +272,29 @@ class Config(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The name becomes a folder under output_dir: a separator or '..' would put the run elsewhere.
+        if not value or value in (".", "..") or any(c in value for c in "/\\\x00") or len(value) > 100:
+            raise ValueError("name must be a plain folder name (no '/', '\\' or '..', at most 100 characters)")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def shorten(value: Any, limit: int = MAX_ECHO) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a huge value never floods a message."""
+    # reprlib bounds the work on big (or alias-shared) containers before the text is cut.
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    short.maxlevel = 3
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -255,23 +307,49 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         value = err.get("input")
-        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {shorten(value)})"
         problems.append(f"{key}: {msg}{shown}")
-    return f"invalid configuration in {source}: " + "; ".join(problems)
+    shown = problems[:5] + ([f"and {len(problems) - 5} more"] if len(problems) > 5 else [])
+    text = "; ".join(shown)
+    if len(text) > 4 * MAX_ECHO:
+        text = text[: 4 * MAX_ECHO - 3] + "..."
+    return f"invalid configuration in {source}: {text}"
+
+
+def check_size(value: Any, source: str, limit: int = MAX_CONFIG_NODES) -> None:
+    """Refuse a YAML value that holds more than ``limit`` values once aliases are expanded.
+
+    YAML aliases share one object, so loading is cheap, but anything that walks the value (validation,
+    messages) walks every repetition; a kilobyte of nested aliases is billions of values.
+    """
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"{source} holds more than {limit} values once YAML aliases are expanded; "
+                              f"a configuration is far smaller (refused as an alias bomb)")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"stage2.epochs=30"`` -> (["stage2", "epochs"], 30), the value parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like section.key=value")
+        raise ConfigError(f"override {shorten(text)} must look like section.key=value")
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override {shorten(text)} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': cannot parse value {raw!r}") from exc
+        raise ConfigError(f"override {shorten(text)}: cannot parse value {shorten(raw)}") from None
+    check_size(value, f"override {shorten(key)}")
     return parts, value
 
 
@@ -285,7 +363,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
+                raise ConfigError(f"override {shorten(text)}: {shorten(part)} is not a section")
             else:
                 child = dict(child)
             node[part] = child
@@ -316,6 +394,33 @@ def _merge(base: dict, child: dict) -> dict:
     return out
 
 
+# Keys that name input files or folders. One rule for every file HandCLIP reads: a relative input path
+# written in a file (config or manifest) is relative to that file's folder; one typed on the command line
+# (--set, --root, ...) is relative to the current folder. output_dir, where runs go, is relative to the
+# current folder, as every output path is.
+PATH_KEYS = (("data", "root"), ("data", "manifest"), ("data", "cache_dir"), ("model", "weights"))
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+
+
+def resolve_file_paths(raw: dict, folder: Path) -> None:
+    """Make the relative paths of one config file's own keys relative to ``folder`` (in place).
+
+    ``model.weights`` may also be an open_clip tag (``openai``); it is taken as a path only when it has
+    a folder separator or a weights-file suffix."""
+    for keys in PATH_KEYS:
+        node = raw
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        value = node.get(keys[-1])
+        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+            continue
+        if keys == ("model", "weights") and "/" not in value and not value.lower().endswith(_WEIGHT_SUFFIXES):
+            continue
+        node[keys[-1]] = str(Path(os.path.normpath(folder.absolute() / value)))
+
+
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     """The raw mapping of a YAML config file, with its ``_BASE_`` files merged underneath."""
     path = Path(path)
@@ -326,13 +431,19 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
         raise ConfigError(f"config file {path} names itself as a base through _BASE_ ({cycle})")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {shorten(str(exc), 300)}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    check_size(raw, f"config file {path}")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(raw).__name__}")
+    resolve_file_paths(raw, path.parent)
     bases = raw.pop(BASE_KEY, None)
     if bases is None:
         return raw

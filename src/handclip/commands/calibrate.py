@@ -25,8 +25,14 @@ def run(args) -> int:
     from ..evaluate.calibrate import calibrate
     from ..evaluate.calibration import describe
 
-    if args.folds < 2:
-        raise HandCLIPError(f"--folds must be at least 2 (got {args.folds})")
+    from ..config import MAX_BATCH, MAX_SEED
+
+    if not 2 <= args.folds <= 1000:
+        raise HandCLIPError(f"--folds must be from 2 to 1000 (got {args.folds})")
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise HandCLIPError(f"--batch-size must be from 1 to {MAX_BATCH} (got {args.batch_size})")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise HandCLIPError(f"--seed must be from 0 to {MAX_SEED} (got {args.seed})")
     splits = [part.strip() for part in args.splits.split(",") if part.strip()]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "calibration.json"
     calibration = calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,

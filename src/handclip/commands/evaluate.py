@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
     distractors.add_argument("--gallery-all", action="store_true",
                              help="require the manifest's distractor gallery (prepare 11k with --gallery-all)")
     distractors.add_argument("--no-distractors", action="store_true", help="drop the manifest's distractor gallery images")
+    parser.add_argument("--allow-id-overlap", action="store_true",
+                        help="accept query/gallery identities that are also training identities (normally refused)")
     parser.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
@@ -103,21 +105,51 @@ def load_encoder(args):
                              device=args.device)
 
 
+def _eval_config(args):
+    """The evaluation options as an EvalConfig; a bad value is one line naming the option."""
+    from pydantic import ValidationError
+
+    from ..config import EvalConfig, shorten
+
+    try:
+        return EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
+        raise DataError(f"{option}: {err['msg']} (got {shorten(err.get('input'))})") from None
+
+
 def run(args) -> int:
-    from ..config import EvalConfig
     from ..data.manifest import Manifest
     from ..evaluate.metrics import METRIC_KEYS
     from ..evaluate.protocol import evaluate_manifest
     from ..evaluate.references import subset_key, subset_title
-    from ..evaluate.report import write_evaluation_outputs
+    from ..evaluate.report import check_output_folder, write_evaluation_outputs
 
     if args.show < 0 or args.top_k < 1:
         raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
+    eval_cfg = _eval_config(args)
+    if not 2 <= args.calibration_folds <= 1000:
+        raise DataError(f"--calibration-folds must be from 2 to 1000 (got {args.calibration_folds})")
+    if args.image_size is not None:
+        from ..config import MAX_IMAGE_SIDE
+
+        if not all(16 <= side <= MAX_IMAGE_SIDE for side in args.image_size):
+            raise DataError(f"--image-size {args.image_size[0]} {args.image_size[1]}: each side must be from 16 "
+                            f"to {MAX_IMAGE_SIDE} pixels")
     manifest = Manifest.read(args.manifest)
+    manifest.check_identity_overlap(args.allow_id_overlap, f"manifest {args.manifest}", "pass --allow-id-overlap")
     runs = _parse_runs(args.runs)
     has_distractors = any(r.is_distractor for r in manifest.records)
     if args.gallery_all and not has_distractors:
         raise DataError(f"{args.manifest} has no distractor gallery; prepare it with --gallery-all")
+    if args.out:
+        out = Path(args.out)
+    elif args.checkpoint:
+        out = Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
+    else:
+        out = Path(f"eval-zeroshot-{Path(args.manifest).stem}")
+    check_output_folder(out)  # before minutes of encoding, not after
     encoder = load_encoder(args)
     label = encoder.label
     calibration = None
@@ -128,23 +160,15 @@ def run(args) -> int:
             raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")
         calibration = ScoreCalibration.load(args.calibration)
         calibration.check_model(encoder.fingerprint())
-    eval_cfg = EvalConfig(batch_size=args.batch_size, flip=args.flip, rerank=args.rerank, metric=args.metric)
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=not args.no_distractors,
                                progress=True, keep_distances=True)
     subsets = sorted({subset_key(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
     title = "Evaluation on " + ", ".join(subset_title(s) for s in subsets)
-    if args.out:
-        out = Path(args.out)
-    elif args.checkpoint:
-        out = Path(args.checkpoint).parent / f"eval-{Path(args.manifest).stem}"
-    else:
-        out = Path(f"eval-zeroshot-{Path(args.manifest).stem}")
     forensic = None
     if not args.no_forensic:
         from ..evaluate.forensic import forensic_evaluation
 
-        if args.calibration_folds < 2:
-            raise DataError(f"--calibration-folds must be at least 2 (got {args.calibration_folds})")
+
         forensic = forensic_evaluation(result, method=args.calibration_method, folds=args.calibration_folds,
                                        progress=True, calibration=calibration)
     write_evaluation_outputs(result, out, title, label, args.manifest, _training_history(args.checkpoint),

@@ -82,7 +82,7 @@ def build_manifest(args):
     values = {"train_ids": args.train_ids, "test_ids": args.test_ids, "images_per_id": args.images_per_id,
               "image_size": args.size}
     names = {"train_ids": "--train-ids", "test_ids": "--test-ids", "images_per_id": "--images-per-id",
-             "image_size": "--size"}
+             "image_size": "--size", "seed": "--seed"}
     given = {k: _int_arg(v, names[k]) for k, v in values.items() if v is not None}
     try:
         cfg = SyntheticConfig(seed=args.seed, **given)

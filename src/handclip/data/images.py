@@ -11,7 +11,9 @@ so one corrupt file among 11,000 is reported before training starts rather than 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,8 +74,39 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _decode(path: str, draft_size: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Fully decode ``path``; return (RGB image, original (width, height)). Raises _Unusable."""
+class _PixelBudget:
+    """At most ``limit`` pixels being decoded at once across the scan's threads (an image above the limit
+    alone), so scanning many huge photos in parallel cannot exhaust memory."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        pixels = min(max(pixels, 1), self.limit)
+        with self.cond:
+            self.cond.wait_for(lambda: self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= pixels
+                self.cond.notify_all()
+
+
+# ~200 MB of RGB pixels in flight, whatever the number of scan threads.
+_SCAN_BUDGET = _PixelBudget(64_000_000)
+
+
+def _decode(path: str, draft_size: Optional[int] = None,
+            verify_only: bool = False) -> tuple[Image.Image | None, tuple[int, int]]:
+    """Fully decode ``path``; return (RGB image, original (width, height)). Raises _Unusable.
+
+    ``verify_only`` (the scan): decode every pixel but return no image, within the scan's pixel budget:
+    the size comes from the header before any pixel is decoded."""
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
@@ -94,10 +127,12 @@ def _decode(path: str, draft_size: Optional[int] = None) -> tuple[Image.Image, t
                     # DCT scaling skips most of the inverse transform but still entropy-decodes every
                     # block, so truncated or corrupt data is still detected; it is several times faster.
                     image.draft("RGB", (draft_size, draft_size))
-                image.load()
-                # exif_transpose returns a detached copy, so the file can be closed afterwards.
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image), original_size
+                budget = _SCAN_BUDGET.hold(image.size[0] * image.size[1]) if verify_only else contextlib.nullcontext()
+                with budget:
+                    image.load()
+                    # exif_transpose returns a detached copy, so the file can be closed afterwards.
+                    image = _to_rgb(ImageOps.exif_transpose(image))
+                return (None if verify_only else image), original_size
     except UnidentifiedImageError:
         raise _Unusable("not a readable image (unknown or invalid format)") from None
     except Image.DecompressionBombError:
@@ -123,7 +158,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 def _check_one(path: str, min_size: int) -> Optional[ImageProblem]:
     try:
-        _, (width, height) = _decode(path, draft_size=max(min_size, 1))
+        _, (width, height) = _decode(path, draft_size=max(min_size, 1), verify_only=True)
     except _Unusable as exc:
         return ImageProblem(path, str(exc))
     if min(width, height) < min_size:

@@ -22,6 +22,10 @@ Only ``split``, ``path`` and ``pid`` are required in a hand-written file; the ot
 to empty / 0 (``run`` defaults to 0 for query/gallery rows). Unknown columns are refused, so a typo
 in a header can never be silently ignored.
 
+Text cells (``path``, ``dataset``, ``subset``, ``original_id``) that start with ``= + - @``, a tab,
+a carriage return or an apostrophe are written with one leading apostrophe, so a spreadsheet opening
+the file never runs them as formulas; reading removes it again.
+
 Records are kept in one canonical order, so the same content always gives the same bytes (and the
 same ``sha256``), whatever order the records were produced in.
 """
@@ -65,9 +69,23 @@ class ManifestRecord:
                 -1 if self.camid is None else self.camid)
 
     def as_row(self) -> list[str]:
-        return [self.split, "" if self.run is None else str(self.run), self.path, str(self.pid),
-                "" if self.camid is None else str(self.camid), self.dataset, self.subset, self.original_id,
-                "1" if self.is_distractor else "0"]
+        return [self.split, "" if self.run is None else str(self.run), protect_cell(self.path), str(self.pid),
+                "" if self.camid is None else str(self.camid), protect_cell(self.dataset),
+                protect_cell(self.subset), protect_cell(self.original_id), "1" if self.is_distractor else "0"]
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection); such a text cell
+# is written with a leading apostrophe, which spreadsheets show as plain text, and read back without it.
+# A text that itself starts with an apostrophe gets one more, so the round trip is exact.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def protect_cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def unprotect_cell(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
 
 
 def _check_record(rec: ManifestRecord) -> Optional[str]:
@@ -165,6 +183,24 @@ class Manifest:
     def train_label_map(self) -> dict[int, int]:
         """Training pid -> contiguous class index 0..N-1 (pids sorted ascending)."""
         return {pid: index for index, pid in enumerate(sorted({r.pid for r in self.records if r.split == "train"}))}
+
+    def identity_overlap(self) -> list[int]:
+        """Pids that are both training (train/val) and test (query/gallery) identities, ascending."""
+        trainval = {r.pid for r in self.records if r.split in ("train", "val")}
+        return sorted({r.pid for r in self.records if r.split in ("query", "gallery") and r.pid in trainval})
+
+    def check_identity_overlap(self, allow: bool, source: str, flag: str) -> None:
+        """Refuse test identities that are also training identities unless ``allow``: their scores would
+        measure memorisation, not identification of unseen people (docs/method.md, "Protocols")."""
+        shared = self.identity_overlap()
+        if not shared or allow:
+            return
+        names = {r.pid: r.original_id for r in self.records if r.pid in set(shared[:5])}
+        shown = ", ".join(f"{pid}" + (f" ({names[pid]})" if names.get(pid) else "") for pid in shared[:5])
+        more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+        raise DataError(f"{source}: {len(shared)} query/gallery identit{'y is' if len(shared) == 1 else 'ies are'} "
+                        f"also training identities (pid {shown}{more}); use disjoint identities, or {flag} "
+                        f"if the overlap is intended")
 
     def paths(self) -> list[str]:
         return sorted({r.path for r in self.records})
@@ -347,7 +383,7 @@ def _parse_csv(text: str, source: str, base_dir: Path) -> list[ManifestRecord]:
             run = _parse_int(run_text, "run", allow_empty=True)
             if run is None and split in ("query", "gallery") and "run" not in index:
                 run = 0
-            raw_path = get("path")
+            raw_path = unprotect_cell(get("path"))
             if raw_path.strip() == "":
                 raise ValueError("path is empty")
             if "\x00" in raw_path:
@@ -359,8 +395,9 @@ def _parse_csv(text: str, source: str, base_dir: Path) -> list[ManifestRecord]:
             if flag not in ("", "0", "1"):
                 raise ValueError(f"is_distractor {flag!r} must be 0 or 1")
             rec = ManifestRecord(split=split, run=run, path=path, pid=pid, camid=camid,
-                                 dataset=get("dataset").strip(), subset=get("subset").strip(),
-                                 original_id=get("original_id").strip(), is_distractor=flag == "1")
+                                 dataset=unprotect_cell(get("dataset").strip()),
+                                 subset=unprotect_cell(get("subset").strip()),
+                                 original_id=unprotect_cell(get("original_id").strip()), is_distractor=flag == "1")
         except ValueError as exc:
             raise DataError(f"manifest {source}, line {line}: {exc}") from None
         problem = _check_record(rec)

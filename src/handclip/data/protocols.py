@@ -43,12 +43,15 @@ from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 
+from ..config import MAX_RUNS, MAX_SEED, shorten
 from ..errors import DataError
 from .images import identity_folders, is_image_name
 from .manifest import Manifest, ManifestRecord, iter_csv_rows, read_csv_text
 from .synthetic import write_synthetic_dataset
 
 SmallIds = Literal["error", "keep"]
+# A synthetic set beyond this would take hours to render and gigabytes of disk.
+MAX_SYNTHETIC_IMAGES = 200_000
 
 
 class DataWarning(UserWarning):
@@ -78,10 +81,10 @@ def _rng(seed: int, *salt: int) -> np.random.Generator:
 
 
 def _check_common(runs: int, seed: int, small_ids: str) -> None:
-    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
-        raise DataError(f"runs must be a whole number >= 1 (got {runs!r})")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed must be a whole number >= 0 (got {seed!r})")
+    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or not 1 <= runs <= MAX_RUNS:
+        raise DataError(f"runs must be a whole number from 1 to {MAX_RUNS} (got {shorten(runs)})")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise DataError(f"seed must be a whole number from 0 to {MAX_SEED} (got {shorten(seed)})")
     if small_ids not in ("error", "keep"):
         raise DataError(f"small_ids must be 'error' or 'keep' (got {small_ids!r})")
 
@@ -433,6 +436,9 @@ def prepare_synthetic(out_dir, synthetic_cfg, runs: int = 10, seed: int = 0) -> 
     per_id = synthetic_cfg.images_per_id
     if per_id < 2:
         raise DataError(f"synthetic images_per_id must be >= 2 for a val/query split (got {per_id})")
+    if num_ids * per_id > MAX_SYNTHETIC_IMAGES:
+        raise DataError(f"synthetic dataset of {num_ids} identities x {per_id} images is more than "
+                        f"{MAX_SYNTHETIC_IMAGES} images; ask for fewer identities or images per identity")
     write_synthetic_dataset(out, num_ids, per_id, size=synthetic_cfg.image_size, seed=synthetic_cfg.seed)
     idents = [Identity(i, f"{i:04d}", [str(out / f"{i:04d}" / f"{n:03d}.png") for n in range(per_id)])
               for i in range(num_ids)]

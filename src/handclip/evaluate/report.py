@@ -10,12 +10,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text, write_error
 from ..errors import DataError, HandCLIPError
 from ..htmlpage import data_uri, escape, html_page
 from .metrics import METRIC_KEYS
@@ -199,6 +200,49 @@ def describe_options(options: dict) -> str:
     return "; ".join(parts)
 
 
+STAGING_SUFFIX = ".staging"
+STAGING_OWNER = ".owner"
+# A staging folder without a readable owner this old is an abandoned one (seconds to minutes in normal use).
+_STALE_SECONDS = 24 * 3600
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Refuse an output folder that is a file, or lies under one, before any work is done."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise DataError(f"output folder {out_dir}: {path} is a file, not a folder")
+            return
+
+
+def _owner_alive(stage: Path) -> bool:
+    try:
+        pid = int((stage / STAGING_OWNER).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        try:
+            return time.time() - stage.stat().st_mtime < _STALE_SECONDS
+        except OSError:
+            return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Remove staging folders of this report that a killed evaluation left (their owner process is gone)."""
+    prefix = f".{out_dir.name}."
+    for entry in out_dir.parent.iterdir():
+        if (entry.name.startswith(prefix) and entry.name.endswith(STAGING_SUFFIX) and entry.is_dir()
+                and not entry.is_symlink() and not _owner_alive(entry)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str, manifest_path=None,
                              history: list | None = None, queries_shown: int = 8, top_k: int = 10,
                              forensic=None) -> Path:
@@ -211,9 +255,15 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
     succeeded, so a failed evaluation leaves no partial report.
     """
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]  # to remove on failure
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out_dir)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=STAGING_SUFFIX, dir=out_dir.parent))
+        (stage / STAGING_OWNER).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    except OSError as exc:
+        raise write_error(exc, out_dir) from None
     done = False
     try:
         summary = {"title": title, "model": label, "manifest": str(manifest_path) if manifest_path else None,
@@ -278,6 +328,7 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
                            subtitle=f"Model: {label}{manifest_text}; {describe_options(result.options)}; "
                                     f"{result.num_images_encoded} images encoded once, {result.feature_dim}-d features")
         out_dir.mkdir(parents=True, exist_ok=True)
+        (stage / STAGING_OWNER).unlink()
         written = {item.name for item in stage.iterdir()}
         for name in REPORT_FILES:  # a picture from an earlier report in this folder must not look current
             if name not in written:

@@ -6,7 +6,8 @@ Run folder (every file written atomically, only by rank 0):
   used_images.txt    the train + val images actually used (skipped_images.txt: those left out by --skip-bad)
   train.log          human-readable log (rewritten whole at every epoch)
   metrics.jsonl      one JSON object per epoch: stage, epoch, each loss term, lr, val metrics, time
-  status.json        {"status": "running" | "completed" | "failed", "error": ..., "stage", "epoch"}
+  status.json        {"status": "running" | "completed" | "failed" | "interrupted", "error": ..., "stage", "epoch"}
+  .handclip-run      the claim marker: created exclusively, so no two trainings ever share the folder
   best.pt            best checkpoint on the validation split (rank-1, then mAP), saved when it is found
   last.pt            checkpoint after the latest epoch, with the resume state (optimizers, schedules,
                      scaler, sampler epoch, RNG states, history) in its ``extra``
@@ -14,7 +15,8 @@ Run folder (every file written atomically, only by rank 0):
 Failure policy: everything that can be checked before training (config, manifest, image scan, batch
 layout, backbone and weights) is checked before the run folder is touched, so bad input leaves no
 run folder at all (or an untouched one). A failure after that marks status.json "failed" with the
-message, and last.pt / best.pt keep the last good state.
+message and the stage that was running, and last.pt / best.pt keep the last good state (a checkpoint
+with a non-finite parameter is never written). SIGTERM stops at the next step and marks it "interrupted".
 
 Resume (``handclip train --resume RUN_DIR``) restarts from last.pt at the epoch boundary it records;
 on CPU the continued run is bit-identical to an uninterrupted one.
@@ -22,6 +24,7 @@ on CPU the continued run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -33,7 +36,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_text
 from ..config import Config, config_from_dict, load_config
 from ..data.images import scan_images
 from ..data.loaders import build_train_loader
@@ -52,6 +55,14 @@ from ..runtime import (
     set_rng_state,
 )
 from . import distributed as ddp
+from .run_folder import (
+    RunFolder,
+    TerminationWatch,
+    Terminated,
+    claim_run_folder,
+    remove_stale_temporaries,
+    verify_resume_manifest,
+)
 from .stage1 import run_stage1
 from .stage2 import run_stage2
 
@@ -65,34 +76,6 @@ class RunResult:
     last_checkpoint: Path | None
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
-
-
-class RunFolder:
-    """The files of one run; a no-op writer on ranks other than 0."""
-
-    def __init__(self, path: Path, active: bool = True):
-        self.path = Path(path)
-        self.active = active
-        self.lines: list[str] = []
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def log(self, message: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        self.lines.append(f"{stamp} {message}")
-
-    def flush_log(self) -> None:
-        if self.active:
-            atomic_write_text(self.file("train.log"), "\n".join(self.lines) + "\n")
-
-    def write_metrics(self, history: list[dict]) -> None:
-        if self.active:
-            atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
-
-    def write_status(self, status: str, **fields) -> None:
-        if self.active:
-            atomic_write_json(self.file("status.json"), {"status": status, **fields})
 
 
 def _as_config(config) -> Config:
@@ -118,6 +101,10 @@ def check_training_data(manifest, stage2_cfg, check_batches: bool) -> tuple[list
         raise DataError(
             f"training identity {thin[0]} has {counts[thin[0]]} training image(s); every training identity needs "
             f"at least 2 for P x K batches ({len(thin)} identit{'y' if len(thin) == 1 else 'ies'} affected)")
+    strays = sorted({r.pid for r in manifest.split("val")} - set(counts))
+    if strays:
+        raise DataError(f"val image(s) of identity {strays[0]} have no training images ({len(strays)} such "
+                        f"identit{'y' if len(strays) == 1 else 'ies'}); val holds one image of each training identity")
     if check_batches and stage2_cfg.ids_per_batch > len(counts):
         raise ConfigError(f"stage2.ids_per_batch is {stage2_cfg.ids_per_batch} but the training split has only "
                           f"{len(counts)} identities")
@@ -141,6 +128,8 @@ class TrainContext:
         self.progress = progress and dist_info.is_main
         self._pending: list[tuple[str, int, int, dict]] = []
         self._ddp_ignored: list[str] = []
+        self.current_stage: str | None = state.get("stage")
+        self.termination = TerminationWatch()
 
     # ----- small services -------------------------------------------------------------------------
     @property
@@ -159,7 +148,9 @@ class TrainContext:
             tqdm.write(message)
 
     def check_finite(self, terms: dict, stage: str, epoch: int, step: int) -> None:
-        """Stop on a NaN/inf loss term. On CPU every step; on GPU every 20 steps, to avoid a host sync per step."""
+        """Stop on a NaN/inf loss term. On CPU every step; on GPU every 20 steps, to avoid a host sync per step.
+        Also where a SIGTERM stops the run: between steps, never in the middle of a checkpoint."""
+        self.termination.check()
         self._pending.append((stage, epoch, step, {k: v.detach() for k, v in terms.items()}))
         if self.device.type != "cuda" or len(self._pending) >= 20:
             self.flush_finite_checks()
@@ -176,7 +167,7 @@ class TrainContext:
                 if not bool(torch.isfinite(value).all()):
                     raise TrainingError(
                         f"{stage}: loss term '{name}' became {float(value.float().sum())} at epoch {epoch + 1}, "
-                        f"step {step + 1}; stopped, last good checkpoint kept (lower the lr or set stage2.grad_clip)")
+                        f"step {step + 1}; stopped, last good checkpoint kept ({stability_hint(stage)})")
 
     def wrap_for_training(self, model):
         if not self.dist.enabled:
@@ -205,15 +196,27 @@ class TrainContext:
         return ddp.broadcast_object(metrics, self.dist)
 
     # ----- checkpoints ----------------------------------------------------------------------------
-    def save(self, name: str, extra: dict) -> Path:
+    def save(self, name: str, extra: dict, epoch: int | None = None) -> Path:
+        """Write a checkpoint; refuse (TrainingError) when a parameter is not finite, keeping the last good one."""
         path = self.run.file(name)
+        self.check_parameters(name, epoch)
         if self.is_main:
             save_checkpoint(path, self.model, self.config, extra)
         return path
 
+    def check_parameters(self, name: str, epoch: int | None) -> None:
+        bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            stage = self.current_stage or "training"
+            when = f" after epoch {epoch}" if epoch is not None else ""
+            raise TrainingError(f"{stage}: parameter '{bad}' became non-finite{when}; stopped without saving "
+                                f"{name}, last good checkpoint kept ({stability_hint(stage)})")
+
     def end_epoch(self, stage: str, epoch: int, record: dict, resume_state: dict, validate: bool = False) -> None:
         """Validate, keep the best checkpoint on disk, save last.pt with the resume state, write the logs."""
         state = self.state
+        # Before any bookkeeping, so status.json and the history still describe the last good epoch.
+        self.check_parameters("last.pt", epoch)
         if validate:
             metrics = self.validate()
             record.update({f"val_{k}": v for k, v in metrics.items()})
@@ -223,7 +226,7 @@ class TrainContext:
                 state["best"] = {"stage": stage, "epoch": epoch, "rank1": score[0], "mAP": score[1]}
                 # Saved now, to disk: a "best" model kept by reference would really be the last epoch
                 # (docs/method.md, "Pitfalls").
-                self.save("best.pt", {"stage": stage, "epoch": epoch, "val": metrics})
+                self.save("best.pt", {"stage": stage, "epoch": epoch, "val": metrics}, epoch)
                 record["best"] = True
         total = self.config.stage1.epochs if stage == "stage1" else self.config.stage2.epochs
         state["stage"] = stage
@@ -231,7 +234,7 @@ class TrainContext:
         if epoch >= total and stage not in state["completed"]:
             state["completed"].append(stage)
         state["history"].append(record)
-        self.save("last.pt", {"run_state": state, "resume": resume_state, "rng": rng_state()})
+        self.save("last.pt", {"run_state": state, "resume": resume_state, "rng": rng_state()}, epoch)
         parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                  if k not in ("stage", "epoch")]
         self.log(f"{stage} epoch {epoch}/{total}: " + " ".join(parts))
@@ -239,6 +242,15 @@ class TrainContext:
             self.run.write_metrics(state["history"])
             self.run.flush_log()
             self.run.write_status("running", stage=stage, epoch=epoch)
+
+
+def stability_hint(stage: str) -> str:
+    """What to change when ``stage`` diverged (stage 1 has no gradient clipping)."""
+    if stage == "stage1":
+        return "lower stage1.lr"
+    if stage == "joint":
+        return "lower stage1.lr and stage2.lr, or set stage2.grad_clip"
+    return "lower stage2.lr or set stage2.grad_clip"
 
 
 def _dataset_workdir(config: Config) -> Path:
@@ -276,10 +288,12 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
             raise ConfigError(f"--resume {run_path}: not a HandCLIP run folder (no config.yaml)")
         if not (run_path / "last.pt").is_file():
             raise ConfigError(f"--resume {run_path}: no last.pt to resume from (the run failed before its first epoch)")
+        verify_resume_manifest(run_path)
         config = load_config(run_path / "config.yaml")
     else:
         config = _as_config(config)
         run_path = Path(run_dir) if run_dir is not None else _default_run_dir(config)
+    unique_name = resume is None and run_dir is None
     stages = tuple(stages)
     for stage in stages:
         if stage not in STAGES:
@@ -294,7 +308,7 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
     try:
         # Every rank uses rank 0's folder name (a default name holds the time, which may differ by a second).
         run_path = Path(ddp.broadcast_object(str(run_path), dist_info))
-        if resume is None and (run_path / "config.yaml").exists():
+        if resume is None and not unique_name and (run_path / "config.yaml").exists():
             raise ConfigError(f"run folder {run_path} already holds a run; use --resume {run_path} or another --out")
         device_obj = ddp.device_for(dist_info, resolve_device(device or config.runtime.device))
         if config.runtime.threads:
@@ -310,6 +324,8 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
         usable, skipped = _scan(manifest.split("train") + manifest.split("val"), config, skipped_lines)
         if skipped:
             manifest = manifest.without_paths(skipped)
+        manifest.check_identity_overlap(config.data.allow_id_overlap, "the training manifest",
+                                        "set data.allow_id_overlap=true (train --allow-id-overlap)")
         train_records, label_map = check_training_data(manifest, config.stage2,
                                                         check_batches=("stage2" in stages or joint))
         if not manifest.split("val"):
@@ -322,8 +338,13 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
 
         # ---- the run folder (all ranks have passed the checks above before rank 0 writes) ----
         ddp.barrier(dist_info)
+        if resume is None and dist_info.is_main:
+            run_path = claim_run_folder(run_path, unique=unique_name)
+        run_path = Path(ddp.broadcast_object(str(run_path), dist_info))
         run = RunFolder(run_path, active=dist_info.is_main)
         if resume is not None:
+            if dist_info.is_main:
+                remove_stale_temporaries(run_path)
             state = resume_extra["run_state"]
             log_file = run.file("train.log")
             if log_file.is_file():
@@ -333,7 +354,6 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
             state = {"stage": None, "epoch": 0, "completed": [], "history": [], "best": None,
                      "stages": list(stages)}
             if dist_info.is_main:
-                run_path.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(run.file("config.yaml"), config.to_yaml())
                 manifest.write(run.file("manifest.csv"))
                 atomic_write_text(run.file("manifest.sha256"), manifest.sha256() + "  manifest.csv\n")
@@ -348,13 +368,24 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
         ctx = TrainContext(config, manifest, train_records, label_map, model, device_obj, run, dist_info, state,
                            progress)
         try:
-            _run_stages(ctx, state["stages"] if resume is not None else list(stages), resume_extra)
+            with ctx.termination.installed():
+                _run_stages(ctx, state["stages"] if resume is not None else list(stages), resume_extra)
         except BaseException as exc:
             if dist_info.is_main:
-                reason = str(exc) if isinstance(exc, HandCLIPError) else f"{type(exc).__name__}: {exc}"
-                run.log(f"FAILED: {reason}")
-                run.flush_log()
-                run.write_status("failed", error=reason, stage=state.get("stage"), epoch=state.get("epoch"))
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                if interrupted:
+                    reason = str(exc) if isinstance(exc, Terminated) else "interrupted"
+                    reason += f"; resume with: handclip train --resume {run_path}"
+                elif isinstance(exc, HandCLIPError):
+                    reason = str(exc)
+                else:
+                    reason = f"{type(exc).__name__}: {exc}"
+                run.log(("INTERRUPTED: " if interrupted else "FAILED: ") + reason)
+                # stage: the one that was running (not the last one that saved an epoch); epoch: last saved.
+                fields = dict(error=reason, stage=ctx.current_stage or state.get("stage"), epoch=state.get("epoch"))
+                with contextlib.suppress(OSError):
+                    run.flush_log()
+                    run.write_status("interrupted" if interrupted else "failed", **fields)
             raise
         run.log("training completed")
         if dist_info.is_main:
@@ -383,6 +414,7 @@ def _run_stages(ctx: TrainContext, stages: list[str], resume_extra: dict | None)
                 # The previous stage had finished: continue from its RNG states, then start this stage afresh.
                 set_rng_state(resume_extra["rng"])
             resume_extra = None
+        ctx.current_stage = stage
         ctx.log(f"{stage}: starting" + (f" from epoch {resume['epoch']}" if resume else ""))
         if stage == "stage1":
             run_stage1(ctx, resume)

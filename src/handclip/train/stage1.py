@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import logging
 import time
 
 import torch
@@ -25,6 +26,8 @@ from ..data.loaders import build_eval_loader, first_resize
 from ..runtime import autocast, cache_root, make_grad_scaler, resolve_amp_dtype, restore_rng_if_resuming
 from .losses import SupConLoss, image_text_scale, prompt_l2
 from .optim import build_stage1_optimizer
+
+log = logging.getLogger(__name__)
 
 
 def _tensor_digest(module: torch.nn.Module) -> str:
@@ -121,7 +124,13 @@ def cached_training_features(ctx):
     if path is not None and ctx.is_main:
         buffer = io.BytesIO()
         torch.save({"features": feats, "labels": labels}, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError as exc:
+            # A full or read-only cache must not stop training (as for the decode cache): go on without it.
+            message = f"cannot write the stage-1 feature cache in {path.parent} ({exc}); continuing without it"
+            ctx.log(f"warning: {message}")
+            log.warning(message)
     return feats, labels, False
 
 
