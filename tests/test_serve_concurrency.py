@@ -9,7 +9,6 @@ import pytest
 
 from serve_helpers import add_keys, enrolled_gallery, make_assets, png_bytes
 
-pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from handclip.data.synthetic import render_hand  # noqa: E402
