@@ -25,6 +25,7 @@ COMMANDS = {
     "search": "rank a gallery's identities for query hand photos",
     "audit": "verify or show a gallery's hash-chained audit log",
     "demo": "run the whole pipeline on built-in synthetic hands",
+    "pretrain-tiny": "pretrain a tiny CLIP on captioned synthetic hands (for the demo)",
 }
 
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"handclip.commands.{name}")
+        module = importlib.import_module(f"handclip.commands.{name.replace('-', '_')}")
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                     help="show full tracebacks on errors")
