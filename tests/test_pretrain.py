@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -109,3 +111,27 @@ def test_stage1_prompts_name_their_identity_far_above_chance(pretrained_small, t
     assert pretrained_small.history[-1]["loss"] < pretrained_small.history[-1]["chance"]
     accuracy, chance = stage1_prompt_accuracy(str(pretrained_small.path), tmp_path)
     assert accuracy >= 0.45 > 5 * chance, (accuracy, chance)
+
+
+@pytest.mark.slow
+def test_demo_starts_from_the_pretrained_model_and_reports_the_text_side(tmp_path, capsys):
+    """The demo pipeline, shrunk, with a tiny pretraining: it starts from the pretrained file (zero-shot row),
+    reports the text-side figures next to their chance values, and a second run reads the file from the cache."""
+    from handclip.train.pretrain import pretrained_weights
+    from handclip.workflows.demo import demo_config, run_demo
+
+    overrides = ["data.synthetic.train_ids=20", "data.synthetic.test_ids=6", "data.synthetic.images_per_id=4",
+                 "data.synthetic.image_size=32", "data.image_size=[32,32]", "data.augment.pad=3", "data.runs=2",
+                 "stage1.epochs=2", "stage1.batch_size=16", "stage2.epochs=2", "stage2.ids_per_batch=8",
+                 "stage2.images_per_id=2", "stage2.eval_every=100", "pretrain.num_ids=16", "pretrain.images_per_id=2",
+                 "pretrain.epochs=1", "pretrain.batch_size=16", "pretrain.warmup_steps=1"]
+    config = demo_config(None, overrides)
+    metrics = run_demo(tmp_path / "demo", config, progress=False)
+    assert metrics["start"] == "zero-shot" and not metrics["pretrain"]["cached"]
+    text = metrics["text_side"]
+    assert text["stage1_loss"]["chance"] == pytest.approx(2 * (3 * math.log(16) + math.log(12)) / 4)  # 60 training images
+    assert text["stage2_i2t_loss"]["chance"] == pytest.approx(math.log(20))
+    assert text["prompt_top1"]["chance"] == pytest.approx(1 / 20)
+    assert "zero-shot" in capsys.readouterr().out
+    again = pretrained_weights(config)
+    assert again.cached and again.sha256 == metrics["pretrain"]["sha256"]
