@@ -1,12 +1,15 @@
-"""The built-in demo: synthetic hands, tiny model, random init, before/after evaluation.
+"""The built-in demo: synthetic hands, a tiny CLIP pretrained on captioned synthetic hands, both stages.
 
-prepare (synthetic images + protocol manifest) -> evaluate the random-init model on every Monte Carlo
-run -> stage 1 -> stage 2 -> evaluate the best checkpoint (chosen on the validation split) on every
-run -> table + ``metrics.json``.
+prepare (synthetic images + protocol manifest) -> pretrain the tiny CLIP on other synthetic identities
+(``pretrain`` section; read from the cache when these settings were trained before) -> evaluate it
+zero-shot on every Monte Carlo run -> stage 1 -> stage 2 -> evaluate the best checkpoint (chosen on the
+validation split) on every run -> table, the text-side figures (stage-1 loss, prompt top-1, stage-2 i2t
+loss, each with its chance value) and ``metrics.json``. With ``pretrain.enabled: false`` the model starts
+from random weights, as the demo did before.
 
 The demo config (``demo.yaml`` beside this module) differs from CLIP-ReID's ViT-B/16
 defaults on purpose: those fine-tune a pretrained model with lr 5e-6 for 60 epochs, which would
-barely move a randomly initialised tiny network in the few minutes a demo may take on a 2-core CPU.
+barely move a tiny network trained from scratch in the few minutes a demo may take on a 2-core CPU.
 The demo trains ``tiny-cnn`` at 64x64 on 300 synthetic identities with lr 3e-3, a short warm-up and
 24 stage-2 epochs. ``tiny-cnn`` is CLIP's tiny text tower with HandCLIP's small conv image tower
 (``handclip.model.backbone.TinyConvNet``): from random init on these synthetic hands, CLIP's own tiny
@@ -111,6 +114,8 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     device = resolve_device(config.runtime.device)
+    if config.pretrain.enabled:
+        _check_disjoint(config)
 
     def say(message: str) -> None:
         if progress:
@@ -126,7 +131,6 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
 
     pretrain = None
     if config.pretrain.enabled:
-        _check_disjoint(config)
         t = time.perf_counter()
         pretrain = pretrained_weights(config, log=say, progress=progress)
         say(f"pretrained {config.model.backbone}: {pretrain.path} (sha256 {pretrain.sha256[:12]}, "
