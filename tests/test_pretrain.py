@@ -135,3 +135,32 @@ def test_demo_starts_from_the_pretrained_model_and_reports_the_text_side(tmp_pat
     assert "zero-shot" in capsys.readouterr().out
     again = pretrained_weights(config)
     assert again.cached and again.sha256 == metrics["pretrain"]["sha256"]
+
+
+def _prompt_lr_near_zero(monkeypatch):
+    import handclip.train.stage1 as stage1
+
+    real = stage1.build_stage1_optimizer
+    monkeypatch.setattr(stage1, "build_stage1_optimizer", lambda model, s1, *a, **k: real(
+        model, s1.model_copy(update={"lr": 1e-9, "warmup_lr_init": 1e-9, "lr_min": 0.0}), *a, **k))
+
+
+def _text_read_at_start_token(monkeypatch):
+    from handclip.model.handclip import HandCLIP
+
+    def text_features(self, labels):
+        prompts = self.prompt_learner(labels.to(self.prompt_learner.ctx.device).long())
+        tokens = torch.zeros(prompts.shape[:2], dtype=torch.long)
+        tokens[:, 0] = 1  # argmax 0: the start-of-text position, which under the causal mask sees only itself
+        return self.text_encoder(prompts, tokens, length=self.prompt_learner.prompt_length)
+
+    monkeypatch.setattr(HandCLIP, "text_features", text_features)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breakage", [_prompt_lr_near_zero, _text_read_at_start_token])
+def test_broken_stage1_stays_near_chance(pretrained_small, tmp_path, monkeypatch, breakage):
+    """The check above has teeth: with either breakage the same run stays below its threshold."""
+    breakage(monkeypatch)
+    accuracy, chance = stage1_prompt_accuracy(str(pretrained_small.path), tmp_path)
+    assert accuracy < 2 * chance, (accuracy, chance)
