@@ -27,6 +27,7 @@ COMMANDS = {
     "demo": "run the whole pipeline on built-in synthetic hands",
     "serve": "run the examiner web service (REST API and web page) over a gallery",
     "serve-keys": "add, list or revoke the web service's API keys",
+    "pretrain-tiny": "pretrain a tiny CLIP on captioned synthetic hands (for the demo)",
 }
 
 

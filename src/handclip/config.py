@@ -260,6 +260,21 @@ class EvalConfig(_Section):
     max_rank: int = Field(50, ge=1)
 
 
+class PretrainConfig(_Section):
+    """Contrastive pretraining of a tiny CLIP on captioned synthetic hands (docs/method.md, "Synthetic hands")."""
+
+    enabled: bool = Field(False, description="pretrain the tiny backbone first and start from it (model.weights)")
+    first_id: int = Field(100000, ge=0, description="synthetic identities first_id.. (disjoint from the data's)")
+    num_ids: int = Field(400, ge=2)
+    images_per_id: int = Field(8, ge=1)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    seed: int = 0
+
+
 class Config(_Section):
     name: str = "handclip"
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -268,6 +283,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
+    pretrain: PretrainConfig = PretrainConfig()
     losses: LossesConfig = LossesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()

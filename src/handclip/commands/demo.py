@@ -1,4 +1,4 @@
-"""``handclip demo``: the whole pipeline on built-in synthetic hands with a tiny model, from random init."""
+"""``handclip demo``: the whole pipeline on built-in synthetic hands with a tiny CLIP pretrained on captioned synthetic hands."""
 
 from __future__ import annotations
 
