@@ -13,6 +13,9 @@
                                   calibration="calibration.json")        # LRs + audit record (found.audit)
     api.write_case_report(found, "case.pdf", case_id="2026/017")         # PDF to sign
     api.verify_gallery_audit("cases/gallery").problems                   # [] when the audit trail checks out
+    api.calibrate(run.best_checkpoint, "calibration_manifest.csv")      # score -> LR on unseen identities
+    app = api.serve_app("cases/gallery", calibration="calibration.json")   # ASGI app: uvicorn.run(app)
+    api.pretrain_tiny(api.demo_config().pretrain, "tiny.pt")             # the demo's pretrained tiny CLIP
     api.demo("demo_out")                                                         # synthetic hands, tiny model
     api.train(resume="runs/11k_dorsal_r_vitb16-20261126-120000")                 # continue a killed run
 """
@@ -28,6 +31,7 @@ from .data.protocols import (
     prepare_hd,
     prepare_synthetic,
 )
+from .evaluate.calibrate import calibrate
 from .evaluate.protocol import EvalResult
 from .evaluate.protocol import evaluate_manifest as evaluate
 from .evaluate.report import write_evaluation_outputs
@@ -39,6 +43,7 @@ from .gallery.case_report import write_case_report
 from .gallery.evidence import audited_enrol, evidential_search, load_calibration, verify_gallery_audit
 from .model.inference import Encoder
 from .train.engine import RunResult, train
+from .train.pretrain import pretrain_tiny
 from .workflows.benchmark import run_benchmark as benchmark
 from .workflows.demo import demo_config
 from .workflows.demo import run_demo as demo
@@ -50,5 +55,16 @@ __all__ = [
     "Encoder", "evaluate", "EvalResult", "write_evaluation_outputs",
     "Gallery", "Candidate", "collect_images", "load_encoder", "enrol", "search",
     "evidential_search", "audited_enrol", "load_calibration", "verify_gallery_audit", "write_case_report",
+    "calibrate", "serve_app", "pretrain_tiny",
     "demo", "demo_config", "benchmark",
 ]
+
+
+def serve_app(index_dir, checkpoint=None, calibration=None, **settings):
+    """The examiner web service over a gallery as an ASGI app (what ``handclip serve`` runs).
+
+    Imported on demand so that ``handclip.api`` does not load the web stack for other workflows."""
+    from .serve.app import create_app
+    from .serve.state import ServiceState
+
+    return create_app(ServiceState(index_dir, checkpoint=checkpoint, calibration=calibration, **settings))

@@ -44,6 +44,6 @@ def run(args) -> int:
     if not state.keys.keys():
         print(f"note: no API keys yet; add one with `handclip serve-keys add --index {args.index} --name NAME "
               "--role search --role enrol`")
-    print(f"serving {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)")
+    print(f"serving {args.index} on http://{args.host}:{args.port}/ (OpenAPI schema at /openapi.json)")
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
     return 0
