@@ -5,6 +5,7 @@ Race tests start their processes together at a barrier and repeat many trials, a
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -385,3 +386,16 @@ def test_the_lock_of_a_killed_writer_is_released(tmp_path):
     started = time.monotonic()
     assert add_batch(gallery, "after", seed=1) == 3
     assert time.monotonic() - started < 5
+
+
+def test_opening_a_gallery_many_times_does_not_leak_file_descriptors(tmp_path):
+    g = tmp_path / "G"
+    populated(g, batches=4)
+    fd_dir = Path("/proc/self/fd")
+    before = len(list(fd_dir.iterdir()))
+    for _ in range(50):
+        Gallery.open(g).search(unit_rows(1, 0), top_k=1)
+    with Gallery.open(g) as gallery:
+        assert len(gallery) == 12
+    gc.collect()  # a gallery and its index cache refer to each other, so the cycle collector frees them
+    assert len(list(fd_dir.iterdir())) <= before + 1

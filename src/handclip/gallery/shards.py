@@ -122,9 +122,12 @@ class PinnedShard:
         return self._array
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if getattr(self, "fd", -1) >= 0:
             os.close(self.fd)  # a memory map made from it stays valid
             self.fd = -1
+
+    def __del__(self):  # a dropped gallery object must not leak descriptors in a long-running service
+        self.close()
 
 
 def read_metadata(index_dir: Path, shard: Shard, listed_in: str) -> list[dict]:

@@ -267,3 +267,13 @@ class GalleryStore(GalleryWriter):
         """Pick up batches other processes committed since this gallery was opened."""
         self._load_commit()
 
+    def close(self) -> None:
+        """Release the shard files this reader holds open (also done when the object is collected)."""
+        self._shards.close()
+
+    def __enter__(self) -> "GalleryStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
