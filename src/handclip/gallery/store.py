@@ -18,6 +18,11 @@ moment therefore leaves the gallery as of the last commit: at most the batch in 
 Rows are only ever appended, never reordered, which keeps cached approximate indexes valid for the
 prefix they cover. Rows re-scored by a search are read from the memory-mapped shards, each checked
 once per process against its SHA-256 before use.
+
+Readers: opening reads commit.json and opens every shard it lists; those open files keep the opened
+generation readable even after a compaction deletes them, and a shard that vanished between the two
+reads means a newer commit, which is read instead. Writing (lock, creation, compaction) lives in
+``handclip.gallery.writing``; every name read from the metadata is checked by ``handclip.gallery.metadata``.
 """
 
 from __future__ import annotations
