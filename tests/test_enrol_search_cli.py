@@ -275,3 +275,23 @@ def test_search_thumbnails_honour_exif_orientation(tmp_path):
     uri = thumbnail_data_uri(path, 60)
     shown = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert shown.size == (30, 60)
+
+
+@pytest.mark.slow  # interpreter start-ups with torch; the mechanisms are tested fast in test_gallery_reliability.py
+def test_two_enrol_commands_into_the_same_new_gallery_both_complete(assets, tmp_path):
+    halves = {}
+    for half, people in (("a", ("0000", "0001", "0002")), ("b", ("0003", "0004", "0005"))):
+        halves[half] = tmp_path / half
+        for person in people:
+            shutil.copytree(assets["images"] / person, halves[half] / person)
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", **{COMMIT_DELAY_ENV: "0.05"})
+    for trial in range(3):
+        index = tmp_path / f"gallery{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", CLI_SCRIPT, "enrol", "--checkpoint", str(assets["ckpt"]),
+                                   "--images", str(folder), "--index", str(index), "--batch-size", "2",
+                                   "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for folder in halves.values()]
+        results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+        assert [code for _, _, code in results] == [0, 0], [err for _, err, _ in results]
+        gallery = Gallery.open(index)
+        assert len(gallery) == 18 and sorted(gallery.identities()) == [f"000{i}" for i in range(6)]
