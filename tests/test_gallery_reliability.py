@@ -203,7 +203,7 @@ JSON_VALUES = st.recursive(
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6)
-TARGETS = ["gallery.json", "commit.json", "shards/000000.jsonl", "shards/000001.jsonl"]
+TARGETS = ["gallery.json", "commit.json", "shards/000000.jsonl", "shards/000001.jsonl", "shards/000000.npy"]
 
 
 def _mutate(value, data, depth=0):
@@ -225,7 +225,7 @@ def _mutate(value, data, depth=0):
     return data.draw(JSON_VALUES)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck),
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(data=st.data())
 def test_fuzzed_metadata_gives_a_valid_gallery_or_one_clear_error_and_deletes_nothing_outside(data):

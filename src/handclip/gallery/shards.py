@@ -98,7 +98,7 @@ class PinnedShard:
             if np.lib.format.read_magic(stream) != (1, 0):
                 raise ValueError("not a version 1.0 .npy header (HandCLIP writes 1.0)")
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        except Exception:  # noqa: BLE001 - numpy's header parser raises many types (tokenize errors too)
             raise GalleryError(f"gallery vectors file {self.path} is corrupt or truncated") from None
         if dtype != np.float32 or fortran or shape != (self.shard.rows, dim):
             raise GalleryError(f"gallery vectors file {self.path} holds {dtype} {shape}, "
