@@ -33,15 +33,16 @@ def run(args) -> int:
     if Path(args.index).exists() and not Path(args.index).is_dir():
         raise HandCLIPError(f"--index {args.index} is a file; give the gallery folder (created on first enrolment)")
     items = collect_images(args.images, split=args.split)
-    if not args.skip_bad and not (Path(args.index) / GALLERY_FILE).exists():
-        check_images([item.path for item in items], False, "gallery")  # no empty gallery for a failed enrol
+    checked = not args.skip_bad and not (Path(args.index) / GALLERY_FILE).exists()
+    if checked:  # before the gallery is created: a failed enrolment leaves no empty gallery
+        check_images([item.path for item in items], False, "gallery")
     encoder = load_encoder(args.checkpoint, device=args.device)
     gallery = Gallery.open_or_create(args.index, encoder.fingerprint(), encoder.feature_dim,
                                      checkpoint=encoder.checkpoint)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
     summary, record = audited_enrol(gallery, encoder, items, examiner=args.examiner, arguments=arguments,
                                     batch_size=args.batch_size, skip_bad=args.skip_bad,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, images_checked=checked)
     if summary.skipped_bad:
         listing = "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad)
         atomic_write_text(gallery.index_dir / "skipped_images.txt", listing)

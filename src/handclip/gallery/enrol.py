@@ -134,16 +134,18 @@ def _plan(gallery: Gallery, items: Sequence[EnrolItem], summary: EnrolSummary) -
 
 def enrol_images(gallery: Gallery, encoder: Encoder, items: Sequence[EnrolItem], batch_size: int = 64,
                  skip_bad: bool = False, progress: bool = False,
-                 on_batch: Callable[[EnrolSummary], None] | None = None) -> EnrolSummary:
+                 on_batch: Callable[[EnrolSummary], None] | None = None,
+                 images_checked: bool = False) -> EnrolSummary:
     """Embed and add ``items`` batch by batch; each batch is committed before the next starts.
 
     Files already enrolled (same SHA-256 of their bytes) are skipped, so rerunning after a crash
     continues where the killed run stopped; see ``_plan`` for the deduplication rule.
+    ``images_checked``: every item already passed ``check_images`` (it is not decoded twice).
     """
     gallery.check_model(encoder.fingerprint(), encoder.feature_dim)
     summary = EnrolSummary()
     pending = _plan(gallery, items, summary)
-    problems = check_images([item.path for item, _ in pending], skip_bad, "gallery")
+    problems = [] if images_checked else check_images([item.path for item, _ in pending], skip_bad, "gallery")
     if problems:
         bad = {p.path for p in problems}
         summary.skipped_bad = problems
