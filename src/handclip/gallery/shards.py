@@ -246,9 +246,18 @@ class ShardSet:
         self.dim = dim
         self.verify = verify
         self.listed_in = listed_in
-        self.shards: list[Shard] = []
-        self._pinned: dict[str, PinnedShard] = {}
+        # (shards, their pinned files), replaced as one object so a reader in another thread never
+        # sees a shard list with another commit's files.
+        self._view: tuple[list[Shard], dict[str, PinnedShard]] = ([], {})
         self._verified: set[str] = set()  # shards whose SHA-256 this process has checked
+
+    @property
+    def shards(self) -> list[Shard]:
+        return self._view[0]
+
+    @property
+    def _pinned(self) -> dict[str, PinnedShard]:
+        return self._view[1]
 
     def pin(self, shards: list[Shard]) -> dict[str, PinnedShard]:
         """Open the vectors files of ``shards`` not yet open (ShardVanished if one is gone)."""
@@ -268,18 +277,17 @@ class ShardSet:
         files of shards that left it and keeping what is known of the shards that stay."""
         opened = self.pin(shards) if opened is None else opened
         live = {s.name for s in shards}
-        for name, pinned in list(self._pinned.items()):
-            if name not in live:
-                pinned.close()
-                del self._pinned[name]
-        self._pinned.update(opened)
-        self.shards = list(shards)
-        self._verified &= live
+        # Dropped, not closed: a read still in progress (another thread) keeps its PinnedShard, whose
+        # descriptor is closed when the last reference goes; closing here could let the number be reused.
+        pinned = {name: p for name, p in self._pinned.items() if name in live}
+        pinned.update(opened)
+        self._view = (list(shards), pinned)
+        self._verified = self._verified & live
 
     def close(self) -> None:
         for pinned in self._pinned.values():
             pinned.close()
-        self._pinned.clear()
+        self._view = ([], {})
 
     def iter_vectors(self, start_row: int = 0, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
         """Committed vectors from ``start_row`` on, in chunks, each shard checked against its SHA-256.
@@ -288,36 +296,38 @@ class ShardSet:
         index's memory once, and each byte is read once for both the hash and the index.
         """
         offset = 0
-        for shard in list(self.shards):
+        shards, pinned = self._view
+        for shard in shards:
             if offset + shard.rows > start_row:
-                yield from self._read(shard, max(0, start_row - offset), chunk_rows)
+                yield from self._read(shard, max(0, start_row - offset), chunk_rows, pinned)
             offset += shard.rows
 
-    def _read(self, shard: Shard, first_row: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        yield from read_vectors(self._pinned[shard.name], self.dim, first_row, chunk_rows, self.verify)
+    def _read(self, shard: Shard, first_row: int, chunk_rows: int, pinned=None) -> Iterator[np.ndarray]:
+        yield from read_vectors((pinned or self._pinned)[shard.name], self.dim, first_row, chunk_rows, self.verify)
         self._verified.add(shard.name)
 
-    def check(self, shard: Shard) -> None:
+    def check(self, shard: Shard, pinned=None) -> None:
         """Check a whole shard's SHA-256 once per process, streaming (nothing is kept in memory)."""
         if shard.name in self._verified or not self.verify:
             return
-        for _ in self._read(shard, shard.rows, chunk_rows=16384):
+        for _ in self._read(shard, shard.rows, 16384, pinned):
             pass
 
-    def mapped(self, shard: Shard) -> np.ndarray:
+    def mapped(self, shard: Shard, pinned=None) -> np.ndarray:
         """A shard's vectors, memory-mapped for re-scoring (kept for the process)."""
-        return self._pinned[shard.name].mapped(self.dim)
+        return (pinned or self._pinned)[shard.name].mapped(self.dim)
 
     def gather(self, rows: np.ndarray, verify: bool = False) -> np.ndarray:
         """Stored vectors of ``rows`` (any order); with ``verify`` each shard touched is checked first."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), np.float32)
-        starts = np.cumsum([0] + [s.rows for s in self.shards])
+        shards, pinned = self._view
+        starts = np.cumsum([0] + [s.rows for s in shards])
         which = np.searchsorted(starts, rows, side="right") - 1
         for number in np.unique(which):
-            shard = self.shards[number]
+            shard = shards[number]
             if verify:
-                self.check(shard)
+                self.check(shard, pinned)
             mask = which == number
-            out[mask] = self.mapped(shard)[rows[mask] - starts[number]]
+            out[mask] = self.mapped(shard, pinned)[rows[mask] - starts[number]]
         return out

@@ -269,7 +269,10 @@ class GalleryStore(GalleryWriter):
         return np.concatenate(list(self.iter_vectors()))
 
     def refresh(self) -> None:
-        """Pick up batches other processes committed since this gallery was opened."""
+        """Pick up batches other processes committed since this gallery was opened.
+
+        Not to be called while another thread searches this same object (its row lists are rebuilt):
+        a service shares one opened object per generation, or serialises refresh with its searches."""
         self._load_commit()
 
     def close(self) -> None:
