@@ -83,7 +83,12 @@ def test_cleanup_deletes_only_orphans_of_the_gallerys_own_shard_pattern(tmp_path
                g / "shards" / "notes.txt": b"z", g / "shards" / "12.npy": b"short name"}
     for path, data in foreign.items():
         path.write_bytes(data)
-    orphans = [g / "shards" / "000099.npy", g / "shards" / "000099.jsonl", g / "shards" / ".000100.npy.abc123.tmp"]
+    foreign[g / ".audit.head.json.x1y2z3.tmp"] = b"another process's write in progress"
+    foreign[g / "shards" / ".000100.npy.notes.txt"] = b"not a temporary file"
+    orphans = [g / "shards" / "000099.npy", g / "shards" / "000099.jsonl", g / "shards" / ".000100.npy.abc123.tmp",
+               g / ".commit.json.k_9x2a.tmp"]
+    for path, data in foreign.items():
+        path.write_bytes(data)
     for path in orphans:
         path.write_bytes(b"left by a killed writer")
     add_batch(gallery, "more", seed=9)

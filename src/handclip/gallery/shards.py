@@ -192,6 +192,7 @@ def write_shard(index_dir: Path, name: str, vectors: np.ndarray | Iterable[np.nd
 # atomic writes of shard files (".000007.npy.<random>.tmp"). Nothing else there is ever deleted.
 _SHARD_FILE = re.compile(rf"({SHARD_NAME.pattern})(\{VECTORS_SUFFIX}|\{METADATA_SUFFIX})")
 _SHARD_TEMP = re.compile(rf"\.{_SHARD_FILE.pattern}\.[A-Za-z0-9_]+\.tmp")
+_TOP_TEMP = re.compile(r"\.(commit|gallery)\.json\.[A-Za-z0-9_]+\.tmp")
 
 
 def shard_files(index_dir: Path) -> list[Path]:
@@ -205,6 +206,9 @@ def shard_files(index_dir: Path) -> list[Path]:
 def remove_orphans(index_dir: Path, live: set[str]) -> None:
     """Delete the shard files a killed writer left behind: only names of the gallery's own shard
     pattern (or their temporary files) that commit.json does not list. Call under the writer lock."""
+    for path in Path(index_dir).glob(".*.tmp"):  # commit.json and gallery.json are written under the lock too
+        if _TOP_TEMP.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
     shard_dir = Path(index_dir) / SHARD_DIR
     if not shard_dir.is_dir():
         return
