@@ -81,8 +81,6 @@ def test_cleanup_deletes_only_orphans_of_the_gallerys_own_shard_pattern(tmp_path
     gallery = populated(g)
     foreign = {g / ".backup.tmp": b"mine", g / "shards" / "results.npy": b"x", g / "shards" / "experiment.jsonl": b"y",
                g / "shards" / "notes.txt": b"z", g / "shards" / "12.npy": b"short name"}
-    for path, data in foreign.items():
-        path.write_bytes(data)
     foreign[g / ".audit.head.json.x1y2z3.tmp"] = b"another process's write in progress"
     foreign[g / "shards" / ".000100.npy.notes.txt"] = b"not a temporary file"
     orphans = [g / "shards" / "000099.npy", g / "shards" / "000099.jsonl", g / "shards" / ".000100.npy.abc123.tmp",
