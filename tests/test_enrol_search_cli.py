@@ -185,3 +185,113 @@ def test_killed_enrol_command_keeps_committed_batches_and_rerun_completes(assets
     assert f"enrolled {18 - len(survived)} new image(s) ({len(survived)} already in the gallery)" in rerun.stdout
     final = Gallery.open(index)
     assert len(final) == 18 and len(set(final.paths)) == 18 and done <= set(final.paths)
+
+
+def test_enrolment_dedupes_by_content_enrols_changed_files_and_reports_other_identities(assets, tmp_path, capsys):
+    from handclip.data.synthetic import render_hand
+
+    images = tmp_path / "hands"
+    for person in ("alice", "bob"):
+        (images / person).mkdir(parents=True)
+    render_hand(1, 0).save(images / "alice" / "photo.png")
+    render_hand(2, 0).save(images / "bob" / "photo.png")
+    index = tmp_path / "gallery"
+    assert cli("enrol", "--checkpoint", assets["ckpt"], "--images", images, "--index", index, "--no-progress") == 0
+    capsys.readouterr()
+    render_hand(3, 1).save(images / "alice" / "photo.png")  # another picture at a known path
+    (images / "carol").mkdir()
+    shutil.copy(images / "bob" / "photo.png", images / "carol" / "same.png")  # bob's bytes under carol
+    assert cli("enrol", "--checkpoint", assets["ckpt"], "--images", images, "--index", index, "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "enrolled 1 new image(s) (2 already in the gallery)" in out
+    assert "1 image(s) at already enrolled paths had new content" in out and "earlier rows are kept" in out
+    assert "same.png (carol) has the same content as" in out and "enrolled as bob" in out
+    gallery = Gallery.open(index)
+    alice = str((images / "alice" / "photo.png").resolve())
+    assert gallery.images_of("alice") == [alice, alice] and "carol" not in gallery.identities()
+    assert len(set(gallery._hashes)) == 3
+
+
+def test_enrol_and_search_argument_errors_are_one_line_naming_the_users_value(assets, tmp_path, capsys):
+    from handclip.data.protocols import prepare_folder
+
+    manifest = tmp_path / "manifest.csv"
+    prepare_folder(assets["images"], runs=1, seed=0).write(manifest)
+    assert cli("enrol", "--checkpoint", assets["ckpt"], "--images", manifest, "--index", tmp_path / "g",
+               "--split", "bogus") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'bogus'" in err and "internal error" not in err
+    assert cli("enrol", "--checkpoint", assets["ckpt"], "--images", assets["images"], "--index", manifest) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--index {manifest} is a file" in err
+    index = tmp_path / "gallery"
+    cli("enrol", "--checkpoint", assets["ckpt"], "--images", assets["images"], "--index", index, "--no-progress")
+    capsys.readouterr()
+    out_dir = tmp_path / "pages"
+    out_dir.mkdir()
+    assert cli("search", "--index", index, "--query", assets["images"] / "0000" / "000.png", "--html", out_dir) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--html {out_dir} is a directory" in err and ".tmp" not in err
+
+
+def test_failed_enrolment_into_a_new_gallery_creates_nothing(assets, tmp_path, capsys):
+    images = tmp_path / "hands"
+    shutil.copytree(assets["images"], images)
+    (images / "0000" / "broken.png").write_bytes(b"not a png")
+    index = tmp_path / "new" / "gallery"
+    assert cli("enrol", "--checkpoint", assets["ckpt"], "--images", images, "--index", index, "--no-progress") == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_identity_names_with_terminal_escapes_are_printed_escaped(assets, tmp_path, capsys):
+    images = tmp_path / "hands"
+    evil = "\x1b[2J\x1b]0;pwned\x07mallory"
+    (images / evil).mkdir(parents=True)
+    shutil.copy(assets["images"] / "0000" / "000.png", images / evil / "a.png")
+    shutil.copy(assets["images"] / "0001" / "000.png", tmp_path / "q.png")
+    (images / "0001").mkdir()
+    shutil.copy(assets["images"] / "0001" / "001.png", images / "0001" / "b.png")
+    index = tmp_path / "gallery"
+    assert cli("enrol", "--checkpoint", assets["ckpt"], "--images", images, "--index", index, "--no-progress") == 0
+    assert cli("search", "--index", index, "--query", images / evil / "a.png", "--by", "image") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J\\x1b]0;pwned\\x07mallory" in out
+
+
+def test_search_thumbnails_honour_exif_orientation(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from handclip.htmlpage import thumbnail_data_uri
+
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees (portrait)
+    Image.new("RGB", (80, 40), (200, 10, 10)).save(path, exif=exif)
+    uri = thumbnail_data_uri(path, 60)
+    shown = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert shown.size == (30, 60)
+
+
+@pytest.mark.slow  # interpreter start-ups with torch; the mechanisms are tested fast in test_gallery_reliability.py
+def test_two_enrol_commands_into_the_same_new_gallery_both_complete(assets, tmp_path):
+    halves = {}
+    for half, people in (("a", ("0000", "0001", "0002")), ("b", ("0003", "0004", "0005"))):
+        halves[half] = tmp_path / half
+        for person in people:
+            shutil.copytree(assets["images"] / person, halves[half] / person)
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", **{COMMIT_DELAY_ENV: "0.05"})
+    for trial in range(3):
+        index = tmp_path / f"gallery{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", CLI_SCRIPT, "enrol", "--checkpoint", str(assets["ckpt"]),
+                                   "--images", str(folder), "--index", str(index), "--batch-size", "2",
+                                   "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for folder in halves.values()]
+        results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+        assert [code for _, _, code in results] == [0, 0], [err for _, err, _ in results]
+        gallery = Gallery.open(index)
+        assert len(gallery) == 18 and sorted(gallery.identities()) == [f"000{i}" for i in range(6)]

@@ -482,12 +482,15 @@ def test_compaction_keeps_rows_and_order_and_cleans_crash_leftovers(gallery_dir,
     assert final.paths == [f"/evidence/b{b:02d}_{i:05d}.png" for b in range(40) for i in range(10)]
 
 
-def test_a_second_writer_is_refused_while_the_lock_is_held(gallery_dir):
-    gallery = Gallery.create(gallery_dir, FINGERPRINT, DIM)
+def test_a_second_writer_waits_for_the_lock_then_gives_up_naming_it(gallery_dir, caplog):
+    gallery = Gallery.create(gallery_dir, FINGERPRINT, DIM, lock_timeout=0.3)
     with open(gallery_dir / ".lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        with pytest.raises(GalleryError, match="being written by another process"):
+        started = time.monotonic()
+        with pytest.raises(GalleryError, match="being written by another process.*still held after 0.3 s"):
             enrol(gallery, unit(np.ones((1, DIM))), ["x"])
+        assert time.monotonic() - started >= 0.3
+    assert "waiting for it" in caplog.text
     assert enrol(gallery, unit(np.ones((1, DIM))), ["x"]) == 1
 
 

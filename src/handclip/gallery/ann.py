@@ -218,10 +218,18 @@ class ApproximateIndexes:
             return damaged("SHA-256 mismatch")
         try:
             index = faiss.read_index(str(index_path))
-        except RuntimeError:
+        except (RuntimeError, MemoryError):
             return damaged("FAISS cannot read it")
         if index.ntotal != rows or index.d != gallery.dim:
             return damaged(f"it holds {index.ntotal} x {index.d}, expected {rows} x {gallery.dim}")
+        # A file with a valid hash can still hold inconsistent fields (an untrained transform, a
+        # wrong bias size): one search with a stored vector must work and return a stored row.
+        try:
+            found = self.shortlist(index_type, index, gallery.gather_rows(np.array([0])), 1)
+        except (RuntimeError, MemoryError, ValueError):
+            return damaged("FAISS cannot search it")
+        if not 0 <= int(found[0][0]) < rows:
+            return damaged("a search returned no stored row")
         return index, trained, meta.get("self_check")
 
     def _save_cache(self, index_type: str, index, build: dict, trained: int, check: dict | None) -> None:

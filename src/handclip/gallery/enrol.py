@@ -29,11 +29,23 @@ class EnrolItem:
     identity: str
 
 
+@dataclass(frozen=True)
+class SameContent:
+    """An image whose bytes are already enrolled (or given earlier in this run) under another identity."""
+
+    path: str
+    identity: str
+    enrolled_identity: str
+    enrolled_path: str
+
+
 @dataclass
 class EnrolSummary:
     added: int = 0
-    already_enrolled: int = 0
+    already_enrolled: int = 0  # images whose content (SHA-256) was already in the gallery or this run
     skipped_bad: list = field(default_factory=list)  # ImageProblem(path, reason) left out with skip_bad
+    other_identity: list = field(default_factory=list)  # SameContent: not enrolled again, reported
+    changed: list = field(default_factory=list)  # paths enrolled before with other content: added as new rows
     batches: int = 0
     gallery_size: int = 0
 
@@ -58,7 +70,10 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
     source = Path(source)
     if source.is_file():
         manifest = Manifest.read(source)
-        records = manifest.split(split) if split else manifest.records
+        try:
+            records = manifest.split(split) if split else manifest.records
+        except ValueError as exc:
+            raise DataError(f"--split for manifest {source}: {exc}") from None
         items = {}
         for rec in records:
             items.setdefault(rec.path, EnrolItem(rec.path, str(rec.pid)))
@@ -74,7 +89,8 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
     return items
 
 
-def _check_images(paths: Sequence[str], skip_bad: bool, what: str) -> list:
+def check_images(paths: Sequence[str], skip_bad: bool, what: str) -> list:
+    """Unusable images among ``paths``; without ``skip_bad`` any problem is one DataError naming them."""
     problems = scan_images(paths)
     if problems and not skip_bad:
         shown = "; ".join(f"{p.path}: {p.reason}" for p in problems[:5])
@@ -84,37 +100,71 @@ def _check_images(paths: Sequence[str], skip_bad: bool, what: str) -> list:
     return problems
 
 
+def _file_hash(path: str) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None  # missing or unreadable: the image check names it
+
+
+def _plan(gallery: Gallery, items: Sequence[EnrolItem], summary: EnrolSummary) -> list[tuple[EnrolItem, str | None]]:
+    """The items to embed, with their file hashes. Deduplication is by content: an image whose bytes
+    are enrolled is skipped (reported when it is given under another identity); a known path whose
+    content changed is enrolled as a new row, its old row kept (rows are only ever appended)."""
+    enrolled_paths = set(gallery.paths)
+    first: dict[str, EnrolItem] = {}
+    pending = []
+    for item in items:
+        digest = _file_hash(item.path)
+        known = gallery.enrolled_as(digest) if digest else None
+        if digest is not None and digest in first:
+            known = (first[digest].identity, first[digest].path)
+        if known is not None:
+            summary.already_enrolled += 1
+            if known[0] != item.identity:
+                summary.other_identity.append(SameContent(item.path, item.identity, known[0], known[1]))
+            continue
+        if digest is not None:
+            first[digest] = item
+            if item.path in enrolled_paths:
+                summary.changed.append(item.path)
+        pending.append((item, digest))
+    return pending
+
+
 def enrol_images(gallery: Gallery, encoder: Encoder, items: Sequence[EnrolItem], batch_size: int = 64,
                  skip_bad: bool = False, progress: bool = False,
-                 on_batch: Callable[[EnrolSummary], None] | None = None) -> EnrolSummary:
+                 on_batch: Callable[[EnrolSummary], None] | None = None,
+                 images_checked: bool = False) -> EnrolSummary:
     """Embed and add ``items`` batch by batch; each batch is committed before the next starts.
 
     Files already enrolled (same SHA-256 of their bytes) are skipped, so rerunning after a crash
-    continues where the killed run stopped.
+    continues where the killed run stopped; see ``_plan`` for the deduplication rule.
+    ``images_checked``: every item already passed ``check_images`` (it is not decoded twice).
     """
     gallery.check_model(encoder.fingerprint(), encoder.feature_dim)
     summary = EnrolSummary()
-    enrolled_paths = set(gallery.paths)
-    pending = [item for item in items if item.path not in enrolled_paths]
-    summary.already_enrolled = len(items) - len(pending)
-    problems = _check_images([item.path for item in pending], skip_bad, "gallery")
+    pending = _plan(gallery, items, summary)
+    problems = [] if images_checked else check_images([item.path for item, _ in pending], skip_bad, "gallery")
     if problems:
         bad = {p.path for p in problems}
         summary.skipped_bad = problems
-        pending = [item for item in pending if item.path not in bad]
+        pending = [(item, h) for item, h in pending if item.path not in bad]
+        summary.changed = [p for p in summary.changed if p not in bad]
     bar = None
     if progress:
         bar = tqdm(total=len(items), initial=summary.already_enrolled, unit="img", desc="enrol")
     try:
         for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
-            hashes = [sha256_file(item.path) for item in batch]
-            fresh = [(item, h) for item, h in zip(batch, hashes) if not gallery.contains(h)]
+            batch = [(item, h or sha256_file(item.path)) for item, h in pending[start:start + batch_size]]
+            fresh = [(item, h) for item, h in batch if not gallery.contains(h)]
             summary.already_enrolled += len(batch) - len(fresh)
             if fresh:
                 vectors = encoder.features([item.path for item, _ in fresh], batch_size=batch_size)
-                summary.added += gallery.add(vectors, [item.path for item, _ in fresh],
-                                             [item.identity for item, _ in fresh], [h for _, h in fresh])
+                added = gallery.add(vectors, [item.path for item, _ in fresh],
+                                    [item.identity for item, _ in fresh], [h for _, h in fresh])
+                summary.added += added
+                summary.already_enrolled += len(fresh) - added  # enrolled meanwhile by another writer
             summary.batches += 1
             summary.gallery_size = len(gallery)
             if bar is not None:
@@ -135,7 +185,7 @@ def search_images(gallery: Gallery, encoder: Encoder, queries: Sequence[str | os
     if len(gallery) == 0:
         raise HandCLIPError(f"gallery {gallery.index_dir} is empty; enrol images before searching")
     paths = [str(Path(q)) for q in queries]
-    _check_images(paths, skip_bad=False, what="query")
+    check_images(paths, skip_bad=False, what="query")
     vectors = encoder.features(paths, batch_size=batch_size)
     ranked = gallery.search(vectors, top_k=top_k, by=by, index_type=index_type)
     return [QueryResult(path, candidates) for path, candidates in zip(paths, ranked)]

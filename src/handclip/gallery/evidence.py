@@ -42,6 +42,12 @@ SCORE_DEFINITIONS = {
 }
 
 
+def printable(text) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences, carriage returns,
+    bidirectional overrides) are shown as ``\\x..`` / ``\\u....`` escapes instead of acting on the screen."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
 def display_path(path: str, identity: str | None = None, gallery_dir: str | os.PathLike | None = None) -> str:
     """A path to show a reader: relative to the gallery folder or enrolment root, else the file name."""
     pure = PurePath(path)

@@ -8,7 +8,11 @@ are written and read in chunks: merging shards of a million-row gallery never ho
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import mmap
+import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,6 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import GalleryError
+from .metadata import SHARD_NAME, parse_rows
 
 SHARD_DIR = "shards"
 VECTORS_SUFFIX = ".npy"
@@ -53,63 +58,111 @@ def shard_path(index_dir: Path, name: str, suffix: str) -> Path:
     return Path(index_dir) / SHARD_DIR / f"{name}{suffix}"
 
 
+class ShardVanished(Exception):
+    """A shard file listed in the commit read was gone: a writer committed and deleted it since."""
+
+    def __init__(self, path: Path):
+        super().__init__(str(path))
+        self.path = path
+
+
+class PinnedShard:
+    """One shard's vectors file, held open from the moment its commit was read.
+
+    Compaction deletes the files of merged shards as soon as their replacement is committed; an open
+    descriptor keeps the bytes readable, so a reader keeps the generation it opened until it refreshes
+    (no deferred deletion or reader registry is needed, and a crashed reader holds nothing).
+    """
+
+    def __init__(self, index_dir: Path, shard: Shard, dim: int):
+        self.path = shard_path(index_dir, shard.name, VECTORS_SUFFIX)
+        self.shard = shard
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ShardVanished(self.path) from None
+        except OSError as exc:
+            raise GalleryError(f"cannot read gallery vectors file {self.path}: {exc.strerror}") from None
+        self._array = None
+        try:
+            self.header_size = self._check_header(dim)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_header(self, dim: int) -> int:
+        """Structural check (magic, dtype, shape, file size); returns the header's length in bytes."""
+        head = os.pread(self.fd, 4096, 0)
+        stream = io.BytesIO(head)
+        try:
+            if np.lib.format.read_magic(stream) != (1, 0):
+                raise ValueError("not a version 1.0 .npy header (HandCLIP writes 1.0)")
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        except Exception:  # noqa: BLE001 - numpy's header parser raises many types (tokenize errors too)
+            raise GalleryError(f"gallery vectors file {self.path} is corrupt or truncated") from None
+        if dtype != np.float32 or fortran or shape != (self.shard.rows, dim):
+            raise GalleryError(f"gallery vectors file {self.path} holds {dtype} {shape}, "
+                               f"expected float32 ({self.shard.rows}, {dim})")
+        size = os.fstat(self.fd).st_size
+        if size != stream.tell() + self.shard.rows * dim * 4:
+            raise GalleryError(f"gallery vectors file {self.path} is corrupt or truncated")
+        return stream.tell()
+
+    def read_into(self, buffer: np.ndarray, offset: int) -> int:
+        return os.preadv(self.fd, [memoryview(buffer).cast("B")], offset)
+
+    def header(self) -> bytes:
+        return os.pread(self.fd, self.header_size, 0)
+
+    def mapped(self, dim: int) -> np.ndarray:
+        if self._array is None:
+            buffer = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+            self._array = np.frombuffer(buffer, np.float32, self.shard.rows * dim,
+                                        self.header_size).reshape(self.shard.rows, dim)
+        return self._array
+
+    def close(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)  # a memory map made from it stays valid
+            self.fd = -1
+
+    def __del__(self):  # a dropped gallery object must not leak descriptors in a long-running service
+        self.close()
+
+
 def read_metadata(index_dir: Path, shard: Shard, listed_in: str) -> list[dict]:
     """The shard's row entries ({"path", "identity", "sha256"}), checked against its SHA-256 and row count."""
     path = shard_path(index_dir, shard.name, METADATA_SUFFIX)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise GalleryError(f"gallery metadata file {path} is missing (listed in {listed_in})") from None
+        raise ShardVanished(path) from None
+    except OSError as exc:
+        raise GalleryError(f"cannot read gallery metadata file {path}: {exc.strerror}") from None
     if hashlib.sha256(data).hexdigest() != shard.meta_sha256:
         raise GalleryError(f"gallery metadata file {path} is corrupt or truncated (SHA-256 mismatch)")
-    lines = data.decode("utf-8").splitlines()
-    if len(lines) != shard.rows:
-        raise GalleryError(f"gallery metadata file {path} has {len(lines)} rows, expected {shard.rows}")
-    return [json.loads(line) for line in lines]
+    return parse_rows(data, path, shard.rows)
 
 
-def open_vectors(index_dir: Path, shard: Shard, dim: int, listed_in: str) -> np.ndarray:
-    """The shard's vectors memory-mapped, after a structural check (header, dtype, shape)."""
-    path = shard_path(index_dir, shard.name, VECTORS_SUFFIX)
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise GalleryError(f"gallery vectors file {path} is missing (listed in {listed_in})") from None
-    except (ValueError, OSError, EOFError):
-        raise GalleryError(f"gallery vectors file {path} is corrupt or truncated") from None
-    if array.dtype != np.float32 or array.shape != (shard.rows, dim):
-        raise GalleryError(f"gallery vectors file {path} holds {array.dtype} {array.shape}, "
-                          f"expected float32 ({shard.rows}, {dim})")
-    return array
-
-
-def read_vectors(index_dir: Path, shard: Shard, dim: int, first_row: int, chunk_rows: int,
+def read_vectors(pinned: PinnedShard, dim: int, first_row: int, chunk_rows: int,
                  verify: bool) -> Iterator[np.ndarray]:
     """Yield the shard's rows from ``first_row`` on in fresh buffers; the whole file is hashed on the way
     (each byte read once for both) and a SHA-256 mismatch raises once the last chunk is read."""
-    path = shard_path(index_dir, shard.name, VECTORS_SUFFIX)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        try:
-            np.lib.format.read_magic(handle)
-            np.lib.format.read_array_header_1_0(handle)
-        except ValueError:
-            raise GalleryError(f"gallery vectors file {path} is corrupt or truncated") from None
-        header_size = handle.tell()
-        handle.seek(0)
-        digest.update(handle.read(header_size))
-        row = 0
-        while row < shard.rows:
-            buffer = np.empty((min(chunk_rows, shard.rows - row), dim), np.float32)
-            if handle.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
-                raise GalleryError(f"gallery vectors file {path} is truncated")
-            digest.update(buffer)
-            if row + len(buffer) > first_row:
-                yield buffer[max(0, first_row - row):]
-            row += len(buffer)
-        digest.update(handle.read())
+    shard = pinned.shard
+    digest = hashlib.sha256(pinned.header())
+    offset = pinned.header_size
+    row = 0
+    while row < shard.rows:
+        buffer = np.empty((min(chunk_rows, shard.rows - row), dim), np.float32)
+        if pinned.read_into(buffer, offset) != buffer.nbytes:
+            raise GalleryError(f"gallery vectors file {pinned.path} is truncated")
+        offset += buffer.nbytes
+        digest.update(buffer)
+        if row + len(buffer) > first_row:
+            yield buffer[max(0, first_row - row):]
+        row += len(buffer)
     if verify and digest.hexdigest() != shard.vectors_sha256:
-        raise GalleryError(f"gallery vectors file {path} is corrupt (SHA-256 mismatch)")
+        raise GalleryError(f"gallery vectors file {pinned.path} is corrupt (SHA-256 mismatch)")
 
 
 def write_shard(index_dir: Path, name: str, vectors: np.ndarray | Iterable[np.ndarray], entries: list[dict],
@@ -135,16 +188,34 @@ def write_shard(index_dir: Path, name: str, vectors: np.ndarray | Iterable[np.nd
     return Shard(name, rows, level, digest.hexdigest(), hashlib.sha256(meta.encode("utf-8")).hexdigest())
 
 
+# What a killed writer can leave in shards/: shard files no commit lists, and temporary files of the
+# atomic writes of shard files (".000007.npy.<random>.tmp"). Nothing else there is ever deleted.
+_SHARD_FILE = re.compile(rf"({SHARD_NAME.pattern})(\{VECTORS_SUFFIX}|\{METADATA_SUFFIX})")
+_SHARD_TEMP = re.compile(rf"\.{_SHARD_FILE.pattern}\.[A-Za-z0-9_]+\.tmp")
+_TOP_TEMP = re.compile(r"\.(commit|gallery)\.json\.[A-Za-z0-9_]+\.tmp")
+
+
+def shard_files(index_dir: Path) -> list[Path]:
+    """Files in shards/ named like the gallery's own shard files."""
+    shard_dir = Path(index_dir) / SHARD_DIR
+    if not shard_dir.is_dir():
+        return []
+    return [p for p in shard_dir.iterdir() if _SHARD_FILE.fullmatch(p.name)]
+
+
 def remove_orphans(index_dir: Path, live: set[str]) -> None:
-    """Delete shard files a killed writer left behind (never referenced by commit.json)."""
-    index_dir = Path(index_dir)
-    for path in index_dir.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
-    for path in (index_dir / SHARD_DIR).glob("*"):
-        stem = path.name.split(".")[0] if not path.name.startswith(".") else None
-        if stem is None and path.name.endswith(".tmp"):
-            path.unlink(missing_ok=True)  # temporary file of an interrupted atomic write
-        elif stem is not None and path.suffix in (VECTORS_SUFFIX, METADATA_SUFFIX) and stem not in live:
+    """Delete the shard files a killed writer left behind: only names of the gallery's own shard
+    pattern (or their temporary files) that commit.json does not list. Call under the writer lock."""
+    for path in Path(index_dir).glob(".*.tmp"):  # commit.json and gallery.json are written under the lock too
+        if _TOP_TEMP.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+    shard_dir = Path(index_dir) / SHARD_DIR
+    if not shard_dir.is_dir():
+        return
+    for path in shard_dir.iterdir():
+        shard = _SHARD_FILE.fullmatch(path.name)
+        orphan = (shard is not None and shard.group(1) not in live) or _SHARD_TEMP.fullmatch(path.name)
+        if orphan and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
 
 
@@ -171,24 +242,56 @@ def checked_embeddings(embeddings, dim: int, rows: int | None, what: str) -> np.
 
 
 class ShardSet:
-    """The committed shards of one gallery, in row order: streamed reads, memory-mapped row lookups, and
-    the SHA-256 check of each shard once per process before its vectors are used."""
+    """The committed shards of one gallery, in row order, each pinned open (``PinnedShard``): streamed
+    reads, memory-mapped row lookups, and the SHA-256 check of each shard once per process before use."""
 
     def __init__(self, index_dir: Path, dim: int, verify: bool = True, listed_in: str = "commit.json"):
         self.index_dir = Path(index_dir)
         self.dim = dim
         self.verify = verify
         self.listed_in = listed_in
-        self.shards: list[Shard] = []
-        self._mmaps: dict[str, np.ndarray] = {}  # shard name -> memory-mapped vectors
+        # (shards, their pinned files), replaced as one object so a reader in another thread never
+        # sees a shard list with another commit's files.
+        self._view: tuple[list[Shard], dict[str, PinnedShard]] = ([], {})
         self._verified: set[str] = set()  # shards whose SHA-256 this process has checked
 
-    def replace(self, shards: list[Shard]) -> None:
-        """Switch to a new committed shard list, keeping what is known of the shards that stay."""
-        self.shards = list(shards)
+    @property
+    def shards(self) -> list[Shard]:
+        return self._view[0]
+
+    @property
+    def _pinned(self) -> dict[str, PinnedShard]:
+        return self._view[1]
+
+    def pin(self, shards: list[Shard]) -> dict[str, PinnedShard]:
+        """Open the vectors files of ``shards`` not yet open (ShardVanished if one is gone)."""
+        opened = {}
+        try:
+            for shard in shards:
+                if shard.name not in self._pinned and shard.name not in opened:
+                    opened[shard.name] = PinnedShard(self.index_dir, shard, self.dim)
+        except BaseException:
+            for pinned in opened.values():
+                pinned.close()
+            raise
+        return opened
+
+    def replace(self, shards: list[Shard], opened: dict[str, PinnedShard] | None = None) -> None:
+        """Switch to a new committed shard list (its new files pinned by :meth:`pin`), closing the
+        files of shards that left it and keeping what is known of the shards that stay."""
+        opened = self.pin(shards) if opened is None else opened
         live = {s.name for s in shards}
-        self._mmaps = {name: array for name, array in self._mmaps.items() if name in live}
-        self._verified &= live
+        # Dropped, not closed: a read still in progress (another thread) keeps its PinnedShard, whose
+        # descriptor is closed when the last reference goes; closing here could let the number be reused.
+        pinned = {name: p for name, p in self._pinned.items() if name in live}
+        pinned.update(opened)
+        self._view = (list(shards), pinned)
+        self._verified = self._verified & live
+
+    def close(self) -> None:
+        for pinned in self._pinned.values():
+            pinned.close()
+        self._view = ([], {})
 
     def iter_vectors(self, start_row: int = 0, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
         """Committed vectors from ``start_row`` on, in chunks, each shard checked against its SHA-256.
@@ -197,39 +300,38 @@ class ShardSet:
         index's memory once, and each byte is read once for both the hash and the index.
         """
         offset = 0
-        for shard in self.shards:
+        shards, pinned = self._view
+        for shard in shards:
             if offset + shard.rows > start_row:
-                yield from self._read(shard, max(0, start_row - offset), chunk_rows)
+                yield from self._read(shard, max(0, start_row - offset), chunk_rows, pinned)
             offset += shard.rows
 
-    def _read(self, shard: Shard, first_row: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        yield from read_vectors(self.index_dir, shard, self.dim, first_row, chunk_rows, self.verify)
+    def _read(self, shard: Shard, first_row: int, chunk_rows: int, pinned=None) -> Iterator[np.ndarray]:
+        yield from read_vectors((pinned or self._pinned)[shard.name], self.dim, first_row, chunk_rows, self.verify)
         self._verified.add(shard.name)
 
-    def check(self, shard: Shard) -> None:
+    def check(self, shard: Shard, pinned=None) -> None:
         """Check a whole shard's SHA-256 once per process, streaming (nothing is kept in memory)."""
         if shard.name in self._verified or not self.verify:
             return
-        for _ in self._read(shard, shard.rows, chunk_rows=16384):
+        for _ in self._read(shard, shard.rows, 16384, pinned):
             pass
 
-    def mapped(self, shard: Shard) -> np.ndarray:
-        """A shard's vectors, memory-mapped for re-scoring (kept open for the process)."""
-        array = self._mmaps.get(shard.name)
-        if array is None:
-            array = self._mmaps[shard.name] = open_vectors(self.index_dir, shard, self.dim, self.listed_in)
-        return array
+    def mapped(self, shard: Shard, pinned=None) -> np.ndarray:
+        """A shard's vectors, memory-mapped for re-scoring (kept for the process)."""
+        return (pinned or self._pinned)[shard.name].mapped(self.dim)
 
     def gather(self, rows: np.ndarray, verify: bool = False) -> np.ndarray:
         """Stored vectors of ``rows`` (any order); with ``verify`` each shard touched is checked first."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), np.float32)
-        starts = np.cumsum([0] + [s.rows for s in self.shards])
+        shards, pinned = self._view
+        starts = np.cumsum([0] + [s.rows for s in shards])
         which = np.searchsorted(starts, rows, side="right") - 1
         for number in np.unique(which):
-            shard = self.shards[number]
+            shard = shards[number]
             if verify:
-                self.check(shard)
+                self.check(shard, pinned)
             mask = which == number
-            out[mask] = self.mapped(shard)[rows[mask] - starts[number]]
+            out[mask] = self.mapped(shard, pinned)[rows[mask] - starts[number]]
         return out

@@ -1,0 +1,300 @@
+"""The writer side of a gallery: creating it, the writer lock, appending batches, compaction.
+
+One process writes at a time. The lock is an ``flock`` on ``.lock`` in the gallery folder, so it is
+released by the kernel when its holder dies (a crashed enrolment never leaves a stale lock). A second
+writer waits for it (logging that it waits, up to a timeout) rather than failing half-way through an
+enrolment. Creation happens under the same lock, so two enrolments into a new folder make one gallery.
+
+Cleanup after a killed writer only ever deletes files the gallery itself names: shard files of its own
+naming pattern that commit.json does not list, and their temporary files. A folder with gallery files
+but no gallery.json is refused as damaged, never recreated over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_write_json
+from ..errors import GalleryError
+from .metadata import FORMAT_NAME, FORMAT_VERSION, read_json
+from .shards import SHARD_DIR, Shard, checked_embeddings, delete_shard, remove_orphans, shard_files, write_shard
+
+GALLERY_FILE = "gallery.json"
+COMMIT_FILE = "commit.json"
+LOCK_FILE = ".lock"
+
+# Size-tiered compaction: when the newest COMPACT_FANOUT shards share a level they are merged into
+# one shard of the next level, so a gallery enrolled 64 images at a time keeps O(16 log16 N) files
+# and every row is rewritten only O(log16 N) times. Shards stop growing at MAX_SHARD_ROWS.
+COMPACT_FANOUT = 16
+MAX_SHARD_ROWS = 1 << 20
+# Testing hook: seconds to sleep between writing a batch's shard files and committing it, so a test
+# can SIGKILL an enrolment inside the critical window.
+COMMIT_DELAY_ENV = "HANDCLIP_GALLERY_COMMIT_DELAY"
+# How long a writer waits for another process's lock before giving up (seconds; the env var overrides).
+LOCK_TIMEOUT_ENV = "HANDCLIP_GALLERY_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 600.0
+WAIT_NOTICE_EVERY = 30.0
+
+log = logging.getLogger(__name__)
+
+
+def lock_timeout(value: float | None = None) -> float:
+    if value is not None:
+        return float(value)
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        raise GalleryError(f"{LOCK_TIMEOUT_ENV}={text[:40]!r} is not a number of seconds") from None
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the gallery's exclusive writer lock, waiting up to ``timeout`` seconds for another writer."""
+    lock_path = Path(index_dir) / LOCK_FILE
+    try:
+        handle = open(lock_path, "a+")
+    except OSError as exc:
+        raise GalleryError(f"cannot write to gallery {index_dir}: {exc.strerror}") from None
+    with handle:
+        _acquire(handle, Path(index_dir), lock_path, lock_timeout(timeout))
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _acquire(handle, index_dir: Path, lock_path: Path, timeout: float) -> None:
+    start = time.monotonic()
+    notice, pause = start, 0.01
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise GalleryError(f"cannot lock gallery {index_dir}: {exc.strerror}") from None
+        now = time.monotonic()
+        if now - start >= timeout:
+            raise GalleryError(f"gallery {index_dir} is being written by another process (lock {lock_path} "
+                               f"still held after {timeout:g} s); try again when it has finished")
+        if now >= notice:
+            log.warning("gallery %s is being written by another process; waiting for it (up to %g s)",
+                        index_dir, timeout)
+            notice = now + WAIT_NOTICE_EVERY
+        time.sleep(min(pause, max(0.0, timeout - (now - start))))
+        pause = min(pause * 2, 0.2)
+
+
+def _prepare_folder(index_dir: Path) -> None:
+    if index_dir.exists() and not index_dir.is_dir():
+        raise GalleryError(f"gallery {index_dir} is not a directory (give a folder for --index)")
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise GalleryError(f"gallery {index_dir} is not a directory (give a folder for --index)") from None
+    except OSError as exc:
+        raise GalleryError(f"cannot create gallery {index_dir}: {exc.strerror}") from None
+
+
+def _refuse_leftovers(index_dir: Path) -> None:
+    """Refuse a folder holding another gallery's files but no gallery.json (a damaged gallery).
+
+    A commit.json with no shards and nothing else is a creation killed before gallery.json was
+    written: nothing would be lost, so creation goes on over it.
+    """
+    from .audit import AUDIT_FILE
+
+    found = []
+    commit = index_dir / COMMIT_FILE
+    if commit.exists():
+        try:
+            if read_json(commit, "gallery commit file").get("shards") != []:
+                found.append(COMMIT_FILE)
+        except GalleryError:
+            found.append(COMMIT_FILE)
+    if shard_files(index_dir):
+        found.append(f"{SHARD_DIR}/")
+    if (index_dir / AUDIT_FILE).exists():
+        found.append(AUDIT_FILE)
+    if found:
+        raise GalleryError(f"{index_dir / GALLERY_FILE} is missing but {index_dir} holds gallery files "
+                           f"({', '.join(found)}): the gallery is damaged; restore {GALLERY_FILE} from a backup "
+                           f"or enrol into a new folder (nothing was changed)")
+
+
+class GalleryWriter:
+    """Writer methods of ``GalleryStore`` (creation, appending, compaction), all under the writer lock."""
+
+    @classmethod
+    def create(cls, index_dir: str | os.PathLike, fingerprint: dict, dim: int, *,
+               checkpoint: str | None = None, **kwargs):
+        """Make a new, empty gallery in ``index_dir`` (created if needed; must not hold a gallery)."""
+        return cls._create(Path(index_dir), fingerprint, dim, checkpoint, False, kwargs)
+
+    @classmethod
+    def open_or_create(cls, index_dir: str | os.PathLike, fingerprint: dict, dim: int, *,
+                       checkpoint: str | None = None, **kwargs):
+        """Open the gallery if ``index_dir`` holds one (refusing another model), else create it."""
+        index_dir = Path(index_dir)
+        if (index_dir / GALLERY_FILE).exists():
+            gallery = cls.open(index_dir, **kwargs)
+        else:
+            gallery = cls._create(index_dir, fingerprint, dim, checkpoint, True, kwargs)
+        gallery.check_model(fingerprint, dim)
+        if checkpoint and gallery.checkpoint != checkpoint:
+            gallery.set_checkpoint(checkpoint)
+        return gallery
+
+    @classmethod
+    def _create(cls, index_dir: Path, fingerprint: dict, dim: int, checkpoint, exist_ok: bool, kwargs):
+        if int(dim) < 1:
+            raise GalleryError(f"gallery feature dimension must be positive, got {dim}")
+        fp_dim = fingerprint.get("feature_dim")
+        if fp_dim is not None and int(fp_dim) != int(dim):
+            raise GalleryError(f"fingerprint feature_dim {fp_dim} does not match the gallery dimension {dim}")
+        _prepare_folder(index_dir)
+        # Under the writer lock: of two processes creating the same new gallery, the second finds
+        # the first's complete gallery here and opens it.
+        with writer_lock(index_dir, kwargs.get("lock_timeout")):
+            if (index_dir / GALLERY_FILE).exists():
+                if not exist_ok:
+                    raise GalleryError(f"{index_dir} already holds a gallery; open it with GalleryStore.open "
+                                       f"to add images")
+                return cls.open(index_dir, **kwargs)
+            _refuse_leftovers(index_dir)
+            (index_dir / SHARD_DIR).mkdir(exist_ok=True)
+            uid = uuid.uuid4().hex
+            # commit.json first, gallery.json last: gallery.json's presence marks a complete gallery.
+            atomic_write_json(index_dir / COMMIT_FILE, {"uid": uid, "generation": 0, "rows": 0,
+                                                        "next_shard": 0, "shards": []})
+            info = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uid": uid, "dim": int(dim),
+                    "fingerprint": dict(fingerprint), "checkpoint": checkpoint,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            atomic_write_json(index_dir / GALLERY_FILE, info)
+        return cls(index_dir, info, **kwargs)
+
+    def set_checkpoint(self, checkpoint: str) -> None:
+        """Record the checkpoint path so ``handclip search`` can find the model by itself."""
+        with self._write_lock():
+            self._info["checkpoint"] = str(checkpoint)
+            atomic_write_json(self.index_dir / GALLERY_FILE, self._info)
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """The writer lock, with the latest commit loaded and a killed writer's leftovers removed."""
+        with writer_lock(self.index_dir, self.lock_timeout):
+            self._load_commit()
+            remove_orphans(self.index_dir, {s.name for s in self._shards.shards})
+            yield
+
+    def add(self, embeddings: np.ndarray, paths: Sequence[str], identities: Sequence[str],
+            file_hashes: Sequence[str]) -> int:
+        """Append one batch and commit it; returns how many rows were added.
+
+        Rows whose file hash is already enrolled (or repeated within the batch) are skipped, so
+        re-enrolling the same file content never duplicates it. The batch is durable once this
+        returns; if the process dies earlier the gallery is exactly as before the call.
+        """
+        embeddings = checked_embeddings(embeddings, self.dim, len(paths), "embeddings")
+        if not (len(paths) == len(identities) == len(file_hashes)):
+            raise GalleryError(f"add() needs one path, identity and file hash per embedding, got "
+                               f"{len(paths)}, {len(identities)}, {len(file_hashes)} for {len(embeddings)} rows")
+        entries = [{"path": str(p), "identity": str(i), "sha256": str(h)}
+                   for p, i, h in zip(paths, identities, file_hashes)]
+        for entry in entries:
+            if not all(0 < len(v) and "\0" not in v for v in entry.values()):
+                raise GalleryError(f"add() needs non-empty paths, identities and hashes without NUL, "
+                                   f"got {entry!r:.200}")
+        with self._write_lock():
+            keep, seen = [], set()
+            for i, file_hash in enumerate(file_hashes):
+                if file_hash not in self._row_by_hash and file_hash not in seen:
+                    seen.add(file_hash)
+                    keep.append(i)
+            if not keep:
+                return 0
+            vectors = np.ascontiguousarray(embeddings[keep])
+            entries = [entries[i] for i in keep]
+            shard = write_shard(self.index_dir, self._next_shard_name(), vectors, entries, 0, self.dim)
+            self._delay_for_tests()
+            self._commit_shards(self._shards.shards + [shard])
+            for entry in entries:
+                self._append_row(entry["path"], entry["identity"], entry["sha256"])
+            self._compact()
+        return len(keep)
+
+    @staticmethod
+    def _delay_for_tests() -> None:
+        delay = os.environ.get(COMMIT_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
+
+    def _next_shard_name(self) -> str:
+        number = int(self._commit["next_shard"])
+        self._commit["next_shard"] = number + 1
+        return f"{number:06d}"
+
+    def _commit_shards(self, shards: list[Shard]) -> None:
+        opened = self._shards.pin([s for s in shards if s not in self._shards.shards])
+        commit = {"uid": self._info["uid"], "generation": self._generation + 1,
+                  "rows": sum(s.rows for s in shards), "next_shard": self._commit["next_shard"],
+                  "shards": [s.as_dict() for s in shards]}
+        try:
+            atomic_write_json(self.index_dir / COMMIT_FILE, commit)  # the commit point
+        except BaseException:
+            for pinned in opened.values():
+                pinned.close()
+            raise
+        self._commit = commit
+        self._generation = commit["generation"]
+        self._shards.replace(shards, opened)
+
+    def _compact(self) -> None:
+        shards = self._shards.shards
+        while len(shards) >= COMPACT_FANOUT:
+            tail = shards[-COMPACT_FANOUT:]
+            level = tail[0].level
+            rows = sum(s.rows for s in tail)
+            if any(s.level != level for s in tail) or rows > MAX_SHARD_ROWS:
+                return
+            self._merge(len(shards) - COMPACT_FANOUT, level + 1)
+            shards = self._shards.shards
+
+    def compact(self) -> None:
+        """Merge every shard into one file (enrolment already merges small shards as it goes)."""
+        with self._write_lock():
+            self._merge(0)
+
+    def _merge(self, first: int, level: int | None = None) -> None:
+        """Merge shards ``first..`` into one: write the new shard, commit, then delete the old files.
+
+        A kill before the commit leaves orphans that the next writer deletes; a kill after it leaves
+        old files no commit refers to, deleted the same way. Readers that opened the older commit keep
+        reading the deleted files through the descriptors they hold (``shards.PinnedShard``).
+        """
+        shards = self._shards.shards
+        merged = shards[first:]
+        if len(merged) < 2:
+            return
+        start_row = sum(s.rows for s in shards[:first])
+        rows = sum(s.rows for s in merged)
+        entries = [{"path": self.path_of_row[r], "identity": self.identity_of_row[r], "sha256": self._hashes[r]}
+                   for r in range(start_row, start_row + rows)]
+        level = max(s.level for s in merged) + 1 if level is None else level
+        shard = write_shard(self.index_dir, self._next_shard_name(), self.iter_vectors(start_row), entries,
+                            level, self.dim, rows=rows)
+        self._commit_shards(shards[:first] + [shard])
+        for old in merged:
+            delete_shard(self.index_dir, old)
