@@ -15,8 +15,6 @@ mid-way loses at most its batch in flight.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -29,7 +27,6 @@ from ..errors import GalleryError, HandCLIPError
 from ..gallery import Gallery
 from ..gallery.enrol import EnrolItem, load_encoder
 from ..gallery.evidence import audited_enrol, evidential_search, load_calibration
-from ..gallery.audit import AUDIT_FILE
 from ..gallery.store import COMMIT_FILE
 from .keys import SERVE_DIR, KeyStore
 from .limits import Limits
@@ -39,27 +36,6 @@ log = logging.getLogger("handclip.serve")
 # Opening a snapshot can race another process's compaction deleting the shards it lists; the next
 # commit file names the merged shard, so a retry succeeds.
 SNAPSHOT_ATTEMPTS = 3
-
-
-@contextlib.contextmanager
-def _audit_lock(index_dir: Path):
-    """The exclusive lock every audit append takes (``flock`` on audit.jsonl)."""
-    fd = os.open(index_dir / AUDIT_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-class _WriterGallery(Gallery):
-    """The service's writer. Each batch commit holds the audit lock: a gallery writer, as it starts,
-    removes every ``.*.tmp`` file in the gallery folder as debris of an interrupted write, and that
-    includes the temporary file of audit.head.json while a concurrent search is appending its record."""
-
-    def add(self, *args, **kwargs):
-        with _audit_lock(self.index_dir):
-            return super().add(*args, **kwargs)
 
 
 @dataclass
@@ -168,7 +144,7 @@ class ServiceState:
         items = list({path: EnrolItem(path, identity)
                       for path, _ in (self._store(folder, u) for u in uploads)}.values())
         with self._write_lock:
-            gallery = _WriterGallery.open(self.index_dir)
+            gallery = Gallery.open(self.index_dir)
 
             def publish(_summary):
                 with self._snapshot_lock:
