@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthetic import _POLISH, _pose, _rng, identity_params
+from .hand_params import POLISH, identity_params, pose_params, seeded_rng
 
 # Reference colours for naming a background or a nail polish (RGB).
 _COLOURS = {
@@ -63,7 +63,7 @@ def identity_phrases(identity: int, seed: int = 0) -> list[list[str]]:
         shape = "broad" if ratio > 1.0 else "narrow"
         traits.append([f"a {shape} palm", f"a {shape} hand"])
     if hand.polished:
-        colour = _POLISH_NAMES[int(np.argmin(((_POLISH - np.asarray(hand.nail_color)) ** 2).sum(1)))]
+        colour = _POLISH_NAMES[int(np.argmin(((POLISH - np.asarray(hand.nail_color)) ** 2).sum(1)))]
         traits.append([f"{colour} nail polish", f"{colour} painted nails", f"nails painted {colour}"])
     else:
         shape = "square" if hand.nail_squareness > 3.5 else "rounded"
@@ -82,8 +82,8 @@ def identity_phrases(identity: int, seed: int = 0) -> list[list[str]]:
 
 def nuisance_phrases(identity: int, sample: int, seed: int = 0) -> list[list[str]]:
     """What the photo ``sample`` adds: background, tilt, lighting, blur and pose, as lists of wordings."""
-    pose = _pose(identity, sample, seed)
-    bg = _rng(seed, identity, 0xB6, sample)  # the renderer's background stream: its first draws
+    pose = pose_params(identity, sample, seed)
+    bg = seeded_rng(seed, identity, 0xB6, sample)  # the renderer's background stream: its first draws
     base, kind = bg.uniform(30, 235, 3), int(bg.integers(3))
     colour = _nearest_colour(base * pose.brightness)
     style = ("plain", "gradient", "textured")[kind]
@@ -113,7 +113,7 @@ def caption(identity: int, sample: int, seed: int = 0, variant: int = 0, keep: f
     Each identity trait is kept with probability ``keep`` (at least one always), each nuisance phrase
     with probability one half.
     """
-    rng = _rng(seed, identity, 0xCA, sample, variant)
+    rng = seeded_rng(seed, identity, 0xCA, sample, variant)
     traits = identity_phrases(identity, seed)
     kept = [t for t in traits if rng.random() < keep] or [traits[int(rng.integers(len(traits)))]]
     order = rng.permutation(len(kept))
