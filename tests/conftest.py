@@ -5,6 +5,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HANDCLIP_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "handclip-test-cache"))
 
+# Under pytest-xdist each worker gets one core: two workers with two OpenMP threads each on a 2-core
+# machine spin against each other and ran the torch-heavy tests up to 15x slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 
 

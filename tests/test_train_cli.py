@@ -69,7 +69,8 @@ def test_train_cli_resume_errors(tmp_path, capsys):
 def test_demo_cli_writes_before_after_metrics(tmp_path, capsys):
     overrides = ["data.synthetic.train_ids=8", "data.synthetic.test_ids=4", "data.synthetic.images_per_id=4",
                  "data.synthetic.image_size=32", "data.image_size=[32,32]", "data.runs=3", "stage1.epochs=1",
-                 "stage2.epochs=1", "stage2.ids_per_batch=4", "stage2.images_per_id=2", "stage2.milestones=[1]"]
+                 "stage2.epochs=1", "stage2.ids_per_batch=4", "stage2.images_per_id=2", "stage2.milestones=[1]",
+                 "pretrain.enabled=false"]  # the pretrained start has its own test in test_pretrain.py
     args = ["demo", "--out", str(tmp_path / "demo"), "--no-progress"]
     for item in overrides:
         args += ["--set", item]
