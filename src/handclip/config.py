@@ -273,7 +273,7 @@ class PretrainConfig(_Section):
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(20, ge=0)
     caption_scene: float = Field(0.5, ge=0, le=1,
-                                 description="chance that a caption names each photo condition (background, light, ...)")
+                                 description="chance a caption names each photo condition (background, light...)")
     seed: int = 0
 
 
