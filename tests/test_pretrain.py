@@ -45,6 +45,16 @@ def test_captions_are_deterministic_varied_and_describe_the_hand():
                for t in (caption(rich, 0, variant=v) for v in range(10)))
 
 
+def test_caption_scene_sets_how_often_photo_conditions_are_named():
+    from handclip.data.captions import nuisance_phrases
+
+    pairs = [(i, n) for i in range(20) for n in range(4)]
+    named = {scene: sum(any(w in caption(i, n, scene=scene) for words in nuisance_phrases(i, n) for w in words)
+                        for i, n in pairs) for scene in (0.0, 0.1, 1.0)}
+    assert named[0.0] == 0 and named[1.0] == len(pairs)  # every photo has a background to name
+    assert 0 < named[0.1] < len(pairs) // 2
+
+
 def test_pretraining_is_bit_identical_for_a_seed_and_loads_as_model_weights(pretrained, tmp_path):
     from handclip.model.handclip import build_model
     from handclip.model.weights import load_weights_file

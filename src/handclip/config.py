@@ -272,6 +272,8 @@ class PretrainConfig(_Section):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(20, ge=0)
+    caption_scene: float = Field(0.5, ge=0, le=1,
+                                 description="chance a caption names each photo condition (background, light...)")
     seed: int = 0
 
 

@@ -2,10 +2,10 @@
 
 A caption describes what the generator drew: some of the identity's fixed traits (skin tone, finger
 length and build, palm shape, nails or nail polish, moles, scar, birthmark) and some of the photo's
-nuisance (background colour and kind, tilt, lighting, blur, finger spread). Each caption keeps only a
-random subset of the traits in a random order with varied wording, so, as with web captions for CLIP,
-the text carries real but partial identity information: many identities share a caption, and two
-captions of one image can differ. Deterministic for (identity, sample, seed, variant).
+nuisance (background colour and kind, tilt, lighting, blur, finger spread), each only sometimes.
+Each caption keeps only a random subset of the traits in a random order with varied wording, so, as
+with web captions for CLIP, the text carries real but partial identity information: many identities
+share a caption, and two captions of one image can differ. Deterministic for (identity, sample, seed, variant).
 """
 
 from __future__ import annotations
@@ -107,22 +107,24 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def caption(identity: int, sample: int, seed: int = 0, variant: int = 0, keep: float = 0.6) -> str:
+def caption(identity: int, sample: int, seed: int = 0, variant: int = 0, keep: float = 0.6,
+            scene: float = 0.5) -> str:
     """A caption of photo ``sample`` of hand ``identity``; ``variant`` draws another wording of the same photo.
 
     Each identity trait is kept with probability ``keep`` (at least one always), each nuisance phrase
-    with probability one half.
+    with probability ``scene``. A low ``scene`` makes captions mostly about the hand: when every caption
+    names the background, the image tower learns the background, which does not tell identities apart.
     """
     rng = seeded_rng(seed, identity, 0xCA, sample, variant)
     traits = identity_phrases(identity, seed)
     kept = [t for t in traits if rng.random() < keep] or [traits[int(rng.integers(len(traits)))]]
     order = rng.permutation(len(kept))
     words = [kept[i][int(rng.integers(len(kept[i])))] for i in order]
-    scene = [p[int(rng.integers(len(p)))] for p in nuisance_phrases(identity, sample, seed) if rng.random() < 0.5]
+    said = [p[int(rng.integers(len(p)))] for p in nuisance_phrases(identity, sample, seed) if rng.random() < scene]
     opening = _OPENINGS[int(rng.integers(len(_OPENINGS)))].format(hand=_HANDS[int(rng.integers(len(_HANDS)))])
     text = f"{opening} with {_join(words)}"
-    if scene:
-        text += ", " + ", ".join(scene)
+    if said:
+        text += ", " + ", ".join(said)
     return text
 
 

@@ -144,7 +144,8 @@ def pretrain_tiny(cfg: PretrainConfig, out_path, backbone: str = "tiny-cnn", syn
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         # A fresh wording of every image each epoch: the text side sees many captions of one photo.
-        tokens = tokenizer([caption(i, n, synthetic_seed, variant=epoch) for i, n in owners]).long()
+        texts = [caption(i, n, synthetic_seed, variant=epoch, scene=cfg.caption_scene) for i, n in owners]
+        tokens = tokenizer(texts).long()
         order = torch.randperm(n_images, generator=generator)
         losses = []
         iterator = range(steps_per_epoch)
