@@ -111,6 +111,15 @@ def test_argument_errors_are_one_line_with_a_help_hint(capsys, argv, command):
     assert hint in line and "usage:" not in line
 
 
+def test_version_is_printed_and_exits_zero(capsys):
+    import handclip
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"handclip {handclip.__version__}"
+
+
 def test_broken_pipe_exits_quietly(monkeypatch, capsys):
     class Closed(io.StringIO):
         def write(self, text):

@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from . import __version__
 from .errors import HandCLIPError
 
 COMMANDS = {
@@ -49,6 +50,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="handclip", description="Hand-based person identification with CLIP-ReID.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"handclip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text in COMMANDS.items():
