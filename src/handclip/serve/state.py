@@ -15,7 +15,6 @@ mid-way loses at most its batch in flight.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -23,19 +22,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ..atomic import atomic_write_bytes, sha256_bytes
-from ..errors import GalleryError, HandCLIPError
+from ..errors import HandCLIPError
 from ..gallery import Gallery
 from ..gallery.enrol import EnrolItem, load_encoder
 from ..gallery.evidence import audited_enrol, evidential_search, load_calibration
 from ..gallery.store import COMMIT_FILE
 from .keys import SERVE_DIR, KeyStore
 from .limits import Limits
-
-log = logging.getLogger("handclip.serve")
-
-# Opening a snapshot can race another process's compaction deleting the shards it lists; the next
-# commit file names the merged shard, so a retry succeeds.
-SNAPSHOT_ATTEMPTS = 3
 
 
 @dataclass
@@ -88,30 +81,21 @@ class ServiceState:
         with self._snapshot_lock:
             return self._reload()
 
-    def _reload(self, force: bool = False) -> Gallery:
-        for attempt in range(SNAPSHOT_ATTEMPTS):
-            stamp = self._commit_stamp()
-            if not force and self._snapshot is not None and stamp == self._stamp:
-                return self._snapshot
-            try:
-                gallery = Gallery.open(self.index_dir)
-                if len(gallery):
-                    gallery.flat_index()  # reads every shard now: searches never open them later
-            except (GalleryError, FileNotFoundError) as exc:
-                if attempt + 1 == SNAPSHOT_ATTEMPTS:
-                    raise
-                log.info("gallery changed while it was opened (%s); opening its newest commit", exc)
-                continue
-            gallery.hash_to_row = {e["sha256"]: row for row, e in enumerate(gallery.entries())}
-            self._snapshot, self._stamp = gallery, stamp
-            return gallery
-        raise AssertionError("unreachable")
+    def _reload(self) -> Gallery:
+        # Gallery.open itself re-reads the newer commit when a compaction deletes a shard it listed.
+        stamp = self._commit_stamp()
+        if self._snapshot is not None and stamp == self._stamp:
+            return self._snapshot
+        gallery = Gallery.open(self.index_dir)
+        if len(gallery):
+            gallery.flat_index()  # reads every shard now: searches never open them later
+        self._snapshot, self._stamp = gallery, stamp
+        return gallery
 
     def image_path(self, sha256: str) -> tuple[str, str] | None:
         """(path, identity) of the enrolled image with this SHA-256, if any."""
-        gallery = self.snapshot()
-        row = gallery.hash_to_row.get(sha256)
-        return None if row is None else (gallery.path_of_row[row], gallery.identity_of_row[row])
+        found = self.snapshot().enrolled_as(sha256)
+        return None if found is None else (found[1], found[0])
 
     # ------------------------------------------------------------------ stored uploads
     def _store(self, folder: Path, upload: Upload) -> tuple[str, str]:
