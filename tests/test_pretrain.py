@@ -174,3 +174,10 @@ def test_broken_stage1_stays_near_chance(pretrained_small, tmp_path, monkeypatch
     breakage(monkeypatch)
     accuracy, chance = stage1_prompt_accuracy(str(pretrained_small.path), tmp_path)
     assert accuracy < 2 * chance, (accuracy, chance)
+
+
+@pytest.mark.parametrize("key, value", [("seed", -1), ("seed", 2**40), ("epochs", 10**9), ("lr", 1e38),
+                                        ("batch_size", 10**7), ("num_ids", 10**9)])
+def test_pretraining_settings_are_bounded_like_the_rest_of_the_config(key, value):
+    with pytest.raises(ConfigError, match=f"pretrain.{key}"):
+        config_from_dict({"pretrain": {key: value}})

@@ -264,17 +264,18 @@ class PretrainConfig(_Section):
     """Contrastive pretraining of a tiny CLIP on captioned synthetic hands (docs/method.md, "Synthetic hands")."""
 
     enabled: bool = Field(False, description="pretrain the tiny backbone first and start from it (model.weights)")
-    first_id: int = Field(100000, ge=0, description="synthetic identities first_id.. (disjoint from the data's)")
-    num_ids: int = Field(400, ge=2)
-    images_per_id: int = Field(8, ge=1)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(2e-3, gt=0)
+    first_id: int = Field(100000, ge=0, le=MAX_SEED,
+                          description="synthetic identities first_id.. (disjoint from the data's)")
+    num_ids: int = Field(400, ge=2, le=MAX_IDS)
+    images_per_id: int = Field(8, ge=1, le=1000)
+    epochs: int = Field(8, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=2, le=MAX_BATCH)
+    lr: float = Field(2e-3, gt=0, le=MAX_LR)
     weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int = Field(20, ge=0, le=MAX_EPOCHS * 1000)
     caption_scene: float = Field(0.5, ge=0, le=1,
                                  description="chance a caption names each photo condition (background, light...)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class Config(_Section):
