@@ -66,14 +66,25 @@ SAME = "the same-person proposition"
 DIFFERENT = "the different-person proposition"
 
 
+def verbal_band(log10_lrs) -> np.ndarray:
+    """The band of each log10 LR: 0 for no support, k = 1..6 for the k-th band of support for the
+    same-person proposition (weak ... extremely strong), -k for the same band for the different-person one.
+
+    The one rule behind the verbal equivalent and the table of bands: an LR on an edge belongs to the
+    stronger band, both ways, so LR 10 and LR 1/10 are both "moderate" (docs/method.md, "Likelihood ratios").
+    """
+    values = np.asarray(log10_lrs, dtype=np.float64)
+    if np.any(np.isnan(values)):
+        raise CalibrationError("no verbal equivalent for a log10 LR of NaN")
+    edges = np.array([edge for edge, _ in VERBAL_BANDS]) - 1e-12  # log10(10 ** k) may round below k
+    strength = np.searchsorted(edges, np.abs(values), side="right")
+    return np.sign(values).astype(np.int64) * strength
+
+
 def verbal_strength(log10_lr: float) -> str:
     """The band's word for |log10 LR|: "no", "weak", ..., "extremely strong"."""
-    magnitude = abs(float(log10_lr))
-    word = "no"
-    for edge, name in VERBAL_BANDS:
-        if magnitude >= edge - 1e-12:
-            word = name
-    return word
+    band = abs(int(verbal_band(log10_lr)))
+    return "no" if band == 0 else VERBAL_BANDS[band - 1][1]
 
 
 def verbal_equivalent(log10_lr: float) -> str:
@@ -84,8 +95,6 @@ def verbal_equivalent(log10_lr: float) -> str:
     1/2 and 2 are said to support neither (ENFSI lists LR 1 for this and starts "weak" at 2).
     """
     value = float(log10_lr)
-    if math.isnan(value):
-        raise CalibrationError("no verbal equivalent for a log10 LR of NaN")
     word = verbal_strength(value)
     if word == "no":
         return "the findings do not support one proposition over the other"
@@ -102,14 +111,15 @@ def _lr_text(log10: float) -> str:
 
 def verbal_scale_rows() -> list[dict]:
     """The bands from the strongest same-person support down to the strongest different-person support:
-    ``low`` and ``high`` in log10 LR, the LR range as text, and the verbal equivalent."""
+    ``band`` (as ``verbal_band`` numbers it), ``low`` and ``high`` in log10 LR, the LR range as text, and
+    the verbal equivalent. An LR on an edge belongs to the row further from LR 1."""
     edges = [edge for edge, _ in VERBAL_BANDS]
     upper = [*edges[1:], math.inf]
-    positive = [(low, high) for low, high in zip(edges, upper)][::-1]
-    bands = [*positive, (-edges[0], edges[0]), *[(-high, -low) for low, high in positive[::-1]]]
-    return [{"low": low, "high": high, "lr": f"{_lr_text(low)} to {_lr_text(high)}",
-             "verbal": verbal_equivalent(0.0 if low < 0 < high else (low if low > 0 else high))}
-            for low, high in bands]
+    positive = [(band, low, high) for band, (low, high) in enumerate(zip(edges, upper), 1)][::-1]
+    bands = [*positive, (0, -edges[0], edges[0]), *[(-band, -high, -low) for band, low, high in positive[::-1]]]
+    return [{"band": band, "low": low, "high": high, "lr": f"{_lr_text(low)} to {_lr_text(high)}",
+             "verbal": verbal_equivalent(0.0 if band == 0 else (low if band > 0 else high))}
+            for band, low, high in bands]
 
 
 # ----------------------------------------------------------------------------------------------
