@@ -17,12 +17,16 @@ Paths shown to people (HTML page, PDF, console) never reveal directories outside
 ``display_path`` gives a file inside the gallery folder relative to it, an enrolled image relative
 to its enrolment root (from its identity's folder on, for a per-identity-folder enrolment), and any
 other file by its name alone; the SHA-256 shown beside it identifies it. Full paths stay in the audit
-log and the JSON output, which the examiner keeps.
+log and the JSON output, which the examiner keeps. A query is named by its exhibit name: the file name
+the examiner gave it (an upload's own name, sanitised by ``exhibit_name``), even when it is stored under
+another name (a web upload is stored by its content hash).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 from typing import Sequence
@@ -36,6 +40,11 @@ from .audit import AuditLog, AuditProblem, AuditRef, VerifyResult, file_entry
 NOT_LIKELIHOOD_RATIOS = ("Scores are cosine similarities between hand embeddings, not likelihood ratios: "
                          "they rank candidates but carry no evidential weight (give --calibration for "
                          "likelihood ratios).")
+# An exhibit's name is shown and recorded with at most this many characters.
+EXHIBIT_NAME_LIMIT = 120
+# Control, invisible formatting (bidirectional overrides, zero-width), private, unassigned and line
+# separator characters: none belongs in a file name a reader is shown.
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
 SCORE_DEFINITIONS = {
     "identity": "best cosine similarity between the query and any of the person's enrolled images",
     "image": "cosine similarity between the query and the enrolled image",
@@ -46,6 +55,26 @@ def printable(text) -> str:
     """``text`` safe to print on a terminal: control characters (escape sequences, carriage returns,
     bidirectional overrides) are shown as ``\\x..`` / ``\\u....`` escapes instead of acting on the screen."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def visible_text(text) -> str:
+    """``text`` (NFC) without control, bidirectional-override or other invisible characters."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", str(text))
+                   if unicodedata.category(ch) not in _HIDDEN_CATEGORIES)
+
+
+def exhibit_name(name, limit: int = EXHIBIT_NAME_LIMIT) -> str:
+    """A client-given file name fit to show and record: its last path part (either slash), with no
+    control, bidirectional or other invisible characters, at most ``limit`` characters keeping its
+    suffix; "upload" when nothing is left."""
+    text = re.split(r"[/\\]", visible_text(name or ""))[-1].strip()
+    if text in ("", ".", ".."):
+        return "upload"
+    if len(text) > limit:
+        stem, dot, suffix = text.rpartition(".")
+        keep = dot + suffix if dot and stem and len(suffix) <= 10 else ""
+        text = text[: limit - len(keep)] + keep
+    return text
 
 
 def display_path(path: str, identity: str | None = None, gallery_dir: str | os.PathLike | None = None) -> str:
@@ -64,6 +93,9 @@ def display_path(path: str, identity: str | None = None, gallery_dir: str | os.P
 
 
 # ---------------------------------------------------------------------- calibration
+_KIND_FIGURES = ("cllr", "cllr_min", "cllr_cal", "n_mated", "n_nonmated")
+
+
 @dataclass
 class CalibrationInfo:
     """A loaded calibration and the file it came from."""
@@ -92,21 +124,29 @@ class CalibrationInfo:
         return text + (f" ({'; '.join(details)})" if details else "")
 
     def figures(self, kind: str) -> dict:
-        """The cross-validated figures of one score kind (the top-level ones when not given per kind)."""
+        """The cross-validated figures of one score kind. The summary's top-level figures are the image
+        kind's, so another kind without its own figures gets none rather than those."""
         s = self.summary
-        return {**s, **((s.get("kinds") or {}).get(kind) or {})}
+        own = (s.get("kinds") or {}).get(kind)
+        if own is None and kind != "image":
+            s = {k: v for k, v in s.items() if k not in _KIND_FIGURES}
+        return {**s, **(own or {})}
 
-    def validation(self, kind: str) -> str:
+    def describe(self, kind: str) -> str:
+        """The calibration of the score kind a search used, as every output shows it (console, JSON, web
+        page, HTML, PDF): method, that kind's cross-validated Cllr rounded to 3 decimals, the pair counts,
+        and the bounds."""
         f = self.figures(kind)
         number = lambda key: f"{f[key]:.3f}" if isinstance(f.get(key), (int, float)) else "?"  # noqa: E731
+        low, high = self.calibration.bounds(kind)
         return (f"{f.get('method', '?')} calibration of '{kind}' scores: Cllr {number('cllr')} (Cllr_min "
                 f"{number('cllr_min')}), {f.get('n_identities', '?')} identities, {f.get('n_mated', '?')} mated "
-                f"and {f.get('n_nonmated', '?')} non-mated pairs")
+                f"and {f.get('n_nonmated', '?')} non-mated pairs; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
 
     def as_record(self, kind: str) -> dict:
         low, high = self.calibration.bounds(kind)
         return {"path": self.path, "sha256": self.sha256, "kind": kind, "bounds_log10": [float(low), float(high)],
-                "summary": self.summary}
+                "description": self.describe(kind), "summary": self.summary}
 
 
 def load_calibration(path: str | os.PathLike) -> CalibrationInfo:
@@ -145,12 +185,16 @@ class CandidateEvidence:
 
 @dataclass
 class QueryEvidence:
+    """One query: the file searched, its exhibit name (what the examiner called it), hash and candidates."""
+
     query: str
     sha256: str
     candidates: list[CandidateEvidence]
+    name: str = ""
 
     def as_dict(self) -> dict:
-        return {"query": self.query, "sha256": self.sha256, "candidates": [c.as_dict() for c in self.candidates]}
+        return {"query": self.query, "name": self.name or PurePath(self.query).name, "sha256": self.sha256,
+                "candidates": [c.as_dict() for c in self.candidates]}
 
 
 @dataclass
@@ -203,8 +247,10 @@ def evidential_search(gallery, encoder, queries: Sequence[str | os.PathLike], *,
                       by: str = "identity", index_type: str = "auto",
                       calibration: CalibrationInfo | str | os.PathLike | None = None,
                       examiner: str | None = None, arguments: dict | None = None, audit: bool = True,
-                      batch_size: int = 64) -> EvidentialSearch:
-    """Search, attach likelihood ratios when calibrated, append the audit record, return it all."""
+                      batch_size: int = 64, names: Sequence[str] | None = None) -> EvidentialSearch:
+    """Search, attach likelihood ratios when calibrated, append the audit record, return it all.
+
+    ``names`` are the queries' exhibit names, one per query (default: each file's own name)."""
     from .enrol import search_images
 
     if calibration is not None and not isinstance(calibration, CalibrationInfo):
@@ -212,6 +258,9 @@ def evidential_search(gallery, encoder, queries: Sequence[str | os.PathLike], *,
     if calibration is not None:
         calibration.calibration.check_model(encoder.fingerprint())
     paths = [str(Path(q)) for q in queries]
+    if names is not None and len(names) != len(paths):
+        raise HandCLIPError(f"{len(names)} exhibit name(s) given for {len(paths)} quer{'y' if len(paths) == 1 else 'ies'}")
+    names = [exhibit_name(n) for n in names] if names is not None else [PurePath(p).name for p in paths]
     intake = _hash_queries(paths)
     results = search_images(gallery, encoder, paths, top_k=top_k, by=by, index_type=index_type,
                             batch_size=batch_size)
@@ -221,7 +270,7 @@ def evidential_search(gallery, encoder, queries: Sequence[str | os.PathLike], *,
     hashes = gallery.file_hashes(c.path for r in results for c in r.candidates)
     bounds = tuple(float(b) for b in calibration.calibration.bounds(by)) if calibration else None
     found = []
-    for result in results:
+    for result, name in zip(results, names):
         lrs = (calibration.calibration.log10_lr(np.array([c.score for c in result.candidates], np.float64), kind=by)
                if calibration and result.candidates else [None] * len(result.candidates))
         candidates = []
@@ -235,7 +284,7 @@ def evidential_search(gallery, encoder, queries: Sequence[str | os.PathLike], *,
                 evidence.verbal = verbal_equivalent(float(lr))
                 evidence.at_bound = _bound_side(float(lr), bounds)
             candidates.append(evidence)
-        found.append(QueryEvidence(result.query, intake[result.query], candidates))
+        found.append(QueryEvidence(result.query, intake[result.query], candidates, name))
     fingerprint = encoder.fingerprint()
     search = EvidentialSearch(
         queries=found, by=by, top_k=int(top_k), index_type=gallery.resolve_index_type(index_type),

@@ -33,7 +33,7 @@ from .limits import Limits
 
 @dataclass
 class Upload:
-    name: str   # the name the client gave (kept in the audit record's arguments only)
+    name: str   # the client's file name, sanitised (gallery.evidence.exhibit_name): the exhibit's name
     data: bytes
     suffix: str  # from the decoded format, see limits.check_image
 
@@ -111,15 +111,22 @@ class ServiceState:
         query, _ = self._store(self.serve_dir / "queries", upload)
         gallery = self.snapshot()
         found = evidential_search(gallery, self.encoder, [query], top_k=top_k, by=by, index_type=index_type,
-                                  calibration=self.calibration, examiner=examiner, arguments=arguments)
+                                  calibration=self.calibration, examiner=examiner, arguments=arguments,
+                                  names=[upload.name])
         if report:
-            from ..gallery.case_report import write_case_report
+            from ..gallery.case_report import report_file_name, write_case_report
 
-            write_case_report(found, self.report_path(found.audit.seq), case_id=case_id, examiner=examiner)
+            seq = found.audit.seq
+            write_case_report(found, self.serve_dir / "reports" / str(int(seq)) / report_file_name(seq, case_id),
+                              case_id=case_id, examiner=examiner)
         return found, gallery
 
-    def report_path(self, seq: int) -> Path:
-        return self.serve_dir / "reports" / f"search-{int(seq)}.pdf"
+    def report_path(self, seq: int) -> Path | None:
+        """The case report of search record ``seq`` (one per record folder, named by case id and record)."""
+        folder = self.serve_dir / "reports" / str(int(seq))
+        found = sorted(folder.glob("*.pdf")) if folder.is_dir() else []
+        legacy = self.serve_dir / "reports" / f"search-{int(seq)}.pdf"  # written before reports had names
+        return found[0] if found else legacy if legacy.is_file() else None
 
     # ------------------------------------------------------------------ writing
     def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict):
