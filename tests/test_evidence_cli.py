@@ -18,7 +18,7 @@ from handclip import cli as cli_module
 from handclip.atomic import sha256_file
 from handclip.gallery import Gallery
 from handclip.gallery.audit import AUDIT_FILE, TORN_WRITE_DELAY_ENV, AuditLog
-from handclip.gallery.store import COMMIT_DELAY_ENV
+from handclip.gallery.writer import COMMIT_DELAY_ENV
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 OUR_COMMANDS = {name: cli_module.COMMANDS[name] for name in ("enrol", "search", "audit")}

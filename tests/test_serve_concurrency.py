@@ -160,7 +160,7 @@ def test_a_service_killed_during_an_enrolment_keeps_every_committed_batch_and_re
 
     import httpx
 
-    from handclip.gallery.store import COMMIT_DELAY_ENV
+    from handclip.gallery.writer import COMMIT_DELAY_ENV
 
     index = enrolled_gallery(assets, tmp_path / "gallery")
     keys = add_keys(index)

@@ -26,7 +26,7 @@ def run(args) -> int:
     from ..gallery import Gallery
     from ..gallery.enrol import check_images, collect_images, load_encoder
     from ..gallery.evidence import audited_enrol, printable
-    from ..gallery.store import GALLERY_FILE
+    from ..gallery.metadata import GALLERY_FILE
 
     if args.batch_size < 1:
         raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")

@@ -20,7 +20,8 @@ from ..data.images import identity_folders, scan_images
 from ..data.manifest import Manifest
 from ..errors import DataError, HandCLIPError
 from ..model.inference import Encoder
-from .search import Candidate, Gallery
+from .folder import Gallery
+from .index import Candidate
 
 
 @dataclass(frozen=True)

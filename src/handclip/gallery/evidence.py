@@ -298,7 +298,7 @@ def audited_enrol(gallery, encoder, items, *, examiner: str | None = None, argum
 # ---------------------------------------------------------------------- verification
 def verify_gallery_audit(index_dir: str | os.PathLike, check_files: bool = True) -> VerifyResult:
     """The audit log's own checks, plus the gallery files and whether the gallery changed unrecorded."""
-    from .search import Gallery
+    from .folder import Gallery
 
     log = AuditLog(index_dir)
     result = log.verify(check_files=check_files)

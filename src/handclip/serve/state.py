@@ -23,10 +23,10 @@ from typing import Sequence
 
 from ..atomic import atomic_write_bytes, sha256_bytes
 from ..errors import HandCLIPError
-from ..gallery import Gallery
+from ..gallery import Gallery, GalleryReader
 from ..gallery.enrol import EnrolItem, load_encoder
 from ..gallery.evidence import audited_enrol, evidential_search, load_calibration
-from ..gallery.store import COMMIT_FILE
+from ..gallery.metadata import COMMIT_FILE
 from .keys import SERVE_DIR, KeyStore
 from .limits import Limits
 
@@ -64,7 +64,7 @@ class ServiceState:
         self.serve_dir = self.index_dir / SERVE_DIR
         self._write_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
-        self._snapshot: Gallery | None = None
+        self._snapshot: GalleryReader | None = None
         self._stamp: tuple | None = None
         self.snapshot()
 
@@ -73,7 +73,7 @@ class ServiceState:
         st = (self.index_dir / COMMIT_FILE).stat()
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def snapshot(self) -> Gallery:
+    def snapshot(self) -> GalleryReader:
         """The gallery at its newest commit (opened again only when commit.json changed)."""
         current = self._snapshot
         if current is not None and self._stamp == self._commit_stamp():
@@ -81,14 +81,15 @@ class ServiceState:
         with self._snapshot_lock:
             return self._reload()
 
-    def _reload(self) -> Gallery:
-        # Gallery.open itself re-reads the newer commit when a compaction deletes a shard it listed.
+    def _reload(self) -> GalleryReader:
+        # Opening re-reads the newer commit when a compaction deletes a shard it listed. A fresh reader
+        # with its own indexes: searches still running on the previous snapshot keep theirs untouched.
         stamp = self._commit_stamp()
         if self._snapshot is not None and stamp == self._stamp:
             return self._snapshot
-        gallery = Gallery.open(self.index_dir)
+        gallery = GalleryReader.open(self.index_dir)
         if len(gallery):
-            gallery.flat_index()  # reads every shard now: searches never open them later
+            gallery.indexes.flat()  # reads every shard now: searches never open them later
         self._snapshot, self._stamp = gallery, stamp
         return gallery
 
