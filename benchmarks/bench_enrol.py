@@ -46,7 +46,8 @@ def main() -> None:
 
     from handclip.data.synthetic import write_synthetic_dataset
     from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, enrol_images, load_encoder
+    from handclip.gallery.enrol import collect_images, enrol_images
+    from handclip.model.inference import load_encoder
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="handclip-bench-enrol-"))

@@ -125,7 +125,8 @@ def main() -> None:
 
     from handclip.data.synthetic import render_hand, write_synthetic_dataset
     from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, load_encoder
+    from handclip.gallery.enrol import collect_images
+    from handclip.model.inference import load_encoder
     from handclip.gallery.evidence import audited_enrol
     from handclip.serve.keys import KeyStore
 

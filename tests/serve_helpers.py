@@ -25,8 +25,8 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
 
 def make_calibration(checkpoint: Path, out: Path) -> Path:
     """A KDE calibration on made-up scores spanning the random-weight model's cosines (0.997-1.0)."""
-    from handclip.evaluate.calibration import ScoreCalibration, fit_score_map
-    from handclip.gallery.enrol import load_encoder
+    from handclip.forensic.calibration import ScoreCalibration, fit_score_map
+    from handclip.model.inference import load_encoder
 
     rng = np.random.default_rng(0)
     maps = {kind: fit_score_map(1 - np.abs(rng.normal(0, width * 6e-4, 400)),
@@ -50,7 +50,8 @@ def make_assets(root: Path, num_ids: int = 5, images_per_id: int = 3) -> dict:
 def enrolled_gallery(assets: dict, index: Path) -> Path:
     """The synthetic hands enrolled into a fresh gallery at ``index`` (through the audited API)."""
     from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, load_encoder
+    from handclip.gallery.enrol import collect_images
+    from handclip.model.inference import load_encoder
     from handclip.gallery.evidence import audited_enrol
 
     encoder = load_encoder(assets["ckpt"], device="cpu")

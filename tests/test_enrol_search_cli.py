@@ -147,7 +147,7 @@ def test_bad_queries_and_galleries_give_one_line_errors(assets, tmp_path, capsys
     (index / "commit.json").write_text('{"uid": ')
     assert cli("search", "--index", index, "--query", assets["images"] / "0000" / "000.png") == 2
     assert f"{index / 'commit.json'} is corrupt or truncated" in capsys.readouterr().err
-    from handclip.gallery.enrol import load_encoder
+    from handclip.model.inference import load_encoder
 
     loaded = load_encoder(assets["ckpt"], device="cpu")
     empty = tmp_path / "empty"

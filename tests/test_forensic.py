@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handclip.evaluate import crosscal
-from handclip.evaluate.calibration import CalibrationError, ScoreMap
-from handclip.evaluate.crosscal import cross_calibrate, identity_pairs, image_pairs
+from handclip.forensic import crosscal
+from handclip.forensic.calibration import CalibrationError, ScoreMap
+from handclip.forensic.crosscal import cross_calibrate, identity_pairs, image_pairs
 from handclip.evaluate.forensic import run_figures
 
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from handclip.data.synthetic import render_hand  # noqa: E402
 from handclip.gallery import Gallery  # noqa: E402
-from handclip.gallery.audit import AuditLog  # noqa: E402
+from handclip.forensic.audit import AuditLog  # noqa: E402
 from handclip.serve.app import create_app  # noqa: E402
 from handclip.serve.state import ServiceState  # noqa: E402
 

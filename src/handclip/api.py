@@ -31,12 +31,13 @@ from .data.protocols import (
     prepare_hd,
     prepare_synthetic,
 )
-from .evaluate.calibrate import calibrate
+from .forensic.calibrate import calibrate
 from .evaluate.protocol import EvalResult
 from .evaluate.protocol import evaluate_manifest as evaluate
 from .evaluate.report import write_evaluation_outputs
 from .gallery import Candidate, Gallery
-from .gallery.enrol import collect_images, load_encoder
+from .gallery.enrol import collect_images
+from .model.inference import load_encoder
 from .gallery.enrol import enrol_images as enrol
 from .gallery.enrol import search_images as search
 from .gallery.case_report import write_case_report

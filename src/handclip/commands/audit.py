@@ -32,7 +32,7 @@ def _summary(record: dict) -> str:
 
 
 def run(args) -> int:
-    from ..gallery.audit import AuditLog
+    from ..forensic.audit import AuditLog
     from ..errors import HandCLIPError
     from ..gallery.evidence import verify_gallery_audit
 

@@ -24,7 +24,8 @@ def run(args) -> int:
     from ..atomic import atomic_write_text
     from ..errors import HandCLIPError
     from ..gallery import Gallery
-    from ..gallery.enrol import check_images, collect_images, load_encoder
+    from ..gallery.enrol import check_images, collect_images
+    from ..model.inference import load_encoder
     from ..gallery.evidence import audited_enrol, printable
     from ..gallery.metadata import GALLERY_FILE
 

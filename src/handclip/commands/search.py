@@ -84,7 +84,7 @@ def run(args) -> int:
     from ..atomic import atomic_write_json, sha256_file
     from ..errors import HandCLIPError
     from ..gallery import Gallery
-    from ..gallery.enrol import load_encoder
+    from ..model.inference import load_encoder
     from ..gallery.evidence import evidential_search, load_calibration
     from ..gallery.html import write_search_html
 

@@ -60,11 +60,6 @@ class QueryResult:
         return {"query": self.query, "candidates": [c.as_dict() for c in self.candidates]}
 
 
-def load_encoder(checkpoint: str | os.PathLike, device=None) -> Encoder:
-    """A HandCLIP checkpoint's encoder for enrolment or search (each image read once, in this process)."""
-    return Encoder.from_checkpoint(checkpoint, device=device).single_pass()
-
-
 def collect_images(source: str | os.PathLike, split: str | None = None) -> list[EnrolItem]:
     """Images to enrol with their identities, from a manifest CSV (identity = pid) or from a
     directory of per-identity folders (identity = folder name)."""

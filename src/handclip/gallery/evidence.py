@@ -31,7 +31,7 @@ import numpy as np
 
 from ..atomic import sha256_file
 from ..errors import DataError, GalleryError, HandCLIPError
-from .audit import AuditLog, AuditProblem, AuditRef, VerifyResult, file_entry
+from ..forensic.audit import AuditLog, AuditProblem, AuditRef, VerifyResult, file_entry
 
 NOT_LIKELIHOOD_RATIOS = ("Scores are cosine similarities between hand embeddings, not likelihood ratios: "
                          "they rank candidates but carry no evidential weight (give --calibration for "
@@ -68,7 +68,7 @@ def display_path(path: str, identity: str | None = None, gallery_dir: str | os.P
 class CalibrationInfo:
     """A loaded calibration and the file it came from."""
 
-    calibration: object  # handclip.evaluate.calibration.ScoreCalibration
+    calibration: object  # handclip.forensic.calibration.ScoreCalibration
     path: str
     sha256: str
 
@@ -111,7 +111,7 @@ class CalibrationInfo:
 
 def load_calibration(path: str | os.PathLike) -> CalibrationInfo:
     """Load a calibration file (CalibrationError naming the file if it is missing or corrupt)."""
-    from ..evaluate.calibration import ScoreCalibration
+    from ..forensic.calibration import ScoreCalibration
 
     calibration = ScoreCalibration.load(path)
     return CalibrationInfo(calibration, str(Path(path).resolve()), sha256_file(path))
@@ -229,7 +229,7 @@ def evidential_search(gallery, encoder, queries: Sequence[str | os.PathLike], *,
             evidence = CandidateEvidence(c.rank, c.identity, float(c.score), c.path, hashes.get(c.path),
                                          c.num_images, c.matched)
             if lr is not None:
-                from ..evaluate.calibration import verbal_equivalent
+                from ..forensic.calibration import verbal_equivalent
 
                 evidence.log10_lr = float(lr)
                 evidence.verbal = verbal_equivalent(float(lr))

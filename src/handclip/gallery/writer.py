@@ -29,7 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from ..errors import GalleryError
-from .audit import AUDIT_FILE
+from ..forensic.audit import AUDIT_FILE
 from .metadata import COMMIT_FILE, FORMAT_NAME, FORMAT_VERSION, GALLERY_FILE, Shard, read_json
 from .reader import GalleryReader
 from .shards import SHARD_DIR, checked_embeddings, delete_shard, remove_orphans, shard_files, write_shard

@@ -24,7 +24,8 @@ from typing import Sequence
 from ..atomic import atomic_write_bytes, sha256_bytes
 from ..errors import HandCLIPError
 from ..gallery import Gallery, GalleryReader
-from ..gallery.enrol import EnrolItem, load_encoder
+from ..gallery.enrol import EnrolItem
+from ..model.inference import load_encoder
 from ..gallery.evidence import audited_enrol, evidential_search, load_calibration
 from ..gallery.metadata import COMMIT_FILE
 from .keys import SERVE_DIR, KeyStore
