@@ -49,14 +49,11 @@ def make_assets(root: Path, num_ids: int = 5, images_per_id: int = 3) -> dict:
 
 def enrolled_gallery(assets: dict, index: Path) -> Path:
     """The synthetic hands enrolled into a fresh gallery at ``index`` (through the audited API)."""
-    from handclip.gallery import Gallery
     from handclip.gallery.enrol import collect_images
-    from handclip.model.inference import load_encoder
-    from handclip.gallery.evidence import audited_enrol
+    from handclip.gallery.session import ExaminerSession
 
-    encoder = load_encoder(assets["ckpt"], device="cpu")
-    gallery = Gallery.create(index, encoder.fingerprint(), encoder.feature_dim, checkpoint=encoder.checkpoint)
-    audited_enrol(gallery, encoder, collect_images(assets["images"]), examiner="setup", batch_size=8)
+    session = ExaminerSession.open(index, assets["ckpt"], device="cpu", create=True, batch_size=8)
+    session.enrol(collect_images(assets["images"]), examiner="setup")
     return index
 
 

@@ -175,7 +175,7 @@ def test_case_report_holds_the_query_hash_candidates_and_audit_record_and_render
 
 
 def test_display_paths_are_gallery_or_enrolment_relative_else_the_file_name(tmp_path):
-    from handclip.gallery.evidence import display_path
+    from handclip.gallery.results import display_path
 
     gallery = tmp_path / "gallery"
     assert display_path(str(gallery.resolve() / "shards" / "x.png"), "p1", gallery) == "shards/x.png"

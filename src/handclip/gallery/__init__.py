@@ -5,7 +5,7 @@ and the search part a reader is given (index: exact search; ann: approximate ind
 result pages (html)."""
 
 from .folder import Gallery
-from .index import Candidate
+from .results import Candidate
 from .reader import GalleryReader
 from .writer import GalleryWriter
 

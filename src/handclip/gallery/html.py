@@ -45,11 +45,11 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
                       statement: str | None = None, propositions: dict | None = None, audit=None) -> Path:
     """One row per query: the query photo, then its candidates in rank order with their scores.
 
-    Paths are shown as ``handclip.gallery.evidence.display_path`` gives them (relative to the gallery
+    Paths are shown as ``handclip.gallery.results.display_path`` gives them (relative to the gallery
     or the enrolment root, else the file name), never the directories above; a query's SHA-256 is
     shown when the results carry it, and the propositions and audit record of an evidential search.
     """
-    from .evidence import display_path
+    from .results import display_path
 
     rows = []
     for result in results:

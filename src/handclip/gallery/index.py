@@ -16,7 +16,6 @@ takes it over (``handed_to``), the indexes are extended with the new rows rather
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy as np
 from ..errors import GalleryError
 from ..runtime import faiss_with_threads
 from .ann import ANN_TYPES, MIN_SELF_RECALL, ApproximateIndexes
+from .results import Candidate
 
 # Above this many vectors, index_type='auto' switches from exact search to the pca index.
 AUTO_APPROX_THRESHOLD = 200_000
@@ -31,31 +31,6 @@ AUTO_APPROX_THRESHOLD = 200_000
 IndexType = Literal["auto", "flat", "pca", "ivf", "hnsw"]
 INDEX_TYPES = ("auto", "flat", *ANN_TYPES)
 SearchBy = Literal["image", "identity"]
-
-
-@dataclass
-class Candidate:
-    """One ranked answer for a query.
-
-    ``score`` is a cosine similarity. For ``by='image'`` a candidate is one enrolled image. For
-    ``by='identity'`` it is one person: ``score`` is the best score over all of that person's
-    enrolled images, ``path`` the image that achieved it, ``images`` all of their images best first
-    (``(path, score)``), ``num_images`` how many they have enrolled and ``matched`` how many of them are
-    among the query's ``top_k`` image-level hits.
-    """
-
-    rank: int
-    identity: str
-    score: float
-    path: str
-    num_images: int
-    matched: int
-    images: list[tuple[str, float]] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        out = asdict(self)
-        out["images"] = [{"path": p, "score": s} for p, s in self.images]
-        return out
 
 
 def _checked_queries(queries, dim: int) -> np.ndarray:
