@@ -318,9 +318,9 @@ def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositio
     from handclip.forensic.calibration import ScoreCalibration, verbal_equivalent
 
     images, index = enrolled
-    out_json, report = tmp_path / "hits.json", tmp_path / "case.pdf"
+    out_json, report, page = tmp_path / "hits.json", tmp_path / "case.pdf", tmp_path / "hits.html"
     assert cli("search", "--index", index, "--query", images / "0004" / "001.png", "--by", by, "--top-k", "5",
-               "--calibration", calibrations["ours"], "--json", out_json, "--report", report) == 0
+               "--calibration", calibrations["ours"], "--json", out_json, "--report", report, "--html", page) == 0
     out = capsys.readouterr().out
     calibration = ScoreCalibration.load(calibrations["ours"])
     low, high = calibration.bounds(by)
@@ -347,6 +347,14 @@ def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositio
     assert "Propositions" in text and "Hd: They come from different people" in text
     assert f"{expected[0]:+.2f}" in text and sha256_file(calibrations["ours"]) in text
     assert "not likelihood ratios" not in text
+    # the CLI, the JSON, the HTML page and the PDF give one calibration line: the searched kind's Cllr, rounded
+    import html
+
+    line = f"kde calibration of '{by}' scores: {cllr}, 60 identities, 400 mated and 4000 non-mated pairs; " \
+           f"log10 LR bounded to [{low:+.2f}, {high:+.2f}]"
+    assert found["calibration"]["description"] == line and line in out
+    assert line in html.unescape(page.read_text()) and line in " ".join(text.split())
+    assert record["calibration"]["description"] == line
 
 
 def test_a_calibration_for_another_model_or_a_bad_calibration_file_is_refused(enrolled, calibrations, tmp_path,

@@ -54,6 +54,9 @@ def test_cli_search_and_serve_search_record_the_same_audit_fields(assets, galler
     from_cli = AuditLog(gallery).records()[-1]
     assert from_cli["seq"] == served["seq"] + 1
     assert set(served) == set(from_cli)
+    # The exhibit name is the file name the examiner gave: the upload's own name, the stored file's name.
+    assert served["results"][0].pop("name") == query.name
+    assert from_cli["results"][0].pop("name") == Path(stored).name
     different = sorted(k for k in set(served) - PER_REQUEST if served[k] != from_cli[k])
     assert different == [], {k: (served[k], from_cli[k]) for k in different}
     assert served["calibration"]["sha256"] and served["model"]["checkpoint_sha256"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import add_keys, enrolled_gallery, make_assets
+from serve_helpers import IDENTITY_CLLR, IMAGE_CLLR, add_keys, enrolled_gallery, make_assets
 
 CHROMIUM = "/usr/bin/chromium"
 import playwright.sync_api as playwright_api  # noqa: E402
@@ -78,6 +78,10 @@ def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_pat
                                    ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
             assert page.locator("#report-link").is_visible()
             assert "Audit record" in page.inner_text("#record")
+            # the calibration line of the kind searched (people: 'identity'), rounded as in the PDF
+            statement = page.inner_text("#statement")
+            assert "kde calibration of 'identity' scores: Cllr 0.050 (Cllr_min 0.041)" in statement
+            assert str(IMAGE_CLLR) not in statement and str(IDENTITY_CLLR) not in statement
             shot = tmp_path / "serve_search.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

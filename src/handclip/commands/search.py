@@ -33,7 +33,7 @@ def _print(search) -> None:
 
     calibrated = search.calibration is not None
     for query in search.queries:
-        print(f"query {printable(display_path(query.query))}  SHA-256 {query.sha256}")
+        print(f"query {printable(query.name or display_path(query.query))}  SHA-256 {query.sha256}")
         for c in query.candidates:
             detail = (f"{c.matched}/{c.num_images} images in top hits" if search.by == "identity"
                       else printable(display_path(c.path, c.identity, search.gallery["dir"])))
@@ -44,14 +44,20 @@ def _print(search) -> None:
             print(f"  {c.rank:3d}. {printable(c.identity):<20} {c.score:.4f}{weight}  {detail}")
     print(f"score: {search.score}")
     if calibrated:
-        low, high = search.bounds
         print(f"Hp: {search.propositions['hp']}\nHd: {search.propositions['hd']}")
-        print(f"calibration {printable(display_path(search.calibration.path))} (SHA-256 {search.calibration.sha256[:16]}...): "
-              f"{search.calibration.validation(search.by)}; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
+        print(_calibration_line(search))
     else:
         print(search.statement)
     if search.audit is not None:
         print(f"audit record {search.audit.seq} (SHA-256 {search.audit.hash}) in {search.audit.log}")
+
+
+def _calibration_line(search) -> str:
+    from ..gallery.results import display_path, printable
+
+    cal = search.calibration
+    return (f"calibration {printable(display_path(cal.path))} (SHA-256 {cal.sha256[:16]}...): "
+            f"{cal.describe(search.by)}")
 
 
 def _check_output(flag: str, out: str | None) -> None:
@@ -107,7 +113,8 @@ def run(args) -> int:
         _write("--html", args.html, lambda: write_search_html(
             search.queries, args.html, gallery_dir=str(session.index_dir), by=args.by,
             checkpoint=checkpoint, statement=search.statement,
-            propositions=search.propositions, audit=search.audit))
+            propositions=search.propositions, audit=search.audit,
+            calibration=_calibration_line(search) if search.calibration else None))
         print(f"wrote {args.html}")
     if args.report:
         _write("--report", args.report, lambda: session.report(search, args.report, case_id=args.case_id))

@@ -24,6 +24,8 @@ NOT_LIKELIHOOD_RATIOS = ("Scores are cosine similarities between hand embeddings
                          "they rank candidates but carry no evidential weight (give --calibration for "
                          "likelihood ratios).")
 CALIBRATED = "Likelihood ratios from the calibration below, bounded to what its data supports."
+# The summary's top-level figures are the image kind's (see CalibrationInfo.figures).
+_KIND_FIGURES = ("cllr", "cllr_min", "cllr_cal", "n_mated", "n_nonmated")
 
 
 @dataclass
@@ -54,16 +56,24 @@ class CalibrationInfo:
         return text + (f" ({'; '.join(details)})" if details else "")
 
     def figures(self, kind: str) -> dict:
-        """The cross-validated figures of one score kind (the top-level ones when not given per kind)."""
+        """The cross-validated figures of one score kind. The summary's top-level figures are the image
+        kind's, so another kind without its own figures gets none rather than those."""
         s = self.summary
-        return {**s, **((s.get("kinds") or {}).get(kind) or {})}
+        own = (s.get("kinds") or {}).get(kind)
+        if own is None and kind != "image":
+            s = {k: v for k, v in s.items() if k not in _KIND_FIGURES}
+        return {**s, **(own or {})}
 
-    def validation(self, kind: str) -> str:
+    def describe(self, kind: str) -> str:
+        """The calibration of the score kind a search used, as every output shows it (console, JSON, web
+        page, HTML, PDF): method, that kind's cross-validated Cllr rounded to 3 decimals, the pair counts,
+        and the bounds."""
         f = self.figures(kind)
         number = lambda key: f"{f[key]:.3f}" if isinstance(f.get(key), (int, float)) else "?"  # noqa: E731
+        low, high = self.bounds(kind)
         return (f"{f.get('method', '?')} calibration of '{kind}' scores: Cllr {number('cllr')} (Cllr_min "
                 f"{number('cllr_min')}), {f.get('n_identities', '?')} identities, {f.get('n_mated', '?')} mated "
-                f"and {f.get('n_nonmated', '?')} non-mated pairs")
+                f"and {f.get('n_nonmated', '?')} non-mated pairs; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
 
     def bounds(self, kind: str) -> tuple[float, float]:
         low, high = self.calibration.bounds(kind)
@@ -80,7 +90,7 @@ class CalibrationInfo:
     def as_record(self, kind: str) -> dict:
         low, high = self.bounds(kind)
         return {"path": self.path, "sha256": self.sha256, "kind": kind, "bounds_log10": [low, high],
-                "summary": self.summary}
+                "description": self.describe(kind), "summary": self.summary}
 
 
 def _bound_side(value: float, bounds: tuple[float, float]) -> str | None:

@@ -1,6 +1,6 @@
 """The case report of an evidential search: a PDF (reportlab) an examiner can read, file and sign.
 
-Per query: the photo with its SHA-256 taken at intake, then the ranked candidates with thumbnails,
+Per query: the photo with its exhibit name and its SHA-256 taken at intake, then the ranked candidates with thumbnails,
 scores, log10 likelihood ratios and their verbal equivalents. Then the propositions the LRs weigh (or
 the statement that scores are not LRs), the identifiers of model, gallery and calibration, the audit
 record's seq and hash, a limitations paragraph and a signature block. Names and paths are escaped for
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -160,10 +161,8 @@ def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:
                        f"index {search.index_type}", False)]
     if search.calibration is not None:
         cal = search.calibration
-        s = cal.summary
-        low, high = search.bounds
-        rows += [("Calibration", f"{display_path(cal.path)}: {cal.validation(search.by)}; "
-                                 f"log10 LR bounds {low:+.2f} .. {high:+.2f}; created {s.get('created', '?')}", False),
+        rows += [("Calibration", f"{display_path(cal.path)}: {cal.describe(search.by)}; "
+                                 f"created {cal.summary.get('created', '?')}", False),
                  ("Calibration SHA-256", cal.sha256, True)]
     else:
         rows.append(("Calibration", "none: scores are not likelihood ratios", False))
@@ -172,6 +171,13 @@ def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:
                                   f"(`handclip audit verify --index GALLERY` checks it)", False),
                  ("Audit record SHA-256", search.audit.hash, True)]
     return rows
+
+
+def report_file_name(record: int, case_id: str | None = None) -> str:
+    """A report's file name from its case id (letters, digits and ._- kept, the rest made "-", at most
+    80 characters) and its audit record: ``handclip-case-2026-17-record-12.pdf``."""
+    case = re.sub(r"[^A-Za-z0-9._-]+", "-", case_id or "").strip("-._")[:80].strip("-._")
+    return f"handclip-case-{case}-record-{int(record)}.pdf" if case else f"handclip-record-{int(record)}.pdf"
 
 
 def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
@@ -200,7 +206,10 @@ def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_
         story += [Paragraph("Scores", styles["h2"]), _para(search.statement, styles["body"])]
     for number, query in enumerate(search.queries, 1):
         title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
-        details = _key_values([("File", display_path(query.query), False),
+        stored = display_path(query.query)
+        name = query.name or stored
+        details = _key_values([("File", name, False),
+                               *([("Stored as", stored, True)] if stored != name else []),
                                ("SHA-256 at intake", query.sha256, True)],
                               styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
         story += [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),

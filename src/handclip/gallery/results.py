@@ -9,18 +9,27 @@ Paths shown to people (HTML page, PDF, console) never reveal directories outside
 ``display_path`` gives a file inside the gallery folder relative to it, an enrolled image relative
 to its enrolment root (from its identity's folder on, for a per-identity-folder enrolment), and any
 other file by its name alone; the SHA-256 shown beside it identifies it. Full paths stay in the audit
-log and the JSON output, which the examiner keeps.
+log and the JSON output, which the examiner keeps. A query is named by its exhibit name: the file name
+the examiner gave it (an upload's own name, sanitised by ``exhibit_name``), even when it is stored under
+another name (a web upload is stored by its content hash).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from ..forensic.audit import AuditRef
 from ..forensic.evidence import NOT_LIKELIHOOD_RATIOS, CalibrationInfo
 
+# An exhibit's name is shown and recorded with at most this many characters.
+EXHIBIT_NAME_LIMIT = 120
+# Control, invisible formatting (bidirectional overrides, zero-width), private, unassigned and line
+# separator characters: none belongs in a file name a reader is shown.
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
 SCORE_DEFINITIONS = {
     "identity": "best cosine similarity between the query and any of the person's enrolled images",
     "image": "cosine similarity between the query and the enrolled image",
@@ -31,6 +40,26 @@ def printable(text) -> str:
     """``text`` safe to print on a terminal: control characters (escape sequences, carriage returns,
     bidirectional overrides) are shown as ``\\x..`` / ``\\u....`` escapes instead of acting on the screen."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def visible_text(text) -> str:
+    """``text`` (NFC) without control, bidirectional-override or other invisible characters."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", str(text))
+                   if unicodedata.category(ch) not in _HIDDEN_CATEGORIES)
+
+
+def exhibit_name(name, limit: int = EXHIBIT_NAME_LIMIT) -> str:
+    """A client-given file name fit to show and record: its last path part (either slash), with no
+    control, bidirectional or other invisible characters, at most ``limit`` characters keeping its
+    suffix; "upload" when nothing is left."""
+    text = re.split(r"[/\\]", visible_text(name or ""))[-1].strip()
+    if text in ("", ".", ".."):
+        return "upload"
+    if len(text) > limit:
+        stem, dot, suffix = text.rpartition(".")
+        keep = dot + suffix if dot and stem and len(suffix) <= 10 else ""
+        text = text[: limit - len(keep)] + keep
+    return text
 
 
 def display_path(path: str, identity: str | None = None, gallery_dir: str | os.PathLike | None = None) -> str:
@@ -82,12 +111,16 @@ class Candidate:
 
 @dataclass
 class QueryResult:
+    """One query: the file searched, its exhibit name (what the examiner called it), hash and candidates."""
+
     query: str
     sha256: str | None
     candidates: list[Candidate]
+    name: str = ""
 
     def as_dict(self) -> dict:
-        return {"query": self.query, "sha256": self.sha256, "candidates": [c.as_dict() for c in self.candidates]}
+        return {"query": self.query, "name": self.name or PurePath(self.query).name, "sha256": self.sha256,
+                "candidates": [c.as_dict() for c in self.candidates]}
 
 
 @dataclass

@@ -31,7 +31,7 @@ from .folder import Gallery
 from .metadata import COMMIT_FILE, GALLERY_FILE
 from .reader import GalleryReader
 from .records import enrol_record, model_record, search_record, verify_gallery_audit
-from .results import SCORE_DEFINITIONS, QueryResult, SearchResult
+from .results import SCORE_DEFINITIONS, QueryResult, SearchResult, exhibit_name
 from .writer import GalleryWriter
 
 
@@ -148,13 +148,18 @@ class ExaminerSession:
     # ------------------------------------------------------------------ search
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",
                index_type: str = "auto", examiner: str | None = None, arguments: dict | None = None,
-               batch_size: int | None = None) -> SearchResult:
+               batch_size: int | None = None, names: Sequence[str] | None = None) -> SearchResult:
         """Rank the newest gallery for each query image, weigh the scores when calibrated, append the
-        audit record; unusable query images are named in one DataError before anything is recorded."""
+        audit record; unusable query images are named in one DataError before anything is recorded.
+        ``names``: the queries' exhibit names, one per query (default: each file's own name)."""
         self._need_model("search")
         if by not in SCORE_DEFINITIONS:
             raise HandCLIPError(f"search by '{by}' is not supported (choose image or identity)")
         paths = [str(Path(q)) for q in queries]
+        if names is not None and len(names) != len(paths):
+            raise HandCLIPError(f"{len(names)} exhibit name(s) given for {len(paths)} "
+                                f"quer{'y' if len(paths) == 1 else 'ies'}")
+        names = [exhibit_name(n) for n in names] if names is not None else [Path(p).name for p in paths]
         intake = _hash_files(paths)
         gallery = self.snapshot()
         if len(gallery) == 0:
@@ -166,8 +171,8 @@ class ExaminerSession:
             changed = next(p for p in paths if _hash_files([p])[p] != intake[p])
             raise DataError(f"query file {changed} changed while it was searched; search it again")
         hashes = gallery.file_hashes(c.path for candidates in ranked for c in candidates)
-        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by))
-                   for path, candidates in zip(paths, ranked)]
+        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by), name)
+                   for path, name, candidates in zip(paths, names, ranked)]
         search = SearchResult(
             queries=results, by=by, top_k=int(top_k), index_type=gallery.resolve_index_type(index_type),
             score=SCORE_DEFINITIONS[by], model=model_record(self.encoder), calibration=self.calibration,

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import DataError, GalleryError, HandCLIPError
-from ..gallery.results import display_path
+from ..gallery.results import display_path, exhibit_name, visible_text
 from .keys import ApiKey, KeyFileError
 from .limits import BodySizeLimit, Limits, UploadRefused, check_image, too_large
 from .state import ServiceState, Upload
@@ -79,7 +79,7 @@ def require(role: str):
 
 
 def _read_upload(file: UploadFile, limits: Limits) -> Upload:
-    name = file.filename or "upload"
+    name = exhibit_name(file.filename)  # the client's name is shown and recorded, never used as a path
     data = file.file.read()
     return Upload(name, data, check_image(data, name, limits))
 
@@ -150,6 +150,8 @@ def create_app(state: ServiceState) -> FastAPI:
                report: Annotated[bool, Form()] = False,
                case_id: Annotated[str | None, Form(max_length=200)] = None):
         """Rank the gallery for one query photo; the audit record's seq is ``record``."""
+        if case_id is not None and case_id != visible_text(case_id):
+            return _error(422, "case_id: control and invisible formatting characters are not allowed")
         upload = _read_upload(image, state.limits)
         arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
                      "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
@@ -164,9 +166,9 @@ def create_app(state: ServiceState) -> FastAPI:
     @app.get("/api/v1/search/{record}/report.pdf")
     def report(record: int, key: Annotated[ApiKey, Depends(require("search"))]):
         path = state.report_path(record)
-        if not path.is_file():
+        if path is None:
             return _error(404, f"no case report for search record {record} (ask for one with report=true)")
-        return FileResponse(path, media_type="application/pdf", filename=f"handclip-search-{record}.pdf")
+        return FileResponse(path, media_type="application/pdf", filename=path.name)
 
     @app.post("/api/v1/enrol")
     def enrol(key: Annotated[ApiKey, Depends(require("enrol"))], identity: Annotated[str, Form()],

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ..atomic import atomic_write_bytes, sha256_bytes
 from ..errors import HandCLIPError
+from ..gallery.case_report import report_file_name
 from ..gallery.enrol import EnrolItem
 from ..gallery.metadata import GALLERY_FILE
 from ..gallery.session import ExaminerSession
@@ -25,7 +26,7 @@ from .limits import Limits
 
 @dataclass
 class Upload:
-    name: str   # the name the client gave (kept in the audit record's arguments only)
+    name: str   # the client's file name, sanitised (gallery.results.exhibit_name): the exhibit's name
     data: bytes
     suffix: str  # from the decoded format, see limits.check_image
 
@@ -73,13 +74,19 @@ class ServiceState:
         """One query through the session (audit record appended); with ``report`` the PDF too."""
         query, _ = self._store(self.serve_dir / "queries", upload)
         found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=examiner,
-                                    arguments=arguments)
+                                    arguments=arguments, names=[upload.name])
         if report:
-            self.session.report(found, self.report_path(found.audit.seq), case_id=case_id, examiner=examiner)
+            seq = found.audit.seq
+            self.session.report(found, self.serve_dir / "reports" / str(int(seq)) / report_file_name(seq, case_id),
+                                case_id=case_id, examiner=examiner)
         return found, self.snapshot()
 
-    def report_path(self, seq: int) -> Path:
-        return self.serve_dir / "reports" / f"search-{int(seq)}.pdf"
+    def report_path(self, seq: int) -> Path | None:
+        """The case report of search record ``seq`` (one per record folder, named by case id and record)."""
+        folder = self.serve_dir / "reports" / str(int(seq))
+        found = sorted(folder.glob("*.pdf")) if folder.is_dir() else []
+        legacy = self.serve_dir / "reports" / f"search-{int(seq)}.pdf"  # written before reports had names
+        return found[0] if found else legacy if legacy.is_file() else None
 
     # ------------------------------------------------------------------ writing
     def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict):

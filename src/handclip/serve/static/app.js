@@ -98,9 +98,10 @@ $("search-form").addEventListener("submit", async (e) => {
     const list = $("candidates");
     list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
     const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
+    // The calibration line comes as text from the service (CalibrationInfo.describe): the Cllr of the
+    // score kind this search used, rounded as the PDF and the command line give it.
     const cal = found.calibration;
-    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}... (${cal.summary.method || "?"}, ` +
-      `Cllr ${cal.summary.cllr ?? "?"}); log10 LR bounded to [${cal.bounds_log10.map((b) => b.toFixed(2)).join(", ")}].` : "";
+    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${cal.description}.` : "";
     $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}${calibration}`;
     const record = $("record");
     record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...). `;
@@ -116,7 +117,7 @@ $("search-form").addEventListener("submit", async (e) => {
       record.append(link);
     }
     $("results").hidden = false;
-    status("search-status", `${found.candidates.length} candidate(s) for ${queryFile.name} ` +
+    status("search-status", `${found.candidates.length} candidate(s) for ${found.queries[0].name} ` +
       `(SHA-256 ${found.queries[0].sha256.slice(0, 16)}...)`);
   } catch (err) {
     status("search-status", err.message, true);
