@@ -124,9 +124,8 @@ def main() -> None:
     args = p.parse_args()
 
     from handclip.data.synthetic import render_hand, write_synthetic_dataset
-    from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, load_encoder
-    from handclip.gallery.evidence import audited_enrol
+    from handclip.gallery.enrol import collect_images
+    from handclip.gallery.session import ExaminerSession
     from handclip.serve.keys import KeyStore
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_serve_"))
@@ -135,9 +134,9 @@ def main() -> None:
     images = write_synthetic_dataset(work / "hands", num_ids=args.ids, images_per_id=args.images_per_id, size=64)
     index = work / "gallery"
     started = time.perf_counter()
-    encoder = load_encoder(ckpt, device="cpu")
-    gallery = Gallery.open_or_create(index, encoder.fingerprint(), encoder.feature_dim, checkpoint=encoder.checkpoint)
-    audited_enrol(gallery, encoder, collect_images(images), examiner="bench", batch_size=64)
+    session = ExaminerSession.open(index, ckpt, device="cpu", create=True, batch_size=64)
+    session.enrol(collect_images(images), examiner="bench")
+    gallery = session.snapshot()
     print(f"gallery: {len(gallery)} images of {len(gallery.identities())} identities "
           f"(enrolled in {time.perf_counter() - started:.1f} s)")
     key = KeyStore(index).add("bench", ["search", "enrol"])[0]

@@ -28,8 +28,8 @@ IMAGE_CLLR, IDENTITY_CLLR = 0.09486586653807205, 0.05048713285519644
 
 def make_calibration(checkpoint: Path, out: Path) -> Path:
     """A KDE calibration on made-up scores spanning the random-weight model's cosines (0.997-1.0)."""
-    from handclip.evaluate.calibration import ScoreCalibration, fit_score_map
-    from handclip.gallery.enrol import load_encoder
+    from handclip.forensic.calibration import ScoreCalibration, fit_score_map
+    from handclip.model.inference import load_encoder
 
     rng = np.random.default_rng(0)
     maps = {kind: fit_score_map(1 - np.abs(rng.normal(0, width * 6e-4, 400)),
@@ -54,13 +54,11 @@ def make_assets(root: Path, num_ids: int = 5, images_per_id: int = 3) -> dict:
 
 def enrolled_gallery(assets: dict, index: Path) -> Path:
     """The synthetic hands enrolled into a fresh gallery at ``index`` (through the audited API)."""
-    from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, load_encoder
-    from handclip.gallery.evidence import audited_enrol
+    from handclip.gallery.enrol import collect_images
+    from handclip.gallery.session import ExaminerSession
 
-    encoder = load_encoder(assets["ckpt"], device="cpu")
-    gallery = Gallery.create(index, encoder.fingerprint(), encoder.feature_dim, checkpoint=encoder.checkpoint)
-    audited_enrol(gallery, encoder, collect_images(assets["images"]), examiner="setup", batch_size=8)
+    session = ExaminerSession.open(index, assets["ckpt"], device="cpu", create=True, batch_size=8)
+    session.enrol(collect_images(assets["images"]), examiner="setup")
     return index
 
 

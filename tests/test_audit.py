@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from handclip.gallery.audit import (AUDIT_FILE, GENESIS_HASH, HEAD_FILE, TORN_FILE, TORN_WRITE_DELAY_ENV, AuditError,
+from handclip.forensic.audit import (AUDIT_FILE, GENESIS_HASH, HEAD_FILE, TORN_FILE, TORN_WRITE_DELAY_ENV, AuditError,
                             AuditLog, file_entry, record_hash)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -176,7 +176,7 @@ def test_a_corrupt_last_record_or_head_refuses_appends(tmp_path):
 
 _KILLED_APPENDER = """
 import sys
-from handclip.gallery.audit import AuditLog
+from handclip.forensic.audit import AuditLog
 AuditLog(sys.argv[1]).append({"command": "search", "note": "killed mid-write" * 50})
 """
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from handclip.evaluate.calibration import (
+from handclip.forensic.calibration import (
     FORMAT,
     METHODS,
     CalibrationError,

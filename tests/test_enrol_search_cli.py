@@ -15,7 +15,7 @@ import pytest
 
 from handclip import cli as cli_module
 from handclip.gallery import Gallery
-from handclip.gallery.store import COMMIT_DELAY_ENV
+from handclip.gallery.writer import COMMIT_DELAY_ENV
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The real `handclip` entry point, limited to the two commands under test so these tests do not
@@ -147,7 +147,7 @@ def test_bad_queries_and_galleries_give_one_line_errors(assets, tmp_path, capsys
     (index / "commit.json").write_text('{"uid": ')
     assert cli("search", "--index", index, "--query", assets["images"] / "0000" / "000.png") == 2
     assert f"{index / 'commit.json'} is corrupt or truncated" in capsys.readouterr().err
-    from handclip.gallery.enrol import load_encoder
+    from handclip.model.inference import load_encoder
 
     loaded = load_encoder(assets["ckpt"], device="cpu")
     empty = tmp_path / "empty"
@@ -209,7 +209,7 @@ def test_enrolment_dedupes_by_content_enrols_changed_files_and_reports_other_ide
     gallery = Gallery.open(index)
     alice = str((images / "alice" / "photo.png").resolve())
     assert gallery.images_of("alice") == [alice, alice] and "carol" not in gallery.identities()
-    assert len(set(gallery._hashes)) == 3
+    assert len({e['sha256'] for e in gallery.entries()}) == 3
 
 
 def test_enrol_and_search_argument_errors_are_one_line_naming_the_users_value(assets, tmp_path, capsys):

@@ -17,8 +17,8 @@ import pytest
 from handclip import cli as cli_module
 from handclip.atomic import sha256_file
 from handclip.gallery import Gallery
-from handclip.gallery.audit import AUDIT_FILE, TORN_WRITE_DELAY_ENV, AuditLog
-from handclip.gallery.store import COMMIT_DELAY_ENV
+from handclip.forensic.audit import AUDIT_FILE, TORN_WRITE_DELAY_ENV, AuditLog
+from handclip.gallery.writer import COMMIT_DELAY_ENV
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 OUR_COMMANDS = {name: cli_module.COMMANDS[name] for name in ("enrol", "search", "audit")}
@@ -175,7 +175,7 @@ def test_case_report_holds_the_query_hash_candidates_and_audit_record_and_render
 
 
 def test_display_paths_are_gallery_or_enrolment_relative_else_the_file_name(tmp_path):
-    from handclip.gallery.evidence import display_path
+    from handclip.gallery.results import display_path
 
     gallery = tmp_path / "gallery"
     assert display_path(str(gallery.resolve() / "shards" / "x.png"), "p1", gallery) == "shards/x.png"
@@ -290,8 +290,8 @@ def _fit_calibration(checkpoint: Path, out: Path) -> Path:
     cosines (0.997-1.0), so its candidates get LRs of both signs."""
     import numpy as np
 
-    from handclip.gallery.enrol import load_encoder
-    from handclip.evaluate.calibration import ScoreCalibration, fit_score_map
+    from handclip.model.inference import load_encoder
+    from handclip.forensic.calibration import ScoreCalibration, fit_score_map
 
     rng = np.random.default_rng(0)
     maps = {kind: fit_score_map(1 - np.abs(rng.normal(0, width * 6e-4, 400)),
@@ -315,7 +315,7 @@ def calibrations(assets, tmp_path_factory):
 @pytest.mark.parametrize("by", ["identity", "image"])
 def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositions(enrolled, calibrations, tmp_path,
                                                                                  capsys, by):
-    from handclip.evaluate.calibration import ScoreCalibration, verbal_equivalent
+    from handclip.forensic.calibration import ScoreCalibration, verbal_equivalent
 
     images, index = enrolled
     out_json, report, page = tmp_path / "hits.json", tmp_path / "case.pdf", tmp_path / "hits.html"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handclip.evaluate import crosscal
-from handclip.evaluate.calibration import CalibrationError, ScoreMap
-from handclip.evaluate.crosscal import cross_calibrate, identity_pairs, image_pairs
+from handclip.forensic import crosscal
+from handclip.forensic.calibration import CalibrationError, ScoreMap
+from handclip.forensic.crosscal import cross_calibrate, identity_pairs, image_pairs
 from handclip.evaluate.forensic import run_figures
 
 
@@ -107,7 +107,7 @@ EDGES = [np.log10(2.0), 1.0, 2.0, 3.0, 4.0, 6.0]  # ENFSI's band edges in log10 
                                       for sign in (1, -1) for inward in (0, -1, 1)])
 def test_the_band_table_files_every_lr_where_its_verbal_equivalent_words_it(log10_lr):
     """LR 10, 1/10, 100, 1/100 ... exactly, and a hair either side of each: one rule for both."""
-    from handclip.evaluate.calibration import verbal_equivalent
+    from handclip.forensic.calibration import verbal_equivalent
     from handclip.evaluate.forensic import ForensicResult
 
     result = ForensicResult([], {}, [], "cosine similarity", "logit", 2,
@@ -125,7 +125,7 @@ def test_the_band_table_files_every_lr_where_its_verbal_equivalent_words_it(log1
     (2.0, "weak support for the same-person"), (1 / 2, "weak support for the different-person"),
     (1e6, "extremely strong support for the same-person"), (1e-6, "extremely strong support for the different")])
 def test_an_lr_on_a_band_edge_is_worded_and_tabled_in_the_stronger_band_both_ways(lr, words):
-    from handclip.evaluate.calibration import verbal_equivalent
+    from handclip.forensic.calibration import verbal_equivalent
     from handclip.evaluate.forensic import ForensicResult
 
     assert words in verbal_equivalent(np.log10(lr))

@@ -17,7 +17,7 @@ from serve_helpers import IDENTITY_CLLR, IMAGE_CLLR, add_keys, enrolled_gallery,
 from fastapi.testclient import TestClient  # noqa: E402
 
 from handclip import cli as cli_module  # noqa: E402
-from handclip.gallery.audit import AuditLog  # noqa: E402
+from handclip.forensic.audit import AuditLog  # noqa: E402
 from handclip.serve.app import create_app  # noqa: E402
 from handclip.serve.keys import KeyStore, keys_path  # noqa: E402
 from handclip.serve.limits import Limits  # noqa: E402

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from handclip.data.synthetic import render_hand  # noqa: E402
 from handclip.gallery import Gallery  # noqa: E402
-from handclip.gallery.audit import AuditLog  # noqa: E402
+from handclip.forensic.audit import AuditLog  # noqa: E402
 from handclip.serve.app import create_app  # noqa: E402
 from handclip.serve.state import ServiceState  # noqa: E402
 
@@ -160,7 +160,7 @@ def test_a_service_killed_during_an_enrolment_keeps_every_committed_batch_and_re
 
     import httpx
 
-    from handclip.gallery.store import COMMIT_DELAY_ENV
+    from handclip.gallery.writer import COMMIT_DELAY_ENV
 
     index = enrolled_gallery(assets, tmp_path / "gallery")
     keys = add_keys(index)

@@ -6,13 +6,12 @@
     run = api.train(api.load_config("configs/11k_dorsal_r_vitb16.yaml", ["data.root=/data/11k"]))
     encoder = api.Encoder.from_checkpoint(run.best_checkpoint)                  # checkpoint -> features
     result = api.evaluate(encoder, manifest)                                     # result.aggregate["rank1"]
-    gallery = api.Gallery.open_or_create("cases/gallery", encoder.fingerprint(), encoder.feature_dim)
-    api.enrol(gallery, encoder.single_pass(), api.collect_images("cases/known_people"))
-    hits = api.search(gallery, encoder.single_pass(), ["evidence.jpg"], top_k=10)
-    found = api.evidential_search(gallery, encoder.single_pass(), ["evidence.jpg"],
-                                  calibration="calibration.json")        # LRs + audit record (found.audit)
-    api.write_case_report(found, "case.pdf", case_id="2026/017")         # PDF to sign
-    api.verify_gallery_audit("cases/gallery").problems                   # [] when the audit trail checks out
+    session = api.ExaminerSession.open("cases/gallery", run.best_checkpoint, create=True)   # audited, always
+    session.enrol(api.collect_images("cases/known_people"))              # .audit: the record it appended
+    session = api.ExaminerSession.open("cases/gallery", calibration="calibration.json")
+    found = session.search(["evidence.jpg"], top_k=10)                   # LRs + audit record (found.audit)
+    session.report(found, "case.pdf", case_id="2026/017")                # PDF to sign
+    session.verify_audit().problems                                      # [] when the audit trail checks out
     api.calibrate(run.best_checkpoint, "calibration_manifest.csv")      # score -> LR on unseen identities
     app = api.serve_app("cases/gallery", calibration="calibration.json")   # ASGI app: uvicorn.run(app)
     api.pretrain_tiny(api.demo_config().pretrain, "tiny.pt")             # the demo's pretrained tiny CLIP
@@ -31,16 +30,16 @@ from .data.protocols import (
     prepare_hd,
     prepare_synthetic,
 )
-from .evaluate.calibrate import calibrate
+from .forensic.calibrate import calibrate
 from .evaluate.protocol import EvalResult
 from .evaluate.protocol import evaluate_manifest as evaluate
 from .evaluate.report import write_evaluation_outputs
-from .gallery import Candidate, Gallery
-from .gallery.enrol import collect_images, load_encoder
-from .gallery.enrol import enrol_images as enrol
-from .gallery.enrol import search_images as search
-from .gallery.case_report import write_case_report
-from .gallery.evidence import audited_enrol, evidential_search, load_calibration, verify_gallery_audit
+from .forensic.evidence import load_calibration
+from .gallery import Gallery, GalleryReader
+from .gallery.enrol import EnrolItem, collect_images
+from .gallery.results import Candidate, QueryResult, SearchResult
+from .gallery.session import ExaminerSession
+from .model.inference import load_encoder
 from .model.inference import Encoder
 from .train.engine import RunResult, train
 from .train.pretrain import pretrain_tiny
@@ -53,8 +52,8 @@ __all__ = [
     "prepare_11k", "prepare_hd", "prepare_folder", "prepare_synthetic", "prepare_from_config",
     "train", "RunResult",
     "Encoder", "evaluate", "EvalResult", "write_evaluation_outputs",
-    "Gallery", "Candidate", "collect_images", "load_encoder", "enrol", "search",
-    "evidential_search", "audited_enrol", "load_calibration", "verify_gallery_audit", "write_case_report",
+    "ExaminerSession", "Gallery", "GalleryReader", "EnrolItem", "collect_images", "load_encoder",
+    "Candidate", "QueryResult", "SearchResult", "load_calibration",
     "calibrate", "serve_app", "pretrain_tiny",
     "demo", "demo_config", "benchmark",
 ]

@@ -32,17 +32,16 @@ def _summary(record: dict) -> str:
 
 
 def run(args) -> int:
-    from ..gallery.audit import AuditLog
-    from ..errors import HandCLIPError
-    from ..gallery.evidence import verify_gallery_audit
-
     from pathlib import Path
+
+    from ..errors import HandCLIPError
+    from ..gallery.session import ExaminerSession
 
     if not Path(args.index).is_dir():
         raise HandCLIPError(f"gallery directory {args.index} does not exist")
-    log = AuditLog(args.index)
+    session = ExaminerSession.open(args.index, with_model=False)
     if args.action == "verify":
-        result = verify_gallery_audit(args.index, check_files=not args.no_files)
+        result = session.verify_audit(check_files=not args.no_files)
         for note in result.notes:
             print(f"note: {note}")
         for problem in result.problems:
@@ -50,6 +49,7 @@ def run(args) -> int:
         verdict = "verified" if result.ok else f"FAILED ({len(result.problems)} problem(s); first: {result.problems[0].message})"
         print(f"audit log {result.log}: {result.records} record(s), {result.files_checked} file(s) checked: {verdict}")
         return 0 if result.ok else 1
+    log = session.audit_log
     records = log.records()
     if args.seq is not None:
         records = [r for r in records if r.get("seq") == args.seq]
@@ -65,3 +65,4 @@ def run(args) -> int:
         print(f"{record.get('seq'):5d}  {record.get('time')}  {who}  {record.get('command'):<6}  "
               f"{str(record.get('hash'))[:16]}  {_summary(record)}")
     return 0
+

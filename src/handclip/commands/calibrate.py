@@ -22,8 +22,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..errors import HandCLIPError
-    from ..evaluate.calibrate import calibrate
-    from ..evaluate.calibration import describe
+    from ..forensic.calibrate import calibrate
+    from ..forensic.calibration import describe
 
     from ..config import MAX_BATCH, MAX_SEED
 

@@ -154,7 +154,7 @@ def run(args) -> int:
     label = encoder.label
     calibration = None
     if args.calibration:
-        from ..evaluate.calibration import ScoreCalibration
+        from ..forensic.calibration import ScoreCalibration
 
         if args.no_forensic:
             raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print(search) -> None:
-    from ..gallery.evidence import display_path, printable
+    from ..gallery.results import display_path, printable
 
     calibrated = search.calibration is not None
     for query in search.queries:
@@ -53,7 +53,7 @@ def _print(search) -> None:
 
 
 def _calibration_line(search) -> str:
-    from ..gallery.evidence import display_path, printable
+    from ..gallery.results import display_path, printable
 
     cal = search.calibration
     return (f"calibration {printable(display_path(cal.path))} (SHA-256 {cal.sha256[:16]}...): "
@@ -89,43 +89,34 @@ def _write(flag: str, out: str, write) -> None:
 def run(args) -> int:
     from ..atomic import atomic_write_json, sha256_file
     from ..errors import HandCLIPError
-    from ..gallery import Gallery
-    from ..gallery.enrol import load_encoder
-    from ..gallery.evidence import evidential_search, load_calibration
     from ..gallery.html import write_search_html
+    from ..gallery.session import ExaminerSession
 
     if args.top_k < 1:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
     for flag, out in (("--html", args.html), ("--json", args.json), ("--report", args.report)):
         _check_output(flag, out)
-    calibration = load_calibration(args.calibration) if args.calibration else None
-    gallery = Gallery.open(args.index)
-    checkpoint = args.checkpoint or gallery.checkpoint
-    if not checkpoint:
-        raise HandCLIPError(f"gallery {args.index} does not record its model; pass --checkpoint")
-    encoder = load_encoder(checkpoint, device=args.device)
+    session = ExaminerSession.open(args.index, args.checkpoint, args.calibration, device=args.device,
+                                   examiner=args.examiner)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
-    search = evidential_search(gallery, encoder, args.query, top_k=args.top_k, by=args.by,
-                               index_type=args.index_type, calibration=calibration, examiner=args.examiner,
-                               arguments=arguments)
+    search = session.search(args.query, top_k=args.top_k, by=args.by, index_type=args.index_type,
+                            arguments=arguments)
     _print(search)
+    checkpoint = session.encoder.checkpoint
     if args.json:
         info = search.as_dict()
         _write("--json", args.json, lambda: atomic_write_json(
             args.json, {**{k: v for k, v in info.items() if k != "queries"},
-                        "checkpoint": encoder.checkpoint, "results": info["queries"]}))
+                        "checkpoint": checkpoint, "results": info["queries"]}))
         print(f"wrote {args.json}")
     if args.html:
         _write("--html", args.html, lambda: write_search_html(
-            search.queries, args.html, gallery_dir=str(gallery.index_dir), by=args.by,
-            checkpoint=encoder.checkpoint, statement=search.statement,
+            search.queries, args.html, gallery_dir=str(session.index_dir), by=args.by,
+            checkpoint=checkpoint, statement=search.statement,
             propositions=search.propositions, audit=search.audit,
             calibration=_calibration_line(search) if search.calibration else None))
         print(f"wrote {args.html}")
     if args.report:
-        from ..gallery.case_report import write_case_report
-
-        _write("--report", args.report, lambda: write_case_report(search, args.report, case_id=args.case_id,
-                                                                  examiner=args.examiner))
+        _write("--report", args.report, lambda: session.report(search, args.report, case_id=args.case_id))
         print(f"wrote {args.report} (SHA-256 {sha256_file(args.report)})")
     return 0

@@ -18,7 +18,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -232,3 +232,12 @@ def identity_folders(root: str | os.PathLike) -> list[tuple[str, list[str]]]:
             found.extend(os.path.join(dirpath, name) for name in filenames if is_image_name(name))
         out.append((folder.name, sorted(found)))
     return out
+
+
+def check_images_exist(records: Sequence, source=None) -> None:
+    """DataError naming the first missing image (and how many are missing) before any encoding starts."""
+    missing = [rec.path for rec in records if not os.path.isfile(rec.path)]
+    if missing:
+        where = f" (listed in {source})" if source else " (listed in the manifest)"
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"image {missing[0]}{where} does not exist{more}")

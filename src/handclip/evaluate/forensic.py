@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import CalibrationError, cllr_figures, verbal_band, verbal_scale_rows
-from .crosscal import cross_calibrate
-from .openset import FPIR_LEVELS, RANKS, openset_metrics
-from .verification import FMR_LEVELS, ForensicMetricError, level_key, split_pairs, verification_metrics
+from ..forensic.calibration import CalibrationError, cllr_figures, verbal_band, verbal_scale_rows
+from ..forensic.crosscal import cross_calibrate
+from ..forensic.openset import FPIR_LEVELS, RANKS, openset_metrics
+from ..forensic.verification import FMR_LEVELS, ForensicMetricError, level_key, split_pairs, verification_metrics
 
 VERIFICATION_KEYS = ["eer", "auc", *[f"fnmr@fmr={level_key(v)}" for v in FMR_LEVELS]]
 OPENSET_KEYS = [*[f"fnir@fpir={level_key(v)}" for v in FPIR_LEVELS], *[f"fnir@rank{r}" for r in RANKS]]

@@ -4,7 +4,7 @@ Per query: the photo with its exhibit name and its SHA-256 taken at intake, then
 scores, log10 likelihood ratios and their verbal equivalents. Then the propositions the LRs weigh (or
 the statement that scores are not LRs), the identifiers of model, gallery and calibration, the audit
 record's seq and hash, a limitations paragraph and a signature block. Names and paths are escaped for
-reportlab's markup and shown as ``handclip.evidence.display_path`` gives them. Text is set in the
+reportlab's markup and shown as ``handclip.gallery.results.display_path`` gives them. Text is set in the
 DejaVu fonts matplotlib ships, so any identity name renders; the PDF's text can be extracted.
 """
 
@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 
 from ..atomic import atomic_write_bytes
 from ..errors import HandCLIPError
-from .evidence import EvidentialSearch, display_path
+from .results import SearchResult, display_path
 
 _FONTS = {"body": "Helvetica", "bold": "Helvetica-Bold", "mono": "Courier"}
 _THUMB_MM = 24
@@ -95,7 +95,7 @@ def _key_values(rows: list[tuple[str, str, bool]], styles, widths) -> object:
     return table
 
 
-def _candidate_table(query, search: EvidentialSearch, styles, usable_mm: float):
+def _candidate_table(query, search: SearchResult, styles, usable_mm: float):
     from reportlab.lib import colors
     from reportlab.lib.units import mm
     from reportlab.platypus import Table, TableStyle
@@ -128,7 +128,7 @@ def _candidate_table(query, search: EvidentialSearch, styles, usable_mm: float):
     return table
 
 
-def _limitations(search: EvidentialSearch) -> str:
+def _limitations(search: SearchResult) -> str:
     people = search.gallery.get("identities")
     if search.calibration is None:
         return ("No calibration was given: the scores are cosine similarities that rank the gallery; they are not "
@@ -146,7 +146,7 @@ def _limitations(search: EvidentialSearch) -> str:
             f"propositions under a validated procedure.")
 
 
-def _identifiers(search: EvidentialSearch) -> list[tuple[str, str, bool]]:
+def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:
     fp = search.model.get("fingerprint") or {}
     g = search.gallery
     rows = [("Model", f"{fp.get('backbone')} ({fp.get('kind')}), input {fp.get('image_size')}, "
@@ -180,7 +180,7 @@ def report_file_name(record: int, case_id: str | None = None) -> str:
     return f"handclip-case-{case}-record-{int(record)}.pdf" if case else f"handclip-record-{int(record)}.pdf"
 
 
-def write_case_report(search: EvidentialSearch, out_pdf: str | os.PathLike, *, case_id: str | None = None,
+def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
                       examiner: str | None = None) -> Path:
     """Write the PDF (atomically) and return its path."""
     from reportlab.lib.pagesizes import A4

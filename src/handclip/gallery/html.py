@@ -46,12 +46,12 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
                       calibration: str | None = None) -> Path:
     """One row per query: the query photo, then its candidates in rank order with their scores.
 
-    Paths are shown as ``handclip.gallery.evidence.display_path`` gives them (relative to the gallery
+    Paths are shown as ``handclip.gallery.results.display_path`` gives them (relative to the gallery
     or the enrolment root, else the file name), never the directories above; a query by its exhibit
     name and SHA-256 when the results carry them; and the propositions, the calibration line
     (``CalibrationInfo.describe``) and the audit record of an evidential search.
     """
-    from .evidence import display_path
+    from .results import display_path
 
     rows = []
     for result in results:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import DataError, GalleryError, HandCLIPError
-from ..gallery.evidence import display_path, exhibit_name, visible_text
+from ..gallery.results import display_path, exhibit_name, visible_text
 from .keys import ApiKey, KeyFileError
 from .limits import BodySizeLimit, Limits, UploadRefused, check_image, too_large
 from .state import ServiceState, Upload

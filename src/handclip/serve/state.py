@@ -1,39 +1,32 @@
-"""What one service process holds: the model (loaded once), the calibration, the key store and a
-read-only snapshot of the gallery that searches share.
+"""What one service process holds: an examiner session over the gallery (model and calibration loaded
+and checked once), the key store, and the uploads it stored.
 
-Searches and enrolments call the same functions as ``handclip search`` and ``handclip enrol``
-(``evidential_search``, ``audited_enrol``, ``write_case_report``), so a result equals the CLI's.
-
-Readers never see a half-applied commit: each search takes the current snapshot, a ``Gallery``
-opened at one commit with its exact index built in memory, and never touches the shard files again
-(exact search reads only that index). A new commit, by this process or another, is picked up by
-opening a fresh snapshot and swapping the reference; searches already running finish on the old
-one. Enrolments are serialised by one in-process lock (the gallery's own file lock keeps other
-processes out) and publish a new snapshot after every committed batch, so an enrolment killed
-mid-way loses at most its batch in flight.
+Searches and enrolments go through the same ``ExaminerSession`` as ``handclip search`` and ``handclip
+enrol``, so a result and its audit record equal the CLI's. Searches share the session's snapshot of the
+newest commit; enrolments are serialised by the session and publish a new snapshot after every
+committed batch, so an enrolment killed mid-way loses at most its batch in flight.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..atomic import atomic_write_bytes, sha256_bytes
 from ..errors import HandCLIPError
-from ..gallery import Gallery
-from ..gallery.enrol import EnrolItem, load_encoder
-from ..gallery.evidence import audited_enrol, evidential_search, load_calibration
-from ..gallery.store import COMMIT_FILE
+from ..gallery.case_report import report_file_name
+from ..gallery.enrol import EnrolItem
+from ..gallery.metadata import GALLERY_FILE
+from ..gallery.session import ExaminerSession
 from .keys import SERVE_DIR, KeyStore
 from .limits import Limits
 
 
 @dataclass
 class Upload:
-    name: str   # the client's file name, sanitised (gallery.evidence.exhibit_name): the exhibit's name
+    name: str   # the client's file name, sanitised (gallery.results.exhibit_name): the exhibit's name
     data: bytes
     suffix: str  # from the decoded format, see limits.check_image
 
@@ -43,54 +36,25 @@ class ServiceState:
                  device: str = "auto", limits: Limits | None = None, batch_size: int = 32):
         self.index_dir = Path(index_dir)
         self.limits = limits or Limits()
-        self.batch_size = int(batch_size)
-        if (self.index_dir / "gallery.json").exists():
-            gallery = Gallery.open(self.index_dir)
-            checkpoint = checkpoint or gallery.checkpoint
-            if not checkpoint:
-                raise HandCLIPError(f"gallery {self.index_dir} does not record its model; pass --checkpoint")
-            self.encoder = load_encoder(checkpoint, device=device)
-            gallery.check_model(self.encoder.fingerprint(), self.encoder.feature_dim)
-        elif checkpoint:
-            self.encoder = load_encoder(checkpoint, device=device)
-            Gallery.open_or_create(self.index_dir, self.encoder.fingerprint(), self.encoder.feature_dim,
-                                   checkpoint=self.encoder.checkpoint)
-        else:
+        if checkpoint is None and not (self.index_dir / GALLERY_FILE).exists():
             raise HandCLIPError(f"gallery {self.index_dir} does not exist; pass --checkpoint to create it")
-        self.calibration = load_calibration(calibration) if calibration else None
-        if self.calibration is not None:
-            self.calibration.calibration.check_model(self.encoder.fingerprint())
+        self.session = ExaminerSession.open(self.index_dir, checkpoint, calibration, device=device,
+                                            create=checkpoint is not None, batch_size=batch_size)
         self.keys = KeyStore(self.index_dir)
         self.serve_dir = self.index_dir / SERVE_DIR
-        self._write_lock = threading.Lock()
-        self._snapshot_lock = threading.Lock()
-        self._snapshot: Gallery | None = None
-        self._stamp: tuple | None = None
-        self.snapshot()
+        self.session.snapshot()
 
-    # ------------------------------------------------------------------ reading
-    def _commit_stamp(self) -> tuple:
-        st = (self.index_dir / COMMIT_FILE).stat()
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    @property
+    def calibration(self):
+        return self.session.calibration
 
-    def snapshot(self) -> Gallery:
-        """The gallery at its newest commit (opened again only when commit.json changed)."""
-        current = self._snapshot
-        if current is not None and self._stamp == self._commit_stamp():
-            return current
-        with self._snapshot_lock:
-            return self._reload()
+    @property
+    def encoder(self):
+        return self.session.encoder
 
-    def _reload(self) -> Gallery:
-        # Gallery.open itself re-reads the newer commit when a compaction deletes a shard it listed.
-        stamp = self._commit_stamp()
-        if self._snapshot is not None and stamp == self._stamp:
-            return self._snapshot
-        gallery = Gallery.open(self.index_dir)
-        if len(gallery):
-            gallery.flat_index()  # reads every shard now: searches never open them later
-        self._snapshot, self._stamp = gallery, stamp
-        return gallery
+    def snapshot(self):
+        """The gallery at its newest commit (a ``GalleryReader``: it cannot write)."""
+        return self.session.snapshot()
 
     def image_path(self, sha256: str) -> tuple[str, str] | None:
         """(path, identity) of the enrolled image with this SHA-256, if any."""
@@ -107,19 +71,15 @@ class ServiceState:
 
     def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, examiner: str,
                arguments: dict, report: bool = False, case_id: str | None = None):
-        """One query through ``evidential_search`` (audit record appended); with ``report`` the PDF too."""
+        """One query through the session (audit record appended); with ``report`` the PDF too."""
         query, _ = self._store(self.serve_dir / "queries", upload)
-        gallery = self.snapshot()
-        found = evidential_search(gallery, self.encoder, [query], top_k=top_k, by=by, index_type=index_type,
-                                  calibration=self.calibration, examiner=examiner, arguments=arguments,
-                                  names=[upload.name])
+        found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=examiner,
+                                    arguments=arguments, names=[upload.name])
         if report:
-            from ..gallery.case_report import report_file_name, write_case_report
-
             seq = found.audit.seq
-            write_case_report(found, self.serve_dir / "reports" / str(int(seq)) / report_file_name(seq, case_id),
-                              case_id=case_id, examiner=examiner)
-        return found, gallery
+            self.session.report(found, self.serve_dir / "reports" / str(int(seq)) / report_file_name(seq, case_id),
+                                case_id=case_id, examiner=examiner)
+        return found, self.snapshot()
 
     def report_path(self, seq: int) -> Path | None:
         """The case report of search record ``seq`` (one per record folder, named by case id and record)."""
@@ -130,19 +90,9 @@ class ServiceState:
 
     # ------------------------------------------------------------------ writing
     def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict):
-        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them, one writer at a time."""
+        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them through the session."""
         folder = self.serve_dir / "enrolled" / identity
         items = list({path: EnrolItem(path, identity)
                       for path, _ in (self._store(folder, u) for u in uploads)}.values())
-        with self._write_lock:
-            gallery = Gallery.open(self.index_dir)
-
-            def publish(_summary):
-                with self._snapshot_lock:
-                    self._reload()
-
-            summary, record = audited_enrol(gallery, self.encoder, items, examiner=examiner, arguments=arguments,
-                                            batch_size=self.batch_size, on_batch=publish)
-            with self._snapshot_lock:
-                self._reload()
-        return summary, record, gallery
+        summary = self.session.enrol(items, examiner=examiner, arguments=arguments)
+        return summary, summary.audit, self.snapshot()

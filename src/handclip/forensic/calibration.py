@@ -404,7 +404,7 @@ class ScoreCalibration:
 
     def check_model(self, fingerprint: dict) -> None:
         """CalibrationError naming every field on which ``fingerprint`` differs from the calibrated model's."""
-        from ..gallery.store import fingerprint_differences
+        from ..model.fingerprint import fingerprint_differences
 
         differences = fingerprint_differences(self.fingerprint, fingerprint)
         if differences:

@@ -83,8 +83,8 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
     """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved)."""
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
-    from ..gallery.enrol import load_encoder
-    from .protocol import check_images_exist
+    from ..data.images import check_images_exist
+    from ..model.inference import load_encoder
 
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
