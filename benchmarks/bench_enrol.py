@@ -44,7 +44,7 @@ def main() -> None:
 
     import torch
 
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
     from handclip.gallery import Gallery
     from handclip.gallery.enrol import collect_images, enrol_images, load_encoder
 

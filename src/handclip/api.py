@@ -24,13 +24,8 @@ from __future__ import annotations
 
 from .config import Config, load_config
 from .data.manifest import Manifest
-from .data.protocols import (
-    prepare_11k,
-    prepare_folder,
-    prepare_from_config,
-    prepare_hd,
-    prepare_synthetic,
-)
+from .data.protocols import prepare_11k, prepare_folder, prepare_hd
+from .datasets import prepare_from_config
 from .evaluate.calibrate import calibrate
 from .evaluate.protocol import EvalResult
 from .evaluate.protocol import evaluate_manifest as evaluate
@@ -42,8 +37,9 @@ from .gallery.enrol import search_images as search
 from .gallery.case_report import write_case_report
 from .gallery.evidence import audited_enrol, evidential_search, load_calibration, verify_gallery_audit
 from .model.inference import Encoder
+from .synthetic.dataset import prepare_synthetic
+from .synthetic.pretrain import pretrain_tiny
 from .train.engine import RunResult, train
-from .train.pretrain import pretrain_tiny
 from .workflows.benchmark import run_benchmark as benchmark
 from .workflows.demo import demo_config
 from .workflows.demo import run_demo as demo

@@ -34,17 +34,17 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..config import Config, load_config
-from ..data.protocols import prepare_from_config
+from ..datasets import prepare_from_config
 from ..evaluate.metrics import METRIC_KEYS
 from ..errors import ConfigError
-from ..evaluate.prompts import prompt_top1
 from ..evaluate.protocol import evaluate_manifest
 from ..model.checkpoint import load_checkpoint
 from ..model.handclip import build_model
 from ..model.inference import Encoder
 from ..runtime import resolve_device, seed_everything
+from ..synthetic.pretrain import pretrained_weights
+from ..synthetic.prompts import prompt_top1
 from ..train.engine import train
-from ..train.pretrain import pretrained_weights
 from ..train.stage1 import encode_training_images
 
 # The demo's config, shipped with the package (the reasons for each setting are in the file).

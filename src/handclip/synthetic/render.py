@@ -1,4 +1,4 @@
-"""Procedural synthetic hands, so the whole pipeline runs on a fresh machine with no download.
+"""The renderer of procedural synthetic hands: one photo of one hand as an RGB image.
 
 Each identity is a fixed set of hand parameters (palm shape, finger lengths/widths/proportions,
 skin tone, knuckle creases, back-of-hand lines, nails, moles, scar) drawn from a seeded RNG.
@@ -12,27 +12,19 @@ downsampled, so images of different sizes show the same hand.
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import DataError
-from ..runtime import available_cpus
-from .hand_params import HandIdentity, Pose, identity_params, pose_params, seeded_rng  # noqa: F401 - re-exported
+from .hand_params import Pose, identity_params, pose_params, seeded_rng
 
-MARKER_NAME = ".handclip_synthetic.json"
 # Bump when the renderer changes, so old folders are re-rendered instead of silently reused.
 RENDERER_VERSION = 1
 _SUPERSAMPLE = 2
-# Below this many images, starting worker processes costs more than it saves.
-PARALLEL_MIN_IMAGES = 256
+
+
 def _background(rng: np.random.Generator, px: int) -> np.ndarray:
     """A plain, gradient or textured background, float RGB [px, px, 3]."""
     base = rng.uniform(30, 235, 3)
@@ -258,78 +250,4 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
     return out
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _worker_count() -> int:
-    return min(4, available_cpus())
-
-
-def _write_identity(job) -> None:
-    out, identity, images_per_id, size, seed = job
-    folder = out / f"{identity:04d}"
-    for n in range(images_per_id):
-        atomic_write_bytes(folder / f"{n:03d}.png", _png_bytes(render_hand(identity, n, size, seed)))
-
-
-def write_synthetic_dataset(out_dir, num_ids: int, images_per_id: int, size: int = 64, seed: int = 0) -> Path:
-    """Render ``num_ids`` x ``images_per_id`` hands into ``out_dir/<id:04d>/<n:03d>.png``.
-
-    A marker file records the parameters; if it matches and every image exists, nothing is redone.
-    With other parameters the folder is re-rendered (stale identity folders are removed).
-    """
-    if num_ids < 1 or images_per_id < 1:
-        raise DataError(f"synthetic dataset needs at least one identity and one image each, got {num_ids} x {images_per_id}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"synthetic output path {out} exists and is not a folder")
-    params = {
-        "num_ids": int(num_ids),
-        "images_per_id": int(images_per_id),
-        "size": int(size),
-        "seed": int(seed),
-        "renderer_version": RENDERER_VERSION,
-    }
-    marker = out / MARKER_NAME
-    expected = [out / f"{i:04d}" / f"{n:03d}.png" for i in range(num_ids) for n in range(images_per_id)]
-    if marker.is_file():
-        try:
-            previous = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = None
-        if previous == params and all(p.is_file() for p in expected):
-            return out
-    # Remove the marker first, so an interrupted re-render is never mistaken for a complete one.
-    marker.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{i:04d}" for i in range(num_ids)}
-    for child in out.iterdir():
-        if child.is_dir() and len(child.name) == 4 and child.name.isdigit() and child.name not in wanted:
-            for f in child.glob("*.png"):
-                f.unlink()
-            if not any(child.iterdir()):
-                child.rmdir()
-    for i in range(num_ids):
-        folder = out / f"{i:04d}"
-        for f in folder.glob("*.png") if folder.is_dir() else []:
-            if not (f.stem.isdigit() and int(f.stem) < images_per_id and len(f.stem) == 3):
-                f.unlink()
-    jobs = [(out, i, images_per_id, size, seed) for i in range(num_ids)]
-    workers = min(_worker_count(), num_ids) if num_ids * images_per_id >= PARALLEL_MIN_IMAGES else 1
-    if workers > 1:
-        # Rendering is CPU-bound Python and each atomic write waits on fsync: separate processes
-        # overlap both. Images depend only on (identity, sample, size, seed), so order is irrelevant.
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            list(pool.map(_write_identity, jobs, chunksize=max(1, num_ids // (workers * 4))))
-    else:
-        for job in jobs:
-            _write_identity(job)
-    atomic_write_json(marker, params)
-    return out
-
-
-__all__ = ["HandIdentity", "identity_params", "render_hand", "write_synthetic_dataset", "MARKER_NAME"]
+__all__ = ["RENDERER_VERSION", "render_hand"]
