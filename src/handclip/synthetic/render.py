@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import DataError
-from .hand_params import Pose, identity_params, pose_params, seeded_rng
+from .hand_params import HandIdentity, Pose, identity_params, pose_params, seeded_rng
 
 # Bump when the renderer changes, so old folders are re-rendered instead of silently reused.
 RENDERER_VERSION = 1
@@ -139,25 +139,40 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
     hand = identity_params(identity, seed)
     pose = pose_params(identity, sample, seed)
     rng = seeded_rng(seed, identity, 0xB6, sample)  # background and noise
-    px = size * _SUPERSAMPLE
-    cv = _Canvas(px, pose)
+    cv = _Canvas(size * _SUPERSAMPLE, pose)
+    _draw_hand(cv, hand, pose)
+    return _photograph(cv, pose, rng, size)
 
+
+def _draw_hand(cv: _Canvas, hand: HandIdentity, pose: Pose) -> None:
+    """The posed hand on the canvas: silhouette, then pigment, lines, creases, nails and moles on top."""
     skin = np.array(hand.skin)
-    outline = _rgb(skin * 0.6)
-    fill = _rgb(skin)
     # Creases read as darker lines on light skin and as paler ("ashy") lines on dark skin.
     light_skin = skin.mean() > 100
     crease = _rgb(skin * hand.line_darkness if light_skin else skin * (2.1 - hand.line_darkness) + 12)
-    W, H = hand.palm_width, hand.palm_height
+    palm, wrist_w = _palm(hand)
+    digits = _digits(hand, pose)
+    _silhouette(cv, hand, palm, wrist_w, digits, _rgb(skin * 0.6), 0.022)
+    _silhouette(cv, hand, palm, wrist_w, digits, _rgb(skin), 0.0)
+    _draw_palm_marks(cv, hand, skin, crease)
+    _draw_creases_and_nails(cv, hand, digits, crease)
+    _draw_moles(cv, hand, digits)
 
-    # Palm: a rounded trapezoid, wider at the knuckles than at the wrist.
+
+def _palm(hand: HandIdentity) -> tuple[np.ndarray, float]:
+    """The palm outline, a rounded trapezoid wider at the knuckles than at the wrist, and the wrist's half-width."""
+    W, H = hand.palm_width, hand.palm_height
     t = np.linspace(0, 2 * math.pi, 28, endpoint=False)
     py = -np.sin(t) * H / 2
     half_w = W / 2 * (1 - (1 - hand.palm_taper) * (py / H + 0.5))
     px_ = np.sign(np.cos(t)) * np.abs(np.cos(t)) ** 0.5 * half_w
     palm = np.stack([px_, py], axis=1)
-    wrist_w = W * hand.palm_taper * 0.45
+    return palm, W * hand.palm_taper * 0.45
 
+
+def _digits(hand: HandIdentity, pose: Pose) -> list[tuple[list[np.ndarray], float, float]]:
+    """(joint chain, radius, angle) of the index, middle, ring and little fingers, then the thumb."""
+    W, H = hand.palm_width, hand.palm_height
     # Finger bases along the arched top of the palm.
     fingers = []
     for i in range(4):
@@ -175,23 +190,26 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
         a = t_angle + 0.25 * len(thumb_chain)
         thumb_chain.append(thumb_chain[-1] + hand.thumb_length * frac * np.array([math.sin(a), -math.cos(a)]))
     thumb = (thumb_chain, hand.thumb_width / 2, t_angle + 0.5)
+    return fingers + [thumb]
 
-    def silhouette(color, grow):
-        cv.capsule((0.0, H * 0.3), (0.0, H * 1.6), wrist_w + grow, wrist_w * 1.1 + grow, color)
-        centroid = palm.mean(axis=0)
-        cv.polygon(centroid + (palm - centroid) * (1 + grow / (W / 2)), color)
-        for chain, r, _ in fingers + [thumb]:
-            for j in range(3):
-                taper = (1.0 - 0.08 * j, 1.0 - 0.08 * (j + 1))
-                cv.capsule(chain[j], chain[j + 1], r * taper[0] + grow, r * taper[1] + grow, color)
 
-    silhouette(outline, 0.022)
-    silhouette(fill, 0.0)
+def _silhouette(cv: _Canvas, hand: HandIdentity, palm, wrist_w, digits, color, grow) -> None:
+    """Wrist, palm and digits in one colour, grown by ``grow`` (the outline is drawn grown, then the fill)."""
+    W, H = hand.palm_width, hand.palm_height
+    cv.capsule((0.0, H * 0.3), (0.0, H * 1.6), wrist_w + grow, wrist_w * 1.1 + grow, color)
+    centroid = palm.mean(axis=0)
+    cv.polygon(centroid + (palm - centroid) * (1 + grow / (W / 2)), color)
+    for chain, r, _ in digits:
+        for j in range(3):
+            taper = (1.0 - 0.08 * j, 1.0 - 0.08 * (j + 1))
+            cv.capsule(chain[j], chain[j + 1], r * taper[0] + grow, r * taper[1] + grow, color)
 
+
+def _draw_palm_marks(cv: _Canvas, hand: HandIdentity, skin: np.ndarray, crease) -> None:
+    """Birthmarks, back-of-hand lines (tendons/creases) and a scar, fixed in palm coordinates."""
+    W, H = hand.palm_width, hand.palm_height
     for x, y, rx, ry, angle, tone in hand.birthmarks:
         cv.polygon(_ellipse_poly(x * W, y * H, rx, ry, angle), _rgb(skin * tone + (8 if tone > 1 else 0)), mask=False)
-
-    # Back-of-hand lines (tendons/creases) and a scar, fixed in palm coordinates.
     for x0, y0, cx_, cy_, x1, y1 in hand.palm_lines:
         s = np.linspace(0, 1, 8)[:, None]
         pts = (1 - s) ** 2 * [x0 * W, y0 * H] + 2 * s * (1 - s) * [cx_ * W, cy_ * H] + s**2 * [x1 * W, y1 * H]
@@ -200,10 +218,12 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
         x0, y0, x1, y1 = hand.scar
         cv.line([(x0 * W, y0 * H), (x1 * W, y1 * H)], _rgb(skin * 1.12 + 10), 0.03)
 
-    # Knuckle creases across the middle joint, nails on the distal phalanx.
+
+def _draw_creases_and_nails(cv: _Canvas, hand: HandIdentity, digits, crease) -> None:
+    """Knuckle creases across the middle joint, nails on the distal phalanx."""
     nail_fill = _rgb(hand.nail_color)
     nail_edge = _rgb(np.array(hand.nail_color) * 0.75)
-    for k, (chain, r, _) in enumerate(fingers + [thumb]):
+    for k, (chain, r, _) in enumerate(digits):
         joint = chain[1] if k < 4 else chain[2]
         d = chain[2] - chain[1] if k < 4 else chain[3] - chain[2]
         d = d / (np.hypot(*d) + 1e-9)
@@ -223,16 +243,21 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
         cv.polygon(_ellipse_poly(*centre, a + 0.012, b + 0.012, ang, hand.nail_squareness), nail_edge, mask=False)
         cv.polygon(_ellipse_poly(*centre, a, b, ang, hand.nail_squareness), nail_fill, mask=False)
 
+
+def _draw_moles(cv: _Canvas, hand: HandIdentity, digits) -> None:
+    W, H = hand.palm_width, hand.palm_height
     for part, u, v, radius in hand.moles:
         part = int(part)
         if part < 0:
             where = np.array([u * W, v * H * 0.8 - 0.1])
         else:
-            chain, r, _ = (fingers + [thumb])[part]
+            chain, r, _ = digits[part]
             where = chain[0] + (chain[2] - chain[0]) * (0.3 + 0.5 * abs(v) / 0.8) + u * r * np.array([1.0, 0.0])
         cv.disc(where, radius, (70, 45, 35), mask=False)
 
-    # Downsample, light the hand, composite onto the background, then the camera's blur and noise.
+
+def _photograph(cv: _Canvas, pose: Pose, rng: np.random.Generator, size: int) -> Image.Image:
+    """Downsample, light the hand, composite onto the background, then the camera's blur and noise."""
     hand_rgb = np.asarray(cv.rgb.resize((size, size), Image.LANCZOS), dtype=np.float64)
     alpha = np.asarray(cv.mask.resize((size, size), Image.LANCZOS), dtype=np.float64)[..., None] / 255.0
     g = np.linspace(-1, 1, size)
