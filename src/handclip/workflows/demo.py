@@ -178,18 +178,23 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
         metrics["pretrain"] = {"weights": str(pretrain.path), "sha256": pretrain.sha256, "cached": pretrain.cached,
                                "history": pretrain.history, "time_s": round(pretrain.time_s, 1)}
     atomic_write_json(out / "metrics.json", metrics)
-    # The result table is the point of the demo: printed even without progress output.
-    rows = [(start_label, metrics["before"])]
+    _print_results(config, metrics, out / "metrics.json")
+    return metrics
+
+
+def _print_results(config: Config, metrics: dict, metrics_path: Path) -> None:
+    """The result table, the text-side figures and the times: the point of the demo, so printed even
+    without progress output."""
+    rows = [(metrics["start"], metrics["before"])]
     if config.stage1.enabled and not config.runtime.joint:
         # Stage 1 trains only the prompts: the image features, hence retrieval, are the starting model's.
         rows.append(("after stage 1", metrics["before"]))
     rows.append(("after stage 2", metrics["after"]))
     print(_table(rows), flush=True)
-    for line in _text_lines(text):
+    for line in _text_lines(metrics["text_side"]):
         print(line, flush=True)
-    print(f"total time {total:.1f}s, CPU time {metrics['cpu_time_s']}s (training {train_time:.1f}s); "
-          f"metrics written to {out / 'metrics.json'}", flush=True)
-    return metrics
+    print(f"total time {metrics['time_s']:.1f}s, CPU time {metrics['cpu_time_s']}s (training "
+          f"{metrics['train_time_s']:.1f}s); metrics written to {metrics_path}", flush=True)
 
 
 def _text_lines(text: dict) -> list[str]:
