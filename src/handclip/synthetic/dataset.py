@@ -28,7 +28,6 @@ from ..data.splits import (
     split_rng,
 )
 from ..errors import DataError
-from ..runtime import available_cpus
 from .render import RENDERER_VERSION, render_hand
 
 MARKER_NAME = ".handclip_synthetic.json"
@@ -46,6 +45,8 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def _worker_count() -> int:
+    from ..runtime import available_cpus  # here: handclip.runtime loads torch, which building the CLI must not
+
     return min(4, available_cpus())
 
 
