@@ -115,3 +115,17 @@ def test_data_never_imports_synthetic_or_the_catalogue_and_synthetic_sits_below_
         above = ("handclip.train", "handclip.workflows", "handclip.commands", "handclip.api", "handclip.datasets")
         bad = {m for m in _imported_modules(path) if m.startswith(above)}
         assert not bad, f"synthetic/{path.name} imports {bad}"
+
+
+def test_building_the_command_line_reads_the_registry_without_loading_torch():
+    """``handclip prepare``'s options come from the registry, read on every command line: that must
+    not load torch (seconds) for commands that never use it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from handclip import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'handclip.datasets') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert shown.strip() == "['handclip.datasets']"
