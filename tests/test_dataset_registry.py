@@ -49,7 +49,8 @@ class _Toy(DatasetSpec):
         raise AssertionError("not used")
 
     def from_args(self, args):
-        return prepare_folder(args.root, runs=args.runs, seed=args.seed, test_ids=int(args.test_ids), dataset=args.colour)
+        return prepare_folder(args.root, runs=args.runs, seed=args.seed, test_ids=int(args.test_ids),
+                              dataset=args.colour)
 
 
 def test_prepare_command_takes_its_datasets_and_their_options_from_the_registry(monkeypatch, tmp_path, capsys):

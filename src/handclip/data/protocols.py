@@ -167,8 +167,8 @@ def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: b
             if not o_test:
                 continue
             # Same stream as preparing `other` on its own, so this is exactly its gallery i.
-            o_split = split_identities(o_train, o_test, runs, split_rng(seed, _ASPECT_CODE[other]), f"11k {other}", "keep",
-                             check=False)
+            o_split = split_identities(o_train, o_test, runs, split_rng(seed, _ASPECT_CODE[other]), f"11k {other}",
+                                       "keep", check=False)
             for run, picks in enumerate(o_split.gallery_picks):
                 for ident in o_test:
                     records.append(ManifestRecord(
