@@ -24,10 +24,10 @@ PACKAGE = Path(handclip.__file__).parent
 
 def test_the_registry_holds_exactly_the_datasets_a_config_may_name():
     names = typing.get_args(DataConfig.model_fields["dataset"].annotation)
-    assert list(DATASETS) == list(names) == ["11k", "hd", "folder", "synthetic"]
+    assert list(DATASETS) == sorted(names) == ["11k", "folder", "hd", "synthetic"]
     for name in names:
         assert DATASETS.get(name).name == name
-    with pytest.raises(DataError, match="unknown dataset 'imagenet' \\(expected one of 11k, hd, folder, synthetic\\)"):
+    with pytest.raises(DataError, match="unknown dataset 'imagenet' \\(expected one of 11k, folder, hd, synthetic\\)"):
         DATASETS.get("imagenet")
 
 
@@ -73,8 +73,9 @@ def test_prepare_command_takes_its_datasets_and_their_options_from_the_registry(
     with pytest.raises(SystemExit):
         cli.main(["prepare", "--help"])
     shown = capsys.readouterr().out
-    assert "{toy,folder}" in shown and "toy only: which colour" in shown
-    assert "toy: how many test ids; folder: test identities as a count or a fraction" in " ".join(shown.split())
+    assert "{folder,toy}" in shown and "toy only: which colour" in shown
+    assert "folder: test identities as a count or a fraction (default half); toy: how many test ids" in " ".join(
+        shown.split())
 
 
 def test_registry_refuses_a_second_dataset_of_one_name_and_clashing_options():

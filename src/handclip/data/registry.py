@@ -74,7 +74,7 @@ Spec = TypeVar("Spec", bound=type[DatasetSpec])
 
 
 class DatasetRegistry:
-    """Datasets by name, in the order they were registered."""
+    """Datasets by name, listed in name order (not import order, which depends on what was imported first)."""
 
     def __init__(self) -> None:
         self._specs: dict[str, DatasetSpec] = {}
@@ -94,14 +94,14 @@ class DatasetRegistry:
     def get(self, name: str) -> DatasetSpec:
         key = str(name).lower()
         if key not in self._specs:
-            raise DataError(f"unknown dataset {name!r} (expected one of {', '.join(self._specs)})")
+            raise DataError(f"unknown dataset {name!r} (expected one of {', '.join(self)})")
         return self._specs[key]
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._specs))
+        return iter(sorted(self._specs))
 
     def __len__(self) -> int:
         return len(self._specs)
@@ -111,8 +111,8 @@ class DatasetRegistry:
 
         Two datasets may share a flag (``--test-ids``) if argparse treats it the same for both."""
         merged: dict[str, tuple[Option, list[tuple[str, str]]]] = {}
-        for name, spec in self._specs.items():
-            for option in spec.options:
+        for name in self:
+            for option in self._specs[name].options:
                 first, owners = merged.setdefault(option.flag, (option, []))
                 if dict(first.kwargs) != dict(option.kwargs):
                     raise ValueError(f"datasets {owners[0][0]} and {name} declare {option.flag} differently")
