@@ -129,7 +129,7 @@ def register_dataset(name: str) -> Callable[[Spec], Spec]:
 
 
 def root_arg(args: argparse.Namespace) -> str:
-    """``--root``, which every dataset but synthetic needs."""
+    """``--root``, which every dataset needs (synthetic: where its images are written)."""
     if not args.root:
         raise DataError(f"prepare {args.dataset} needs --root DIR")
     return args.root
