@@ -63,6 +63,17 @@ class SyntheticConfig(_Section):
     images_per_id: int = Field(8, ge=3, le=1000)
     image_size: int = Field(64, ge=16, le=1024)
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    aspects: tuple[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"], ...] = Field(
+        ("dorsal_r",), description="hand aspects drawn per identity (default: right dorsal only, the images "
+                                   "HandCLIP always drew); several give one manifest with all of them")
+
+    @field_validator("aspects")
+    @classmethod
+    def _aspects(cls, value):
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must name at least one aspect, each once")
+        order = ("dorsal_r", "dorsal_l", "palmar_r", "palmar_l")
+        return tuple(sorted(value, key=order.index))
 
 
 class AugmentConfig(_Section):
@@ -85,7 +96,7 @@ class InterpolationConfig(_Section):
 class DataConfig(_Section):
     dataset: Literal["11k", "hd", "folder", "synthetic"] = "synthetic"
     root: Optional[str] = None
-    aspect: Optional[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"]] = None
+    aspect: Optional[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l", "all"]] = None
     manifest: Optional[str] = Field(None, description="use this manifest instead of preparing one")
     runs: int = Field(10, ge=1, le=MAX_RUNS)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -120,7 +131,7 @@ class DataConfig(_Section):
         if self.manifest is None and self.dataset != "synthetic" and not self.root:
             raise ValueError(f"data.root is required for dataset '{self.dataset}' (or give data.manifest)")
         if self.manifest is None and self.dataset == "11k" and self.aspect is None:
-            raise ValueError("data.aspect is required for dataset '11k' (dorsal_r, dorsal_l, palmar_r or palmar_l)")
+            raise ValueError("data.aspect is required for dataset '11k' (dorsal_r, dorsal_l, palmar_r, palmar_l or all)")
         if min(self.image_size) < 16:
             raise ValueError(f"data.image_size {self.image_size} is too small (minimum 16)")
         if max(self.image_size) > MAX_IMAGE_SIDE:

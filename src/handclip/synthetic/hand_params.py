@@ -61,6 +61,46 @@ def seeded_rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
 
 
+def back_of_hand_lines(rng: np.random.Generator) -> list[tuple[float, ...]]:
+    """2-4 quadratic curves (x0, y0, cx, cy, x1, y1) in palm units: tendons and creases on a hand's back."""
+    lines = []
+    for _ in range(int(rng.integers(2, 5))):
+        x0, x1 = rng.uniform(-0.45, 0.45, 2)
+        y0, y1 = rng.uniform(-0.4, 0.45, 2)
+        cx, cy = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
+        lines.append((x0, y0, cx, cy, x1, y1))
+    return lines
+
+
+def nail_colour(rng: np.random.Generator, skin: np.ndarray) -> tuple[bool, np.ndarray]:
+    """(polished, nail colour): a polish from ``POLISH`` about a third of the time, else a pale pink."""
+    polished = bool(rng.random() < 0.35)
+    if polished:
+        return polished, POLISH[int(rng.integers(len(POLISH)))] * rng.uniform(0.85, 1.1, 3)
+    return polished, skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
+
+
+def skin_marks(rng: np.random.Generator) -> tuple[list, tuple, list]:
+    """(moles, scar, birthmarks) of one hand's back: marks that differ between a person's two hands."""
+    moles = []
+    for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
+        part = int(rng.choice([-1, -1, -1, 0, 1, 2, 3, 4]))
+        moles.append((part, rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.8), rng.uniform(0.035, 0.06)))
+    scar = ()
+    if rng.random() < 0.3:
+        x0, y0 = rng.uniform(-0.35, 0.35, 2)
+        ang, ln = rng.uniform(0, math.pi), rng.uniform(0.15, 0.35)
+        scar = (x0, y0, x0 + ln * math.cos(ang), y0 + ln * math.sin(ang))
+    birthmarks = []
+    if rng.random() < 0.4:
+        x, y = rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.35)
+        tone = rng.choice([0.72, 1.22])
+        for _ in range(int(rng.integers(1, 4))):  # overlapping blobs make an irregular patch
+            birthmarks.append((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06),
+                               rng.uniform(0.05, 0.12), rng.uniform(0.04, 0.09), rng.uniform(0, math.pi), tone))
+    return moles, scar, birthmarks
+
+
 @functools.lru_cache(maxsize=4096)
 def identity_params(identity: int, seed: int = 0) -> HandIdentity:
     """The fixed hand of ``identity`` (deterministic for (identity, seed))."""
@@ -84,36 +124,9 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
         p = np.array([0.45, 0.31, 0.24]) * rng.uniform(0.8, 1.2, 3)
         splits.append(tuple(float(x) for x in p / p.sum()))
 
-    palm_lines = []
-    for _ in range(int(rng.integers(2, 5))):
-        x0, x1 = rng.uniform(-0.45, 0.45, 2)
-        y0, y1 = rng.uniform(-0.4, 0.45, 2)
-        cx, cy = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
-        palm_lines.append((x0, y0, cx, cy, x1, y1))
-
-    polished = bool(rng.random() < 0.35)
-    if polished:
-        nail_color = POLISH[int(rng.integers(len(POLISH)))] * rng.uniform(0.85, 1.1, 3)
-    else:
-        nail_color = skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
-
-    moles = []
-    for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
-        part = int(rng.choice([-1, -1, -1, 0, 1, 2, 3, 4]))
-        moles.append((part, rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.8), rng.uniform(0.035, 0.06)))
-    scar = ()
-    if rng.random() < 0.3:
-        x0, y0 = rng.uniform(-0.35, 0.35, 2)
-        ang, ln = rng.uniform(0, math.pi), rng.uniform(0.15, 0.35)
-        scar = (x0, y0, x0 + ln * math.cos(ang), y0 + ln * math.sin(ang))
-
-    birthmarks = []
-    if rng.random() < 0.4:
-        x, y = rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.35)
-        tone = rng.choice([0.72, 1.22])
-        for _ in range(int(rng.integers(1, 4))):  # overlapping blobs make an irregular patch
-            birthmarks.append((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06),
-                               rng.uniform(0.05, 0.12), rng.uniform(0.04, 0.09), rng.uniform(0, math.pi), tone))
+    palm_lines = back_of_hand_lines(rng)
+    polished, nail_color = nail_colour(rng, skin)
+    moles, scar, birthmarks = skin_marks(rng)
 
     def tup(a):
         return tuple(float(x) for x in a)
@@ -167,8 +180,10 @@ class Pose:
     noise: float
 
 
-def pose_params(identity: int, sample: int, seed: int) -> Pose:
-    rng = seeded_rng(seed, identity, 0x9E, sample)
+def pose_params(identity: int, sample: int, seed: int, aspect_code: int = 0) -> Pose:
+    """Photo ``sample``'s pose; ``aspect_code`` 0 (right dorsal) keeps the stream the generator always used,
+    any other aspect gets its own stream (``handclip.synthetic.aspect_params``)."""
+    rng = seeded_rng(seed, identity, 0x9E, sample, *((aspect_code,) if aspect_code else ()))
     return Pose(
         spread=float(rng.uniform(0.7, 1.4)),
         finger_jitter=tuple(float(x) for x in rng.normal(0, 0.04, 4)),

@@ -184,7 +184,10 @@ class TrainContext:
 
 def _dataset_workdir(config: Config) -> Path:
     """Where generated datasets go: one folder per synthetic setting, so settings never mix images."""
-    key = hashlib.sha256(json.dumps(config.data.synthetic.model_dump(mode="json"), sort_keys=True).encode())
+    settings = config.data.synthetic.model_dump(mode="json")
+    if settings["aspects"] == ["dorsal_r"]:
+        del settings["aspects"]  # the default: the same folder as before aspects could be chosen
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     return cache_root(config.data) / "datasets" / key.hexdigest()[:16]
 
 
