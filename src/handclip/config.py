@@ -162,6 +162,12 @@ class ModelConfig(_Section):
                                 "antialias (CLIP-ReID) or bicubic, antialiased when shrinking (earlier HandCLIP)")
     allow_activation_mismatch: bool = Field(
         False, description="load OpenAI's weights (trained with QuickGELU) into a GELU backbone anyway")
+    sie: Literal["none", "aspect"] = Field(
+        "none", description="aspect: CLIP-ReID's side-information embedding with the hand aspect (the manifest's "
+                            "camid) as the camera; none: no aspect input (docs/method.md, 'Aspects of a hand')")
+    sie_coe: float = Field(3.0, ge=0, le=100, description="scale of the aspect embedding (CLIP-ReID's SIE_COE)")
+    aspect_head: bool = Field(False, description="a linear probe that predicts a photo's aspect, to warn when a "
+                                                 "query's stated aspect looks wrong")
 
     @model_validator(mode="after")
     def _check(self):

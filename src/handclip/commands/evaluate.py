@@ -24,6 +24,15 @@ def add_arguments(parser) -> None:
     distractors.add_argument("--no-distractors", action="store_true", help="drop the manifest's distractor gallery images")
     parser.add_argument("--allow-id-overlap", action="store_true",
                         help="accept query/gallery identities that are also training identities (normally refused)")
+    aspects = parser.add_argument_group("hand aspects (a manifest with several: prepare synthetic --aspects, 11k --aspect all)")
+    aspects.add_argument("--query-aspect", help="queries of this aspect (dorsal_r, dorsal_l, palmar_r, palmar_l) ...")
+    aspects.add_argument("--gallery-aspect", help="... against the gallery of this aspect")
+    aspects.add_argument("--mirror-query", action="store_true",
+                         help="mirror the queries left-right (a left hand against right hands); with --aspect-matrix, "
+                              "in the cells whose query and gallery sides differ")
+    aspects.add_argument("--aspect-matrix", action="store_true",
+                         help="every query aspect against every gallery aspect: rank-1, mAP and EER, a table and "
+                              "a heat map")
     parser.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
@@ -119,6 +128,23 @@ def _eval_config(args):
         raise DataError(f"{option}: {err['msg']} (got {shorten(err.get('input'))})") from None
 
 
+def _aspect_matrix(args, manifest, eval_cfg, runs, out) -> int:
+    """``--aspect-matrix``: the 4 x 4 table and heat map instead of the one-pair report."""
+    from ..evaluate.aspect_matrix import aspect_matrix
+    from ..evaluate.aspect_report import matrix_markdown, write_aspect_matrix_outputs
+
+    if args.query_aspect or args.gallery_aspect:
+        raise DataError("--aspect-matrix evaluates every aspect pair; leave out --query-aspect and --gallery-aspect")
+    encoder = load_encoder(args)
+    matrix = aspect_matrix(encoder, manifest, eval_cfg, runs=runs, mirror_query=args.mirror_query, progress=True)
+    title = f"Aspect matrix{' (queries mirrored across sides)' if args.mirror_query else ''}"
+    write_aspect_matrix_outputs(matrix, out, title, encoder.label, args.manifest)
+    print(f"{encoder.label} on {args.manifest}: {len(matrix.options['runs'])} run(s)")
+    print(matrix_markdown(matrix))
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
 def run(args) -> int:
     from ..data.manifest import Manifest
     from ..evaluate.metrics import METRIC_KEYS
@@ -150,6 +176,8 @@ def run(args) -> int:
     else:
         out = Path(f"eval-zeroshot-{Path(args.manifest).stem}")
     check_output_folder(out)  # before minutes of encoding, not after
+    if args.aspect_matrix:
+        return _aspect_matrix(args, manifest, eval_cfg, runs, out)
     encoder = load_encoder(args)
     label = encoder.label
     calibration = None
@@ -161,9 +189,14 @@ def run(args) -> int:
         calibration = ScoreCalibration.load(args.calibration)
         calibration.check_model(encoder.fingerprint())
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=not args.no_distractors,
-                               progress=True, keep_distances=True)
+                               progress=True, keep_distances=True, query_aspect=args.query_aspect,
+                               gallery_aspect=args.gallery_aspect, mirror_query=args.mirror_query)
     subsets = sorted({subset_key(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
     title = "Evaluation on " + ", ".join(subset_title(s) for s in subsets)
+    if "query_aspect" in result.options:
+        options = result.options
+        title += (f": queries {options['query_aspect']}{' (mirrored)' if options['mirror_query'] else ''} "
+                  f"against gallery {options['gallery_aspect']}")
     forensic = None
     if not args.no_forensic:
         from ..evaluate.forensic import forensic_evaluation

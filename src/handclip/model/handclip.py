@@ -6,6 +6,8 @@ projection (``feat_proj``, dim D); for a ModifiedResNet the spatially pooled lay
 maps and the attention-pool output. ``feat_last`` and ``feat_proj`` each pass through a BNNeck
 (BatchNorm1d, bias frozen) and an ID classifier.
 
+Aspects (``model.sie: aspect``, ``model.aspect_head``): ``handclip.model.aspect_embedding``.
+
 Text side: one learnable context per identity, ``"A photo of a X X X X hand."`` with the X
 positions replaced by ``ctx[label]``; the text feature is the transformer output at the
 end-of-text token (argmax of the token ids), through ``ln_final`` and ``text_projection``.
@@ -22,6 +24,7 @@ from torch import nn
 
 from ..config import DataConfig, ModelConfig
 from ..errors import ConfigError
+from .aspect_embedding import AspectEmbedding, AspectHead, add_to_class_token, attention_pool
 from .backbone import create_clip, get_tokenizer, is_vit
 from .heads import ArcMarginProduct, linear_id_classifier
 
@@ -35,6 +38,7 @@ class ModelOutput:
     feat_mid: Optional[torch.Tensor] = None  # ViT: CLS after the second-to-last block; RN: layer3 pooled
     bn_last: Optional[torch.Tensor] = None  # [B, W] after BNNeck
     bn_proj: Optional[torch.Tensor] = None  # [B, D] after BNNeck
+    aspect_logits: Optional[torch.Tensor] = None  # [B, 4] of the aspect head (model.aspect_head), training only
 
 
 class PromptLearner(nn.Module):
@@ -131,6 +135,9 @@ class HandCLIP(nn.Module):
         id_head: str = "linear",
         arcface_scale: float = 30.0,
         arcface_margin: float = 0.5,
+        sie: str = "none",
+        sie_coe: float = 3.0,
+        aspect_head: bool = False,
     ):
         super().__init__()
         if num_ids < 1:
@@ -172,16 +179,21 @@ class HandCLIP(nn.Module):
         else:
             self.classifier = None
             self.classifier_proj = None
+        if sie not in ("none", "aspect"):
+            raise ConfigError(f"model.sie must be 'none' or 'aspect', got {sie!r}")
+        # Built after the heads, so a model without them draws exactly the random numbers it always drew.
+        self.aspect_embedding = AspectEmbedding(self.width, sie_coe) if sie == "aspect" else None
+        self.aspect_head = AspectHead(self.width) if aspect_head else None
         self.spec: dict[str, Any] = {}  # filled by build_model: what a checkpoint needs to rebuild this model
 
     # ---------------------------------------------------------------- image side
 
-    def _vit_features(self, images: torch.Tensor):
+    def _vit_features(self, images: torch.Tensor, side: Optional[torch.Tensor] = None):
         v = self.image_encoder
         x = v.conv1(images)  # [B, W, gh, gw]
         x = x.flatten(2).transpose(1, 2)  # [B, gh*gw, W]
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = add_to_class_token(torch.cat([cls, x], dim=1), side) + v.positional_embedding.to(x.dtype)
         x = v.patch_dropout(x)
         x = v.ln_pre(x)
         blocks = v.transformer.resblocks
@@ -198,21 +210,34 @@ class HandCLIP(nn.Module):
         feat_proj = feat_last @ v.proj
         return feat_mid, feat_last, feat_proj
 
-    def _rn_features(self, images: torch.Tensor):
+    def _rn_features(self, images: torch.Tensor, side: Optional[torch.Tensor] = None):
         v = self.image_encoder
         x = v.stem(images.to(next(v.parameters()).dtype))
         x = v.layer2(v.layer1(x))
         x3 = v.layer3(x)
         x4 = v.layer4(x3)
-        return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), v.attnpool(x4)
+        return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), attention_pool(v.attnpool, x4, side)
 
-    def image_features(self, images: torch.Tensor):
-        """(feat_mid, feat_last, feat_proj), all before the BNNeck."""
-        return self._vit_features(images) if self.kind == "vit" else self._rn_features(images)
+    def image_features(self, images: torch.Tensor, aspects: Optional[torch.Tensor] = None):
+        """(feat_mid, feat_last, feat_proj), all before the BNNeck; ``aspects`` [B] (indices into
+        ``handclip.aspects.ASPECTS``) add the aspect embeddings when the model has them."""
+        side = None if aspects is None or self.aspect_embedding is None else self.aspect_embedding(aspects)
+        return self._vit_features(images, side) if self.kind == "vit" else self._rn_features(images, side)
 
-    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> ModelOutput:
-        """Image features and, in training mode, ID logits (ArcFace applies its margin when ``labels`` are given)."""
-        feat_mid, feat_last, feat_proj = self.image_features(images)
+    def aspect_logits(self, images: torch.Tensor, feat_last: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The aspect head's logits [B, 4], from the last-block feature without aspect embeddings
+        (``feat_last`` when it was computed so: always for a ResNet-style tower, where SIE only reaches the
+        attention pool)."""
+        if feat_last is None:
+            with torch.no_grad():
+                _, feat_last, _ = self.image_features(images)
+        return self.aspect_head(feat_last)
+
+    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                aspects: Optional[torch.Tensor] = None) -> ModelOutput:
+        """Image features and, in training mode, ID logits (ArcFace applies its margin when ``labels`` are given)
+        and the aspect head's logits."""
+        feat_mid, feat_last, feat_proj = self.image_features(images, aspects)
         bn_last = self.bottleneck(feat_last)
         bn_proj = self.bottleneck_proj(feat_proj)
         logits = None
@@ -221,6 +246,10 @@ class HandCLIP(nn.Module):
                 logits = [self.classifier(bn_last, labels), self.classifier_proj(bn_proj, labels)]
             else:
                 logits = [self.classifier(bn_last), self.classifier_proj(bn_proj)]
+        aspect_logits = None
+        if self.training and self.aspect_head is not None:
+            same_pass = aspects is None or self.aspect_embedding is None or self.kind == "rn"
+            aspect_logits = self.aspect_logits(images, feat_last if same_pass else None)
         return ModelOutput(
             feat_last=feat_last,
             feat_proj=feat_proj,
@@ -229,14 +258,15 @@ class HandCLIP(nn.Module):
             feat_mid=feat_mid,
             bn_last=bn_last,
             bn_proj=bn_proj,
+            aspect_logits=aspect_logits,
         )
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
+    def extract(self, images: torch.Tensor, aspects: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Test feature [B, W+D]: concat of the two features before or after BN (model.neck_feat); not normalised.
 
         Call ``model.eval()`` first so the BNNeck uses its running statistics.
         """
-        _, feat_last, feat_proj = self.image_features(images)
+        _, feat_last, feat_proj = self.image_features(images, aspects)
         if self.neck_feat == "after":
             feat_last, feat_proj = self.bottleneck(feat_last), self.bottleneck_proj(feat_proj)
         return torch.cat([feat_last, feat_proj], dim=1)
@@ -262,7 +292,8 @@ class HandCLIP(nn.Module):
     # ---------------------------------------------------------------- training policy
 
     def head_modules(self) -> list[nn.Module]:
-        return [m for m in (self.bottleneck, self.bottleneck_proj, self.classifier, self.classifier_proj) if m is not None]
+        return [m for m in (self.bottleneck, self.bottleneck_proj, self.classifier, self.classifier_proj,
+                            self.aspect_embedding, self.aspect_head) if m is not None]
 
     def _freeze_bn_bias(self) -> None:
         self.bottleneck.bias.requires_grad_(False)
@@ -364,6 +395,9 @@ def build_model(model_cfg, data_cfg, num_ids: int) -> HandCLIP:
         id_head=model_cfg.id_head,
         arcface_scale=model_cfg.arcface_scale,
         arcface_margin=model_cfg.arcface_margin,
+        sie=model_cfg.sie,
+        sie_coe=model_cfg.sie_coe,
+        aspect_head=model_cfg.aspect_head,
     )
     model.spec = {
         "model": model_cfg.model_dump(mode="json"),

@@ -40,6 +40,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from ..aspects import record_aspect
 from ..atomic import atomic_write_text
 from ..config import Config, config_from_dict, load_config
 from ..data.images import scan_images
@@ -108,6 +109,18 @@ def check_training_data(manifest, stage2_cfg, check_batches: bool) -> tuple[list
         raise ConfigError(f"stage2.ids_per_batch is {stage2_cfg.ids_per_batch} but the training split has only "
                           f"{len(counts)} identities")
     return train, manifest.train_label_map()
+
+
+def check_training_aspects(manifest, model_cfg) -> None:
+    """A model that reads aspects (model.sie: aspect) or learns them (model.aspect_head) needs the aspect of
+    every train and val image (the manifest's subset/camid, docs/method.md "Aspects of a hand")."""
+    if model_cfg.sie == "none" and not model_cfg.aspect_head:
+        return
+    key = "model.sie: aspect" if model_cfg.sie != "none" else "model.aspect_head"
+    for rec in (*manifest.split("train"), *manifest.split("val")):
+        if record_aspect(rec) is None:
+            raise DataError(f"{key} needs each training image's aspect, but {rec.path} has none (prepare the data "
+                            f"with `prepare synthetic --aspects ...` or `prepare 11k --aspect ...`)")
 
 
 class TrainContext:
@@ -299,6 +312,7 @@ def _checked_inputs(config: Config, resumed_run: Path | None, stages: tuple[str,
                                     "set data.allow_id_overlap=true (train --allow-id-overlap)")
     train_records, label_map = check_training_data(manifest, config.stage2,
                                                    check_batches=("stage2" in stages or "joint" in stages))
+    check_training_aspects(manifest, config.model)
     if not manifest.split("val"):
         raise DataError("the manifest has no val split (one held-out image per training identity) to choose "
                         "the best checkpoint on")

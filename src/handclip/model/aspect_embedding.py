@@ -1,0 +1,78 @@
+"""Aspect embeddings (CLIP-ReID's side-information embedding, SIE, with the hand aspect as the "camera")
+and the optional aspect classifier head (docs/method.md, "Aspects of a hand").
+
+SIE, as CLIP-ReID computes it for a ViT: one learnable vector per aspect, [4, width], initialised from a
+truncated normal (std 0.02), scaled by ``model.sie_coe`` (3.0) and added to the class token right after
+the class token is prepended to the patch tokens, before the positional embedding and ``ln_pre``.
+Without an aspect label nothing is added (CLIP-ReID's ``cam_label=None``; its stage 1 encodes images so).
+
+CLIP-ReID applies SIE to ViTs only. For a ResNet-style tower (ModifiedResNet, tiny-cnn) HandCLIP adds it
+where the attention pool forms its query: the pool prepends the mean of the spatial tokens, which plays
+the class token's part, and the projected feature is that token's output. So only the projected feature
+sees the aspect there; the pooled layer-4 feature does not.
+
+The aspect head is a linear probe: it reads the last-block feature computed without any aspect embedding,
+detached, so it never changes the identity features; it exists to warn when a query's stated aspect
+looks wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..aspects import ASPECTS
+
+
+class AspectEmbedding(nn.Module):
+    """One learnable vector per aspect, scaled by ``coefficient``: what is added for ``aspects`` [B]."""
+
+    def __init__(self, width: int, coefficient: float, count: int = len(ASPECTS)):
+        super().__init__()
+        self.coefficient = float(coefficient)
+        self.weight = nn.Parameter(torch.zeros(count, width))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, aspects: torch.Tensor) -> torch.Tensor:
+        return self.coefficient * self.weight[aspects.to(self.weight.device).long()]
+
+
+def add_to_class_token(tokens: torch.Tensor, side: Optional[torch.Tensor]) -> torch.Tensor:
+    """``tokens`` [B, 1 + N, W] with ``side`` [B, W] added to the class token (position 0)."""
+    if side is None:
+        return tokens
+    return torch.cat([tokens[:, :1] + side[:, None].to(tokens.dtype), tokens[:, 1:]], dim=1)
+
+
+def attention_pool(pool: nn.Module, x: torch.Tensor, side: Optional[torch.Tensor]) -> torch.Tensor:
+    """open_clip's ``AttentionPool2d`` on the map ``x`` [B, C, H, W], with ``side`` [B, C] added to its
+    query token (the spatial mean) before the positional embedding; ``pool(x)`` itself when ``side`` is None."""
+    if side is None:
+        return pool(x)
+    tokens = x.flatten(2).permute(2, 0, 1)  # (HW, B, C)
+    query = tokens.mean(dim=0, keepdim=True) + side[None].to(tokens.dtype)
+    tokens = torch.cat([query, tokens], dim=0) + pool.positional_embedding[:, None, :].to(tokens.dtype)
+    out, _ = F.multi_head_attention_forward(
+        query=tokens, key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1], num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=pool.training, need_weights=False)
+    return out[0]
+
+
+class AspectHead(nn.Module):
+    """Linear aspect classifier over a detached feature (a probe: no gradient reaches the encoder)."""
+
+    def __init__(self, width: int, count: int = len(ASPECTS)):
+        super().__init__()
+        self.linear = nn.Linear(width, count)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.linear(feature.detach().float())
+
+
+__all__ = ["AspectEmbedding", "AspectHead", "add_to_class_token", "attention_pool"]
