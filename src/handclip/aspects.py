@@ -73,9 +73,10 @@ def aspects_of(records: Iterable) -> list[str]:
     return [a for a in ASPECTS if a in found]
 
 
-def pair_key(query_aspect: str, gallery_aspect: str) -> str:
-    """How a pair of aspects is named in files and reports: ``dorsal_l->dorsal_r``."""
-    return f"{normalise_aspect(query_aspect)}->{normalise_aspect(gallery_aspect)}"
+def pair_key(query_aspect: str, gallery_aspect: str, mirrored: bool = False) -> str:
+    """How a pair of aspects is named in files and reports: ``dorsal_l->dorsal_r``, or
+    ``dorsal_l(mirrored)->dorsal_r`` when the query is mirrored left-right before the comparison."""
+    return f"{normalise_aspect(query_aspect)}{'(mirrored)' if mirrored else ''}->{normalise_aspect(gallery_aspect)}"
 
 
 __all__ = ["ASPECTS", "ASPECT_NAMES", "aspect_index", "aspects_of", "is_left", "is_palmar", "mirrored",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..aspects import aspects_of, is_left, pair_key
+from ..aspects import aspects_of, is_left, pair_key, record_aspect
 from ..config import EvalConfig
 from ..data.images import check_images_exist
 from ..errors import DataError
@@ -75,10 +75,12 @@ def aspect_matrix(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=No
     chosen = select_runs(manifest, runs)
     test = [r for r in manifest.records if r.split in ("query", "gallery") and r.run in chosen and not r.is_distractor]
     found = aspects_of(test)
-    aspects = [a for a in found if aspects is None or a in aspects]
-    if len(found) < 2 or not aspects:
+    asked = aspects
+    aspects = [a for a in found if asked is None or a in asked]
+    if not aspects or (asked is None and len(found) < 2):
         raise DataError(f"an aspect matrix needs a manifest with several aspects; this one holds "
                         f"{', '.join(found) or 'no aspect labels'} (prepare it with --aspects / --aspect all)")
+    test = [r for r in test if record_aspect(r) in aspects]
     needed = _unique_paths(test)
     check_images_exist(needed)
     feats = encoder.features(needed, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip, progress=progress)
