@@ -15,6 +15,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--splits", default="query,gallery",
                         help="manifest splits whose images to use (default: query,gallery = the test identities)")
     parser.add_argument("--folds", type=int, default=5, help="identity folds for the cross-validated Cllr (default 5)")
+    parser.add_argument("--aspect-pairs", action="store_true",
+                        help="one map per (query aspect, gallery aspect) pair of the manifest's aspects, and per "
+                             "cross-side pair with the query mirrored; a search then uses its own pair's map only")
+    parser.add_argument("--no-mirror", action="store_true", help="with --aspect-pairs: fit no mirrored pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
@@ -35,8 +39,16 @@ def run(args) -> int:
         raise HandCLIPError(f"--seed must be from 0 to {MAX_SEED} (got {args.seed})")
     splits = [part.strip() for part in args.splits.split(",") if part.strip()]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "calibration.json"
-    calibration = calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
-                            seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True)
+    if args.aspect_pairs:
+        from ..forensic.calibrate import calibrate_pairs
+
+        calibration = calibrate_pairs(args.checkpoint, args.manifest, method=args.method, splits=splits,
+                                      folds=args.folds, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                                      mirror=not args.no_mirror, progress=True)
+    else:
+        calibration = calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits,
+                                folds=args.folds, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                                progress=True)
     calibration.save(out)
     summary = calibration.summary
     print(f"calibrated {args.checkpoint} ({args.method}) on {summary['n_identities']} identities, "

@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of per-identity folders (identity = folder name) or a manifest CSV (identity = pid)")
     parser.add_argument("--index", required=True, help="gallery directory (created on first enrolment, appended to later)")
     parser.add_argument("--split", default=None, help="with a manifest: enrol only this split (e.g. gallery)")
+    parser.add_argument("--aspect", default=None,
+                        help="hand aspect of the images (dorsal_r, dorsal_l, palmar_r, palmar_l), stored with each "
+                             "row (default: a manifest's own aspects; none for a folder)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch; each batch is committed (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--skip-bad", action="store_true",
@@ -32,7 +35,7 @@ def run(args) -> int:
         raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")
     if Path(args.index).exists() and not Path(args.index).is_dir():
         raise HandCLIPError(f"--index {args.index} is a file; give the gallery folder (created on first enrolment)")
-    items = collect_images(args.images, split=args.split)
+    items = collect_images(args.images, split=args.split, aspect=args.aspect)
     checked = not args.skip_bad and not (Path(args.index) / GALLERY_FILE).exists()
     if checked:  # before the gallery is created: a failed enrolment leaves no empty gallery
         check_images([item.path for item in items], False, "gallery")

@@ -9,6 +9,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="gallery directory made by `handclip enrol`")
     parser.add_argument("--query", required=True, nargs="+", metavar="IMG", help="query hand photo(s)")
     parser.add_argument("--top-k", type=int, default=10, help="candidates per query (default 10)")
+    parser.add_argument("--aspect", default=None,
+                        help="the query's hand aspect (dorsal_r, dorsal_l, palmar_r, palmar_l); the gallery images of "
+                             "the aspect it shows are searched, and a per-pair calibration weighs that pair only")
+    parser.add_argument("--mirror", action="store_true", help="mirror the query left-right (a left hand against "
+                                                               "right hands)")
+    parser.add_argument("--gallery-aspect", default=None,
+                        help="search the gallery images of this aspect (default: the aspect the query shows)")
     parser.add_argument("--by", choices=["identity", "image"], default="identity",
                         help="rank people (best cosine similarity over their images, default) or single images")
     parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: the one the gallery was enrolled with)")
@@ -32,8 +39,14 @@ def _print(search) -> None:
     from ..gallery.results import display_path, printable
 
     calibrated = search.calibration is not None
+    if search.aspects:
+        from ..gallery.case_report import aspects_text
+
+        print(f"aspects: {aspects_text(search.aspects)}")
     for query in search.queries:
         print(f"query {printable(query.name or display_path(query.query))}  SHA-256 {query.sha256}")
+        if (query.aspect_check or {}).get("warning"):
+            print(f"  warning: {query.aspect_check['warning']}")
         for c in query.candidates:
             detail = (f"{c.matched}/{c.num_images} images in top hits" if search.by == "identity"
                       else printable(display_path(c.path, c.identity, search.gallery["dir"])))
@@ -57,7 +70,7 @@ def _calibration_line(search) -> str:
 
     cal = search.calibration
     return (f"calibration {printable(display_path(cal.path))} (SHA-256 {cal.sha256[:16]}...): "
-            f"{cal.describe(search.by)}")
+            f"{cal.describe(search.by, (search.aspects or {}).get('calibration_pair'))}")
 
 
 def _check_output(flag: str, out: str | None) -> None:
@@ -100,7 +113,8 @@ def run(args) -> int:
                                    examiner=args.examiner)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
     search = session.search(args.query, top_k=args.top_k, by=args.by, index_type=args.index_type,
-                            arguments=arguments)
+                            arguments=arguments, aspect=args.aspect, mirror=args.mirror,
+                            gallery_aspect=args.gallery_aspect)
     _print(search)
     checkpoint = session.encoder.checkpoint
     if args.json:

@@ -111,4 +111,45 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
     return ScoreCalibration(maps, encoder.fingerprint(), summary)
 
 
-__all__ = ["calibrate", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]
+def calibrate_pairs(checkpoint, manifest_path, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
+                    folds: int = 5, seed: int = 0, device=None, batch_size: int = 128, mirror: bool = True,
+                    progress: bool = False) -> ScoreCalibration:
+    """A ScoreCalibration with one map per aspect pair (``handclip.forensic.pair_calibration``), fitted on
+    ``manifest_path``'s identities: each image encoded with its own aspect, and mirrored for the pairs
+    whose sides differ (``mirror``)."""
+    from ..aspects import aspects_of, record_aspect
+    from ..atomic import sha256_file
+    from ..data.images import check_images_exist
+    from ..data.manifest import Manifest
+    from ..model.inference import load_encoder
+    from .pair_calibration import AspectImages, fit_aspect_pairs
+
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    manifest = Manifest.read(manifest_path)
+    records = calibration_records(manifest, splits, source=f"manifest {manifest_path}")
+    aspects = aspects_of(records)
+    if not aspects:
+        raise CalibrationError(f"manifest {manifest_path} has no aspect labels (its subset/camid); --aspect-pairs "
+                               f"needs them (prepare synthetic --aspects, prepare 11k --aspect)")
+    check_images_exist(records, source=manifest_path)
+    encoder = load_encoder(checkpoint, device=device)
+    images = {}
+    for aspect in aspects:
+        chosen = [r for r in records if record_aspect(r) == aspect]
+        features = encoder.features(chosen, batch_size=batch_size, progress=progress)
+        flipped = encoder.features(chosen, batch_size=batch_size, progress=progress, mirror=True) if mirror else None
+        images[aspect] = AspectImages(features, np.array([r.pid for r in chosen]), flipped)
+    maps, figures = fit_aspect_pairs(images, method, folds, seed, mirror=mirror)
+    summary = {
+        "method": method, "aspect_pairs": sorted(maps), "pairs": figures,
+        "n_identities": len({r.pid for r in records}), "n_images": len(records), "aspects": aspects,
+        "manifest": str(Path(manifest_path)), "manifest_sha256": sha256_file(manifest_path), "splits": list(splits),
+        "checkpoint": str(Path(checkpoint)), "folds": folds, "seed": seed,
+        "score": "cosine similarity of L2-normalised features (no flip); a '(mirrored)' pair mirrors the query",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return ScoreCalibration({}, encoder.fingerprint(), summary, pairs=maps)
+
+
+__all__ = ["calibrate", "calibrate_pairs", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]

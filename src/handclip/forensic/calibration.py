@@ -27,8 +27,11 @@ from ..errors import HandCLIPError
 
 FORMAT = "handclip-score-calibration"
 # Version 2 stores the KDE as its monotone table; version 1 files still load unless they hold a KDE map.
+# Version 3 files hold maps per aspect pair (``pairs``); a file without them is still written as version 2,
+# and a HandCLIP that reads only versions 1-2 refuses a per-pair file rather than use its other maps.
 VERSION = 2
-READABLE_VERSIONS = (1, 2)
+PAIRS_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 METHODS = ("logit", "kde", "isotonic")
 KINDS = ("image", "identity")
 # Two-fold cross-calibration needs at least three people with two or more images in each fold.
@@ -388,19 +391,44 @@ class ScoreCalibration:
     maps: dict[str, ScoreMap]
     fingerprint: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    # Per aspect pair (``handclip.forensic.pair_calibration``): pair key -> kind -> map; figures in summary["pairs"].
+    pairs: dict[str, dict[str, ScoreMap]] = field(default_factory=dict)
 
-    def _map(self, kind: str) -> ScoreMap:
-        if kind not in self.maps:
-            raise CalibrationError(f"this calibration has no {kind!r} scores (it has {', '.join(sorted(self.maps))})")
-        return self.maps[kind]
+    def _map(self, kind: str, pair: str | None = None) -> ScoreMap:
+        maps = self.maps if pair is None else self.pairs.get(pair, {})
+        if kind not in maps:
+            where = "this calibration" if pair is None else f"this calibration's pair {pair}"
+            raise CalibrationError(f"{where} has no {kind!r} scores (it has {', '.join(sorted(maps)) or 'none'})")
+        return maps[kind]
 
-    def log10_lr(self, scores, kind: str = "image") -> np.ndarray:
-        """log10 LR of cosine ``scores`` of the given kind, clipped to the calibration's ELUB range."""
-        return self._map(kind).log10_lr(scores)
+    def log10_lr(self, scores, kind: str = "image", pair: str | None = None) -> np.ndarray:
+        """log10 LR of cosine ``scores`` of the given kind (of aspect pair ``pair``), clipped to the ELUB range."""
+        return self._map(kind, pair).log10_lr(scores)
 
-    def bounds(self, kind: str = "image") -> tuple[float, float]:
-        score_map = self._map(kind)
+    def bounds(self, kind: str = "image", pair: str | None = None) -> tuple[float, float]:
+        score_map = self._map(kind, pair)
         return score_map.lower, score_map.upper
+
+    def pair_for(self, query_aspect: str | None, gallery_aspect: str | None, mirrored: bool = False) -> str | None:
+        """The pair whose maps weigh a comparison of these aspects: its key, or None for the file's own maps
+        (a calibration without pairs, used for same-aspect comparisons as before aspects existed).
+        CalibrationError when the calibration has no maps for exactly this pair: another pair's are never
+        borrowed (docs/method.md, "Aspects of a hand")."""
+        from ..aspects import pair_key
+
+        if not self.pairs:
+            if not mirrored and (query_aspect is None or gallery_aspect is None or query_aspect == gallery_aspect):
+                return None
+            raise CalibrationError("this calibration was fitted without aspect pairs, so it says nothing about "
+                                   "comparing other aspects; fit one with `handclip calibrate --aspect-pairs`")
+        if gallery_aspect is None:
+            raise CalibrationError("this calibration is fitted per aspect pair, but the gallery images carry no "
+                                   "aspect; state the gallery's aspect (enrol --aspect) to weigh the scores")
+        key = pair_key(query_aspect, gallery_aspect, mirrored)
+        if key not in self.pairs:
+            raise CalibrationError(f"this calibration has no maps for the aspect pair {key} (it has "
+                                   f"{', '.join(sorted(self.pairs))}); refusing to borrow another pair's")
+        return key
 
     def check_model(self, fingerprint: dict) -> None:
         """CalibrationError naming every field on which ``fingerprint`` differs from the calibrated model's."""
@@ -414,8 +442,11 @@ class ScoreCalibration:
 
     def as_dict(self) -> dict:
         summary = {k: v for k, v in self.summary.items() if k != "path"}
-        return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,
-                "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+        data = {"format": FORMAT, "version": PAIRS_VERSION if self.pairs else VERSION, "fingerprint": self.fingerprint,
+                "summary": summary, "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+        if self.pairs:
+            data["pairs"] = {key: {kind: m.as_dict() for kind, m in maps.items()} for key, maps in self.pairs.items()}
+        return data
 
     def save(self, path) -> None:
         from ..atomic import atomic_write_text
@@ -443,7 +474,8 @@ class ScoreCalibration:
             raise CalibrationError(f"calibration file {path} has format version {data.get('version')!r}; "
                                    f"this HandCLIP reads versions {' and '.join(map(str, READABLE_VERSIONS))}")
         maps = data.get("maps")
-        if not isinstance(maps, dict) or not maps:
+        pairs = _read_pairs(data, path)
+        if not isinstance(maps, dict) or not (maps or pairs):
             raise CalibrationError(f"calibration file {path} has no score maps")
         unknown = sorted(set(maps) - set(KINDS))
         if unknown:
@@ -452,12 +484,35 @@ class ScoreCalibration:
         if not isinstance(fingerprint, dict) or not isinstance(summary, dict):
             raise CalibrationError(f"calibration file {path} lacks the model fingerprint or the summary")
         parsed = {kind: ScoreMap.from_dict(m, f"calibration file {path}, maps.{kind}") for kind, m in maps.items()}
-        return cls(parsed, fingerprint, {**summary, "path": str(path)})
+        return cls(parsed, fingerprint, {**summary, "path": str(path)}, pairs)
+
+
+def _read_pairs(data: dict, path) -> dict[str, dict[str, ScoreMap]]:
+    """The per-pair maps of a version-3 file, every pair key and map checked (a version-2 file has none)."""
+    from ..aspects import ASPECTS
+
+    pairs = data.get("pairs")
+    if pairs is None:
+        return {}
+    if data.get("version") != PAIRS_VERSION or not isinstance(pairs, dict) or not pairs:
+        raise CalibrationError(f"calibration file {path} has malformed aspect pairs")
+    valid = {f"{q}{m}->{g}" for q in ASPECTS for g in ASPECTS for m in ("", "(mirrored)")}
+    out = {}
+    for key, maps in pairs.items():
+        if key not in valid or not isinstance(maps, dict) or not maps or set(maps) - set(KINDS):
+            raise CalibrationError(f"calibration file {path} has a malformed aspect pair {str(key)[:60]!r}")
+        out[key] = {kind: ScoreMap.from_dict(m, f"calibration file {path}, pairs.{key}.{kind}")
+                    for kind, m in maps.items()}
+    return out
 
 
 def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:
-    """Lines for a terminal: method, cross-validated Cllr and LR range per kind."""
+    """Lines for a terminal: method, cross-validated Cllr and LR range per kind (and per aspect pair)."""
     lines = []
+    for key, maps in calibration.pairs.items():
+        figures = calibration.summary.get("pairs", {}).get(key, {})
+        cells = [f"{kind} Cllr {figures.get(kind, {}).get('cllr', float('nan')):.3f}" for kind in kinds if kind in maps]
+        lines.append(f"{key:>30}: " + ", ".join(cells))
     for kind in kinds:
         if kind not in calibration.maps:
             continue

@@ -146,6 +146,20 @@ def _limitations(search: SearchResult) -> str:
             f"propositions under a validated procedure.")
 
 
+def aspects_text(aspects: dict | None) -> str:
+    """The hand aspects a search compared, in words (docs/method.md, "Aspects of a hand")."""
+    if not aspects:
+        return "not stated"
+    names = {"dorsal_r": "dorsal right", "dorsal_l": "dorsal left", "palmar_r": "palmar right", "palmar_l": "palmar left"}
+    query = names.get(aspects.get("query"), "not stated")
+    gallery = names.get(aspects.get("gallery"), "every aspect enrolled")
+    text = f"query {query}{' (mirrored left-right)' if aspects.get('mirrored') else ''} against gallery images " \
+           f"of {gallery}"
+    if aspects.get("calibration_pair"):
+        text += f"; likelihood ratios from the calibration of the pair {aspects['calibration_pair']}"
+    return text
+
+
 def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:
     fp = search.model.get("fingerprint") or {}
     g = search.gallery
@@ -158,10 +172,12 @@ def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:
                         f"identities, commit generation {g.get('generation')}, uid {g.get('uid')}", False),
             ("Gallery commit SHA-256", str(g.get("commit_sha256")), True),
             ("Search", f"ranked by {search.by} (score: {search.score}); top {search.top_k}; "
-                       f"index {search.index_type}", False)]
+                       f"index {search.index_type}", False),
+            ("Aspects compared", aspects_text(search.aspects), False)]
     if search.calibration is not None:
         cal = search.calibration
-        rows += [("Calibration", f"{display_path(cal.path)}: {cal.describe(search.by)}; "
+        pair = (search.aspects or {}).get("calibration_pair")
+        rows += [("Calibration", f"{display_path(cal.path)}: {cal.describe(search.by, pair)}; "
                                  f"created {cal.summary.get('created', '?')}", False),
                  ("Calibration SHA-256", cal.sha256, True)]
     else:
@@ -208,9 +224,12 @@ def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_
         title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
         stored = display_path(query.query)
         name = query.name or stored
+        check = (query.aspect_check or {}).get("warning")
         details = _key_values([("File", name, False),
                                *([("Stored as", stored, True)] if stored != name else []),
-                               ("SHA-256 at intake", query.sha256, True)],
+                               ("SHA-256 at intake", query.sha256, True),
+                               ("Aspects compared", aspects_text(search.aspects), False),
+                               *([("Aspect check", check, False)] if check else [])],
                               styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
         story += [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
                   Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],

@@ -117,10 +117,14 @@ class QueryResult:
     sha256: str | None
     candidates: list[Candidate]
     name: str = ""
+    aspect_check: dict | None = None  # the aspect head's reading of the query (handclip.gallery.aspect_search)
 
     def as_dict(self) -> dict:
-        return {"query": self.query, "name": self.name or PurePath(self.query).name, "sha256": self.sha256,
-                "candidates": [c.as_dict() for c in self.candidates]}
+        out = {"query": self.query, "name": self.name or PurePath(self.query).name, "sha256": self.sha256,
+               "candidates": [c.as_dict() for c in self.candidates]}
+        if self.aspect_check is not None:
+            out["aspect_check"] = self.aspect_check
+        return out
 
 
 @dataclass
@@ -141,10 +145,18 @@ class SearchResult:
     propositions: dict | None = None
     bounds: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)
+    aspects: dict | None = None  # AspectRequest.as_dict(): the aspects compared, when the search stated any
+
+    def calibration_record(self) -> dict | None:
+        pair = (self.aspects or {}).get("calibration_pair")
+        return self.calibration.as_record(self.by, pair) if self.calibration else None
 
     def as_dict(self) -> dict:
-        return {"queries": [q.as_dict() for q in self.queries], "by": self.by, "top_k": self.top_k,
-                "index_type": self.index_type, "score": self.score, "gallery": self.gallery, "model": self.model,
-                "calibration": self.calibration.as_record(self.by) if self.calibration else None,
-                "propositions": self.propositions, "statement": self.statement, "examiner": self.examiner,
-                "audit": self.audit.as_dict() if self.audit else None}
+        out = {"queries": [q.as_dict() for q in self.queries], "by": self.by, "top_k": self.top_k,
+               "index_type": self.index_type, "score": self.score, "gallery": self.gallery, "model": self.model,
+               "calibration": self.calibration_record(),
+               "propositions": self.propositions, "statement": self.statement, "examiner": self.examiner,
+               "audit": self.audit.as_dict() if self.audit else None}
+        if self.aspects is not None:
+            out["aspects"] = self.aspects
+        return out

@@ -26,6 +26,7 @@ from ..errors import DataError, HandCLIPError
 from ..forensic.audit import AuditLog, VerifyResult
 from ..forensic.evidence import CALIBRATED, NOT_LIKELIHOOD_RATIOS, CalibrationInfo, load_calibration, propositions
 from ..model.inference import load_encoder
+from .aspect_search import aspect_checks, encode_queries, resolve_aspects, search_gallery
 from .enrol import EnrolItem, EnrolSummary, add_images, check_images
 from .folder import Gallery
 from .metadata import COMMIT_FILE, GALLERY_FILE
@@ -148,10 +149,12 @@ class ExaminerSession:
     # ------------------------------------------------------------------ search
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",
                index_type: str = "auto", examiner: str | None = None, arguments: dict | None = None,
-               batch_size: int | None = None, names: Sequence[str] | None = None) -> SearchResult:
+               batch_size: int | None = None, names: Sequence[str] | None = None, aspect: str | None = None,
+               mirror: bool = False, gallery_aspect: str | None = None) -> SearchResult:
         """Rank the newest gallery for each query image, weigh the scores when calibrated, append the
         audit record; unusable query images are named in one DataError before anything is recorded.
-        ``names``: the queries' exhibit names, one per query (default: each file's own name)."""
+        ``names``: the queries' exhibit names, one per query (default: each file's own name).
+        ``aspect``, ``mirror``, ``gallery_aspect``: the aspects compared (``handclip.gallery.aspect_search``)."""
         self._need_model("search")
         if by not in SCORE_DEFINITIONS:
             raise HandCLIPError(f"search by '{by}' is not supported (choose image or identity)")
@@ -164,23 +167,26 @@ class ExaminerSession:
         gallery = self.snapshot()
         if len(gallery) == 0:
             raise HandCLIPError(f"gallery {self.index_dir} is empty; enrol images before searching")
+        request = resolve_aspects(gallery, self.calibration, aspect, mirror, gallery_aspect)
         check_images(paths, skip_bad=False, what="query")
-        vectors = self.encoder.features(paths, batch_size=batch_size or self.batch_size)
-        ranked = gallery.search(vectors, top_k=top_k, by=by, index_type=index_type)
+        vectors = encode_queries(self.encoder, paths, request, batch_size or self.batch_size)
+        checks = aspect_checks(self.encoder, paths, request, batch_size or self.batch_size)
+        ranked, used_index = search_gallery(gallery, vectors, request, top_k, by, index_type)
         if _hash_files(paths) != intake:
             changed = next(p for p in paths if _hash_files([p])[p] != intake[p])
             raise DataError(f"query file {changed} changed while it was searched; search it again")
         hashes = gallery.file_hashes(c.path for candidates in ranked for c in candidates)
-        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by), name)
-                   for path, name, candidates in zip(paths, names, ranked)]
+        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by, request.pair), name, check)
+                   for path, name, candidates, check in zip(paths, names, ranked, checks)]
         search = SearchResult(
-            queries=results, by=by, top_k=int(top_k), index_type=gallery.resolve_index_type(index_type),
+            queries=results, by=by, top_k=int(top_k), index_type=used_index,
             score=SCORE_DEFINITIONS[by], model=model_record(self.encoder), calibration=self.calibration,
             gallery={"dir": str(gallery.index_dir.resolve()), **gallery.commit_state, "images": len(gallery),
                      "identities": len(gallery.identities())},
             examiner=examiner or self.examiner, propositions=propositions(self.calibration),
-            bounds=self.calibration.bounds(by) if self.calibration else None,
-            statement=CALIBRATED if self.calibration else NOT_LIKELIHOOD_RATIOS)
+            bounds=self.calibration.bounds(by, request.pair) if self.calibration else None,
+            statement=CALIBRATED if self.calibration else NOT_LIKELIHOOD_RATIOS,
+            aspects=request.as_dict() if request.stated else None)
         search.audit = AuditLog(self.index_dir).append(search_record(search, arguments))
         return search
 
@@ -188,8 +194,8 @@ class ExaminerSession:
         if self.encoder is None:
             raise HandCLIPError(f"cannot {action}: this session of gallery {self.index_dir} was opened without a model")
 
-    def _weighed(self, candidates, hashes: dict, by: str):
-        weights = self.calibration.weigh([c.score for c in candidates], by) if self.calibration else []
+    def _weighed(self, candidates, hashes: dict, by: str, pair: str | None = None):
+        weights = self.calibration.weigh([c.score for c in candidates], by, pair) if self.calibration else []
         for candidate, weight in zip(candidates, weights):
             candidate.log10_lr, candidate.verbal, candidate.at_bound = weight
         for candidate in candidates:

@@ -31,6 +31,7 @@ from .state import ServiceState, Upload
 log = logging.getLogger("handclip.serve")
 STATIC = Path(__file__).with_name("static")
 IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+Aspect = Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"]
 MAX_TOP_K = 100
 
 
@@ -148,16 +149,21 @@ def create_app(state: ServiceState) -> FastAPI:
                by: Annotated[Literal["identity", "image"], Form()] = "identity",
                index_type: Annotated[Literal["auto", "flat", "pca", "ivf", "hnsw"], Form()] = "auto",
                report: Annotated[bool, Form()] = False,
-               case_id: Annotated[str | None, Form(max_length=200)] = None):
-        """Rank the gallery for one query photo; the audit record's seq is ``record``."""
+               case_id: Annotated[str | None, Form(max_length=200)] = None,
+               aspect: Annotated[Aspect | None, Form()] = None, mirror: Annotated[bool, Form()] = False,
+               gallery_aspect: Annotated[Aspect | None, Form()] = None):
+        """Rank the gallery for one query photo; the audit record's seq is ``record``. ``aspect``, ``mirror``
+        and ``gallery_aspect``: the hand aspects compared (docs/method.md, "Aspects of a hand")."""
         if case_id is not None and case_id != visible_text(case_id):
             return _error(422, "case_id: control and invisible formatting characters are not allowed")
         upload = _read_upload(image, state.limits)
         arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
                      "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
-                     "report": report, "case_id": case_id, "api_key": key.id}
+                     "report": report, "case_id": case_id, "api_key": key.id, "aspect": aspect, "mirror": mirror,
+                     "gallery_aspect": gallery_aspect}
         found, gallery = state.search(upload, top_k=top_k, by=by, index_type=index_type, examiner=key.name,
-                                      arguments=arguments, report=report, case_id=case_id)
+                                      arguments=arguments, report=report, case_id=case_id,
+                                      aspects={"aspect": aspect, "mirror": mirror, "gallery_aspect": gallery_aspect})
         out = _search_response(found, gallery)
         if report:
             out["report"] = f"/api/v1/search/{found.audit.seq}/report.pdf"
@@ -172,7 +178,7 @@ def create_app(state: ServiceState) -> FastAPI:
 
     @app.post("/api/v1/enrol")
     def enrol(key: Annotated[ApiKey, Depends(require("enrol"))], identity: Annotated[str, Form()],
-              images: Annotated[list[UploadFile], File()]):
+              images: Annotated[list[UploadFile], File()], aspect: Annotated[Aspect | None, Form()] = None):
         """Enrol photos of one identity (committed batch by batch; the audit record lists them)."""
         identity = identity.strip()
         if not IDENTITY.match(identity):
@@ -180,8 +186,9 @@ def create_app(state: ServiceState) -> FastAPI:
                                "and start with a letter or digit")
         uploads = [_read_upload(f, state.limits) for f in images]
         arguments = {"interface": "serve", "identity": identity, "uploads": [u.name for u in uploads],
-                     "api_key": key.id}
-        summary, record, gallery = state.enrol(identity, uploads, examiner=key.name, arguments=arguments)
+                     "api_key": key.id, "aspect": aspect}
+        summary, record, gallery = state.enrol(identity, uploads, examiner=key.name, arguments=arguments,
+                                               aspect=aspect)
         return {"identity": identity, "added": summary.added, "already_enrolled": summary.already_enrolled,
                 "batches": summary.batches, "gallery_images": len(gallery),
                 "gallery_identities": len(gallery.identities()), "record": record.seq, "record_hash": record.hash}

@@ -70,11 +70,12 @@ class ServiceState:
         return str(path.resolve()), digest
 
     def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, examiner: str,
-               arguments: dict, report: bool = False, case_id: str | None = None):
-        """One query through the session (audit record appended); with ``report`` the PDF too."""
+               arguments: dict, report: bool = False, case_id: str | None = None, aspects: dict | None = None):
+        """One query through the session (audit record appended); with ``report`` the PDF too. ``aspects``:
+        ``aspect``, ``mirror`` and ``gallery_aspect`` as ``ExaminerSession.search`` takes them."""
         query, _ = self._store(self.serve_dir / "queries", upload)
         found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=examiner,
-                                    arguments=arguments, names=[upload.name])
+                                    arguments=arguments, names=[upload.name], **(aspects or {}))
         if report:
             seq = found.audit.seq
             self.session.report(found, self.serve_dir / "reports" / str(int(seq)) / report_file_name(seq, case_id),
@@ -89,10 +90,11 @@ class ServiceState:
         return found[0] if found else legacy if legacy.is_file() else None
 
     # ------------------------------------------------------------------ writing
-    def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict):
-        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them through the session."""
+    def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict,
+              aspect: str | None = None):
+        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them (of ``aspect``) through the session."""
         folder = self.serve_dir / "enrolled" / identity
-        items = list({path: EnrolItem(path, identity)
+        items = list({path: EnrolItem(path, identity, aspect)
                       for path, _ in (self._store(folder, u) for u in uploads)}.values())
         summary = self.session.enrol(items, examiner=examiner, arguments=arguments)
         return summary, summary.audit, self.snapshot()

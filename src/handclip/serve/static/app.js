@@ -90,6 +90,8 @@ $("search-form").addEventListener("submit", async (e) => {
   form.append("top_k", $("top-k").value);
   form.append("by", $("by").value);
   form.append("report", $("want-report").checked ? "true" : "false");
+  if ($("aspect").value) form.append("aspect", $("aspect").value);
+  if ($("mirror").checked) form.append("mirror", "true");
   if ($("case-id").value.trim()) form.append("case_id", $("case-id").value.trim());
   status("search-status", "searching...");
   $("search-button").disabled = true;
@@ -102,7 +104,11 @@ $("search-form").addEventListener("submit", async (e) => {
     // score kind this search used, rounded as the PDF and the command line give it.
     const cal = found.calibration;
     const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${cal.description}.` : "";
-    $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}${calibration}`;
+    const a = found.aspects;
+    const aspects = a ? ` Aspects: query ${a.query || "not stated"}${a.mirrored ? " (mirrored)" : ""} against gallery ${a.gallery || "every aspect"}.` : "";
+    const check = found.queries[0].aspect_check;
+    const warning = check && check.warning ? ` Warning: ${check.warning}.` : "";
+    $("statement").textContent = `${found.statement} Score: ${found.score}.${aspects}${warning}${hypotheses}${calibration}`;
     const record = $("record");
     record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...). `;
     if (found.report) {
@@ -132,6 +138,7 @@ $("enrol-form").addEventListener("submit", async (e) => {
   if (!files.length) { status("enrol-status", "choose a folder or images to enrol", true); return; }
   const form = new FormData();
   form.append("identity", $("identity").value.trim());
+  if ($("enrol-aspect").value) form.append("aspect", $("enrol-aspect").value);
   for (const f of files) form.append("images", f, f.name);
   status("enrol-status", `enrolling ${files.length} image(s)...`);
   try {
