@@ -109,11 +109,12 @@ def _borrowing(images: dict, seed: int) -> dict:
     return out
 
 
-def run_seed(out: Path, seed: int) -> dict:
+def run_seed(out: Path, seed: int, data: Path) -> dict:
     base = SHRUNK + [f"seed={seed}", f"data.split_seed={seed}"]
     config = demo_config(None, base)
-    manifest = prepare_from_config(config.data, out / "data")
+    manifest = prepare_from_config(config.data, data)
     manifest_path = manifest.write(out / f"manifest_s{seed}.csv")
+    out.mkdir(parents=True, exist_ok=True)
     result, timings = {"seed": seed}, {}
     per_aspect = {}
     for aspect in ASPECTS:
@@ -209,18 +210,31 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="further config overrides for every training (e.g. a smaller smoke run)")
+    parser.add_argument("--collect", nargs="*", default=[], metavar="DIR",
+                        help="take the seeds already trained in these output folders (seeds run in parallel)")
+    parser.add_argument("--train-only", action="store_true", help="train and evaluate the seeds, no calibration")
+    parser.add_argument("--data", help="where the synthetic images are rendered (default OUT/data; the images do "
+                                       "not depend on the seed, so parallel runs can share a folder rendered first)")
     args = parser.parse_args(argv)
     SHRUNK.extend(args.set)
     out = Path(args.out)
     started = time.perf_counter()
     results_file = out / "ablation.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"seeds": []}
+    for folder in args.collect:
+        for entry in json.loads((Path(folder) / "ablation.json").read_text())["seeds"]:
+            if not any(s["seed"] == entry["seed"] for s in results["seeds"]):
+                results["seeds"].append(entry)
+                (out / f"manifest_s{entry['seed']}.csv").write_bytes(
+                    (Path(folder) / f"manifest_s{entry['seed']}.csv").read_bytes())
     for seed in args.seeds:
         if any(s["seed"] == seed for s in results["seeds"]):
             continue
-        results["seeds"].append(run_seed(out, seed))
+        results["seeds"].append(run_seed(out, seed, Path(args.data) if args.data else out / "data"))
         atomic_write_json(results_file, results)
-    chosen = [s for s in results["seeds"] if s["seed"] in args.seeds]
+    if args.train_only:
+        return 0
+    chosen = sorted((s for s in results["seeds"] if s["seed"] in args.seeds), key=lambda s: s["seed"])
     results["seeds"] = chosen
     best = max(ONE_MODEL, key=lambda n: np.mean([s[n]["same_aspect"][a]["rank1"] for s in chosen for a in ASPECTS]))
     calibration_phase(out, results, best)

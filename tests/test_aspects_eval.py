@@ -265,3 +265,34 @@ def test_a_search_states_its_aspects_and_refuses_an_uncalibrated_pair(aspect_gal
     assert all("/dorsal_r/" in c.path for c in mirrored.queries[0].candidates)
     with pytest.raises(DataError, match="holds no images of aspect palmar_r"):
         plain.search([left], aspect="palmar_l", mirror=True)
+
+
+def test_the_web_service_takes_the_aspects_of_a_search_and_an_enrolment(aspect_gallery, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from serve_helpers import add_keys
+
+    from handclip.gallery.reader import GalleryReader
+    from handclip.serve.app import create_app
+    from handclip.serve.state import ServiceState
+
+    gallery = Path(shutil.copytree(aspect_gallery["gallery"], tmp_path / "gallery"))
+    keys = add_keys(gallery)
+    left = aspect_gallery["images"] / "0003" / "dorsal_l" / "002.png"
+    with TestClient(create_app(ServiceState(gallery, device="cpu"))) as client:
+        found = client.post("/api/v1/search", files={"image": (left.name, left.read_bytes(), "image/png")},
+                            data={"top_k": "2", "by": "image", "aspect": "dorsal_l", "mirror": "true"},
+                            headers={"X-API-Key": keys["search"]})
+        assert found.status_code == 200, found.text
+        assert found.json()["aspects"]["compared"] == "dorsal_l(mirrored)->dorsal_r"
+        wrong = client.post("/api/v1/search", files={"image": (left.name, left.read_bytes(), "image/png")},
+                            data={"aspect": "sideways"}, headers={"X-API-Key": keys["search"]})
+        assert wrong.status_code == 422 and "aspect" in wrong.json()["error"]
+        palm = aspect_gallery["images"] / "0004" / "dorsal_r" / "002.png"
+        enrolled = client.post("/api/v1/enrol", data={"identity": "newcomer", "aspect": "palmar_r"},
+                               files=[("images", (palm.name, palm.read_bytes(), "image/png"))],
+                               headers={"X-API-Key": keys["enrol"]})
+        assert enrolled.status_code == 200, enrolled.text
+    reader = GalleryReader.open(gallery)
+    assert reader.aspect_of_row[reader.rows_of_identity["newcomer"][0]] == "palmar_r"

@@ -14,7 +14,7 @@ from handclip.config import SyntheticConfig
 from handclip.model.aspect_embedding import attention_pool
 from handclip.model.handclip import build_model
 
-from training_helpers import base_config, make_context
+from training_helpers import base_config, make_context, tiny_manifest  # noqa: F401 - fixture
 
 
 def _clipreid_vit(model, images: torch.Tensor, cam_label: torch.Tensor | None, sie_coe: float):
@@ -129,12 +129,25 @@ def test_resnet_side_information_enters_the_attention_pool_query_only():
     assert torch.equal(a.feat_proj[0], b.feat_proj[0]) and not torch.allclose(a.feat_proj[1], b.feat_proj[1])
 
 
+def test_training_with_aspects_needs_them_and_refuses_a_mirroring_augmentation(aspect_manifest, tiny_manifest):
+    from handclip.data.manifest import Manifest
+    from handclip.errors import ConfigError, DataError
+    from handclip.train.engine import check_training_aspects
+
+    config = base_config(aspect_manifest, model={"sie": "aspect"})
+    with pytest.raises(ConfigError, match="hflip_p 0.5 mirrors training images"):
+        check_training_aspects(Manifest.read(aspect_manifest), config.model, config.data.augment)
+    config = base_config(tiny_manifest, model={"aspect_head": True}, data={"augment": {"hflip_p": 0.0}})
+    with pytest.raises(DataError, match="model.aspect_head needs each training image's aspect"):
+        check_training_aspects(Manifest.read(tiny_manifest), config.model, config.data.augment)
+
+
 def test_stage2_gives_the_model_each_training_image_aspect(aspect_manifest):
     from handclip.aspects import ASPECTS, record_aspect
     from handclip.train.stage2 import Stage2Trainer
 
     ctx = make_context(base_config(aspect_manifest, model={"backbone": "tiny-vit", "sie": "aspect",
-                                                           "aspect_head": True}))
+                                                           "aspect_head": True}, data={"augment": {"hflip_p": 0.0}}))
     trainer = Stage2Trainer(ctx)
     expected = [ASPECTS.index(record_aspect(r)) for r in ctx.train_records]
     assert trainer.train_aspects.tolist() == expected
@@ -155,8 +168,10 @@ def test_stage2_gives_the_model_each_training_image_aspect(aspect_manifest):
     terms = trainer.compute_losses(images, labels, cams)
     assert torch.equal(seen["aspects"], cams)
     assert terms["aspect"].item() == pytest.approx(F.cross_entropy(seen["out"].aspect_logits, cams).item(), rel=1e-6)
-    # The aspect head is a probe: its loss gives the image encoder no gradient.
+    # The aspect head is a classifier of its own: its loss gives the image encoder no gradient.
     ctx.model.zero_grad()
     terms["aspect"].backward()
     assert all(p.grad is None or not p.grad.any() for p in ctx.model.image_encoder.parameters())
     assert ctx.model.aspect_head.linear.weight.grad.abs().sum() > 0
+    groups = {g["name"]: g for g in trainer.optimizers.main.param_groups}
+    assert groups["aspect_head"]["initial_lr"] == ctx.config.stage2.aspect_head_lr == 1e-3

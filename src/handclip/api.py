@@ -13,6 +13,8 @@
     session.report(found, "case.pdf", case_id="2026/017")                # PDF to sign
     session.verify_audit().problems                                      # [] when the audit trail checks out
     api.calibrate(run.best_checkpoint, "calibration_manifest.csv")      # score -> LR on unseen identities
+    api.aspect_matrix(encoder, api.prepare_11k("/data/11k", "all"))     # every query aspect x gallery aspect
+    api.calibrate_pairs(run.best_checkpoint, "all_aspects.csv")          # one LR map per aspect pair
     app = api.serve_app("cases/gallery", calibration="calibration.json")   # ASGI app: uvicorn.run(app)
     api.pretrain_tiny(api.demo_config().pretrain, "tiny.pt")             # the demo's pretrained tiny CLIP
     api.demo("demo_out")                                                         # synthetic hands, tiny model
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 from .config import Config, load_config
 from .data.manifest import Manifest
-from .data.protocols import prepare_11k, prepare_folder, prepare_hd
+from .data.protocols import prepare_11k, prepare_11k_all, prepare_folder, prepare_hd
 from .datasets import prepare_from_config
-from .forensic.calibrate import calibrate
+from .evaluate.aspect_matrix import aspect_matrix
+from .forensic.calibrate import calibrate, calibrate_pairs
 from .evaluate.protocol import EvalResult
 from .evaluate.protocol import evaluate_manifest as evaluate
 from .evaluate.report import write_evaluation_outputs
@@ -45,12 +48,12 @@ from .workflows.demo import run_demo as demo
 
 __all__ = [
     "Config", "load_config", "Manifest",
-    "prepare_11k", "prepare_hd", "prepare_folder", "prepare_synthetic", "prepare_from_config",
+    "prepare_11k", "prepare_11k_all", "prepare_hd", "prepare_folder", "prepare_synthetic", "prepare_from_config",
     "train", "RunResult",
-    "Encoder", "evaluate", "EvalResult", "write_evaluation_outputs",
+    "Encoder", "evaluate", "EvalResult", "write_evaluation_outputs", "aspect_matrix",
     "ExaminerSession", "Gallery", "GalleryReader", "EnrolItem", "collect_images", "load_encoder",
     "Candidate", "QueryResult", "SearchResult", "load_calibration",
-    "calibrate", "serve_app", "pretrain_tiny",
+    "calibrate", "calibrate_pairs", "serve_app", "pretrain_tiny",
     "demo", "demo_config", "benchmark",
 ]
 

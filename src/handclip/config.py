@@ -166,8 +166,8 @@ class ModelConfig(_Section):
         "none", description="aspect: CLIP-ReID's side-information embedding with the hand aspect (the manifest's "
                             "camid) as the camera; none: no aspect input (docs/method.md, 'Aspects of a hand')")
     sie_coe: float = Field(3.0, ge=0, le=100, description="scale of the aspect embedding (CLIP-ReID's SIE_COE)")
-    aspect_head: bool = Field(False, description="a linear probe that predicts a photo's aspect, to warn when a "
-                                                 "query's stated aspect looks wrong")
+    aspect_head: bool = Field(False, description="a small CNN of its own that names a photo's aspect, to warn when a "
+                                                 "query's stated aspect looks wrong (trained in stage 2)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -225,6 +225,8 @@ class Stage2Config(_Section):
     freeze_prompt: bool = True
     text_features: Literal["once", "per_batch"] = "once"
     head_lr: Optional[float] = Field(None, gt=0, le=MAX_LR, description="lr of new heads (default: lr)")
+    aspect_head_lr: float = Field(1e-3, gt=0, le=MAX_LR, description="lr of the aspect head (model.aspect_head), "
+                                                                     "a small CNN trained from scratch")
     grad_clip: Optional[float] = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
     schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")

@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..errors import HandCLIPError
     from ..forensic.calibrate import calibrate
-    from ..forensic.calibration import describe
+    from ..forensic.calibrate import describe
 
     from ..config import MAX_BATCH, MAX_SEED
 

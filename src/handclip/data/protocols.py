@@ -137,7 +137,11 @@ def _11k_identities(rows: list[_HandRow], aspect: str, images_dir: Path) -> tupl
 
 def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: bool = False,
                 small_ids: SmallIds = "error") -> Manifest:
-    """11k Hands protocol for one aspect (docs/method.md, "Protocols")."""
+    """11k Hands protocol for one aspect (docs/method.md, "Protocols"), or for all four (``aspect='all'``,
+    ``prepare_11k_all``)."""
+    if str(aspect).strip().lower() == ALL_ASPECTS:
+        _refuse_gallery_all(gallery_all, "gallery_all")
+        return prepare_11k_all(root, runs, seed, small_ids)
     aspect = normalise_aspect(aspect)
     check_common(runs, seed, small_ids)
     root = require_dir(root, "11k")
@@ -349,18 +353,12 @@ class Hands11k(DatasetSpec):
     )
 
     def from_config(self, data_cfg, workdir) -> Manifest:
-        if data_cfg.aspect == ALL_ASPECTS:
-            _refuse_gallery_all(data_cfg.gallery_all, "data.gallery_all")
-            return prepare_11k_all(data_cfg.root, runs=data_cfg.runs, seed=data_cfg.split_seed)
         return prepare_11k(data_cfg.root, data_cfg.aspect, runs=data_cfg.runs, seed=data_cfg.split_seed,
                            gallery_all=data_cfg.gallery_all)
 
     def from_args(self, args) -> Manifest:
         if not args.aspect:
             raise DataError("prepare 11k needs --aspect (dorsal_r, dorsal_l, palmar_r, palmar_l or all)")
-        if str(args.aspect).strip().lower() == ALL_ASPECTS:
-            _refuse_gallery_all(args.gallery_all, "--gallery-all")
-            return prepare_11k_all(root_arg(args), runs=args.runs, seed=args.seed, small_ids=small_ids_arg(args))
         return prepare_11k(root_arg(args), args.aspect, runs=args.runs, seed=args.seed,
                            gallery_all=args.gallery_all, small_ids=small_ids_arg(args))
 

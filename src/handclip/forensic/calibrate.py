@@ -152,4 +152,22 @@ def calibrate_pairs(checkpoint, manifest_path, method: str = "logit", splits: Se
     return ScoreCalibration({}, encoder.fingerprint(), summary, pairs=maps)
 
 
-__all__ = ["calibrate", "calibrate_pairs", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]
+def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:
+    """Lines for a terminal: method, cross-validated Cllr and LR range per kind (and per aspect pair)."""
+    lines = []
+    for key, maps in calibration.pairs.items():
+        figures = calibration.summary.get("pairs", {}).get(key, {})
+        cells = [f"{kind} Cllr {figures.get(kind, {}).get('cllr', float('nan')):.3f}" for kind in kinds if kind in maps]
+        lines.append(f"{key:>30}: " + ", ".join(cells))
+    for kind in kinds:
+        if kind not in calibration.maps:
+            continue
+        figures = calibration.summary.get("kinds", {}).get(kind, {})
+        low, high = calibration.bounds(kind)
+        lines.append(f"{kind:>8}: {figures.get('n_mated', '?')} mated / {figures.get('n_nonmated', '?')} non-mated; "
+                     f"cross-validated Cllr {figures.get('cllr', float('nan')):.3f} (min {figures.get('cllr_min', float('nan')):.3f}, "
+                     f"cal {figures.get('cllr_cal', float('nan')):.3f}); LR from 10^{low:.2f} to 10^{high:.2f}")
+    return lines
+
+
+__all__ = ["calibrate", "calibrate_pairs", "describe", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]

@@ -27,8 +27,7 @@ from ..errors import HandCLIPError
 
 FORMAT = "handclip-score-calibration"
 # Version 2 stores the KDE as its monotone table; version 1 files still load unless they hold a KDE map.
-# Version 3 files hold maps per aspect pair (``pairs``); a file without them is still written as version 2,
-# and a HandCLIP that reads only versions 1-2 refuses a per-pair file rather than use its other maps.
+# Version 3 adds maps per aspect pair (older readers refuse such a file rather than use its other maps).
 VERSION = 2
 PAIRS_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
@@ -397,8 +396,8 @@ class ScoreCalibration:
     def _map(self, kind: str, pair: str | None = None) -> ScoreMap:
         maps = self.maps if pair is None else self.pairs.get(pair, {})
         if kind not in maps:
-            where = "this calibration" if pair is None else f"this calibration's pair {pair}"
-            raise CalibrationError(f"{where} has no {kind!r} scores (it has {', '.join(sorted(maps)) or 'none'})")
+            raise CalibrationError(f"this calibration{f' of the pair {pair}' if pair else ''} has no {kind!r} scores "
+                                   f"(it has {', '.join(sorted(maps)) or 'none'})")
         return maps[kind]
 
     def log10_lr(self, scores, kind: str = "image", pair: str | None = None) -> np.ndarray:
@@ -410,10 +409,8 @@ class ScoreCalibration:
         return score_map.lower, score_map.upper
 
     def pair_for(self, query_aspect: str | None, gallery_aspect: str | None, mirrored: bool = False) -> str | None:
-        """The pair whose maps weigh a comparison of these aspects: its key, or None for the file's own maps
-        (a calibration without pairs, used for same-aspect comparisons as before aspects existed).
-        CalibrationError when the calibration has no maps for exactly this pair: another pair's are never
-        borrowed (docs/method.md, "Aspects of a hand")."""
+        """The key of the pair whose maps weigh these aspects (None: the file's own maps, same-aspect only);
+        CalibrationError when it has none for exactly this pair (docs/method.md, "Aspects of a hand")."""
         from ..aspects import pair_key
 
         if not self.pairs:
@@ -504,21 +501,3 @@ def _read_pairs(data: dict, path) -> dict[str, dict[str, ScoreMap]]:
         out[key] = {kind: ScoreMap.from_dict(m, f"calibration file {path}, pairs.{key}.{kind}")
                     for kind, m in maps.items()}
     return out
-
-
-def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:
-    """Lines for a terminal: method, cross-validated Cllr and LR range per kind (and per aspect pair)."""
-    lines = []
-    for key, maps in calibration.pairs.items():
-        figures = calibration.summary.get("pairs", {}).get(key, {})
-        cells = [f"{kind} Cllr {figures.get(kind, {}).get('cllr', float('nan')):.3f}" for kind in kinds if kind in maps]
-        lines.append(f"{key:>30}: " + ", ".join(cells))
-    for kind in kinds:
-        if kind not in calibration.maps:
-            continue
-        figures = calibration.summary.get("kinds", {}).get(kind, {})
-        low, high = calibration.bounds(kind)
-        lines.append(f"{kind:>8}: {figures.get('n_mated', '?')} mated / {figures.get('n_nonmated', '?')} non-mated; "
-                     f"cross-validated Cllr {figures.get('cllr', float('nan')):.3f} (min {figures.get('cllr_min', float('nan')):.3f}, "
-                     f"cal {figures.get('cllr_cal', float('nan')):.3f}); LR from 10^{low:.2f} to 10^{high:.2f}")
-    return lines

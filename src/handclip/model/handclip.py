@@ -183,7 +183,7 @@ class HandCLIP(nn.Module):
             raise ConfigError(f"model.sie must be 'none' or 'aspect', got {sie!r}")
         # Built after the heads, so a model without them draws exactly the random numbers it always drew.
         self.aspect_embedding = AspectEmbedding(self.width, sie_coe) if sie == "aspect" else None
-        self.aspect_head = AspectHead(self.width) if aspect_head else None
+        self.aspect_head = AspectHead() if aspect_head else None
         self.spec: dict[str, Any] = {}  # filled by build_model: what a checkpoint needs to rebuild this model
 
     # ---------------------------------------------------------------- image side
@@ -224,14 +224,9 @@ class HandCLIP(nn.Module):
         side = None if aspects is None or self.aspect_embedding is None else self.aspect_embedding(aspects)
         return self._vit_features(images, side) if self.kind == "vit" else self._rn_features(images, side)
 
-    def aspect_logits(self, images: torch.Tensor, feat_last: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The aspect head's logits [B, 4], from the last-block feature without aspect embeddings
-        (``feat_last`` when it was computed so: always for a ResNet-style tower, where SIE only reaches the
-        attention pool)."""
-        if feat_last is None:
-            with torch.no_grad():
-                _, feat_last, _ = self.image_features(images)
-        return self.aspect_head(feat_last)
+    def aspect_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The aspect head's logits [B, 4] (``model.aspect_head``)."""
+        return self.aspect_head(images)
 
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 aspects: Optional[torch.Tensor] = None) -> ModelOutput:
@@ -246,10 +241,7 @@ class HandCLIP(nn.Module):
                 logits = [self.classifier(bn_last, labels), self.classifier_proj(bn_proj, labels)]
             else:
                 logits = [self.classifier(bn_last), self.classifier_proj(bn_proj)]
-        aspect_logits = None
-        if self.training and self.aspect_head is not None:
-            same_pass = aspects is None or self.aspect_embedding is None or self.kind == "rn"
-            aspect_logits = self.aspect_logits(images, feat_last if same_pass else None)
+        aspect_logits = self.aspect_head(images) if self.training and self.aspect_head is not None else None
         return ModelOutput(
             feat_last=feat_last,
             feat_proj=feat_proj,

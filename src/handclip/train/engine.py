@@ -111,12 +111,16 @@ def check_training_data(manifest, stage2_cfg, check_batches: bool) -> tuple[list
     return train, manifest.train_label_map()
 
 
-def check_training_aspects(manifest, model_cfg) -> None:
+def check_training_aspects(manifest, model_cfg, augment_cfg) -> None:
     """A model that reads aspects (model.sie: aspect) or learns them (model.aspect_head) needs the aspect of
     every train and val image (the manifest's subset/camid, docs/method.md "Aspects of a hand")."""
     if model_cfg.sie == "none" and not model_cfg.aspect_head:
         return
     key = "model.sie: aspect" if model_cfg.sie != "none" else "model.aspect_head"
+    if augment_cfg.hflip_p > 0:
+        raise ConfigError(f"{key} learns which side a hand is, but data.augment.hflip_p {augment_cfg.hflip_p} "
+                          f"mirrors training images without changing their aspect (a left hand labelled right); "
+                          f"set data.augment.hflip_p: 0")
     for rec in (*manifest.split("train"), *manifest.split("val")):
         if record_aspect(rec) is None:
             raise DataError(f"{key} needs each training image's aspect, but {rec.path} has none (prepare the data "
@@ -312,7 +316,7 @@ def _checked_inputs(config: Config, resumed_run: Path | None, stages: tuple[str,
                                     "set data.allow_id_overlap=true (train --allow-id-overlap)")
     train_records, label_map = check_training_data(manifest, config.stage2,
                                                    check_batches=("stage2" in stages or "joint" in stages))
-    check_training_aspects(manifest, config.model)
+    check_training_aspects(manifest, config.model, config.data.augment)
     if not manifest.split("val"):
         raise DataError("the manifest has no val split (one held-out image per training identity) to choose "
                         "the best checkpoint on")

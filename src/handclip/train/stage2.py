@@ -165,7 +165,7 @@ class Stage2Trainer:
             features = torch.cat([out.feat_last.float(), out.feat_proj.float()], dim=1)
             terms["center"] = s2.center_weight * self.center(features, labels)
         if out.aspect_logits is not None and aspects is not None:
-            # The head is a probe on detached features: this term trains only the head.
+            # The head reads the images on its own: this term trains only the head.
             terms["aspect"] = torch.nn.functional.cross_entropy(out.aspect_logits.float(), aspects)
         if self.prompt_trains:
             weight = self.cfg.stage1.prompt_l2 if self.joint else s2.prompt_l2
