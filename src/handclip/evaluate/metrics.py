@@ -35,14 +35,8 @@ import numpy as np
 
 from ..errors import HandCLIPError
 
-__all__ = [
-    "MetricInputError",
-    "RankResult",
-    "evaluate_rank",
-    "evaluate_rank_reference",
-    "aggregate_runs",
-    "METRIC_KEYS",
-]
+__all__ = ["MetricInputError", "RankResult", "evaluate_rank", "evaluate_rank_reference", "aggregate_runs",
+           "METRIC_KEYS"]
 
 # The retrieval figures every evaluation reports (protocol runs, validation, the demo, the CLI).
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -101,6 +95,14 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def read_array(x: Any, name: str, what: str) -> np.ndarray:
+    """``x`` (numpy, torch or nested lists) as a numpy array; MetricInputError naming ``name`` if it cannot be."""
+    try:
+        return _to_numpy(x)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise MetricInputError(f"{name} could not be read as {what} ({exc})") from exc
+
+
 def _raise_nan(d: np.ndarray) -> None:
     nan = np.isnan(d)
     i, j = np.argwhere(nan)[0]
@@ -111,10 +113,7 @@ def _raise_nan(d: np.ndarray) -> None:
 
 
 def _as_distmat(distmat: Any, check_nan: bool = True) -> np.ndarray:
-    try:
-        d = _to_numpy(distmat)
-    except Exception as exc:  # e.g. ragged nested lists
-        raise MetricInputError(f"distmat could not be read as a numeric matrix ({exc})") from exc
+    d = read_array(distmat, "distmat", "a numeric matrix")
     if d.ndim != 2:
         raise MetricInputError(f"distmat must be a 2-D (num_query x num_gallery) matrix, got shape {d.shape}")
     if d.dtype.kind not in "biuf":
@@ -131,10 +130,7 @@ def _as_distmat(distmat: Any, check_nan: bool = True) -> np.ndarray:
 
 
 def _as_ids(values: Any, name: str, expected: int) -> np.ndarray:
-    try:
-        a = _to_numpy(values)
-    except Exception as exc:
-        raise MetricInputError(f"{name} could not be read as an integer array ({exc})") from exc
+    a = read_array(values, name, "an integer array")
     if a.ndim != 1:
         raise MetricInputError(f"{name} must be 1-D, got shape {a.shape}")
     if a.shape[0] != expected:
