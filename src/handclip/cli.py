@@ -1,8 +1,10 @@
 """The ``handclip`` command: a thin layer over the Python API.
 
 Each subcommand lives in ``handclip.commands.<name>`` with ``add_arguments(parser)`` and
-``run(args) -> int``. User errors (``HandCLIPError``) become one line on stderr and exit code 2;
-``--debug`` shows the traceback instead.
+``run(args) -> int``: ``run`` checks the arguments, then calls one ``handclip.api`` function per action
+and prints its result. The api (and with it torch) is imported inside ``run``, after those checks, so
+``--help`` and a refused command line answer at once. User errors (``HandCLIPError``) become one line
+on stderr and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from ..atomic import atomic_write_json
-from ..errors import HandCLIPError
+from ..errors import GalleryError, HandCLIPError
 
 ROLES = ("search", "enrol")
 SERVE_DIR = "serve"
@@ -149,3 +149,35 @@ class KeyStore:
             if not revoked:
                 raise KeyFileError(f"no live API key named or with id {name_or_id!r} in {self.path}")
         return revoked
+
+
+class KeyListing(NamedTuple):
+    path: Path  # the key file
+    keys: list[ApiKey]
+
+
+def _gallery_key_store(index_dir: str | os.PathLike) -> KeyStore:
+    """The key store of the gallery at ``index_dir``; GalleryError if there is no gallery there."""
+    # Imported here: ``handclip serve-keys`` reads ROLES from this module to build its options, and the
+    # gallery package loads the model code.
+    from ..gallery.metadata import GALLERY_FILE
+
+    if not (Path(index_dir) / GALLERY_FILE).exists():
+        raise GalleryError(f"{index_dir} is not a gallery (no {GALLERY_FILE}); enrol images first")
+    return KeyStore(index_dir)
+
+
+def add_api_key(index_dir: str | os.PathLike, name: str, roles) -> tuple[str, ApiKey]:
+    """Make a key for the service on a gallery: (the key, to give its holder now: only its hash is kept, its record)."""
+    return _gallery_key_store(index_dir).add(name, roles)
+
+
+def list_api_keys(index_dir: str | os.PathLike) -> KeyListing:
+    """The service's keys on a gallery (ids, names, roles, revocation; never the keys) and their file."""
+    store = _gallery_key_store(index_dir)
+    return KeyListing(store.path, store.keys())
+
+
+def revoke_api_keys(index_dir: str | os.PathLike, name_or_id: str) -> list[ApiKey]:
+    """Revoke every live key of the service on a gallery with this name or id (KeyFileError if none)."""
+    return _gallery_key_store(index_dir).revoke(name_or_id)
