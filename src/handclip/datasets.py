@@ -45,9 +45,9 @@ def prepare_dataset(dataset: str, root: str | os.PathLike | None = None, *, runs
     if unknown:
         raise DataError(f"prepare {dataset}: no dataset takes the option {unknown[0]!r} "
                         f"(options: {', '.join(sorted(known))})")
+    given = {**{dest: option.unset for dest, option in known.items()}, **options}
     args = argparse.Namespace(dataset=dataset, root=None if root is None else os.fspath(root), runs=runs, seed=seed,
-                              keep_small_ids=keep_small_ids,
-                              **{dest: option.unset for dest, option in known.items()}, **options)
+                              keep_small_ids=keep_small_ids, **given)
     _refuse_other_datasets_options(args, spec.name)
     manifest = spec.from_args(args)
     if out is not None:
