@@ -113,3 +113,16 @@ def test_help_and_usage_errors_do_not_load_torch():
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert shown.stdout.split()[-3:] == ["0", "2", "False"], shown.stdout + shown.stderr
     assert "--query" in shown.stderr
+
+
+def test_the_api_docstring_and_the_user_guide_use_only_what_the_api_exports():
+    """The examples a notebook user copies name only public functions of ``handclip.api``."""
+    import re
+
+    from handclip import api
+
+    guide = (PACKAGE.parents[1] / "docs" / "user-guide.md").read_text(encoding="utf-8")
+    for where, text in (("api.py", api.__doc__), ("docs/user-guide.md", guide)):
+        named = set(re.findall(r"\bapi\.(\w+)", text))
+        assert named and named <= set(api.__all__), f"{where} names api.{sorted(named - set(api.__all__))}"
+    assert all(callable(getattr(api, name)) for name in api.__all__)
