@@ -126,3 +126,39 @@ def test_the_api_docstring_and_the_user_guide_use_only_what_the_api_exports():
         named = set(re.findall(r"\bapi\.(\w+)", text))
         assert named and named <= set(api.__all__), f"{where} names api.{sorted(named - set(api.__all__))}"
     assert all(callable(getattr(api, name)) for name in api.__all__)
+
+
+def _exports_for_type_checkers() -> dict[str, tuple[str, str]]:
+    """What api.py's ``if TYPE_CHECKING:`` block imports: public name -> (module, its name there)."""
+    tree = ast.parse((PACKAGE / "api.py").read_text(encoding="utf-8"))
+    [block] = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    return {alias.asname or alias.name: (node.module, alias.name)
+            for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+
+
+def test_the_api_loads_each_name_from_where_type_checkers_and_the_layering_test_see_it():
+    from handclip import api
+
+    assert _exports_for_type_checkers() == api._EXPORTS
+    assert set(api.__all__) == set(api._EXPORTS) and set(api.__all__) <= set(dir(api))
+    assert api.evaluate.__name__ == "evaluate_manifest" and api.demo.__name__ == "run_demo"
+
+
+def test_commands_that_need_no_model_do_not_load_torch(tmp_path):
+    """``handclip scan``, ``prepare`` and ``serve-keys`` answer without waiting seconds for torch: the api
+    imports each function's package only when it is used."""
+    from handclip.gallery.metadata import GALLERY_FILE
+    from handclip.serve.keys import GALLERY_MARKER
+
+    assert GALLERY_MARKER == GALLERY_FILE
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / GALLERY_FILE).write_text("{}")
+    code = ("import sys; from handclip import cli\n"
+            f"print(cli.main(['serve-keys', 'list', '--index', {str(tmp_path / 'g')!r}]),\n"
+            f"      cli.main(['scan', '--manifest', {str(tmp_path / 'none.csv')!r}]),\n"
+            f"      cli.main(['prepare', 'folder', '--root', {str(tmp_path / 'none')!r}]),\n"
+            "      'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert shown.stdout.split()[-4:] == ["0", "2", "2", "False"], shown.stdout + shown.stderr
+    assert "no API keys in" in shown.stdout and "none.csv" in shown.stderr

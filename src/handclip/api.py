@@ -1,7 +1,9 @@
 """The Python API: every workflow the ``handclip`` command runs, importable from one place.
 
 Each command of the ``handclip`` command line parses its arguments and calls one function of this
-module (``handclip.commands``); a notebook calls the same functions::
+module (``handclip.commands``); a notebook calls the same functions. A name is imported from its
+package the first time it is used, so a workflow that never touches the model (``scan_manifest``,
+``list_api_keys``) does not wait for torch::
 
     from handclip import api
 
@@ -42,45 +44,89 @@ module (``handclip.commands``); a notebook calls the same functions::
 
 from __future__ import annotations
 
-from .config import Config, load_config
-from .data.images import ManifestScan, scan_manifest
-from .data.manifest import Manifest
-from .data.protocols import prepare_11k, prepare_folder, prepare_hd
-from .data.splits import DataWarning
-from .datasets import prepare_dataset, prepare_from_config
-from .evaluate.protocol import EvalResult
-from .evaluate.protocol import evaluate_manifest as evaluate
-from .evaluate.report import write_evaluation_outputs
-from .evaluate.workflow import EvaluationReport, evaluate_and_report
-from .forensic.calibrate import calibrate
-from .forensic.calibration import ScoreCalibration
-from .forensic.evidence import load_calibration
-from .gallery import Gallery, GalleryReader
-from .gallery.casework import AuditRecords, EnrolReport, enrol_images, read_audit, search_gallery, verify_audit
-from .gallery.enrol import EnrolItem, collect_images
-from .gallery.results import Candidate, QueryResult, SearchResult
-from .gallery.session import ExaminerSession
-from .model.inference import Encoder, load_encoder
-from .serve.keys import add_api_key, list_api_keys, revoke_api_keys
-from .serve.service import serve, serve_app
-from .synthetic.dataset import prepare_synthetic
-from .synthetic.pretrain import pretrain_tiny, pretrain_tiny_from_config
-from .train.engine import RunResult, train
-from .workflows.benchmark import run_benchmark as benchmark
-from .workflows.demo import demo_config
-from .workflows.demo import run_demo as demo
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "Config", "load_config", "Manifest", "DataWarning",
-    "prepare_dataset", "prepare_11k", "prepare_hd", "prepare_folder", "prepare_synthetic", "prepare_from_config",
-    "scan_manifest", "ManifestScan",
-    "train", "RunResult",
-    "Encoder", "load_encoder", "evaluate", "EvalResult", "write_evaluation_outputs",
-    "evaluate_and_report", "EvaluationReport",
-    "calibrate", "ScoreCalibration", "load_calibration",
-    "ExaminerSession", "Gallery", "GalleryReader", "EnrolItem", "collect_images",
-    "Candidate", "QueryResult", "SearchResult",
-    "enrol_images", "EnrolReport", "search_gallery", "verify_audit", "read_audit", "AuditRecords",
-    "serve", "serve_app", "add_api_key", "list_api_keys", "revoke_api_keys",
-    "pretrain_tiny", "pretrain_tiny_from_config", "demo", "demo_config", "benchmark",
-]
+# Public name -> (module under handclip, its name there).
+_EXPORTS: dict[str, tuple[str, str]] = {}
+
+
+def _export(module: str, *names: str, **renamed: str) -> None:
+    _EXPORTS.update({name: (module, name) for name in names})
+    _EXPORTS.update({name: (module, original) for name, original in renamed.items()})
+
+
+_export("config", "Config", "load_config")
+_export("data.manifest", "Manifest")
+_export("data.splits", "DataWarning")
+_export("datasets", "prepare_dataset", "prepare_from_config")
+_export("data.protocols", "prepare_11k", "prepare_hd", "prepare_folder")
+_export("synthetic.dataset", "prepare_synthetic")
+_export("data.images", "scan_manifest", "ManifestScan")
+_export("train.engine", "train", "RunResult")
+_export("model.inference", "Encoder", "load_encoder")
+_export("evaluate.protocol", "EvalResult", evaluate="evaluate_manifest")
+_export("evaluate.report", "write_evaluation_outputs")
+_export("evaluate.workflow", "evaluate_and_report", "EvaluationReport")
+_export("forensic.calibrate", "calibrate")
+_export("forensic.calibration", "ScoreCalibration")
+_export("forensic.evidence", "load_calibration")
+_export("gallery.session", "ExaminerSession")
+_export("gallery.folder", "Gallery")
+_export("gallery.reader", "GalleryReader")
+_export("gallery.enrol", "EnrolItem", "collect_images")
+_export("gallery.results", "Candidate", "QueryResult", "SearchResult")
+_export("gallery.casework", "enrol_images", "EnrolReport", "search_gallery", "verify_audit", "read_audit",
+        "AuditRecords")
+_export("serve.service", "serve", "serve_app")
+_export("serve.keys", "add_api_key", "list_api_keys", "revoke_api_keys")
+_export("synthetic.pretrain", "pretrain_tiny", "pretrain_tiny_from_config")
+_export("workflows.demo", "demo_config", demo="run_demo")
+_export("workflows.benchmark", benchmark="run_benchmark")
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its package on first use (PEP 562) and keep it here."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, original = _EXPORTS[name]
+    value = getattr(importlib.import_module(f"{__package__}.{module}"), original)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-layering test
+    from .config import Config, load_config
+    from .data.images import ManifestScan, scan_manifest
+    from .data.manifest import Manifest
+    from .data.protocols import prepare_11k, prepare_folder, prepare_hd
+    from .data.splits import DataWarning
+    from .datasets import prepare_dataset, prepare_from_config
+    from .evaluate.protocol import EvalResult
+    from .evaluate.protocol import evaluate_manifest as evaluate
+    from .evaluate.report import write_evaluation_outputs
+    from .evaluate.workflow import EvaluationReport, evaluate_and_report
+    from .forensic.calibrate import calibrate
+    from .forensic.calibration import ScoreCalibration
+    from .forensic.evidence import load_calibration
+    from .gallery.casework import AuditRecords, EnrolReport, enrol_images, read_audit, search_gallery, verify_audit
+    from .gallery.enrol import EnrolItem, collect_images
+    from .gallery.folder import Gallery
+    from .gallery.reader import GalleryReader
+    from .gallery.results import Candidate, QueryResult, SearchResult
+    from .gallery.session import ExaminerSession
+    from .model.inference import Encoder, load_encoder
+    from .serve.keys import add_api_key, list_api_keys, revoke_api_keys
+    from .serve.service import serve, serve_app
+    from .synthetic.dataset import prepare_synthetic
+    from .synthetic.pretrain import pretrain_tiny, pretrain_tiny_from_config
+    from .train.engine import RunResult, train
+    from .workflows.benchmark import run_benchmark as benchmark
+    from .workflows.demo import demo_config
+    from .workflows.demo import run_demo as demo

@@ -29,6 +29,9 @@ ROLES = ("search", "enrol")
 SERVE_DIR = "serve"
 KEYS_FILE = "keys.json"
 KEYS_FORMAT = "handclip-serve-keys-1"
+# handclip.gallery.metadata.GALLERY_FILE, named here rather than imported: the gallery package loads the
+# model code (torch, seconds), which managing keys never needs.
+GALLERY_MARKER = "gallery.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
 
 
@@ -158,12 +161,8 @@ class KeyListing(NamedTuple):
 
 def _gallery_key_store(index_dir: str | os.PathLike) -> KeyStore:
     """The key store of the gallery at ``index_dir``; GalleryError if there is no gallery there."""
-    # Imported here: ``handclip serve-keys`` reads ROLES from this module to build its options, and the
-    # gallery package loads the model code.
-    from ..gallery.metadata import GALLERY_FILE
-
-    if not (Path(index_dir) / GALLERY_FILE).exists():
-        raise GalleryError(f"{index_dir} is not a gallery (no {GALLERY_FILE}); enrol images first")
+    if not (Path(index_dir) / GALLERY_MARKER).exists():
+        raise GalleryError(f"{index_dir} is not a gallery (no {GALLERY_MARKER}); enrol images first")
     return KeyStore(index_dir)
 
 
