@@ -79,8 +79,9 @@ def fit_calibration(features: np.ndarray, pids, method: str = "logit", folds: in
 
 def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
               folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
-              progress: bool = False) -> ScoreCalibration:
-    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved)."""
+              progress: bool = False, out=None) -> ScoreCalibration:
+    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities, saved to ``out``
+    (a JSON file, written atomically) when given."""
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
     from ..data.images import check_images_exist
@@ -108,7 +109,10 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
         "score": "cosine similarity of L2-normalised features (no flip)",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
     }
-    return ScoreCalibration(maps, encoder.fingerprint(), summary)
+    calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
+    if out is not None:
+        calibration.save(out)
+    return calibration
 
 
 __all__ = ["calibrate", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]

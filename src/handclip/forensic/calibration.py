@@ -412,6 +412,10 @@ class ScoreCalibration:
             raise CalibrationError(f"{source} was fitted for another model; differing fields (calibration vs model): "
                                    + "; ".join(differences))
 
+    def describe(self, kinds: Sequence[str] = KINDS) -> list[str]:
+        """Lines for a terminal: method, cross-validated Cllr and LR range per kind (``describe``)."""
+        return describe(self, kinds)
+
     def as_dict(self) -> dict:
         summary = {k: v for k, v in self.summary.items() if k != "path"}
         return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,

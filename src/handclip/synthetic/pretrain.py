@@ -232,4 +232,15 @@ def pretrained_weights(config, log=None, progress: bool = False) -> PretrainResu
                          config.data.pixel_mean, config.data.pixel_std, progress=progress, log=log)
 
 
-__all__ = ["PretrainResult", "pretrain_tiny", "pretrained_weights", "pretrain_cache_path", "encode_captions"]
+def pretrain_tiny_from_config(config, out_path, progress: bool = False, log=None) -> PretrainResult:
+    """``pretrain_tiny`` with the settings of a whole config (what ``handclip pretrain-tiny`` runs): its
+    ``pretrain`` section, ``model.backbone``, ``data.synthetic.seed``, ``data.pixel_mean``/``pixel_std``
+    and ``runtime.threads``; never read from or written to the cache."""
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    return pretrain_tiny(config.pretrain, out_path, config.model.backbone, config.data.synthetic.seed,
+                         config.data.pixel_mean, config.data.pixel_std, progress=progress, log=log)
+
+
+__all__ = ["PretrainResult", "pretrain_tiny", "pretrain_tiny_from_config", "pretrained_weights", "pretrain_cache_path",
+           "encode_captions"]
