@@ -88,6 +88,26 @@ def test_pretraining_refuses_bad_settings(tmp_path):
                                           "pretrain": {"first_id": 200}}))
 
 
+def test_pretraining_stops_on_a_non_finite_loss_before_writing(tmp_path, monkeypatch):
+    """The loop's NaN/inf guard stops the pretraining at the first non-finite loss with one clear line, and
+    no weights file is written."""
+    import handclip.synthetic.pretrain as pretrain
+
+    class NanAtSecondStep:
+        calls = 0
+
+        def __call__(self, image_features, text_features, logit_scale):
+            NanAtSecondStep.calls += 1
+            loss = (image_features * text_features).sum(-1).mean() * logit_scale
+            return loss * float("nan") if NanAtSecondStep.calls == 2 else -loss
+
+    monkeypatch.setattr(pretrain, "ClipLoss", NanAtSecondStep)
+    out = tmp_path / "diverged.pt"
+    with pytest.raises(ConfigError, match=r"pretraining diverged \(loss nan\) at epoch 1; lower pretrain.lr"):
+        pretrain.pretrain_tiny(MICRO, out)
+    assert NanAtSecondStep.calls == 2 and not out.exists()
+
+
 def stage1_prompt_accuracy(weights: str, tmp_path, overrides=()) -> tuple[float, float]:
     """Stage 1 alone, through ``train()``, on 12 synthetic identities starting from ``weights``; returns
     (prompt top-1 on the training images, chance)."""

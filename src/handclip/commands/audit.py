@@ -35,13 +35,13 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import HandCLIPError
-    from ..gallery.session import ExaminerSession
 
     if not Path(args.index).is_dir():
         raise HandCLIPError(f"gallery directory {args.index} does not exist")
-    session = ExaminerSession.open(args.index, with_model=False)
+    from .. import api
+
     if args.action == "verify":
-        result = session.verify_audit(check_files=not args.no_files)
+        result = api.verify_audit(args.index, check_files=not args.no_files)
         for note in result.notes:
             print(f"note: {note}")
         for problem in result.problems:
@@ -49,15 +49,10 @@ def run(args) -> int:
         verdict = "verified" if result.ok else f"FAILED ({len(result.problems)} problem(s); first: {result.problems[0].message})"
         print(f"audit log {result.log}: {result.records} record(s), {result.files_checked} file(s) checked: {verdict}")
         return 0 if result.ok else 1
-    log = session.audit_log
-    records = log.records()
-    if args.seq is not None:
-        records = [r for r in records if r.get("seq") == args.seq]
-        if not records:
-            raise HandCLIPError(f"audit log {log.path} has no record {args.seq}")
-    if not records:
-        print(f"audit log {log.path} holds no records")
-    for record in records:
+    found = api.read_audit(args.index, seq=args.seq)
+    if not found.records:
+        print(f"audit log {found.log} holds no records")
+    for record in found.records:
         if args.json or args.seq is not None:
             print(json.dumps(record, indent=None if args.json else 2, sort_keys=True, ensure_ascii=False))
             continue
@@ -65,4 +60,3 @@ def run(args) -> int:
         print(f"{record.get('seq'):5d}  {record.get('time')}  {who}  {record.get('command'):<6}  "
               f"{str(record.get('hash'))[:16]}  {_summary(record)}")
     return 0
-

@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-
-from ..errors import DataError
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,48 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="manifest CSV to write (omit for a dry run that only prints the summary)")
     parser.add_argument("--summary", action=argparse.BooleanOptionalAction, default=True,
                         help="print identities and images per split (default: on)")
-
-
-def build_manifest(args):
-    from ..datasets import DATASETS
-
-    spec = DATASETS.get(args.dataset)
-    _refuse_other_datasets_options(args, spec.name, DATASETS)
-    return spec.from_args(args)
-
-
-def _refuse_other_datasets_options(args, dataset: str, registry) -> None:
-    """One line naming the given options that belong to other datasets only (``hd --aspect``)."""
-    misplaced: dict[tuple[str, ...], list[str]] = {}
-    for option, owners in registry.options():
-        names = tuple(name for name, _ in owners)
-        if dataset not in names and getattr(args, option.dest) != option.unset:
-            misplaced.setdefault(names, []).append(option.flag)
-    problems = [f"{_join(flags)} {'applies' if len(flags) == 1 else 'apply'} to the {_join(owners)} "
-                f"{'dataset' if len(owners) == 1 else 'datasets'} only" for owners, flags in misplaced.items()]
-    if problems:
-        raise DataError(f"{'; '.join(problems)}, not {dataset}")
-
-
-def _join(words) -> str:
-    words = list(words)
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    parser.set_defaults(_dataset_options=[option.dest for option, _ in DATASETS.options()])
 
 
 def run(args) -> int:
-    from ..data.splits import DataWarning
+    from .. import api
 
+    options = {dest: getattr(args, dest) for dest in args._dataset_options}
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        manifest = build_manifest(args)
+        warnings.simplefilter("always", api.DataWarning)
+        manifest = api.prepare_dataset(args.dataset, args.root, runs=args.runs, seed=args.seed,
+                                       keep_small_ids=args.keep_small_ids, out=args.out, **options)
     for warning in caught:
-        if issubclass(warning.category, DataWarning):
+        if issubclass(warning.category, api.DataWarning):
             print(f"handclip: warning: {warning.message}", file=sys.stderr)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     if args.out:
-        path = manifest.write(args.out)
-        print(f"wrote {len(manifest)} records to {path}")
+        print(f"wrote {len(manifest)} records to {Path(args.out)}")
     if args.summary:
         print(manifest.summary())
     return 0

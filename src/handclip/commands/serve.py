@@ -23,27 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import logging
-
-    import uvicorn
-
     from ..errors import HandCLIPError
-    from ..serve.app import create_app
-    from ..serve.limits import Limits
-    from ..serve.state import ServiceState
 
     if not 0 < args.port < 65536:
         raise HandCLIPError(f"--port must be 1-65535 (got {args.port})")
     if args.max_request_mb <= 0 or args.max_pixels < 1 or args.batch_size < 1:
         raise HandCLIPError("--max-request-mb, --max-pixels and --batch-size must be positive")
-    # Refused keys and internal errors are logged by "handclip.serve" with a time, beside uvicorn's own lines.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(int(args.max_request_mb * 2**20), args.max_pixels)
-    state = ServiceState(args.index, checkpoint=args.checkpoint, calibration=args.calibration, device=args.device,
-                         limits=limits, batch_size=args.batch_size)
-    if not state.keys.keys():
-        print(f"note: no API keys yet; add one with `handclip serve-keys add --index {args.index} --name NAME "
-              "--role search --role enrol`")
-    print(f"serving {args.index} on http://{args.host}:{args.port}/ (OpenAPI schema at /openapi.json)")
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
+    from .. import api
+
+    api.serve(args.index, args.checkpoint, args.calibration, host=args.host, port=args.port,
+              max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
+              batch_size=args.batch_size, device=args.device, log=print)
     return 0

@@ -22,27 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
+    from .. import api
 
-    from ..errors import GalleryError
-    from ..serve.keys import KeyStore
-
-    if not (Path(args.index) / "gallery.json").exists():
-        raise GalleryError(f"{args.index} is not a gallery (no gallery.json); enrol images first")
-    store = KeyStore(args.index)
     if args.action == "add":
-        secret, key = store.add(args.name, args.role)
+        secret, key = api.add_api_key(args.index, args.name, args.role)
         print(f"added key {key.id} for {key.name} (roles: {', '.join(key.roles)}); give it to them now, "
               "it is not shown again:")
         print(secret)
     elif args.action == "list":
-        keys = store.keys()
-        if not keys:
-            print(f"no API keys in {store.path}")
-        for key in keys:
+        listing = api.list_api_keys(args.index)
+        if not listing.keys:
+            print(f"no API keys in {listing.path}")
+        for key in listing.keys:
             state = f"revoked {key.revoked}" if key.revoked else "live"
             print(f"{key.id}  {key.name:<24} {','.join(key.roles):<14} created {key.created}  {state}")
     else:
-        for key in store.revoke(args.name_or_id):
+        for key in api.revoke_api_keys(args.index, args.name_or_id):
             print(f"revoked key {key.id} ({key.name})")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from .manifest import Manifest
 
 # Background for transparent pixels: the hand datasets are photographed on white.
 BACKGROUND = (255, 255, 255)
@@ -191,6 +193,27 @@ def scan_images(paths: Iterable[str | os.PathLike], min_size: int = 16,
         with ThreadPoolExecutor(max_workers=min(workers, len(unique))) as pool:
             results = list(pool.map(lambda p: _check_one(p, min_size), unique, chunksize=8))
     return [problem for problem in results if problem is not None]
+
+
+@dataclass
+class ManifestScan:
+    """What ``scan_manifest`` found: how many distinct images it checked, the unusable ones, and how long it took."""
+
+    images: int
+    problems: list[ImageProblem]
+    seconds: float
+
+
+def scan_manifest(manifest_path: str | os.PathLike, min_size: int = 16, workers: Optional[int] = None,
+                  allow_id_overlap: bool = False) -> ManifestScan:
+    """Check every image a protocol manifest points at (what ``handclip scan`` runs); refuses a manifest
+    whose test identities are also training identities unless ``allow_id_overlap``."""
+    manifest = Manifest.read(manifest_path)
+    manifest.check_identity_overlap(allow_id_overlap, f"manifest {manifest_path}", "pass --allow-id-overlap")
+    paths = manifest.paths()
+    start = time.perf_counter()
+    problems = scan_images(paths, min_size=min_size, workers=workers)
+    return ManifestScan(len(paths), problems, time.perf_counter() - start)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

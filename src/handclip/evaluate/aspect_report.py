@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ from matplotlib.figure import Figure
 
 from ..aspects import ASPECT_NAMES
 from ..atomic import atomic_write_json, atomic_write_text
-from .aspect_matrix import MATRIX_METRICS, AspectMatrix
+from ..data.manifest import Manifest
+from .aspect_matrix import MATRIX_METRICS, AspectMatrix, aspect_matrix
 from .plots import _save_figure
 from .report import check_output_folder, html_report
+from .workflow import default_report_folder, evaluation_encoder
 
 _TITLES = {"rank1": "Rank-1 (%)", "mAP": "mAP (%)", "eer": "EER (%, lower is better)"}
 
@@ -74,6 +77,37 @@ def plot_aspect_matrix(matrix: AspectMatrix, out_png: str | os.PathLike, title: 
     return _save_figure(fig, out_png)
 
 
+@dataclass
+class AspectMatrixReport:
+    """What ``aspect_matrix_report`` measured and where it wrote the report."""
+
+    matrix: AspectMatrix
+    folder: Path
+    label: str
+    manifest: str
+
+    def lines(self) -> list[str]:
+        return [f"{self.label} on {self.manifest}: {len(self.matrix.options['runs'])} run(s)",
+                matrix_markdown(self.matrix), f"report: {self.folder / 'report.html'}"]
+
+
+def aspect_matrix_report(manifest_path, out=None, *, checkpoint=None, backbone: str | None = None, weights=None,
+                         image_size=None, allow_unsafe_weights: bool = False, eval_cfg=None, runs="all",
+                         allow_id_overlap: bool = False, mirror_query: bool = False, device: str = "auto",
+                         progress: bool = False) -> AspectMatrixReport:
+    """Every query aspect against every gallery aspect of ``manifest_path`` (``aspect_matrix``), written as
+    tables and a heat map to ``out`` (default: ``default_report_folder``); what ``evaluate --aspect-matrix`` runs."""
+    manifest = Manifest.read(manifest_path)
+    manifest.check_identity_overlap(allow_id_overlap, f"manifest {manifest_path}", "pass --allow-id-overlap")
+    folder = Path(out) if out else default_report_folder(manifest_path, checkpoint)
+    check_output_folder(folder)  # before minutes of encoding, not after
+    encoder = evaluation_encoder(checkpoint, backbone, weights, image_size, allow_unsafe_weights, device)
+    matrix = aspect_matrix(encoder, manifest, eval_cfg, runs=runs, mirror_query=mirror_query, progress=progress)
+    title = f"Aspect matrix{' (queries mirrored across sides)' if mirror_query else ''}"
+    write_aspect_matrix_outputs(matrix, folder, title, encoder.label, manifest_path)
+    return AspectMatrixReport(matrix, folder, encoder.label, str(manifest_path))
+
+
 def write_aspect_matrix_outputs(matrix: AspectMatrix, out_dir, title: str, label: str, manifest_path=None) -> Path:
     """aspect_matrix.json, aspect_matrix.md, aspect_matrix.png and report.html in ``out_dir``."""
     out = Path(out_dir)
@@ -100,4 +134,4 @@ def write_aspect_matrix_outputs(matrix: AspectMatrix, out_dir, title: str, label
     return out
 
 
-__all__ = ["matrix_markdown", "metric_table", "plot_aspect_matrix", "write_aspect_matrix_outputs"]
+__all__ = ["AspectMatrixReport", "aspect_matrix_report", "matrix_markdown", "metric_table", "plot_aspect_matrix", "write_aspect_matrix_outputs"]

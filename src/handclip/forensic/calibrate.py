@@ -79,12 +79,21 @@ def fit_calibration(features: np.ndarray, pids, method: str = "logit", folds: in
 
 def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
               folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
-              progress: bool = False) -> ScoreCalibration:
-    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved)."""
+              progress: bool = False, out=None, aspect_pairs: bool = False, mirror: bool = True) -> ScoreCalibration:
+    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities, saved to ``out``
+    (a JSON file, written atomically) when given; with ``aspect_pairs`` one map per aspect pair
+    (``calibrate_pairs``, ``mirror``: also the cross-side pairs with the query mirrored)."""
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
     from ..data.images import check_images_exist
     from ..model.inference import load_encoder
+
+    if aspect_pairs:
+        calibration = calibrate_pairs(checkpoint, manifest_path, method, splits, folds, seed, device, batch_size,
+                                      mirror, progress)
+        if out is not None:
+            calibration.save(out)
+        return calibration
 
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
@@ -108,7 +117,10 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
         "score": "cosine similarity of L2-normalised features (no flip)",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
     }
-    return ScoreCalibration(maps, encoder.fingerprint(), summary)
+    calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
+    if out is not None:
+        calibration.save(out)
+    return calibration
 
 
 def calibrate_pairs(checkpoint, manifest_path, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
@@ -152,22 +164,4 @@ def calibrate_pairs(checkpoint, manifest_path, method: str = "logit", splits: Se
     return ScoreCalibration({}, encoder.fingerprint(), summary, pairs=maps)
 
 
-def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:
-    """Lines for a terminal: method, cross-validated Cllr and LR range per kind (and per aspect pair)."""
-    lines = []
-    for key, maps in calibration.pairs.items():
-        figures = calibration.summary.get("pairs", {}).get(key, {})
-        cells = [f"{kind} Cllr {figures.get(kind, {}).get('cllr', float('nan')):.3f}" for kind in kinds if kind in maps]
-        lines.append(f"{key:>30}: " + ", ".join(cells))
-    for kind in kinds:
-        if kind not in calibration.maps:
-            continue
-        figures = calibration.summary.get("kinds", {}).get(kind, {})
-        low, high = calibration.bounds(kind)
-        lines.append(f"{kind:>8}: {figures.get('n_mated', '?')} mated / {figures.get('n_nonmated', '?')} non-mated; "
-                     f"cross-validated Cllr {figures.get('cllr', float('nan')):.3f} (min {figures.get('cllr_min', float('nan')):.3f}, "
-                     f"cal {figures.get('cllr_cal', float('nan')):.3f}); LR from 10^{low:.2f} to 10^{high:.2f}")
-    return lines
-
-
-__all__ = ["calibrate", "calibrate_pairs", "describe", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]
+__all__ = ["calibrate", "calibrate_pairs", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]

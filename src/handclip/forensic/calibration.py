@@ -437,6 +437,20 @@ class ScoreCalibration:
             raise CalibrationError(f"{source} was fitted for another model; differing fields (calibration vs model): "
                                    + "; ".join(differences))
 
+    def describe(self, kinds: Sequence[str] = KINDS) -> list[str]:
+        """Lines for a terminal: cross-validated Cllr per aspect pair, then pair counts, Cllr and LR range per kind."""
+        lines = []
+        for key, maps in self.pairs.items():
+            figures = self.summary.get("pairs", {}).get(key, {})
+            lines.append(f"{key:>30}: " + ", ".join(f"{kind} Cllr {figures.get(kind, {}).get('cllr', math.nan):.3f}"
+                                                    for kind in kinds if kind in maps))
+        for kind in (k for k in kinds if k in self.maps):
+            f, (low, high) = self.summary.get("kinds", {}).get(kind, {}), self.bounds(kind)
+            lines.append(f"{kind:>8}: {f.get('n_mated', '?')} mated / {f.get('n_nonmated', '?')} non-mated; "
+                         f"cross-validated Cllr {f.get('cllr', math.nan):.3f} (min {f.get('cllr_min', math.nan):.3f}, "
+                         f"cal {f.get('cllr_cal', math.nan):.3f}); LR from 10^{low:.2f} to 10^{high:.2f}")
+        return lines
+
     def as_dict(self) -> dict:
         summary = {k: v for k, v in self.summary.items() if k != "path"}
         data = {"format": FORMAT, "version": PAIRS_VERSION if self.pairs else VERSION, "fingerprint": self.fingerprint,

@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 
 from ..atomic import atomic_write_bytes
 from ..errors import HandCLIPError
-from .results import SearchResult, display_path
+from .results import SearchResult, aspects_text, display_path
 
 _FONTS = {"body": "Helvetica", "bold": "Helvetica-Bold", "mono": "Courier"}
 _THUMB_MM = 24
@@ -144,20 +144,6 @@ def _limitations(search: SearchResult) -> str:
             f"model, gallery and calibration identified above by their hashes. This list is an investigative lead; "
             f"it becomes evaluative evidence only when an examiner adopts a candidate and reports its LR with these "
             f"propositions under a validated procedure.")
-
-
-def aspects_text(aspects: dict | None) -> str:
-    """The hand aspects a search compared, in words (docs/method.md, "Aspects of a hand")."""
-    if not aspects:
-        return "not stated"
-    names = {"dorsal_r": "dorsal right", "dorsal_l": "dorsal left", "palmar_r": "palmar right", "palmar_l": "palmar left"}
-    query = names.get(aspects.get("query"), "not stated")
-    gallery = names.get(aspects.get("gallery"), "every aspect enrolled")
-    text = f"query {query}{' (mirrored left-right)' if aspects.get('mirrored') else ''} against gallery images " \
-           f"of {gallery}"
-    if aspects.get("calibration_pair"):
-        text += f"; likelihood ratios from the calibration of the pair {aspects['calibration_pair']}"
-    return text
 
 
 def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:

@@ -22,6 +22,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from ..aspects import ASPECT_NAMES
 from ..forensic.audit import AuditRef
 from ..forensic.evidence import NOT_LIKELIHOOD_RATIOS, CalibrationInfo
 
@@ -160,3 +161,47 @@ class SearchResult:
         if self.aspects is not None:
             out["aspects"] = self.aspects
         return out
+
+    def calibration_line(self) -> str | None:
+        """Which calibration weighed the scores and how well it did, as the console and the HTML page show it."""
+        cal = self.calibration
+        if cal is None:
+            return None
+        return (f"calibration {printable(display_path(cal.path))} (SHA-256 {cal.sha256[:16]}...): "
+                f"{cal.describe(self.by, (self.aspects or {}).get('calibration_pair'))}")
+
+    def lines(self) -> list[str]:
+        """The search for a terminal: each query's candidates, what the scores mean, the audit record."""
+        lines = [f"aspects: {aspects_text(self.aspects)}"] if self.aspects else []
+        for query in self.queries:
+            lines.append(f"query {printable(query.name or display_path(query.query))}  SHA-256 {query.sha256}")
+            if (query.aspect_check or {}).get("warning"):
+                lines.append(f"  warning: {query.aspect_check['warning']}")
+            for c in query.candidates:
+                detail = (f"{c.matched}/{c.num_images} images in top hits" if self.by == "identity"
+                          else printable(display_path(c.path, c.identity, self.gallery["dir"])))
+                weight = ""
+                if self.calibration is not None:
+                    bound = f" (at the {c.at_bound} bound)" if c.at_bound else ""
+                    weight = f"  log10 LR {c.log10_lr:+.2f}{bound}  {c.verbal}"
+                lines.append(f"  {c.rank:3d}. {printable(c.identity):<20} {c.score:.4f}{weight}  {detail}")
+        lines.append(f"score: {self.score}")
+        if self.calibration is not None:
+            lines += [f"Hp: {self.propositions['hp']}", f"Hd: {self.propositions['hd']}", self.calibration_line()]
+        else:
+            lines.append(self.statement)
+        if self.audit is not None:
+            lines.append(f"audit record {self.audit.seq} (SHA-256 {self.audit.hash}) in {self.audit.log}")
+        return lines
+
+
+def aspects_text(aspects: dict | None) -> str:
+    """The hand aspects a search compared, in words (docs/method.md, "Aspects of a hand")."""
+    if not aspects:
+        return "not stated"
+    query = ASPECT_NAMES.get(aspects.get("query"), "not stated")
+    gallery = ASPECT_NAMES.get(aspects.get("gallery"), "every aspect enrolled")
+    text = f"query {query}{' (mirrored left-right)' if aspects.get('mirrored') else ''} against gallery images of {gallery}"
+    if aspects.get("calibration_pair"):
+        text += f"; likelihood ratios from the calibration of the pair {aspects['calibration_pair']}"
+    return text

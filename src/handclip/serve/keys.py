@@ -20,15 +20,18 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from ..atomic import atomic_write_json
-from ..errors import HandCLIPError
+from ..errors import GalleryError, HandCLIPError
 
 ROLES = ("search", "enrol")
 SERVE_DIR = "serve"
 KEYS_FILE = "keys.json"
 KEYS_FORMAT = "handclip-serve-keys-1"
+# handclip.gallery.metadata.GALLERY_FILE, named here rather than imported: the gallery package loads the
+# model code (torch, seconds), which managing keys never needs.
+GALLERY_MARKER = "gallery.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
 
 
@@ -149,3 +152,31 @@ class KeyStore:
             if not revoked:
                 raise KeyFileError(f"no live API key named or with id {name_or_id!r} in {self.path}")
         return revoked
+
+
+class KeyListing(NamedTuple):
+    path: Path  # the key file
+    keys: list[ApiKey]
+
+
+def _gallery_key_store(index_dir: str | os.PathLike) -> KeyStore:
+    """The key store of the gallery at ``index_dir``; GalleryError if there is no gallery there."""
+    if not (Path(index_dir) / GALLERY_MARKER).exists():
+        raise GalleryError(f"{index_dir} is not a gallery (no {GALLERY_MARKER}); enrol images first")
+    return KeyStore(index_dir)
+
+
+def add_api_key(index_dir: str | os.PathLike, name: str, roles) -> tuple[str, ApiKey]:
+    """Make a key for the service on a gallery: (the key, to give its holder now: only its hash is kept, its record)."""
+    return _gallery_key_store(index_dir).add(name, roles)
+
+
+def list_api_keys(index_dir: str | os.PathLike) -> KeyListing:
+    """The service's keys on a gallery (ids, names, roles, revocation; never the keys) and their file."""
+    store = _gallery_key_store(index_dir)
+    return KeyListing(store.path, store.keys())
+
+
+def revoke_api_keys(index_dir: str | os.PathLike, name_or_id: str) -> list[ApiKey]:
+    """Revoke every live key of the service on a gallery with this name or id (KeyFileError if none)."""
+    return _gallery_key_store(index_dir).revoke(name_or_id)

@@ -61,7 +61,37 @@ def seeded_rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
 
 
-def back_of_hand_lines(rng: np.random.Generator) -> list[tuple[float, ...]]:
+# Each part of a hand below draws from the identity's one generator, in the order identity_params calls
+# them: changing that order would change every synthetic identity.
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(x) for x in values)
+
+
+def _skin(rng: np.random.Generator) -> np.ndarray:
+    """A tone on the skin ramp, with a hue shift."""
+    tone = rng.uniform(0, len(SKIN_RAMP) - 1)
+    lo = int(min(math.floor(tone), len(SKIN_RAMP) - 2))
+    skin = SKIN_RAMP[lo] + (tone - lo) * (SKIN_RAMP[lo + 1] - SKIN_RAMP[lo])
+    return np.clip(skin * rng.uniform(0.86, 1.14, 3), 0, 255)
+
+
+def _fingers(rng: np.random.Generator):
+    """(width scale, which the thumb shares; finger lengths; widths; rest angles; phalanx splits)."""
+    length_scale = rng.uniform(0.8, 1.2)
+    width_scale = rng.uniform(0.8, 1.25)
+    lengths = np.array([0.78, 0.88, 0.82, 0.62]) * length_scale * rng.uniform(0.8, 1.2, 4)
+    widths = np.array([0.19, 0.2, 0.185, 0.16]) * width_scale * rng.uniform(0.88, 1.12, 4)
+    angles = np.array([-0.16, -0.04, 0.07, 0.2]) + rng.normal(0, 0.05, 4)
+    splits = []
+    for _ in range(4):
+        p = np.array([0.45, 0.31, 0.24]) * rng.uniform(0.8, 1.2, 3)
+        splits.append(_floats(p / p.sum()))
+    return width_scale, lengths, widths, angles, tuple(splits)
+
+
+def back_of_hand_lines(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
     """2-4 quadratic curves (x0, y0, cx, cy, x1, y1) in palm units: tendons and creases on a hand's back."""
     lines = []
     for _ in range(int(rng.integers(2, 5))):
@@ -69,18 +99,18 @@ def back_of_hand_lines(rng: np.random.Generator) -> list[tuple[float, ...]]:
         y0, y1 = rng.uniform(-0.4, 0.45, 2)
         cx, cy = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
         lines.append((x0, y0, cx, cy, x1, y1))
-    return lines
+    return tuple(_floats(line) for line in lines)
 
 
 def nail_colour(rng: np.random.Generator, skin: np.ndarray) -> tuple[bool, np.ndarray]:
-    """(polished, nail colour): a polish from ``POLISH`` about a third of the time, else a pale pink."""
+    """(polished, nail colour): a polish colour, or a pinkish mix with the skin."""
     polished = bool(rng.random() < 0.35)
     if polished:
         return polished, POLISH[int(rng.integers(len(POLISH)))] * rng.uniform(0.85, 1.1, 3)
     return polished, skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
 
 
-def skin_marks(rng: np.random.Generator) -> tuple[list, tuple, list]:
+def skin_marks(rng: np.random.Generator):
     """(moles, scar, birthmarks) of one hand's back: marks that differ between a person's two hands."""
     moles = []
     for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
@@ -98,7 +128,7 @@ def skin_marks(rng: np.random.Generator) -> tuple[list, tuple, list]:
         for _ in range(int(rng.integers(1, 4))):  # overlapping blobs make an irregular patch
             birthmarks.append((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06),
                                rng.uniform(0.05, 0.12), rng.uniform(0.04, 0.09), rng.uniform(0, math.pi), tone))
-    return moles, scar, birthmarks
+    return tuple(_floats(m) for m in moles), _floats(scar), tuple(_floats(b) for b in birthmarks)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -107,56 +137,38 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
     if identity < 0:
         raise DataError(f"synthetic identity must be >= 0, got {identity}")
     rng = seeded_rng(seed, identity, 0x1D)
-    tone = rng.uniform(0, len(SKIN_RAMP) - 1)
-    lo = int(min(math.floor(tone), len(SKIN_RAMP) - 2))
-    skin = SKIN_RAMP[lo] + (tone - lo) * (SKIN_RAMP[lo + 1] - SKIN_RAMP[lo])
-    skin = np.clip(skin * rng.uniform(0.86, 1.14, 3), 0, 255)
-
-    length_scale = rng.uniform(0.8, 1.2)
-    width_scale = rng.uniform(0.8, 1.25)
-    base_len = np.array([0.78, 0.88, 0.82, 0.62])
-    finger_lengths = base_len * length_scale * rng.uniform(0.8, 1.2, 4)
-    base_w = np.array([0.19, 0.2, 0.185, 0.16])
-    finger_widths = base_w * width_scale * rng.uniform(0.88, 1.12, 4)
-    finger_base_angles = np.array([-0.16, -0.04, 0.07, 0.2]) + rng.normal(0, 0.05, 4)
-    splits = []
-    for _ in range(4):
-        p = np.array([0.45, 0.31, 0.24]) * rng.uniform(0.8, 1.2, 3)
-        splits.append(tuple(float(x) for x in p / p.sum()))
-
+    skin = _skin(rng)
+    width_scale, finger_lengths, finger_widths, finger_base_angles, splits = _fingers(rng)
     palm_lines = back_of_hand_lines(rng)
     polished, nail_color = nail_colour(rng, skin)
     moles, scar, birthmarks = skin_marks(rng)
-
-    def tup(a):
-        return tuple(float(x) for x in a)
-
+    # Keyword arguments are evaluated in order: the draws below come after the parts above.
     return HandIdentity(
-        skin=tup(skin),
+        skin=_floats(skin),
         palm_width=float(rng.uniform(0.85, 1.15)),
         palm_height=float(rng.uniform(0.9, 1.2)),
         palm_taper=float(rng.uniform(0.72, 0.95)),
         knuckle_arch=float(rng.uniform(0.0, 0.12)),
-        finger_lengths=tup(finger_lengths),
-        finger_widths=tup(finger_widths),
-        finger_base_angles=tup(finger_base_angles),
-        phalanx_split=tuple(splits),
+        finger_lengths=_floats(finger_lengths),
+        finger_widths=_floats(finger_widths),
+        finger_base_angles=_floats(finger_base_angles),
+        phalanx_split=splits,
         thumb_length=float(rng.uniform(0.6, 0.9)),
         thumb_width=float(rng.uniform(0.2, 0.27) * width_scale),
         thumb_angle=float(rng.uniform(-1.0, -0.55)),
         thumb_base_y=float(rng.uniform(0.05, 0.3)),
         crease_count=tuple(int(x) for x in rng.integers(1, 4, 5)),
-        crease_offset=tup(rng.uniform(-0.25, 0.25, 5)),
-        palm_lines=tuple(tup(p) for p in palm_lines),
+        crease_offset=_floats(rng.uniform(-0.25, 0.25, 5)),
+        palm_lines=palm_lines,
         line_darkness=float(rng.uniform(0.55, 0.8)),
         nail_length=float(rng.uniform(0.45, 0.85)),
         nail_width=float(rng.uniform(0.55, 0.8)),
         nail_squareness=float(rng.uniform(2.0, 5.0)),
-        nail_color=tup(np.clip(nail_color, 0, 255)),
+        nail_color=_floats(np.clip(nail_color, 0, 255)),
         polished=polished,
-        moles=tuple(tup(m) for m in moles),
-        scar=tup(scar),
-        birthmarks=tuple(tup(b) for b in birthmarks),
+        moles=moles,
+        scar=scar,
+        birthmarks=birthmarks,
     )
 
 
@@ -182,7 +194,7 @@ class Pose:
 
 def pose_params(identity: int, sample: int, seed: int, aspect_code: int = 0) -> Pose:
     """Photo ``sample``'s pose; ``aspect_code`` 0 (right dorsal) keeps the stream the generator always used,
-    any other aspect gets its own stream (``handclip.synthetic.aspect_params``)."""
+    any other aspect gets its own stream."""
     rng = seeded_rng(seed, identity, 0x9E, sample, *((aspect_code,) if aspect_code else ()))
     return Pose(
         spread=float(rng.uniform(0.7, 1.4)),

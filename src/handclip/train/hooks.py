@@ -1,6 +1,7 @@
 """The hooks every HandCLIP training recipe runs with (``train.loop``), each doing one job once.
 
 - ``LrSchedule``: moves an epoch-position schedule (``optim.EpochSchedule``) before each epoch or step.
+- ``StepLr``: sets every group's lr from the run's step count before each step (a per-step schedule).
 - ``Progress``: a tqdm bar per epoch.
 - ``FiniteGuard``: stops on a NaN/inf loss term (checked before the update; on a GPU every 20 steps, to
   avoid a host sync per step) and on a non-finite parameter at the epoch's end.
@@ -86,6 +87,19 @@ class LrSchedule(Hook):
     def before_step(self, loop: TrainLoop) -> None:
         if self.every == "step":
             self.schedule.set_position(loop.epoch + self.first + loop.step / loop.steps)
+
+
+class StepLr(Hook):
+    """Sets every parameter group's lr to ``lr_at(step)`` before each step, ``step`` counted from the run's
+    first step (``epoch * steps + step``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float]):
+        self.optimizer, self.lr_at = optimizer, lr_at
+
+    def before_step(self, loop: TrainLoop) -> None:
+        lr = self.lr_at(loop.epoch * loop.steps + loop.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
 
 class Progress(Hook):
