@@ -265,6 +265,14 @@ def test_a_search_states_its_aspects_and_refuses_an_uncalibrated_pair(aspect_gal
     assert all("/dorsal_r/" in c.path for c in mirrored.queries[0].candidates)
     with pytest.raises(DataError, match="holds no images of aspect palmar_r"):
         plain.search([left], aspect="palmar_l", mirror=True)
+    # The whole step (what `handclip search --aspect ... --html` runs) says the same on the page and console.
+    from handclip.gallery.casework import search_gallery
+
+    shown = []
+    search_gallery(aspect_gallery["gallery"], [left], top_k=2, by="image", device="cpu", aspect="dorsal_l",
+                   mirror=True, html=tmp_path / "found.html", log=shown.append)
+    assert shown[0] == "aspects: query dorsal left (mirrored left-right) against gallery images of dorsal right"
+    assert "Aspects: query dorsal left (mirrored left-right)" in (tmp_path / "found.html").read_text()
 
 
 def test_the_web_service_takes_the_aspects_of_a_search_and_an_enrolment(aspect_gallery, tmp_path):

@@ -15,7 +15,7 @@ from ..errors import HandCLIPError
 from .enrol import EnrolSummary, check_images, collect_images
 from .html import write_search_html
 from .metadata import GALLERY_FILE
-from .results import SearchResult, printable
+from .results import SearchResult, aspects_text, printable
 from .session import ExaminerSession
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
@@ -115,7 +115,7 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
         _written("--html", html, lambda: write_search_html(
             search.queries, html, gallery_dir=str(session.index_dir), by=by, checkpoint=model_file,
             statement=search.statement, propositions=search.propositions, audit=search.audit,
-            calibration=search.calibration_line()))
+            calibration=search.calibration_line(), aspects=aspects_text(search.aspects) if search.aspects else None))
         say(f"wrote {html}")
     if report:
         _written("--report", report, lambda: session.report(search, report, case_id=case_id))
