@@ -89,6 +89,7 @@ def _write(flag: str, out: str, write) -> None:
 def run(args) -> int:
     from ..atomic import atomic_write_json, sha256_file
     from ..errors import HandCLIPError
+    from ..gallery.case_report import check_case_id
     from ..gallery.html import write_search_html
     from ..gallery.session import ExaminerSession
 
@@ -96,6 +97,7 @@ def run(args) -> int:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
     for flag, out in (("--html", args.html), ("--json", args.json), ("--report", args.report)):
         _check_output(flag, out)
+    check_case_id(args.case_id)  # before the search is recorded: its report must be possible
     session = ExaminerSession.open(args.index, args.checkpoint, args.calibration, device=args.device,
                                    examiner=args.examiner)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}

@@ -326,6 +326,16 @@ class AuditLog:
                                  f"run `handclip audit verify`") from None
         return out
 
+    def readable_records(self) -> list[dict]:
+        """The records that parse, oldest first; damaged lines are left out (``verify`` names them)."""
+        out = []
+        for line in self._read_all()[0]:
+            try:
+                out.append(parse_record(line))
+            except ValueError:
+                continue
+        return out
+
     def state(self) -> LogState:
         """The log's lines, torn tail and head as verify reads them."""
         lines, torn = self._read_all()
