@@ -86,7 +86,7 @@ def _clean(text, fonts: dict, limit: int = _TEXT_LIMIT) -> str:
     text = printable(text)
     if len(text) > limit:
         text = text[:limit - 1] + "…"
-    text = get_display(text)
+    text = get_display(text, base_dir="L")  # the report reads left to right; RTL runs within it are reversed
     drawn = _has_glyph(fonts["body"])
     return "".join(ch if drawn(ch) else f"[U+{ord(ch):04X}]" for ch in text)
 

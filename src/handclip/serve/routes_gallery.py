@@ -16,18 +16,22 @@ from .routes_search import read_upload, service, single, thumbnail_url
 from .security import require
 from .state import ServiceState
 
-IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}")
+IDENTITY = "^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$"  # also in the schema, so clients and fuzzers know it
 router = APIRouter()
 
 
 @router.post("/api/v1/enrol", responses=responses(*UPLOAD), dependencies=[Depends(single("identity"))])
 def enrol(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("enrol"))],
-          identity: Annotated[str, Form()], images: Annotated[list[UploadFile], File()]):
+          identity: Annotated[str, Form(pattern=IDENTITY, description="1-128 letters, digits, spaces or ._-, "
+                                                                        "starting with a letter or digit")],
+          images: Annotated[list[UploadFile], File(description="hand photos (JPEG, PNG, WebP, BMP or TIFF)",
+                                                   json_schema_extra={"items": {"type": "string", "format": "binary"},
+                                                                      "minItems": 1})]):
     """Enrol photos of one identity (committed batch by batch; the audit records list them). A photo
     whose content is already enrolled under another identity is not enrolled again: ``other_identity``
     names it and that identity, as the audit record does."""
     identity = identity.strip()
-    if not IDENTITY.fullmatch(identity):
+    if not re.fullmatch(IDENTITY[1:-1], identity):
         return error(422, f"identity {identity[:140]!r} must be 1-128 letters, digits, spaces or ._- "
                           "and start with a letter or digit")
     uploads = [read_upload(f, state.limits) for f in images]

@@ -30,15 +30,19 @@ def service(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def single(*names: str):
+def single(*names: str, typed: tuple[str, ...] = ()):
     """A dependency refusing a form whose singular fields come more than once (a second ``image`` part
-    would otherwise silently win)."""
+    would otherwise silently win), or whose ``typed`` fields (numbers, choices) are sent empty (FastAPI
+    would take an empty value for a missing one and use the default)."""
 
     async def check(request: Request) -> None:
         form = await request.form()
         repeated = [name for name in names if len(form.getlist(name)) > 1]
         if repeated:
             raise HTTPException(422, f"{repeated[0]}: given {len(form.getlist(repeated[0]))} times; send it once")
+        empty = [name for name in typed if form.get(name) == ""]
+        if empty:
+            raise HTTPException(422, f"{empty[0]}: empty value; leave the field out for its default")
 
     return check
 
@@ -75,9 +79,11 @@ def search_answer(found, gallery) -> dict:
 
 
 @router.post("/api/v1/search", responses=responses(*UPLOAD),
-             dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id"))])
+             dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id",
+                                          typed=("top_k", "by", "index_type", "report")))])
 def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
-           image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)")],
+           image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)",
+                                              json_schema_extra={"format": "binary"})],
            top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 10,
            by: Annotated[Literal["identity", "image"], Form()] = "identity",
            index_type: Annotated[Literal["auto", "flat", "pca", "ivf", "hnsw"], Form()] = "auto",
