@@ -192,8 +192,10 @@ def test_case_reports_of_hostile_names_are_made_and_bounded(assets, tmp_path, ca
     assert "\n" not in err and "--case-id is 100000 characters long" in err
     assert (index / AUDIT_FILE).read_bytes() == log and not report.exists()  # refused before any record
     case_id = "2026/" + "9" * 195
+    page = tmp_path / "hits.html"
     assert cli_module.main(["search", "--index", str(index), "--query", query, "--report", str(report),
-                            "--case-id", case_id, "--top-k", "4", "--device", "cpu"]) == 0
+                            "--case-id", case_id, "--top-k", "4", "--device", "cpu", "--html", str(page)]) == 0
+    assert "\\u202eevil\\u202c RLO" in page.read_text() and "\u202e" not in page.read_text()
     text = _pdf_text(report)
     # pypdf reads right-to-left runs back in reading order: the name as a reader sees it on the page
     assert "שלום כהן" in text and get_display("שלום כהן") not in text

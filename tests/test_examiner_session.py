@@ -5,7 +5,6 @@ whichever interface asked."""
 from __future__ import annotations
 
 import ast
-import json
 import shutil
 from pathlib import Path
 
@@ -87,9 +86,8 @@ def test_a_calibration_of_another_model_is_refused_when_the_session_opens(assets
 
     calibration = ScoreCalibration.load(assets["calibration"])
     other = tmp_path / "other.json"
-    data = json.loads(Path(assets["calibration"]).read_text())
-    data["fingerprint"] = {**calibration.fingerprint, "checkpoint_sha256": "b" * 64, "weights_sha256": "c" * 64}
-    other.write_text(json.dumps(data))
+    fingerprint = {**calibration.fingerprint, "checkpoint_sha256": "b" * 64, "weights_sha256": "c" * 64}
+    ScoreCalibration(calibration.maps, fingerprint, calibration.summary).save(other)  # fitted for another model
     try:
         ExaminerSession.open(gallery, calibration=other, device="cpu")
     except HandCLIPError as exc:

@@ -4,7 +4,8 @@ the Python API all go through.
 An ``ExaminerSession`` is opened once from a gallery folder plus, optionally, a checkpoint and a
 calibration. Opening resolves the model (the checkpoint given, else the one the gallery records),
 loads it and the calibration, and checks once that both belong to the gallery's model. Every
-enrolment and search then appends one record to the gallery's audit log; there is no unaudited way in.
+enrolment and search then appends its records to the gallery's audit log (``handclip.gallery.records``);
+there is no unaudited way in.
 
 A search hashes each query file at intake (and again after the search, refusing a file that changed
 meanwhile), ranks the newest committed generation of the gallery, and with a calibration turns each
