@@ -28,10 +28,15 @@ from xml.sax.saxutils import escape
 
 from ..atomic import atomic_write_bytes
 from ..errors import HandCLIPError
-from .results import SearchResult, display_path, printable, visible_text
+from .results import SearchResult, display_path, printable
 
 _FONTS = {"body": "Helvetica", "bold": "Helvetica-Bold", "mono": "Courier"}
 CASE_ID_LIMIT = 200
+# What a case id may not hold: control characters, soft hyphen and other invisible formatting, zero-width
+# characters, line and paragraph separators, bidirectional embeddings, overrides and isolates, private use.
+# One pattern for the command line, the service and its OpenAPI schema.
+CASE_ID_PATTERN = (r"^[^\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+                   r"\ufff9-\ufffb\ue000-\uf8ff]*$")
 _NAME_LIMIT = 120  # identity and file names in tables
 _TEXT_LIMIT = 300  # any other outside text (examiner, calibration manifest name, paths)
 _THUMB_MM = 24
@@ -57,14 +62,15 @@ def _register_fonts() -> dict:
 
 
 def check_case_id(case_id: str | None) -> None:
-    """Refuse a case id a report cannot show faithfully, before the search is recorded."""
+    """Refuse a case id a report cannot show faithfully, before the search is recorded: longer than
+    ``CASE_ID_LIMIT`` characters, or holding a character ``CASE_ID_PATTERN`` excludes."""
     if case_id is None:
         return
     if len(case_id) > CASE_ID_LIMIT:
         raise HandCLIPError(f"--case-id is {len(case_id)} characters long; give at most {CASE_ID_LIMIT}")
-    if case_id != visible_text(case_id) or not case_id.strip():
-        raise HandCLIPError(f"--case-id {printable(case_id[:80])!s} holds control or invisible formatting "
-                            f"characters (or nothing); give plain text")
+    if not re.fullmatch(CASE_ID_PATTERN[1:-1], case_id):
+        raise HandCLIPError(f"--case-id {printable(case_id[:80])!s} holds control, bidirectional or other "
+                            f"invisible formatting characters; give plain text")
 
 
 def _has_glyph(font_name: str):
@@ -302,12 +308,13 @@ def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_
     check_case_id(case_id)
     fonts = _register_fonts()
     styles = _styles(fonts)
-    case = _clean(case_id, fonts, CASE_ID_LIMIT) if case_id else "(not given)"
+    given = bool(case_id and case_id.strip())
+    case = _clean(case_id, fonts, CASE_ID_LIMIT) if given else "(not given)"
     examiner = _clean(examiner or search.examiner or "(not given)", fonts)
     margin = 15 * mm
     usable_mm = (A4[0] - 2 * margin) / mm
     story = _story(search, case, examiner, styles, usable_mm, fonts)
-    footer = _footer(search, case if case_id else "-", fonts["body"], A4[0] - 2 * margin - 40)
+    footer = _footer(search, case if given else "-", fonts["body"], A4[0] - 2 * margin - 40)
 
     def on_page(canvas, doc):
         canvas.saveState()

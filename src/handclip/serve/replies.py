@@ -73,6 +73,13 @@ def public_message(message: str, gallery_dir) -> str:
     return message
 
 
+def _said(issue: dict) -> str:
+    """A validation issue's message; a pattern mismatch says what without quoting the pattern."""
+    if issue.get("type") == "string_pattern_mismatch":
+        return "holds characters that are not allowed here (see the schema's pattern)"
+    return str(issue.get("msg", "invalid"))
+
+
 def install_error_handlers(app: FastAPI, state) -> None:
     @app.exception_handler(HandCLIPError)
     async def handclip_error(request: Request, exc: HandCLIPError):
@@ -91,8 +98,8 @@ def install_error_handlers(app: FastAPI, state) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        issues = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "invalid")),
-                   "type": str(e.get("type", "invalid"))} for e in exc.errors()]
+        issues = [{"loc": [str(p) for p in e.get("loc", ())], "msg": _said(e), "type": str(e.get("type", "invalid"))}
+                  for e in exc.errors()]
         first = issues[0] if issues else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p not in ("body", "query", "path")) or "request"
         return JSONResponse({"error": f"{where}: {first['msg']}", "detail": issues}, status_code=422)

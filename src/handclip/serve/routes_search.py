@@ -13,9 +13,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path as PathParam, Request, UploadFile
 from fastapi.responses import FileResponse
 
-from ..gallery.case_report import CASE_ID_LIMIT, check_case_id
+from ..gallery.case_report import CASE_ID_LIMIT, CASE_ID_PATTERN
 from ..gallery.results import display_path, exhibit_name
-from ..errors import HandCLIPError
 from .keys import ApiKey
 from .limits import Limits, check_image
 from .replies import AUTHED, UPLOAD, error, responses
@@ -88,13 +87,11 @@ def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiK
            by: Annotated[Literal["identity", "image"], Form()] = "identity",
            index_type: Annotated[Literal["auto", "flat", "pca", "ivf", "hnsw"], Form()] = "auto",
            report: Annotated[bool, Form()] = False,
-           case_id: Annotated[str | None, Form(max_length=CASE_ID_LIMIT)] = None):
+           case_id: Annotated[str | None, Form(max_length=CASE_ID_LIMIT, pattern=CASE_ID_PATTERN,
+                                               description="printed on the report; no control or invisible "
+                                                           "formatting characters")] = None):
     """Rank the gallery for one query photo; ``record`` and ``audit.anchor`` name the audit record it wrote.
     With ``report`` the case report is made and ``report`` is its URL."""
-    try:
-        check_case_id(case_id)
-    except HandCLIPError:
-        return error(422, "case_id: control and invisible formatting characters are not allowed")
     upload = read_upload(image, state.limits)
     arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
                  "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
