@@ -82,6 +82,8 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
               progress: bool = False, out=None) -> ScoreCalibration:
     """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities, saved to ``out``
     (a JSON file, written atomically) when given."""
+    import hashlib
+
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
     from ..data.images import check_images_exist
@@ -103,6 +105,9 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
     summary = {
         "method": method, "cllr": image["cllr"], "cllr_min": image["cllr_min"], "cllr_cal": image["cllr_cal"],
         "n_identities": int(len(set(pids.tolist()))), "n_images": len(records),
+        # Who the calibration saw, as SHA-256 of each identity's id (UTF-8): a validation can check that it
+        # is run on other people without the file naming anyone.
+        "identity_sha256": sorted({hashlib.sha256(str(pid).encode("utf-8")).hexdigest() for pid in pids.tolist()}),
         "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"],
         "manifest": str(Path(manifest_path)), "manifest_sha256": sha256_file(manifest_path),
         "splits": list(splits), "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
