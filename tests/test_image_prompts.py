@@ -263,3 +263,46 @@ def test_resize_crop_resizes_then_crops_in_training_only(tiny_manifest):
         batches = [batch[1] for batch in loader]
         assert len(batches) == len(ctx.train_records) // 5 and all(len(b) == 5 for b in batches)
     assert orders[0] == orders[1] and orders[0] != orders[2]
+
+
+def test_clip_handids_channel_mean_gives_every_image_the_same_prompt():
+    torch.manual_seed(3)
+    images = torch.randn(4, 3, 32, 32)
+    texts = {}
+    for channel_mean in (False, True):
+        model = build_model({"backbone": "tiny-cnn", "prompt": "image", "inversion_channel_mean": channel_mean},
+                            {"image_size": [32, 32]}, num_ids=2).eval()
+        with torch.no_grad():
+            _, _, feat_proj = model.image_features(images)
+            texts[channel_mean] = model.image_prompt_features(feat_proj, None, None)
+    spread = {k: float((t - t.mean(0)).abs().max() / t.abs().max()) for k, t in texts.items()}
+    # Float rounding only with the mean; with the pseudo-words themselves the prompts differ (by little here:
+    # a random-init text tower reads one changed word weakly).
+    assert spread[True] < 1e-5 < 10 * 1e-5 < spread[False]
+
+
+def test_shipped_image_prompt_configs_write_out_clip_handids_recipe_and_handclips_combination():
+    from pathlib import Path
+
+    from handclip.config import Config, load_config
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "image_prompts"
+    vit = load_config(folder / "clip_handid_vitb16.yaml")
+    s = vit.single_stage
+    assert s.enabled and (s.epochs, s.batch_size, s.lr, s.new_lr_factor, s.weight_decay) == (70, 20, 5e-6, 10, 5e-4)
+    assert (s.warmup_epochs, s.warmup_factor, s.milestones, s.gamma, s.schedule_epochs_from) == (10, 0.01, [40, 60],
+                                                                                              0.5, 0)
+    assert (s.id_weight, s.text_weight, s.triplet_weight, s.label_smoothing, s.select) == (1, 1, 0, 0.1, "accuracy")
+    assert (vit.model.prompt, vit.model.inversion, vit.model.inversion_tokens, vit.model.neck_feat) == (
+        "image", "mlp", 1, "after")
+    assert vit.model.inversion_grad and not vit.model.inversion_channel_mean and vit.eval.flip
+    assert vit.data.pixel_mean == (0.485, 0.456, 0.406) and vit.data.augment.resize_crop == (256, 256)
+    assert (vit.data.augment.pad, vit.data.augment.random_erasing_p, vit.data.interpolation.eval) == (0, 0, "bicubic")
+    rn = load_config(folder / "rn50" / "clip_handid_rn50.yaml")
+    assert (rn.model.backbone, rn.model.rn_last_stride, rn.single_stage.batch_size) == ("RN50-quickgelu", 1, 4)
+    plus = load_config(folder / "handclip_plus_vitb16.yaml")
+    clipreid = load_config(folder.parent / "clipreid_vitb16.yaml")
+    assert not plus.single_stage.enabled and plus.stage1 == clipreid.stage1 and plus.data == clipreid.data
+    assert (plus.model.prompt, plus.model.inversion_grad, plus.stage2.image_prompt_weight) == ("image", True, 1.0)
+    assert plus.stage2.model_copy(update={"head_lr": None}) == clipreid.stage2
+    assert Config().model.prompt == "identity" and not Config().single_stage.enabled

@@ -1,4 +1,4 @@
-"""CLIP-HandID's single-stage recipe on ``train.loop`` (docs/method.md, "Image-conditioned prompts";
+"""CLIP-HandID's single-stage recipe on ``train.loop`` (docs/method.md, "Single-stage recipe (CLIP-HandID)";
 ``configs/clip_handid_vitb16.yaml`` writes it out; docs/image-prompts.md lists each difference from its code).
 
 One stage of ``single_stage.epochs`` epochs over random batches of ``single_stage.batch_size`` training
