@@ -10,12 +10,12 @@ import torch
 
 from handclip import cli
 from handclip.config import DataConfig, ModelConfig, SyntheticConfig
-from handclip.data.protocols import prepare_synthetic
 from handclip.model.inference import load_encoder
 from handclip.forensic.calibration import CalibrationError, ScoreCalibration
 from handclip.forensic.verification import split_pairs, verification_metrics
 from handclip.model.checkpoint import save_checkpoint
 from handclip.model.handclip import build_model
+from handclip.synthetic.dataset import prepare_synthetic
 from test_evaluation import checkpoint, synthetic  # noqa: F401  (module-scoped fixtures)
 
 

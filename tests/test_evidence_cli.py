@@ -41,7 +41,7 @@ def _checkpoint(path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("assets")
     images = write_synthetic_dataset(root / "hands", num_ids=5, images_per_id=3, size=64, seed=0)
@@ -71,7 +71,7 @@ def cli(*args) -> int:
 
 def test_audit_trail_of_enrols_and_searches_verifies_and_names_what_was_altered(enrolled, tmp_path, capsys):
     images, index = enrolled
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     (images / "newcomer").mkdir()
     render_hand(40, 0).save(images / "newcomer" / "fresh.png")

@@ -12,11 +12,11 @@ from training_helpers import base_config
 from handclip import api
 from handclip.config import DataConfig, SyntheticConfig
 from handclip.data.manifest import Manifest
-from handclip.data.protocols import prepare_synthetic
 from handclip.gallery.enrol import EnrolItem
 from handclip.model.checkpoint import state_dict_sha256
 from handclip.model.handclip import build_model
 from handclip.model.inference import Encoder
+from handclip.synthetic.dataset import prepare_synthetic
 from handclip.train import engine
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from handclip.config import PretrainConfig, config_from_dict
-from handclip.data.captions import caption, identity_phrases
-from handclip.data.synthetic import identity_params
 from handclip.errors import ConfigError
+from handclip.synthetic.captions import caption, identity_phrases
+from handclip.synthetic.hand_params import identity_params
 
 MICRO = PretrainConfig(first_id=1000, num_ids=16, images_per_id=4, epochs=3, batch_size=32, lr=2e-3, warmup_steps=2)
 # Enough pretraining (40 steps) for a text tower whose output depends on the prompt and image features that
@@ -20,14 +20,14 @@ SMALL = PretrainConfig(first_id=1000, num_ids=64, images_per_id=4, epochs=10, ba
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     return pretrain_tiny(MICRO, tmp_path_factory.mktemp("pretrain") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
 def pretrained_small(tmp_path_factory):
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     return pretrain_tiny(SMALL, tmp_path_factory.mktemp("pretrain_small") / "tiny.pt")
 
@@ -46,7 +46,7 @@ def test_captions_are_deterministic_varied_and_describe_the_hand():
 
 
 def test_caption_scene_sets_how_often_photo_conditions_are_named():
-    from handclip.data.captions import nuisance_phrases
+    from handclip.synthetic.captions import nuisance_phrases
 
     pairs = [(i, n) for i in range(20) for n in range(4)]
     named = {scene: sum(any(w in caption(i, n, scene=scene) for words in nuisance_phrases(i, n) for w in words)
@@ -58,7 +58,7 @@ def test_caption_scene_sets_how_often_photo_conditions_are_named():
 def test_pretraining_is_bit_identical_for_a_seed_and_loads_as_model_weights(pretrained, tmp_path):
     from handclip.model.handclip import build_model
     from handclip.model.weights import load_weights_file
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     again = pretrain_tiny(MICRO, tmp_path / "again.pt")
     assert again.sha256 == pretrained.sha256
@@ -75,7 +75,7 @@ def test_pretraining_is_bit_identical_for_a_seed_and_loads_as_model_weights(pret
 
 
 def test_pretraining_refuses_bad_settings(tmp_path):
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     with pytest.raises(ConfigError, match="tiny backbones"):
         pretrain_tiny(MICRO, tmp_path / "x.pt", backbone="ViT-B-16")
@@ -92,8 +92,8 @@ def stage1_prompt_accuracy(weights: str, tmp_path, overrides=()) -> tuple[float,
     """Stage 1 alone, through ``train()``, on 12 synthetic identities starting from ``weights``; returns
     (prompt top-1 on the training images, chance)."""
     from handclip.data.manifest import Manifest
-    from handclip.evaluate.prompts import prompt_top1
     from handclip.model.checkpoint import load_checkpoint
+    from handclip.synthetic.prompts import prompt_top1
     from handclip.train.engine import train
     from handclip.train.stage1 import encode_training_images
 
@@ -127,7 +127,7 @@ def test_stage1_prompts_name_their_identity_far_above_chance(pretrained_small, t
 def test_demo_starts_from_the_pretrained_model_and_reports_the_text_side(tmp_path, capsys):
     """The demo pipeline, shrunk, with a tiny pretraining: it starts from the pretrained file (zero-shot row),
     reports the text-side figures next to their chance values, and a second run reads the file from the cache."""
-    from handclip.train.pretrain import pretrained_weights
+    from handclip.synthetic.pretrain import pretrained_weights
     from handclip.workflows.demo import demo_config, run_demo
 
     overrides = ["data.synthetic.train_ids=20", "data.synthetic.test_ids=6", "data.synthetic.images_per_id=4",

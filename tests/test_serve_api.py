@@ -192,7 +192,7 @@ def test_identities_and_enrolment_of_new_photos(service, assets):
     assert [i["name"] for i in one["images"]] == ["0002/000.png", "0002/001.png", "0002/002.png"]
     assert client.get("/api/v1/identities/nobody", headers=auth(keys["search"])).status_code == 404
 
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     photos = [("images", (f"p{i}.png", png_bytes(render_hand(40, i)), "image/png")) for i in range(3)]
     done = client.post("/api/v1/enrol", data={"identity": "newcomer"}, files=photos, headers=auth(keys["enrol"]))

@@ -91,7 +91,7 @@ def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_pat
                 shutil.copyfile(shot, Path(keep) / "serve_search.png")
 
             # enrol two photos for a new identity from the page
-            from handclip.data.synthetic import render_hand
+            from handclip.synthetic.render import render_hand
 
             photos = []
             for i in range(2):

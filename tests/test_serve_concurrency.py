@@ -11,11 +11,11 @@ from serve_helpers import add_keys, enrolled_gallery, make_assets, png_bytes
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from handclip.data.synthetic import render_hand  # noqa: E402
 from handclip.gallery import Gallery  # noqa: E402
 from handclip.forensic.audit import AuditLog  # noqa: E402
 from handclip.serve.app import create_app  # noqa: E402
 from handclip.serve.state import ServiceState  # noqa: E402
+from handclip.synthetic.render import render_hand  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,8 @@ from __future__ import annotations
 
 from .config import Config, load_config
 from .data.manifest import Manifest
-from .data.protocols import (
-    prepare_11k,
-    prepare_folder,
-    prepare_from_config,
-    prepare_hd,
-    prepare_synthetic,
-)
+from .data.protocols import prepare_11k, prepare_folder, prepare_hd
+from .datasets import prepare_from_config
 from .forensic.calibrate import calibrate
 from .evaluate.protocol import EvalResult
 from .evaluate.protocol import evaluate_manifest as evaluate
@@ -41,8 +36,9 @@ from .gallery.results import Candidate, QueryResult, SearchResult
 from .gallery.session import ExaminerSession
 from .model.inference import load_encoder
 from .model.inference import Encoder
+from .synthetic.dataset import prepare_synthetic
+from .synthetic.pretrain import pretrain_tiny
 from .train.engine import RunResult, train
-from .train.pretrain import pretrain_tiny
 from .workflows.benchmark import run_benchmark as benchmark
 from .workflows.demo import demo_config
 from .workflows.demo import run_demo as demo

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..train.pretrain import pretrain_tiny
+    from ..synthetic.pretrain import pretrain_tiny
     from ..workflows.demo import demo_config
 
     config = demo_config(args.config, args.overrides)

@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
-from ..runtime import available_cpus
 
 # Background for transparent pixels: the hand datasets are photographed on white.
 BACKGROUND = (255, 255, 255)
@@ -167,6 +166,10 @@ def _check_one(path: str, min_size: int) -> Optional[ImageProblem]:
 
 
 def default_workers() -> int:
+    # Imported here: handclip.runtime loads torch, and the CLI reads the dataset registry (hence this
+    # module) to build ``handclip prepare``'s options for every command line.
+    from ..runtime import available_cpus
+
     # Decoding releases the GIL and file reads wait on the disk, so a few threads per core pay off.
     return max(1, min(32, 4 * available_cpus()))
 

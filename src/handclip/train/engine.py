@@ -46,7 +46,7 @@ from ..config import Config, config_from_dict, load_config
 from ..data.images import scan_images
 from ..data.loaders import build_train_loader
 from ..data.manifest import Manifest
-from ..data.protocols import prepare_from_config
+from ..datasets import prepare_from_config
 from ..errors import ConfigError, DataError, HandCLIPError
 from ..evaluate.protocol import evaluate_validation
 from ..model.checkpoint import load_checkpoint, save_checkpoint

@@ -4,7 +4,7 @@ Real users start from pretrained CLIP weights; a fresh machine without downloads
 both towers of a tiny backbone (``tiny-cnn``, ``tiny-rn`` or ``tiny-vit``) with open_clip's own
 contrastive loss (``ClipLoss``) on image-caption pairs of synthetic identities ``first_id ..
 first_id + num_ids - 1``, which the caller keeps disjoint from the identities it trains and tests on.
-Captions come from ``handclip.data.captions``: partial, varied descriptions of the hand and the photo,
+Captions come from ``handclip.synthetic.captions``: partial, varied descriptions of the hand and the photo,
 redrawn every epoch. The result is a plain state dict of the open_clip model at its native geometry, so
 ``model.weights`` loads it strictly like any CLIP file.
 
@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json, sha256_file
 from ..config import PretrainConfig
-from ..data.captions import caption
-from ..data.synthetic import RENDERER_VERSION, render_hand
 from ..errors import ConfigError
 from ..model.backbone import TINY_CONFIGS, _build_clip, get_clip_config, get_tokenizer
 from ..model.handclip import TextEncoder
 from ..runtime import cache_root
+from .captions import caption
+from .render import RENDERER_VERSION, render_hand
 
 # Bump when the pretraining computation changes, so cached files from older code are not reused.
 PRETRAIN_VERSION = 1

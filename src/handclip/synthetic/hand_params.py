@@ -1,6 +1,6 @@
 """The parameters of a synthetic hand: who it is (``HandIdentity``, drawn once per identity from a
 seeded RNG) and how one photo of it is taken (``Pose``: the per-image nuisance). The renderer
-(``synthetic.py``) draws them; the captions (``captions.py``) describe them in words.
+(``render.py``) draws them; the captions (``captions.py``) describe them in words.
 """
 
 from __future__ import annotations
