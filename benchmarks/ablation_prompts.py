@@ -7,6 +7,7 @@ schedule, so the same image-encoder training budget), with only the text side ch
   image-to-text loss against them;
 - image prompts without gradient (CLIP-HandID's released code): no stage 1; stage 2 adds SupCon
   image->text + text->image between each image and its own pseudo-prompt, the text path under no_grad;
+  and the same with the pseudo-word averaged over its entries, which is what that code computes exactly;
 - image prompts with gradient: the same, with gradients reaching the inversion network;
 - identity + image prompts (PromptSG-style, "A photo of a X X X X * hand."): stage 1 learns the identity
   context, stage 2 the SupCon with each image's combined prompt (context frozen, inversion trained);
@@ -16,10 +17,11 @@ The image-prompt SupCon has the weight of the demo's image-to-text loss (0.5). E
 seeds 0, 1, 2 (``seed`` and ``data.split_seed``); the table gives mean ± std (sample std over the seeds)
 of rank-1, mAP and EER on the unseen identities (EER over every query x gallery pair of each Monte Carlo
 run, averaged over the runs), the stage-2 wall time per step (median over epochs) and the CPU time of the
-whole run, and says which variants' rank-1 differ by more than their spread.
+whole run, says which variants' rank-1 and EER differ by more than their spread, and gives each variant's
+difference from the no-text-side variant seed by seed.
 
 By default on a shrunk demo (100 training identities x 6 images, 50 unseen, stage 1 10 epochs, stage 2
-24 epochs, 5 Monte Carlo runs) so that 5 variants x 3 seeds take about 20 minutes of CPU on the 2-core
+24 epochs, 5 Monte Carlo runs), so that 6 variants x 3 seeds take about 25 minutes of CPU on the 2-core
 machine; ``--full`` uses the demo config as is. The script continues where a previous call stopped.
 
     PYTHONPATH=src python benchmarks/ablation_prompts.py --out /tmp/ablation_prompts [--seeds 0 1 2] [--full]
@@ -48,11 +50,14 @@ VARIANTS = {
     "identity prompts (CLIP-ReID; the demo)": [],
     "image prompts, no gradient (CLIP-HandID's code)": ["model.prompt=image", "model.inversion_grad=false",
                                                         *IMAGE_TEXT],
+    "image prompts, no gradient, pseudo-word averaged (CLIP-HandID's code exactly)": [
+        "model.prompt=image", "model.inversion_grad=false", "model.inversion_channel_mean=true", *IMAGE_TEXT],
     "image prompts, gradient": ["model.prompt=image", *IMAGE_TEXT],
     "identity + image prompts (both), gradient": ["model.prompt=both", "stage2.i2t_weight=0",
                                                   "stage2.image_prompt_weight=0.5"],
     "no text side (ID + triplet only)": ["stage1.enabled=false", "stage2.i2t_weight=0"],
 }
+BASELINE = "no text side (ID + triplet only)"
 SHRUNK = ["data.synthetic.train_ids=100", "data.synthetic.test_ids=50", "data.synthetic.images_per_id=6",
           "data.runs=5", "stage1.epochs=10", "stage2.epochs=24", "stage2.milestones=[20,23]", "stage2.eval_every=8"]
 
@@ -117,6 +122,18 @@ def separations(results: dict, key: str = "rank1") -> list[str]:
     return lines
 
 
+def paired(results: dict, baseline: str, key: str = "rank1") -> list[str]:
+    """Each variant minus ``baseline`` seed by seed (same seed, same data split): mean ± std of the difference."""
+    base = {r["seed"]: r[key] for r in results.get(baseline, [])}
+    lines = []
+    for name, runs in results.items():
+        gaps = [r[key] - base[r["seed"]] for r in runs if r["seed"] in base]
+        if name != baseline and gaps:
+            mean, std = _stats(gaps)
+            lines.append(f"{key}, seed by seed: {name} minus {baseline}: {mean:+.3f} ± {std:.3f} over {len(gaps)} seeds")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -142,7 +159,8 @@ def main(argv=None) -> int:
             print(f"{name} seed {seed}: rank-1 {done[-1]['rank1']:.4f}, EER {done[-1]['eer']:.4f} "
                   f"in {time.perf_counter() - started:.0f}s", flush=True)
     ordered = {name: results[name] for name in names if results.get(name)}
-    report = table(ordered) + "\n\n" + "\n".join(separations(ordered) + separations(ordered, "eer")) + "\n"
+    report = (table(ordered) + "\n\n" + "\n".join(separations(ordered) + separations(ordered, "eer")
+                                                  + paired(ordered, BASELINE) + paired(ordered, BASELINE, "eer")) + "\n")
     atomic_write_text(out / "ablation.md", report)
     print(report)
     return 0

@@ -8,7 +8,8 @@ Two side-by-side measurements in one process, each printed with its ratio:
 2. A whole stage-2 training step (``Stage2Trainer.train_step``, the losses and update ``handclip train``
    runs per batch) on the same P x K batch, for identity prompts (CLIP-ReID: every identity's text feature
    computed once, fixed), image prompts without gradient (CLIP-HandID's code), image prompts with
-   gradient, and identity + image prompts with gradient; timed in alternating rounds (median per step).
+   gradient, identity + image prompts with gradient, and no text side (ID + triplet only), the variants of
+   benchmarks/ablation_prompts.py; timed in alternating rounds (median per step).
 
     PYTHONPATH=src python benchmarks/bench_image_prompts.py                  # tiny-cnn 64x64 (the demo's model)
     PYTHONPATH=src python benchmarks/bench_image_prompts.py --backbone ViT-B-16 --image-size 224 --ids 8 --k 4
@@ -33,11 +34,15 @@ from handclip.config import config_from_dict  # noqa: E402
 from handclip.model.handclip import build_model  # noqa: E402
 from handclip.train.stage2 import Stage2Trainer  # noqa: E402
 
+# (model keys, stage-2 keys) of each step; the image-prompt steps leave out the identity image->text loss,
+# as in benchmarks/ablation_prompts.py.
+NO_I2T = {"i2t_weight": 0.0}
 VARIANTS = {
-    "identity prompts (CLIP-ReID, fixed text)": {},
-    "image prompts, no gradient (CLIP-HandID's code)": {"prompt": "image", "inversion_grad": False},
-    "image prompts, gradient": {"prompt": "image"},
-    "identity + image prompts, gradient": {"prompt": "both"},
+    "identity prompts (CLIP-ReID, fixed text)": ({}, {}),
+    "image prompts, no gradient (CLIP-HandID's code)": ({"prompt": "image", "inversion_grad": False}, NO_I2T),
+    "image prompts, gradient": ({"prompt": "image"}, NO_I2T),
+    "identity + image prompts, gradient": ({"prompt": "both"}, NO_I2T),
+    "no text side (ID + triplet only)": ({}, NO_I2T),
 }
 
 
@@ -63,15 +68,15 @@ def text_pass_ratio(backbone: str, size: int, batch: int, repeat: int) -> str:
         return out.detach()
 
     torch.manual_seed(1)
-    full_out, _, t_full = best_of(lambda: run(True), repeat)
+    _, t_full, _ = best_of(lambda: run(True), repeat)  # CPU seconds: fair on a shared machine
     torch.manual_seed(1)
-    cut_out, _, t_cut = best_of(lambda: run(False), repeat)
+    _, t_cut, _ = best_of(lambda: run(False), repeat)
     prompts.eval()
     with torch.no_grad():  # without dropout, the two passes must give the same features
         embedded = learner(prompts.inversion(image_proj))
         diff = (encoder(torch.cat([embedded, torch.zeros(batch, pad, embedded.shape[2])], 1), tokens_full)
                 - encoder(embedded, tokens_cut, length=learner.length)).abs().max()
-    return (f"text side of {batch} image prompts, forward + backward: 77 positions {1000 * t_full:.1f} ms, "
+    return (f"text side of {batch} image prompts, forward + backward, CPU time: 77 positions {1000 * t_full:.1f} ms, "
             f"{learner.length} positions {1000 * t_cut:.1f} ms -> {t_full / t_cut:.1f}x; "
             f"max |difference| {float(diff):.1e}")
 
@@ -94,11 +99,11 @@ def main() -> int:
 
     images, labels = pk_batch(args.num_ids, args.ids, args.k, args.image_size, device)
     steppers = {}
-    for name, model_keys in VARIANTS.items():
+    for name, (model_keys, stage2_keys) in VARIANTS.items():
         config = config_from_dict({
             "data": {"image_size": [args.image_size, args.image_size], "num_workers": 0},
             "model": {"backbone": args.backbone, **model_keys},
-            "stage2": {"ids_per_batch": args.ids, "images_per_id": args.k},
+            "stage2": {"ids_per_batch": args.ids, "images_per_id": args.k, **stage2_keys},
             "runtime": {"device": "cpu", "progress": False}})
         torch.manual_seed(0)
         model = build_model(config.model, config.data, args.num_ids)
