@@ -1,7 +1,7 @@
 """Enrolment throughput: images per second into a gallery, by model and batch size.
 
 Each setting enrols the same synthetic 64x64 hand photos into a fresh gallery with
-``handclip.gallery.enrol.enrol_images`` (hash each file, decode, eval transform, ``model.extract``,
+``ExaminerSession.enrol`` (hash each file, decode, eval transform, ``model.extract``,
 L2-normalise, commit the batch atomically), so the figure is what ``handclip enrol`` achieves,
 per-batch commits included. The models are the tiny random-weight test models.
 
@@ -44,9 +44,10 @@ def main() -> None:
 
     import torch
 
-    from handclip.data.synthetic import write_synthetic_dataset
-    from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, enrol_images, load_encoder
+    from handclip.synthetic.dataset import write_synthetic_dataset
+    from handclip.gallery.enrol import collect_images
+    from handclip.gallery.session import ExaminerSession
+    from handclip.model.inference import load_encoder
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="handclip-bench-enrol-"))
@@ -60,12 +61,12 @@ def main() -> None:
     for backbone, batch in [(m, int(b)) for m in args.models.split(",") for b in args.batch_sizes.split(",")]:
         ckpt = make_checkpoint(backbone, work / f"{backbone}.pt", args.size)
         loaded = load_encoder(ckpt, device="cpu")
-        enrol_images(Gallery.create(work / "warmup", loaded.fingerprint(), loaded.feature_dim), loaded,
-                     items[:batch], batch_size=batch, device="cpu")  # first-call costs out of the timing
+        ExaminerSession.open(work / "warmup", encoder=loaded, create=True, batch_size=batch).enrol(
+            items[:batch])  # first-call costs out of the timing
         shutil.rmtree(work / "warmup")
-        gallery = Gallery.create(work / "gallery", loaded.fingerprint, loaded.model.feature_dim)
+        session = ExaminerSession.open(work / "gallery", encoder=loaded, create=True, batch_size=batch)
         start = time.perf_counter()
-        summary = enrol_images(gallery, loaded, items, batch_size=batch)
+        summary = session.enrol(items)
         elapsed = time.perf_counter() - start
         assert summary.added == len(items), summary
         rows.append((backbone, batch, len(items) / elapsed, 1000 * elapsed / summary.batches))

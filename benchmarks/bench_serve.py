@@ -84,7 +84,7 @@ def run_level(url: str, key: str, clients: int, seconds: float, queries: list[by
                 n += clients
 
     def enroller():
-        from handclip.data.synthetic import render_hand
+        from handclip.synthetic.render import render_hand
 
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=300) as client:
             barrier.wait()
@@ -123,10 +123,10 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="keep the gallery here (default: a temporary folder)")
     args = p.parse_args()
 
-    from handclip.data.synthetic import render_hand, write_synthetic_dataset
-    from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, load_encoder
-    from handclip.gallery.evidence import audited_enrol
+    from handclip.synthetic.dataset import write_synthetic_dataset
+    from handclip.synthetic.render import render_hand
+    from handclip.gallery.enrol import collect_images
+    from handclip.gallery.session import ExaminerSession
     from handclip.serve.keys import KeyStore
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_serve_"))
@@ -135,9 +135,9 @@ def main() -> None:
     images = write_synthetic_dataset(work / "hands", num_ids=args.ids, images_per_id=args.images_per_id, size=64)
     index = work / "gallery"
     started = time.perf_counter()
-    encoder = load_encoder(ckpt, device="cpu")
-    gallery = Gallery.open_or_create(index, encoder.fingerprint(), encoder.feature_dim, checkpoint=encoder.checkpoint)
-    audited_enrol(gallery, encoder, collect_images(images), examiner="bench", batch_size=64)
+    session = ExaminerSession.open(index, ckpt, device="cpu", create=True, batch_size=64)
+    session.enrol(collect_images(images), examiner="bench")
+    gallery = session.snapshot()
     print(f"gallery: {len(gallery)} images of {len(gallery.identities())} identities "
           f"(enrolled in {time.perf_counter() - started:.1f} s)")
     key = KeyStore(index).add("bench", ["search", "enrol"])[0]

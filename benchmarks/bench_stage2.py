@@ -13,7 +13,8 @@ image->text cross-entropy on raw dot products against fixed text features) and t
   zero the grads, forward + losses under fp16 autocast, GradScaler scale/backward/step/update, plain
   (non-fused) Adam, accuracy of the i2t logits, ``loss.item()`` for the running meter and a device
   synchronisation every step, no compile. On CPU it runs in fp32 (CPU has no fp16 autocast worth using).
-- HandCLIP: ``Stage2Trainer.train_step``, the function ``handclip train`` calls per batch, with the
+- HandCLIP: ``Stage2Trainer.train_step``, the losses and update ``handclip train`` runs per batch (its
+  loop's hooks around them are left out: on CUDA they read nothing back per step), with the
   ``runtime`` switches at their defaults (``auto``: bf16 autocast, fused Adam, no per-step host sync on
   CUDA; fp32 on CPU), optionally with ``runtime.compile`` or ``runtime.channels_last``.
 
@@ -156,8 +157,6 @@ def main(argv=None) -> int:
             step()
         sync(device)
         compile_s[name] = time.perf_counter() - start
-    for trainer in trainers.values():
-        trainer.ctx.flush_finite_checks()
 
     per_step = interleaved_timing(steppers, rounds, steps, device)
     peak, peak_source = peak_flops(device)

@@ -53,7 +53,7 @@ def measure(seed: int, threads: int, work: Path) -> dict:
     import learning_figures as lf
 
     from handclip.config import SyntheticConfig
-    from handclip.data.protocols import prepare_synthetic
+    from handclip.synthetic.dataset import prepare_synthetic
 
     out = {}
     torch.set_num_threads(threads)

@@ -57,7 +57,7 @@ def stage1_losses(ctx) -> list[float]:
 
 def pretrain_small(out_path, seed: int = 0):
     """The tiny CLIP pretrained for 40 steps on 64 captioned identities (``SMALL_PRETRAIN``)."""
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     return pretrain_tiny(SMALL_PRETRAIN.model_copy(update={"seed": seed}), Path(out_path))
 
@@ -66,7 +66,7 @@ def stage1_prompt_accuracy(weights: str, run_dir, seed: int = 0, overrides=()) -
     """Stage 1 alone, through ``train()``, on 12 synthetic identities starting from ``weights``; returns
     (prompt top-1 on the training images, chance)."""
     from handclip.data.manifest import Manifest
-    from handclip.evaluate.prompts import prompt_top1
+    from handclip.synthetic.prompts import prompt_top1
     from handclip.model.checkpoint import load_checkpoint
     from handclip.train.engine import train
     from handclip.train.stage1 import encode_training_images

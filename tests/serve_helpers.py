@@ -23,23 +23,28 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+IMAGE_CLLR, IDENTITY_CLLR = 0.09486586653807205, 0.05048713285519644
+
+
 def make_calibration(checkpoint: Path, out: Path) -> Path:
     """A KDE calibration on made-up scores spanning the random-weight model's cosines (0.997-1.0)."""
-    from handclip.evaluate.calibration import ScoreCalibration, fit_score_map
-    from handclip.gallery.enrol import load_encoder
+    from handclip.forensic.calibration import ScoreCalibration, fit_score_map
+    from handclip.model.inference import load_encoder
 
     rng = np.random.default_rng(0)
     maps = {kind: fit_score_map(1 - np.abs(rng.normal(0, width * 6e-4, 400)),
                                 1 - np.abs(rng.normal(0, width * 2e-3, 4000)), method="kde")
             for kind, width in (("image", 1.0), ("identity", 0.8))}
-    summary = {"method": "kde", "cllr": 0.42, "cllr_min": 0.31, "n_identities": 60, "n_images": 480,
-               "n_mated": 400, "n_nonmated": 4000}
+    # Unrounded per-kind figures, as `handclip calibrate` writes them; the top level repeats the image kind's.
+    kinds = {"image": {"cllr": IMAGE_CLLR, "cllr_min": 0.08123456789, "n_mated": 400, "n_nonmated": 4000},
+             "identity": {"cllr": IDENTITY_CLLR, "cllr_min": 0.04109876543, "n_mated": 120, "n_nonmated": 480}}
+    summary = {"method": "kde", **kinds["image"], "n_identities": 60, "n_images": 480, "kinds": kinds}
     ScoreCalibration(maps, load_encoder(checkpoint, device="cpu").fingerprint(), summary).save(out)
     return out
 
 
 def make_assets(root: Path, num_ids: int = 5, images_per_id: int = 3) -> dict:
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     images = write_synthetic_dataset(root / "hands", num_ids=num_ids, images_per_id=images_per_id, size=64, seed=0)
@@ -49,13 +54,11 @@ def make_assets(root: Path, num_ids: int = 5, images_per_id: int = 3) -> dict:
 
 def enrolled_gallery(assets: dict, index: Path) -> Path:
     """The synthetic hands enrolled into a fresh gallery at ``index`` (through the audited API)."""
-    from handclip.gallery import Gallery
-    from handclip.gallery.enrol import collect_images, load_encoder
-    from handclip.gallery.evidence import audited_enrol
+    from handclip.gallery.enrol import collect_images
+    from handclip.gallery.session import ExaminerSession
 
-    encoder = load_encoder(assets["ckpt"], device="cpu")
-    gallery = Gallery.create(index, encoder.fingerprint(), encoder.feature_dim, checkpoint=encoder.checkpoint)
-    audited_enrol(gallery, encoder, collect_images(assets["images"]), examiner="setup", batch_size=8)
+    session = ExaminerSession.open(index, assets["ckpt"], device="cpu", create=True, batch_size=8)
+    session.enrol(collect_images(assets["images"]), examiner="setup")
     return index
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from handclip.evaluate.calibration import (
+from handclip.forensic.calibration import (
     FORMAT,
     METHODS,
     CalibrationError,
@@ -45,7 +45,17 @@ def test_plain_data_map_reproduces_lirs_fitted_calibrator(method):
     reference = {"logit": LogitCalibrator(C=np.inf), "kde": KDECalibrator(bandwidth="silverman"),
                  "isotonic": IsotonicCalibrator(add_misleading=1)}[method].fit(x, y)
     probe = np.linspace(0.0, 1.0, 41)
-    np.testing.assert_allclose(fitted.raw_log10_lr(probe), reference.transform(probe), rtol=1e-9, atol=1e-9)
+    if method == "kde":
+        # The stored table is lir's KDE wherever that already rises (here: all of the data's range), to
+        # interpolation accuracy, for every LR short of the table's +-15 limit.
+        probe = np.linspace(x.min(), x.max(), 997)
+        expected = reference.transform(probe)
+        assert np.all(np.diff(expected) > 0)
+        usable = np.abs(expected) < 14
+        assert usable.sum() > 500
+        np.testing.assert_allclose(fitted.raw_log10_lr(probe)[usable], expected[usable], atol=1e-3)
+    else:
+        np.testing.assert_allclose(fitted.raw_log10_lr(probe), reference.transform(probe), rtol=1e-9, atol=1e-9)
     json.dumps(fitted.as_dict(), allow_nan=False)  # plain numbers only
 
 
@@ -189,3 +199,126 @@ def test_verbal_scale_rows_cover_the_line_without_gaps():
     for upper, lower in zip(rows, rows[1:]):
         assert upper["low"] == pytest.approx(lower["high"])
     assert rows[4]["lr"] == "10 to 100" and "moderate support" in rows[4]["verbal"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A likelihood ratio never falls as the score rises, on the whole real line (docs/method.md,
+# "Likelihood ratios")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# Far outside any cosine, the scores a caller could still pass (a distance, a bug upstream).
+FAR_SCORES = np.array([-1e6, -1e3, -10.0, -1.0, 0.0, 1.0, 10.0, 1e3, 1e6])
+
+
+def _probe(mated, nonmated) -> np.ndarray:
+    """Sorted scores from -1e6 to 1e6: every calibration score, its neighbours in floating point, a fine
+    grid over and beyond the data, and far-away scores."""
+    data = np.concatenate([mated, nonmated])
+    low, high = data.min(), data.max()
+    near = np.concatenate([np.nextafter(data, -np.inf), data, np.nextafter(data, np.inf)])
+    grid = np.linspace(low - 2 * (high - low) - 1, high + 2 * (high - low) + 1, 4001)
+    return np.sort(np.concatenate([FAR_SCORES, near, grid]))
+
+
+def _assert_monotone_finite_bounded(score_map, probe, what):
+    lrs = score_map.log10_lr(probe)
+    assert math.isfinite(score_map.lower) and math.isfinite(score_map.upper), what
+    assert score_map.lower <= 0.0 <= score_map.upper, what
+    assert np.all(np.isfinite(lrs)), what
+    assert lrs.min() >= score_map.lower and lrs.max() <= score_map.upper, what
+    falls = np.flatnonzero(np.diff(lrs) < 0)
+    assert falls.size == 0, (what, [(probe[i], lrs[i], probe[i + 1], lrs[i + 1]) for i in falls[:3]])
+
+
+@st.composite
+def calibration_sets(draw):
+    """Mated and non-mated scores of random sizes, centres (either class may lie higher), spreads and
+    shapes, some rounded so that scores tie."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    classes = []
+    for size in (draw(st.integers(2, 60)), draw(st.integers(2, 400))):
+        centre, spread = draw(st.floats(-1.0, 1.0)), draw(st.sampled_from([1e-4, 1e-3, 0.01, 0.05, 0.2, 1.0]))
+        shape = draw(st.sampled_from(["normal", "laplace", "two-lumps"]))
+        values = {"normal": lambda: rng.normal(centre, spread, size),
+                  "laplace": lambda: rng.laplace(centre, spread, size),
+                  "two-lumps": lambda: centre + spread * np.where(rng.random(size) < 0.3, -5, 1)
+                                        + rng.normal(0, spread / 10, size)}[shape]()
+        decimals = draw(st.sampled_from([None, 2, 4]))
+        classes.append(values if decimals is None else np.round(values, decimals))
+    mated, nonmated = classes
+    from hypothesis import assume
+
+    assume(np.ptp(mated) > 0 and np.ptp(nonmated) > 0)  # KDE's bandwidth needs each class to vary
+    return mated, nonmated
+
+
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(scores=calibration_sets())
+def test_every_calibration_is_non_decreasing_finite_and_bounded_on_the_whole_line(method, scores):
+    mated, nonmated = scores
+    score_map = fit_score_map(mated, nonmated, method)
+    _assert_monotone_finite_bounded(score_map, _probe(mated, nonmated), method)
+
+
+def _narrow_mated_wide_nonmated(seed=0):
+    """Same-person cosines N(0.85, 0.02) x 300 against different-person cosines N(0.50, 0.10) x 20,000:
+    the mated density's tail falls faster than the non-mated one's above the data."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.85, 0.02, 300), rng.normal(0.50, 0.10, 20_000)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_perfect_match_is_never_weaker_evidence_than_a_typical_mated_score(method):
+    mated, nonmated = _narrow_mated_wide_nonmated()
+    score_map = fit_score_map(mated, nonmated, method)
+    cosines = np.array([0.85, 0.90, 0.95, 0.99, 1.0])
+    lrs = score_map.log10_lr(cosines)
+    assert lrs[-1] >= lrs[0] > 1.0, (method, lrs)  # strong same-person support at 0.85 and above
+    assert np.all(np.diff(lrs) >= 0), (method, lrs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scores_that_rank_people_the_wrong_way_give_lr_one_not_evidence(method):
+    rng = np.random.default_rng(6)
+    mated, nonmated = rng.normal(0.3, 0.05, 200), rng.normal(0.7, 0.05, 2000)  # same person scores lower
+    score_map = fit_score_map(mated, nonmated, method)
+    assert np.all(np.abs(score_map.raw_log10_lr(np.linspace(-1.0, 2.0, 301))) < 0.01), method
+    assert np.array_equal(score_map.log10_lr([-1e6, 0.3, 0.7, 1e6]), np.zeros(4)), method
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("method", ["logit", "kde", "isotonic"])
+def test_files_of_versions_without_a_content_hash_are_refused_in_one_line(tmp_path, method, version):
+    """Versions 1 and 2 held no content hash: an edit could not be told, so they are fitted again."""
+    data = ScoreCalibration({"image": fit_score_map(*_scores(7), method)}, FINGERPRINT, {"method": method}).as_dict()
+    data["version"] = version
+    del data["content_sha256"]
+    path = tmp_path / f"old-{method}.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError) as refused:
+        ScoreCalibration.load(path)
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message and f"format version {version}" in message
+    assert "fit it again with `handclip calibrate`" in message
+
+
+@pytest.mark.parametrize("method, key, edit, complaint", [
+    ("kde", "log10_lr", lambda v: v[:1] + [v[1] + 50] + v[2:], "log10_lr must never decrease"),
+    ("kde", "x", lambda v: v[::-1], "x must increase"),
+    ("kde", "log10_lr", lambda v: v[:-1], "differ in length"),
+    ("isotonic", "p", lambda v: [1.0 - p for p in v], "p must never decrease"),
+    ("isotonic", "p", lambda v: [p * 2 for p in v], "p must lie between 0 and 1"),
+    ("logit", "coef", lambda v: -v, "negative logistic slope"),
+    ("logit", "intercept", lambda v: "one", "intercept must be finite numbers"),
+])
+def test_an_edited_map_whose_lr_could_fall_is_refused(tmp_path, method, key, edit, complaint):
+    data = ScoreCalibration({"image": fit_score_map(*_scores(8), method)}, FINGERPRINT, {}).as_dict()
+    params = data["maps"]["image"]["params"]
+    params[key] = edit(params[key])
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=f"edited.json, maps.image: .*{complaint}"):
+        ScoreCalibration.load(path)

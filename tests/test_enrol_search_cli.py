@@ -15,7 +15,7 @@ import pytest
 
 from handclip import cli as cli_module
 from handclip.gallery import Gallery
-from handclip.gallery.store import COMMIT_DELAY_ENV
+from handclip.gallery.writer import COMMIT_DELAY_ENV
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The real `handclip` entry point, limited to the two commands under test so these tests do not
@@ -40,7 +40,7 @@ def _checkpoint(path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("assets")
     images = write_synthetic_dataset(root / "hands", num_ids=6, images_per_id=3, size=64, seed=0)
@@ -96,7 +96,7 @@ def test_re_enrolment_and_copied_files_are_not_duplicated_and_new_people_append(
     assert "enrolled 0 new image(s) (18 already in the gallery)" in capsys.readouterr().out
     (images / "newcomer").mkdir()
     shutil.copy(images / "0000" / "000.png", images / "newcomer" / "copy.png")  # same bytes, new name
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     render_hand(40, 0).save(images / "newcomer" / "fresh.png")
     cli("enrol", "--checkpoint", assets["ckpt"], "--images", images, "--index", index, "--no-progress")
@@ -147,7 +147,7 @@ def test_bad_queries_and_galleries_give_one_line_errors(assets, tmp_path, capsys
     (index / "commit.json").write_text('{"uid": ')
     assert cli("search", "--index", index, "--query", assets["images"] / "0000" / "000.png") == 2
     assert f"{index / 'commit.json'} is corrupt or truncated" in capsys.readouterr().err
-    from handclip.gallery.enrol import load_encoder
+    from handclip.model.inference import load_encoder
 
     loaded = load_encoder(assets["ckpt"], device="cpu")
     empty = tmp_path / "empty"
@@ -188,7 +188,7 @@ def test_killed_enrol_command_keeps_committed_batches_and_rerun_completes(assets
 
 
 def test_enrolment_dedupes_by_content_enrols_changed_files_and_reports_other_identities(assets, tmp_path, capsys):
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     images = tmp_path / "hands"
     for person in ("alice", "bob"):
@@ -209,7 +209,7 @@ def test_enrolment_dedupes_by_content_enrols_changed_files_and_reports_other_ide
     gallery = Gallery.open(index)
     alice = str((images / "alice" / "photo.png").resolve())
     assert gallery.images_of("alice") == [alice, alice] and "carol" not in gallery.identities()
-    assert len(set(gallery._hashes)) == 3
+    assert len({e['sha256'] for e in gallery.entries()}) == 3
 
 
 def test_enrol_and_search_argument_errors_are_one_line_naming_the_users_value(assets, tmp_path, capsys):

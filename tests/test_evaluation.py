@@ -16,7 +16,7 @@ from handclip import cli
 from handclip.config import DataConfig, EvalConfig, ModelConfig, SyntheticConfig
 from handclip.data.images import load_rgb
 from handclip.data.manifest import Manifest
-from handclip.data.protocols import prepare_11k, prepare_synthetic
+from handclip.data.protocols import prepare_11k
 from handclip.data.transforms import build_transforms
 from handclip.evaluate.distances import cosine_distance
 from handclip.evaluate.metrics import aggregate_runs, evaluate_rank
@@ -25,6 +25,7 @@ from handclip.evaluate.rerank import re_ranking
 from handclip.model.checkpoint import load_checkpoint, save_checkpoint
 from handclip.model.handclip import HandCLIP, build_model
 from handclip.model.inference import Encoder, extract_features
+from handclip.synthetic.dataset import prepare_synthetic
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 FORENSIC_PICTURES = ("det.png", "fnir_fpir.png", "tippett.png", "lr_calibration.png")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handclip.evaluate import crosscal
-from handclip.evaluate.calibration import CalibrationError, ScoreMap
-from handclip.evaluate.crosscal import cross_calibrate, identity_pairs, image_pairs
+from handclip.forensic import crosscal
+from handclip.forensic.calibration import CalibrationError, ScoreMap
+from handclip.forensic.crosscal import cross_calibrate, identity_pairs, image_pairs
 from handclip.evaluate.forensic import run_figures
 
 
@@ -98,3 +98,37 @@ def test_a_run_with_one_gallery_identity_leaves_notes_not_errors():
     figures = run_figures(np.array([[0.9], [0.8]]), [1, 1], [1])
     text = " ".join(figures["notes"])
     assert "no non-mated pairs" in text and "no non-mated searches" in text and "needs at least 6" in text
+
+
+EDGES = [np.log10(2.0), 1.0, 2.0, 3.0, 4.0, 6.0]  # ENFSI's band edges in log10 LR
+
+
+@pytest.mark.parametrize("log10_lr", [sign * edge + sign * inward * 1e-9 for edge in EDGES
+                                      for sign in (1, -1) for inward in (0, -1, 1)])
+def test_the_band_table_files_every_lr_where_its_verbal_equivalent_words_it(log10_lr):
+    """LR 10, 1/10, 100, 1/100 ... exactly, and a hair either side of each: one rule for both."""
+    from handclip.forensic.calibration import verbal_equivalent
+    from handclip.evaluate.forensic import ForensicResult
+
+    result = ForensicResult([], {}, [], "cosine similarity", "logit", 2,
+                            llrs=np.array([log10_lr]), labels=np.array([1]))
+    bands = result.lr_bands()
+    assert sorted(row["mated"] for row in bands) == [0.0] * (len(bands) - 1) + [1.0]
+    filed = next(row for row in bands if row["mated"] == 1.0)
+    assert filed["verbal"] == verbal_equivalent(log10_lr), (log10_lr, filed["lr"])
+
+
+@pytest.mark.parametrize("lr, words", [
+    (10.0, "moderate support for the same-person"), (1 / 10, "moderate support for the different-person"),
+    (100.0, "moderately strong support for the same-person"),
+    (1 / 100, "moderately strong support for the different-person"),
+    (2.0, "weak support for the same-person"), (1 / 2, "weak support for the different-person"),
+    (1e6, "extremely strong support for the same-person"), (1e-6, "extremely strong support for the different")])
+def test_an_lr_on_a_band_edge_is_worded_and_tabled_in_the_stronger_band_both_ways(lr, words):
+    from handclip.forensic.calibration import verbal_equivalent
+    from handclip.evaluate.forensic import ForensicResult
+
+    assert words in verbal_equivalent(np.log10(lr))
+    result = ForensicResult([], {}, [], "cosine similarity", "logit", 2,
+                            llrs=np.array([np.log10(lr)]), labels=np.array([0]))
+    assert [row["verbal"] for row in result.lr_bands() if row["nonmated"] == 1.0] == [verbal_equivalent(np.log10(lr))]

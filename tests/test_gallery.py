@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from handclip.errors import GalleryError, HandCLIPError
-from handclip.gallery import Gallery
+from handclip.gallery import Gallery, GalleryWriter
 from handclip.gallery import ann as ann_module
-from handclip.gallery import search as search_module
-from handclip.gallery.store import COMMIT_DELAY_ENV
+from handclip.gallery import index as search_module
+from handclip.gallery.writer import COMMIT_DELAY_ENV
 
 DIM = 32
 FINGERPRINT = {"architecture": "tiny-rn", "checkpoint_sha256": "a" * 64, "feature_dim": DIM,
@@ -467,7 +467,7 @@ def test_compaction_keeps_rows_and_order_and_cleans_crash_leftovers(gallery_dir,
     assert len(gallery.shards) < 40 and [s.level for s in gallery.shards][:2] == [1, 1]
     assert len(list((gallery_dir / "shards").glob("*.npy"))) == len(gallery.shards)
     # A crash inside a full compaction, after the merged shard is written but before the commit.
-    monkeypatch.setattr(Gallery, "_commit_shards", lambda self, shards: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(GalleryWriter, "_commit", lambda self, *args: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError):
         gallery.compact()
     monkeypatch.undo()
@@ -547,7 +547,7 @@ def test_killed_enrolment_keeps_every_committed_batch_and_a_rerun_completes(gall
                            env=env, capture_output=True, text=True, check=True).stdout.splitlines()
     assert [int(line.split()[2]) for line in rerun] == [0] * committed + [per] * (batches - committed)
     final = Gallery.open(gallery_dir)
-    assert len(final) == batches * per and len(set(final._hashes)) == batches * per
+    assert len(final) == batches * per and len({e['sha256'] for e in final.entries()}) == batches * per
     np.testing.assert_array_equal(final.vectors(), np.concatenate([_expected_batch(b, per) for b in range(batches)]))
     live = {s.name for s in final.shards}
     assert {p.name.split(".")[0] for p in (gallery_dir / "shards").iterdir()} == live  # leftovers removed

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from handclip.errors import GalleryError, HandCLIPError
 from handclip.gallery import Gallery
-from handclip.gallery.writing import COMPACT_FANOUT, writer_lock
+from handclip.gallery.writer import COMPACT_FANOUT, writer_lock
 
 DIM = 8
 FINGERPRINT = {"architecture": "tiny-rn", "checkpoint_sha256": "a" * 64, "feature_dim": DIM}

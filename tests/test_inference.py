@@ -12,11 +12,11 @@ from training_helpers import base_config
 from handclip import api
 from handclip.config import DataConfig, SyntheticConfig
 from handclip.data.manifest import Manifest
-from handclip.data.protocols import prepare_synthetic
-from handclip.gallery.enrol import EnrolItem, enrol_images, load_encoder
+from handclip.gallery.enrol import EnrolItem
 from handclip.model.checkpoint import state_dict_sha256
 from handclip.model.handclip import build_model
 from handclip.model.inference import Encoder
+from handclip.synthetic.dataset import prepare_synthetic
 from handclip.train import engine
 
 
@@ -61,10 +61,9 @@ def test_evaluate_enrol_and_validation_give_bit_identical_features(large_images,
     evaluated = np.stack([result.features[p] for p in probes])
 
     # enrol: the probes as one batch into a new gallery
-    encoder = load_encoder(run.best_checkpoint)
-    gallery = api.Gallery.create(tmp_path / "gallery", encoder.fingerprint(), encoder.feature_dim)
-    enrol_images(gallery, encoder, [EnrolItem(p, str(r.pid)) for p, r in zip(probes, records)], batch_size=64)
-    enrolled = gallery.vectors()
+    session = api.ExaminerSession.open(tmp_path / "gallery", run.best_checkpoint, create=True)
+    session.enrol([EnrolItem(p, str(r.pid)) for p, r in zip(probes, records)])
+    enrolled = session.snapshot().vectors()
 
     assert np.array_equal(evaluated, at_validation[-1])
     assert np.array_equal(enrolled, evaluated)

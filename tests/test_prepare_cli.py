@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import shutil
 
@@ -64,8 +63,6 @@ def test_prepare_hd_and_folder(main, tmp_path, capsys):
     assert len({r.pid for r in Manifest.read(tmp_path / "f.csv").split("query")}) == 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("handclip.data.synthetic") is None,
-                    reason="handclip.data.synthetic (synthetic helper's branch) is not merged yet")
 def test_prepare_synthetic(main, tmp_path):
     out = tmp_path / "s.csv"
     assert main(["prepare", "synthetic", "--root", str(tmp_path / "imgs"), "--train-ids", "3", "--test-ids", "2",

@@ -9,16 +9,16 @@ import torch
 from learning_figures import BREAKAGES, broken_stage1_prompt_accuracy, pretrain_small, stage1_prompt_accuracy
 
 from handclip.config import PretrainConfig, config_from_dict
-from handclip.data.captions import caption, identity_phrases
-from handclip.data.synthetic import identity_params
 from handclip.errors import ConfigError
+from handclip.synthetic.captions import caption, identity_phrases
+from handclip.synthetic.hand_params import identity_params
 
 MICRO = PretrainConfig(first_id=1000, num_ids=16, images_per_id=4, epochs=3, batch_size=32, lr=2e-3, warmup_steps=2)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     return pretrain_tiny(MICRO, tmp_path_factory.mktemp("pretrain") / "tiny.pt")
 
@@ -42,7 +42,7 @@ def test_captions_are_deterministic_varied_and_describe_the_hand():
 
 
 def test_caption_scene_sets_how_often_photo_conditions_are_named():
-    from handclip.data.captions import nuisance_phrases
+    from handclip.synthetic.captions import nuisance_phrases
 
     pairs = [(i, n) for i in range(20) for n in range(4)]
     named = {scene: sum(any(w in caption(i, n, scene=scene) for words in nuisance_phrases(i, n) for w in words)
@@ -54,7 +54,7 @@ def test_caption_scene_sets_how_often_photo_conditions_are_named():
 def test_pretraining_is_bit_identical_for_a_seed_and_loads_as_model_weights(pretrained, tmp_path):
     from handclip.model.handclip import build_model
     from handclip.model.weights import load_weights_file
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     again = pretrain_tiny(MICRO, tmp_path / "again.pt")
     assert again.sha256 == pretrained.sha256
@@ -71,7 +71,7 @@ def test_pretraining_is_bit_identical_for_a_seed_and_loads_as_model_weights(pret
 
 
 def test_pretraining_refuses_bad_settings(tmp_path):
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     with pytest.raises(ConfigError, match="tiny backbones"):
         pretrain_tiny(MICRO, tmp_path / "x.pt", backbone="ViT-B-16")
@@ -82,6 +82,27 @@ def test_pretraining_refuses_bad_settings(tmp_path):
 
         _check_disjoint(config_from_dict({"data": {"synthetic": {"train_ids": 300, "test_ids": 50}},
                                           "pretrain": {"first_id": 200}}))
+
+
+def test_pretraining_stops_on_a_non_finite_loss_before_writing(tmp_path, monkeypatch):
+    """The loop's NaN/inf guard stops the pretraining at the first non-finite loss with one clear line, and
+    no weights file is written."""
+    import handclip.synthetic.pretrain as pretrain
+
+    class NanAtSecondStep:
+        calls = 0
+
+        def __call__(self, image_features, text_features, logit_scale):
+            NanAtSecondStep.calls += 1
+            loss = (image_features * text_features).sum(-1).mean() * logit_scale
+            return loss * float("nan") if NanAtSecondStep.calls == 2 else -loss
+
+    monkeypatch.setattr(pretrain, "ClipLoss", NanAtSecondStep)
+    out = tmp_path / "diverged.pt"
+    with pytest.raises(ConfigError, match=r"pretraining diverged \(loss nan\) at epoch 1; lower pretrain.lr"):
+        pretrain.pretrain_tiny(MICRO, out)
+    assert NanAtSecondStep.calls == 2 and not out.exists()
+
 
 
 @pytest.mark.slow
@@ -102,7 +123,7 @@ def test_stage1_prompts_name_their_identity_far_above_chance(pretrained_small, t
 def test_demo_starts_from_the_pretrained_model_and_reports_the_text_side(tmp_path, capsys):
     """The demo pipeline, shrunk, with a tiny pretraining: it starts from the pretrained file (zero-shot row),
     reports the text-side figures next to their chance values, and a second run reads the file from the cache."""
-    from handclip.train.pretrain import pretrained_weights
+    from handclip.synthetic.pretrain import pretrained_weights
     from handclip.workflows.demo import demo_config, run_demo
 
     overrides = ["data.synthetic.train_ids=20", "data.synthetic.test_ids=6", "data.synthetic.images_per_id=4",

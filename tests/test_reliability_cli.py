@@ -288,19 +288,29 @@ def test_two_trainings_never_share_a_run_folder(tiny_manifest, tmp_path, capsys,
 
 # ---------------------------------------------------------------------------------------------- non-finite
 def test_non_finite_parameters_are_never_saved_and_the_hint_names_the_stage(tiny_manifest, tmp_path):
+    from handclip.train.hooks import TrainingState, training_hooks
+    from handclip.train.loop import Hook, TrainLoop
+
     ctx = make_context(base_config(tiny_manifest), run_dir=tmp_path)
     ctx.current_stage = "stage1"
-    with torch.no_grad():
-        ctx.model.prompt_learner.ctx.fill_(float("inf"))
+
+    def stage1_loop(steps):
+        hooks = training_hooks(ctx, TrainingState(), None, schedule=Hook(), lr=lambda: 0.0, validate_every=99)
+        return TrainLoop("stage1", 1, steps, ctx.model, hooks)
+
+    def poison(terms):
+        with torch.no_grad():
+            ctx.model.prompt_learner.ctx.fill_(float("inf"))
+
     with pytest.raises(TrainingError) as info:
-        ctx.end_epoch("stage1", 1, {"stage": "stage1", "epoch": 1}, {})
+        stage1_loop(1).run(lambda epoch: [0], lambda batch: {"i2t": torch.tensor(1.0)}, poison)
     message = str(info.value)
     assert message.startswith("stage1:") and "stage1.lr" in message and "stage2.grad_clip" not in message
     assert not (tmp_path / "last.pt").exists() and ctx.state["history"] == []
-    ctx.check_finite({"i2t": torch.tensor(1.0)}, "stage1", 0, 0)
+    terms = iter([{"i2t": torch.tensor(1.0)}, {"i2t": torch.tensor(float("nan"))}])
     with pytest.raises(TrainingError) as info:
-        ctx.check_finite({"i2t": torch.tensor(float("nan"))}, "stage1", 0, 1)
-    assert "stage1.lr" in str(info.value) and "grad_clip" not in str(info.value)
+        stage1_loop(2).run(lambda epoch: [0, 1], lambda batch: next(terms), lambda t: None)
+    assert "stage1.lr" in str(info.value) and "grad_clip" not in str(info.value) and "step 2" in str(info.value)
 
 
 def test_status_names_the_stage_that_failed(tiny_manifest, tmp_path, monkeypatch, capsys):

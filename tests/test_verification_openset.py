@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handclip.evaluate.openset import fpir_fnir_curve, openset_metrics, search_outcomes
-from handclip.evaluate.verification import (
+from handclip.forensic.openset import fpir_fnir_curve, openset_metrics, search_outcomes
+from handclip.forensic.verification import (
     ForensicMetricError,
     roc_points,
     split_pairs,

@@ -1,8 +1,11 @@
 """The ``handclip`` command: a thin layer over the Python API.
 
 Each subcommand lives in ``handclip.commands.<name>`` with ``add_arguments(parser)`` and
-``run(args) -> int``. User errors (``HandCLIPError``) become one line on stderr and exit code 2;
-``--debug`` shows the traceback instead.
+``run(args) -> int``: ``run`` checks the arguments, then calls one ``handclip.api`` function per action
+and prints its result. The api is imported inside ``run``, after those checks, and loads a workflow's
+package (torch, for most) only when it is called, so ``--help``, a refused command line and the
+commands that need no model answer at once. User errors (``HandCLIPError``) become one line
+on stderr and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations

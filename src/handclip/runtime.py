@@ -104,6 +104,17 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def faiss_with_threads(threads: int | None):
+    """The faiss module, its OpenMP pool sized to ``threads``, else $OMP_NUM_THREADS, else the usable CPUs."""
+    import faiss
+
+    if not threads:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else available_cpus()
+    faiss.omp_set_num_threads(int(threads))
+    return faiss
+
+
 def default_num_workers() -> int:
     """DataLoader workers sized to the machine: the CPUs this process may use, shared by the processes
     torchrun started on this node, minus one for the main process, at most 8."""

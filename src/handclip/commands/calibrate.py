@@ -21,11 +21,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..errors import HandCLIPError
-    from ..evaluate.calibrate import calibrate
-    from ..evaluate.calibration import describe
-
     from ..config import MAX_BATCH, MAX_SEED
+    from ..errors import HandCLIPError
 
     if not 2 <= args.folds <= 1000:
         raise HandCLIPError(f"--folds must be from 2 to 1000 (got {args.folds})")
@@ -35,13 +32,15 @@ def run(args) -> int:
         raise HandCLIPError(f"--seed must be from 0 to {MAX_SEED} (got {args.seed})")
     splits = [part.strip() for part in args.splits.split(",") if part.strip()]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "calibration.json"
-    calibration = calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
-                            seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True)
-    calibration.save(out)
+    from .. import api
+
+    calibration = api.calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
+                                seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True,
+                                out=out)
     summary = calibration.summary
     print(f"calibrated {args.checkpoint} ({args.method}) on {summary['n_identities']} identities, "
           f"{summary['n_images']} images of {args.manifest}")
-    for line in describe(calibration):
+    for line in calibration.describe():
         print(line)
     print(f"wrote {out}")
     return 0

@@ -21,41 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..atomic import atomic_write_text
     from ..errors import HandCLIPError
-    from ..gallery import Gallery
-    from ..gallery.enrol import check_images, collect_images, load_encoder
-    from ..gallery.evidence import audited_enrol, printable
-    from ..gallery.store import GALLERY_FILE
 
     if args.batch_size < 1:
         raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")
     if Path(args.index).exists() and not Path(args.index).is_dir():
         raise HandCLIPError(f"--index {args.index} is a file; give the gallery folder (created on first enrolment)")
-    items = collect_images(args.images, split=args.split)
-    checked = not args.skip_bad and not (Path(args.index) / GALLERY_FILE).exists()
-    if checked:  # before the gallery is created: a failed enrolment leaves no empty gallery
-        check_images([item.path for item in items], False, "gallery")
-    encoder = load_encoder(args.checkpoint, device=args.device)
-    gallery = Gallery.open_or_create(args.index, encoder.fingerprint(), encoder.feature_dim,
-                                     checkpoint=encoder.checkpoint)
+    from .. import api
+
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
-    summary, record = audited_enrol(gallery, encoder, items, examiner=args.examiner, arguments=arguments,
-                                    batch_size=args.batch_size, skip_bad=args.skip_bad,
-                                    progress=not args.no_progress, images_checked=checked)
-    if summary.skipped_bad:
-        listing = "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad)
-        atomic_write_text(gallery.index_dir / "skipped_images.txt", listing)
-        print(f"left out {len(summary.skipped_bad)} unusable image(s), listed in {gallery.index_dir / 'skipped_images.txt'}")
-    for same in summary.other_identity[:10]:
-        print(f"not enrolled: {printable(same.path)} ({printable(same.identity)}) has the same content as "
-              f"{printable(same.enrolled_path)}, enrolled as {printable(same.enrolled_identity)}")
-    if len(summary.other_identity) > 10:
-        print(f"not enrolled: {len(summary.other_identity) - 10} more image(s) already enrolled under another identity")
-    if summary.changed:
-        print(f"{len(summary.changed)} image(s) at already enrolled paths had new content and were enrolled as new "
-              f"rows (the earlier rows are kept), e.g. {printable(summary.changed[0])}")
-    print(f"enrolled {summary.added} new image(s) ({summary.already_enrolled} already in the gallery) into "
-          f"{printable(gallery.index_dir)}: {len(gallery)} images of {len(gallery.identities())} identities")
-    print(f"audit record {record.seq} (SHA-256 {record.hash}) in {record.log}")
+    report = api.enrol_images(args.index, args.images, args.checkpoint, split=args.split,
+                              batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
+                              examiner=args.examiner, arguments=arguments, progress=not args.no_progress)
+    for line in report.lines():
+        print(line)
     return 0

@@ -28,32 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
-def _print(search) -> None:
-    from ..gallery.evidence import display_path, printable
-
-    calibrated = search.calibration is not None
-    for query in search.queries:
-        print(f"query {printable(display_path(query.query))}  SHA-256 {query.sha256}")
-        for c in query.candidates:
-            detail = (f"{c.matched}/{c.num_images} images in top hits" if search.by == "identity"
-                      else printable(display_path(c.path, c.identity, search.gallery["dir"])))
-            weight = ""
-            if calibrated:
-                bound = f" (at the {c.at_bound} bound)" if c.at_bound else ""
-                weight = f"  log10 LR {c.log10_lr:+.2f}{bound}  {c.verbal}"
-            print(f"  {c.rank:3d}. {printable(c.identity):<20} {c.score:.4f}{weight}  {detail}")
-    print(f"score: {search.score}")
-    if calibrated:
-        low, high = search.bounds
-        print(f"Hp: {search.propositions['hp']}\nHd: {search.propositions['hd']}")
-        print(f"calibration {printable(display_path(search.calibration.path))} (SHA-256 {search.calibration.sha256[:16]}...): "
-              f"{search.calibration.validation(search.by)}; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
-    else:
-        print(search.statement)
-    if search.audit is not None:
-        print(f"audit record {search.audit.seq} (SHA-256 {search.audit.hash}) in {search.audit.log}")
-
-
 def _check_output(flag: str, out: str | None) -> None:
     """Refuse an output path that cannot be a file before searching (naming the user's path)."""
     from pathlib import Path
@@ -70,55 +44,18 @@ def _check_output(flag: str, out: str | None) -> None:
         raise HandCLIPError(f"{flag} {out}: {path.parent} is not a directory")
 
 
-def _write(flag: str, out: str, write) -> None:
-    """Run ``write()``; an OS error names the user's path, not the temporary file beside it."""
-    from ..errors import HandCLIPError
-
-    try:
-        write()
-    except OSError as exc:
-        raise HandCLIPError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
-
-
 def run(args) -> int:
-    from ..atomic import atomic_write_json, sha256_file
     from ..errors import HandCLIPError
-    from ..gallery import Gallery
-    from ..gallery.enrol import load_encoder
-    from ..gallery.evidence import evidential_search, load_calibration
-    from ..gallery.html import write_search_html
 
     if args.top_k < 1:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
     for flag, out in (("--html", args.html), ("--json", args.json), ("--report", args.report)):
         _check_output(flag, out)
-    calibration = load_calibration(args.calibration) if args.calibration else None
-    gallery = Gallery.open(args.index)
-    checkpoint = args.checkpoint or gallery.checkpoint
-    if not checkpoint:
-        raise HandCLIPError(f"gallery {args.index} does not record its model; pass --checkpoint")
-    encoder = load_encoder(checkpoint, device=args.device)
-    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
-    search = evidential_search(gallery, encoder, args.query, top_k=args.top_k, by=args.by,
-                               index_type=args.index_type, calibration=calibration, examiner=args.examiner,
-                               arguments=arguments)
-    _print(search)
-    if args.json:
-        info = search.as_dict()
-        _write("--json", args.json, lambda: atomic_write_json(
-            args.json, {**{k: v for k, v in info.items() if k != "queries"},
-                        "checkpoint": encoder.checkpoint, "results": info["queries"]}))
-        print(f"wrote {args.json}")
-    if args.html:
-        _write("--html", args.html, lambda: write_search_html(
-            search.queries, args.html, gallery_dir=str(gallery.index_dir), by=args.by,
-            checkpoint=encoder.checkpoint, statement=search.statement,
-            propositions=search.propositions, audit=search.audit))
-        print(f"wrote {args.html}")
-    if args.report:
-        from ..gallery.case_report import write_case_report
+    from .. import api
 
-        _write("--report", args.report, lambda: write_case_report(search, args.report, case_id=args.case_id,
-                                                                  examiner=args.examiner))
-        print(f"wrote {args.report} (SHA-256 {sha256_file(args.report)})")
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
+    api.search_gallery(args.index, args.query, checkpoint=args.checkpoint, calibration=args.calibration,
+                       top_k=args.top_k, by=args.by, index_type=args.index_type, device=args.device,
+                       examiner=args.examiner, arguments=arguments, json=args.json, html=args.html,
+                       report=args.report, case_id=args.case_id, log=print)
     return 0

@@ -22,25 +22,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..api import train
-    from ..config import load_config
     from ..errors import ConfigError
 
     stages = ("stage1", "stage2") if args.stage == "both" else (args.stage,)
+    if args.resume and (args.config or args.overrides or args.out or args.allow_id_overlap):
+        raise ConfigError("--resume continues a run with its own config.yaml; do not combine it with "
+                          "--config, --set or --out")
+    from .. import api
+
     if args.resume:
-        if args.config or args.overrides or args.out or args.allow_id_overlap:
-            raise ConfigError("--resume continues a run with its own config.yaml; do not combine it with "
-                              "--config, --set or --out")
-        result = train(resume=args.resume, device=args.device, progress=not args.no_progress)
+        result = api.train(resume=args.resume, device=args.device, progress=not args.no_progress)
     else:
         overrides = list(args.overrides)
         if args.skip_bad:
             overrides.append("data.skip_bad=true")
         if args.allow_id_overlap:
             overrides.append("data.allow_id_overlap=true")
-        config = load_config(args.config, overrides)
-        result = train(config, run_dir=args.out, stages=stages, device=args.device,
-                       progress=config.runtime.progress and not args.no_progress)
+        config = api.load_config(args.config, overrides)
+        result = api.train(config, run_dir=args.out, stages=stages, device=args.device,
+                           progress=config.runtime.progress and not args.no_progress)
     best = result.best or {}
     print(f"run folder: {result.run_dir}")
     if result.best_checkpoint:

@@ -14,17 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
-from ..runtime import available_cpus
+from .manifest import Manifest
 
 # Background for transparent pixels: the hand datasets are photographed on white.
 BACKGROUND = (255, 255, 255)
@@ -167,6 +168,10 @@ def _check_one(path: str, min_size: int) -> Optional[ImageProblem]:
 
 
 def default_workers() -> int:
+    # Imported here: handclip.runtime loads torch, and the CLI reads the dataset registry (hence this
+    # module) to build ``handclip prepare``'s options for every command line.
+    from ..runtime import available_cpus
+
     # Decoding releases the GIL and file reads wait on the disk, so a few threads per core pay off.
     return max(1, min(32, 4 * available_cpus()))
 
@@ -188,6 +193,27 @@ def scan_images(paths: Iterable[str | os.PathLike], min_size: int = 16,
         with ThreadPoolExecutor(max_workers=min(workers, len(unique))) as pool:
             results = list(pool.map(lambda p: _check_one(p, min_size), unique, chunksize=8))
     return [problem for problem in results if problem is not None]
+
+
+@dataclass
+class ManifestScan:
+    """What ``scan_manifest`` found: how many distinct images it checked, the unusable ones, and how long it took."""
+
+    images: int
+    problems: list[ImageProblem]
+    seconds: float
+
+
+def scan_manifest(manifest_path: str | os.PathLike, min_size: int = 16, workers: Optional[int] = None,
+                  allow_id_overlap: bool = False) -> ManifestScan:
+    """Check every image a protocol manifest points at (what ``handclip scan`` runs); refuses a manifest
+    whose test identities are also training identities unless ``allow_id_overlap``."""
+    manifest = Manifest.read(manifest_path)
+    manifest.check_identity_overlap(allow_id_overlap, f"manifest {manifest_path}", "pass --allow-id-overlap")
+    paths = manifest.paths()
+    start = time.perf_counter()
+    problems = scan_images(paths, min_size=min_size, workers=workers)
+    return ManifestScan(len(paths), problems, time.perf_counter() - start)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -232,3 +258,12 @@ def identity_folders(root: str | os.PathLike) -> list[tuple[str, list[str]]]:
             found.extend(os.path.join(dirpath, name) for name in filenames if is_image_name(name))
         out.append((folder.name, sorted(found)))
     return out
+
+
+def check_images_exist(records: Sequence, source=None) -> None:
+    """DataError naming the first missing image (and how many are missing) before any encoding starts."""
+    missing = [rec.path for rec in records if not os.path.isfile(rec.path)]
+    if missing:
+        where = f" (listed in {source})" if source else " (listed in the manifest)"
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"image {missing[0]}{where} does not exist{more}")

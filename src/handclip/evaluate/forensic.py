@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import CalibrationError, cllr_figures, verbal_scale_rows
-from .crosscal import cross_calibrate
-from .openset import FPIR_LEVELS, RANKS, openset_metrics
-from .verification import FMR_LEVELS, ForensicMetricError, level_key, split_pairs, verification_metrics
+from ..forensic.calibration import CalibrationError, cllr_figures, verbal_band, verbal_scale_rows
+from ..forensic.crosscal import cross_calibrate
+from ..forensic.openset import FPIR_LEVELS, RANKS, openset_metrics
+from ..forensic.verification import FMR_LEVELS, ForensicMetricError, level_key, split_pairs, verification_metrics
 
 VERIFICATION_KEYS = ["eer", "auc", *[f"fnmr@fmr={level_key(v)}" for v in FMR_LEVELS]]
 OPENSET_KEYS = [*[f"fnir@fpir={level_key(v)}" for v in FPIR_LEVELS], *[f"fnir@rank{r}" for r in RANKS]]
@@ -51,12 +51,11 @@ class ForensicResult:
         """ENFSI's bands with the share of mated and non-mated comparisons whose LR fell in each."""
         rows = []
         have = self.llrs is not None and self.llrs.size
+        bands = verbal_band(self.llrs) if have else None  # the rule verbal_equivalent words them by
         for band in verbal_scale_rows():
             row = {"lr": band["lr"], "verbal": band["verbal"]}
             if have:
-                inside = (self.llrs >= band["low"]) & (self.llrs < band["high"])
-                if band["high"] == np.inf:
-                    inside |= self.llrs == np.inf
+                inside = bands == band["band"]
                 row["mated"] = float(inside[self.labels == 1].mean()) if (self.labels == 1).any() else None
                 row["nonmated"] = float(inside[self.labels == 0].mean()) if (self.labels == 0).any() else None
             rows.append(row)

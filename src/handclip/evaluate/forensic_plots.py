@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import VERBAL_BANDS
-from .openset import FPIR_LEVELS
-from .verification import FMR_LEVELS, equal_error_rate
+from ..forensic.calibration import VERBAL_BANDS
+from ..forensic.openset import FPIR_LEVELS
+from ..forensic.verification import FMR_LEVELS, equal_error_rate
 
 _DET_TICKS = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .calibration import verbal_equivalent
+from ..forensic.calibration import verbal_equivalent
 from .forensic import ForensicResult
-from .openset import FPIR_LEVELS, RANKS
-from .verification import FMR_LEVELS, level_key, needed_pairs
+from ..forensic.openset import FPIR_LEVELS, RANKS
+from ..forensic.verification import FMR_LEVELS, level_key, needed_pairs
 
 FORENSIC_FILES = ("det.png", "fnir_fpir.png", "tippett.png", "lr_calibration.png")
 

@@ -175,6 +175,79 @@ def _stage_name(stage: Any) -> str:
     return f"stage {text}" if text.isdigit() else text.replace("stage", "stage ").replace("  ", " ").strip()
 
 
+def _series(entries: Sequence[Mapping[str, Any]], epochs: list, key: str) -> tuple[list, list[float]]:
+    """(epochs, values) of ``key`` where its value is a finite number."""
+    xs = [x for x, e in zip(epochs, entries) if _finite(e.get(key))]
+    ys = [float(e[key]) for e in entries if _finite(e.get(key))]
+    return xs, ys
+
+
+def _empty_note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _loss_panel(ax, stage: str, entries, epochs: list, keys: list[str]) -> None:
+    for k in [k for k in keys if "loss" in k]:
+        xs, ys = _series(entries, epochs, k)
+        if xs:
+            ax.plot(xs, ys, marker=".", linewidth=2.6 if k == "loss" else 1.4, label=k)
+    ax.set_title(f"{stage}: losses")
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    else:
+        _empty_note(ax, "no loss recorded")
+
+
+def _lr_panel(ax, stage: str, entries, epochs: list) -> None:
+    xs, ys = _series(entries, epochs, "lr")
+    if xs:
+        ax.plot(xs, ys, color="tab:purple", marker=".")
+        if min(ys) > 0 and max(ys) / min(ys) > 50:
+            ax.set_yscale("log")
+    else:
+        _empty_note(ax, "no learning rate recorded")
+    ax.set_title(f"{stage}: learning rate")
+
+
+def _validation_panel(ax, stage: str, entries, epochs: list, keys: list[str]) -> None:
+    # Rank-1 (what picks the best checkpoint) and mAP; five overlapping curves were unreadable.
+    val_keys = [k for k in ("val_rank1", "val_mAP") if k in keys] or [k for k in keys if k.startswith("val_")]
+    for k in val_keys:
+        xs, ys = _series(entries, epochs, k)
+        if xs:
+            label = METRIC_LABELS.get(k[4:], k[4:])
+            line, = ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
+            if k == val_keys[0]:
+                best = int(np.argmax(ys))
+                ax.plot([xs[best]], [100 * ys[best]], marker="*", markersize=12, color=line.get_color(),
+                        linestyle="none")
+                # Keep the label inside the panel when the best epoch is the first or last one.
+                align = "right" if xs[best] == max(xs) else "left" if xs[best] == min(xs) else "center"
+                ax.annotate(f"best {label} {100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
+                            textcoords="offset points", xytext=(0, 7), ha=align)
+    ax.set_title(f"{stage}: validation (%)")
+    if ax.get_lines():
+        ax.legend(fontsize=8, loc="best")
+        ax.margins(y=0.15)
+    else:
+        _empty_note(ax, "no validation in this stage")
+
+
+def _epoch_axes(panels, epochs: list) -> None:
+    """One epoch axis for a stage's panels (even with one validation point); no ticks on an empty panel."""
+    numeric_epochs = [float(x) for x in epochs if _finite(x)]
+    for ax in panels:
+        if ax.get_lines():
+            ax.set_xlabel("epoch")
+            ax.grid(True, alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if numeric_epochs:
+                ax.set_xlim(min(numeric_epochs) - 0.5, max(numeric_epochs) + 0.5)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+
 def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os.PathLike) -> Path:
     """Per-epoch history -> one row per stage with three panels: losses, learning rate, validation.
 
@@ -194,64 +267,9 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os
         for e in entries:
             keys += [k for k in e if k not in keys]
         loss_ax, lr_ax, val_ax = axes[row]
-
-        def series(key: str):
-            xs = [x for x, e in zip(epochs, entries) if _finite(e.get(key))]
-            ys = [float(e[key]) for e in entries if _finite(e.get(key))]
-            return xs, ys
-
-        losses = [k for k in keys if "loss" in k]
-        for k in losses:
-            xs, ys = series(k)
-            if xs:
-                loss_ax.plot(xs, ys, marker=".", linewidth=2.6 if k == "loss" else 1.4, label=k)
-        loss_ax.set_title(f"{stage}: losses")
-        if loss_ax.get_lines():
-            loss_ax.legend(fontsize=8)
-        else:
-            loss_ax.text(0.5, 0.5, "no loss recorded", ha="center", va="center", transform=loss_ax.transAxes, color="grey")
-
-        xs, ys = series("lr")
-        if xs:
-            lr_ax.plot(xs, ys, color="tab:purple", marker=".")
-            if min(ys) > 0 and max(ys) / min(ys) > 50:
-                lr_ax.set_yscale("log")
-        else:
-            lr_ax.text(0.5, 0.5, "no learning rate recorded", ha="center", va="center", transform=lr_ax.transAxes, color="grey")
-        lr_ax.set_title(f"{stage}: learning rate")
-
-        # Rank-1 (what picks the best checkpoint) and mAP; five overlapping curves were unreadable.
-        val_keys = [k for k in ("val_rank1", "val_mAP") if k in keys] or [k for k in keys if k.startswith("val_")]
-        for k in val_keys:
-            xs, ys = series(k)
-            if xs:
-                label = METRIC_LABELS.get(k[4:], k[4:])
-                line, = val_ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
-                if k == val_keys[0]:
-                    best = int(np.argmax(ys))
-                    val_ax.plot([xs[best]], [100 * ys[best]], marker="*", markersize=12, color=line.get_color(),
-                                linestyle="none")
-                    # Keep the label inside the panel when the best epoch is the first or last one.
-                    align = "right" if xs[best] == max(xs) else "left" if xs[best] == min(xs) else "center"
-                    val_ax.annotate(f"best {label} {100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
-                                    textcoords="offset points", xytext=(0, 7), ha=align)
-        val_ax.set_title(f"{stage}: validation (%)")
-        if val_ax.get_lines():
-            val_ax.legend(fontsize=8, loc="best")
-            val_ax.margins(y=0.15)
-        else:
-            val_ax.text(0.5, 0.5, "no validation in this stage", ha="center", va="center",
-                        transform=val_ax.transAxes, color="grey")
-        numeric_epochs = [float(x) for x in epochs if _finite(x)]
-        for ax in (loss_ax, lr_ax, val_ax):
-            if ax.get_lines():
-                ax.set_xlabel("epoch")
-                ax.grid(True, alpha=0.3)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                if numeric_epochs:  # same epoch axis in a stage's three panels, even with one validation point
-                    ax.set_xlim(min(numeric_epochs) - 0.5, max(numeric_epochs) + 0.5)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
+        _loss_panel(loss_ax, stage, entries, epochs, keys)
+        _lr_panel(lr_ax, stage, entries, epochs)
+        _validation_panel(val_ax, stage, entries, epochs, keys)
+        _epoch_axes((loss_ax, lr_ax, val_ax), epochs)
     fig.tight_layout()
     return _save_figure(fig, out_png)

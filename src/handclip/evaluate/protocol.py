@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..config import EvalConfig
+from ..data.images import check_images_exist
 from ..errors import DataError
 from .distances import cosine_distance, euclidean_distance
 from .metrics import METRIC_KEYS, aggregate_runs, evaluate_rank
@@ -64,15 +65,6 @@ def _unique_paths(records: Iterable) -> list:
     for rec in records:
         seen.setdefault(rec.path, rec)
     return list(seen.values())
-
-
-def check_images_exist(records: Sequence, source=None) -> None:
-    """DataError naming the first missing image (and how many are missing) before any encoding starts."""
-    missing = [rec.path for rec in records if not os.path.isfile(rec.path)]
-    if missing:
-        where = f" (listed in {source})" if source else " (listed in the manifest)"
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"image {missing[0]}{where} does not exist{more}")
 
 
 def distance_matrix(q: np.ndarray, g: np.ndarray, eval_cfg: EvalConfig) -> np.ndarray:

@@ -243,6 +243,96 @@ def remove_stale_staging(out_dir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _open_staging(out_dir: Path) -> tuple[Path, list[Path]]:
+    """A fresh staging folder beside ``out_dir``, owned by this process, and the folders above ``out_dir``
+    that this call created (innermost first, to remove on failure)."""
+    check_output_folder(out_dir)
+    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out_dir)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=STAGING_SUFFIX, dir=out_dir.parent))
+        (stage / STAGING_OWNER).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    except OSError as exc:
+        raise write_error(exc, out_dir) from None
+    return stage, created
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move every staged file into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (stage / STAGING_OWNER).unlink()
+    written = {item.name for item in stage.iterdir()}
+    for name in REPORT_FILES:  # a picture from an earlier report in this folder must not look current
+        if name not in written:
+            (out_dir / name).unlink(missing_ok=True)
+    for item in stage.iterdir():
+        item.replace(out_dir / item.name)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first; only the empty folders this call made
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _runs_table(result: EvalResult) -> tuple[str, str]:
+    """The per-run metrics table (Markdown, mean ± std last) and the note that says what it was computed on."""
+    rows = [{"run": r.run, **{k: r.metrics[k] for k in METRIC_KEYS}, "queries": r.num_query,
+             "gallery": r.num_gallery} for r in result.per_run]
+    rows.append({"run": "mean ± std", **{k: result.aggregate[k] for k in METRIC_KEYS}})
+    table = markdown_table(rows, columns=["run", *METRIC_KEYS, "queries", "gallery"])
+    skipped = sum(int(r.metrics.get("num_skipped_queries", 0)) for r in result.per_run)
+    note = (f"Metrics in %; mean ± std (population) over {len(result.per_run)} run(s); "
+            f"{describe_options(result.options)}; gallery ids per run: "
+            f"{', '.join(str(r.num_gallery_ids) for r in result.per_run)}; "
+            f"queries without a correct match in the gallery (skipped): {skipped}.")
+    own = [[r.pid for r in g if not r.is_distractor] for _, g in result.splits.values()]
+    if own and all(len(set(pids)) == len(pids) for pids in own):  # single-shot gallery (11k, HD protocols)
+        note += (" Each identity has one gallery image, so mAP and mINP both equal the mean reciprocal rank "
+                 "of the correct match.")
+    return table, note
+
+
+def _ranked_list_picture(result: EvalResult, stage: Path, queries_shown: int, top_k: int):
+    """ranked_list.png of the first run and its caption, or None (no queries asked for, or no distances kept)."""
+    run = result.per_run[0].run
+    if queries_shown <= 0 or result.distances.get(run) is None:
+        return None
+    query, gallery = result.splits[run]
+    dist = result.distances[run]
+    picks = _pick_queries(result, run, queries_shown)
+    top_k = max(1, min(top_k, len(gallery)))
+    rankings = []
+    for i in picks:
+        order = np.argsort(dist[i], kind="stable")[:top_k]
+        rankings.append([(gallery[j].path, gallery[j].pid, float(dist[i, j])) for j in order])
+    ranked_list_sheet([(query[i].path, query[i].pid) for i in picks], rankings, stage / "ranked_list.png", top_k=top_k)
+    return (f"Ranked gallery lists, run {run}: rank-1 mistakes first, then hits; green frame = same identity as the "
+            f"query, red = different; d = distance", stage / "ranked_list.png")
+
+
+def _retrieval_pictures(result: EvalResult, stage: Path, title: str, label: str, history: list | None,
+                        queries_shown: int, top_k: int) -> list[tuple[str, Path]]:
+    """cmc.png, ranked_list.png and training_curves.png (from ``history``), each with its caption."""
+    runs_text = f"mean over {len(result.per_run)} runs" if len(result.per_run) > 1 else f"run {result.per_run[0].run}"
+    # Past the gallery size every curve is flat at 100%: stop there.
+    cmc_ranks = max(1, min(20, len(result.mean_cmc()), max(r.num_gallery for r in result.per_run)))
+    plot_cmc({label: result.mean_cmc()}, stage / "cmc.png", max_rank=cmc_ranks,
+             title=f"CMC, {title.removeprefix('Evaluation on ')} ({runs_text})")
+    images = [(f"CMC curve ({runs_text})", stage / "cmc.png")]
+    ranked = _ranked_list_picture(result, stage, queries_shown, top_k)
+    if ranked is not None:
+        images.append(ranked)
+    if history:
+        plot_training_curves(history, stage / "training_curves.png")
+        images.append(("Training curves (from the run's metrics.jsonl): losses, learning rate, and rank-1/mAP on "
+                       "the validation split of the training identities, which picks best.pt", stage / "training_curves.png"))
+    return images
+
+
 def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str, manifest_path=None,
                              history: list | None = None, queries_shown: int = 8, top_k: int = 10,
                              forensic=None) -> Path:
@@ -255,15 +345,7 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
     succeeded, so a failed evaluation leaves no partial report.
     """
     out_dir = Path(out_dir)
-    check_output_folder(out_dir)
-    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]  # to remove on failure
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(out_dir)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=STAGING_SUFFIX, dir=out_dir.parent))
-        (stage / STAGING_OWNER).write_text(f"{os.getpid()}\n", encoding="utf-8")
-    except OSError as exc:
-        raise write_error(exc, out_dir) from None
+    stage, created = _open_staging(out_dir)
     done = False
     try:
         summary = {"title": title, "model": label, "manifest": str(manifest_path) if manifest_path else None,
@@ -271,77 +353,26 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
         if forensic is not None:
             summary["forensic"] = forensic.as_dict()
         atomic_write_json(stage / "metrics.json", json.loads(json.dumps(summary, default=float)))
-        rows = [{"run": r.run, **{k: r.metrics[k] for k in METRIC_KEYS}, "queries": r.num_query,
-                 "gallery": r.num_gallery} for r in result.per_run]
-        rows.append({"run": "mean ± std", **{k: result.aggregate[k] for k in METRIC_KEYS}})
-        table = markdown_table(rows, columns=["run", *METRIC_KEYS, "queries", "gallery"])
-        skipped = sum(int(r.metrics.get("num_skipped_queries", 0)) for r in result.per_run)
-        note = (f"Metrics in %; mean ± std (population) over {len(result.per_run)} run(s); "
-                f"{describe_options(result.options)}; gallery ids per run: "
-                f"{', '.join(str(r.num_gallery_ids) for r in result.per_run)}; "
-                f"queries without a correct match in the gallery (skipped): {skipped}.")
-        own = [[r.pid for r in g if not r.is_distractor] for _, g in result.splits.values()]
-        if own and all(len(set(pids)) == len(pids) for pids in own):  # single-shot gallery (11k, HD protocols)
-            note += (" Each identity has one gallery image, so mAP and mINP both equal the mean reciprocal rank "
-                     "of the correct match.")
+        table, note = _runs_table(result)
         forensic_md, forensic_tables, forensic_images = "", {}, []
+        sections = {"Notes": note}
         if forensic is not None:
-            from .forensic_report import render_forensic
+            from .forensic_report import notes_text, render_forensic
 
             forensic_md, forensic_tables, forensic_images = render_forensic(
                 forensic, stage, title.removeprefix("Evaluation on "))
+            sections["Forensic figures: how they are computed"] = notes_text(forensic)
         atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}\n{note}\n"
                           + (f"\n{forensic_md}" if forensic_md else ""))
-        images = []
-        runs_text = f"mean over {len(result.per_run)} runs" if len(result.per_run) > 1 else f"run {result.per_run[0].run}"
-        # Past the gallery size every curve is flat at 100%: stop there.
-        cmc_ranks = max(1, min(20, len(result.mean_cmc()), max(r.num_gallery for r in result.per_run)))
-        plot_cmc({label: result.mean_cmc()}, stage / "cmc.png", max_rank=cmc_ranks,
-                        title=f"CMC, {title.removeprefix('Evaluation on ')} ({runs_text})")
-        images.append((f"CMC curve ({runs_text})", stage / "cmc.png"))
-        run = result.per_run[0].run
-        if queries_shown > 0 and result.distances.get(run) is not None:
-            query, gallery = result.splits[run]
-            dist = result.distances[run]
-            picks = _pick_queries(result, run, queries_shown)
-            top_k = max(1, min(top_k, len(gallery)))
-            rankings = []
-            for i in picks:
-                order = np.argsort(dist[i], kind="stable")[:top_k]
-                rankings.append([(gallery[j].path, gallery[j].pid, float(dist[i, j])) for j in order])
-            ranked_list_sheet([(query[i].path, query[i].pid) for i in picks], rankings,
-                                     stage / "ranked_list.png", top_k=top_k)
-            images.append((f"Ranked gallery lists, run {run}: rank-1 mistakes first, then hits; green frame = same "
-                           f"identity as the query, red = different; d = distance", stage / "ranked_list.png"))
-        if history:
-            plot_training_curves(history, stage / "training_curves.png")
-            images.append(("Training curves (from the run's metrics.jsonl): losses, learning rate, and rank-1/mAP on "
-                           "the validation split of the training identities, which picks best.pt", stage / "training_curves.png"))
-        images += forensic_images
+        images = _retrieval_pictures(result, stage, title, label, history, queries_shown, top_k) + forensic_images
         manifest_text = f"; manifest {manifest_path}" if manifest_path else ""
-        sections = {"Notes": note}
-        if forensic is not None:
-            from .forensic_report import notes_text
-
-            sections["Forensic figures: how they are computed"] = notes_text(forensic)
         html_report(stage / "report.html", title, table, images, sections=sections, tables=forensic_tables,
-                           subtitle=f"Model: {label}{manifest_text}; {describe_options(result.options)}; "
-                                    f"{result.num_images_encoded} images encoded once, {result.feature_dim}-d features")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (stage / STAGING_OWNER).unlink()
-        written = {item.name for item in stage.iterdir()}
-        for name in REPORT_FILES:  # a picture from an earlier report in this folder must not look current
-            if name not in written:
-                (out_dir / name).unlink(missing_ok=True)
-        for item in stage.iterdir():
-            item.replace(out_dir / item.name)
+                    subtitle=f"Model: {label}{manifest_text}; {describe_options(result.options)}; "
+                             f"{result.num_images_encoded} images encoded once, {result.feature_dim}-d features")
+        _publish(stage, out_dir)
         done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
-            for folder in created:  # innermost first; only the empty folders this call made
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            _remove_empty(created)
     return out_dir

@@ -2,7 +2,7 @@
 
 A small FAISS index over the embeddings projected onto their top principal directions proposes a
 shortlist (``shortlist`` x top_k images); every image of each person in it is then re-scored exactly
-against the stored float32 vectors (``GalleryStore.expand_and_score``), so a returned score is never
+against the stored float32 vectors (``SearchIndexes.expand_and_score``), so a returned score is never
 approximate. ``pca`` scans all projected vectors (one matrix product per batch of queries: it never
 misses a region of the gallery, about 5x less work than exact search at 1280 -> 256 dims); ``ivf`` and
 ``hnsw`` only visit part of the gallery (faster, lower recall).
@@ -28,8 +28,8 @@ import numpy as np
 
 from ..atomic import atomic_open, atomic_write_json, sha256_file
 from ..errors import GalleryError
+from ..runtime import faiss_with_threads
 from .shards import HashingWriter
-from .store import faiss_with_threads
 
 ANN_DIR = "ann"
 ANN_TYPES = ("pca", "ivf", "hnsw")
@@ -84,10 +84,23 @@ class HNSWParams:
 class ApproximateIndexes:
     """The cached approximate indexes of one gallery (one per type), with their parameters."""
 
-    def __init__(self, gallery):
+    def __init__(self, gallery, rescore):
+        """``gallery``: the reader indexed; ``rescore(query, rows, top_k, exclude)``: exact (scores, rows)
+        of the best among ``rows`` and every other image of their people (``SearchIndexes.expand_and_score``)."""
         self.gallery = gallery
+        self.rescore = rescore
         self.params = {"pca": PCAParams(), "ivf": IVFParams(), "hnsw": HNSWParams()}
         self._built: dict[str, tuple] = {}  # type -> (index, trained rows, build params, self-check)
+
+    def handed_to(self, gallery, rescore) -> "ApproximateIndexes":
+        """The same indexes and parameters for a later generation of the same gallery (rows are only
+        appended, so an index stays a valid prefix and is extended on next use). This object keeps no
+        index afterwards: an index object serves one generation at a time."""
+        successor = ApproximateIndexes(gallery, rescore)
+        successor.params = self.params
+        if gallery.uid == self.gallery.uid and len(gallery) >= len(self.gallery):
+            successor._built, self._built = self._built, {}
+        return successor
 
     def self_check(self, index_type: str) -> dict | None:
         """The self-check of the index built (or loaded) for ``index_type``, if any."""
@@ -141,7 +154,7 @@ class ApproximateIndexes:
         for probe, row, shortlist, true_rows in zip(exact.probes, exact.rows, shortlists, truth):
             if not len(true_rows):
                 continue
-            _, found = gallery.expand_and_score(probe, shortlist, SELF_CHECK_K, exclude=int(row))
+            _, found = self.rescore(probe, shortlist, SELF_CHECK_K, int(row))
             recalls.append(len(set(found.tolist()) & set(true_rows.tolist())) / len(true_rows))
             same = {int(t) for t in true_rows if gallery.identity_of_row[t] == gallery.identity_of_row[row]}
             same_found += len(same & set(found.tolist()))

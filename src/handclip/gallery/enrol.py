@@ -1,9 +1,11 @@
-"""Examiner workflow on top of the gallery store: embed image files with a trained model, enrol, search.
+"""Enrolment from image files: which images (a folder of identity folders or a manifest), which of them
+are usable, and adding them batch by batch.
 
 The gallery itself only knows vectors; this module turns image files into those vectors through the
 model's ``Encoder`` (the same feature path as evaluation), and keeps the bookkeeping an examiner relies
 on: identity per image, file hashes for duplicate detection, one commit per batch so a killed
-enrolment resumes where it stopped.
+enrolment resumes where it stopped. An examiner session (``handclip.gallery.session``) is what calls
+``add_images``: every enrolment is audited there.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from tqdm import tqdm
 from ..atomic import sha256_file
 from ..data.images import identity_folders, scan_images
 from ..data.manifest import Manifest
-from ..errors import DataError, HandCLIPError
-from ..model.inference import Encoder
-from .search import Candidate, Gallery
+from ..errors import DataError
+from .folder import Gallery
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,7 @@ class EnrolSummary:
     changed: list = field(default_factory=list)  # paths enrolled before with other content: added as new rows
     batches: int = 0
     gallery_size: int = 0
-
-
-@dataclass
-class QueryResult:
-    query: str
-    candidates: list[Candidate]
-
-    def as_dict(self) -> dict:
-        return {"query": self.query, "candidates": [c.as_dict() for c in self.candidates]}
-
-
-def load_encoder(checkpoint: str | os.PathLike, device=None) -> Encoder:
-    """A HandCLIP checkpoint's encoder for enrolment or search (each image read once, in this process)."""
-    return Encoder.from_checkpoint(checkpoint, device=device).single_pass()
+    audit: object = None  # the AuditRef of the enrolment's record (handclip.forensic.audit)
 
 
 def collect_images(source: str | os.PathLike, split: str | None = None) -> list[EnrolItem]:
@@ -132,17 +120,20 @@ def _plan(gallery: Gallery, items: Sequence[EnrolItem], summary: EnrolSummary) -
     return pending
 
 
-def enrol_images(gallery: Gallery, encoder: Encoder, items: Sequence[EnrolItem], batch_size: int = 64,
+def add_images(gallery: Gallery, encoder, items: Sequence[EnrolItem], batch_size: int = 64,
                  skip_bad: bool = False, progress: bool = False,
                  on_batch: Callable[[EnrolSummary], None] | None = None,
-                 images_checked: bool = False) -> EnrolSummary:
+                 images_checked: bool = False,
+                 on_start: Callable[[list[tuple[EnrolItem, str | None]]], None] | None = None) -> EnrolSummary:
     """Embed and add ``items`` batch by batch; each batch is committed before the next starts.
 
     Files already enrolled (same SHA-256 of their bytes) are skipped, so rerunning after a crash
     continues where the killed run stopped; see ``_plan`` for the deduplication rule.
     ``images_checked``: every item already passed ``check_images`` (it is not decoded twice).
+    ``on_start(planned)``: called once before the first batch with every (item, SHA-256) still to add,
+    so the caller can record them before any is committed.
+    The caller has checked that ``encoder`` is the gallery's model.
     """
-    gallery.check_model(encoder.fingerprint(), encoder.feature_dim)
     summary = EnrolSummary()
     pending = _plan(gallery, items, summary)
     problems = [] if images_checked else check_images([item.path for item, _ in pending], skip_bad, "gallery")
@@ -151,6 +142,8 @@ def enrol_images(gallery: Gallery, encoder: Encoder, items: Sequence[EnrolItem],
         summary.skipped_bad = problems
         pending = [(item, h) for item, h in pending if item.path not in bad]
         summary.changed = [p for p in summary.changed if p not in bad]
+    if pending and on_start is not None:
+        on_start([(item, h or _file_hash(item.path)) for item, h in pending])
     bar = None
     if progress:
         bar = tqdm(total=len(items), initial=summary.already_enrolled, unit="img", desc="enrol")
@@ -176,16 +169,3 @@ def enrol_images(gallery: Gallery, encoder: Encoder, items: Sequence[EnrolItem],
             bar.close()
     summary.gallery_size = len(gallery)
     return summary
-
-
-def search_images(gallery: Gallery, encoder: Encoder, queries: Sequence[str | os.PathLike], top_k: int = 10,
-                  by: str = "identity", index_type: str = "auto", batch_size: int = 64) -> list[QueryResult]:
-    """Rank the gallery for each query image (unusable query images are named in one DataError)."""
-    gallery.check_model(encoder.fingerprint(), encoder.feature_dim)
-    if len(gallery) == 0:
-        raise HandCLIPError(f"gallery {gallery.index_dir} is empty; enrol images before searching")
-    paths = [str(Path(q)) for q in queries]
-    check_images(paths, skip_bad=False, what="query")
-    vectors = encoder.features(paths, batch_size=batch_size)
-    ranked = gallery.search(vectors, top_k=top_k, by=by, index_type=index_type)
-    return [QueryResult(path, candidates) for path, candidates in zip(paths, ranked)]

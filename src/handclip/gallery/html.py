@@ -42,26 +42,29 @@ def _weight(candidate) -> str:
 
 def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery_dir: str = "",
                       by: str = "identity", checkpoint: str | None = None, size: int = 160,
-                      statement: str | None = None, propositions: dict | None = None, audit=None) -> Path:
+                      statement: str | None = None, propositions: dict | None = None, audit=None,
+                      calibration: str | None = None) -> Path:
     """One row per query: the query photo, then its candidates in rank order with their scores.
 
-    Paths are shown as ``handclip.gallery.evidence.display_path`` gives them (relative to the gallery
-    or the enrolment root, else the file name), never the directories above; a query's SHA-256 is
-    shown when the results carry it, and the propositions and audit record of an evidential search.
+    Paths are shown as ``handclip.gallery.results.display_path`` gives them (relative to the gallery
+    or the enrolment root, else the file name), never the directories above; a query by its exhibit
+    name and SHA-256 when the results carry them; and the propositions, the calibration line
+    (``CalibrationInfo.describe``) and the audit record of an evidential search.
     """
-    from .evidence import display_path
+    from .results import display_path, printable
 
     rows = []
     for result in results:
         cands = []
         for c in result.candidates:
-            shown = display_path(c.path, c.identity, gallery_dir or None)
+            # names with control or bidirectional-override characters are shown escaped, as on the console
+            shown, identity = printable(display_path(c.path, c.identity, gallery_dir or None)), printable(c.identity)
             extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
-                     else f"<br>image of {escape(c.identity)}")
-            caption = (f"#{c.rank} <b>{escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
+                     else f"<br>image of {escape(identity)}")
+            caption = (f"#{c.rank} <b>{escape(identity)}</b><br><span class=score>{c.score:.4f}</span>"
                        f"{_weight(c)}{extra}<br><span class=path>{escape(shown)}</span>")
             cands.append(_figure(c.path, shown, caption, size))
-        query_name = display_path(result.query, gallery_dir=gallery_dir or None)
+        query_name = printable(getattr(result, "name", "") or display_path(result.query, gallery_dir=gallery_dir or None))
         digest = getattr(result, "sha256", None)
         digest_html = f"<br><span class=path>SHA-256 {escape(digest[:16])}...</span>" if digest else ""
         probe = _figure(result.query, query_name,
@@ -76,6 +79,8 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
     notes = "".join(f"<p>{escape(k.capitalize())}: {escape(v)}</p>" for k, v in (propositions or {}).items())
     if statement:
         notes += f"<p>{escape(statement)}</p>"
+    if calibration:
+        notes += f"<p>{escape(calibration)}</p>"
     body = (f"<h1>HandCLIP search: {len(results)} quer{'y' if len(results) == 1 else 'ies'}</h1>"
             f"<div class=\"meta\">{meta}</div><div class=\"meta\">{notes}</div>" + "\n".join(rows))
     atomic_write_text(out_html, html_page("HandCLIP search", body, _CSS % {"px": size}))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import GalleryError
 
+GALLERY_FILE = "gallery.json"
+COMMIT_FILE = "commit.json"
 FORMAT_NAME = "handclip-gallery"
 FORMAT_VERSION = 1
 # Shard names are the zero-padded shard counter: nothing else is ever read, written or deleted in shards/.
@@ -21,6 +24,20 @@ SHARD_NAME = re.compile(r"[0-9]{6,12}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # Longest path or identity accepted in a row entry (a safety bound, far above any real file name).
 MAX_TEXT = 4096
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One committed shard as commit.json lists it: its name, row count, compaction level and file hashes."""
+
+    name: str
+    rows: int
+    level: int
+    vectors_sha256: str
+    meta_sha256: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def is_int(value) -> bool:
@@ -74,8 +91,6 @@ def parse_commit(commit: dict, path: Path, uid: str):
     Shard names must match SHARD_NAME, be unique and lie below ``next_shard`` (so a new shard can
     never be written over a committed one); row counts must add up.
     """
-    from .shards import Shard
-
     def corrupt(why: str) -> GalleryError:
         return GalleryError(f"gallery commit file {path} is corrupt ({why})")
 

@@ -13,7 +13,6 @@ import json
 import mmap
 import os
 import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -21,24 +20,12 @@ import numpy as np
 
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import GalleryError
-from .metadata import SHARD_NAME, parse_rows
+from .metadata import SHARD_NAME, Shard, parse_rows
 
 SHARD_DIR = "shards"
 VECTORS_SUFFIX = ".npy"
 METADATA_SUFFIX = ".jsonl"
 NORM_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class Shard:
-    name: str
-    rows: int
-    level: int
-    vectors_sha256: str
-    meta_sha256: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class HashingWriter:
@@ -242,56 +229,47 @@ def checked_embeddings(embeddings, dim: int, rows: int | None, what: str) -> np.
 
 
 class ShardSet:
-    """The committed shards of one gallery, in row order, each pinned open (``PinnedShard``): streamed
-    reads, memory-mapped row lookups, and the SHA-256 check of each shard once per process before use."""
+    """The shards of one committed generation, in row order, each pinned open (``PinnedShard``): streamed
+    reads, memory-mapped row lookups, and the SHA-256 check of each shard once before use.
 
-    def __init__(self, index_dir: Path, dim: int, verify: bool = True, listed_in: str = "commit.json"):
+    A set never changes its shard list: a new generation is a new set (:meth:`successor`), which pins
+    its own descriptors, so closing one generation never disturbs another that is still being read."""
+
+    def __init__(self, index_dir: Path, dim: int, shards: list[Shard], pinned: dict[str, PinnedShard],
+                 verify: bool = True, verified: frozenset[str] = frozenset()):
         self.index_dir = Path(index_dir)
         self.dim = dim
         self.verify = verify
-        self.listed_in = listed_in
-        # (shards, their pinned files), replaced as one object so a reader in another thread never
-        # sees a shard list with another commit's files.
-        self._view: tuple[list[Shard], dict[str, PinnedShard]] = ([], {})
-        self._verified: set[str] = set()  # shards whose SHA-256 this process has checked
+        self._shards = tuple(shards)
+        self._pinned = dict(pinned)
+        self._verified = set(verified) & {s.name for s in shards}  # shards whose SHA-256 was checked
 
-    @property
-    def shards(self) -> list[Shard]:
-        return self._view[0]
-
-    @property
-    def _pinned(self) -> dict[str, PinnedShard]:
-        return self._view[1]
-
-    def pin(self, shards: list[Shard]) -> dict[str, PinnedShard]:
-        """Open the vectors files of ``shards`` not yet open (ShardVanished if one is gone)."""
-        opened = {}
+    @classmethod
+    def pin(cls, index_dir: Path, dim: int, shards: list[Shard], verify: bool = True,
+            verified: frozenset[str] = frozenset()) -> "ShardSet":
+        """Open every listed shard's vectors file (ShardVanished if one is gone)."""
+        opened: dict[str, PinnedShard] = {}
         try:
             for shard in shards:
-                if shard.name not in self._pinned and shard.name not in opened:
-                    opened[shard.name] = PinnedShard(self.index_dir, shard, self.dim)
+                if shard.name not in opened:
+                    opened[shard.name] = PinnedShard(index_dir, shard, dim)
         except BaseException:
             for pinned in opened.values():
                 pinned.close()
             raise
-        return opened
+        return cls(index_dir, dim, shards, opened, verify, verified)
 
-    def replace(self, shards: list[Shard], opened: dict[str, PinnedShard] | None = None) -> None:
-        """Switch to a new committed shard list (its new files pinned by :meth:`pin`), closing the
-        files of shards that left it and keeping what is known of the shards that stay."""
-        opened = self.pin(shards) if opened is None else opened
-        live = {s.name for s in shards}
-        # Dropped, not closed: a read still in progress (another thread) keeps its PinnedShard, whose
-        # descriptor is closed when the last reference goes; closing here could let the number be reused.
-        pinned = {name: p for name, p in self._pinned.items() if name in live}
-        pinned.update(opened)
-        self._view = (list(shards), pinned)
-        self._verified = self._verified & live
+    def successor(self, shards: list[Shard]) -> "ShardSet":
+        """The set of a later generation, keeping what is known of the shards that stay."""
+        return ShardSet.pin(self.index_dir, self.dim, shards, self.verify, frozenset(self._verified))
+
+    @property
+    def shards(self) -> list[Shard]:
+        return list(self._shards)
 
     def close(self) -> None:
         for pinned in self._pinned.values():
             pinned.close()
-        self._view = ([], {})
 
     def iter_vectors(self, start_row: int = 0, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
         """Committed vectors from ``start_row`` on, in chunks, each shard checked against its SHA-256.
@@ -300,38 +278,36 @@ class ShardSet:
         index's memory once, and each byte is read once for both the hash and the index.
         """
         offset = 0
-        shards, pinned = self._view
-        for shard in shards:
+        for shard in self._shards:
             if offset + shard.rows > start_row:
-                yield from self._read(shard, max(0, start_row - offset), chunk_rows, pinned)
+                yield from self._read(shard, max(0, start_row - offset), chunk_rows)
             offset += shard.rows
 
-    def _read(self, shard: Shard, first_row: int, chunk_rows: int, pinned=None) -> Iterator[np.ndarray]:
-        yield from read_vectors((pinned or self._pinned)[shard.name], self.dim, first_row, chunk_rows, self.verify)
+    def _read(self, shard: Shard, first_row: int, chunk_rows: int) -> Iterator[np.ndarray]:
+        yield from read_vectors(self._pinned[shard.name], self.dim, first_row, chunk_rows, self.verify)
         self._verified.add(shard.name)
 
-    def check(self, shard: Shard, pinned=None) -> None:
-        """Check a whole shard's SHA-256 once per process, streaming (nothing is kept in memory)."""
+    def check(self, shard: Shard) -> None:
+        """Check a whole shard's SHA-256 once, streaming (nothing is kept in memory)."""
         if shard.name in self._verified or not self.verify:
             return
-        for _ in self._read(shard, shard.rows, 16384, pinned):
+        for _ in self._read(shard, shard.rows, 16384):
             pass
 
-    def mapped(self, shard: Shard, pinned=None) -> np.ndarray:
-        """A shard's vectors, memory-mapped for re-scoring (kept for the process)."""
-        return (pinned or self._pinned)[shard.name].mapped(self.dim)
+    def mapped(self, shard: Shard) -> np.ndarray:
+        """A shard's vectors, memory-mapped for re-scoring (kept while the set is open)."""
+        return self._pinned[shard.name].mapped(self.dim)
 
     def gather(self, rows: np.ndarray, verify: bool = False) -> np.ndarray:
         """Stored vectors of ``rows`` (any order); with ``verify`` each shard touched is checked first."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), np.float32)
-        shards, pinned = self._view
-        starts = np.cumsum([0] + [s.rows for s in shards])
+        starts = np.cumsum([0] + [s.rows for s in self._shards])
         which = np.searchsorted(starts, rows, side="right") - 1
         for number in np.unique(which):
-            shard = shards[number]
+            shard = self._shards[number]
             if verify:
-                self.check(shard, pinned)
+                self.check(shard)
             mask = which == number
-            out[mask] = self.mapped(shard, pinned)[rows[mask] - starts[number]]
+            out[mask] = self.mapped(shard)[rows[mask] - starts[number]]
         return out

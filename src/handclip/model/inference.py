@@ -165,3 +165,9 @@ class Encoder:
         """L2-normalised features of ``images`` (records or paths), in order."""
         return extract_features(self.model, images, self.data_cfg, batch_size=batch_size, flip=flip,
                                 device=self.device, progress=progress)
+
+
+def load_encoder(checkpoint: str | os.PathLike, device=None) -> Encoder:
+    """A HandCLIP checkpoint's encoder for enrolment, search and calibration: each image read once, in
+    this process (``Encoder.single_pass``), with the features evaluation uses."""
+    return Encoder.from_checkpoint(checkpoint, device=device).single_pass()

@@ -1,4 +1,9 @@
-"""Training runs: checks, the run folder, both stages, checkpoints and resume.
+"""Training runs: checks, the run folder, the stages' recipes in turn, resume and the run's final status.
+
+Each stage is a recipe on the one training loop (``train.loop``): ``train.stage1`` and ``train.stage2``
+(which also holds the joint run), and CLIP-HandID's one-stage recipe ``train.single_stage``. Checkpoints,
+resume, SIGTERM, the NaN guard, validation and the logs below are the loop's hooks (``train.hooks``),
+written once for every recipe.
 
 Run folder (every file written atomically, only by rank 0):
   config.yaml        the resolved configuration
@@ -41,20 +46,15 @@ from ..config import Config, config_from_dict, load_config
 from ..data.images import scan_images
 from ..data.loaders import build_train_loader
 from ..data.manifest import Manifest
-from ..data.protocols import prepare_from_config
-from ..errors import ConfigError, DataError, HandCLIPError, TrainingError
+from ..datasets import prepare_from_config
+from ..errors import ConfigError, DataError, HandCLIPError
 from ..evaluate.protocol import evaluate_validation
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.handclip import build_model
 from ..model.inference import Encoder
-from ..runtime import (
-    cache_root,
-    resolve_device,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from ..runtime import cache_root, resolve_device, seed_everything, set_rng_state
 from . import distributed as ddp
+from .hooks import check_parameters
 from .run_folder import (
     RunFolder,
     TerminationWatch,
@@ -63,6 +63,7 @@ from .run_folder import (
     remove_stale_temporaries,
     verify_resume_manifest,
 )
+from .single_stage import run_single_stage
 from .stage1 import run_stage1
 from .stage2 import run_stage2
 
@@ -112,7 +113,10 @@ def check_training_data(manifest, stage2_cfg, check_batches: bool) -> tuple[list
 
 
 class TrainContext:
-    """What the stage loops share: model, data, device, run folder, state and the end-of-epoch bookkeeping."""
+    """What a training recipe works on: model, data, device, distributed setup, run folder and run state
+    (``state``: stage, epoch, completed stages, history, best), plus the services its hooks use
+    (``log``, ``validate``, ``save``). The recipes and their hooks: ``train.stage1``, ``train.stage2``,
+    ``train.hooks``."""
 
     def __init__(self, config: Config, manifest, train_records, label_map, model, device, run: RunFolder,
                  dist_info: ddp.DistInfo, state: dict, progress: bool):
@@ -126,12 +130,10 @@ class TrainContext:
         self.dist = dist_info
         self.state = state
         self.progress = progress and dist_info.is_main
-        self._pending: list[tuple[str, int, int, dict]] = []
         self._ddp_ignored: list[str] = []
         self.current_stage: str | None = state.get("stage")
         self.termination = TerminationWatch()
 
-    # ----- small services -------------------------------------------------------------------------
     @property
     def is_main(self) -> bool:
         return self.dist.is_main
@@ -146,28 +148,6 @@ class TrainContext:
         self.run.log(message)
         if self.progress:
             tqdm.write(message)
-
-    def check_finite(self, terms: dict, stage: str, epoch: int, step: int) -> None:
-        """Stop on a NaN/inf loss term. On CPU every step; on GPU every 20 steps, to avoid a host sync per step.
-        Also where a SIGTERM stops the run: between steps, never in the middle of a checkpoint."""
-        self.termination.check()
-        self._pending.append((stage, epoch, step, {k: v.detach() for k, v in terms.items()}))
-        if self.device.type != "cuda" or len(self._pending) >= 20:
-            self.flush_finite_checks()
-
-    def flush_finite_checks(self) -> None:
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        flags = torch.stack([torch.stack([torch.isfinite(v).all() for v in t.values()]).all() for *_, t in pending])
-        if bool(flags.all()):
-            return
-        for stage, epoch, step, terms in pending:
-            for name, value in terms.items():
-                if not bool(torch.isfinite(value).all()):
-                    raise TrainingError(
-                        f"{stage}: loss term '{name}' became {float(value.float().sum())} at epoch {epoch + 1}, "
-                        f"step {step + 1}; stopped, last good checkpoint kept ({stability_hint(stage)})")
 
     def wrap_for_training(self, model):
         if not self.dist.enabled:
@@ -195,62 +175,13 @@ class TrainContext:
             metrics = {k: float(v) for k, v in metrics.items()}
         return ddp.broadcast_object(metrics, self.dist)
 
-    # ----- checkpoints ----------------------------------------------------------------------------
     def save(self, name: str, extra: dict, epoch: int | None = None) -> Path:
         """Write a checkpoint; refuse (TrainingError) when a parameter is not finite, keeping the last good one."""
         path = self.run.file(name)
-        self.check_parameters(name, epoch)
+        check_parameters(self.model, self.current_stage or "training", name, epoch)
         if self.is_main:
             save_checkpoint(path, self.model, self.config, extra)
         return path
-
-    def check_parameters(self, name: str, epoch: int | None) -> None:
-        bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
-        if bad is not None:
-            stage = self.current_stage or "training"
-            when = f" after epoch {epoch}" if epoch is not None else ""
-            raise TrainingError(f"{stage}: parameter '{bad}' became non-finite{when}; stopped without saving "
-                                f"{name}, last good checkpoint kept ({stability_hint(stage)})")
-
-    def end_epoch(self, stage: str, epoch: int, record: dict, resume_state: dict, validate: bool = False) -> None:
-        """Validate, keep the best checkpoint on disk, save last.pt with the resume state, write the logs."""
-        state = self.state
-        # Before any bookkeeping, so status.json and the history still describe the last good epoch.
-        self.check_parameters("last.pt", epoch)
-        if validate:
-            metrics = self.validate()
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-            score = (metrics.get("rank1", 0.0), metrics.get("mAP", 0.0))
-            best = state.get("best")
-            if best is None or score > (best["rank1"], best["mAP"]):
-                state["best"] = {"stage": stage, "epoch": epoch, "rank1": score[0], "mAP": score[1]}
-                # Saved now, to disk: a "best" model kept by reference would really be the last epoch
-                # (docs/method.md, "Pitfalls").
-                self.save("best.pt", {"stage": stage, "epoch": epoch, "val": metrics}, epoch)
-                record["best"] = True
-        total = self.config.stage1.epochs if stage == "stage1" else self.config.stage2.epochs
-        state["stage"] = stage
-        state["epoch"] = epoch
-        if epoch >= total and stage not in state["completed"]:
-            state["completed"].append(stage)
-        state["history"].append(record)
-        self.save("last.pt", {"run_state": state, "resume": resume_state, "rng": rng_state()}, epoch)
-        parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                 if k not in ("stage", "epoch")]
-        self.log(f"{stage} epoch {epoch}/{total}: " + " ".join(parts))
-        if self.is_main:
-            self.run.write_metrics(state["history"])
-            self.run.flush_log()
-            self.run.write_status("running", stage=stage, epoch=epoch)
-
-
-def stability_hint(stage: str) -> str:
-    """What to change when ``stage`` diverged (stage 1 has no gradient clipping)."""
-    if stage == "stage1":
-        return "lower stage1.lr"
-    if stage == "joint":
-        return "lower stage1.lr and stage2.lr, or set stage2.grad_clip"
-    return "lower stage2.lr or set stage2.grad_clip"
 
 
 def _dataset_workdir(config: Config) -> Path:
@@ -278,32 +209,23 @@ def _scan(records, config: Config, run_lines: list[str]) -> tuple[list, list]:
     return [r for r in records if r.path not in bad], sorted(bad)
 
 
+@dataclass
+class _Inputs:
+    """What a run trains on, checked before the run folder is touched."""
+    manifest: Manifest
+    train_records: list
+    label_map: dict
+    model: torch.nn.Module
+    skipped_lines: list[str]
+    resume_extra: dict | None
+
+
 def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] = STAGES,
           resume: str | Path | None = None, device: str | None = None, progress: bool = False) -> RunResult:
     """Train HandCLIP and return where the checkpoints are (see the module docstring for the run folder)."""
-    resume_extra = None
-    if resume is not None:
-        run_path = Path(resume)
-        if not (run_path / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_path}: not a HandCLIP run folder (no config.yaml)")
-        if not (run_path / "last.pt").is_file():
-            raise ConfigError(f"--resume {run_path}: no last.pt to resume from (the run failed before its first epoch)")
-        verify_resume_manifest(run_path)
-        config = load_config(run_path / "config.yaml")
-    else:
-        config = _as_config(config)
-        run_path = Path(run_dir) if run_dir is not None else _default_run_dir(config)
+    config, run_path = _resolve_run(config, run_dir, resume)
     unique_name = resume is None and run_dir is None
-    stages = tuple(stages)
-    for stage in stages:
-        if stage not in STAGES:
-            raise ConfigError(f"unknown stage '{stage}' (use stage1, stage2 or both)")
-    joint = config.runtime.joint
-    if joint:
-        stages = ("joint",)
-    else:
-        stages = tuple(s for s in stages if getattr(config, s).enabled)
-
+    stages = _stages_to_run(config, stages)
     dist_info = ddp.init_distributed(device or config.runtime.device)
     try:
         # Every rank uses rank 0's folder name (a default name holds the time, which may differ by a second).
@@ -314,92 +236,145 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
         if config.runtime.threads:
             torch.set_num_threads(config.runtime.threads)
         seed_everything(config.seed)
+        inputs = _checked_inputs(config, run_path if resume is not None else None, stages)
+        inputs.model.to(device_obj)
 
-        # ---- everything that can fail on user input, before the run folder is touched ----
-        if resume is not None:
-            manifest = Manifest.read(run_path / "manifest.csv")
-        else:
-            manifest = prepare_from_config(config.data, _dataset_workdir(config))
-        skipped_lines: list[str] = []
-        usable, skipped = _scan(manifest.split("train") + manifest.split("val"), config, skipped_lines)
-        if skipped:
-            manifest = manifest.without_paths(skipped)
-        manifest.check_identity_overlap(config.data.allow_id_overlap, "the training manifest",
-                                        "set data.allow_id_overlap=true (train --allow-id-overlap)")
-        train_records, label_map = check_training_data(manifest, config.stage2,
-                                                        check_batches=("stage2" in stages or joint))
-        if not manifest.split("val"):
-            raise DataError("the manifest has no val split (one held-out image per training identity) to choose "
-                            "the best checkpoint on")
-        model = build_model(config.model, config.data, len(label_map))
-        if resume is not None:
-            model, _, resume_extra = load_checkpoint(run_path / "last.pt", map_location="cpu")
-        model.to(device_obj)
-
-        # ---- the run folder (all ranks have passed the checks above before rank 0 writes) ----
+        # The run folder: all ranks have passed the checks above before rank 0 writes.
         ddp.barrier(dist_info)
         if resume is None and dist_info.is_main:
             run_path = claim_run_folder(run_path, unique=unique_name)
         run_path = Path(ddp.broadcast_object(str(run_path), dist_info))
         run = RunFolder(run_path, active=dist_info.is_main)
-        if resume is not None:
-            if dist_info.is_main:
-                remove_stale_temporaries(run_path)
-            state = resume_extra["run_state"]
-            log_file = run.file("train.log")
-            if log_file.is_file():
-                run.lines = log_file.read_text(encoding="utf-8").splitlines()
-            run.log(f"resumed from last.pt: {state['stage']} epoch {state['epoch']}")
+        if inputs.resume_extra is not None:
+            state = _reopen_run_folder(run, inputs.resume_extra)
         else:
-            state = {"stage": None, "epoch": 0, "completed": [], "history": [], "best": None,
-                     "stages": list(stages)}
-            if dist_info.is_main:
-                atomic_write_text(run.file("config.yaml"), config.to_yaml())
-                manifest.write(run.file("manifest.csv"))
-                atomic_write_text(run.file("manifest.sha256"), manifest.sha256() + "  manifest.csv\n")
-                used = sorted({r.path for r in (*train_records, *manifest.split("val"))})
-                atomic_write_text(run.file("used_images.txt"), "".join(p + "\n" for p in used))
-                if skipped_lines:
-                    atomic_write_text(run.file("skipped_images.txt"), "".join(l + "\n" for l in skipped_lines))
-                run.write_status("running", stage=None, epoch=0)
-            run.log(f"HandCLIP training: {config.name}; backbone {config.model.backbone}; device {device_obj}; "
-                    f"{len(label_map)} training identities, {len(train_records)} images; "
-                    f"world size {dist_info.world_size}")
-        ctx = TrainContext(config, manifest, train_records, label_map, model, device_obj, run, dist_info, state,
-                           progress)
-        try:
-            with ctx.termination.installed():
-                _run_stages(ctx, state["stages"] if resume is not None else list(stages), resume_extra)
-        except BaseException as exc:
-            if dist_info.is_main:
-                interrupted = isinstance(exc, KeyboardInterrupt)
-                if interrupted:
-                    reason = str(exc) if isinstance(exc, Terminated) else "interrupted"
-                    reason += f"; resume with: handclip train --resume {run_path}"
-                elif isinstance(exc, HandCLIPError):
-                    reason = str(exc)
-                else:
-                    reason = f"{type(exc).__name__}: {exc}"
-                run.log(("INTERRUPTED: " if interrupted else "FAILED: ") + reason)
-                # stage: the one that was running (not the last one that saved an epoch); epoch: last saved.
-                fields = dict(error=reason, stage=ctx.current_stage or state.get("stage"), epoch=state.get("epoch"))
-                with contextlib.suppress(OSError):
-                    run.flush_log()
-                    run.write_status("interrupted" if interrupted else "failed", **fields)
-            raise
-        run.log("training completed")
-        if dist_info.is_main:
-            run.flush_log()
-            run.write_status("completed", stage=state.get("stage"), epoch=state.get("epoch"), best=state.get("best"))
-        best = run.file("best.pt")
-        last = run.file("last.pt")
+            state = _start_run_folder(run, config, inputs, stages, device_obj, dist_info)
+        ctx = TrainContext(config, inputs.manifest, inputs.train_records, inputs.label_map, inputs.model, device_obj,
+                           run, dist_info, state, progress)
+        _run_recipes(ctx, state["stages"] if resume is not None else list(stages), inputs.resume_extra)
+        best, last = run.file("best.pt"), run.file("last.pt")
         return RunResult(run_path, best if best.is_file() else None, last if last.is_file() else None,
                          list(state["history"]), state.get("best"))
     finally:
         ddp.shutdown(dist_info)
 
 
+def _resolve_run(config, run_dir, resume) -> tuple[Config, Path]:
+    """The configuration and run folder: a resumed run's own, or the given config and folder (or a fresh name)."""
+    if resume is None:
+        config = _as_config(config)
+        return config, Path(run_dir) if run_dir is not None else _default_run_dir(config)
+    run_path = Path(resume)
+    if not (run_path / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_path}: not a HandCLIP run folder (no config.yaml)")
+    if not (run_path / "last.pt").is_file():
+        raise ConfigError(f"--resume {run_path}: no last.pt to resume from (the run failed before its first epoch)")
+    verify_resume_manifest(run_path)
+    return load_config(run_path / "config.yaml"), run_path
+
+
+def _stages_to_run(config: Config, stages: Sequence[str]) -> tuple[str, ...]:
+    stages = tuple(stages)
+    for stage in stages:
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage '{stage}' (use stage1, stage2 or both)")
+    if config.single_stage.enabled:
+        if config.runtime.joint:
+            raise ConfigError("runtime.joint and single_stage.enabled are two different recipes; set one of them")
+        return ("single_stage",)
+    if config.runtime.joint:
+        return ("joint",)
+    return tuple(s for s in stages if getattr(config, s).enabled)
+
+
+def _checked_inputs(config: Config, resumed_run: Path | None, stages: tuple[str, ...]) -> _Inputs:
+    """Everything that can fail on user input, before the run folder is touched: manifest, images,
+    identities, batch layout, backbone and weights (a resumed run's model comes from its last.pt)."""
+    if resumed_run is not None:
+        manifest = Manifest.read(resumed_run / "manifest.csv")
+    else:
+        manifest = prepare_from_config(config.data, _dataset_workdir(config))
+    skipped_lines: list[str] = []
+    _, skipped = _scan(manifest.split("train") + manifest.split("val"), config, skipped_lines)
+    if skipped:
+        manifest = manifest.without_paths(skipped)
+    manifest.check_identity_overlap(config.data.allow_id_overlap, "the training manifest",
+                                    "set data.allow_id_overlap=true (train --allow-id-overlap)")
+    train_records, label_map = check_training_data(manifest, config.stage2,
+                                                   check_batches=("stage2" in stages or "joint" in stages))
+    if not manifest.split("val"):
+        raise DataError("the manifest has no val split (one held-out image per training identity) to choose "
+                        "the best checkpoint on")
+    # Built on resume too: its random draws are part of the run's random stream.
+    model = build_model(config.model, config.data, len(label_map))
+    resume_extra = None
+    if resumed_run is not None:
+        model, _, resume_extra = load_checkpoint(resumed_run / "last.pt", map_location="cpu")
+    return _Inputs(manifest, train_records, label_map, model, skipped_lines, resume_extra)
+
+
+def _start_run_folder(run: RunFolder, config: Config, inputs: _Inputs, stages, device, dist_info) -> dict:
+    """Write a new run's config, manifest and image lists, and return its fresh run state."""
+    state = {"stage": None, "epoch": 0, "completed": [], "history": [], "best": None, "stages": list(stages)}
+    if dist_info.is_main:
+        manifest = inputs.manifest
+        atomic_write_text(run.file("config.yaml"), config.to_yaml())
+        manifest.write(run.file("manifest.csv"))
+        atomic_write_text(run.file("manifest.sha256"), manifest.sha256() + "  manifest.csv\n")
+        used = sorted({r.path for r in (*inputs.train_records, *manifest.split("val"))})
+        atomic_write_text(run.file("used_images.txt"), "".join(p + "\n" for p in used))
+        if inputs.skipped_lines:
+            atomic_write_text(run.file("skipped_images.txt"), "".join(l + "\n" for l in inputs.skipped_lines))
+        run.write_status("running", stage=None, epoch=0)
+    run.log(f"HandCLIP training: {config.name}; backbone {config.model.backbone}; device {device}; "
+            f"{len(inputs.label_map)} training identities, {len(inputs.train_records)} images; "
+            f"world size {dist_info.world_size}")
+    return state
+
+
+def _reopen_run_folder(run: RunFolder, resume_extra: dict) -> dict:
+    """Continue a run folder's log and return the run state its last.pt recorded."""
+    if run.active:
+        remove_stale_temporaries(run.path)
+    state = resume_extra["run_state"]
+    log_file = run.file("train.log")
+    if log_file.is_file():
+        run.lines = log_file.read_text(encoding="utf-8").splitlines()
+    run.log(f"resumed from last.pt: {state['stage']} epoch {state['epoch']}")
+    return state
+
+
+def _run_recipes(ctx: TrainContext, stages: list[str], resume_extra: dict | None) -> None:
+    """Run the stages under the SIGTERM watch; mark status.json completed, failed or interrupted."""
+    run, state = ctx.run, ctx.state
+    try:
+        with ctx.termination.installed():
+            _run_stages(ctx, stages, resume_extra)
+    except BaseException as exc:
+        if ctx.is_main:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            if interrupted:
+                reason = str(exc) if isinstance(exc, Terminated) else "interrupted"
+                reason += f"; resume with: handclip train --resume {run.path}"
+            elif isinstance(exc, HandCLIPError):
+                reason = str(exc)
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            run.log(("INTERRUPTED: " if interrupted else "FAILED: ") + reason)
+            # stage: the one that was running (not the last one that saved an epoch); epoch: last saved.
+            fields = dict(error=reason, stage=ctx.current_stage or state.get("stage"), epoch=state.get("epoch"))
+            with contextlib.suppress(OSError):
+                run.flush_log()
+                run.write_status("interrupted" if interrupted else "failed", **fields)
+        raise
+    run.log("training completed")
+    if ctx.is_main:
+        run.flush_log()
+        run.write_status("completed", stage=state.get("stage"), epoch=state.get("epoch"), best=state.get("best"))
+
+
 def _run_stages(ctx: TrainContext, stages: list[str], resume_extra: dict | None) -> None:
+    """Run each stage's recipe in turn, skipping completed ones; a resumed run continues mid-stage."""
     state = ctx.state
     for stage in stages:
         if stage in state["completed"]:
@@ -407,8 +382,8 @@ def _run_stages(ctx: TrainContext, stages: list[str], resume_extra: dict | None)
         resume = None
         if resume_extra is not None:
             if state["stage"] == stage:
-                # Mid-stage: the stage restores the RNG states itself, after every constructor that draws
-                # random numbers (those draws were already made before the checkpoint in the original run).
+                # Mid-stage: the recipe's Checkpoint hook restores the RNG states (``_rng``) after every
+                # constructor that draws random numbers.
                 resume = dict(resume_extra["resume"], _rng=resume_extra["rng"])
             else:
                 # The previous stage had finished: continue from its RNG states, then start this stage afresh.
@@ -418,5 +393,7 @@ def _run_stages(ctx: TrainContext, stages: list[str], resume_extra: dict | None)
         ctx.log(f"{stage}: starting" + (f" from epoch {resume['epoch']}" if resume else ""))
         if stage == "stage1":
             run_stage1(ctx, resume)
+        elif stage == "single_stage":
+            run_single_stage(ctx, resume)
         else:
             run_stage2(ctx, resume, joint=(stage == "joint"))

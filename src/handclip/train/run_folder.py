@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json, atomic_write_text, sha256_file, write_error
 from ..errors import ConfigError, DataError
+from .loop import Hook, TrainLoop
 
 CLAIM_NAME = ".handclip-run"
 # Temporary files an interrupted checkpoint or log write can leave (atomic_open's ".NAME.XXXX.tmp").
@@ -108,10 +109,12 @@ class Terminated(KeyboardInterrupt):
     exit_code = 143
 
 
-class TerminationWatch:
+class TerminationWatch(Hook):
     """Turns SIGTERM into ``Terminated`` at a safe point: ``check()`` raises once a signal came.
 
-    A second SIGTERM stops at once (the atomic writes still leave no half file behind them).
+    Installed for a whole training run (``installed``), and a hook of every training loop in it: the run
+    stops before the next step, never in the middle of a checkpoint. A second SIGTERM stops at once (the
+    atomic writes still leave no half file behind them).
     """
 
     def __init__(self):
@@ -125,6 +128,9 @@ class TerminationWatch:
     def check(self) -> None:
         if self.requested:
             raise Terminated("stopped by SIGTERM")
+
+    def before_step(self, loop: TrainLoop) -> None:
+        self.check()
 
     @contextlib.contextmanager
     def installed(self):

@@ -1,4 +1,5 @@
-"""Stage 1: learn one text prompt per identity against fixed image features (docs/method.md, "Stage 1").
+"""Stage 1, a recipe on ``train.loop``: learn one text prompt per identity against fixed image features
+(docs/method.md, "Stage 1").
 
 Everything but the prompt vectors is frozen. Every training image is encoded once with the eval
 transform (no augmentation); the features are cached on disk under
@@ -23,7 +24,9 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes
 from ..data.loaders import build_eval_loader, first_resize
-from ..runtime import autocast, cache_root, make_grad_scaler, resolve_amp_dtype, restore_rng_if_resuming
+from ..runtime import autocast, cache_root, make_grad_scaler, resolve_amp_dtype
+from .hooks import LrSchedule, TrainingState, training_hooks
+from .loop import TrainLoop
 from .losses import SupConLoss, image_text_scale, prompt_l2
 from .optim import build_stage1_optimizer
 
@@ -143,80 +146,49 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
 
 def run_stage1(ctx, resume: dict | None = None) -> None:
     """Train the prompt vectors for ``stage1.epochs`` epochs (continuing from ``resume`` if given)."""
-    cfg = ctx.config
-    s1 = cfg.stage1
-    model = ctx.model
-    device = ctx.device
+    cfg, s1, model, device = ctx.config, ctx.config.stage1, ctx.model, ctx.device
     model.freeze_all_but_prompt()
     optimizer, schedule = build_stage1_optimizer(model, s1, cfg.runtime, device)
-    start_epoch = 0
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        start_epoch = resume["epoch"]
     feats, labels, _ = cached_training_features(ctx)
-    feats = feats.to(device)
-    labels = labels.to(device)
+    feats, labels = feats.to(device), labels.to(device)
     scale = image_text_scale(model, cfg)
     supcon = SupConLoss()
     dtype = resolve_amp_dtype(device, cfg.runtime.amp)
     # fp16 (runtime.amp: fp16, CLIP-ReID's precision) needs loss scaling here as in stage 2; bf16 and fp32 none.
     scaler = make_grad_scaler(device, dtype)
-    if scaler is not None and resume is not None and "scaler" in resume:
-        scaler.load_state_dict(resume["scaler"])
-    n = len(labels)
-    batches = batch_slices(n, s1.batch_size)
-    steps = len(batches)
-    first = s1.schedule_epochs_from
-    restore_rng_if_resuming(resume)
+    slices = batch_slices(len(labels), s1.batch_size)
 
-    for epoch in range(start_epoch, s1.epochs):
-        started = time.perf_counter()
-        model.train()
-        if s1.schedule == "epoch":
-            schedule.set_position(epoch + first)
-        order = torch.randperm(n).to(device)
-        sums = {"i2t": torch.zeros((), device=device), "t2i": torch.zeros((), device=device)}
+    def epoch_batches(epoch: int) -> list[torch.Tensor]:
+        order = torch.randperm(len(labels)).to(device)  # a new walk through the cached features every epoch
+        return [order[s] for s in slices]
+
+    def losses(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        image_feats, batch_labels = feats[idx], labels[idx]
+        # Each identity's prompt goes through the text encoder once per batch, however many of its
+        # images the batch holds (same features and gradients, fewer text-encoder passes).
+        unique_labels, inverse = torch.unique(batch_labels, return_inverse=True)
+        with autocast(device, dtype):
+            text_feats = model.text_features(unique_labels)[inverse]
+        terms = {"i2t": supcon(image_feats, text_feats, batch_labels, batch_labels, scale),
+                 "t2i": supcon(text_feats, image_feats, batch_labels, batch_labels, scale)}
         if s1.prompt_l2 > 0:
-            sums["prompt_l2"] = torch.zeros((), device=device)
-        iterator = range(steps)
-        if ctx.progress:
-            iterator = tqdm(iterator, desc=f"stage1 {epoch + 1}/{s1.epochs}", unit="step", leave=False)
-        for step in iterator:
-            if s1.schedule == "step":
-                schedule.set_position(epoch + first + step / steps)
-            idx = order[batches[step]]
-            image_feats, batch_labels = feats[idx], labels[idx]
-            # Each identity's prompt goes through the text encoder once per batch, however many of its
-            # images the batch holds (same features and gradients, fewer text-encoder passes).
-            unique_labels, inverse = torch.unique(batch_labels, return_inverse=True)
-            with autocast(device, dtype):
-                text_feats = model.text_features(unique_labels)[inverse]
-            terms = {
-                "i2t": supcon(image_feats, text_feats, batch_labels, batch_labels, scale),
-                "t2i": supcon(text_feats, image_feats, batch_labels, batch_labels, scale),
-            }
-            if s1.prompt_l2 > 0:
-                terms["prompt_l2"] = s1.prompt_l2 * prompt_l2(model.prompt_learner.ctx)
-            ctx.check_finite(terms, "stage1", epoch, step)
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            for key, value in terms.items():
-                sums[key] += value.detach()
-        record = {"stage": "stage1", "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"loss_{k}": float(v) / steps for k, v in sums.items()})
-        record["loss"] = sum(record[f"loss_{k}"] for k in sums)
-        record["time_s"] = round(time.perf_counter() - started, 3)
-        # Stage 1 leaves the image features unchanged, so it is validated once, at its end (the stage-1 model
-        # is then the first candidate for best.pt).
-        resume_state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1}
+            terms["prompt_l2"] = s1.prompt_l2 * prompt_l2(model.prompt_learner.ctx)
+        return terms
+
+    def update(terms: dict[str, torch.Tensor]) -> None:
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            resume_state["scaler"] = scaler.state_dict()
-        ctx.end_epoch("stage1", epoch + 1, record, validate=(epoch + 1 == s1.epochs), resume_state=resume_state)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    # Stage 1 leaves the image features unchanged, so it is validated once, at its end (the stage-1 model
+    # is then the first candidate for best.pt).
+    hooks = training_hooks(ctx, TrainingState(optimizer=optimizer, schedule=schedule, scaler=scaler), resume,
+                           schedule=LrSchedule(schedule, s1.schedule, s1.schedule_epochs_from),
+                           lr=lambda: optimizer.param_groups[0]["lr"], validate_every=s1.epochs)
+    TrainLoop("stage1", s1.epochs, len(slices), model, hooks).run(epoch_batches, losses, update)

@@ -1,4 +1,8 @@
-"""Stage 2: fine-tune the image encoder against fixed text anchors (docs/method.md, "Stage 2"), and the joint run.
+"""Stage 2, a recipe on ``train.loop``: fine-tune the image encoder against fixed text anchors (docs/method.md,
+"Stage 2"), and the joint run.
+
+``Stage2Trainer`` sets up the trainable parts, the losses, the optimizers and the text anchors, and
+defines one step (``compute_losses`` then ``update``); its ``run`` is the recipe's loop.
 
 Trainable: the image encoder (or its last ``model.unfreeze_last_n`` blocks) and every new head (BNNeck,
 ID classifiers, ArcFace), plus center-loss centres when that loss is on. The prompts and the text
@@ -12,7 +16,9 @@ over ``stage2.triplet_features`` (default CLIP-ReID's three: ``feat_mid``, ``fea
 image->text cross-entropy over all identities' text features (raw dot products unless
 ``losses.logits: cosine``),
 optional supervised contrastive i2t + t2i, optional center loss on the test feature
-(``[feat_last, feat_proj]``), and the prompt L2 penalty when the prompts train.
+(``[feat_last, feat_proj]``), and the prompt L2 penalty when the prompts train. With ``model.prompt`` image
+or both, each image's own prompt (``out.prompt_text``) adds SupCon image->text + text->image
+(``stage2.image_prompt_weight``); the interaction head, when on, is a third ID head.
 
 Joint run (``runtime.joint``): one run of ``stage2.epochs`` epochs in which the prompts and the image
 encoder train together. The prompts get their own Adam group (``stage1.lr``/``stage1.weight_decay``),
@@ -23,19 +29,13 @@ gradient, and the stage-1 loss (SupCon i2t + t2i on the batch, weight 1) is adde
 from __future__ import annotations
 
 import inspect
-import time
 
 import torch
-from tqdm import tqdm
 
 from ..errors import TrainingError
-from ..runtime import (
-    autocast,
-    make_grad_scaler,
-    resolve_amp_dtype,
-    restore_rng_if_resuming,
-    use_channels_last,
-)
+from ..runtime import autocast, make_grad_scaler, resolve_amp_dtype, use_channels_last
+from .hooks import LrSchedule, TrainingState, training_hooks
+from .loop import TrainLoop
 from .losses import (
     CenterLoss,
     CrossEntropyLabelSmooth,
@@ -65,7 +65,8 @@ def configure_stage2_trainable(model, model_cfg, stage2_cfg, joint: bool) -> Non
 
 
 class Stage2Trainer:
-    """Holds the stage-2 (or joint) losses, optimizers and text anchors; ``compute_losses`` is one batch."""
+    """Holds the stage-2 (or joint) losses, optimizers and text anchors; ``compute_losses`` is one batch's
+    loss terms, ``update`` the step on them, ``run`` the training."""
 
     def __init__(self, ctx, joint: bool = False):
         self.ctx = ctx
@@ -151,6 +152,8 @@ class Stage2Trainer:
                 terms["supcon"] = s2.supcon_weight * pair
             if self.joint:
                 terms["stage1_supcon"] = pair
+        if out.prompt_text is not None and s2.image_prompt_weight > 0:
+            terms["image_prompt"] = s2.image_prompt_weight * self.supcon_pair(out.image_proj, out.prompt_text, labels)
         if self.center is not None:
             features = torch.cat([out.feat_last.float(), out.feat_proj.float()], dim=1)
             terms["center"] = s2.center_weight * self.center(features, labels)
@@ -160,16 +163,23 @@ class Stage2Trainer:
                 terms["prompt_l2"] = weight * prompt_l2(self.model.prompt_learner.ctx)
         return terms
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, stage: str = "stage2", epoch: int = 0,
-                   step: int = 0) -> dict[str, torch.Tensor]:
-        """One optimisation step on a batch already on the device (what ``run`` does per batch, and what
-        benchmarks/bench_stage2.py times); returns the loss terms. No host sync per step on CUDA."""
+    def supcon_pair(self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """SupCon image->text + text->image, positives the same identity (docs/method.md, "Stage 1")."""
+        return (self.supcon(image, text, labels, labels, self.scale)
+                + self.supcon(text, image, labels, labels, self.scale))
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch already on the device (what the stage-2 loop does per batch
+        between its hooks, and what benchmarks/bench_stage2.py times); returns the loss terms."""
         terms = self.compute_losses(images, labels)
-        self.ctx.check_finite(terms, stage, epoch, step)
+        self.update(terms)
+        return terms
+
+    def update(self, terms: dict[str, torch.Tensor]) -> None:
+        """Backward pass and optimizer step on the sum of ``terms``. No host sync on CUDA."""
         loss = sum(terms.values())
         self.optimizers.zero_grad()
         self.backward_and_step(loss)
-        return terms
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         opts = self.optimizers
@@ -192,66 +202,38 @@ class Stage2Trainer:
         if self.scaler is not None:
             self.scaler.update()
 
-    def state_dict(self, epoch: int) -> dict:
-        state = {"optimizer": self.optimizers.state_dict(), "schedule": self.schedule.state_dict(), "epoch": epoch}
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if self.center is not None:
-            state["center"] = self.center.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizers.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        if self.center is not None and "center" in state:
-            self.center.load_state_dict(state["center"])
+    def training_state(self) -> TrainingState:
+        """What a resume restores: the optimizers, the schedule, the grad scaler and the centres."""
+        return TrainingState(optimizer=self.optimizers, schedule=self.schedule, scaler=self.scaler,
+                             center=self.center)
 
     def run(self, resume: dict | None = None) -> None:
-        ctx = self.ctx
-        stage = "joint" if self.joint else "stage2"
-        start_epoch = 0
-        if resume is not None:
-            self.load_state_dict(resume)
-            start_epoch = resume["epoch"]
+        """The stage-2 (or joint) recipe: ``stage2.epochs`` epochs over the P x K loader."""
+        ctx, s2, device = self.ctx, self.s2, self.device
         loader = ctx.build_train_loader()
+        # The sampler's count for its first epoch (a sampler may give another count in a later epoch; the
+        # schedule positions and the epoch's mean losses use this one).
         steps = len(loader)
         if steps == 0:
             raise TrainingError("stage2: the P x K sampler produced no batch; lower stage2.ids_per_batch")
-        restore_rng_if_resuming(resume)
-        for epoch in range(start_epoch, self.s2.epochs):
-            started = time.perf_counter()
-            self.model.train()
-            if hasattr(loader, "batch_sampler") and hasattr(loader.batch_sampler, "set_epoch"):
-                loader.batch_sampler.set_epoch(epoch)
-            first = self.s2.schedule_epochs_from
-            if self.s2.schedule == "epoch":
-                self.schedule.set_position(epoch + first)
-            sums: dict[str, torch.Tensor] = {}
-            iterator = loader
-            if ctx.progress:
-                iterator = tqdm(loader, desc=f"{stage} {epoch + 1}/{self.s2.epochs}", unit="batch", leave=False)
-            images_seen = 0
-            for step, batch in enumerate(iterator):
-                if self.s2.schedule == "step":
-                    self.schedule.set_position(epoch + first + step / steps)
-                images = batch[0].to(self.device, non_blocking=True)
-                labels = batch[1].to(self.device, non_blocking=True)
-                images_seen += len(labels)
-                terms = self.train_step(images, labels, stage, epoch, step)
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0) + value.detach().float()
-            ctx.flush_finite_checks()
-            elapsed = time.perf_counter() - started
-            record = {"stage": stage, "epoch": epoch + 1, "lr": self.optimizers.main.param_groups[0]["lr"]}
-            record.update({f"loss_{k}": float(v) / steps for k, v in sums.items()})
-            record["loss"] = sum(record[f"loss_{k}"] for k in sums)
-            record["images_per_s"] = round(images_seen * ctx.world_size / max(elapsed, 1e-9), 2)
-            record["time_s"] = round(elapsed, 3)
-            validate = (epoch + 1) % self.s2.eval_every == 0 or epoch + 1 == self.s2.epochs
-            ctx.end_epoch(stage, epoch + 1, record, resume_state=self.state_dict(epoch + 1), validate=validate)
+
+        def epoch_batches(epoch: int):
+            loader.batch_sampler.set_epoch(epoch)
+            return loader
+
+        def losses(batch) -> dict[str, torch.Tensor]:
+            images = batch[0].to(device, non_blocking=True)
+            labels = batch[1].to(device, non_blocking=True)
+            return self.compute_losses(images, labels)
+
+        hooks = training_hooks(ctx, self.training_state(), resume,
+                               schedule=LrSchedule(self.schedule, s2.schedule, s2.schedule_epochs_from),
+                               lr=lambda: self.optimizers.main.param_groups[0]["lr"],
+                               validate_every=s2.eval_every, count_images=lambda batch: len(batch[1]))
+        stage = "joint" if self.joint else "stage2"
+        TrainLoop(stage, s2.epochs, steps, self.model, hooks).run(epoch_batches, losses, self.update)
 
 
 def run_stage2(ctx, resume: dict | None = None, joint: bool = False) -> None:
+    """Stage 2 (or, with ``joint``, the joint run): set up the trainable parts, losses and optimizers, then train."""
     Stage2Trainer(ctx, joint=joint).run(resume)

@@ -1,5 +1,8 @@
 """The writer side of a gallery: creating it, the writer lock, appending batches, compaction.
 
+A ``GalleryWriter`` owns the lock for each change and holds the reader of the newest generation it
+made or saw (``writer.reader``); it reads that reader only through its public methods.
+
 One process writes at a time. The lock is an ``flock`` on ``.lock`` in the gallery folder, so it is
 released by the kernel when its holder dies (a crashed enrolment never leaves a stale lock). A second
 writer waits for it (logging that it waits, up to a timeout) rather than failing half-way through an
@@ -26,11 +29,11 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from ..errors import GalleryError
-from .metadata import FORMAT_NAME, FORMAT_VERSION, read_json
-from .shards import SHARD_DIR, Shard, checked_embeddings, delete_shard, remove_orphans, shard_files, write_shard
+from ..forensic.audit import AUDIT_FILE
+from .metadata import COMMIT_FILE, FORMAT_NAME, FORMAT_VERSION, GALLERY_FILE, Shard, read_json
+from .reader import GalleryReader
+from .shards import SHARD_DIR, checked_embeddings, delete_shard, remove_orphans, shard_files, write_shard
 
-GALLERY_FILE = "gallery.json"
-COMMIT_FILE = "commit.json"
 LOCK_FILE = ".lock"
 
 # Size-tiered compaction: when the newest COMPACT_FANOUT shards share a level they are merged into
@@ -114,8 +117,6 @@ def _refuse_leftovers(index_dir: Path) -> None:
     A commit.json with no shards and nothing else is a creation killed before gallery.json was
     written: nothing would be lost, so creation goes on over it.
     """
-    from .audit import AUDIT_FILE
-
     found = []
     commit = index_dir / COMMIT_FILE
     if commit.exists():
@@ -134,31 +135,52 @@ def _refuse_leftovers(index_dir: Path) -> None:
                            f"or enrol into a new folder (nothing was changed)")
 
 
+def _new_gallery(index_dir: Path, fingerprint: dict, dim: int, checkpoint: str | None) -> None:
+    """Write an empty gallery's files (under the writer lock, into a folder holding no gallery)."""
+    _refuse_leftovers(index_dir)
+    (index_dir / SHARD_DIR).mkdir(exist_ok=True)
+    uid = uuid.uuid4().hex
+    # commit.json first, gallery.json last: gallery.json's presence marks a complete gallery.
+    atomic_write_json(index_dir / COMMIT_FILE, {"uid": uid, "generation": 0, "rows": 0, "next_shard": 0,
+                                                "shards": []})
+    atomic_write_json(index_dir / GALLERY_FILE, {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "uid": uid, "dim": int(dim),
+        "fingerprint": dict(fingerprint), "checkpoint": checkpoint,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
 class GalleryWriter:
-    """Writer methods of ``GalleryStore`` (creation, appending, compaction), all under the writer lock."""
+    """The one writer of a gallery: creation, appending batches, compaction, all under the writer lock.
+
+    ``reader`` is the newest generation this writer made or saw; it is replaced (never changed) by each
+    commit. Other processes' commits are picked up when the lock is taken.
+    """
+
+    def __init__(self, reader: GalleryReader, lock_timeout: float | None = None):
+        self._reader = reader
+        self.lock_timeout = lock_timeout
+
+    @property
+    def reader(self) -> GalleryReader:
+        return self._reader
+
+    @property
+    def index_dir(self) -> Path:
+        return self._reader.index_dir
 
     @classmethod
-    def create(cls, index_dir: str | os.PathLike, fingerprint: dict, dim: int, *,
-               checkpoint: str | None = None, **kwargs):
-        """Make a new, empty gallery in ``index_dir`` (created if needed; must not hold a gallery)."""
-        return cls._create(Path(index_dir), fingerprint, dim, checkpoint, False, kwargs)
+    def open(cls, index_dir: str | os.PathLike, *, threads: int | None = None, verify: bool = True,
+             lock_timeout: float | None = None) -> "GalleryWriter":
+        """A writer for an existing gallery (GalleryError naming the file if it is missing or damaged)."""
+        return cls(GalleryReader.open(index_dir, threads=threads, verify=verify), lock_timeout)
 
     @classmethod
-    def open_or_create(cls, index_dir: str | os.PathLike, fingerprint: dict, dim: int, *,
-                       checkpoint: str | None = None, **kwargs):
-        """Open the gallery if ``index_dir`` holds one (refusing another model), else create it."""
+    def create(cls, index_dir: str | os.PathLike, fingerprint: dict, dim: int, *, checkpoint: str | None = None,
+               exist_ok: bool = False, threads: int | None = None, verify: bool = True,
+               lock_timeout: float | None = None) -> "GalleryWriter":
+        """Make a new, empty gallery in ``index_dir`` (created if needed). A folder that already holds a
+        gallery is refused, or with ``exist_ok`` opened (then checked against ``fingerprint``)."""
         index_dir = Path(index_dir)
-        if (index_dir / GALLERY_FILE).exists():
-            gallery = cls.open(index_dir, **kwargs)
-        else:
-            gallery = cls._create(index_dir, fingerprint, dim, checkpoint, True, kwargs)
-        gallery.check_model(fingerprint, dim)
-        if checkpoint and gallery.checkpoint != checkpoint:
-            gallery.set_checkpoint(checkpoint)
-        return gallery
-
-    @classmethod
-    def _create(cls, index_dir: Path, fingerprint: dict, dim: int, checkpoint, exist_ok: bool, kwargs):
         if int(dim) < 1:
             raise GalleryError(f"gallery feature dimension must be positive, got {dim}")
         fp_dim = fingerprint.get("feature_dim")
@@ -167,36 +189,31 @@ class GalleryWriter:
         _prepare_folder(index_dir)
         # Under the writer lock: of two processes creating the same new gallery, the second finds
         # the first's complete gallery here and opens it.
-        with writer_lock(index_dir, kwargs.get("lock_timeout")):
+        with writer_lock(index_dir, lock_timeout):
             if (index_dir / GALLERY_FILE).exists():
                 if not exist_ok:
-                    raise GalleryError(f"{index_dir} already holds a gallery; open it with GalleryStore.open "
-                                       f"to add images")
-                return cls.open(index_dir, **kwargs)
-            _refuse_leftovers(index_dir)
-            (index_dir / SHARD_DIR).mkdir(exist_ok=True)
-            uid = uuid.uuid4().hex
-            # commit.json first, gallery.json last: gallery.json's presence marks a complete gallery.
-            atomic_write_json(index_dir / COMMIT_FILE, {"uid": uid, "generation": 0, "rows": 0,
-                                                        "next_shard": 0, "shards": []})
-            info = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "uid": uid, "dim": int(dim),
-                    "fingerprint": dict(fingerprint), "checkpoint": checkpoint,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            atomic_write_json(index_dir / GALLERY_FILE, info)
-        return cls(index_dir, info, **kwargs)
+                    raise GalleryError(f"{index_dir} already holds a gallery; open it to add images")
+            else:
+                _new_gallery(index_dir, fingerprint, dim, checkpoint)
+            writer = cls.open(index_dir, threads=threads, verify=verify, lock_timeout=lock_timeout)
+        writer.reader.check_model(fingerprint, dim)
+        if checkpoint and writer.reader.checkpoint != checkpoint:
+            writer.set_checkpoint(checkpoint)
+        return writer
 
     def set_checkpoint(self, checkpoint: str) -> None:
         """Record the checkpoint path so ``handclip search`` can find the model by itself."""
-        with self._write_lock():
-            self._info["checkpoint"] = str(checkpoint)
-            atomic_write_json(self.index_dir / GALLERY_FILE, self._info)
+        with self._locked():
+            info = {**self._reader.info, "checkpoint": str(checkpoint)}
+            atomic_write_json(self.index_dir / GALLERY_FILE, info)
+            self._reader = self._reader.after_commit(self._reader.commit, self._reader.shards, info=info)
 
     @contextlib.contextmanager
-    def _write_lock(self) -> Iterator[None]:
+    def _locked(self) -> Iterator[None]:
         """The writer lock, with the latest commit loaded and a killed writer's leftovers removed."""
         with writer_lock(self.index_dir, self.lock_timeout):
-            self._load_commit()
-            remove_orphans(self.index_dir, {s.name for s in self._shards.shards})
+            self._reader = self._reader.latest()
+            remove_orphans(self.index_dir, {s.name for s in self._reader.shards})
             yield
 
     def add(self, embeddings: np.ndarray, paths: Sequence[str], identities: Sequence[str],
@@ -207,7 +224,8 @@ class GalleryWriter:
         re-enrolling the same file content never duplicates it. The batch is durable once this
         returns; if the process dies earlier the gallery is exactly as before the call.
         """
-        embeddings = checked_embeddings(embeddings, self.dim, len(paths), "embeddings")
+        dim = self._reader.dim
+        embeddings = checked_embeddings(embeddings, dim, len(paths), "embeddings")
         if not (len(paths) == len(identities) == len(file_hashes)):
             raise GalleryError(f"add() needs one path, identity and file hash per embedding, got "
                                f"{len(paths)}, {len(identities)}, {len(file_hashes)} for {len(embeddings)} rows")
@@ -217,21 +235,20 @@ class GalleryWriter:
             if not all(0 < len(v) and "\0" not in v for v in entry.values()):
                 raise GalleryError(f"add() needs non-empty paths, identities and hashes without NUL, "
                                    f"got {entry!r:.200}")
-        with self._write_lock():
+        with self._locked():
             keep, seen = [], set()
             for i, file_hash in enumerate(file_hashes):
-                if file_hash not in self._row_by_hash and file_hash not in seen:
+                if not self._reader.contains(file_hash) and file_hash not in seen:
                     seen.add(file_hash)
                     keep.append(i)
             if not keep:
                 return 0
-            vectors = np.ascontiguousarray(embeddings[keep])
             entries = [entries[i] for i in keep]
-            shard = write_shard(self.index_dir, self._next_shard_name(), vectors, entries, 0, self.dim)
+            commit = self._reader.commit
+            shard = write_shard(self.index_dir, self._take_shard_name(commit), np.ascontiguousarray(embeddings[keep]),
+                                entries, 0, dim)
             self._delay_for_tests()
-            self._commit_shards(self._shards.shards + [shard])
-            for entry in entries:
-                self._append_row(entry["path"], entry["identity"], entry["sha256"])
+            self._commit(commit, self._reader.shards + [shard], entries)
             self._compact()
         return len(keep)
 
@@ -241,28 +258,22 @@ class GalleryWriter:
         if delay:
             time.sleep(float(delay))
 
-    def _next_shard_name(self) -> str:
-        number = int(self._commit["next_shard"])
-        self._commit["next_shard"] = number + 1
+    @staticmethod
+    def _take_shard_name(commit: dict) -> str:
+        number = int(commit["next_shard"])
+        commit["next_shard"] = number + 1
         return f"{number:06d}"
 
-    def _commit_shards(self, shards: list[Shard]) -> None:
-        opened = self._shards.pin([s for s in shards if s not in self._shards.shards])
-        commit = {"uid": self._info["uid"], "generation": self._generation + 1,
-                  "rows": sum(s.rows for s in shards), "next_shard": self._commit["next_shard"],
+    def _commit(self, commit: dict, shards: list[Shard], added: list[dict] = ()) -> None:
+        """Write commit.json listing ``shards`` (the commit point) and move to its reader."""
+        commit = {"uid": self._reader.uid, "generation": self._reader.generation + 1,
+                  "rows": sum(s.rows for s in shards), "next_shard": commit["next_shard"],
                   "shards": [s.as_dict() for s in shards]}
-        try:
-            atomic_write_json(self.index_dir / COMMIT_FILE, commit)  # the commit point
-        except BaseException:
-            for pinned in opened.values():
-                pinned.close()
-            raise
-        self._commit = commit
-        self._generation = commit["generation"]
-        self._shards.replace(shards, opened)
+        atomic_write_json(self.index_dir / COMMIT_FILE, commit)
+        self._reader = self._reader.after_commit(commit, shards, added)
 
     def _compact(self) -> None:
-        shards = self._shards.shards
+        shards = self._reader.shards
         while len(shards) >= COMPACT_FANOUT:
             tail = shards[-COMPACT_FANOUT:]
             level = tail[0].level
@@ -270,11 +281,11 @@ class GalleryWriter:
             if any(s.level != level for s in tail) or rows > MAX_SHARD_ROWS:
                 return
             self._merge(len(shards) - COMPACT_FANOUT, level + 1)
-            shards = self._shards.shards
+            shards = self._reader.shards
 
     def compact(self) -> None:
         """Merge every shard into one file (enrolment already merges small shards as it goes)."""
-        with self._write_lock():
+        with self._locked():
             self._merge(0)
 
     def _merge(self, first: int, level: int | None = None) -> None:
@@ -284,17 +295,18 @@ class GalleryWriter:
         old files no commit refers to, deleted the same way. Readers that opened the older commit keep
         reading the deleted files through the descriptors they hold (``shards.PinnedShard``).
         """
-        shards = self._shards.shards
+        reader = self._reader
+        shards = reader.shards
         merged = shards[first:]
         if len(merged) < 2:
             return
         start_row = sum(s.rows for s in shards[:first])
         rows = sum(s.rows for s in merged)
-        entries = [{"path": self.path_of_row[r], "identity": self.identity_of_row[r], "sha256": self._hashes[r]}
-                   for r in range(start_row, start_row + rows)]
+        entries = reader.entries(start_row)[:rows]
         level = max(s.level for s in merged) + 1 if level is None else level
-        shard = write_shard(self.index_dir, self._next_shard_name(), self.iter_vectors(start_row), entries,
-                            level, self.dim, rows=rows)
-        self._commit_shards(shards[:first] + [shard])
+        commit = reader.commit
+        shard = write_shard(self.index_dir, self._take_shard_name(commit), reader.iter_vectors(start_row), entries,
+                            level, reader.dim, rows=rows)
+        self._commit(commit, shards[:first] + [shard])
         for old in merged:
             delete_shard(self.index_dir, old)

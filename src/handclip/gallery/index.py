@@ -7,19 +7,23 @@ many poor photos). Exact search (``flat``) scans every stored vector; the approx
 choose which people get scored (see ``handclip.gallery.ann``), and the scores returned are exact.
 ``auto`` is exact search up to AUTO_APPROX_THRESHOLD images and the pca index above, unless pca's
 self-check finds it unfit for the gallery's embeddings.
+
+``SearchIndexes`` is the search part of one reader (``handclip.gallery.reader``): the in-memory exact
+index and the approximate indexes over that reader's generation. When a reader of a later generation
+takes it over (``handed_to``), the indexes are extended with the new rows rather than rebuilt.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from ..errors import GalleryError
+from ..runtime import faiss_with_threads
 from .ann import ANN_TYPES, MIN_SELF_RECALL, ApproximateIndexes
-from .store import GalleryStore, faiss_with_threads
+from .results import Candidate
 
 # Above this many vectors, index_type='auto' switches from exact search to the pca index.
 AUTO_APPROX_THRESHOLD = 200_000
@@ -29,49 +33,39 @@ INDEX_TYPES = ("auto", "flat", *ANN_TYPES)
 SearchBy = Literal["image", "identity"]
 
 
-@dataclass
-class Candidate:
-    """One ranked answer for a query.
-
-    ``score`` is a cosine similarity. For ``by='image'`` a candidate is one enrolled image. For
-    ``by='identity'`` it is one person: ``score`` is the best score over all of that person's
-    enrolled images, ``path`` the image that achieved it, ``images`` all of their images best first
-    (``(path, score)``), ``num_images`` how many they have enrolled and ``matched`` how many of them are
-    among the query's ``top_k`` image-level hits.
-    """
-
-    rank: int
-    identity: str
-    score: float
-    path: str
-    num_images: int
-    matched: int
-    images: list[tuple[str, float]] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        out = asdict(self)
-        out["images"] = [{"path": p, "score": s} for p, s in self.images]
-        return out
+def _checked_queries(queries, dim: int) -> np.ndarray:
+    queries = np.asarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise GalleryError(f"query embeddings must have shape [M, {dim}], got {list(queries.shape)}")
+    norms = np.linalg.norm(queries, axis=1, keepdims=True)
+    if not np.isfinite(queries).all() or (norms == 0).any():
+        raise GalleryError("query embeddings contain NaN, infinite or all-zero rows")
+    return np.ascontiguousarray(queries / norms)
 
 
-class Gallery(GalleryStore):
-    """A gallery on disk (``GalleryStore``) that can be searched.
+class SearchIndexes:
+    """Exact and approximate search over one reader's generation."""
 
-    Create with :meth:`create`, reopen with :meth:`open` (any number of readers; one writer at a
-    time, enforced by a lock file held during each :meth:`add`).
-    """
+    def __init__(self, reader, flat=None, ann: ApproximateIndexes | None = None):
+        self.reader = reader
+        self._flat = flat  # faiss.IndexFlatIP over the committed rows, built on first use
+        self.ann = ann.handed_to(reader, self.expand_and_score) if ann is not None else \
+            ApproximateIndexes(reader, self.expand_and_score)
 
-    def __init__(self, index_dir, info: dict, **kwargs):
-        super().__init__(index_dir, info, **kwargs)
-        self._flat = None  # in-memory faiss.IndexFlatIP over the committed rows, built on first use
-        self.ann = ApproximateIndexes(self)
+    def handed_to(self, reader) -> "SearchIndexes":
+        """These indexes for ``reader``, a later generation of the same gallery; this object keeps none."""
+        keep = reader.uid == self.reader.uid and len(reader) >= len(self.reader)
+        flat, self._flat = (self._flat if keep else None), None
+        return SearchIndexes(reader, flat, self.ann)
 
     def resolve_index_type(self, index_type: IndexType = "auto") -> str:
         if index_type not in INDEX_TYPES:
             raise GalleryError(f"unknown index type '{index_type}' (choose {', '.join(INDEX_TYPES)})")
         if index_type != "auto":
             return index_type
-        if len(self) <= AUTO_APPROX_THRESHOLD:
+        if len(self.reader) <= AUTO_APPROX_THRESHOLD:
             return "flat"
         self.ann.index("pca")  # built once, then cached with its self-check
         check = self.ann.self_check("pca") or {}
@@ -79,26 +73,26 @@ class Gallery(GalleryStore):
             return "flat"
         return "pca"
 
-
-    def flat_index(self):
-        """Exact inner-product index over every committed row, kept for the process and extended with
-        rows committed since (rows are only ever appended, so the index stays a valid prefix).
+    def flat(self):
+        """Exact inner-product index over every committed row, extended with the rows of later
+        generations it is handed to (rows are only ever appended, so it stays a valid prefix).
 
         A first build reads the shards straight into the index's preallocated storage: adding chunk by
         chunk would grow it by doubling and briefly need twice the gallery's size in memory.
         """
-        faiss = faiss_with_threads(self.threads)
-        if self._flat is not None and self._flat.ntotal <= len(self):
-            for chunk in self.iter_vectors(start_row=self._flat.ntotal):
+        reader = self.reader
+        faiss = faiss_with_threads(reader.threads)
+        if self._flat is not None and self._flat.ntotal <= len(reader):
+            for chunk in reader.iter_vectors(start_row=self._flat.ntotal):
                 self._flat.add(chunk)
             return self._flat
-        index = faiss.IndexFlatIP(self.dim)
-        total = len(self)
-        index.codes.resize(total * self.dim * 4)
-        storage = faiss.rev_swig_ptr(index.codes.data(), total * self.dim * 4).view(np.float32)
-        storage = storage.reshape(total, self.dim)
+        index = faiss.IndexFlatIP(reader.dim)
+        total = len(reader)
+        index.codes.resize(total * reader.dim * 4)
+        storage = faiss.rev_swig_ptr(index.codes.data(), total * reader.dim * 4).view(np.float32)
+        storage = storage.reshape(total, reader.dim)
         row = 0
-        for chunk in self.iter_vectors():
+        for chunk in reader.iter_vectors():
             storage[row:row + len(chunk)] = chunk
             row += len(chunk)
         index.ntotal = total
@@ -107,17 +101,18 @@ class Gallery(GalleryStore):
 
     def exact_rows(self, rows: np.ndarray) -> np.ndarray:
         """Stored float32 vectors of ``rows``: from the exact index if it is loaded, else the shards."""
-        if self._flat is not None and self._flat.ntotal == len(self):
+        if self._flat is not None and self._flat.ntotal == len(self.reader):
             return self._flat.reconstruct_batch(np.asarray(rows, dtype=np.int64))
-        return self.gather_rows(rows, verify=True)
+        return self.reader.gather_rows(rows, verify=True)
 
     def expand_and_score(self, query: np.ndarray, rows: np.ndarray, top_k: int,
                          exclude: int = -1) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores and rows of the ``top_k`` best among the shortlisted images and every other
         image of their people (``exclude``: a row to leave out, for the self-check)."""
+        identity_of_row, rows_of_identity = self.reader.identity_of_row, self.reader.rows_of_identity
         rows = rows[(rows >= 0) & (rows != exclude)]
-        people = dict.fromkeys(self.identity_of_row[r] for r in rows)
-        expanded = np.fromiter((r for person in people for r in self.rows_of_identity[person] if r != exclude),
+        people = dict.fromkeys(identity_of_row[r] for r in rows)
+        expanded = np.fromiter((r for person in people for r in rows_of_identity[person] if r != exclude),
                                dtype=np.int64)
         scores = self.exact_rows(expanded) @ query
         order = np.argsort(-scores, kind="stable")[:top_k]
@@ -129,25 +124,18 @@ class Gallery(GalleryStore):
 
         Every score returned is exact (approximate indexes only choose which images get scored).
         """
+        reader = self.reader
         if by not in ("image", "identity"):
             raise GalleryError(f"search by '{by}' is not supported (choose image or identity)")
-        if len(self) == 0:
-            raise GalleryError(f"gallery {self.index_dir} is empty; enrol images before searching")
+        if len(reader) == 0:
+            raise GalleryError(f"gallery {reader.index_dir} is empty; enrol images before searching")
         if int(top_k) < 1:
             raise GalleryError(f"top_k must be at least 1, got {top_k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise GalleryError(f"query embeddings must have shape [M, {self.dim}], got {list(queries.shape)}")
-        norms = np.linalg.norm(queries, axis=1, keepdims=True)
-        if not np.isfinite(queries).all() or (norms == 0).any():
-            raise GalleryError("query embeddings contain NaN, infinite or all-zero rows")
-        queries = np.ascontiguousarray(queries / norms)
+        queries = _checked_queries(queries, reader.dim)
         kind = self.resolve_index_type(index_type)
-        n, top_k = len(self), int(top_k)
+        n, top_k = len(reader), int(top_k)
         if kind == "flat":
-            index = self.flat_index()
+            index = self.flat()
             if by == "image":
                 scores, rows = index.search(queries, min(top_k, n))
                 return [self._image_candidates(s, r) for s, r in zip(scores, rows)]
@@ -159,11 +147,19 @@ class Gallery(GalleryStore):
             shortlist = lambda q, depth: self.ann.shortlist(kind, index, q, depth)  # noqa: E731
             if by == "image":
                 rows = shortlist(queries, min(n, max(top_k, first_depth)))
-                return [self._rescored_image_candidates(q, r, top_k) for q, r in zip(queries, rows)]
-        # Deepen the image search, batched over the queries that still lack top_k distinct people
-        # (a person with many close images can fill the first hits on their own).
-        wanted = min(top_k, len(self.rows_of_identity))
-        per_identity = -(-n // len(self.rows_of_identity))  # mean images per person, rounded up
+                return [self._image_candidates(*self.expand_and_score(q, r, top_k)) for q, r in zip(queries, rows)]
+        rows = self._deepened_shortlists(queries, shortlist, first_depth, top_k)
+        # In exact order the first top_k people found are the answer; the others are re-ranked.
+        limit = 2 * top_k if kind == "flat" else None
+        return [self._identity_candidates(q, r, top_k, limit) for q, r in zip(queries, rows)]
+
+    def _deepened_shortlists(self, queries: np.ndarray, shortlist, first_depth: int, top_k: int) -> list:
+        """Image shortlists deep enough to hold ``top_k`` distinct people, deepened in batches over the
+        queries that still lack them (a person with many close images can fill the first hits alone)."""
+        reader = self.reader
+        n, people = len(reader), len(reader.rows_of_identity)
+        wanted = min(top_k, people)
+        per_identity = -(-n // people)  # mean images per person, rounded up
         depth = min(n, max(first_depth, top_k * max(4, 2 * per_identity)))
         rows = list(shortlist(queries, depth))
         pending = [i for i in range(len(queries)) if self._distinct_identities(rows[i]) < wanted]
@@ -177,33 +173,31 @@ class Gallery(GalleryStore):
                 if grew and self._distinct_identities(found) < wanted:
                     still.append(i)
             pending = still
-        # In exact order the first top_k people found are the answer; the others are re-ranked.
-        limit = 2 * top_k if kind == "flat" else None
-        return [self._identity_candidates(q, r, top_k, limit) for q, r in zip(queries, rows)]
+        return rows
 
     def _distinct_identities(self, rows: np.ndarray) -> int:
-        return len({self.identity_of_row[r] for r in rows if r >= 0})
+        identity_of_row = self.reader.identity_of_row
+        return len({identity_of_row[r] for r in rows if r >= 0})
 
     def _image_candidates(self, scores: np.ndarray, rows: np.ndarray) -> list[Candidate]:
+        reader = self.reader
         out = []
         for score, row in zip(scores, rows):
             if row < 0:
                 continue  # approximate indexes may return fewer than k hits
-            identity = self.identity_of_row[row]
-            out.append(Candidate(len(out) + 1, identity, float(score), self.path_of_row[row],
-                                 len(self.rows_of_identity[identity]), 1, [(self.path_of_row[row], float(score))]))
+            identity, path = reader.identity_of_row[row], reader.path_of_row[row]
+            out.append(Candidate(len(out) + 1, identity, float(score), path,
+                                 len(reader.rows_of_identity[identity]), 1, [(path, float(score))]))
         return out
-
-    def _rescored_image_candidates(self, query: np.ndarray, rows: np.ndarray, top_k: int) -> list[Candidate]:
-        return self._image_candidates(*self.expand_and_score(query, rows, top_k))
 
     def _identity_candidates(self, query: np.ndarray, rows: np.ndarray, top_k: int,
                              limit: int | None) -> list[Candidate]:
+        reader = self.reader
         rows = rows[rows >= 0]
-        found = list(dict.fromkeys(self.identity_of_row[r] for r in rows))[:limit]
+        found = list(dict.fromkeys(reader.identity_of_row[r] for r in rows))[:limit]
         # Exact scores for every image of these people, in one gather: max aggregation stays exact
         # even when an approximate index missed a person's best image.
-        members = [self.rows_of_identity[identity] for identity in found]
+        members = [reader.rows_of_identity[identity] for identity in found]
         all_rows = np.fromiter((r for m in members for r in m), dtype=np.int64)
         all_scores = self.exact_rows(all_rows) @ query
         bounds = np.cumsum([0] + [len(m) for m in members])
@@ -214,8 +208,7 @@ class Gallery(GalleryStore):
         for rank, i in enumerate(sorted(range(len(found)), key=lambda i: -best[i])[:top_k], 1):
             scores = all_scores[bounds[i]:bounds[i + 1]]
             order = np.argsort(-scores, kind="stable")
-            images = [(self.path_of_row[members[i][j]], float(scores[j])) for j in order]
+            images = [(reader.path_of_row[members[i][j]], float(scores[j])) for j in order]
             out.append(Candidate(rank, found[i], images[0][1], images[0][0], len(members[i]),
                                  matched[i], images))
         return out
-

@@ -3,9 +3,10 @@
 A calibration turns a score (cosine similarity) into log10 LR, where
 LR = p(score | same person) / p(score | different people). The calibrators are the NFI's ``lir``
 package's (logistic regression, KDE, isotonic/PAV); their fitted state is kept as plain numbers
-(two coefficients, KDE sample points and bandwidths, the PAV step function), so a calibration file
-loads without unpickling anything and gives the same LRs every time. Each map is clipped to its
-empirical lower and upper bounds (ELUB), so it never claims more than its calibration data supports.
+(two coefficients, the KDE's monotone table, the PAV step function), so a calibration file loads
+without unpickling anything and gives the same LRs every time. Every map is non-decreasing in the
+score over the whole real line and clipped to its empirical lower and upper bounds (ELUB), so it
+never claims more than its calibration data supports (docs/method.md, "Likelihood ratios").
 
 Two score kinds are calibrated separately because their distributions differ:
 ``image`` is one query image against one gallery image; ``identity`` is the best score of a query
@@ -22,23 +23,23 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import HandCLIPError
+from .calibration_checks import (FORMAT, KINDS, METHODS, VERSION, CalibrationError, check_content_hash, check_document,
+                                 check_map, content_sha256, parse_json)
 
-FORMAT = "handclip-score-calibration"
-VERSION = 1
-METHODS = ("logit", "kde", "isotonic")
-KINDS = ("image", "identity")
+__all__ = ["FORMAT", "KINDS", "METHODS", "VERSION", "CalibrationError", "ScoreCalibration", "ScoreMap",
+           "cllr_figures", "describe", "elub_bounds", "fit_score_map", "kde_table", "monotone_interp",
+           "verbal_band", "verbal_equivalent", "verbal_scale_rows", "verbal_strength"]
 # Two-fold cross-calibration needs at least three people with two or more images in each fold.
 MIN_IDENTITIES = 6
-# KDE keeps its sample points in the file and evaluates every kernel per score: a few thousand suffice.
+# KDE's densities are estimated from at most this many scores per class: a few thousand suffice.
 KDE_MAX_POINTS = 2000
+# The KDE table's knots lie at most an eighth of the narrower bandwidth apart, within these counts.
+KDE_MIN_KNOTS, KDE_MAX_KNOTS = 1025, 4097
+# Stored KDE log10 LRs are held within +-15, far beyond any ELUB bound (log10 of the pair count + 1).
+KDE_LOG10_LIMIT = 15.0
 # lir's ELUB search holds a pairs x thresholds float matrix; larger non-mated sets are subsampled,
 # which can only lower the upper bound (it never exceeds log10 of the non-mated count + 1).
 ELUB_MAX_NONMATED = 50_000
-
-
-class CalibrationError(HandCLIPError):
-    """A calibration cannot be fitted, read or applied (too little data, other model, bad file)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,14 +60,25 @@ SAME = "the same-person proposition"
 DIFFERENT = "the different-person proposition"
 
 
+def verbal_band(log10_lrs) -> np.ndarray:
+    """The band of each log10 LR: 0 for no support, k = 1..6 for the k-th band of support for the
+    same-person proposition (weak ... extremely strong), -k for the same band for the different-person one.
+
+    The one rule behind the verbal equivalent and the table of bands: an LR on an edge belongs to the
+    stronger band, both ways, so LR 10 and LR 1/10 are both "moderate" (docs/method.md, "Likelihood ratios").
+    """
+    values = np.asarray(log10_lrs, dtype=np.float64)
+    if np.any(np.isnan(values)):
+        raise CalibrationError("no verbal equivalent for a log10 LR of NaN")
+    edges = np.array([edge for edge, _ in VERBAL_BANDS]) - 1e-12  # log10(10 ** k) may round below k
+    strength = np.searchsorted(edges, np.abs(values), side="right")
+    return np.sign(values).astype(np.int64) * strength
+
+
 def verbal_strength(log10_lr: float) -> str:
     """The band's word for |log10 LR|: "no", "weak", ..., "extremely strong"."""
-    magnitude = abs(float(log10_lr))
-    word = "no"
-    for edge, name in VERBAL_BANDS:
-        if magnitude >= edge - 1e-12:
-            word = name
-    return word
+    band = abs(int(verbal_band(log10_lr)))
+    return "no" if band == 0 else VERBAL_BANDS[band - 1][1]
 
 
 def verbal_equivalent(log10_lr: float) -> str:
@@ -77,8 +89,6 @@ def verbal_equivalent(log10_lr: float) -> str:
     1/2 and 2 are said to support neither (ENFSI lists LR 1 for this and starts "weak" at 2).
     """
     value = float(log10_lr)
-    if math.isnan(value):
-        raise CalibrationError("no verbal equivalent for a log10 LR of NaN")
     word = verbal_strength(value)
     if word == "no":
         return "the findings do not support one proposition over the other"
@@ -95,14 +105,15 @@ def _lr_text(log10: float) -> str:
 
 def verbal_scale_rows() -> list[dict]:
     """The bands from the strongest same-person support down to the strongest different-person support:
-    ``low`` and ``high`` in log10 LR, the LR range as text, and the verbal equivalent."""
+    ``band`` (as ``verbal_band`` numbers it), ``low`` and ``high`` in log10 LR, the LR range as text, and
+    the verbal equivalent. An LR on an edge belongs to the row further from LR 1."""
     edges = [edge for edge, _ in VERBAL_BANDS]
     upper = [*edges[1:], math.inf]
-    positive = [(low, high) for low, high in zip(edges, upper)][::-1]
-    bands = [*positive, (-edges[0], edges[0]), *[(-high, -low) for low, high in positive[::-1]]]
-    return [{"low": low, "high": high, "lr": f"{_lr_text(low)} to {_lr_text(high)}",
-             "verbal": verbal_equivalent(0.0 if low < 0 < high else (low if low > 0 else high))}
-            for low, high in bands]
+    positive = [(band, low, high) for band, (low, high) in enumerate(zip(edges, upper), 1)][::-1]
+    bands = [*positive, (0, -edges[0], edges[0]), *[(-band, -high, -low) for band, low, high in positive[::-1]]]
+    return [{"band": band, "low": low, "high": high, "lr": f"{_lr_text(low)} to {_lr_text(high)}",
+             "verbal": verbal_equivalent(0.0 if band == 0 else (low if band > 0 else high))}
+            for band, low, high in bands]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +125,24 @@ def _as_scores(values, what: str) -> np.ndarray:
     if scores.size and not np.all(np.isfinite(scores)):
         raise CalibrationError(f"{what} contain NaN or infinite values")
     return scores
+
+
+def monotone_interp(x: np.ndarray, knots: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Linear interpolation in a table with non-decreasing ``values``, constant beyond its ends.
+
+    Unlike ``np.interp`` it cannot fall by a rounding step next to a knot: each result is clamped to its
+    own segment's two values, so a higher ``x`` never gets a lower value.
+    """
+    if knots.size == 1:
+        return np.full(x.shape, values[0], dtype=np.float64)
+    segment = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, knots.size - 2)
+    left, right = knots[segment], knots[segment + 1]
+    width = right - left
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(width > 0, (x - left) / np.where(width > 0, width, 1.0), 1.0)
+    fraction = np.clip(fraction, 0.0, 1.0)
+    low, high = values[segment], values[segment + 1]
+    return np.clip(low + fraction * (high - low), low, high)
 
 
 @dataclass(frozen=True)
@@ -132,48 +161,24 @@ class ScoreMap:
         x = _as_scores(scores, "scores")
         if self.method == "logit":
             return ln_to_log10(self.params["intercept"] + self.params["coef"] * x)
+        knots = np.asarray(self.params["x"], dtype=np.float64)
         if self.method == "kde":
-            from sklearn.neighbors import KernelDensity
-
-            densities = []
-            for points, bandwidth in ((self.params["nonmated_points"], self.params["bandwidth"][0]),
-                                      (self.params["mated_points"], self.params["bandwidth"][1])):
-                kde = KernelDensity(kernel="gaussian", bandwidth=bandwidth).fit(np.asarray(points).reshape(-1, 1))
-                densities.append(kde.score_samples(x.reshape(-1, 1)))
-            return ln_to_log10(densities[1] - densities[0])
+            return monotone_interp(x, knots, np.asarray(self.params["log10_lr"], dtype=np.float64))
         if self.method == "isotonic":
-            knots = np.asarray(self.params["x"], dtype=np.float64)
-            probability = np.interp(np.clip(x, knots[0], knots[-1]), knots, np.asarray(self.params["p"]))
-            with np.errstate(divide="ignore"):
-                return np.asarray(probability_to_logodds(probability), dtype=np.float64)
+            probability = monotone_interp(x, knots, np.asarray(self.params["p"], dtype=np.float64))
+            return np.asarray(probability_to_logodds(probability), dtype=np.float64)
         raise CalibrationError(f"unknown calibration method {self.method!r} (choose from {', '.join(METHODS)})")
 
     def log10_lr(self, scores) -> np.ndarray:
-        raw = self.raw_log10_lr(scores)
-        # A score far outside both KDE samples gives -inf - -inf = NaN: the data say nothing there.
-        raw = np.where(np.isnan(raw), 0.0, raw)
-        return np.clip(raw, self.lower, self.upper)
+        return np.clip(self.raw_log10_lr(scores), self.lower, self.upper)
 
     def as_dict(self) -> dict:
         return {"method": self.method, "params": self.params, "log10_lr_bounds": [self.lower, self.upper]}
 
     @classmethod
     def from_dict(cls, data, where: str) -> "ScoreMap":
-        try:
-            method, params = data["method"], data["params"]
-            lower, upper = (float(v) for v in data["log10_lr_bounds"])
-        except (KeyError, TypeError, ValueError):
-            raise CalibrationError(f"{where} is malformed (needs method, params and two log10_lr_bounds)") from None
-        required = {"logit": ("coef", "intercept"), "kde": ("bandwidth", "nonmated_points", "mated_points"),
-                    "isotonic": ("x", "p")}
-        if method not in required:
-            raise CalibrationError(f"{where}: unknown method {method!r} (choose from {', '.join(METHODS)})")
-        missing = [key for key in required[method] if not isinstance(params, dict) or key not in params]
-        if missing:
-            raise CalibrationError(f"{where}: params lack {', '.join(missing)}")
-        if not lower <= 0.0 <= upper:
-            raise CalibrationError(f"{where}: bounds {lower}, {upper} must enclose log10 LR 0")
-        return cls(method, params, lower, upper)
+        """A stored map, every value checked (``calibration_checks.check_map``)."""
+        return cls(*check_map(data, where))
 
 
 def _check_fit_input(mated: np.ndarray, nonmated: np.ndarray) -> None:
@@ -208,6 +213,37 @@ def elub_bounds(llrs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[fl
     return float(low), float(high)
 
 
+def kde_table(mated_points: np.ndarray, nonmated_points: np.ndarray, low: float, high: float) -> dict:
+    """lir's KDE (Silverman bandwidth per class) as a non-decreasing table of log10 LR over [low, high].
+
+    The two densities are evaluated on a fine grid. Where their ratio falls as the score rises, PAV pools
+    neighbouring knots, weighting each posterior f1 / (f0 + f1) by f0 + f1, so a pooled interval's LR is
+    the ratio of the two classes' probability mass in it (docs/method.md, "Likelihood ratios").
+    """
+    from lir.algorithms.kde import KDECalibrator
+    from scipy.special import expit, logit
+    from sklearn.isotonic import isotonic_regression
+
+    sample_x = np.concatenate([nonmated_points, mated_points])
+    sample_y = np.concatenate([np.zeros(nonmated_points.size, np.int64), np.ones(mated_points.size, np.int64)])
+    calibrator = KDECalibrator(bandwidth="silverman").fit(sample_x, sample_y)
+    kde0, kde1 = calibrator._kde0, calibrator._kde1  # lir keeps no public handle on the two densities
+    bandwidths = [float(kde0.bandwidth_), float(kde1.bandwidth_)]
+    count = int(np.clip(np.ceil(8 * (high - low) / min(bandwidths)) + 1, KDE_MIN_KNOTS, KDE_MAX_KNOTS))
+    knots = np.linspace(low, high, count)
+    log_f0, log_f1 = kde0.score_samples(knots[:, None]), kde1.score_samples(knots[:, None])
+    mass = np.logaddexp(log_f0, log_f1)
+    weight = np.maximum(np.exp(mass - mass.max()), 1e-300)  # PAV divides by summed weights
+    posterior = isotonic_regression(expit(log_f1 - log_f0), sample_weight=weight, increasing=True)
+    limit = 10.0 ** -KDE_LOG10_LIMIT
+    values = logit(np.clip(posterior, limit, 1.0 - limit)) / math.log(10.0)
+    # Interior knots inside a flat stretch change nothing in the linear interpolation: leave them out.
+    flat = np.zeros(count, dtype=bool)
+    flat[1:-1] = (values[1:-1] == values[:-2]) & (values[1:-1] == values[2:])
+    return {"bandwidth": bandwidths, "x": [float(v) for v in knots[~flat]],
+            "log10_lr": [float(v) for v in values[~flat]]}
+
+
 def fit_score_map(mated, nonmated, method: str = "logit", seed: int = 0) -> ScoreMap:
     """Fit lir's calibrator on mated / non-mated scores, keep its state as plain data, add ELUB bounds."""
     mated = _as_scores(mated, "mated scores")
@@ -226,19 +262,16 @@ def fit_score_map(mated, nonmated, method: str = "logit", seed: int = 0) -> Scor
         calibrator = LogitCalibrator(C=np.inf).fit(x, y)
         model = calibrator._logit  # the fitted sklearn LogisticRegression (lir keeps no public handle)
         params = {"coef": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])}
+        if params["coef"] < 0:
+            # The likelihood is concave, so its maximum under slope >= 0 lies at slope 0, where lir's
+            # balanced class weights put the intercept at 0: LR 1 for every score.
+            params = {"coef": 0.0, "intercept": 0.0}
     elif method == "kde":
-        from lir.algorithms.kde import KDECalibrator
-
         mated_points, nonmated_points = _subsample(mated, KDE_MAX_POINTS, rng), _subsample(nonmated, KDE_MAX_POINTS, rng)
         if np.ptp(mated_points) == 0 or np.ptp(nonmated_points) == 0:
             raise CalibrationError("KDE calibration needs mated and non-mated scores that each vary "
                                    "(Silverman's bandwidth is zero otherwise); use --method logit")
-        sample_x = np.concatenate([nonmated_points, mated_points])
-        sample_y = np.concatenate([np.zeros(nonmated_points.size, np.int64), np.ones(mated_points.size, np.int64)])
-        calibrator = KDECalibrator(bandwidth="silverman").fit(sample_x, sample_y)
-        params = {"bandwidth": [float(calibrator._kde0.bandwidth_), float(calibrator._kde1.bandwidth_)],
-                  "nonmated_points": [float(v) for v in nonmated_points],
-                  "mated_points": [float(v) for v in mated_points]}
+        params = kde_table(mated_points, nonmated_points, float(x.min()), float(x.max()))
     else:
         from lir.algorithms.isotonic_regression import IsotonicCalibrator
 
@@ -312,7 +345,7 @@ class ScoreCalibration:
 
     def check_model(self, fingerprint: dict) -> None:
         """CalibrationError naming every field on which ``fingerprint`` differs from the calibrated model's."""
-        from ..gallery.store import fingerprint_differences
+        from ..model.fingerprint import fingerprint_differences
 
         differences = fingerprint_differences(self.fingerprint, fingerprint)
         if differences:
@@ -320,10 +353,19 @@ class ScoreCalibration:
             raise CalibrationError(f"{source} was fitted for another model; differing fields (calibration vs model): "
                                    + "; ".join(differences))
 
+    def describe(self, kinds: Sequence[str] = KINDS) -> list[str]:
+        """Lines for a terminal: method, cross-validated Cllr and LR range per kind (``describe``)."""
+        return describe(self, kinds)
+
     def as_dict(self) -> dict:
+        """The file's content, with the SHA-256 of its canonical form (``calibration_checks``)."""
         summary = {k: v for k, v in self.summary.items() if k != "path"}
-        return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,
-                "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+        payload = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,
+                   "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+        try:
+            return {**payload, "content_sha256": content_sha256(payload)}
+        except ValueError:
+            raise CalibrationError("the calibration holds NaN or infinite numbers and cannot be stored") from None
 
     def save(self, path) -> None:
         from ..atomic import atomic_write_text
@@ -341,26 +383,12 @@ class ScoreCalibration:
             raise CalibrationError(f"calibration file {path} is a directory") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise CalibrationError(f"cannot read calibration file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            raise CalibrationError(f"calibration file {path} is not valid JSON (truncated or not a calibration)") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CalibrationError(f"{path} is not a HandCLIP score calibration (made by `handclip calibrate`)")
-        if data.get("version") != VERSION:
-            raise CalibrationError(f"calibration file {path} has format version {data.get('version')!r}; "
-                                   f"this HandCLIP reads version {VERSION}")
-        maps = data.get("maps")
-        if not isinstance(maps, dict) or not maps:
-            raise CalibrationError(f"calibration file {path} has no score maps")
-        unknown = sorted(set(maps) - set(KINDS))
-        if unknown:
-            raise CalibrationError(f"calibration file {path} has an unknown score kind {unknown[0]!r}")
-        fingerprint, summary = data.get("fingerprint"), data.get("summary")
-        if not isinstance(fingerprint, dict) or not isinstance(summary, dict):
-            raise CalibrationError(f"calibration file {path} lacks the model fingerprint or the summary")
-        parsed = {kind: ScoreMap.from_dict(m, f"calibration file {path}, maps.{kind}") for kind, m in maps.items()}
-        return cls(parsed, fingerprint, {**summary, "path": str(path)})
+        data = parse_json(text, path)
+        check_document(data, path)
+        parsed = {kind: ScoreMap.from_dict(m, f"calibration file {path}, maps.{kind}")
+                  for kind, m in data["maps"].items()}
+        check_content_hash(data, path)  # after the maps, so a map that cannot be right is named first
+        return cls(parsed, data["fingerprint"], {**data["summary"], "path": str(path)})
 
 
 def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:

@@ -79,12 +79,15 @@ def fit_calibration(features: np.ndarray, pids, method: str = "logit", folds: in
 
 def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
               folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
-              progress: bool = False) -> ScoreCalibration:
-    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved)."""
+              progress: bool = False, out=None) -> ScoreCalibration:
+    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities, saved to ``out``
+    (a JSON file, written atomically) when given."""
+    import hashlib
+
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
-    from ..gallery.enrol import load_encoder
-    from .protocol import check_images_exist
+    from ..data.images import check_images_exist
+    from ..model.inference import load_encoder
 
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
@@ -102,13 +105,19 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
     summary = {
         "method": method, "cllr": image["cllr"], "cllr_min": image["cllr_min"], "cllr_cal": image["cllr_cal"],
         "n_identities": int(len(set(pids.tolist()))), "n_images": len(records),
+        # Who the calibration saw, as SHA-256 of each identity's id (UTF-8): a validation can check that it
+        # is run on other people without the file naming anyone.
+        "identity_sha256": sorted({hashlib.sha256(str(pid).encode("utf-8")).hexdigest() for pid in pids.tolist()}),
         "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"],
         "manifest": str(Path(manifest_path)), "manifest_sha256": sha256_file(manifest_path),
         "splits": list(splits), "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
         "score": "cosine similarity of L2-normalised features (no flip)",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
     }
-    return ScoreCalibration(maps, encoder.fingerprint(), summary)
+    calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
+    if out is not None:
+        calibration.save(out)
+    return calibration
 
 
 __all__ = ["calibrate", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]
