@@ -73,6 +73,7 @@ def test_supcon_lower_when_matched():
     assert aligned < shuffled
 
 
+@pytest.mark.learning
 def test_center_loss_centres_are_parameters_and_learn_the_class_means():
     """The loss is the mean squared distance to the class centre, so gradient descent on the centres moves
     each to its class's mean (each step shrinks the gap by 1 - 2 x lr x 2/6 = 2/3 here), and the loss to

