@@ -28,8 +28,8 @@ def _changed(before: dict, model) -> set[str]:
 @pytest.mark.learning
 def test_stage1_lowers_loss_changes_only_prompts_and_separates_identities(tiny_manifest):
     """Stage 1 trains only the prompts, and its loss falls: last / first epoch 0.426-0.693 measured with
-    ``benchmarks/learning_margins.py`` (ATen default, AVX2, AVX-512 kernels; 1 and 2 threads; seeds 0-2),
-    threshold 0.9. Seed 0 gives 0.6933 on every kernel family (they differ in the 6th digit)."""
+    ``benchmarks/learning_margins.py`` (ATen default, AVX2, AVX-512 kernels; seeds 0-2 on 1 thread, seed 0
+    on 2), threshold 0.9. Seed 0 gives 0.6933 on every kernel family (they differ in the 6th digit)."""
     ctx = make_context(stage1_config(tiny_manifest))
     before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
     buffers = {n: b.clone() for n, b in ctx.model.named_buffers()}
@@ -292,9 +292,9 @@ def test_demo_recipe_makes_unseen_identities_retrievable(tmp_path):
     must lift rank-1 on the unseen identities well above the random-init model's. It stays flat if a head, a
     loss or the features stop learning.
 
-    Gain measured with ``benchmarks/learning_margins.py`` (ATen default, AVX2, AVX-512 kernels; 1 and 2
-    threads; seeds 0-2): 0.238-0.352 rank-1 (before 0.167-0.192, after 0.427-0.525); seed 0, which this test
-    runs, 0.327-0.352. Threshold 0.12. At 32 px and 12 epochs (the earlier recipe) it was 0.117 on an
+    Gain measured with ``benchmarks/learning_margins.py`` (ATen default, AVX2, AVX-512 kernels; seeds
+    0-2 on 1 thread, seed 0 on 2): 0.238-0.417 rank-1 (before 0.167-0.192, after 0.427-0.588); seed 0, which this test
+    runs, 0.288-0.417. Threshold 0.12. At 32 px and 12 epochs (the earlier recipe) it was 0.117 on an
     AVX-512 + AMX Xeon, which failed.
     """
     before, after = demo_recipe_rank1(tmp_path / "demo", seed=0)
