@@ -18,7 +18,7 @@ from handclip.config import PretrainConfig, config_from_dict
 
 # The demo pipeline shrunk to ~15 s of CPU: 60 training ids at 48 px, no pretraining (random init), 1 stage-1
 # epoch and 18 stage-2 epochs of P x K = 8 x 4 (~160 steps), rank-1 over 10 Monte Carlo runs on 12 unseen
-# ids. At 32 px and 12 epochs the gain over random init was 0.13-0.21 and 0.117 on one AVX-512 + AMX Xeon.
+# ids. At 32 px and 12 epochs the gain over random init was 0.13-0.21 and 0.117 on one Intel Xeon (AVX-512 kernels).
 DEMO_RECIPE = ["data.synthetic.train_ids=60", "data.synthetic.test_ids=12", "data.synthetic.images_per_id=6",
                "data.synthetic.image_size=48", "data.image_size=[48,48]", "data.augment.pad=3", "data.runs=10",
                "stage1.epochs=1", "stage2.epochs=18", "stage2.ids_per_batch=8", "stage2.images_per_id=4",
