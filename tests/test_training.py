@@ -293,9 +293,9 @@ def test_demo_recipe_makes_unseen_identities_retrievable(tmp_path):
     loss or the features stop learning.
 
     Gain measured with ``benchmarks/learning_margins.py`` (ATen default, AVX2, AVX-512 kernels; seeds
-    0-2 on 1 thread, seed 0 on 2): 0.238-0.417 rank-1 (before 0.167-0.192, after 0.427-0.588); seed 0, which this test
-    runs, 0.288-0.417. Threshold 0.12. At 32 px and 12 epochs (the earlier recipe) it was 0.117 on an
-    Intel Xeon on its AVX-512 kernels, which failed.
+    0-2 on 1 thread, seed 0 on 2): 0.238-0.417 rank-1 (before 0.167-0.192, after 0.427-0.588); seed 0,
+    which this test runs, 0.288-0.417. Threshold 0.12. At 32 px and 12 epochs (the earlier recipe) it was
+    0.117 on an Intel Xeon on its AVX-512 kernels, which failed.
     """
     before, after = demo_recipe_rank1(tmp_path / "demo", seed=0)
     assert after >= before + 0.12, (before, after)
