@@ -23,7 +23,8 @@ from handclip.errors import HandCLIPError, TrainingError
 
 
 def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    # Warnings a command gave before it failed (random weights, a small val split) are lines of their own.
+    lines = [line for line in err.strip().splitlines() if not line.startswith("handclip: warning: ")]
     assert len(lines) == 1, err
     assert "Traceback" not in err and "internal error" not in err
     return lines[0]

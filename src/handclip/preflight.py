@@ -18,32 +18,33 @@ from .errors import ConfigError, DataError
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 
 
-def require_file(flag: str, path: str | os.PathLike | None, what: str = "file") -> None:
-    """DataError ``FLAG PATH: not found`` (or: is a folder) unless ``path`` is an existing file; None passes."""
+def require_file(flag: str, path: str | os.PathLike | None, what: str = "file", hint: str = "") -> None:
+    """DataError ``FLAG: WHAT PATH does not exist`` (or: is a folder) unless ``path`` is an existing file;
+    None passes. ``hint`` follows in brackets."""
     if path is None:
         return
-    target = Path(path).expanduser()
+    target, hint = Path(path).expanduser(), f" ({hint})" if hint else ""
     if target.is_dir():
-        raise DataError(f"{flag} {path}: is a folder, not a {what}")
+        raise DataError(f"{flag}: {what} {path} is a folder, not a file{hint}")
     if not target.is_file():
-        raise DataError(f"{flag} {path}: {what} not found")
+        raise DataError(f"{flag}: {what} {path} does not exist{hint}")
 
 
-def require_folder(flag: str, path: str | os.PathLike | None, what: str = "folder") -> None:
+def require_folder(flag: str, path: str | os.PathLike | None, what: str = "folder", hint: str = "") -> None:
     """DataError unless ``path`` is an existing folder; None passes."""
     if path is None:
         return
-    target = Path(path).expanduser()
-    if target.is_file():
-        raise DataError(f"{flag} {path}: is a file, not a {what}")
+    target, hint = Path(path).expanduser(), f" ({hint})" if hint else ""
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{flag}: {what} {path} is a file, not a folder{hint}")
     if not target.is_dir():
-        raise DataError(f"{flag} {path}: {what} not found")
+        raise DataError(f"{flag}: {what} {path} does not exist{hint}")
 
 
 def require_file_or_folder(flag: str, path: str | os.PathLike | None, what: str) -> None:
     """DataError unless ``path`` exists (a file or a folder); None passes."""
     if path is not None and not Path(path).expanduser().exists():
-        raise DataError(f"{flag} {path}: not found ({what})")
+        raise DataError(f"{flag}: {path} does not exist ({what})")
 
 
 def weights_is_path(value: str) -> bool:
@@ -58,13 +59,13 @@ def check_input_paths(config: Config) -> None:
     if data.manifest:
         manifest = Path(data.manifest).expanduser()
         if not manifest.is_file():
-            problem = "is a folder, not a manifest CSV" if manifest.is_dir() else "not found"
-            raise ConfigError(f"data.manifest {data.manifest}: {problem} (write one with `handclip prepare`)")
+            problem = "is a folder, not a manifest CSV" if manifest.is_dir() else "does not exist"
+            raise ConfigError(f"data.manifest {data.manifest} {problem} (write one with `handclip prepare`)")
     elif data.dataset != "synthetic" and data.root and not Path(data.root).expanduser().is_dir():
-        raise ConfigError(f"data.root {data.root}: folder not found")
+        raise ConfigError(f"data.root {data.root} is not a folder that exists")
     weights = config.model.weights
     if weights and weights_is_path(weights) and not Path(weights).expanduser().is_file():
-        raise ConfigError(f"model.weights {weights}: file not found (nothing is downloaded; give a local file)")
+        raise ConfigError(f"model.weights {weights} does not exist (nothing is downloaded; give a local file)")
 
 
 def ignored_settings(config: Config, command: str = "train") -> list[str]:

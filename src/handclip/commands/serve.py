@@ -29,6 +29,10 @@ def run(args) -> int:
         raise HandCLIPError(f"--port must be 1-65535 (got {args.port})")
     if args.max_request_mb <= 0 or args.max_pixels < 1 or args.batch_size < 1:
         raise HandCLIPError("--max-request-mb, --max-pixels and --batch-size must be positive")
+    from ..preflight import require_file
+
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--calibration", args.calibration, "calibration file")
     from .. import api
 
     api.serve(args.index, args.checkpoint, args.calibration, host=args.host, port=args.port,

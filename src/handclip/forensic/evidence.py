@@ -53,6 +53,9 @@ class CalibrationInfo:
             details.append(f"SHA-256 {str(s['manifest_sha256'])[:16]}...")
         if s.get("manifest"):
             text += f", of manifest {PurePath(str(s['manifest'])).name}"
+        elif s.get("images"):
+            text += f", of folder {PurePath(str(s['images'])).name}"
+            details.append(f"listing SHA-256 {str(s.get('images_sha256'))[:16]}...")
         return text + (f" ({'; '.join(details)})" if details else "")
 
     def figures(self, kind: str) -> dict:
