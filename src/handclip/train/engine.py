@@ -109,7 +109,7 @@ def check_training_data(manifest, stage2_cfg, check_batches: bool) -> tuple[list
                         f"identit{'y' if len(strays) == 1 else 'ies'}); val holds one image of each training identity")
     if check_batches and stage2_cfg.ids_per_batch > len(counts):
         raise ConfigError(f"stage2.ids_per_batch is {stage2_cfg.ids_per_batch} but the training split has only "
-                          f"{len(counts)} identities")
+                          f"{len(counts)} identities (--set stage2.ids_per_batch={len(counts)} or fewer)")
     return train, manifest.train_label_map()
 
 
