@@ -150,7 +150,7 @@ def _11k_row_counts(rows: list[_HandRow], aspect: str, gallery_all: bool, left_o
     accessories = sum(row.accessories != 0 for row in mine)
     unusable = sum(row.accessories == 0 and str(images_dir / row.image_name) in left_out for row in mine)
     used = len(mine) - accessories - unusable
-    other_text = ("their test identities' gallery images are distractors (--gallery-all)" if gallery_all
+    other_text = ("--gallery-all: their test identities' gallery images are distractors" if gallery_all
                   else "left out")
     return [f"HandInfo.csv: {len(rows)} rows; {other} of other aspects ({other_text}); of the {len(mine)} "
             f"{ASPECTS[aspect]} rows, {accessories} with accessories left out (the protocol's rule), "
