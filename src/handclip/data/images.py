@@ -36,6 +36,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 MIN_IMAGE_SIDE = 16
 # The flag every command that reads images takes to leave unusable ones out instead of stopping.
 SKIP_BAD_FLAG = "--skip-bad"
+# HandCLIP's own files beside identity folders (the synthetic dataset's marker): never reported as ignored.
+_OWN_FILES = ".handclip"
 # Unusable images named one by one before the rest are only counted.
 _NAMED_PROBLEMS = 20
 
@@ -280,7 +282,8 @@ def identity_folders(root: str | os.PathLike, walk: FolderWalk | None = None) ->
     out = []
     for entry in sorted(root.iterdir()):
         if not entry.is_dir() or entry.name.startswith("."):
-            walk.ignored.append(str(entry))
+            if not entry.name.startswith(_OWN_FILES):
+                walk.ignored.append(str(entry))
             continue
         found = []
         for dirpath, dirnames, filenames in os.walk(entry, followlinks=True):

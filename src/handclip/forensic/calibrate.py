@@ -86,12 +86,13 @@ def folder_records(folder) -> tuple[list, str]:
     identity per folder, and the SHA-256 of its listing (each image's SHA-256 and path, as sha256sum
     prints them), so a calibration names exactly the images it was fitted on."""
     from ..atomic import sha256_bytes, sha256_file
-    from ..data.images import identity_folders
+    from ..data.images import FolderWalk, identity_folders
     from ..data.manifest import ManifestRecord
 
-    root = Path(folder).absolute()
+    root, walk = Path(folder).absolute(), FolderWalk()
     records = [ManifestRecord("gallery", 0, path, pid, None, "folder", root.name, name, False)
-               for pid, (name, paths) in enumerate(identity_folders(root)) for path in paths]
+               for pid, (name, paths) in enumerate(identity_folders(root, walk)) for path in paths]
+    walk.warn(Path(folder))
     listing = "".join(f"{sha256_file(r.path)}  {os.path.relpath(r.path, root)}\n" for r in records)
     return records, sha256_bytes(listing.encode("utf-8"))
 

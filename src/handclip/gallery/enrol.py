@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 from ..atomic import sha256_file
-from ..data.images import identity_folders, scan_images, unusable_images
+from ..data.images import FolderWalk, identity_folders, scan_images, unusable_images
 from ..data.manifest import Manifest
 from ..errors import DataError
 from .folder import Gallery
@@ -70,7 +70,10 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
         return list(items.values())
     if not source.is_dir():
         raise DataError(f"images to enrol not found: {source} (give a directory of per-identity folders or a manifest CSV)")
-    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute()) for path in paths]
+    walk = FolderWalk()
+    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute(), walk)
+             for path in paths]
+    walk.warn(source)
     if not items:
         raise DataError(f"no images found in per-identity folders under {source} "
                         f"(expected {source}/<identity>/<image>.jpg)")
