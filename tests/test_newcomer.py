@@ -163,6 +163,9 @@ def test_the_quick_config_is_the_demos_model_without_a_section_train_ignores(tmp
     notes = ignored_settings(load_config(DEMO_CONFIG_FILE, [f"data.manifest={manifest}", "data.dataset=folder"]))
     assert any(n.startswith("the pretrain section is ignored by `handclip train`") for n in notes)
     assert any(n.startswith("data.synthetic is ignored") for n in notes)
+    # The demo itself: it pretrains, then trains from those weights on the synthetic manifest it made.
+    demo_run = load_config(DEMO_CONFIG_FILE, [f"data.manifest={manifest}", "model.weights=tiny.pt"])
+    assert ignored_settings(demo_run, "train", {"synthetic"}) == []
     notes = ignored_settings(load_config(QUICK, [f"data.manifest={manifest}", "data.runs=3"]))
     assert notes == [f"data.runs is ignored: data.manifest {manifest} already holds the splits (set them in "
                      "`handclip prepare` instead)"]

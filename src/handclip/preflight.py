@@ -68,16 +68,19 @@ def check_input_paths(config: Config) -> None:
         raise ConfigError(f"model.weights {weights} does not exist (nothing is downloaded; give a local file)")
 
 
-def ignored_settings(config: Config, command: str = "train") -> list[str]:
+def ignored_settings(config: Config, command: str = "train", manifest_datasets: set[str] | None = None) -> list[str]:
     """The settings of ``config`` that differ from the defaults but that ``command`` does not read, each one
     sentence naming the key and what is used instead: ``train`` ignores ``pretrain`` (only ``handclip demo``
-    and ``pretrain-tiny`` run it); data read from a manifest ignores how it would have been prepared."""
+    and ``pretrain-tiny`` run it), which misleads when no ``model.weights`` is given; data read from a
+    manifest ignores how it would have been prepared (``data.synthetic`` is not mentioned for a manifest of
+    synthetic hands only, ``manifest_datasets``: it is how that manifest was made)."""
     defaults, data, notes = Config(), config.data, []
-    if command == "train" and config.pretrain != defaults.pretrain:
+    if command == "train" and config.pretrain != defaults.pretrain and not config.model.weights:
         notes.append("the pretrain section is ignored by `handclip train`, which starts from model.weights "
-                     f"({config.model.weights or 'none: random init'}); `handclip pretrain-tiny --config FILE --out "
-                     "tiny.pt` makes the pretrained tiny CLIP, then --set model.weights=tiny.pt")
-    if (data.dataset != "synthetic" or data.manifest) and data.synthetic != defaults.data.synthetic:
+                     "(none: random init); `handclip pretrain-tiny --config FILE --out tiny.pt` makes the "
+                     "pretrained tiny CLIP, then --set model.weights=tiny.pt")
+    made_here = data.manifest and manifest_datasets == {"synthetic"}
+    if (data.dataset != "synthetic" or data.manifest) and data.synthetic != defaults.data.synthetic and not made_here:
         source = f"data.manifest {data.manifest}" if data.manifest else f"data.dataset {data.dataset}"
         notes.append(f"data.synthetic is ignored: the images come from {source}")
     if data.manifest:

@@ -18,7 +18,7 @@ SMALL_VAL_IMAGES = 50
 
 def setting_notices(config: Config, manifest) -> list[str]:
     """The warnings a fresh run gives before it starts (see the module docstring)."""
-    notes = list(ignored_settings(config, "train"))
+    notes = list(ignored_settings(config, "train", {r.dataset for r in manifest.records}))
     backbone = config.model.backbone
     if not config.model.weights:
         tags = open_clip.list_pretrained_tags_by_model(backbone)
