@@ -117,6 +117,8 @@ def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Seq
     of ``images``, a folder of per-identity folders of people the model never trained on (every image), saved
     to ``out`` (a JSON file, written atomically) when given. An unusable image stops it, naming the file,
     unless ``skip_bad`` (each is then named and left out)."""
+    import hashlib
+
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
     from ..model.inference import load_encoder
@@ -148,6 +150,11 @@ def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Seq
     summary = {
         "method": method, "cllr": image["cllr"], "cllr_min": image["cllr_min"], "cllr_cal": image["cllr_cal"],
         "n_identities": int(len(set(pids.tolist()))), "n_images": len(records),
+        # Who the calibration saw, as SHA-256 of each identity (its id in a manifest, its folder name in a
+        # folder of people), UTF-8: a validation can check that it is run on other people without the file
+        # naming anyone.
+        "identity_sha256": sorted({hashlib.sha256(identity.encode("utf-8")).hexdigest() for identity in
+                                   (r.original_id if images is not None else str(r.pid) for r in records)}),
         "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"], **provenance,
         "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
         "score": "cosine similarity of L2-normalised features (no flip)",

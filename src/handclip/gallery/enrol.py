@@ -129,12 +129,15 @@ def _plan(gallery: Gallery, items: Sequence[EnrolItem], summary: EnrolSummary) -
 def add_images(gallery: Gallery, encoder, items: Sequence[EnrolItem], batch_size: int = 64,
                  skip_bad: bool = False, progress: bool = False,
                  on_batch: Callable[[EnrolSummary], None] | None = None,
-                 images_checked: bool = False) -> EnrolSummary:
+                 images_checked: bool = False,
+                 on_start: Callable[[list[tuple[EnrolItem, str | None]]], None] | None = None) -> EnrolSummary:
     """Embed and add ``items`` batch by batch; each batch is committed before the next starts.
 
     Files already enrolled (same SHA-256 of their bytes) are skipped, so rerunning after a crash
     continues where the killed run stopped; see ``_plan`` for the deduplication rule.
     ``images_checked``: every item already passed ``check_images`` (it is not decoded twice).
+    ``on_start(planned)``: called once before the first batch with every (item, SHA-256) still to add,
+    so the caller can record them before any is committed.
     The caller has checked that ``encoder`` is the gallery's model.
     """
     summary = EnrolSummary()
@@ -145,6 +148,8 @@ def add_images(gallery: Gallery, encoder, items: Sequence[EnrolItem], batch_size
         summary.skipped_bad = problems
         pending = [(item, h) for item, h in pending if item.path not in bad]
         summary.changed = [p for p in summary.changed if p not in bad]
+    if pending and on_start is not None:
+        on_start([(item, h or _file_hash(item.path)) for item, h in pending])
     bar = None
     if progress:
         bar = tqdm(total=len(items), initial=summary.already_enrolled, unit="img", desc="enrol")

@@ -1,8 +1,9 @@
 """Training runs: checks, the run folder, the stages' recipes in turn, resume and the run's final status.
 
 Each stage is a recipe on the one training loop (``train.loop``): ``train.stage1`` and ``train.stage2``
-(which also holds the joint run). Checkpoints, resume, SIGTERM, the NaN guard, validation and the logs
-below are the loop's hooks (``train.hooks``), written once for every recipe.
+(which also holds the joint run), and CLIP-HandID's one-stage recipe ``train.single_stage``. Checkpoints,
+resume, SIGTERM, the NaN guard, validation and the logs below are the loop's hooks (``train.hooks``),
+written once for every recipe.
 
 Run folder (every file written atomically, only by rank 0):
   config.yaml        the resolved configuration
@@ -65,6 +66,7 @@ from .run_folder import (
     remove_stale_temporaries,
     verify_resume_manifest,
 )
+from .single_stage import run_single_stage
 from .stage1 import run_stage1
 from .stage2 import run_stage2
 
@@ -298,6 +300,10 @@ def _stages_to_run(config: Config, stages: Sequence[str]) -> tuple[str, ...]:
     for stage in stages:
         if stage not in STAGES:
             raise ConfigError(f"unknown stage '{stage}' (use stage1, stage2 or both)")
+    if config.single_stage.enabled:
+        if config.runtime.joint:
+            raise ConfigError("runtime.joint and single_stage.enabled are two different recipes; set one of them")
+        return ("single_stage",)
     if config.runtime.joint:
         return ("joint",)
     return tuple(s for s in stages if getattr(config, s).enabled)
@@ -412,5 +418,7 @@ def _run_stages(ctx: TrainContext, stages: list[str], resume_extra: dict | None)
         ctx.log(f"{stage}: starting" + (f" from epoch {resume['epoch']}" if resume else ""))
         if stage == "stage1":
             run_stage1(ctx, resume)
+        elif stage == "single_stage":
+            run_single_stage(ctx, resume)
         else:
             run_stage2(ctx, resume, joint=(stage == "joint"))
