@@ -28,7 +28,7 @@ CALIBRATED = "Likelihood ratios from the calibration below, bounded to what its 
 _KIND_FIGURES = ("cllr", "cllr_min", "cllr_cal", "n_mated", "n_nonmated")
 # Summary fields holding a path on the machine that fitted or loaded the calibration, and long lists:
 # a record for someone outside that machine (a web client) names the files by name and hash only.
-_PATH_FIELDS = ("path", "manifest", "checkpoint")
+_PATH_FIELDS = ("path", "manifest", "images", "checkpoint")
 _LIST_FIELDS = ("identity_sha256",)
 
 
