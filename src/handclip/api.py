@@ -20,6 +20,7 @@ package the first time it is used, so a workflow that never touches the model (`
     report = api.evaluate_and_report("hd.csv", checkpoint=run.best_checkpoint)  # + forensic figures, report.html
     print("\\n".join(report.lines()))
     api.calibrate(run.best_checkpoint, "unseen_people.csv", out="calibration.json")   # score -> LR
+    api.calibrate(run.best_checkpoint, images="reference_people", out="calibration.json")   # or a folder per person
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
 
     # an examiner's gallery (handclip enrol, search, audit)

@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
     distractors.add_argument("--no-distractors", action="store_true", help="drop the manifest's distractor gallery images")
     parser.add_argument("--allow-id-overlap", action="store_true",
                         help="accept query/gallery identities that are also training identities (normally refused)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave images that do not decode or are too small out (each named) instead of stopping")
     parser.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
@@ -64,6 +66,7 @@ def _eval_config(args):
 
 def run(args) -> int:
     from ..config import MAX_IMAGE_SIDE
+    from ..preflight import require_file, weights_is_path
 
     if args.show < 0 or args.top_k < 1:
         raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
@@ -74,6 +77,11 @@ def run(args) -> int:
         raise DataError(f"--image-size {args.image_size[0]} {args.image_size[1]}: each side must be from 16 "
                         f"to {MAX_IMAGE_SIDE} pixels")
     runs = _parse_runs(args.runs)
+    require_file("--manifest", args.manifest, "manifest CSV")
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--calibration", args.calibration, "calibration file")
+    if args.weights and weights_is_path(args.weights):
+        require_file("--weights", args.weights, "weights file")
     from .. import api
 
     report = api.evaluate_and_report(
@@ -82,7 +90,8 @@ def run(args) -> int:
         distractors=not args.no_distractors, require_distractors=args.gallery_all,
         allow_id_overlap=args.allow_id_overlap, forensic=not args.no_forensic,
         calibration_method=args.calibration_method, calibration_folds=args.calibration_folds,
-        calibration=args.calibration, queries_shown=args.show, top_k=args.top_k, device=args.device, progress=True)
+        calibration=args.calibration, queries_shown=args.show, top_k=args.top_k, device=args.device, progress=True,
+        skip_bad=args.skip_bad)
     for line in report.lines():
         print(line)
     return 0

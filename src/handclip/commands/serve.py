@@ -37,6 +37,10 @@ def run(args) -> int:
         raise HandCLIPError("--max-request-mb, --max-pixels and --batch-size must be positive")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise HandCLIPError("--tls-cert and --tls-key go together")
+    from ..preflight import require_file
+
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--calibration", args.calibration, "calibration file")
     from .. import api
 
     api.serve(args.index, args.checkpoint, args.calibration, host=args.host, port=args.port,

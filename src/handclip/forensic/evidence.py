@@ -28,7 +28,7 @@ CALIBRATED = "Likelihood ratios from the calibration below, bounded to what its 
 _KIND_FIGURES = ("cllr", "cllr_min", "cllr_cal", "n_mated", "n_nonmated")
 # Summary fields holding a path on the machine that fitted or loaded the calibration, and long lists:
 # a record for someone outside that machine (a web client) names the files by name and hash only.
-_PATH_FIELDS = ("path", "manifest", "checkpoint")
+_PATH_FIELDS = ("path", "manifest", "images", "checkpoint")
 _LIST_FIELDS = ("identity_sha256",)
 
 
@@ -57,6 +57,9 @@ class CalibrationInfo:
             details.append(f"SHA-256 {str(s['manifest_sha256'])[:16]}...")
         if s.get("manifest"):
             text += f", of manifest {PurePath(str(s['manifest'])).name}"
+        elif s.get("images"):
+            text += f", of folder {PurePath(str(s['images'])).name}"
+            details.append(f"listing SHA-256 {str(s.get('images_sha256'))[:16]}...")
         return text + (f" ({'; '.join(details)})" if details else "")
 
     def figures(self, kind: str) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text, sha256_file
+from ..data.images import warn_left_out
 from ..errors import HandCLIPError
 from ..forensic.audit_format import parse_anchor
 from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
@@ -77,6 +78,7 @@ def enrol_images(index_dir: str | os.PathLike, images: str | os.PathLike, checkp
     if summary.skipped_bad:
         skipped_list = session.index_dir / SKIPPED_IMAGES_FILE
         atomic_write_text(skipped_list, "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad))
+        warn_left_out(summary.skipped_bad, "the gallery", skipped_list)
     gallery = session.snapshot()
     return EnrolReport(summary, session.index_dir, len(gallery), len(gallery.identities()), skipped_list)
 

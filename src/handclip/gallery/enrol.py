@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 from ..atomic import sha256_file
-from ..data.images import identity_folders, scan_images
+from ..data.images import FolderWalk, identity_folders, scan_images, unusable_images
 from ..data.manifest import Manifest
 from ..errors import DataError
 from .folder import Gallery
@@ -70,7 +70,10 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
         return list(items.values())
     if not source.is_dir():
         raise DataError(f"images to enrol not found: {source} (give a directory of per-identity folders or a manifest CSV)")
-    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute()) for path in paths]
+    walk = FolderWalk()
+    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute(), walk)
+             for path in paths]
+    walk.warn(source)
     if not items:
         raise DataError(f"no images found in per-identity folders under {source} "
                         f"(expected {source}/<identity>/<image>.jpg)")
@@ -78,13 +81,16 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
 
 
 def check_images(paths: Sequence[str], skip_bad: bool, what: str) -> list:
-    """Unusable images among ``paths``; without ``skip_bad`` any problem is one DataError naming them."""
+    """Unusable images among ``paths``; without ``skip_bad`` any problem is one DataError naming them. Gallery
+    images follow every command's policy (``unusable_images``: the error names ``--skip-bad``); query images
+    are exhibits, never left out, so their error lists them all."""
+    if what == "gallery":
+        return unusable_images(paths, skip_bad, "gallery ")
     problems = scan_images(paths)
     if problems and not skip_bad:
         shown = "; ".join(f"{p.path}: {p.reason}" for p in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise DataError(f"{len(problems)} unusable {what} image(s): {shown}{more}"
-                        + ("; rerun with --skip-bad to leave them out" if what == "gallery" else ""))
+        raise DataError(f"{len(problems)} unusable {what} image(s): {shown}{more}")
     return problems
 
 

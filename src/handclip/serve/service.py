@@ -42,6 +42,9 @@ def serve(index_dir: str | os.PathLike, checkpoint=None, calibration=None, *, ho
     say = log or (lambda line: None)
     # Refused keys and internal errors are logged by "handclip.serve" with a time, beside uvicorn's own lines.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # faiss's loader reports at INFO each CPU build it tries and does not find (ModuleNotFoundError lines that
+    # read as failures); only its warnings and errors are the operator's business.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     state = ServiceState(index_dir, checkpoint=checkpoint, calibration=calibration, device=device,
                          limits=Limits(max_request_bytes, max_pixels), batch_size=batch_size)
     if not state.keys.keys():

@@ -272,13 +272,20 @@ class RunLog(Hook):
 
     def after_epoch(self, loop: TrainLoop) -> None:
         ctx, epoch = self.ctx, loop.epoch + 1
-        parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in loop.record.items()
-                 if k not in ("stage", "epoch")]
+        parts = [f"{k}={_log_number(k, v)}" for k, v in loop.record.items() if k not in ("stage", "epoch")]
         ctx.log(f"{loop.name} epoch {epoch}/{loop.epochs}: " + " ".join(parts))
         if ctx.is_main:
             ctx.run.write_metrics(ctx.state["history"])
             ctx.run.flush_log()
             ctx.run.write_status("running", stage=loop.name, epoch=epoch)
+
+
+def _log_number(key: str, value) -> str:
+    """A record's value for train.log: learning rates in scientific notation (5e-6 is not ``0.0000``),
+    other floats to 4 decimals."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.3e}" if key == "lr" or key.endswith("_lr") else f"{value:.4f}"
 
 
 def training_hooks(ctx, training_state: TrainingState, resume: dict | None, schedule: Hook,
