@@ -9,9 +9,10 @@ The rule, for every module of ``handclip/commands/`` (one per ``handclip`` comma
   prints its result. ``api.load_config`` and ``api.demo_config`` may come first: they turn
   ``--config``/``--set`` into a ``Config``, the argument the action takes.
 - Outside ``add_arguments`` a command imports nothing of HandCLIP but ``handclip.api`` (inside
-  ``run``, after the cheap checks: it loads torch), ``handclip.errors`` and ``handclip.config``
-  (argument limits and validation); of the rest only the standard library and pydantic (whose
-  validation errors become one line naming the option). Run logic lives in the packages.
+  ``run``, after the cheap checks: it loads torch), ``handclip.errors``, ``handclip.config``
+  (argument limits and validation) and ``handclip.preflight`` (torch-free checks that the given files
+  exist); of the rest only the standard library and pydantic (whose validation errors become one line
+  naming the option). Run logic lives in the packages.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "handclip"
 COMMAND_MODULES = sorted((PACKAGE / "commands").glob("[!_]*.py"))
 ACTIONS = {"audit": 2, "serve_keys": 3, "evaluate": 2}  # commands with sub-actions (evaluate: one pair or --aspect-matrix)
 NORMALISERS = {"load_config", "demo_config"}
-ALLOWED_HANDCLIP = {"handclip.errors", "handclip.config"}
+ALLOWED_HANDCLIP = {"handclip.errors", "handclip.config", "handclip.preflight"}
 ALLOWED_OTHERS = set(sys.stdlib_module_names) | {"__future__", "pydantic"}
 
 

@@ -21,6 +21,7 @@ from handclip.data.transforms import build_transforms
 from handclip.evaluate.distances import cosine_distance
 from handclip.evaluate.metrics import aggregate_runs, evaluate_rank
 from handclip.evaluate.protocol import evaluate_manifest
+from handclip.evaluate.rerank import re_ranking
 from handclip.model.checkpoint import load_checkpoint, save_checkpoint
 from handclip.model.handclip import HandCLIP, build_model
 from handclip.model.inference import Encoder, extract_features
@@ -192,7 +193,7 @@ def test_flip_and_rerank_change_numbers_only_when_asked(synthetic, checkpoint):
     encoder = Encoder.from_checkpoint(checkpoint)
 
     def run(**options):
-        result = evaluate_manifest(encoder, manifest, EvalConfig(**options))
+        result = evaluate_manifest(encoder, manifest, EvalConfig(**options), keep_distances=True)
         return [[r.metrics[k] for k in METRICS] for r in result.per_run], result
 
     default, first = run()
@@ -203,10 +204,24 @@ def test_flip_and_rerank_change_numbers_only_when_asked(synthetic, checkpoint):
     assert not np.allclose(np.stack(list(first.features.values())), np.stack(list(flip_result.features.values())))
     assert flipped != default
     assert flip_result.options["flip"] and not first.options["flip"]
-    reranked, _ = run(rerank=True, k1=4, k2=2)  # k1 small enough for an 8-image gallery to matter
+    # The flipped features are the encoder's flip test-time augmentation (whose axis and averaging
+    # test_inference checks), image by image.
+    paths = list(flip_result.features)
+    np.testing.assert_array_equal(np.stack(list(flip_result.features.values())), encoder.features(paths, flip=True))
+    # k1 small enough for an 8-image gallery to matter; lambda not the default, so it must be passed on
+    asked = dict(k1=4, k2=2, lambda_value=0.5)
+    reranked, rerank_result = run(rerank=True, **asked)
     assert reranked != default
     # The features behind the numbers do not depend on re-ranking (it only changes distances).
-    assert run(rerank=True, k1=4, k2=2)[0] == reranked
+    assert run(rerank=True, **asked)[0] == reranked
+    # The numbers are those of k-reciprocal re-ranking of these features with the asked k1, k2 and lambda.
+    table = first.features
+    for numbers, (run_id, (query, gallery)) in zip(reranked, rerank_result.splits.items()):
+        q, g = np.stack([table[r.path] for r in query]), np.stack([table[r.path] for r in gallery])
+        distances = re_ranking(q, g, **asked)
+        np.testing.assert_array_equal(rerank_result.distances[run_id], distances)
+        expected = evaluate_rank(distances, np.array([r.pid for r in query]), np.array([r.pid for r in gallery]))
+        assert numbers == [expected.as_dict()[k] for k in METRICS]
 
 
 def test_pids_decide_matches_not_folder_names_or_order(synthetic, checkpoint, tmp_path):

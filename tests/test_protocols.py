@@ -332,7 +332,7 @@ def test_folder_test_id_counts(tmp_path, test_ids, expected):
 def test_folder_bad_input(tmp_path):
     root = make_folder_tree(tmp_path / "a", {"a": 3, "b": 3, "c": 3})
     for bad in (0, 3, 1.0, 0.0, True, "half"):
-        with pytest.raises(DataError, match="test_ids"):
+        with pytest.raises(DataError, match="--test-ids"):
             prepare_folder(root, test_ids=bad)
     (root / "d").mkdir()
     with pytest.raises(DataError, match="identity folder .*d has no images"):

@@ -20,6 +20,7 @@ package the first time it is used, so a workflow that never touches the model (`
     report = api.evaluate_and_report("hd.csv", checkpoint=run.best_checkpoint)  # + forensic figures, report.html
     print("\\n".join(report.lines()))
     api.calibrate(run.best_checkpoint, "unseen_people.csv", out="calibration.json")   # score -> LR
+    api.calibrate(run.best_checkpoint, images="reference_people", out="calibration.json")   # or a folder per person
     matrix = api.aspect_matrix(encoder, api.prepare_11k("/data/11k", "all"))     # every query x gallery aspect
     api.calibrate(run.best_checkpoint, "all_aspects.csv", aspect_pairs=True, out="pairs.json")   # LR per pair
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
@@ -29,7 +30,9 @@ package the first time it is used, so a workflow that never touches the model (`
     found = api.search_gallery("cases/gallery", ["evidence.jpg"], calibration="calibration.json",
                                report="case.pdf", case_id="2026/017")            # LRs, audit record, PDF
     api.verify_audit("cases/gallery").problems                                   # [] when the audit trail checks out
+    api.verify_audit("cases/gallery", expect=["17:3fa9..."]).ok                  # still holds a record kept elsewhere
     api.read_audit("cases/gallery").records                                      # every record, oldest first
+    api.make_signing_key("/secure/heads.pem")                                    # Ed25519 key pair for signed heads
     session = api.ExaminerSession.open("cases/gallery", calibration="calibration.json")   # one session, many searches
     found = session.search(["evidence.jpg"], top_k=10)                           # found.queries[0].candidates
 
@@ -81,7 +84,8 @@ _export("gallery.reader", "GalleryReader")
 _export("gallery.enrol", "EnrolItem", "collect_images")
 _export("gallery.results", "Candidate", "QueryResult", "SearchResult")
 _export("gallery.casework", "enrol_images", "EnrolReport", "search_gallery", "verify_audit", "read_audit",
-        "AuditRecords")
+        "AuditRecords", "reanchor_audit", "make_signing_key", "SigningKeyFiles")
+
 _export("serve.service", "serve", "serve_app")
 _export("serve.keys", "add_api_key", "list_api_keys", "revoke_api_keys")
 _export("synthetic.pretrain", "pretrain_tiny", "pretrain_tiny_from_config")
@@ -121,7 +125,17 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .forensic.calibrate import calibrate
     from .forensic.calibration import ScoreCalibration
     from .forensic.evidence import load_calibration
-    from .gallery.casework import AuditRecords, EnrolReport, enrol_images, read_audit, search_gallery, verify_audit
+    from .gallery.casework import (
+        AuditRecords,
+        EnrolReport,
+        SigningKeyFiles,
+        enrol_images,
+        make_signing_key,
+        read_audit,
+        reanchor_audit,
+        search_gallery,
+        verify_audit,
+    )
     from .gallery.enrol import EnrolItem, collect_images
     from .gallery.folder import Gallery
     from .gallery.reader import GalleryReader

@@ -11,12 +11,14 @@ on stderr and exit code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 
 from . import __version__
-from .errors import HandCLIPError
+from .errors import HandCLIPError, HandCLIPWarning
 
 COMMANDS = {
     "prepare": "write a protocol manifest (train/val/query/gallery splits) for a dataset",
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             prog = f"handclip {command}" if exc.prog == "handclip" and command else exc.prog
             print(f"handclip: error: {exc} (see {prog} --help)", file=sys.stderr)
             return 2
-        code = int(args._run(args) or 0)
+        with _warnings_as_lines():
+            code = int(args._run(args) or 0)
         sys.stdout.flush()  # here, so a closed pipe is handled below rather than at interpreter exit
         return code
     except HandCLIPError as exc:
@@ -87,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handclip: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        # SIGTERM during training arrives as a KeyboardInterrupt subclass carrying exit code 143.
-        print(f"handclip: {exc or 'interrupted'}", file=sys.stderr)
+        # SIGTERM during training arrives as a KeyboardInterrupt subclass carrying exit code 143; a training
+        # run's interruption carries the command that resumes it.
+        print(f"handclip: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         # The reader went away (``handclip ... | head``): stop quietly, as command-line tools do.
@@ -107,6 +111,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handclip: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """HandCLIP's own warnings as one line each on stderr (``handclip: warning: ...``), every time they
+    occur; any other warning as Python shows it."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HandCLIPWarning):
+            print(f"handclip: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", HandCLIPWarning)
+        warnings.showwarning = one_line
+        yield
 
 
 def _silence_stdout() -> None:

@@ -31,14 +31,19 @@ def prepare_from_config(data_cfg, workdir) -> Manifest:
 
 
 def prepare_dataset(dataset: str, root: str | os.PathLike | None = None, *, runs: int = 10, seed: int = 0,
-                    keep_small_ids: bool = False, out: str | os.PathLike | None = None, **options) -> Manifest:
+                    keep_small_ids: bool = False, keep_bad: bool = False, check_images: bool = True,
+                    out: str | os.PathLike | None = None, **options) -> Manifest:
     """The protocol manifest ``handclip prepare DATASET`` writes, also written to ``out`` when given.
 
     ``options`` are the dataset's own options by their ``handclip prepare`` names (``aspect="dorsal_r"``,
     ``gallery_all=True`` for 11k; ``DATASETS.options()`` lists them); one that belongs to another
-    dataset only is refused, as on the command line. Splitting problems the preparation works around
-    (``keep_small_ids``) are ``handclip.data.splits.DataWarning`` warnings.
+    dataset only is refused, as on the command line. Every image is decoded first (unless not
+    ``check_images``): an unusable one is left out before the split (kept with ``keep_bad``).
+    ``manifest.preparation`` says what was checked and done; each image left out or kept, and each
+    splitting problem worked around (``keep_small_ids``), is a ``handclip.errors.DataWarning``.
     """
+    if keep_bad and not check_images:
+        raise DataError("--keep-bad keeps the unusable images --no-image-check would not look for; give one of them")
     spec = DATASETS.get(dataset)
     known = {option.dest: option for option, _ in DATASETS.options()}
     unknown = sorted(set(options) - set(known))
@@ -47,7 +52,8 @@ def prepare_dataset(dataset: str, root: str | os.PathLike | None = None, *, runs
                         f"(options: {', '.join(sorted(known))})")
     given = {**{dest: option.unset for dest, option in known.items()}, **options}
     args = argparse.Namespace(dataset=dataset, root=None if root is None else os.fspath(root), runs=runs, seed=seed,
-                              keep_small_ids=keep_small_ids, **given)
+                              keep_small_ids=keep_small_ids, keep_bad=keep_bad, no_image_check=not check_images,
+                              **given)
     _refuse_other_datasets_options(args, spec.name)
     manifest = spec.from_args(args)
     if out is not None:

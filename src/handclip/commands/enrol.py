@@ -18,18 +18,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch; each batch is committed (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="leave out unreadable or too-small images (listed in GALLERY/skipped_images.txt) instead of stopping")
+                        help="leave images that do not decode or are too small out (each named, and listed in "
+                             "GALLERY/skipped_images.txt) instead of stopping")
     parser.add_argument("--examiner", default=None, help="examiner's name for the audit record (default: the OS user)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     from ..errors import HandCLIPError
+    from ..preflight import require_file, require_file_or_folder
 
     if args.batch_size < 1:
         raise HandCLIPError(f"--batch-size must be >= 1 (got {args.batch_size})")
     if Path(args.index).exists() and not Path(args.index).is_dir():
         raise HandCLIPError(f"--index {args.index} is a file; give the gallery folder (created on first enrolment)")
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file_or_folder("--images", args.images, "a folder of per-identity folders, or a manifest CSV")
     from .. import api
 
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}

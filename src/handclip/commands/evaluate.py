@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
     distractors.add_argument("--no-distractors", action="store_true", help="drop the manifest's distractor gallery images")
     parser.add_argument("--allow-id-overlap", action="store_true",
                         help="accept query/gallery identities that are also training identities (normally refused)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave images that do not decode or are too small out (each named) instead of stopping")
     aspects = parser.add_argument_group("hand aspects (a manifest with several: prepare synthetic --aspects, 11k --aspect all)")
     aspects.add_argument("--query-aspect", help="queries of this aspect (dorsal_r, dorsal_l, palmar_r, palmar_l) ...")
     aspects.add_argument("--gallery-aspect", help="... against the gallery of this aspect")
@@ -73,6 +75,7 @@ def _eval_config(args):
 
 def run(args) -> int:
     from ..config import MAX_IMAGE_SIDE
+    from ..preflight import require_file, weights_is_path
 
     if args.show < 0 or args.top_k < 1:
         raise DataError(f"--show must be >= 0 and --top-k >= 1 (got --show {args.show}, --top-k {args.top_k})")
@@ -83,6 +86,11 @@ def run(args) -> int:
         raise DataError(f"--image-size {args.image_size[0]} {args.image_size[1]}: each side must be from 16 "
                         f"to {MAX_IMAGE_SIDE} pixels")
     runs = _parse_runs(args.runs)
+    require_file("--manifest", args.manifest, "manifest CSV")
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--calibration", args.calibration, "calibration file")
+    if args.weights and weights_is_path(args.weights):
+        require_file("--weights", args.weights, "weights file")
     from .. import api
 
     if args.aspect_matrix:
@@ -102,7 +110,8 @@ def run(args) -> int:
         allow_id_overlap=args.allow_id_overlap, forensic=not args.no_forensic,
         calibration_method=args.calibration_method, calibration_folds=args.calibration_folds,
         calibration=args.calibration, queries_shown=args.show, top_k=args.top_k, device=args.device, progress=True,
-        query_aspect=args.query_aspect, gallery_aspect=args.gallery_aspect, mirror_query=args.mirror_query)
+        skip_bad=args.skip_bad, query_aspect=args.query_aspect, gallery_aspect=args.gallery_aspect,
+        mirror_query=args.mirror_query)
     for line in report.lines():
         print(line)
     return 0

@@ -5,8 +5,6 @@ The datasets and their own options come from the dataset registry (``handclip.da
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 from pathlib import Path
 
 
@@ -22,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-small-ids", action="store_true",
                         help="keep identities with a single image (train: no val image; test: no query) "
                              "instead of stopping")
+    checks = parser.add_mutually_exclusive_group()
+    checks.add_argument("--keep-bad", action="store_true",
+                        help="keep images that do not decode or are under 16 px in the manifest (each is named); "
+                             "by default they are left out, each named")
+    checks.add_argument("--no-image-check", action="store_true",
+                        help="do not decode the images (faster on a large dataset; `handclip scan` checks later)")
     for option, owners in DATASETS.options():
         if len(owners) == 1:
             text = f"{owners[0][0]} only: {owners[0][1]}"
@@ -38,17 +42,15 @@ def run(args) -> int:
     from .. import api
 
     options = {dest: getattr(args, dest) for dest in args._dataset_options}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", api.DataWarning)
-        manifest = api.prepare_dataset(args.dataset, args.root, runs=args.runs, seed=args.seed,
-                                       keep_small_ids=args.keep_small_ids, out=args.out, **options)
-    for warning in caught:
-        if issubclass(warning.category, api.DataWarning):
-            print(f"handclip: warning: {warning.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    if args.out:
-        print(f"wrote {len(manifest)} records to {Path(args.out)}")
+    # Each image left out (or kept with --keep-bad) is a warning line, printed by the CLI as it happens.
+    manifest = api.prepare_dataset(args.dataset, args.root, runs=args.runs, seed=args.seed,
+                                   keep_small_ids=args.keep_small_ids, keep_bad=args.keep_bad,
+                                   check_images=not args.no_image_check, out=args.out, **options)
+    for line in manifest.preparation.lines() if manifest.preparation else []:
+        print(line)
+    identities = len({r.pid for r in manifest.records if not r.is_distractor})
+    written = f"wrote {Path(args.out)}" if args.out else "dry run (no --out), nothing written"
+    print(f"{written}: {len(manifest.paths())} images of {identities} identities, in {len(manifest)} rows")
     if args.summary:
         print(manifest.summary())
     return 0

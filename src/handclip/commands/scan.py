@@ -27,7 +27,8 @@ def run(args) -> int:
     for problem in scan.problems:
         print(f"{problem.path}: {problem.reason}")
     if scan.problems:
-        print(f"{len(scan.problems)} of {scan.images} images have problems ({scan.seconds:.1f} s)")
+        print(f"{len(scan.problems)} of {scan.images} images have problems ({scan.seconds:.1f} s); `handclip "
+              f"prepare` again leaves them out, or --skip-bad makes train, evaluate and calibrate leave them out")
         return 1
     print(f"all {scan.images} images are usable ({scan.seconds:.1f} s)")
     return 0

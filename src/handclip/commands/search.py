@@ -58,6 +58,11 @@ def run(args) -> int:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
     for flag, out in (("--html", args.html), ("--json", args.json), ("--report", args.report)):
         _check_output(flag, out)
+    from ..preflight import require_file, require_folder
+
+    require_folder("--index", args.index, "gallery folder", "make one with `handclip enrol`")
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--calibration", args.calibration, "calibration file")
     from .. import api
 
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}

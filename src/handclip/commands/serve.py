@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest image accepted, in pixels (default %(default)d)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per enrolment batch; each is committed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--tls-cert", default=None, metavar="CERT.pem", help="serve HTTPS with this certificate "
+                        "(with --tls-key); or put a TLS reverse proxy in front (docs/web-api.md)")
+    parser.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a Host name clients use besides the loopback names and --host (repeat; e.g. the "
+                             "name a reverse proxy forwards)")
 
 
 def run(args) -> int:
@@ -29,9 +35,16 @@ def run(args) -> int:
         raise HandCLIPError(f"--port must be 1-65535 (got {args.port})")
     if args.max_request_mb <= 0 or args.max_pixels < 1 or args.batch_size < 1:
         raise HandCLIPError("--max-request-mb, --max-pixels and --batch-size must be positive")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise HandCLIPError("--tls-cert and --tls-key go together")
+    from ..preflight import require_file
+
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--calibration", args.calibration, "calibration file")
     from .. import api
 
     api.serve(args.index, args.checkpoint, args.calibration, host=args.host, port=args.port,
               max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
-              batch_size=args.batch_size, device=args.device, log=print)
+              batch_size=args.batch_size, device=args.device, tls_cert=args.tls_cert, tls_key=args.tls_key,
+              allowed_host=args.allowed_host, log=print)
     return 0

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = actions.add_parser("add", help="make a key and print it (once: only its hash is kept)")
     add.add_argument("--name", required=True, help="who holds the key (the examiner in audit records)")
     add.add_argument("--role", action="append", choices=ROLES, required=True,
-                     help="search and/or enrol (repeat for both)")
+                     help="search, enrol and/or review (repeat for several); review fetches any key's case reports")
     listing = actions.add_parser("list", help="list keys (ids, names, roles; never the keys)")
     revoke = actions.add_parser("revoke", help="revoke every live key with this name or id")
     revoke.add_argument("name_or_id")

@@ -29,16 +29,19 @@ import numpy as np
 from ..aspects import ASPECT_NAMES
 from ..aspects import normalise_aspect as _normalise_aspect
 from ..errors import DataError
-from .images import identity_folders, is_image_name
+from .images import FolderWalk, identity_folders, is_image_name
 from .manifest import Manifest, ManifestRecord, iter_csv_rows, read_csv_text, with_aspect
-from .registry import DatasetSpec, Option, register_dataset, root_arg, small_ids_arg
+from .registry import DatasetSpec, Option, bad_images_arg, register_dataset, root_arg, small_ids_arg
 from .splits import (
+    BadImages,
     DataWarning,
     Identity,
+    Preparation,
     SmallIds,
     check_common,
     check_images_exist,
     require_dir,
+    screen_images,
     split_identities,
     split_records,
     split_rng,
@@ -119,10 +122,11 @@ def _11k_images_dir(root: Path) -> Path:
     return hands if hands.is_dir() else root
 
 
-def _11k_identities(rows: list[_HandRow], aspect: str, images_dir: Path) -> tuple[list[Identity], list[Identity]]:
+def _11k_identities(rows: list[_HandRow], aspect: str, images_dir: Path,
+                    left_out: set[str] = frozenset()) -> tuple[list[Identity], list[Identity]]:
     by_pid: dict[int, Identity] = {}
     for row in rows:
-        if row.aspect != aspect or row.accessories != 0:
+        if row.aspect != aspect or row.accessories != 0 or str(images_dir / row.image_name) in left_out:
             continue
         ident = by_pid.setdefault(row.pid, Identity(row.pid, row.original_id))
         ident.paths.append(str(images_dir / row.image_name))
@@ -135,20 +139,54 @@ def _11k_identities(rows: list[_HandRow], aspect: str, images_dir: Path) -> tupl
     return train, test
 
 
+def _11k_row_counts(rows: list[_HandRow], aspect: str, gallery_all: bool, left_out: set[str],
+                    images_dir: Path) -> list[str]:
+    """How the protocol's rules selected HandInfo.csv's rows for ``aspect``, in words."""
+    other = sum(row.aspect != aspect for row in rows)
+    mine = [row for row in rows if row.aspect == aspect]
+    accessories = sum(row.accessories != 0 for row in mine)
+    unusable = sum(row.accessories == 0 and str(images_dir / row.image_name) in left_out for row in mine)
+    used = len(mine) - accessories - unusable
+    other_text = ("--gallery-all: their test identities' gallery images are distractors" if gallery_all
+                  else "left out")
+    return [f"HandInfo.csv: {len(rows)} rows; {other} of other aspects ({other_text}); of the {len(mine)} "
+            f"{ASPECTS[aspect]} rows, {accessories} with accessories left out (the protocol's rule), "
+            f"{unusable} with an unusable image left out, {used} used"]
+
+
+def _11k_all_row_counts(rows: list[_HandRow], left_out: set[str], images_dir: Path) -> list[str]:
+    """How the protocol's rules selected HandInfo.csv's rows for every aspect at once, in words."""
+    lines = [f"HandInfo.csv: {len(rows)} rows, of all four aspects, each split by its own protocol"]
+    for aspect in ASPECTS:
+        mine = [row for row in rows if row.aspect == aspect]
+        accessories = sum(row.accessories != 0 for row in mine)
+        unusable = sum(row.accessories == 0 and str(images_dir / row.image_name) in left_out for row in mine)
+        lines.append(f"  {ASPECTS[aspect]}: {len(mine)} rows, {accessories} with accessories left out, "
+                     f"{unusable} with an unusable image left out, {len(mine) - accessories - unusable} used")
+    return lines
+
+
 def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: bool = False,
-                small_ids: SmallIds = "error") -> Manifest:
+                small_ids: SmallIds = "error", bad_images: BadImages = "leave_out") -> Manifest:
     """11k Hands protocol for one aspect (docs/method.md, "Protocols"), or for all four (``aspect='all'``,
-    ``prepare_11k_all``)."""
+    ``prepare_11k_all``). ``bad_images``: what to do with an image that does not decode or is too small
+    (``screen_images``); it is left out before the split."""
     if str(aspect).strip().lower() == ALL_ASPECTS:
         _refuse_gallery_all(gallery_all, "gallery_all")
-        return prepare_11k_all(root, runs, seed, small_ids)
+        return prepare_11k_all(root, runs, seed, small_ids, bad_images)
     aspect = normalise_aspect(aspect)
     check_common(runs, seed, small_ids)
     root = require_dir(root, "11k")
     csv_path = root / "HandInfo.csv"
     rows = read_handinfo(csv_path)
     images_dir = _11k_images_dir(root)
-    train, test = _11k_identities(rows, aspect, images_dir)
+    aspects = set(ASPECTS) if gallery_all else {aspect}
+    wanted = [str(images_dir / r.image_name) for r in rows if r.aspect in aspects and r.accessories == 0]
+    check_images_exist(wanted, csv_path)
+    preparation = screen_images(wanted, bad_images)
+    left_out = preparation.left_out
+    preparation.rows = _11k_row_counts(rows, aspect, gallery_all, left_out, images_dir)
+    train, test = _11k_identities(rows, aspect, images_dir, left_out)
     if not train or not test:
         side = "training" if not train else "test"
         raise DataError(f"{csv_path} has no {side} identities for aspect {aspect} "
@@ -164,7 +202,7 @@ def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: b
             if other == aspect:
                 continue
             k += 1
-            o_train, o_test = _11k_identities(rows, other, images_dir)
+            o_train, o_test = _11k_identities(rows, other, images_dir, left_out)
             if not o_test:
                 continue
             # Same stream as preparing `other` on its own, so this is exactly its gallery i.
@@ -175,11 +213,11 @@ def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: b
                     records.append(ManifestRecord(
                         split="gallery", run=run, path=ident.paths[picks[ident.pid]], pid=k * base + ident.pid,
                         camid=None, dataset="11k", subset=other, original_id=ident.original_id, is_distractor=True))
-    check_images_exist(sorted({r.path for r in records}), csv_path)
-    return Manifest(records, source=f"11k manifest for {aspect}")
+    return Manifest(records, source=f"11k manifest for {aspect}", preparation=preparation)
 
 
-def prepare_11k_all(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "error") -> Manifest:
+def prepare_11k_all(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "error",
+                    bad_images: BadImages = "leave_out") -> Manifest:
     """All four 11k aspects in one manifest (docs/method.md, "Aspects of a hand").
 
     Each aspect is split exactly as its own protocol splits it (its cutoff, its val image and gallery i
@@ -194,9 +232,14 @@ def prepare_11k_all(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "
     csv_path = root / "HandInfo.csv"
     rows = read_handinfo(csv_path)
     images_dir = _11k_images_dir(root)
+    wanted = [str(images_dir / r.image_name) for r in rows if r.accessories == 0]
+    check_images_exist(wanted, csv_path)
+    preparation = screen_images(wanted, bad_images)
+    left_out = preparation.left_out
+    preparation.rows = _11k_all_row_counts(rows, left_out, images_dir)
     splits = {}
     for aspect in ASPECTS:
-        train, test = _11k_identities(rows, aspect, images_dir)
+        train, test = _11k_identities(rows, aspect, images_dir, left_out)
         if not train or not test:
             side = "training" if not train else "test"
             raise DataError(f"{csv_path} has no {side} identities for aspect {aspect} "
@@ -216,8 +259,7 @@ def prepare_11k_all(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "
         warnings.warn(f"{len(untrained)} 11k identit{'y is' if len(untrained) == 1 else 'ies are'} a test identity "
                       f"in one aspect and a training identity in another ({shown}); their training images "
                       f"are left out", DataWarning, stacklevel=2)
-    check_images_exist(sorted({r.path for r in records}), csv_path)
-    return Manifest(records, source="11k manifest for all aspects")
+    return Manifest(records, source="11k manifest for all aspects", preparation=preparation)
 
 
 # --------------------------------------------------------------------------- HD
@@ -234,40 +276,52 @@ def _hd_base(root: Path) -> Path:
     raise DataError(f"HD root {root} has no 'Original Images/{HD_MAIN}' folder")
 
 
-def _hd_identities(folder: Path) -> list[Identity]:
-    by_pid: dict[int, Identity] = {}
-    keyed: dict[int, list[tuple[int, str, str]]] = {}
-    skipped = []
+def _hd_files(folder: Path) -> list[str]:
+    """The image files of an HD folder named ``<id>_<n>.<suffix>``, sorted; a DataWarning for other images."""
+    found, skipped = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_file() or entry.name.startswith("."):
             continue
-        match = _HD_NAME.match(entry.name)
-        if not match:
-            if is_image_name(entry.name):
-                skipped.append(entry.name)
-            continue
-        pid = int(match.group(1))
-        by_pid.setdefault(pid, Identity(pid, match.group(1)))
-        keyed.setdefault(pid, []).append((int(match.group(2)), entry.name, str(folder / entry.name)))
+        if _HD_NAME.match(entry.name):
+            found.append(str(folder / entry.name))
+        elif is_image_name(entry.name):
+            skipped.append(entry.name)
     if skipped:
         warnings.warn(f"{len(skipped)} image(s) in {folder} are not named <id>_<n>.jpg and were skipped, "
                       f"e.g. {skipped[0]}", DataWarning, stacklevel=3)
+    return found
+
+
+def _hd_identities(folder: Path, files: list[str]) -> list[Identity]:
+    by_pid: dict[int, Identity] = {}
+    keyed: dict[int, list[tuple[int, str, str]]] = {}
+    for path in files:
+        entry = Path(path)
+        match = _HD_NAME.match(entry.name)
+        pid = int(match.group(1))
+        by_pid.setdefault(pid, Identity(pid, match.group(1)))
+        keyed.setdefault(pid, []).append((int(match.group(2)), entry.name, path))
     for pid, items in keyed.items():
         by_pid[pid].paths = [path for _, _, path in sorted(items)]
     if not by_pid:
-        raise DataError(f"HD folder {folder} has no images named <id>_<n>.jpg")
+        raise DataError(f"HD folder {folder} has no usable images named <id>_<n>.jpg")
     return [by_pid[pid] for pid in sorted(by_pid)]
 
 
-def prepare_hd(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "error") -> Manifest:
-    """HD (PolyU-IITD hand dorsal) protocol: ids <= 447 of 1-501 train, the rest test, 502-712 distractors."""
+def prepare_hd(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "error",
+               bad_images: BadImages = "leave_out") -> Manifest:
+    """HD (PolyU-IITD hand dorsal) protocol: ids <= 447 of 1-501 train, the rest test, 502-712 distractors.
+    ``bad_images``: what to do with an image that does not decode or is too small (``screen_images``)."""
     check_common(runs, seed, small_ids)
     base = _hd_base(require_dir(root, "HD"))
-    main = _hd_identities(base / HD_MAIN)
     extra_dir = base / HD_EXTRA
     if not extra_dir.is_dir():
         raise DataError(f"HD distractor folder not found: {extra_dir}")
-    extra = _hd_identities(extra_dir)
+    main_files, extra_files = _hd_files(base / HD_MAIN), _hd_files(extra_dir)
+    preparation = screen_images(main_files + extra_files, bad_images)
+    left_out = preparation.left_out
+    main = _hd_identities(base / HD_MAIN, [p for p in main_files if p not in left_out])
+    extra = _hd_identities(extra_dir, [p for p in extra_files if p not in left_out])
     train = [i for i in main if i.pid <= HD_TRAIN_CUTOFF]
     test = [i for i in main if i.pid > HD_TRAIN_CUTOFF]
     if not train or not test:
@@ -285,7 +339,7 @@ def prepare_hd(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "error
                 records.append(ManifestRecord(split="gallery", run=run, path=path, pid=offset + ident.pid, camid=None,
                                               dataset="hd", subset=HD_EXTRA, original_id=ident.original_id,
                                               is_distractor=True))
-    return Manifest(records, source="HD manifest")
+    return Manifest(records, source="HD manifest", preparation=preparation)
 
 
 # --------------------------------------------------------------------------- folder per identity
@@ -296,39 +350,50 @@ def _test_count(test_ids, n: int, root: Path) -> int:
     if test_ids is None:
         count = n // 2
     elif isinstance(test_ids, bool):
-        raise DataError(f"test_ids must be a count or a fraction, not {test_ids!r}")
+        raise DataError(f"--test-ids must be a count or a fraction, not {test_ids!r}")
     elif isinstance(test_ids, (int, np.integer)):
         count = int(test_ids)
     elif isinstance(test_ids, float) and 0 < test_ids < 1:
         count = int(round(test_ids * n))
     else:
-        raise DataError(f"test_ids {test_ids!r} must be a whole number of identities or a fraction in (0, 1)")
+        raise DataError(f"--test-ids {test_ids!r} must be a whole number of identities or a fraction in (0, 1)")
     if not 1 <= count <= n - 1:
-        raise DataError(f"test_ids {test_ids!r} gives {count} test identities out of {n} in {root}; "
+        raise DataError(f"--test-ids {test_ids!r} gives {count} test identities out of {n} in {root}; "
                         f"need at least 1 test and 1 training identity")
     return count
 
 
 def prepare_folder(root, runs: int = 10, seed: int = 0, test_ids: Union[None, int, float] = None,
-                   small_ids: SmallIds = "error", dataset: str = "folder") -> Manifest:
+                   small_ids: SmallIds = "error", dataset: str = "folder",
+                   bad_images: BadImages = "leave_out") -> Manifest:
     """Folder-per-identity dataset (ImageFolder layout) with the same split machinery.
 
     Identities are the sub-folders of ``root`` (hidden ones ignored), sorted by name; pid is the
     position in that sorted list and ``original_id`` the folder name. Images are found recursively
-    inside each identity folder. A seeded permutation picks ``test_ids`` identities (default: half,
-    rounded down; a float is a fraction) as test identities, the others train.
+    inside each identity folder (a DataWarning names each identity with sub-folders, and the files
+    passed over). ``bad_images``: what to do with an image that does not decode or is too small
+    (``screen_images``); it is left out before the split. A seeded permutation picks ``test_ids``
+    identities (default: half, rounded down; a float is a fraction) as test identities, the others train.
     """
     check_common(runs, seed, small_ids)
     root = require_dir(root, "folder dataset")
+    walk = FolderWalk()
+    folders = identity_folders(root, walk)
+    walk.warn(root)
+    preparation = screen_images([p for _, paths in folders for p in paths], bad_images)
+    left_out = preparation.left_out
     idents = []
-    for name, paths in identity_folders(root):
+    for name, paths in folders:
         folder = root / name
-        if not paths:
+        usable = [p for p in paths if p not in left_out]
+        if not usable:
+            none = "no usable images" if paths else "no images"
             if small_ids != "keep":
-                raise DataError(f"identity folder {folder} has no images "
-                                f"(use --keep-small-ids / small_ids='keep' to leave such folders out)")
-            warnings.warn(f"identity folder {folder} has no images; it was left out", DataWarning, stacklevel=2)
+                raise DataError(f"identity folder {folder} has {none} "
+                                f"(prepare with --keep-small-ids to leave such folders out)")
+            warnings.warn(f"identity folder {folder} has {none}; it was left out", DataWarning, stacklevel=2)
             continue
+        paths = usable
         idents.append(Identity(len(idents), name, paths))
     if len(idents) < 2:
         raise DataError(f"folder dataset {root} needs at least 2 identity folders with images, found {len(idents)}")
@@ -339,7 +404,8 @@ def prepare_folder(root, runs: int = 10, seed: int = 0, test_ids: Union[None, in
     train = [ident for k, ident in enumerate(idents) if k not in test_set]
     test = [ident for k, ident in enumerate(idents) if k in test_set]
     split = split_identities(train, test, runs, rng, f"folder dataset {root}", small_ids)
-    return Manifest(split_records(split, dataset, root.name), source=f"manifest for {root}")
+    return Manifest(split_records(split, dataset, root.name), source=f"manifest for {root}",
+                    preparation=preparation)
 
 
 # --------------------------------------------------------------------------- registry entries
@@ -352,15 +418,16 @@ class Hands11k(DatasetSpec):
         Option("--gallery-all", "add the other three aspects' gallery i as distractors", {"action": "store_true"}),
     )
 
+    # From a config, training checks its own images (data.skip_bad); prepare checks them all.
     def from_config(self, data_cfg, workdir) -> Manifest:
         return prepare_11k(data_cfg.root, data_cfg.aspect, runs=data_cfg.runs, seed=data_cfg.split_seed,
-                           gallery_all=data_cfg.gallery_all)
+                           gallery_all=data_cfg.gallery_all, bad_images="unchecked")
 
     def from_args(self, args) -> Manifest:
         if not args.aspect:
             raise DataError("prepare 11k needs --aspect (dorsal_r, dorsal_l, palmar_r, palmar_l or all)")
         return prepare_11k(root_arg(args), args.aspect, runs=args.runs, seed=args.seed,
-                           gallery_all=args.gallery_all, small_ids=small_ids_arg(args))
+                           gallery_all=args.gallery_all, small_ids=small_ids_arg(args), bad_images=bad_images_arg(args))
 
 
 def _refuse_gallery_all(given: bool, flag: str) -> None:
@@ -374,10 +441,11 @@ class HD(DatasetSpec):
     """HD (PolyU-IITD hand dorsal), with the 502-712 subjects as distractors."""
 
     def from_config(self, data_cfg, workdir) -> Manifest:
-        return prepare_hd(data_cfg.root, runs=data_cfg.runs, seed=data_cfg.split_seed)
+        return prepare_hd(data_cfg.root, runs=data_cfg.runs, seed=data_cfg.split_seed, bad_images="unchecked")
 
     def from_args(self, args) -> Manifest:
-        return prepare_hd(root_arg(args), runs=args.runs, seed=args.seed, small_ids=small_ids_arg(args))
+        return prepare_hd(root_arg(args), runs=args.runs, seed=args.seed, small_ids=small_ids_arg(args),
+                          bad_images=bad_images_arg(args))
 
 
 @register_dataset("folder")
@@ -387,11 +455,11 @@ class IdentityFolders(DatasetSpec):
     options = (Option("--test-ids", "test identities as a count or a fraction (default half)"),)
 
     def from_config(self, data_cfg, workdir) -> Manifest:
-        return prepare_folder(data_cfg.root, runs=data_cfg.runs, seed=data_cfg.split_seed)
+        return prepare_folder(data_cfg.root, runs=data_cfg.runs, seed=data_cfg.split_seed, bad_images="unchecked")
 
     def from_args(self, args) -> Manifest:
         return prepare_folder(root_arg(args), runs=args.runs, seed=args.seed, test_ids=_test_ids_arg(args.test_ids),
-                              small_ids=small_ids_arg(args))
+                              small_ids=small_ids_arg(args), bad_images=bad_images_arg(args))
 
 
 def _test_ids_arg(text):

@@ -11,8 +11,8 @@ A dataset is a ``DatasetSpec`` subclass registered under its name::
         def from_args(self, args): ...
 
 ``options`` lists the ``handclip prepare`` options only that dataset takes (``--aspect`` for 11k);
-the options every dataset takes (``--root``, ``--runs``, ``--seed``, ``--keep-small-ids``) belong to
-the command. Datasets register themselves where they are defined: 11k, HD and folder in
+the options every dataset takes (``--root``, ``--runs``, ``--seed``, ``--keep-small-ids``, ``--keep-bad``,
+``--no-image-check``) belong to the command. Datasets register themselves where they are defined: 11k, HD and folder in
 ``handclip.data.protocols``, synthetic in ``handclip.synthetic.dataset``. ``handclip.datasets``
 imports every one of them, so code that needs them all (``prepare``, training, the demo) goes
 through it rather than through this module.
@@ -140,5 +140,12 @@ def small_ids_arg(args: argparse.Namespace) -> str:
     return "keep" if args.keep_small_ids else "error"
 
 
-__all__ = ["DATASETS", "DatasetRegistry", "DatasetSpec", "Option", "register_dataset", "root_arg",
+def bad_images_arg(args: argparse.Namespace) -> str:
+    """The bad-image policy ``--keep-bad`` and ``--no-image-check`` ask for (default: leave them out)."""
+    if getattr(args, "no_image_check", False):
+        return "unchecked"
+    return "keep" if getattr(args, "keep_bad", False) else "leave_out"
+
+
+__all__ = ["DATASETS", "DatasetRegistry", "DatasetSpec", "Option", "bad_images_arg", "register_dataset", "root_arg",
            "small_ids_arg"]

@@ -29,14 +29,17 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 
 from ..config import MAX_RUNS, MAX_SEED, shorten
-from ..errors import DataError
+from ..errors import DataError, DataWarning
+from .images import MIN_IMAGE_SIDE, scan_images, warn_left_out
 from .manifest import ManifestRecord
 
 SmallIds = Literal["error", "keep"]
+# What prepare does with files that do not decode or are too small: leave them out of the manifest (each
+# named), keep them (--keep-bad, each named), or not decode the images at all (--no-image-check).
+BadImages = Literal["leave_out", "keep", "unchecked"]
+BAD_IMAGE_POLICIES = ("leave_out", "keep", "unchecked")
 
 
-class DataWarning(UserWarning):
-    """Something about the data the user should know, that does not stop preparation."""
 
 
 @dataclass
@@ -54,6 +57,56 @@ class Split:
     test: list[Identity]
     val_pick: dict[int, Optional[int]]        # pid -> index of the val image (None: no val image)
     gallery_picks: list[dict[int, int]]       # per run: pid -> index of the gallery image
+
+
+@dataclass
+class Preparation:
+    """What preparing a manifest checked and did, for ``handclip prepare`` to say (not stored in the CSV):
+    the bad-image policy, how many images were decoded, the unusable ones, and per-rule row counts."""
+
+    bad_images: str
+    images_checked: int = 0
+    unusable: list = field(default_factory=list)   # ImageProblem, sorted by path
+    rows: list[str] = field(default_factory=list)  # how the dataset's rules selected rows, in words
+
+    @property
+    def left_out(self) -> set[str]:
+        """The paths to leave out of the manifest."""
+        return {p.path for p in self.unusable} if self.bad_images == "leave_out" else set()
+
+    def lines(self) -> list[str]:
+        if self.bad_images == "unchecked":
+            check = ("images were not decoded (--no-image-check); `handclip scan --manifest FILE` checks them, "
+                     "and train, evaluate and calibrate stop on an unusable one unless --skip-bad")
+        elif not self.unusable:
+            check = (f"decoded all {self.images_checked} images: every one is usable (shorter side at least "
+                     f"{MIN_IMAGE_SIDE} px)")
+        elif self.bad_images == "leave_out":
+            check = (f"decoded all {self.images_checked} images: {len(self.unusable)} unusable one(s) left out of "
+                     f"the manifest, named above (--keep-bad keeps them)")
+        else:
+            check = (f"decoded all {self.images_checked} images: {len(self.unusable)} unusable one(s) kept in the "
+                     f"manifest (--keep-bad), named above; train, evaluate and calibrate will stop on them "
+                     f"unless --skip-bad")
+        return [*self.rows, check]
+
+
+def screen_images(paths: Sequence[str], policy: str) -> Preparation:
+    """Decode every image of ``paths`` (unless ``policy`` is "unchecked") and name each unusable one in a
+    DataWarning with what was done about it; ``Preparation.left_out`` is what to leave out."""
+    if policy not in BAD_IMAGE_POLICIES:
+        raise DataError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)} (got {shorten(policy)})")
+    if policy == "unchecked":
+        return Preparation(policy)
+    unique = sorted(set(paths))
+    problems = scan_images(unique)
+    if policy == "leave_out":
+        warn_left_out(problems, "the manifest")
+    else:
+        for problem in problems:
+            warnings.warn(f"kept {problem.path} (--keep-bad) although unusable: {problem.reason}", DataWarning,
+                          stacklevel=2)
+    return Preparation(policy, len(unique), problems)
 
 
 def split_rng(seed: int, *salt: int) -> np.random.Generator:
@@ -99,7 +152,7 @@ def _small(policy: str, ids: list[str], side: str, label: str, needs: str, kept:
     if policy == "keep":
         warnings.warn(f"{problem}; {kept}", DataWarning, stacklevel=4)
     else:
-        raise DataError(f"{problem} (use --keep-small-ids / small_ids='keep' to keep such identities)")
+        raise DataError(f"{problem} (prepare with --keep-small-ids to keep such identities)")
 
 
 def split_records(split: Split, dataset: str, subset: str) -> list[ManifestRecord]:
@@ -146,5 +199,6 @@ def check_images_exist(paths: Sequence[str], listed_in: Path) -> None:
         raise DataError(f"image {missing[0]} listed in {listed_in} does not exist{more}")
 
 
-__all__ = ["DataWarning", "Identity", "Split", "SmallIds", "absolute", "check_common", "check_images_exist",
+__all__ = ["BAD_IMAGE_POLICIES", "BadImages", "DataWarning", "Identity", "Preparation", "Split", "SmallIds",
+           "absolute", "screen_images", "check_common", "check_images_exist",
            "require_dir", "split_identities", "split_records", "split_rng"]

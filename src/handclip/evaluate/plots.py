@@ -114,11 +114,13 @@ def ranked_list_sheet(
     out_png: str | os.PathLike,
     top_k: int = 10,
     thumb: int = 128,
+    names: Mapping[int, str] | None = None,
 ) -> Path:
     """One row per query: the query (blue frame) then its top-k gallery images, nearest first.
 
     Each gallery image gets a green frame and a check mark when its identity matches the query's,
-    a red frame and a cross when not, and its rank and distance underneath.
+    a red frame and a cross when not, and its rank and distance underneath. ``names`` (pid -> the
+    person's original id or folder name) labels each image; a pid without one shows as ``id N``.
     """
     if len(queries) != len(rankings):
         raise HandCLIPError(f"ranked_list_sheet got {len(queries)} queries but {len(rankings)} rankings")
@@ -140,6 +142,10 @@ def ranked_list_sheet(
     draw.text((width / 2, pad), "Ranked lists: query (blue), then nearest gallery images; "
               "green = same identity, red = different", font=head_font, fill="black", anchor="mt")
 
+    def person(pid: int) -> str:
+        name = (names or {}).get(pid) or f"id {pid}"
+        return name if len(name) <= 16 else name[:15] + "…"
+
     def cell(x: int, y: int, path, colour: str, title: str, lines: list[str], text_colour: str) -> None:
         draw.text((x + tile / 2, y + title_h - 4), title, font=title_font, fill=colour, anchor="ms")
         draw.rectangle([x, y + title_h, x + tile - 1, y + title_h + tile - 1], fill=colour)
@@ -149,13 +155,13 @@ def ranked_list_sheet(
 
     for r, ((q_path, q_pid), ranking) in enumerate(zip(queries, rankings)):
         y = header_h + r * row_h
-        cell(pad, y, q_path, QUERY, f"query {r + 1}", [f"id {q_pid}"], "black")
+        cell(pad, y, q_path, QUERY, f"query {r + 1}", [person(q_pid)], "black")
         for c, (g_path, g_pid, distance) in enumerate(ranking[:top_k]):
             right = g_pid == q_pid
             colour = CORRECT if right else WRONG
             x = pad + (c + 1) * (tile + gap) + query_gap
             cell(x, y, g_path, colour, f"#{c + 1} {'✓' if right else '✗'}",
-                 [f"id {g_pid}", f"d={_distance_text(distance)}"], "black" if right else colour)
+                 [person(g_pid), f"d={_distance_text(distance)}"], "black" if right else colour)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", compress_level=1)  # photos barely compress; level 6+ only costs time
     atomic_write_bytes(out_png, buffer.getvalue())

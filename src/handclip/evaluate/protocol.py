@@ -15,7 +15,7 @@ import numpy as np
 
 from ..aspects import aspects_of, normalise_aspect, record_aspect
 from ..config import EvalConfig
-from ..data.images import check_images_exist
+from ..data.images import check_images_exist, unusable_images, warn_left_out
 from ..errors import DataError
 from .distances import cosine_distance, euclidean_distance
 from .metrics import METRIC_KEYS, aggregate_runs, evaluate_rank
@@ -120,7 +120,7 @@ def evaluate_records(features: dict[str, np.ndarray], query, gallery, eval_cfg: 
 
 def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=None,
                       distractors: bool = True, progress: bool = False,
-                      keep_distances: bool = False, query_aspect: str | None = None,
+                      keep_distances: bool = False, skip_bad: bool = False, query_aspect: str | None = None,
                       gallery_aspect: str | None = None, mirror_query: bool = False) -> EvalResult:
     """Evaluate every requested run of ``manifest`` with ``encoder`` (a ``handclip.model.inference.Encoder``);
     each image is encoded once for all runs.
@@ -129,6 +129,9 @@ def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, run
     ``query_aspect`` / ``gallery_aspect``: each run's queries of one aspect against its gallery of another
     (or the same) aspect (a manifest holding several aspects needs both); ``mirror_query`` encodes the
     queries mirrored left-right (docs/method.md, "Aspects of a hand").
+    Every image is checked before any is encoded: an unusable one stops the evaluation, naming it, unless
+    ``skip_bad`` (``--skip-bad``): then each is named in a warning, left out of every run and listed in
+    ``options["images_left_out"]``.
     """
     eval_cfg = eval_cfg or EvalConfig()
     chosen = select_runs(manifest, runs)
@@ -139,15 +142,21 @@ def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, run
         if not distractors:
             gallery = [r for r in gallery if not r.is_distractor]
         splits[run] = (of_aspect(manifest.split("query", run), query_aspect), gallery)
+    every = _unique_paths(rec for q, g in splits.values() for rec in (*q, *g))
+    check_images_exist(every)
+    problems = unusable_images([rec.path for rec in every], skip_bad, "query/gallery ")
+    left_out = {problem.path for problem in problems}
+    if left_out:
+        warn_left_out(problems, "the evaluation")
+        splits = {run: ([r for r in q if r.path not in left_out], [r for r in g if r.path not in left_out])
+                  for run, (q, g) in splits.items()}
     # Mirrored queries are encoded only mirrored.
     needed = _unique_paths(rec for q, g in splits.values() for rec in ((*g,) if mirror_query else (*q, *g)))
-    check_images_exist(needed)
     feats = encoder.features(needed, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip, progress=progress)
     table = {rec.path: feats[i] for i, rec in enumerate(needed)}
     query_table = None
     if mirror_query:
         queries = _unique_paths(rec for q, _ in splits.values() for rec in q)
-        check_images_exist(queries)
         mirrored_feats = encoder.features(queries, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip,
                                           progress=progress, mirror=True)
         query_table = {rec.path: mirrored_feats[i] for i, rec in enumerate(queries)}
@@ -163,7 +172,8 @@ def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, run
     aggregate = aggregate_runs([{k: r.metrics[k] for k in METRIC_KEYS} for r in per_run])
     options = {"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
                "runs": chosen, "distractors": distractors,
-               "distractor_images": max(sum(r.is_distractor for r in g) for _, g in splits.values())}
+               "distractor_images": max(sum(r.is_distractor for r in g) for _, g in splits.values()),
+               "images_left_out": sorted(left_out)}
     if query_aspect is not None:
         options.update(query_aspect=query_aspect, gallery_aspect=gallery_aspect, mirror_query=bool(mirror_query))
     encoded = len(needed) + (len(query_table) if query_table is not None else 0)

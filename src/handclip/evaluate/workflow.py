@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import open_clip
+
+from ..atomic import sha256_file
 from ..config import EvalConfig
 from ..data.manifest import Manifest
-from ..errors import DataError
+from ..errors import DataError, HandCLIPWarning
 from ..forensic.calibration import ScoreCalibration
 from ..model.inference import Encoder
 from .forensic import ForensicResult, forensic_evaluation
 from .metrics import METRIC_KEYS
 from .protocol import EvalResult, evaluate_manifest
-from .references import subset_key, subset_title
+from .references import subset_label
 from .report import check_output_folder, write_evaluation_outputs
 
 
@@ -79,7 +83,21 @@ def evaluation_encoder(checkpoint=None, backbone: str | None = None, weights=Non
         return Encoder.from_checkpoint(checkpoint, device=device)
     if backbone is None:
         raise DataError("nothing to evaluate: give --checkpoint, or --backbone (with --weights) for zero-shot")
+    if not weights:
+        if open_clip.list_pretrained_tags_by_model(backbone):
+            warnings.warn(f"--weights is not given: zero-shot {backbone} is evaluated with random weights, although "
+                          f"published ones exist (give a local file: --weights /path/to/{backbone}.pt)",
+                          HandCLIPWarning, stacklevel=2)
     return Encoder.zero_shot(backbone, weights, image_size, allow_unsafe_weights, device=device)
+
+
+def provenance(manifest_path, checkpoint=None, weights=None, calibration=None) -> dict:
+    """The files an evaluation was computed from, each with its SHA-256 (metrics.json and report.html)."""
+    files = {"manifest": manifest_path, "checkpoint": checkpoint, "calibration": calibration}
+    if weights and Path(weights).is_file():
+        files["weights"] = weights
+    return {f"{name}{suffix}": value for name, path in files.items() if path
+            for suffix, value in (("", str(Path(path).resolve())), ("_sha256", sha256_file(path)))}
 
 
 def default_report_folder(manifest_path, checkpoint=None) -> Path:
@@ -119,16 +137,18 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
                         distractors: bool = True, require_distractors: bool = False, allow_id_overlap: bool = False,
                         forensic: bool = True, calibration_method: str = "logit", calibration_folds: int = 2,
                         calibration=None, queries_shown: int = 8, top_k: int = 10, device: str = "auto",
-                        progress: bool = False, query_aspect: str | None = None, gallery_aspect: str | None = None,
-                        mirror_query: bool = False) -> EvaluationReport:
+                        progress: bool = False, skip_bad: bool = False, query_aspect: str | None = None,
+                        gallery_aspect: str | None = None, mirror_query: bool = False) -> EvaluationReport:
     """Evaluate a checkpoint (or, with ``backbone``, a zero-shot backbone) on ``manifest_path``'s Monte Carlo
     runs and write the report folder ``out`` (default: ``default_report_folder``); what ``handclip
     evaluate`` runs.
 
     ``runs``: "all" or run indices. ``distractors=False`` drops the manifest's distractor gallery;
     ``require_distractors`` refuses a manifest without one. ``forensic=False``: CMC and mAP only.
-    ``calibration``: a stored calibration file of the same model, judged on every run as well. The
-    output folder is checked before any image is encoded, and written only when all of it succeeded.
+    ``calibration``: a stored calibration file of the same model, judged on every run as well.
+    ``skip_bad``: leave unusable images out, each named, instead of stopping (``evaluate_manifest``). The
+    output folder is checked before any image is encoded, and written only when all of it succeeded; the
+    report names the manifest, checkpoint, weights and calibration files with their SHA-256.
     ``query_aspect``, ``gallery_aspect``, ``mirror_query``: one pair of hand aspects (``evaluate_manifest``).
     """
     manifest = _read_manifest(manifest_path, allow_id_overlap, require_distractors)
@@ -142,22 +162,24 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
         stored = ScoreCalibration.load(calibration)
         stored.check_model(encoder.fingerprint())
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=distractors, progress=progress,
-                               keep_distances=True, query_aspect=query_aspect, gallery_aspect=gallery_aspect,
-                               mirror_query=mirror_query)
-    subsets = sorted({subset_key(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
-    title = "Evaluation on " + ", ".join(subset_title(s) for s in subsets)
+                               keep_distances=True, skip_bad=skip_bad, query_aspect=query_aspect,
+                               gallery_aspect=gallery_aspect, mirror_query=mirror_query)
+    subsets = sorted({subset_label(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
+    # The manifest's own name, as written (underscores and all), so the report says which file it was.
+    title = f"Evaluation on {', '.join(subsets)} ({Path(manifest_path).name})"
     if "query_aspect" in result.options:
         options = result.options
         title += (f": queries {options['query_aspect']}{' (mirrored)' if options['mirror_query'] else ''} "
                   f"against gallery {options['gallery_aspect']}")
+    files = provenance(manifest_path, checkpoint, weights, calibration)
     figures = None
     if forensic:
         figures = forensic_evaluation(result, method=calibration_method, folds=calibration_folds,
                                       progress=progress, calibration=stored)
     write_evaluation_outputs(result, folder, title, encoder.label, manifest_path, training_history(checkpoint),
-                             queries_shown=queries_shown, top_k=top_k, forensic=figures)
+                             queries_shown=queries_shown, top_k=top_k, forensic=figures, files=files)
     return EvaluationReport(result, figures, folder, encoder.label, str(manifest_path))
 
 
-__all__ = ["EvaluationReport", "evaluate_and_report", "evaluation_encoder", "default_report_folder",
+__all__ = ["EvaluationReport", "evaluate_and_report", "evaluation_encoder", "default_report_folder", "provenance",
            "training_history"]

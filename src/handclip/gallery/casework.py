@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text, sha256_file
+from ..data.images import warn_left_out
 from ..errors import HandCLIPError
+from ..forensic.audit_format import parse_anchor
+from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
+from .case_report import check_case_id
 from .enrol import EnrolSummary, check_images, collect_images
 from .html import write_search_html
 from .metadata import GALLERY_FILE
@@ -75,6 +79,7 @@ def enrol_images(index_dir: str | os.PathLike, images: str | os.PathLike, checkp
     if summary.skipped_bad:
         skipped_list = session.index_dir / SKIPPED_IMAGES_FILE
         atomic_write_text(skipped_list, "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad))
+        warn_left_out(summary.skipped_bad, "the gallery", skipped_list)
     gallery = session.snapshot()
     return EnrolReport(summary, session.index_dir, len(gallery), len(gallery.identities()), skipped_list)
 
@@ -99,6 +104,7 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
     output is written, then one line per file written, so a failed write still leaves the results shown.
     ``aspect``, ``mirror``, ``gallery_aspect``: the hand aspects compared (``ExaminerSession.search``)."""
     say = log or (lambda line: None)
+    check_case_id(case_id)  # before the search is recorded: its report must be possible
     session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner)
     search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments, aspect=aspect,
                             mirror=mirror, gallery_aspect=gallery_aspect)
@@ -124,6 +130,16 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
 
 
 @dataclass
+class SigningKeyFiles:
+    """What ``make_signing_key`` wrote, and the environment variable that puts the key to use."""
+
+    private: Path
+    public: Path
+    key_id: str
+    environment: str
+
+
+@dataclass
 class AuditRecords:
     """The records ``read_audit`` read and the log they came from."""
 
@@ -131,10 +147,30 @@ class AuditRecords:
     records: list[dict]
 
 
-def verify_audit(index_dir: str | os.PathLike, check_files: bool = True):
-    """Check a gallery's audit trail: the hash chain, every recorded file hash (unless not ``check_files``),
-    the gallery files, and changes no record accounts for (a ``VerifyResult``; ``.ok``, ``.problems``)."""
-    return ExaminerSession.open(index_dir, with_model=False).verify_audit(check_files=check_files)
+def verify_audit(index_dir: str | os.PathLike, check_files: bool = True, *, expect: Sequence[str] = (),
+                 public_key: str | os.PathLike | None = None):
+    """Check a gallery's audit trail: the hash chain, its head, every recorded file hash (unless not
+    ``check_files``), the gallery files, and that every gallery row is named by a record (a
+    ``VerifyResult``; ``.ok``, ``.problems``, ``.anchor``). ``expect``: ``SEQ:HASH`` anchors kept elsewhere
+    (a case report prints one) that the log must still hold; ``public_key``: an Ed25519 public key file
+    that must have signed the head."""
+    anchors = [parse_anchor(text) for text in expect]
+    key = load_public_key(public_key) if public_key else None
+    session = ExaminerSession.open(index_dir, with_model=False)
+    return session.verify_audit(check_files=check_files, expect=anchors, public_key=key)
+
+
+def reanchor_audit(index_dir: str | os.PathLike, reason: str):
+    """Write a new head for a gallery whose audit head was lost or damaged, through a record that says
+    ``reason`` (refused while the head is intact or the chain does not verify); returns its ``AuditRef``."""
+    return ExaminerSession.open(index_dir, with_model=False).audit_log.reanchor(reason)
+
+
+def make_signing_key(out: str | os.PathLike) -> SigningKeyFiles:
+    """Write an Ed25519 key pair for signing audit heads: ``out`` (private, mode 600; refused inside a
+    gallery folder) and ``out.pub``; sessions sign with it when $HANDCLIP_AUDIT_SIGNING_KEY names it."""
+    private, public, key_id = generate_key(out)
+    return SigningKeyFiles(Path(private), Path(public), key_id, SIGNING_KEY_ENV)
 
 
 def read_audit(index_dir: str | os.PathLike, seq: int | None = None) -> AuditRecords:
@@ -148,5 +184,5 @@ def read_audit(index_dir: str | os.PathLike, seq: int | None = None) -> AuditRec
     return AuditRecords(log.path, records)
 
 
-__all__ = ["AuditRecords", "EnrolReport", "SKIPPED_IMAGES_FILE", "enrol_images", "read_audit", "search_gallery",
-           "verify_audit"]
+__all__ = ["AuditRecords", "EnrolReport", "SKIPPED_IMAGES_FILE", "SigningKeyFiles", "enrol_images",
+           "make_signing_key", "read_audit", "reanchor_audit", "search_gallery", "verify_audit"]

@@ -23,10 +23,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..aspects import ASPECTS
+from .image_prompts import attention_pool_tokens
 
 
 class AspectEmbedding(nn.Module):
@@ -54,16 +54,7 @@ def attention_pool(pool: nn.Module, x: torch.Tensor, side: Optional[torch.Tensor
     query token (the spatial mean) before the positional embedding; ``pool(x)`` itself when ``side`` is None."""
     if side is None:
         return pool(x)
-    tokens = x.flatten(2).permute(2, 0, 1)  # (HW, B, C)
-    query = tokens.mean(dim=0, keepdim=True) + side[None].to(tokens.dtype)
-    tokens = torch.cat([query, tokens], dim=0) + pool.positional_embedding[:, None, :].to(tokens.dtype)
-    out, _ = F.multi_head_attention_forward(
-        query=tokens, key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1], num_heads=pool.num_heads,
-        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
-        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
-        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=pool.training, need_weights=False)
-    return out[0]
+    return attention_pool_tokens(pool, x, side)[:, 0]
 
 
 class AspectHead(nn.Module):

@@ -25,14 +25,16 @@ from typing import Iterator, NamedTuple
 from ..atomic import atomic_write_json
 from ..errors import GalleryError, HandCLIPError
 
-ROLES = ("search", "enrol")
+# search: search, list identities, fetch thumbnails and the case reports the key itself asked for;
+# enrol: enrol; review: fetch any key's case report (a supervisor or quality reviewer).
+ROLES = ("search", "enrol", "review")
 SERVE_DIR = "serve"
 KEYS_FILE = "keys.json"
 KEYS_FORMAT = "handclip-serve-keys-1"
 # handclip.gallery.metadata.GALLERY_FILE, named here rather than imported: the gallery package loads the
 # model code (torch, seconds), which managing keys never needs.
 GALLERY_MARKER = "gallery.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")  # matched whole (fullmatch): no trailing newline
 
 
 class KeyFileError(HandCLIPError):
@@ -125,7 +127,7 @@ class KeyStore:
 
     def add(self, name: str, roles) -> tuple[str, ApiKey]:
         """Make a key; returns (the key itself, shown once and never stored, its record)."""
-        if not _NAME.match(name or ""):
+        if not _NAME.fullmatch(name or ""):
             raise KeyFileError(f"key name {name!r} must be 1-64 letters, digits, spaces or ._@- "
                             "and start with a letter or digit")
         roles = tuple(sorted(set(roles)))
