@@ -175,3 +175,20 @@ def test_stage2_gives_the_model_each_training_image_aspect(aspect_manifest):
     assert ctx.model.aspect_head.linear.weight.grad.abs().sum() > 0
     groups = {g["name"]: g for g in trainer.optimizers.main.param_groups}
     assert groups["aspect_head"]["initial_lr"] == ctx.config.stage2.aspect_head_lr == 1e-3
+
+
+@pytest.mark.parametrize("backbone", ["tiny-vit", "tiny-rn"])
+def test_the_token_path_of_image_prompts_sees_the_same_aspect_embedding(backbone):
+    """Image-conditioned prompts read every projected token (``_features(tokens=True)``); with SIE its pooled
+    feature is the one the plain path gives for the same aspects, and the aspect reaches the tokens."""
+    torch.manual_seed(0)
+    model = build_model({"backbone": backbone, "sie": "aspect"}, {"image_size": [64, 64]}, num_ids=3).eval()
+    images, cams = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    with torch.no_grad():
+        _, _, plain_proj, none = model._features(images, tokens=False, aspects=cams)
+        _, _, token_proj, tokens = model._features(images, tokens=True, aspects=cams)
+        _, _, _, other_tokens = model._features(images, tokens=True, aspects=cams.flip(0))
+    assert none is None
+    torch.testing.assert_close(token_proj, plain_proj, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens[:, 0], plain_proj, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(tokens, other_tokens)
