@@ -38,6 +38,7 @@ from .config_base import (  # noqa: F401 - the bounds are part of this module's 
     Section,
 )
 from .config_prompts import ImagePromptSettings, SingleStageConfig, check_image_prompts
+from .config_synthetic import SyntheticConfig
 from .errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,27 +55,6 @@ MAX_ECHO = 120
 
 
 _Section = Section
-
-
-class SyntheticConfig(_Section):
-    """Procedural hands made on the fly (docs/method.md, "Synthetic hands")."""
-
-    train_ids: int = Field(100, ge=2, le=100_000)
-    test_ids: int = Field(50, ge=2, le=100_000)
-    images_per_id: int = Field(8, ge=3, le=1000)
-    image_size: int = Field(64, ge=16, le=1024)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    aspects: tuple[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"], ...] = Field(
-        ("dorsal_r",), description="hand aspects drawn per identity (default: right dorsal only, the images "
-                                   "HandCLIP always drew); several give one manifest with all of them")
-
-    @field_validator("aspects")
-    @classmethod
-    def _aspects(cls, value):
-        if not value or len(set(value)) != len(value):
-            raise ValueError("must name at least one aspect, each once")
-        order = ("dorsal_r", "dorsal_l", "palmar_r", "palmar_l")
-        return tuple(sorted(value, key=order.index))
 
 
 class AugmentConfig(_Section):
