@@ -96,6 +96,25 @@ def test_mirroring_applies_to_cross_side_cells_only(hand_made):
         evaluate_manifest(encoder, manifest, EvalConfig(), query_aspect="dorsal_l", gallery_aspect="palmar_r")
 
 
+def test_an_unusable_query_stops_the_matrix_or_is_left_out_of_every_cell_with_skip_bad(hand_made):
+    manifest, encoder = hand_made
+    bad = next(r.path for r in manifest.records if r.split == "query" and r.subset == "dorsal_l" and r.pid == 0)
+    Path(bad).write_bytes(b"not an image")
+    with pytest.raises(DataError, match="dorsal_l_query_0.png.*--skip-bad"):
+        aspect_matrix(encoder, manifest, EvalConfig(), mirror_query=True)
+    with pytest.warns(UserWarning, match="dorsal_l_query_0.png"):
+        matrix = aspect_matrix(encoder, manifest, EvalConfig(), mirror_query=True, skip_bad=True)
+    assert matrix.options["images_left_out"] == [bad]
+    # Person 0's left query (the one misplaced at 33 deg) is gone: the two left ones rank first everywhere.
+    assert matrix.cells[("dorsal_l", "dorsal_r")]["queries"] == 2
+    assert matrix.cells[("dorsal_l", "dorsal_r")]["rank1"]["mean"] == 1.0
+    assert matrix.cells[("dorsal_r", "dorsal_r")]["queries"] == 3  # the other aspects keep every query
+    # The ordinary evaluation checks the mirrored queries too, though it encodes them only mirrored.
+    with pytest.raises(DataError, match="dorsal_l_query_0.png"):
+        evaluate_manifest(encoder, manifest, EvalConfig(), query_aspect="dorsal_l", gallery_aspect="dorsal_r",
+                          mirror_query=True)
+
+
 def test_same_aspect_matches_are_never_dropped_as_same_camera(hand_made):
     manifest, encoder = hand_made
     # camid holds the aspect index: a camera rule would drop every same-aspect match and skip every query.

@@ -99,7 +99,8 @@ def run(args) -> int:
         matrix = api.aspect_matrix_report(
             args.manifest, args.out, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
             image_size=args.image_size, allow_unsafe_weights=args.allow_unsafe_weights, eval_cfg=eval_cfg, runs=runs,
-            allow_id_overlap=args.allow_id_overlap, mirror_query=args.mirror_query, device=args.device, progress=True)
+            allow_id_overlap=args.allow_id_overlap, mirror_query=args.mirror_query, device=args.device, progress=True,
+            skip_bad=args.skip_bad)
         for line in matrix.lines():
             print(line)
         return 0

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..aspects import aspects_of, is_left, pair_key, record_aspect
 from ..config import EvalConfig
-from ..data.images import check_images_exist
+from ..data.images import check_images_exist, unusable_images, warn_left_out
 from ..errors import DataError
 from ..forensic.verification import ForensicMetricError, split_pairs, verification_metrics
 from .forensic import similarity_scores
@@ -69,8 +69,9 @@ def _cell_run(table, mirrored_table, query, gallery, eval_cfg, what: str) -> dic
 
 
 def aspect_matrix(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=None, mirror_query: bool = False,
-                  aspects=None, progress: bool = False) -> AspectMatrix:
-    """Every query aspect against every gallery aspect of ``manifest`` (distractors left out)."""
+                  aspects=None, progress: bool = False, skip_bad: bool = False) -> AspectMatrix:
+    """Every query aspect against every gallery aspect of ``manifest`` (distractors left out). An unusable
+    image stops it, naming the file, unless ``skip_bad``: then each is named and left out of every cell."""
     eval_cfg = eval_cfg or EvalConfig()
     chosen = select_runs(manifest, runs)
     test = [r for r in manifest.records if r.split in ("query", "gallery") and r.run in chosen and not r.is_distractor]
@@ -81,8 +82,13 @@ def aspect_matrix(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=No
         raise DataError(f"an aspect matrix needs a manifest with several aspects; this one holds "
                         f"{', '.join(found) or 'no aspect labels'} (prepare it with --aspects / --aspect all)")
     test = [r for r in test if record_aspect(r) in aspects]
+    check_images_exist(_unique_paths(test))
+    problems = unusable_images([rec.path for rec in _unique_paths(test)], skip_bad, "query/gallery ")
+    left_out = {problem.path for problem in problems}
+    if left_out:
+        warn_left_out(problems, "the aspect matrix")
+    test = [r for r in test if r.path not in left_out]
     needed = _unique_paths(test)
-    check_images_exist(needed)
     feats = encoder.features(needed, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip, progress=progress)
     table = {rec.path: feats[i] for i, rec in enumerate(needed)}
     mirrored_table = None
@@ -97,8 +103,10 @@ def aspect_matrix(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=No
             mirror = mirror_query and is_left(qa) != is_left(ga)
             per_run, sizes = [], []
             for run in chosen:
-                query = [r for r in of_aspect(manifest.split("query", run), qa) if not r.is_distractor]
-                gallery = [r for r in of_aspect(manifest.split("gallery", run), ga) if not r.is_distractor]
+                query = [r for r in of_aspect(manifest.split("query", run), qa)
+                         if not r.is_distractor and r.path not in left_out]
+                gallery = [r for r in of_aspect(manifest.split("gallery", run), ga)
+                           if not r.is_distractor and r.path not in left_out]
                 sizes.append((len(query), len(gallery)))
                 scored = _cell_run(table, mirrored_table if mirror else None, query, gallery, eval_cfg,
                                    f"run {run}, {pair_key(qa, ga)}")
@@ -108,7 +116,8 @@ def aspect_matrix(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=No
             cells[(qa, ga)] = {**{m: summary.get(m) for m in MATRIX_METRICS}, "mirrored": mirror,
                                "runs_scored": len(per_run), "queries": sizes[0][0], "gallery": sizes[0][1]}
     options = {"runs": chosen, "mirror_query": bool(mirror_query), "flip": eval_cfg.flip, "rerank": eval_cfg.rerank,
-               "metric": eval_cfg.metric, "images_encoded": len(needed) + (len(mirrored_table or {}))}
+               "metric": eval_cfg.metric, "images_encoded": len(needed) + (len(mirrored_table or {})),
+               "images_left_out": sorted(left_out)}
     return AspectMatrix(aspects, cells, options)
 
 
