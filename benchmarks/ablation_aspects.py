@@ -6,7 +6,7 @@ identities x 6 images per aspect, 3 Monte Carlo runs, 10 stage-1 and 16 stage-2 
 demo's pretrained tiny CLIP. For each seed (``seed`` and ``data.split_seed``):
 
 * four per-aspect models, each trained and tested on one aspect's manifest (the 11k way);
-* one model trained on all four aspects (``model.aspect_head: true``: a detached probe, its accuracy reported);
+* one model trained on all four aspects (``model.aspect_head: true``: its own small CNN, accuracy reported);
 * the same with ``model.sie: aspect`` (CLIP-ReID's SIE, the aspect as the camera);
 * same-aspect rank-1, mAP and EER per aspect for all three; the 4 x 4 matrix of the two one-model variants
   without and with mirroring the query across sides; aspect-head accuracy on the test images;
