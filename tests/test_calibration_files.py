@@ -155,7 +155,9 @@ PAIR_EDITS = {
         intercept=d["pairs"][SAME]["image"]["params"]["intercept"] + 1), "content_sha256"),
     "a pair's Cllr lowered": (lambda d: d["summary"]["pairs"][SAME]["image"].update(cllr=0.01), "content_sha256"),
     "a pair's map lent to the unmirrored pair": (lambda d: _rename_pair(d, MIRRORED, "dorsal_l->dorsal_r"),
-                                                 f"summary.pairs.{MIRRORED}"),
+                                                 "lacks the figures of pair dorsal_l->dorsal_r"),
+    "a pair's map lent, its figures too": (lambda d: (_rename_pair(d, MIRRORED, "dorsal_l->dorsal_r"), d["summary"][
+        "pairs"].update({"dorsal_l->dorsal_r": d["summary"]["pairs"].pop(MIRRORED)})), "content_sha256"),
     "a pair key of no aspect": (lambda d: _rename_pair(d, SAME, "dorsal_x->dorsal_r"), "is not an aspect pair"),
     "a same-aspect pair 'mirrored'": (lambda d: _rename_pair(d, SAME, "dorsal_r(mirrored)->dorsal_r"),
                                       "is not an aspect pair"),
@@ -167,6 +169,7 @@ PAIR_EDITS = {
     "a pair's Cllr as text": (lambda d: d["summary"]["pairs"][SAME]["image"].update(cllr="0.3"), "summary.cllr"),
     "a skipped pair given maps": (lambda d: d["pairs"].update({SKIPPED: d["pairs"][SAME]}),
                                   f"summary.pairs.{SKIPPED}"),
+    "a pair's figures removed": (lambda d: d["summary"]["pairs"].pop(SAME), f"lacks the figures of pair {SAME}"),
     "no pairs left": (lambda d: d.update(pairs={}), "pairs must be a non-empty"),
     "the pairs removed": (lambda d: d.pop("pairs"), "has no score maps"),
 }

@@ -129,6 +129,9 @@ def _check_pairs(pairs, summary: dict, path) -> None:
     figures = summary.get("pairs", {})
     if not isinstance(figures, dict) or set(figures) - valid:
         raise CalibrationError(f"calibration file {path}: summary.pairs must map aspect pairs to their figures")
+    unreported = sorted(set(pairs) - set(figures))
+    if unreported:
+        raise CalibrationError(f"calibration file {path}: summary.pairs lacks the figures of pair {unreported[0]}")
     for key, by_kind in figures.items():
         # A pair left out when fitting is named with the reason; a fitted pair has figures per kind.
         if not isinstance(by_kind, dict) or ("skipped" in by_kind) == (key in pairs):
