@@ -11,7 +11,7 @@ evidence, EER and AUC from the verification module).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -33,6 +33,8 @@ class PairSet:
     labels: np.ndarray
     first: np.ndarray
     second: np.ndarray
+    # Figures computed once per pair set and shared by the metrics that read them (Cllr, Cllr_min, Cllr_cal).
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         sizes = {len(self.scores), len(self.llrs), len(self.labels), len(self.first), len(self.second)}
@@ -141,7 +143,11 @@ def _fnmr_at(level: float) -> Callable[[PairSet], float]:
 
 
 def _cllr(key: str) -> Callable[[PairSet], float]:
-    return lambda pairs: cllr_figures(pairs.llrs, pairs.labels)[key]
+    def figure(pairs: PairSet) -> float:
+        if "cllr" not in pairs.cache:
+            pairs.cache["cllr"] = cllr_figures(pairs.llrs, pairs.labels)
+        return pairs.cache["cllr"][key]
+    return figure
 
 
 def _rate(key: str) -> Callable[[PairSet], float]:
