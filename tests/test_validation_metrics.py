@@ -141,3 +141,16 @@ def test_identity_bootstrap_95_interval_covers_a_known_cllr_in_90_of_100():
         widths.append(interval.high - interval.low)
     assert covered >= 90, f"covered {covered} of 100 (truth {truth:.4f})"
     assert 0 < np.median(widths) < 0.2  # an interval, not the whole range
+
+
+def test_llr_overestimation_interval_holds_zero_for_calibrated_lrs_and_not_for_overstated_ones():
+    from handclip.forensic.validation_metrics import llr_overestimation
+
+    pairs = _calibrated_gaussian(np.random.default_rng(4), 60, 20, 3.0)
+    _, _, interval = llr_overestimation(pairs, num_fids=100)
+    low, high = np.nanmin(interval[:, (0, 2)], axis=1), np.nanmax(interval[:, (0, 2)], axis=1)
+    assert np.mean((low <= 0) & (0 <= high)) > 0.8
+    doubled = make_pair_set(pairs.scores, 2 * pairs.llrs, pairs.labels, pairs.first, pairs.second)
+    grid, _, interval = llr_overestimation(doubled, num_fids=100)
+    strong = grid > 2  # where doubled LRs claim a factor of 100 or more, the data do not support it
+    assert np.all(np.nanmin(interval[strong][:, (0, 2)], axis=1) > 0)

@@ -36,9 +36,11 @@ def run(args) -> int:
     result = api.validate(args.checkpoint, args.calibration, args.manifest, args.criteria, args.out, splits=splits,
                           device=args.device, batch_size=args.batch_size, skip_bad=args.skip_bad, progress=True)
     for row in result.matrix:
-        shown = "not assessed" if row.result is None else f"{row.result['estimate']}"
+        figure = row.result or {}
+        shown = ("not assessed" if not figure else "not computed" if figure["estimate"] is None
+                 else f"{figure['estimate']:.3g} [{figure['low']:.3g}, {figure['high']:.3g}]")
         decision = {True: "pass", False: "FAIL", None: "-"}[row.passed]
-        print(f"{row.characteristic:>20} {row.metric:<18} {row.condition:<10} {row.criterion:<8} {shown:<22} {decision}")
+        print(f"{row.characteristic:>20} {row.metric:<18} {row.condition:<10} {row.criterion:<8} {shown:<26} {decision}")
     print(("PASSED: every assessed criterion met" if result.passed else "NOT PASSED: see the matrix")
           + f"; wrote {args.out}/report.html, report.pdf, report.json")
     return 0

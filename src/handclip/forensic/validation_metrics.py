@@ -90,14 +90,40 @@ def devpav(pairs: PairSet) -> float:
     return float(lir_devpav(pairs.llrs.copy(), pairs.labels.copy()))
 
 
-def llr_overestimation(pairs: PairSet, num_fids: int = 200, seed: int = 0):
+class _LirGrid(np.ndarray):
+    """An array ``float()`` accepts at one element: lir 1.3.1's fiducial densities take ``float(np.diff(grid[:2]))``,
+    which NumPy 2 refuses for a one-element 1-d array. lir's grid is built from the LLRs, so they are passed
+    as this view."""
+
+    def __float__(self):
+        return float(np.asarray(self).reshape(-1)[0]) if self.size == 1 else float(np.asarray(self))
+
+
+def llr_overestimation(pairs: PairSet, num_fids: int = 200, seed: int = 0, alpha: float = 0.05):
     """lir's LLR overestimation: log10 of system LR / empirical LR on a grid of LLRs, with its 95% fiducial
-    interval. Returns (grid, overestimation, interval of shape (n, 3)) or Nones when the two classes' LLRs do
-    not overlap (nothing to compare)."""
-    from lir.algorithms.llr_overestimation import calc_llr_overestimation
+    interval. Returns (grid, overestimation, interval of shape (n, 3): low, median, high) or Nones when the two
+    classes' LLRs do not overlap (nothing to compare).
+
+    The curve is lir's ``calc_llr_overestimation``; the interval is taken from lir's fiducial densities of the
+    two classes the way lir takes it (percentiles of their ratio, a grid point left blank where more than 5% of
+    the ratios are undefined), called here on the grid as ``_LirGrid`` because lir 1.3.1 passes the grid to
+    ``float`` in a form NumPy 2 refuses."""
+    from lir.algorithms.llr_overestimation import calc_fiducial_density_functions, calc_llr_overestimation
 
     _classes(pairs)
-    return calc_llr_overestimation(pairs.llrs.copy(), pairs.labels.copy(), num_fids=num_fids, seed=seed)
+    llrs, labels = pairs.llrs.copy(), pairs.labels.copy()
+    grid, over, _ = calc_llr_overestimation(llrs, labels, num_fids=0)
+    if grid is None or num_fids == 0:
+        return grid, over, None if grid is None else np.full((len(grid), 3), np.nan)
+    view = grid.view(_LirGrid)
+    densities = [np.asarray(calc_fiducial_density_functions(llrs[labels == label], view, "pdf", num_fids, seed=seed))
+                 for label in (1, 0)]
+    for density in densities:
+        density[density == 0] = np.nan
+    ratios = densities[0] / densities[1]
+    interval = np.nanpercentile(ratios, (100 * alpha / 2, 50, 100 * (1 - alpha / 2)), axis=1, method="hazen").T
+    interval[np.sum(np.isnan(ratios), axis=1) > 0.05 * num_fids, :] = np.nan
+    return grid, over, np.log10(np.power(10.0, grid)[:, None] / interval)
 
 
 def mean_llr_overestimation(pairs: PairSet) -> float:

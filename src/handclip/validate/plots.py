@@ -40,14 +40,16 @@ def plot_lr_distribution(pairs: PairSet, bounds: dict, out_png) -> Path:
     edges = np.linspace(min(pairs.llrs.min(), bounds["elub"][0]) - 0.2, max(pairs.llrs.max(), bounds["elub"][1]) + 0.2, 60)
     for label, colour, name in ((1, "tab:blue", "same person"), (0, "tab:red", "different people")):
         values = pairs.llrs[pairs.labels == label]
-        ax.hist(values, bins=edges, density=True, alpha=0.5, color=colour, label=f"{name} (n={values.size})")
+        ax.hist(values, bins=edges, weights=np.full(values.size, 1.0 / values.size), alpha=0.5, color=colour,
+                label=f"{name} (n={values.size})")
     for (low, high), style, name in ((bounds["elub"], "--", "ELUB (calibration)"),
                                      (bounds["invariance"], ":", "invariance bounds (validation)")):
         ax.axvline(low, color="k", linestyle=style, linewidth=1.2, label=f"{name}: {low:.2f} / {high:.2f}")
         ax.axvline(high, color="k", linestyle=style, linewidth=1.2)
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("log$_{10}$ LR")
-    ax.set_ylabel("density")
+    ax.set_yscale("log")  # the tails, where misleading LRs lie, are thin
+    ax.set_ylabel("share of the comparisons of each kind")
     ax.set_title("LR distributions and the bounds beyond which no LR is reported", fontsize=10)
     ax.legend(loc="upper center", fontsize=7)
     ax.grid(True, alpha=0.3)

@@ -20,12 +20,12 @@ def _matrix(data: dict, styles: dict, fonts: dict):
                      pdfdoc.clean_text(row["condition"], fonts, 60), figure_text(row["result"]),
                      verdict(row["passed"]) + (f"\n{row['note']}" if row["note"] else "")])
         shading.append((6, number, _COLOURS[row["passed"]]))
-    return pdfdoc.grid_table(rows, styles, [27, 27, 24, 16, 18, 33, 35], shading)
+    return pdfdoc.grid_table(rows, styles, [24, 29, 25, 18, 19, 32, 33], shading)
 
 
 def _story(data: dict, out: Path, styles: dict, fonts: dict) -> list:
     from reportlab.lib.units import mm
-    from reportlab.platypus import PageBreak, Spacer
+    from reportlab.platypus import CondPageBreak, KeepTogether, Spacer
 
     width = pdfdoc.usable_width_mm()
     title = pdfdoc.clean_text(data["plan"]["title"], fonts)
@@ -45,12 +45,12 @@ def _story(data: dict, out: Path, styles: dict, fonts: dict) -> list:
                ("invariance bounds", f"{bounds['invariance'][0]:.2f} to {bounds['invariance'][1]:.2f} "
                                      "(the validation data's)", False)]
     story += [pdfdoc.para("Counts and bounds", styles["h2"]),
-              pdfdoc.key_values(counts, styles, [40 * mm, (width - 40) * mm]), PageBreak(),
+              pdfdoc.key_values(counts, styles, [40 * mm, (width - 40) * mm]), CondPageBreak(120 * mm),
               pdfdoc.para("Graphs", styles["h2"])]
     for name, file in dict.fromkeys(data["graphs"].items()):
         if name == "pav":  # drawn beside the ECE plot
             continue
-        story += [pdfdoc.para(name.replace("_", " "), styles["h3"]), pdfdoc.figure(out / file, width, 110)]
+        story.append(KeepTogether([pdfdoc.para(name.replace("_", " "), styles["h3"]), pdfdoc.figure(out / file, width, 110)]))
     return story
 
 

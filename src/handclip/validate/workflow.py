@@ -25,7 +25,7 @@ from .criteria import ASSESSED, PlanRow, ValidationPlan, read_plan
 
 # Different-person comparisons beyond this count are sampled uniformly (with the seed of the plan's bootstrap):
 # they estimate the different-person distribution as well as all of them, and keep the bootstrap quick.
-MAX_NONMATED = 20_000
+MAX_NONMATED = 10_000
 MIN_CONDITION_IDENTITIES = 3
 
 
@@ -146,36 +146,50 @@ def _decide(row: PlanRow, interval: dict, decide_on: str) -> bool:
     return row.criterion.met(interval["estimate"])
 
 
-def _row(row: PlanRow, plan: ValidationPlan, pairs: PairSet, condition: str) -> MatrixRow:
-    boot = plan.bootstrap
-    interval = identity_bootstrap(pairs, {row.metric: METRICS[row.metric].compute}, boot.replicates, boot.level,
-                                  boot.seed)[row.metric].as_dict()
+def _row(row: PlanRow, plan: ValidationPlan, interval: dict, condition: str) -> MatrixRow:
     return MatrixRow(row.characteristic, row.metric, METRICS[row.metric].meaning, row.graph, str(row.criterion),
                      condition, interval, _decide(row, interval, plan.decide_on), row.note)
+
+
+def _intervals(plan: ValidationPlan, pairs: PairSet, metrics: set[str]) -> dict[str, dict]:
+    """Each metric with its bootstrap interval, all from the same replicates (figures they share, such as Cllr
+    and Cllr_min, are computed once per replicate)."""
+    boot = plan.bootstrap
+    statistics = {name: METRICS[name].compute for name in sorted(metrics)}
+    found = identity_bootstrap(pairs, statistics, boot.replicates, boot.level, boot.seed)
+    return {name: interval.as_dict() for name, interval in found.items()}
+
+
+def _not_assessed(row: PlanRow, condition: str, why: str) -> MatrixRow:
+    return MatrixRow(row.characteristic, row.metric, METRICS[row.metric].meaning, row.graph, str(row.criterion),
+                     condition, None, None, why)
 
 
 def validation_matrix(plan: ValidationPlan, pairs: PairSet, conditions: np.ndarray) -> list[MatrixRow]:
     """Each row of the plan measured: the figure, its bootstrap interval and pass/fail; a robustness row once
     per condition (pairs whose two sides share it); coherence and generalisation rows marked not assessed."""
+    overall = _intervals(plan, pairs, {r.metric for r in plan.criteria if r.characteristic in ASSESSED
+                                       and r.characteristic != "robustness"})
+    robust = {r.metric for r in plan.criteria if r.characteristic == "robustness"}
+    per_condition = {}
+    for condition in sorted(set(conditions.tolist()) - {""}) if robust else []:
+        subset = pairs.take(np.flatnonzero(conditions == condition))
+        people = len(set(subset.first.tolist()) | set(subset.second.tolist()))
+        if subset.n_mated == 0 or subset.n_nonmated == 0 or people < MIN_CONDITION_IDENTITIES:
+            per_condition[condition] = f"too few comparisons in this condition ({people} people)"
+        else:
+            per_condition[condition] = _intervals(plan, subset, robust)
     matrix = []
     for row in plan.criteria:
         if row.characteristic not in ASSESSED:
-            matrix.append(MatrixRow(row.characteristic, row.metric, METRICS[row.metric].meaning, row.graph,
-                                    str(row.criterion), "", None, None,
-                                    "not assessed by this run: it needs other calibration data or another protocol"))
-        elif row.characteristic == "robustness":
-            for condition in sorted(set(conditions.tolist()) - {""}):
-                chosen = np.flatnonzero(conditions == condition)
-                subset = pairs.take(chosen)
-                people = len(set(subset.first.tolist()) | set(subset.second.tolist()))
-                if subset.n_mated == 0 or subset.n_nonmated == 0 or people < MIN_CONDITION_IDENTITIES:
-                    matrix.append(MatrixRow(row.characteristic, row.metric, METRICS[row.metric].meaning, row.graph,
-                                            str(row.criterion), condition, None, None,
-                                            f"too few comparisons in this condition ({people} people)"))
-                    continue
-                matrix.append(_row(row, plan, subset, condition))
+            matrix.append(_not_assessed(row, "", "not assessed by this run: it needs other calibration data or "
+                                                 "another protocol"))
+        elif row.characteristic != "robustness":
+            matrix.append(_row(row, plan, overall[row.metric], "all"))
         else:
-            matrix.append(_row(row, plan, pairs, "all"))
+            for condition, found in per_condition.items():
+                matrix.append(_not_assessed(row, condition, found) if isinstance(found, str)
+                              else _row(row, plan, found[row.metric], condition))
     return matrix
 
 
