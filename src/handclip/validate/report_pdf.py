@@ -20,7 +20,7 @@ def _matrix(data: dict, styles: dict, fonts: dict):
                      pdfdoc.clean_text(row["condition"], fonts, 60), figure_text(row["result"]),
                      verdict(row["passed"]) + (f"\n{row['note']}" if row["note"] else "")])
         shading.append((6, number, _COLOURS[row["passed"]]))
-    return pdfdoc.grid_table(rows, styles, [24, 29, 25, 18, 19, 32, 33], shading)
+    return pdfdoc.grid_table(rows, styles, [26, 29, 25, 18, 19, 32, 31], shading)
 
 
 def _story(data: dict, out: Path, styles: dict, fonts: dict) -> list:
