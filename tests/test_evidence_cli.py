@@ -340,7 +340,17 @@ def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositio
     cllr = "Cllr 0.380 (Cllr_min 0.300)" if by == "identity" else "Cllr 0.420 (Cllr_min 0.310)"
     assert f"{cllr}, 60 identities, 400 mated and 4000 non-mated pairs" in out
     assert f"[{low:+.2f}, {high:+.2f}]" in out and "60 identities, 480 images, of manifest calibration.csv (splits query, gallery; SHA-256 cccc" in out
-    assert "not likelihood ratios" not in out and f"log10 LR {expected[0]:+.2f}" in out
+    from handclip.forensic.reading import SCORE_MEANING, lr_text
+
+    assert "not likelihood ratios" not in out and f"score {scores[0]:.4f}  {lr_text(expected[0])}" in out
+    assert SCORE_MEANING in out and "log10 LR +" not in out
+    # the open-set answer at the default threshold (LR > 1), from the same LRs the JSON lists
+    open_set = found["results"][0]["open_set"]
+    assert open_set["reached"] == [rank for rank, lr in enumerate(expected, 1) if lr > 0]
+    assert f"open-set answer: {open_set['answer']}" in out
+    words = candidates[0]["words"]
+    assert words["lr"] == lr_text(expected[0]) and candidates[0]["verbal"] in words["statement"]
+    assert f"suggested statement (rank 1): {words['statement']}" in out
     record = AuditLog(index).records()[-1]
     assert record["calibration"]["sha256"] == sha256_file(calibrations["ours"])
     assert {"role": "calibration", "path": str(calibrations["ours"].resolve()),
