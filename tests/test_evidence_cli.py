@@ -368,6 +368,11 @@ def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositio
     assert found["calibration"]["description"] == line and line in out
     assert line in html.unescape(page.read_text()) and line in " ".join(text.split())
     assert record["calibration"]["description"] == line
+    # the PDF and the HTML page word the LR and give the open-set answer as the console does
+    flat, page_text = " ".join(text.split()), " ".join(html.unescape(page.read_text()).split())
+    assert lr_text(expected[0]) in flat and " ".join(open_set["answer"].split()) in flat
+    assert lr_text(expected[0]) in page_text and open_set["answer"] in page_text and SCORE_MEANING in page_text
+    assert record["results"][0]["open_set"] == open_set
 
 
 def test_a_calibration_for_another_model_or_a_bad_calibration_file_is_refused(enrolled, calibrations, tmp_path,
