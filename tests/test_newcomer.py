@@ -22,7 +22,7 @@ from handclip.config import load_config
 from handclip.data.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "configs" / "quick_tiny.yaml"
+QUICK = ROOT / "configs" / "quick" / "quick_tiny.yaml"
 # A few epochs instead of the config's 20 + 24: the test checks the path, not the accuracy.
 SHORT = ["--set", "stage1.epochs=2", "stage2.epochs=2", "stage2.eval_every=1", "--no-progress"]
 
@@ -43,11 +43,11 @@ def run(capsys, line: str, *extra: str) -> tuple[int, str, str]:
 def test_the_researcher_quick_start_runs_as_written_on_a_folder_with_bad_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     make_newcomer_folder(tmp_path / "my_hands", ids=16, per_id=6)
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / QUICK.name).write_bytes(QUICK.read_bytes())
+    (tmp_path / "configs" / "quick").mkdir(parents=True)
+    (tmp_path / "configs" / "quick" / QUICK.name).write_bytes(QUICK.read_bytes())
     commands = researcher_quick_start()
     assert [shlex.split(c)[1] for c in commands] == ["prepare", "scan", "train", "evaluate"]
-    assert f"configs/{QUICK.name}" in commands[2]
+    assert f"configs/quick/{QUICK.name}" in commands[2]
 
     printed = ""
     for line in commands:
