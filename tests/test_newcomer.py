@@ -166,6 +166,9 @@ def test_the_quick_config_is_the_demos_model_without_a_section_train_ignores(tmp
     # The demo itself: it pretrains, then trains from those weights on the synthetic manifest it made.
     demo_run = load_config(DEMO_CONFIG_FILE, [f"data.manifest={manifest}", "model.weights=tiny.pt"])
     assert ignored_settings(demo_run, "train", {"synthetic"}) == []
+    # A section that asks for no pretraining (the demo from random init) is not worth a warning.
+    no_pretraining = load_config(DEMO_CONFIG_FILE, [f"data.manifest={manifest}", "pretrain.enabled=false"])
+    assert ignored_settings(no_pretraining, "train", {"synthetic"}) == []
     notes = ignored_settings(load_config(QUICK, [f"data.manifest={manifest}", "data.runs=3"]))
     assert notes == [f"data.runs is ignored: data.manifest {manifest} already holds the splits (set them in "
                      "`handclip prepare` instead)"]
