@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", default=None, metavar="CAL.json",
                         help="score calibration for this model: gives each candidate a bounded log10 likelihood "
                              "ratio and its verbal equivalent (--by identity uses its 'identity' kind)")
+    parser.add_argument("--threshold-lr", type=float, default=1.0, metavar="LR",
+                        help="with --calibration: the open-set answer says whether any candidate's LR exceeds "
+                             "this (default 1), or that none does")
     parser.add_argument("--report", default=None, metavar="CASE.pdf", help="write a case report (PDF) to sign")
     parser.add_argument("--case-id", default=None, help="case identifier printed on the report")
     parser.add_argument("--examiner", default=None, help="examiner's name for the audit record and report "
@@ -62,5 +65,5 @@ def run(args) -> int:
     api.search_gallery(args.index, args.query, checkpoint=args.checkpoint, calibration=args.calibration,
                        top_k=args.top_k, by=args.by, index_type=args.index_type, device=args.device,
                        examiner=args.examiner, arguments=arguments, json=args.json, html=args.html,
-                       report=args.report, case_id=args.case_id, log=print)
+                       report=args.report, case_id=args.case_id, threshold_lr=args.threshold_lr, log=print)
     return 0

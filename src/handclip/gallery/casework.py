@@ -15,12 +15,13 @@ from ..data.images import warn_left_out
 from ..errors import HandCLIPError
 from ..forensic.audit_format import parse_anchor
 from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
+from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from .case_report import check_case_id
 from .enrol import EnrolSummary, check_images, collect_images
 from .html import write_search_html
 from .metadata import GALLERY_FILE
 from .results import SearchResult, printable
-from .session import ExaminerSession
+from .session import ExaminerSession, check_threshold_lr
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
 # What enrol prints of the images already enrolled under another identity (the rest are counted).
@@ -95,15 +96,19 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
                    calibration=None, top_k: int = 10, by: str = "identity", index_type: str = "auto",
                    device: str = "auto", examiner: str | None = None, arguments: dict | None = None,
                    json=None, html=None, report=None, case_id: str | None = None,
+                   threshold_lr: float = DEFAULT_THRESHOLD_LR,
                    log: Callable[[str], None] | None = None) -> SearchResult:
     """Search the gallery at ``index_dir`` for ``queries`` (one audit record) and write the outputs asked
     for: ``json`` (every candidate), ``html`` (a page with thumbnails) and ``report`` (the PDF case
-    report, titled ``case_id``). ``log`` receives the result's lines (``SearchResult.lines``) before any
+    report, titled ``case_id``). With a calibration each query's open-set answer says whether any candidate's
+    LR exceeds ``threshold_lr``. ``log`` receives the result's lines (``SearchResult.lines``) before any
     output is written, then one line per file written, so a failed write still leaves the results shown."""
     say = log or (lambda line: None)
     check_case_id(case_id)  # before the search is recorded: its report must be possible
+    check_threshold_lr(threshold_lr)  # and before the model loads
     session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner)
-    search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments)
+    search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments,
+                            threshold_lr=threshold_lr)
     for line in search.lines():
         say(line)
     model_file = session.encoder.checkpoint
@@ -117,7 +122,7 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
         _written("--html", html, lambda: write_search_html(
             search.queries, html, gallery_dir=str(session.index_dir), by=by, checkpoint=model_file,
             statement=search.statement, propositions=search.propositions, audit=search.audit,
-            calibration=search.calibration_line()))
+            calibration=search.calibration_line(), top_k=search.top_k))
         say(f"wrote {html}")
     if report:
         _written("--report", report, lambda: session.report(search, report, case_id=case_id))

@@ -17,6 +17,7 @@ every committed batch, so a search never sees a half-applied commit.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..atomic import sha256_file
 from ..errors import DataError, HandCLIPError
 from ..forensic.audit import AuditLog, VerifyResult
 from ..forensic.audit_head import HeadSigner, check_key_location, signer_from_environment
+from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from ..forensic.evidence import CALIBRATED, NOT_LIKELIHOOD_RATIOS, CalibrationInfo, load_calibration, propositions
 from ..model.inference import load_encoder
 from .enrol import EnrolItem, EnrolSummary, add_images, check_images
@@ -46,6 +48,17 @@ def _hash_files(paths: Sequence[str]) -> dict[str, str | None]:
         except OSError:
             out[path] = None  # named, with every other unusable query, by the image check that follows
     return out
+
+
+def check_threshold_lr(value) -> float:
+    """An open-set threshold LR: a finite number above 0 (HandCLIPError naming it otherwise)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and number > 0):
+        raise HandCLIPError(f"--threshold-lr {value!r} is not a finite likelihood ratio above 0 (e.g. 1 or 100)")
+    return number
 
 
 class ExaminerSession:
@@ -170,13 +183,17 @@ class ExaminerSession:
     # ------------------------------------------------------------------ search
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",
                index_type: str = "auto", examiner: str | None = None, arguments: dict | None = None,
-               batch_size: int | None = None, names: Sequence[str] | None = None) -> SearchResult:
+               batch_size: int | None = None, names: Sequence[str] | None = None,
+               threshold_lr: float = DEFAULT_THRESHOLD_LR) -> SearchResult:
         """Rank the newest gallery for each query image, weigh the scores when calibrated, append the
         audit record; unusable query images are named in one DataError before anything is recorded.
-        ``names``: the queries' exhibit names, one per query (default: each file's own name)."""
+        ``names``: the queries' exhibit names, one per query (default: each file's own name).
+        ``threshold_lr``: with a calibration, each query's open-set answer says whether any candidate's
+        LR exceeds it (``QueryResult.open_set``)."""
         self._need_model("search")
         if by not in SCORE_DEFINITIONS:
             raise HandCLIPError(f"search by '{by}' is not supported (choose image or identity)")
+        threshold_lr = check_threshold_lr(threshold_lr)
         paths = [str(Path(q)) for q in queries]
         if names is not None and len(names) != len(paths):
             raise HandCLIPError(f"{len(names)} exhibit name(s) given for {len(paths)} "
@@ -195,6 +212,11 @@ class ExaminerSession:
         hashes = gallery.file_hashes(c.path for candidates in ranked for c in candidates)
         results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by), name)
                    for path, name, candidates in zip(paths, names, ranked)]
+        if self.calibration is not None:
+            edge = self.calibration.score_reaching(threshold_lr, by)
+            for result in results:
+                lrs, scores = [c.log10_lr for c in result.candidates], [c.score for c in result.candidates]
+                result.open_set = self.calibration.open_set(lrs, scores, by, threshold_lr, edge)
         search = SearchResult(
             queries=results, by=by, top_k=int(top_k), index_type=gallery.resolve_index_type(index_type),
             score=SCORE_DEFINITIONS[by], model=model_record(self.encoder), calibration=self.calibration,
