@@ -13,6 +13,8 @@
     session.report(found, "case.pdf", case_id="2026/017")                # PDF to sign
     session.verify_audit().problems                                      # [] when the audit trail checks out
     api.calibrate(run.best_checkpoint, "calibration_manifest.csv")      # score -> LR on unseen identities
+    api.Encoder.from_checkpoint(run.best_checkpoint, precision="bf16")  # or engine="onnxruntime" (CPU)
+    api.export_onnx(run.best_checkpoint, "model.onnx")                   # features for other runtimes
     app = api.serve_app("cases/gallery", calibration="calibration.json")   # ASGI app: uvicorn.run(app)
     api.pretrain_tiny(api.demo_config().pretrain, "tiny.pt")             # the demo's pretrained tiny CLIP
     api.demo("demo_out")                                                         # synthetic hands, tiny model
@@ -41,6 +43,7 @@ from .gallery.results import Candidate, QueryResult, SearchResult
 from .gallery.session import ExaminerSession
 from .model.inference import load_encoder
 from .model.inference import Encoder
+from .model.export import export_onnx
 from .train.engine import RunResult, train
 from .train.pretrain import pretrain_tiny
 from .workflows.benchmark import run_benchmark as benchmark
@@ -54,7 +57,7 @@ __all__ = [
     "Encoder", "evaluate", "EvalResult", "write_evaluation_outputs",
     "ExaminerSession", "Gallery", "GalleryReader", "EnrolItem", "collect_images", "load_encoder",
     "Candidate", "QueryResult", "SearchResult", "load_calibration",
-    "calibrate", "serve_app", "pretrain_tiny",
+    "calibrate", "serve_app", "pretrain_tiny", "export_onnx",
     "demo", "demo_config", "benchmark",
 ]
 

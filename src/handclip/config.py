@@ -241,6 +241,10 @@ class LossesConfig(_Section):
 class RuntimeConfig(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    inference_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="precision of image features (validation, evaluation, enrolment, search): auto is bf16 "
+                            "where the hardware multiplies bf16 natively (AMX or AVX512-BF16 CPUs, bf16 GPUs), "
+                            "else fp32; features are always compared and stored in fp32")
     compile: bool = False
     channels_last: Literal["auto", "on", "off"] = "auto"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .inference_options import add_inference_arguments
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="the HandCLIP checkpoint whose scores to calibrate")
@@ -18,6 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    add_inference_arguments(parser)
 
 
 def run(args) -> int:
@@ -36,12 +39,15 @@ def run(args) -> int:
     splits = [part.strip() for part in args.splits.split(",") if part.strip()]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "calibration.json"
     calibration = calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
-                            seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True)
+                            seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True,
+                            precision=args.precision, engine=args.engine)
     calibration.save(out)
     summary = calibration.summary
     print(f"calibrated {args.checkpoint} ({args.method}) on {summary['n_identities']} identities, "
           f"{summary['n_images']} images of {args.manifest}")
     for line in describe(calibration):
         print(line)
+    inference = summary["inference"]
+    print(f"features: {inference['precision']} on {inference['device']} with {inference['engine']} ({inference['why']})")
     print(f"wrote {out}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .inference_options import add_inference_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="HandCLIP checkpoint (.pt) written by `handclip train`")
@@ -14,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="with a manifest: enrol only this split (e.g. gallery)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch; each batch is committed (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_inference_arguments(parser)
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable or too-small images (listed in GALLERY/skipped_images.txt) instead of stopping")
     parser.add_argument("--examiner", default=None, help="examiner's name for the audit record (default: the OS user)")
@@ -37,7 +40,8 @@ def run(args) -> int:
     if checked:  # before the gallery is created: a failed enrolment leaves no empty gallery
         check_images([item.path for item in items], False, "gallery")
     session = ExaminerSession.open(args.index, args.checkpoint, device=args.device, create=True,
-                                   examiner=args.examiner, batch_size=args.batch_size)
+                                   examiner=args.examiner, batch_size=args.batch_size,
+                                   precision=args.precision, engine=args.engine)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
     summary = session.enrol(items, arguments=arguments, skip_bad=args.skip_bad, progress=not args.no_progress,
                             images_checked=checked)
@@ -56,6 +60,7 @@ def run(args) -> int:
     gallery = session.snapshot()
     print(f"enrolled {summary.added} new image(s) ({summary.already_enrolled} already in the gallery) into "
           f"{printable(session.index_dir)}: {len(gallery)} images of {len(gallery.identities())} identities")
+    print(session.encoder.describe_inference())
     record = summary.audit
     print(f"audit record {record.seq} (SHA-256 {record.hash}) in {record.log}")
     return 0

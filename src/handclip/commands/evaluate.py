@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from .inference_options import add_inference_arguments
 
 
 def add_arguments(parser) -> None:
@@ -29,6 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    add_inference_arguments(parser)
     parser.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<manifest name>)")
     parser.add_argument("--show", type=int, default=8, help="queries shown in the ranked-list picture (0: no picture)")
     parser.add_argument("--top-k", type=int, default=10, help="gallery images per query in the ranked-list picture")
@@ -98,11 +100,12 @@ def load_encoder(args):
     if args.checkpoint is not None:
         if args.weights is not None or args.image_size is not None:
             raise DataError("weights and image size are for a zero-shot backbone; a checkpoint brings its own")
-        return Encoder.from_checkpoint(args.checkpoint, device=args.device)
+        return Encoder.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                       engine=args.engine)
     if args.backbone is None:
         raise DataError("nothing to evaluate: give --checkpoint, or --backbone (with --weights) for zero-shot")
     return Encoder.zero_shot(args.backbone, args.weights, args.image_size, args.allow_unsafe_weights,
-                             device=args.device)
+                             device=args.device, precision=args.precision, engine=args.engine)
 
 
 def _eval_config(args):
@@ -180,5 +183,6 @@ def run(args) -> int:
     if forensic is not None:
         for line in forensic_summary_lines(forensic):
             print(line)
+    print(encoder.describe_inference())
     print(f"report: {out / 'report.html'}")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .inference_options import add_inference_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="gallery directory made by `handclip enrol`")
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", default=None, metavar="OUT.html", help="write a page with thumbnails and scores")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write every candidate as JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_inference_arguments(parser)
 
 
 def _print(search) -> None:
@@ -97,11 +100,12 @@ def run(args) -> int:
     for flag, out in (("--html", args.html), ("--json", args.json), ("--report", args.report)):
         _check_output(flag, out)
     session = ExaminerSession.open(args.index, args.checkpoint, args.calibration, device=args.device,
-                                   examiner=args.examiner)
+                                   examiner=args.examiner, precision=args.precision, engine=args.engine)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
     search = session.search(args.query, top_k=args.top_k, by=args.by, index_type=args.index_type,
                             arguments=arguments)
     _print(search)
+    print(session.encoder.describe_inference())
     checkpoint = session.encoder.checkpoint
     if args.json:
         info = search.as_dict()

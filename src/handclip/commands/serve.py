@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .inference_options import add_inference_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
@@ -20,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest image accepted, in pixels (default %(default)d)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per enrolment batch; each is committed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_inference_arguments(parser)
 
 
 def run(args) -> int:
@@ -40,10 +43,11 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(int(args.max_request_mb * 2**20), args.max_pixels)
     state = ServiceState(args.index, checkpoint=args.checkpoint, calibration=args.calibration, device=args.device,
-                         limits=limits, batch_size=args.batch_size)
+                         limits=limits, batch_size=args.batch_size, precision=args.precision, engine=args.engine)
     if not state.keys.keys():
         print(f"note: no API keys yet; add one with `handclip serve-keys add --index {args.index} --name NAME "
               "--role search --role enrol`")
+    print(state.encoder.describe_inference())
     print(f"serving {args.index} on http://{args.host}:{args.port}/ (OpenAPI schema at /openapi.json)")
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
     return 0

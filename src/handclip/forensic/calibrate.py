@@ -79,8 +79,9 @@ def fit_calibration(features: np.ndarray, pids, method: str = "logit", folds: in
 
 def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
               folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
-              progress: bool = False) -> ScoreCalibration:
-    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved)."""
+              progress: bool = False, precision: str = "auto", engine: str = "torch") -> ScoreCalibration:
+    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved); the
+    features are computed at ``precision`` with ``engine`` (``Encoder.computed_with``), as the summary says."""
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
     from ..data.images import check_images_exist
@@ -94,7 +95,7 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
         print("handclip: warning: the model trained on the train/val identities; LRs calibrated on them "
               "overstate the evidence for new people", file=sys.stderr)
     check_images_exist(records, source=manifest_path)
-    encoder = load_encoder(checkpoint, device=device)  # what enrol and search use
+    encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)  # as enrol and search
     features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
     pids = np.array([rec.pid for rec in records])
     maps, figures = fit_calibration(features, pids, method, folds, seed)
@@ -106,7 +107,7 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
         "manifest": str(Path(manifest_path)), "manifest_sha256": sha256_file(manifest_path),
         "splits": list(splits), "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
         "score": "cosine similarity of L2-normalised features (no flip)",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures, "inference": encoder.inference_record(),
     }
     return ScoreCalibration(maps, encoder.fingerprint(), summary)
 
