@@ -7,15 +7,15 @@ fp32 and bf16, then for each model (random weights: nothing is downloaded):
   HandCLIP's own, the tower's own forward), HandCLIP's feature forward (``HandCLIP.extract``, what
   ``Encoder`` runs) in fp32 and under bf16 autocast, and ONNX Runtime on the exported graph, fp32 and int8;
 - each path's ratio to the reference, its fraction of the FLOP bound (FLOPs per image by FlopCounterMode x
-  images/s / the matmul peak of the path's dtype; int8 is set against the fp32 peak, as no int8 peak is
-  measured), and the worst cosine of its features to HandCLIP's fp32 features on the same images.
+  images/s / the matmul peak of the path's dtype; none for int8, whose peak is not measured), and the
+  worst cosine of its features to HandCLIP's fp32 features on the same images.
 
 The paths are timed interleaved, batch after batch, and each keeps its best batch, so a shared machine's
 load falls on all of them alike: compare ratios, not absolute figures. Then, end to end, ``handclip enrol``
 of JPEGs of 1600x1200 (decoding included) with the demo's model, split into decoding + resizing alone and
 the model alone.
 
-    python benchmarks/bench_encode.py                                   # all models, batch 16, 3 rounds
+    python benchmarks/bench_encode.py                                   # all models, batch 16, >= 4 rounds
     python benchmarks/bench_encode.py --models tiny-cnn --enrol-images 100
     python benchmarks/bench_encode.py --device cuda                     # GPU: fp32, TF32, bf16
 """
@@ -90,17 +90,22 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, repeat: int) -
 
 def build(backbone: str, size: int, device: torch.device):
     """(HandCLIP model, open_clip reference forward) with the same random weights."""
+    import copy
+
     from handclip.model.handclip import build_model
+    from handclip.model.inference import for_inference
 
     torch.manual_seed(0)
     model = build_model({"backbone": backbone}, {"image_size": [size, size]}, num_ids=10).to(device).eval()
-    if backbone == "tiny-cnn":
-        return model, model.image_encoder  # HandCLIP's own tower: no open_clip model to compare with
-    import open_clip
+    if backbone == "tiny-cnn":  # HandCLIP's own tower: no open_clip model to compare with
+        reference = copy.deepcopy(model.image_encoder)
+    else:  # open_clip's own model and forward, in the geometry HandCLIP uses (RN50: CLIP-ReID's last stride 1)
+        from handclip.model.backbone import create_clip
 
-    reference = open_clip.create_model(backbone).to(device).eval()
-    reference.visual.load_state_dict(model.image_encoder.state_dict())
-    return model, reference.encode_image
+        clip = create_clip(backbone, image_size=(size, size), rn_last_stride=model.spec["model"]["rn_last_stride"])
+        clip.visual.load_state_dict(model.image_encoder.state_dict())
+        reference = clip.to(device).eval().encode_image
+    return for_inference(model), reference  # laid out as Encoder lays it out
 
 
 def flops_per_image(model, size: int, device: torch.device) -> float:
@@ -114,20 +119,24 @@ def flops_per_image(model, size: int, device: torch.device) -> float:
 def paths_for(model, reference, size: int, device: torch.device, onnx: bool) -> dict:
     """name -> (forward on a pixel batch, dtype whose peak bounds it)."""
     autocast = (lambda dtype: torch.autocast(device.type, dtype=dtype))
-    paths = {"open_clip fp32 (reference)": (lambda x: reference(x), "fp32"),
-             "HandCLIP fp32": (lambda x: model.extract(x), "fp32")}
+    layout = torch.channels_last if model.kind == "rn" else torch.contiguous_format  # as extract_features
+
+    def extract(x):
+        return model.extract(x.contiguous(memory_format=layout))
+
+    paths = {"open_clip fp32 (reference)": (lambda x: reference(x), "fp32"), "HandCLIP fp32": (extract, "fp32")}
     if device.type == "cuda":
         def tf32(x):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
             try:
-                return model.extract(x)
+                return extract(x)
             finally:
                 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         paths["HandCLIP tf32"] = (tf32, "tf32")
 
     def bf16(x):
         with autocast(torch.bfloat16):
-            return model.extract(x)
+            return extract(x)
     paths["HandCLIP bf16"] = (bf16, "bf16")
     if onnx and device.type == "cpu":
         from handclip.model.onnx_graph import checked_runner
@@ -138,13 +147,18 @@ def paths_for(model, reference, size: int, device: torch.device, onnx: bool) -> 
     return paths
 
 
-def time_paths(paths: dict, batch: torch.Tensor, rounds: int, device: torch.device) -> dict:
-    """name -> (best seconds per batch, fp32 features of the first batch), timed interleaved."""
+def time_paths(paths: dict, batch: torch.Tensor, rounds: int, device: torch.device, budget: float = 30.0) -> dict:
+    """name -> (best seconds per batch, fp32 features of the first batch), timed interleaved: at least
+    ``rounds`` rounds, more (up to 50) while they fit in ``budget`` seconds, so that short batches on a
+    shared machine get enough tries to find an undisturbed one."""
     best = {name: float("inf") for name in paths}
     outputs = {}
+    start = time.perf_counter()
     with torch.inference_mode():
         for name, (forward, _) in paths.items():  # warm-up: first-call costs out of the timing
             outputs[name] = forward(batch).float().cpu()
+        per_round = time.perf_counter() - start
+        rounds = max(rounds, min(50, int(budget / max(per_round, 1e-3))))
         for _ in range(rounds):
             for name, (forward, _) in paths.items():
                 sync(device)
@@ -152,7 +166,7 @@ def time_paths(paths: dict, batch: torch.Tensor, rounds: int, device: torch.devi
                 forward(batch)
                 sync(device)
                 best[name] = min(best[name], time.perf_counter() - start)
-    return {name: (best[name], outputs[name]) for name in paths}
+    return {"_rounds": rounds, **{name: (best[name], outputs[name]) for name in paths}}
 
 
 def model_table(backbone: str, device, peaks: dict, batch_size: int, rounds: int, onnx: bool) -> list[str]:
@@ -164,17 +178,19 @@ def model_table(backbone: str, device, peaks: dict, batch_size: int, rounds: int
     _, ref_out = measured["open_clip fp32 (reference)"]
     ref_rate = batch_size / measured["open_clip fp32 (reference)"][0]
     fp32 = measured["HandCLIP fp32"][1]
-    rows = [f"{backbone} at {size}x{size}, batch {batch_size}, {flops / 1e9:.3f} GFLOP per image (FlopCounterMode)",
+    rows = [f"{backbone} at {size}x{size}, batch {batch_size}, {flops / 1e9:.3f} GFLOP per image (FlopCounterMode), "
+            f"best of {measured.pop('_rounds')} interleaved rounds",
             "| path | images/s | vs reference | of the FLOP bound | cosine to HandCLIP fp32 (worst) |",
             "|---|---:|---:|---:|---:|"]
     for name, (seconds, out) in measured.items():
         rate = batch_size / seconds
         peak_key = "bf16" if name.endswith("bf16") else "tf32" if name.endswith("tf32") else "fp32"
-        bound = rate * flops / peaks[peak_key] if peak_key in peaks else float("nan")
+        # int8 has peaks of its own (VNNI, AMX-INT8) that this script does not measure
+        bound = f"{100 * rate * flops / peaks[peak_key]:.0f}%" if not name.endswith("int8") else "n/a"
         # The reference's output is the projected feature only; HandCLIP's is [last, projected].
         other = fp32[:, -out.shape[1]:] if out.shape[1] != fp32.shape[1] else fp32
         cosine = torch.nn.functional.cosine_similarity(other, out, dim=1).min().item()
-        rows.append(f"| {name} | {rate:.2f} | {rate / ref_rate:.2f}x | {100 * bound:.0f}% | {cosine:.6f} |")
+        rows.append(f"| {name} | {rate:.2f} | {rate / ref_rate:.2f}x | {bound} | {cosine:.6f} |")
     return rows
 
 
@@ -195,11 +211,13 @@ def write_jpegs(folder: Path, count: int, ids: int = 10) -> Path:
 
 
 def enrol_rows(count: int, precision: str, work: Path) -> list[str]:
-    """``handclip enrol`` of ``count`` JPEGs with the demo's model: total, decoding alone, model alone."""
+    """``handclip enrol`` of ``count`` JPEGs with the demo's model, and its split: decoding + resizing alone,
+    the model alone, the rest (hashing, image checks, commits, audit)."""
     from handclip import cli
     from handclip.config import load_config
     from handclip.data.loaders import build_eval_loader
     from handclip.gallery.enrol import collect_images
+    from handclip.gallery.session import ExaminerSession
     from handclip.model.checkpoint import save_checkpoint
     from handclip.model.handclip import build_model
     from handclip.model.inference import load_encoder
@@ -207,33 +225,43 @@ def enrol_rows(count: int, precision: str, work: Path) -> list[str]:
     images = write_jpegs(work / "jpegs", count)
     cfg = load_config(None, ["model.backbone=tiny-cnn", "data.image_size=[64,64]"])
     checkpoint = save_checkpoint(work / "tiny-cnn.pt", build_model(cfg.model, cfg.data, 10), cfg, {})
-    paths = [item.path for item in collect_images(images)]
-    rows = ["| enrol setting | images/s | note |", "|---|---:|---|"]
+    items = collect_images(images)
+    paths = [item.path for item in items]
+    rows = ["| enrol setting | images/s | ms per image | note |", "|---|---:|---:|---|"]
+
+    def row(name: str, seconds: float, note: str) -> float:
+        rows.append(f"| {name} | {count / seconds:.1f} | {1000 * seconds / count:.1f} | {note} |")
+        return seconds
+
     encoder = load_encoder(checkpoint, device="cpu", precision=precision)
-    for workers in (0, 1):
-        data_cfg = encoder.data_cfg.model_copy(update={"num_workers": workers})
-        start = time.perf_counter()
-        for batch in build_eval_loader(data_cfg, paths, 64):
-            pass
-        decode = count / (time.perf_counter() - start)
-        rows.append(f"| decode + resize only, {workers} loader worker(s) | {decode:.1f} | no model |")
-    pixels = torch.randn(64, 3, 64, 64)
-    with torch.inference_mode():
+    start = time.perf_counter()
+    for _ in build_eval_loader(encoder.data_cfg, paths, 64):
+        pass
+    decode = row("decode + resize only, in-process", time.perf_counter() - start, "no model")
+    pixels = torch.randn(64, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=encoder.precision == "bf16"):
         encoder.model.extract(pixels)
         start = time.perf_counter()
-        for _ in range(4):
+        for _ in range(-(-count // 64)):
             encoder.model.extract(pixels)
-    rows.append(f"| model only ({encoder.precision}, PyTorch) | {4 * 64 / (time.perf_counter() - start):.1f} | "
-                f"pixels already in memory |")
-    for precision_flag in ("fp32", precision):
-        index = work / f"gallery-{precision_flag}"
+    model = row(f"model only ({encoder.precision}, PyTorch)", (time.perf_counter() - start) * count / (64 * -(-count // 64)),
+                "pixels already in memory")
+    for flag in ("fp32", precision):
         start = time.perf_counter()
         with contextlib.redirect_stdout(open(os.devnull, "w")):
-            code = cli.main(["enrol", "--checkpoint", str(checkpoint), "--images", str(images), "--index", str(index),
-                             "--no-progress", "--precision", precision_flag])
+            code = cli.main(["enrol", "--checkpoint", str(checkpoint), "--images", str(images), "--index",
+                             str(work / f"gallery-{flag}"), "--no-progress", "--precision", flag])
         assert code == 0
-        rows.append(f"| `handclip enrol --precision {precision_flag}` (in-process loading, as shipped) | "
-                    f"{count / (time.perf_counter() - start):.1f} | hashing, decoding, model, commits |")
+        total = row(f"`handclip enrol --precision {flag}` (as shipped: loading in-process)", time.perf_counter() - start,
+                    "hashing, image check, decoding, model, commits, audit")
+    with_workers = encoder.with_loading(num_workers=1)
+    session = ExaminerSession.open(work / "gallery-workers", encoder=with_workers, create=True)
+    start = time.perf_counter()
+    session.enrol(items)
+    row(f"ExaminerSession.enrol, 1 loader worker ({encoder.precision})", time.perf_counter() - start,
+        "decoding in a worker process beside the model")
+    rows.append(f"split of `handclip enrol --precision {precision}`: decoding + resizing {100 * decode / total:.0f}%, "
+                f"model {100 * model / total:.0f}%, the rest {100 * (total - decode - model) / total:.0f}%")
     return rows
 
 
@@ -241,7 +269,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="ViT-B-16,RN50,tiny-cnn")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timed batches per path (best kept)")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved timed batches per path (best kept)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime paths")
@@ -274,6 +302,9 @@ def main() -> None:
         print()
         for row in model_table(backbone, device, peaks, args.batch_size, args.rounds, onnx):
             print(row, flush=True)
+    again = {"fp32": matmul_peak(torch.float32, device, n, 5), "bf16": matmul_peak(torch.bfloat16, device, n, 5)}
+    print(f"\nmatmul peak measured again after the models: fp32 {again['fp32'] / 1e9:,.0f}, bf16 "
+          f"{again['bf16'] / 1e9:,.0f} GFLOP/s (the fractions above use the first measurement)")
     if args.enrol_images and device.type == "cpu":
         work = Path(tempfile.mkdtemp(prefix="handclip-bench-encode-"))
         try:

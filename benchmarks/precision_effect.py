@@ -11,7 +11,8 @@ Runtime fp32, ONNX Runtime int8) encodes the manifest's images once, then:
 - the LRs an examiner would be shown: every pair of the calibration images (query + gallery splits) scored,
   and turned into log10 LRs by (a) a calibration fitted on fp32 features, as a gallery searched at another
   precision would use it, and (b) a calibration fitted on the setting's own features; the largest and the
-  99th-percentile |difference| in log10 LR to fp32's, and how many pairs change verbal band.
+  99th-percentile |difference| in log10 LR to fp32's, and how many pairs change verbal band;
+- for scale, the same differences between two fp32 calibrations fitted on disjoint halves of the identities.
 
     python benchmarks/precision_effect.py --checkpoint DEMO/run/best.pt --manifest DEMO/manifest.csv
 """
@@ -91,6 +92,27 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, _, _, _, a_max, a_99, b_max, b_99, bands, pairs in rows:
         print(f"| {name} | {a_max:.4f} / {a_99:.4f} | {b_max:.4f} / {b_99:.4f} | {bands} of {pairs} |")
+    # The scale to judge those differences by: how much the fp32 calibration itself moves with its data.
+    halves = sampling_spread(reference["features"], pids)
+    print(f"\nfor scale: fp32 calibrations fitted on two random halves of the identities differ by max "
+          f"{halves[0]:.4f} / 99th pct {halves[1]:.4f} in log10 LR on the same pairs, and change the verbal band "
+          f"of {halves[2]} pairs")
+
+
+def sampling_spread(features: np.ndarray, pids: np.ndarray, seed: int = 0) -> tuple[float, float, int]:
+    """(max, 99th percentile |difference| in log10 LR, pairs changing band) between fp32 calibrations fitted on
+    two disjoint random halves of the identities, applied to every pair."""
+    from handclip.forensic.calibrate import fit_calibration
+    from handclip.forensic.calibration import verbal_band
+
+    people = np.unique(pids)
+    first = np.random.default_rng(seed).permutation(people)[: len(people) // 2]
+    in_first = np.isin(pids, first)
+    maps = [fit_calibration(features[mask], pids[mask])[0]["image"] for mask in (in_first, ~in_first)]
+    scores = pair_scores(features)
+    one, two = (m.log10_lr(scores) for m in maps)
+    diff = np.abs(one - two)
+    return float(diff.max()), float(np.percentile(diff, 99)), int((verbal_band(one) != verbal_band(two)).sum())
 
 
 if __name__ == "__main__":

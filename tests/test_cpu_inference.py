@@ -176,11 +176,15 @@ def test_a_calibration_records_its_precision_and_is_accepted_across_precisions(t
 
 # ------------------------------------------------------------------------------------------- ONNX
 
-onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export needs the optional onnxruntime package "
-                                                        "(pip install 'handclip[onnx]')")
+@pytest.fixture
+def onnxruntime():
+    """Skips the test, with the reason, where the optional onnxruntime package is not installed."""
+    pytest.importorskip("onnx", reason="ONNX export needs the optional onnx package (pip install 'handclip[onnx]')")
+    return pytest.importorskip("onnxruntime", reason="ONNX export needs the optional onnxruntime package "
+                                                     "(pip install 'handclip[onnx]')")
 
 
-def _onnx_features(path: Path, encoder: Encoder, paths, normalise_again: bool = False) -> np.ndarray:
+def _onnx_features(onnxruntime, path: Path, encoder: Encoder, paths, normalise_again: bool = False) -> np.ndarray:
     """What another runtime computes from the exported file, following the pipeline its metadata states."""
     from handclip.model.export import read_onnx_metadata
 
@@ -199,24 +203,24 @@ def _onnx_features(path: Path, encoder: Encoder, paths, normalise_again: bool = 
 
 
 @pytest.mark.parametrize("backbone", ["cnn", "vit"])
-def test_exported_onnx_features_match_pytorch_fp32_at_cosine_09999(assets, tmp_path, capsys, backbone):
+def test_exported_onnx_features_match_pytorch_fp32_at_cosine_09999(onnxruntime, assets, tmp_path, capsys, backbone):
     out = tmp_path / "model.onnx"
     assert cli("export", "--checkpoint", assets[backbone], "--format", "onnx", "--out", out) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "NOT L2-normalised" in printed and "does NOT normalise again" in printed
     encoder = Encoder.from_checkpoint(assets[backbone], device="cpu", precision="fp32").single_pass()
     reference = encoder.features(assets["paths"])
-    exported = _onnx_features(out, encoder, assets["paths"])
+    exported = _onnx_features(onnxruntime, out, encoder, assets["paths"])
     assert _cosines(reference, exported).min() >= 0.9999
     # What tells images apart (features less their mean: a random-weight model gives every image a similar
     # feature) is kept too; normalising the pixels twice, fast-reid's bug, loses it.
     centred = reference - reference.mean(axis=0)
     assert _cosines(centred, exported - exported.mean(axis=0)).min() >= 0.999
-    twice = _onnx_features(out, encoder, assets["paths"], normalise_again=True)
+    twice = _onnx_features(onnxruntime, out, encoder, assets["paths"], normalise_again=True)
     assert _cosines(centred, twice - twice.mean(axis=0)).min() < 0.99
 
 
-def test_the_onnxruntime_engine_gives_pytorchs_features_and_keeps_the_model_in_its_mode(assets):
+def test_the_onnxruntime_engine_gives_pytorchs_features_and_keeps_the_model_in_its_mode(onnxruntime, assets):
     torch_fp32 = Encoder.from_checkpoint(assets["cnn"], device="cpu", precision="fp32").single_pass()
     onnx = torch_fp32.computed_with("auto", "onnxruntime")
     assert (onnx.engine, onnx.precision) == ("onnxruntime", "fp32") and onnx.engine_cosine >= 0.9999
@@ -256,3 +260,14 @@ def test_exporting_a_malicious_or_unknown_checkpoint_is_refused_and_writes_nothi
         from handclip.model.export import export_onnx
 
         export_onnx(malicious, out)
+
+
+def test_without_onnxruntime_export_and_the_engine_say_how_to_install_it(assets, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    assert cli("export", "--checkpoint", assets["cnn"], "--out", tmp_path / "model.onnx") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install 'handclip[onnx]'" in err and not (tmp_path / "model.onnx").exists()
+    with pytest.raises(Exception, match=r"pip install 'handclip\[onnx\]'"):
+        Encoder.from_checkpoint(assets["cnn"], device="cpu", engine="onnxruntime")
