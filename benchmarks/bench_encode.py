@@ -242,9 +242,10 @@ def enrol_rows(count: int, precision: str, work: Path) -> list[str]:
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=encoder.precision == "bf16"):
         encoder.model.extract(pixels)
         start = time.perf_counter()
-        for _ in range(-(-count // 64)):
+        batches = -(-count // 64)
+        for _ in range(batches):
             encoder.model.extract(pixels)
-    model = row(f"model only ({encoder.precision}, PyTorch)", (time.perf_counter() - start) * count / (64 * -(-count // 64)),
+    model = row(f"model only ({encoder.precision}, PyTorch)", (time.perf_counter() - start) * count / (64 * batches),
                 "pixels already in memory")
     for flag in ("fp32", precision):
         start = time.perf_counter()
@@ -252,8 +253,8 @@ def enrol_rows(count: int, precision: str, work: Path) -> list[str]:
             code = cli.main(["enrol", "--checkpoint", str(checkpoint), "--images", str(images), "--index",
                              str(work / f"gallery-{flag}"), "--no-progress", "--precision", flag])
         assert code == 0
-        total = row(f"`handclip enrol --precision {flag}` (as shipped: loading in-process)", time.perf_counter() - start,
-                    "hashing, image check, decoding, model, commits, audit")
+        total = row(f"`handclip enrol --precision {flag}` (as shipped: loading in-process)",
+                    time.perf_counter() - start, "hashing, image check, decoding, model, commits, audit")
     with_workers = encoder.with_loading(num_workers=1)
     session = ExaminerSession.open(work / "gallery-workers", encoder=with_workers, create=True)
     start = time.perf_counter()
@@ -308,7 +309,8 @@ def main() -> None:
     if args.enrol_images and device.type == "cpu":
         work = Path(tempfile.mkdtemp(prefix="handclip-bench-encode-"))
         try:
-            print(f"\nend to end: handclip enrol of {args.enrol_images} JPEGs of 1600x1200, demo model (tiny-cnn, 64x64)")
+            print(f"\nend to end: handclip enrol of {args.enrol_images} JPEGs of 1600x1200, "
+                  f"demo model (tiny-cnn, 64x64)")
             for row in enrol_rows(args.enrol_images, resolve_inference_precision(device, "auto")[0], work):
                 print(row, flush=True)
         finally:

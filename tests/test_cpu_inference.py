@@ -1,6 +1,7 @@
 """How features are computed on an examiner's CPU: the precision ``auto`` chooses, bf16 features close to
-fp32 and accepted by fp32 galleries (docs/cpu-inference.md: the precision is shown not to matter), the
-ONNX export and the onnxruntime engine against PyTorch, and export refusing what the loaders refuse."""
+fp32 and accepted by fp32 galleries (the precision is shown not to matter: docs/method.md, "Feature
+precision and engines"), the ONNX export and the onnxruntime engine against PyTorch, and export refusing
+what the loaders refuse."""
 
 from __future__ import annotations
 

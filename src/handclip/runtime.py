@@ -16,7 +16,8 @@ defaults are the fastest correct choice measured for each device:
   bf16 autocast where the hardware multiplies bf16 natively — a CUDA GPU with bf16, or a CPU with AMX or
   AVX512-BF16 as PyTorch reports it (``torch.cpu._is_amx_tile_supported``, ``_is_avx512_bf16_supported``)
   and oneDNN able to use it — and fp32 on other CPUs, where bf16 is emulated and slower than fp32
-  (docs/cpu-inference.md has the measurements). An older GPU without bf16 keeps fp16 autocast as before.
+  (docs/method.md, "Feature precision and engines"). An older GPU without bf16 keeps fp16 autocast as
+  before.
 - ``runtime.compile``: off unless asked for (compiling costs minutes on a ViT-B/16 and needs a C
   compiler on CPU; it pays off only on long GPU runs).
 - DataLoader workers: the CPUs this process may use, shared by the processes torchrun started on

@@ -48,6 +48,7 @@ def run(args) -> int:
     for line in describe(calibration):
         print(line)
     inference = summary["inference"]
-    print(f"features: {inference['precision']} on {inference['device']} with {inference['engine']} ({inference['why']})")
+    print(f"features: {inference['precision']} on {inference['device']} with {inference['engine']} "
+          f"({inference['why']})")
     print(f"wrote {out}")
     return 0

@@ -1,4 +1,7 @@
-"""``handclip export``: a checkpoint's image features as an ONNX file (docs/cpu-inference.md)."""
+"""``handclip export``: a checkpoint's image features as an ONNX file.
+
+Its metadata states the pixel pipeline in front of the graph and that its output is not yet L2-normalised
+(docs/method.md, "Feature precision and engines")."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 open_clip's ``ResidualAttentionBlock`` attends through ``nn.MultiheadAttention``. In fp32 inference that
 takes PyTorch's fused "fast path"; under autocast the fast path is disabled and the general path
 transposes to sequence-first and back, copying every activation (on the 2-core AVX512-BF16 CPU, 2/3 of a
-bf16 ViT-B/16 forward went into those copies: docs/cpu-inference.md). ``block_forward`` computes the
-same block from the same parameters batch-first, with ``F.scaled_dot_product_attention``, so bf16
-inference runs at the speed the hardware allows. Training and fp32 inference keep open_clip's own
-forward (its fp32 features are unchanged).
+bf16 ViT-B/16 forward went into those copies; docs/method.md, "Feature precision and engines").
+``block_forward`` computes the same block from the same parameters batch-first, with
+``F.scaled_dot_product_attention``, so bf16 inference runs at the speed the hardware allows. Training
+and fp32 inference keep open_clip's own forward (its fp32 features are unchanged).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The checkpoint is read as every loader reads it (``load_checkpoint``: tensors an
 pickle that could run code is refused), exported, checked against PyTorch (``onnx_graph.checked_runner``)
 and written atomically. The file's metadata states the whole evaluation pixel pipeline the graph expects
 in front of it (decode, resize, scale, normalise) and that its output is not yet L2-normalised, so a
-runtime applies each normalisation exactly once (docs/cpu-inference.md).
+runtime applies each normalisation exactly once (docs/method.md, "Feature precision and engines").
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ machine at hand (decode cache, cache folder, loader workers), which never change
 An ``Encoder`` also says how its features are computed: ``precision`` (fp32, or bf16 autocast where the
 hardware multiplies bf16 natively, ``runtime.resolve_inference_precision``) and ``engine`` (PyTorch, or
 ONNX Runtime running the model's exported graph, optionally int8-quantised). Features always leave in
-float32, L2-normalised once, here (docs/cpu-inference.md).
+float32, L2-normalised once, here (docs/method.md, "Feature precision and engines").
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _worker_error_line(exc: Exception) -> str:
 
 def for_inference(model):
     """``model`` laid out for fast inference: a ResNet image tower in channels-last memory (oneDNN's NHWC
-    convolutions: 1.25x fp32 and 1.2-2x bf16 on the 2-core CPU, docs/cpu-inference.md), as training lays
+    convolutions: 1.25x fp32 and 1.2-2x bf16 on the 2-core CPU; docs/method.md), as training lays
     it out (``runtime.channels_last``); a ViT is left as it is."""
     if getattr(model, "kind", None) == "rn":
         model.image_encoder.to(memory_format=torch.channels_last)

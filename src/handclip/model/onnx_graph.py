@@ -3,8 +3,8 @@
 The graph computes exactly ``HandCLIP.extract``: pixels that the evaluation pipeline already resized and
 normalised in, unnormalised features out. Neither the pixel normalisation nor the L2 normalisation is in
 the graph; both stay where every other engine has them (the data pipeline and ``Encoder.features``), so
-nothing is applied twice (docs/cpu-inference.md). ``export_graph`` checks the graph against PyTorch on
-random pixels before anyone uses it.
+nothing is applied twice (docs/method.md, "Feature precision and engines"). ``checked_graph`` checks the
+graph against PyTorch on random pixels before anyone uses it.
 
 onnxruntime and onnx are optional (``pip install 'handclip[onnx]'``); they are imported only here.
 """
@@ -25,7 +25,7 @@ OPSET = 17
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "features"
 # An exported graph must agree with PyTorch's fp32 features at least this closely (cosine, worst of the
-# random test images) to be used: fp32 as the exporter promises, int8 as measured in docs/cpu-inference.md.
+# random test images) to be used: fp32 as the exporter promises, int8 as measured (docs/method.md).
 FP32_MIN_COSINE = 0.9999
 INT8_MIN_COSINE = 0.99
 
