@@ -104,6 +104,8 @@ class OnnxRunner:
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: no per-node notes on the examiner's terminal
+        # No busy-waiting between runs: the decoding of the next batch (same process) needs those cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
