@@ -173,11 +173,11 @@ def interleaved_timing(steppers: dict, rounds: int, steps_per_round: int, device
 
 
 def synthetic_manifest(directory, train_ids: int, test_ids: int, images_per_id: int, image_size: int, runs: int = 1):
-    """Procedural hand images (handclip.data.synthetic) split into a manifest written under ``directory``."""
+    """Procedural hand images (handclip.synthetic) split into a manifest written under ``directory``."""
     from pathlib import Path
 
     from handclip.config import SyntheticConfig
-    from handclip.data.protocols import prepare_synthetic
+    from handclip.synthetic.dataset import prepare_synthetic
 
     directory = Path(directory)
     manifest = prepare_synthetic(directory / "images", SyntheticConfig(

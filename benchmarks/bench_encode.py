@@ -210,7 +210,7 @@ def write_jpegs(folder: Path, count: int, ids: int = 10) -> Path:
     """``count`` 1600x1200 JPEGs (quality 90) of synthetic hands, scaled up with sensor-like noise."""
     from PIL import Image
 
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     rng = np.random.default_rng(0)
     for index in range(count):

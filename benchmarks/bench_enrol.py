@@ -44,7 +44,7 @@ def main() -> None:
 
     import torch
 
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
     from handclip.gallery.enrol import collect_images
     from handclip.gallery.session import ExaminerSession
     from handclip.model.inference import load_encoder

@@ -84,7 +84,7 @@ def run_level(url: str, key: str, clients: int, seconds: float, queries: list[by
                 n += clients
 
     def enroller():
-        from handclip.data.synthetic import render_hand
+        from handclip.synthetic.render import render_hand
 
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=300) as client:
             barrier.wait()
@@ -123,7 +123,8 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="keep the gallery here (default: a temporary folder)")
     args = p.parse_args()
 
-    from handclip.data.synthetic import render_hand, write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
+    from handclip.synthetic.render import render_hand
     from handclip.gallery.enrol import collect_images
     from handclip.gallery.session import ExaminerSession
     from handclip.serve.keys import KeyStore

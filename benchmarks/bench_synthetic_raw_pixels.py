@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic_common import load_split, monte_carlo_retrieval  # noqa: E402
 
-from handclip.data.synthetic import write_synthetic_dataset  # noqa: E402
+from handclip.synthetic.dataset import write_synthetic_dataset  # noqa: E402
 
 TRAIN_IDS, TEST_IDS, PER_ID, SIZE = 100, 50, 8, 64
 

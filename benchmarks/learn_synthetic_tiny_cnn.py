@@ -27,7 +27,7 @@ from open_clip.modified_resnet import ModifiedResNet
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic_common import load_split, monte_carlo_retrieval  # noqa: E402
 
-from handclip.data.synthetic import write_synthetic_dataset  # noqa: E402
+from handclip.synthetic.dataset import write_synthetic_dataset  # noqa: E402
 
 TRAIN_IDS, TEST_IDS, PER_ID, SIZE = 100, 50, 8, 64
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)

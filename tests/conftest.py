@@ -19,3 +19,10 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own cache directory so caches never leak between tests."""
     monkeypatch.setenv("HANDCLIP_CACHE_DIR", str(tmp_path / "cache"))
     yield
+
+
+def pytest_report_header(config):
+    """Name the CPU kernels torch runs on: learning tests' figures depend on them (``-m learning``)."""
+    import torch
+
+    return f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}"

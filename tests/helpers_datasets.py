@@ -108,3 +108,36 @@ def make_folder_tree(root, counts: dict[str, int], image_size: tuple[int, int] =
             number += 1
             _write_jpeg(root / name / f"{k:03d}.jpg", number, image_size)
     return root
+
+
+# The traps of a newcomer's own folder (docs/user-guide.md, "Your own folder"): file name -> what prepare does.
+NEWCOMER_BAD_FILES = {"empty.jpg": "left out", "notes.jpg": "left out", "dot.png": "left out"}
+
+
+def make_newcomer_folder(root, ids: int = 12, per_id: int = 6, size: int = 64) -> Path:
+    """A folder of hands as a new user brings it: ``root/person_NN/`` with ``per_id`` JPEGs of rendered
+    synthetic hands at mixed sizes, and the usual traps: a 0-byte ``empty.jpg``, a text file named
+    ``notes.jpg``, a 1-pixel ``dot.png`` (unusable: ``NEWCOMER_BAD_FILES``), a CMYK JPEG (usable), a
+    nested folder ``person_00/more/`` with two more images (counted as person_00's) and a ``.DS_Store``
+    (hidden, ignored)."""
+    from handclip.synthetic.render import render_hand
+
+    root = Path(root)
+    for person in range(ids):
+        folder = root / f"person_{person:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_id):
+            side = size + 16 * (n % 3)  # mixed sizes, as photos come
+            image = render_hand(5000 + person, n, side, seed=1)
+            image.resize((side, side + 8 * (n % 2))).save(folder / f"IMG_{n:04d}.jpg", quality=90)
+    first = root / "person_00"
+    (first / "empty.jpg").write_bytes(b"")
+    (first / "notes.jpg").write_text("these are the hands from the second visit\n", encoding="utf-8")
+    Image.new("RGB", (1, 1), (200, 160, 140)).save(root / "person_01" / "dot.png")
+    render_hand(5002, per_id, size, seed=1).convert("CMYK").save(root / "person_02" / "cmyk.jpg", quality=90)
+    (first / "more").mkdir(exist_ok=True)
+    for n in range(2):
+        render_hand(5000, per_id + 1 + n, size, seed=1).save(first / "more" / f"extra_{n}.jpg", quality=90)
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (first / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    return root

@@ -44,7 +44,7 @@ def make_calibration(checkpoint: Path, out: Path) -> Path:
 
 
 def make_assets(root: Path, num_ids: int = 5, images_per_id: int = 3) -> dict:
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
 
     root.mkdir(parents=True, exist_ok=True)
     images = write_synthetic_dataset(root / "hands", num_ids=num_ids, images_per_id=images_per_id, size=64, seed=0)

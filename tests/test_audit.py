@@ -47,7 +47,8 @@ def test_chain_links_every_record_and_verifies_after_many_appends(tmp_path):
         assert after["prev_hash"] == before["hash"]
     assert all(r["hash"] == record_hash(r) == ref.hash for r, ref in zip(records, refs))
     assert {"time", "os_user", "software", "format"} <= set(records[0])
-    assert json.loads((tmp_path / HEAD_FILE).read_text()) == {"seq": 30, "hash": refs[-1].hash}
+    head = json.loads((tmp_path / HEAD_FILE).read_text())
+    assert (head["seq"], head["hash"], head["first_hash"], head["pending"]) == (30, refs[-1].hash, refs[0].hash, None)
     result = log.verify()
     assert result.ok and result.records == 30
 
@@ -157,7 +158,7 @@ def test_a_log_truncated_inside_a_committed_record_refuses_appends_and_keeps_eve
                                        "but the log ends at record 3"]
 
 
-def test_a_corrupt_last_record_or_head_refuses_appends(tmp_path):
+def test_a_corrupt_last_record_or_a_lost_head_refuses_appends_until_reanchored(tmp_path):
     log = AuditLog(tmp_path)
     log.append({"command": "search"})
     before = (tmp_path / AUDIT_FILE).read_bytes()
@@ -168,10 +169,19 @@ def test_a_corrupt_last_record_or_head_refuses_appends(tmp_path):
     (tmp_path / HEAD_FILE).write_text("{")
     with pytest.raises(AuditError, match="audit head .* is corrupt"):
         log.append({"command": "search"})
-    (tmp_path / HEAD_FILE).unlink()  # the documented way on: the next record says the head was missing
-    assert "missing" in log.verify().notes[0]
+    (tmp_path / HEAD_FILE).unlink()
+    with pytest.raises(AuditError, match="audit.head.json is missing"):
+        log.append({"command": "search"})
+    assert (tmp_path / AUDIT_FILE).read_bytes() == before
+    assert "audit.head.json is missing" in _messages(log.verify())[0]
+    ref = log.reanchor("head lost in a disk fault")  # the documented way on: a record says so
+    assert log.records()[-1]["reanchored"] == "missing" and ref.seq == 2
+    result = log.verify()
+    assert result.ok and "record 2 re-anchored the log after its head was missing" in result.notes[0]
+    with pytest.raises(AuditError, match="intact"):
+        log.reanchor("again")
     log.append({"command": "search"})
-    assert log.records()[-1]["head_was_missing"] is True and log.verify().ok
+    assert log.verify().ok
 
 
 _KILLED_APPENDER = """

@@ -10,12 +10,12 @@ import torch
 
 from handclip import cli
 from handclip.config import DataConfig, ModelConfig, SyntheticConfig
-from handclip.data.protocols import prepare_synthetic
 from handclip.model.inference import load_encoder
 from handclip.forensic.calibration import CalibrationError, ScoreCalibration
 from handclip.forensic.verification import split_pairs, verification_metrics
 from handclip.model.checkpoint import save_checkpoint
 from handclip.model.handclip import build_model
+from handclip.synthetic.dataset import prepare_synthetic
 from test_evaluation import checkpoint, synthetic  # noqa: F401  (module-scoped fixtures)
 
 
@@ -50,6 +50,13 @@ def test_calibrate_writes_a_calibration_for_this_model_and_manifest(calibration_
     assert summary["n_identities"] == 8 and summary["n_images"] == 40
     assert summary["n_mated"] == 8 * 10 and summary["n_nonmated"] == 40 * 39 // 2 - 80  # all image pairs
     assert set(summary["kinds"]) == {"image", "identity"} and 0 < summary["cllr"] < 2
+    import hashlib
+
+    from handclip.data.manifest import Manifest
+
+    fitted_on = {str(r.pid) for r in Manifest.read(manifest_path).records
+                 if r.split in ("query", "gallery") and not r.is_distractor}
+    assert summary["identity_sha256"] == sorted(hashlib.sha256(p.encode()).hexdigest() for p in fitted_on)
     calibration.check_model(load_encoder(checkpoint).fingerprint())  # what search will check
     for kind in ("image", "identity"):
         low, high = calibration.bounds(kind)

@@ -289,36 +289,20 @@ def test_scores_that_rank_people_the_wrong_way_give_lr_one_not_evidence(method):
     assert np.array_equal(score_map.log10_lr([-1e6, 0.3, 0.7, 1e6]), np.zeros(4)), method
 
 
-def _version_1_file(tmp_path, method) -> "Path":
-    """A calibration file as HandCLIP wrote it before the KDE table (format version 1)."""
-    mated, nonmated = _scores(7)
-    data = ScoreCalibration({"image": fit_score_map(mated, nonmated, method)}, FINGERPRINT, {"method": method}).as_dict()
-    data["version"] = 1
-    if method == "kde":  # version 1 kept the KDE's sample points and bandwidths instead of a table
-        data["maps"]["image"]["params"] = {"bandwidth": data["maps"]["image"]["params"]["bandwidth"],
-                                           "nonmated_points": nonmated.tolist(), "mated_points": mated.tolist()}
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("method", ["logit", "kde", "isotonic"])
+def test_files_of_versions_without_a_content_hash_are_refused_in_one_line(tmp_path, method, version):
+    """Versions 1 and 2 held no content hash: an edit could not be told, so they are fitted again."""
+    data = ScoreCalibration({"image": fit_score_map(*_scores(7), method)}, FINGERPRINT, {"method": method}).as_dict()
+    data["version"] = version
+    del data["content_sha256"]
     path = tmp_path / f"old-{method}.json"
     path.write_text(json.dumps(data))
-    return path
-
-
-@pytest.mark.parametrize("method", ["logit", "isotonic"])
-def test_version_1_logit_and_isotonic_files_still_load_and_give_the_same_lrs(tmp_path, method):
-    path = _version_1_file(tmp_path, method)
-    stored = json.loads(path.read_text())["maps"]["image"]
-    probe = np.linspace(-2, 2, 401)
-    loaded = ScoreCalibration.load(path)
-    assert np.array_equal(loaded.log10_lr(probe), fit_score_map(*_scores(7), method).log10_lr(probe))
-    assert loaded.bounds("image") == tuple(stored["log10_lr_bounds"])
-
-
-def test_a_version_1_kde_file_is_refused_in_one_line(tmp_path):
-    path = _version_1_file(tmp_path, "kde")
     with pytest.raises(CalibrationError) as refused:
         ScoreCalibration.load(path)
     message = str(refused.value)
-    assert "\n" not in message and str(path) in message and "maps.image" in message
-    assert "format version 1 can fall as the score rises" in message and "handclip calibrate --method kde" in message
+    assert "\n" not in message and str(path) in message and f"format version {version}" in message
+    assert "fit it again with `handclip calibrate`" in message
 
 
 @pytest.mark.parametrize("method, key, edit, complaint", [

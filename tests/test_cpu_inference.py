@@ -40,7 +40,7 @@ def _checkpoint(path: Path, backbone: str = "tiny-cnn", seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("cpu-inference")
     images = Path(write_synthetic_dataset(root / "hands", num_ids=4, images_per_id=3, size=80, seed=0))
@@ -150,7 +150,8 @@ def test_precision_is_not_in_the_fingerprint_and_each_record_says_how_features_w
     assert cli("search", "--index", index, "--query", query, "--top-k", "2") == 0
     assert f"features: {expected} on cpu with PyTorch ({why})" in capsys.readouterr().out
     records = AuditLog(index).records()
-    assert [r["model"]["inference"]["precision"] for r in records] == ["bf16", "fp32", expected]
+    assert [(r["command"], r["model"]["inference"]["precision"]) for r in records] == [
+        ("enrol-start", "bf16"), ("enrol", "bf16"), ("search", "fp32"), ("search", expected)]
     fingerprints = {json.dumps(r["model"]["fingerprint"], sort_keys=True) for r in records}
     assert len(fingerprints) == 1
     # The bf16 and fp32 encoders agree on the fingerprint; another model's is still refused.
@@ -162,7 +163,7 @@ def test_precision_is_not_in_the_fingerprint_and_each_record_says_how_features_w
 
 
 def test_a_calibration_records_its_precision_and_is_accepted_across_precisions(tmp_path):
-    from handclip.data.protocols import prepare_synthetic
+    from handclip.synthetic.dataset import prepare_synthetic
     from handclip.config import SyntheticConfig
     from handclip.forensic.calibrate import calibrate
 
@@ -250,7 +251,7 @@ def test_exporting_a_malicious_or_unknown_checkpoint_is_refused_and_writes_nothi
     garbage.write_bytes(b"not a checkpoint, nor any PyTorch file")
     out = tmp_path / "model.onnx"
     for path, reason in ((malicious, "refusing to load"), (weights, "is not a HandCLIP checkpoint"),
-                         (garbage, "corrupt or not a PyTorch file"), (tmp_path / "missing.pt", "not found")):
+                         (garbage, "corrupt or not a PyTorch file"), (tmp_path / "missing.pt", "does not exist")):
         assert cli("export", "--checkpoint", path, "--out", out) == 2
         captured = capsys.readouterr()
         err = captured.err.strip()

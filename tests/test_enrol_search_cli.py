@@ -40,7 +40,7 @@ def _checkpoint(path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("assets")
     images = write_synthetic_dataset(root / "hands", num_ids=6, images_per_id=3, size=64, seed=0)
@@ -96,7 +96,7 @@ def test_re_enrolment_and_copied_files_are_not_duplicated_and_new_people_append(
     assert "enrolled 0 new image(s) (18 already in the gallery)" in capsys.readouterr().out
     (images / "newcomer").mkdir()
     shutil.copy(images / "0000" / "000.png", images / "newcomer" / "copy.png")  # same bytes, new name
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     render_hand(40, 0).save(images / "newcomer" / "fresh.png")
     cli("enrol", "--checkpoint", assets["ckpt"], "--images", images, "--index", index, "--no-progress")
@@ -188,7 +188,7 @@ def test_killed_enrol_command_keeps_committed_batches_and_rerun_completes(assets
 
 
 def test_enrolment_dedupes_by_content_enrols_changed_files_and_reports_other_identities(assets, tmp_path, capsys):
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     images = tmp_path / "hands"
     for person in ("alice", "bob"):

@@ -41,7 +41,7 @@ def _checkpoint(path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from handclip.data.synthetic import write_synthetic_dataset
+    from handclip.synthetic.dataset import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("assets")
     images = write_synthetic_dataset(root / "hands", num_ids=5, images_per_id=3, size=64, seed=0)
@@ -71,7 +71,7 @@ def cli(*args) -> int:
 
 def test_audit_trail_of_enrols_and_searches_verifies_and_names_what_was_altered(enrolled, tmp_path, capsys):
     images, index = enrolled
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     (images / "newcomer").mkdir()
     render_hand(40, 0).save(images / "newcomer" / "fresh.png")
@@ -84,22 +84,24 @@ def test_audit_trail_of_enrols_and_searches_verifies_and_names_what_was_altered(
     for query in queries:
         assert cli("search", "--index", index, "--query", query, "--top-k", "2") == 0
     out = capsys.readouterr().out
-    assert out.count("not likelihood ratios") == 3 and "audit record 5 (SHA-256" in out
+    assert out.count("not likelihood ratios") == 3 and "audit record 7 (SHA-256" in out
     records = AuditLog(index).records()
-    assert [r["command"] for r in records] == ["enrol", "enrol", "search", "search", "search"]
-    assert records[0]["examiner"] == "A. Examiner" and len(records[0]["results"]["added"]) == 15
-    assert [a["path"] for a in records[1]["results"]["added"]] == [str((images / "newcomer" / "fresh.png").resolve())]
-    search = records[2]
+    assert [r["command"] for r in records] == ["enrol-start", "enrol", "enrol-start", "enrol", "search", "search",
+                                               "search"]
+    assert records[1]["examiner"] == "A. Examiner" and len(records[1]["results"]["added"]) == 15
+    assert len(records[0]["planned"]) == 15 and records[1]["started"] == 1
+    assert [a["path"] for a in records[3]["results"]["added"]] == [str((images / "newcomer" / "fresh.png").resolve())]
+    search = records[4]
     assert search["files"][0] == {"role": "query", "path": str(queries[0].resolve()), "sha256": sha256_file(queries[0])}
     assert search["model"]["checkpoint_sha256"] == sha256_file(Gallery.open(index).checkpoint)
     assert search["gallery"]["commit_sha256"] == sha256_file(index / "commit.json")
     assert search["results"][0]["candidates"][0]["identity"] == "0001" and search["calibration"] is None
     assert cli("audit", "verify", "--index", index) == 0
     # 16 enrolled images (two queries among them), the outside query and the checkpoint
-    assert "5 record(s), 18 file(s) checked: verified" in capsys.readouterr().out
+    assert "7 record(s), 18 file(s) checked: verified" in capsys.readouterr().out
     assert cli("audit", "show", "--index", index) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert len(shown) == 5 and "A. Examiner" in shown[0] and "-> 0001 (" in shown[2]
+    assert len(shown) == 7 and "A. Examiner" in shown[0] and "-> 0001 (" in shown[4]
 
     # (c) a changed gallery image, then a changed query file: each named with its record
     gallery_image = images / "0003" / "002.png"
@@ -107,12 +109,12 @@ def test_audit_trail_of_enrols_and_searches_verifies_and_names_what_was_altered(
     render_hand(41, 0).save(gallery_image)
     assert cli("audit", "verify", "--index", index) == 1
     out = capsys.readouterr().out
-    assert f"FAILED: enrolled image file {gallery_image.resolve()} (record 1) was changed" in out
+    assert f"FAILED: enrolled image file {gallery_image.resolve()} (record 2) was changed" in out
     gallery_image.write_bytes(original)
     query_bytes = queries[1].read_bytes()
     queries[1].unlink()
     assert cli("audit", "verify", "--index", index) == 1
-    assert f"first: query file {queries[1].resolve()} (record 4) was removed" in capsys.readouterr().out
+    assert f"first: query file {queries[1].resolve()} (record 6) was removed" in capsys.readouterr().out
     queries[1].write_bytes(query_bytes)
     assert cli("audit", "verify", "--index", index) == 0
     capsys.readouterr()
@@ -123,21 +125,21 @@ def test_audit_trail_of_enrols_and_searches_verifies_and_names_what_was_altered(
     assert cli("audit", "verify", "--index", index) == 1
     assert f"FAILED: gallery: gallery vectors file {shard} is corrupt (SHA-256 mismatch)" in capsys.readouterr().out
     shard.write_bytes(vectors)
-    assert cli("audit", "show", "--index", index, "--seq", "4") == 0
+    assert cli("audit", "show", "--index", index, "--seq", "6") == 0
     assert json.loads(capsys.readouterr().out)["files"][0]["path"] == str(outside.resolve())
     assert cli("audit", "verify", "--index", tmp_path / "nowhere") == 2
     assert "gallery directory" in capsys.readouterr().err
 
     # (a) an edited record, (b) a deleted record
     lines = (index / AUDIT_FILE).read_bytes().splitlines(keepends=True)
-    edited = json.loads(lines[2])
+    edited = json.loads(lines[4])
     edited["results"][0]["candidates"][0]["score"] = 0.5
-    (index / AUDIT_FILE).write_bytes(b"".join(lines[:2] + [json.dumps(edited).encode() + b"\n"] + lines[3:]))
+    (index / AUDIT_FILE).write_bytes(b"".join(lines[:4] + [json.dumps(edited).encode() + b"\n"] + lines[5:]))
     assert cli("audit", "verify", "--index", index) == 1
-    assert "first: record 3 was altered: its content no longer matches its hash" in capsys.readouterr().out
-    (index / AUDIT_FILE).write_bytes(b"".join(lines[:3] + lines[4:]))
+    assert "first: record 5 was altered: its content no longer matches its hash" in capsys.readouterr().out
+    (index / AUDIT_FILE).write_bytes(b"".join(lines[:5] + lines[6:]))
     assert cli("audit", "verify", "--index", index) == 1
-    assert "first: record 4 removed: the log goes from record 3 to record 5" in capsys.readouterr().out
+    assert "first: record 6 removed: the log goes from record 5 to record 7" in capsys.readouterr().out
 
 
 def _pdf_text(path: Path) -> str:
@@ -231,7 +233,7 @@ def test_bad_queries_and_calibration_files_fail_in_one_line_and_write_no_record(
     assert "\n" not in err and "lost committed records" in err
     assert (index / AUDIT_FILE).read_bytes() == cut
     assert cli("audit", "verify", "--index", index) == 1
-    assert "record 1 removed from the end" in capsys.readouterr().out
+    assert "record 2 removed from the end" in capsys.readouterr().out
 
 
 def _wait_for(predicate, proc, timeout=120):
@@ -255,10 +257,10 @@ def test_sigkill_while_a_search_writes_its_record_leaves_a_verifiable_log(enroll
     capsys.readouterr()
     assert cli("audit", "verify", "--index", index) == 0
     out = capsys.readouterr().out
-    assert "interrupted append" in out and "1 record(s)" in out and "verified" in out
+    assert "interrupted append" in out and "2 record(s)" in out and "verified" in out
     assert cli("search", "--index", index, "--query", images / "0000" / "000.png") == 0
     assert cli("audit", "verify", "--index", index) == 0
-    assert "2 record(s)" in capsys.readouterr().out
+    assert "3 record(s)" in capsys.readouterr().out
     assert AuditLog(index).records()[-1]["torn_tail_set_aside"]["bytes"] > 0
 
 
@@ -276,13 +278,14 @@ def test_sigkill_during_an_enrolment_leaves_a_verifiable_log_and_notes_the_unrec
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     capsys.readouterr()
-    assert cli("audit", "verify", "--index", index) == 0
+    assert cli("audit", "verify", "--index", index) == 0  # every committed row is attributed to record 3
     out = capsys.readouterr().out
-    assert "the gallery changed after record 1 with no record (rows 3 ->" in out and "verified" in out
+    assert "the enrolment started in record 3 did not finish (no enrol record closes it): " in out
+    assert "of its 12 planned image(s) are in the gallery; enrol the rest again" in out and "verified" in out
     assert cli(*cmd[3:], "--no-progress") == 0  # the rerun completes and is recorded
     assert cli("audit", "verify", "--index", index) == 0
     out = capsys.readouterr().out
-    assert "the gallery changed between records 1 and 2 with no record" in out and "2 record(s)" in out
+    assert "12 of its 12 planned image(s) are in the gallery" in out and "5 record(s)" in out
 
 
 def _fit_calibration(checkpoint: Path, out: Path) -> Path:

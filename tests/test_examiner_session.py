@@ -5,7 +5,6 @@ whichever interface asked."""
 from __future__ import annotations
 
 import ast
-import json
 import shutil
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def test_cli_search_and_serve_search_record_the_same_audit_fields(assets, galler
     query = assets["images"] / "0001" / "002.png"
     keys = add_keys(gallery)
     state = ServiceState(gallery, calibration=str(assets["calibration"]), device="cpu")
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="http://localhost") as client:
         response = client.post("/api/v1/search", files={"image": (query.name, query.read_bytes(), "image/png")},
                                data={"top_k": "3"}, headers={"X-API-Key": keys["search"]})
     assert response.status_code == 200, response.text
@@ -87,9 +86,8 @@ def test_a_calibration_of_another_model_is_refused_when_the_session_opens(assets
 
     calibration = ScoreCalibration.load(assets["calibration"])
     other = tmp_path / "other.json"
-    data = json.loads(Path(assets["calibration"]).read_text())
-    data["fingerprint"] = {**calibration.fingerprint, "checkpoint_sha256": "b" * 64, "weights_sha256": "c" * 64}
-    other.write_text(json.dumps(data))
+    fingerprint = {**calibration.fingerprint, "checkpoint_sha256": "b" * 64, "weights_sha256": "c" * 64}
+    ScoreCalibration(calibration.maps, fingerprint, calibration.summary).save(other)  # fitted for another model
     try:
         ExaminerSession.open(gallery, calibration=other, device="cpu")
     except HandCLIPError as exc:
@@ -100,7 +98,7 @@ def test_a_calibration_of_another_model_is_refused_when_the_session_opens(assets
 
 def test_a_session_without_a_model_verifies_the_audit_trail_but_refuses_to_search(assets, gallery):
     session = ExaminerSession.open(gallery, with_model=False)
-    assert session.verify_audit().ok and session.audit_records()[0]["command"] == "enrol"
+    assert session.verify_audit().ok and [r["command"] for r in session.audit_records()] == ["enrol-start", "enrol"]
     with pytest.raises(HandCLIPError, match="without a model"):
         session.search([assets["images"] / "0001" / "000.png"])
 

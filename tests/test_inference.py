@@ -12,11 +12,11 @@ from training_helpers import base_config
 from handclip import api
 from handclip.config import DataConfig, SyntheticConfig
 from handclip.data.manifest import Manifest
-from handclip.data.protocols import prepare_synthetic
 from handclip.gallery.enrol import EnrolItem
 from handclip.model.checkpoint import state_dict_sha256
 from handclip.model.handclip import build_model
 from handclip.model.inference import Encoder
+from handclip.synthetic.dataset import prepare_synthetic
 from handclip.train import engine
 
 
@@ -86,3 +86,28 @@ def test_loading_settings_never_change_features(large_images):
     assert np.array_equal(encoder.single_pass().features(probes), plain)
     with pytest.raises(ValueError, match="image_size is not a loading setting"):
         encoder.with_loading(image_size=(64, 64))
+
+
+def test_flip_averages_over_the_left_right_mirror(tmp_path):
+    """Flip test-time augmentation is the mean of an image's and its left-right mirror's features, so it
+    gives an image and its mirror the same feature, and a left-right symmetric image the feature it has
+    without flip. A flip of the wrong axis (up-down) breaks both."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(40, 32, 3), dtype=np.uint8)
+    symmetric = np.concatenate([pixels[:, :16], pixels[:, :16][:, ::-1]], axis=1)  # its own mirror, not up-down
+    images = {"x": pixels, "mirror": pixels[:, ::-1], "symmetric": symmetric, "upside_down": symmetric[::-1]}
+    paths = []
+    for name, array in images.items():
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp_path / f"{name}.png")
+        paths.append(tmp_path / f"{name}.png")
+    data = DataConfig(image_size=(40, 32), num_workers=0, decode_cache=False)
+    encoder = Encoder.for_model(Encoder.zero_shot("tiny-cnn", image_size=data.image_size).model, data)
+    plain, flipped = encoder.features(paths), encoder.features(paths, flip=True)
+
+    # The model itself tells an image from its mirror and from its upside-down copy, so each check below
+    # has room to fail.
+    assert np.abs(plain[0] - plain[1]).max() > 1e-4 and np.abs(plain[2] - plain[3]).max() > 1e-4
+    np.testing.assert_allclose(flipped[0], flipped[1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(flipped[2], plain[2], rtol=0, atol=1e-6)

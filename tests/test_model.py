@@ -1,5 +1,7 @@
 """HandCLIP: image features, BNNeck and ID heads, identity prompts, freezing policy."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,8 +187,10 @@ def test_arcface_head_applies_margin_to_true_class():
     plain = model(images).logits
     for m, p in zip(with_margin, plain):
         assert m.shape == (4, NUM_IDS)
-        true = m.gather(1, labels[:, None]) < p.gather(1, labels[:, None])
-        assert true.all()
+        # The true class's angle grows by the margin: s cos(theta + m), not a cosine shifted by m (CosFace).
+        theta = torch.acos(p.gather(1, labels[:, None]) / 10.0)
+        assert (theta + 0.3 < math.pi).all()  # inside the range where ArcFace needs no fallback
+        torch.testing.assert_close(m.gather(1, labels[:, None]), 10.0 * torch.cos(theta + 0.3), rtol=0, atol=1e-4)
         others = torch.ones_like(m, dtype=torch.bool).scatter_(1, labels[:, None], False)
         torch.testing.assert_close(m[others], p[others])
         assert p.abs().max() <= 10.0 + 1e-4  # scaled cosine

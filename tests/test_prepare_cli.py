@@ -1,9 +1,8 @@
-import importlib.util
 import os
 import shutil
 
 import pytest
-from helpers_datasets import make_11k_tree, make_folder_tree, make_hd_tree
+from helpers_datasets import default_11k_rows, make_11k_tree, make_folder_tree, make_hd_tree
 from PIL import Image
 
 from handclip import cli
@@ -64,8 +63,6 @@ def test_prepare_hd_and_folder(main, tmp_path, capsys):
     assert len({r.pid for r in Manifest.read(tmp_path / "f.csv").split("query")}) == 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("handclip.data.synthetic") is None,
-                    reason="handclip.data.synthetic (synthetic helper's branch) is not merged yet")
 def test_prepare_synthetic(main, tmp_path):
     out = tmp_path / "s.csv"
     assert main(["prepare", "synthetic", "--root", str(tmp_path / "imgs"), "--train-ids", "3", "--test-ids", "2",
@@ -172,3 +169,50 @@ def test_scan_bad_manifest_is_one_line(main, tmp_path, capsys):
     bad.write_text("split,path\ntrain,/a.jpg\n")
     assert main(["scan", "--manifest", str(bad)]) == 2
     assert "missing column 'pid'" in one_error_line(capsys.readouterr().err)
+
+
+def test_prepare_leaves_unusable_images_out_naming_each_and_says_what_it_wrote(main, tmp_path, capsys):
+    folder = make_folder_tree(tmp_path / "hands", {f"p{k}": 4 for k in range(6)})
+    (folder / "p0" / "empty.jpg").write_bytes(b"")
+    (folder / "p1" / "notes.jpg").write_text("not a photo")
+    Image.new("RGB", (1, 1)).save(folder / "p2" / "dot.png")
+    (folder / "p3" / ".DS_Store").write_bytes(b"\0")
+    out = tmp_path / "m.csv"
+    assert main(["prepare", "folder", "--root", str(folder), "--runs", "2", "--out", str(out)]) == 0
+    printed, err = capsys.readouterr()
+    for name in ("empty.jpg", "notes.jpg", "dot.png"):
+        named = [line for line in err.splitlines() if name in line]
+        assert len(named) == 1 and named[0].startswith("handclip: warning: left out "), err
+    assert len([line for line in err.splitlines() if ".DS_Store" in line and "ignored" in line]) == 1
+    manifest = Manifest.read(out)
+    assert len(manifest.paths()) == 24 and not {"empty.jpg", "notes.jpg", "dot.png"} & {os.path.basename(p)
+                                                                                         for p in manifest.paths()}
+    assert "decoded all 27 images: 3 unusable one(s) left out of the manifest" in printed
+    assert f"wrote {out}: 24 images of 6 identities, in {len(manifest)} rows" in printed
+    assert "train_all = train + val: the 3 training identities, 12 images" in printed
+    assert f"{len(manifest)} rows for 24 distinct images" in printed
+
+    kept = tmp_path / "kept.csv"
+    assert main(["prepare", "folder", "--root", str(folder), "--runs", "2", "--out", str(kept), "--keep-bad"]) == 0
+    printed, err = capsys.readouterr()
+    assert len(Manifest.read(kept).paths()) == 27 and err.count("handclip: warning: kept ") == 3
+    assert "3 unusable one(s) kept in the manifest (--keep-bad)" in printed
+    assert main(["prepare", "folder", "--root", str(folder), "--runs", "2", "--no-image-check"]) == 0
+    printed, err = capsys.readouterr()
+    assert "images were not decoded (--no-image-check)" in printed and "left out" not in err
+    assert "dry run (no --out), nothing written: 27 images" in printed
+    assert main(["prepare", "folder", "--root", str(folder), "--keep-bad", "--no-image-check"]) == 2
+    assert "not allowed with argument" in one_error_line(capsys.readouterr().err)
+
+
+def test_prepare_11k_counts_the_rows_each_rule_leaves_out(main, tree11k, tmp_path, capsys):
+    assert main(["prepare", "11k", "--root", str(tree11k), "--aspect", "dorsal_r", "--no-summary"]) == 0
+    printed = capsys.readouterr().out
+    rows = [r for r in default_11k_rows()]
+    total = sum(count for _, _, count, _ in rows)
+    mine = [r for r in rows if r[1] == "dorsal_r"]
+    accessories = sum(count for _, _, count, acc in mine if acc)
+    used = sum(count for _, _, count, acc in mine if not acc)
+    assert (f"HandInfo.csv: {total} rows; {total - accessories - used} of other aspects (left out); of the "
+            f"{accessories + used} dorsal right rows, {accessories} with accessories left out (the protocol's rule), "
+            f"0 with an unusable image left out, {used} used") in printed

@@ -6,30 +6,26 @@ import math
 
 import pytest
 import torch
+from learning_figures import BREAKAGES, broken_stage1_prompt_accuracy, pretrain_small, stage1_prompt_accuracy
 
 from handclip.config import PretrainConfig, config_from_dict
-from handclip.data.captions import caption, identity_phrases
-from handclip.data.synthetic import identity_params
 from handclip.errors import ConfigError
+from handclip.synthetic.captions import caption, identity_phrases
+from handclip.synthetic.hand_params import identity_params
 
 MICRO = PretrainConfig(first_id=1000, num_ids=16, images_per_id=4, epochs=3, batch_size=32, lr=2e-3, warmup_steps=2)
-# Enough pretraining (40 steps) for a text tower whose output depends on the prompt and image features that
-# carry some identity; fewer steps leave stage 1 nothing to learn even when it works.
-SMALL = PretrainConfig(first_id=1000, num_ids=64, images_per_id=4, epochs=10, batch_size=64, lr=5e-4, warmup_steps=2)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     return pretrain_tiny(MICRO, tmp_path_factory.mktemp("pretrain") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
 def pretrained_small(tmp_path_factory):
-    from handclip.train.pretrain import pretrain_tiny
-
-    return pretrain_tiny(SMALL, tmp_path_factory.mktemp("pretrain_small") / "tiny.pt")
+    return pretrain_small(tmp_path_factory.mktemp("pretrain_small") / "tiny.pt")
 
 
 def test_captions_are_deterministic_varied_and_describe_the_hand():
@@ -46,7 +42,7 @@ def test_captions_are_deterministic_varied_and_describe_the_hand():
 
 
 def test_caption_scene_sets_how_often_photo_conditions_are_named():
-    from handclip.data.captions import nuisance_phrases
+    from handclip.synthetic.captions import nuisance_phrases
 
     pairs = [(i, n) for i in range(20) for n in range(4)]
     named = {scene: sum(any(w in caption(i, n, scene=scene) for words in nuisance_phrases(i, n) for w in words)
@@ -58,7 +54,7 @@ def test_caption_scene_sets_how_often_photo_conditions_are_named():
 def test_pretraining_is_bit_identical_for_a_seed_and_loads_as_model_weights(pretrained, tmp_path):
     from handclip.model.handclip import build_model
     from handclip.model.weights import load_weights_file
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     again = pretrain_tiny(MICRO, tmp_path / "again.pt")
     assert again.sha256 == pretrained.sha256
@@ -75,7 +71,7 @@ def test_pretraining_is_bit_identical_for_a_seed_and_loads_as_model_weights(pret
 
 
 def test_pretraining_refuses_bad_settings(tmp_path):
-    from handclip.train.pretrain import pretrain_tiny
+    from handclip.synthetic.pretrain import pretrain_tiny
 
     with pytest.raises(ConfigError, match="tiny backbones"):
         pretrain_tiny(MICRO, tmp_path / "x.pt", backbone="ViT-B-16")
@@ -88,46 +84,49 @@ def test_pretraining_refuses_bad_settings(tmp_path):
                                           "pretrain": {"first_id": 200}}))
 
 
-def stage1_prompt_accuracy(weights: str, tmp_path, overrides=()) -> tuple[float, float]:
-    """Stage 1 alone, through ``train()``, on 12 synthetic identities starting from ``weights``; returns
-    (prompt top-1 on the training images, chance)."""
-    from handclip.data.manifest import Manifest
-    from handclip.evaluate.prompts import prompt_top1
-    from handclip.model.checkpoint import load_checkpoint
-    from handclip.train.engine import train
-    from handclip.train.stage1 import encode_training_images
+def test_pretraining_stops_on_a_non_finite_loss_before_writing(tmp_path, monkeypatch):
+    """The loop's NaN/inf guard stops the pretraining at the first non-finite loss with one clear line, and
+    no weights file is written."""
+    import handclip.synthetic.pretrain as pretrain
 
-    config = config_from_dict({
-        "data": {"synthetic": {"train_ids": 12, "test_ids": 3, "images_per_id": 4, "image_size": 64},
-                 "image_size": [64, 64], "runs": 1, "num_workers": 0, "decode_cache": False},
-        "model": {"backbone": "tiny-cnn", "weights": weights, "logit_scale": 20.0},
-        "stage1": {"epochs": 30, "batch_size": 6, "lr": 0.01, "warmup_epochs": 0, "cache_features": False},
-        "losses": {"logits": "cosine"},
-        "runtime": {"device": "cpu", "progress": False},
-    }, list(overrides))
-    result = train(config, run_dir=tmp_path / "run", stages=("stage1",))
-    model, _, _ = load_checkpoint(result.last_checkpoint)
-    manifest = Manifest.read(result.run_dir / "manifest.csv")
-    records, label_map = manifest.split("train"), manifest.train_label_map()
-    feats, labels = encode_training_images(model, records, label_map, config.data, config.eval, torch.device("cpu"))
-    return prompt_top1(model, feats, labels), 1.0 / len(label_map)
+    class NanAtSecondStep:
+        calls = 0
+
+        def __call__(self, image_features, text_features, logit_scale):
+            NanAtSecondStep.calls += 1
+            loss = (image_features * text_features).sum(-1).mean() * logit_scale
+            return loss * float("nan") if NanAtSecondStep.calls == 2 else -loss
+
+    monkeypatch.setattr(pretrain, "ClipLoss", NanAtSecondStep)
+    out = tmp_path / "diverged.pt"
+    with pytest.raises(ConfigError, match=r"pretraining diverged \(loss nan\) at epoch 1; lower pretrain.lr"):
+        pretrain.pretrain_tiny(MICRO, out)
+    assert NanAtSecondStep.calls == 2 and not out.exists()
+
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_stage1_prompts_name_their_identity_far_above_chance(pretrained_small, tmp_path):
     """Fails when stage 1 is broken: prompts that do not learn (lr ~0) or text features read from the
-    start token (every prompt then gives the same feature) stay near chance, 1/12."""
-    # The pretraining loss itself fell below its chance value ln(64).
-    assert pretrained_small.history[-1]["loss"] < pretrained_small.history[-1]["chance"]
-    accuracy, chance = stage1_prompt_accuracy(str(pretrained_small.path), tmp_path)
-    assert accuracy >= 0.45 > 5 * chance, (accuracy, chance)
+    start token (every prompt then gives the same feature) stay near chance, 1/12.
+
+    Measured with ``benchmarks/learning_margins.py`` over ATen's default, AVX2 and AVX-512 kernels, seeds
+    0-2 on 1 thread and seed 0 on 2 threads: prompt top-1 0.528-0.639 (threshold 0.40); the pretraining's
+    last / first epoch loss 0.890-0.942 (threshold 1). Seed 0, which this test runs, gives 0.583-0.639
+    over kernels and threads (two of 36 images).
+    """
+    history = pretrained_small.history
+    assert history[-1]["loss"] < history[0]["loss"], history
+    accuracy, chance = stage1_prompt_accuracy(str(pretrained_small.path), tmp_path / "run")
+    assert accuracy >= 0.40 > 4 * chance, (accuracy, chance)
 
 
 @pytest.mark.slow
 def test_demo_starts_from_the_pretrained_model_and_reports_the_text_side(tmp_path, capsys):
     """The demo pipeline, shrunk, with a tiny pretraining: it starts from the pretrained file (zero-shot row),
     reports the text-side figures next to their chance values, and a second run reads the file from the cache."""
-    from handclip.train.pretrain import pretrained_weights
+    from handclip.synthetic.pretrain import pretrained_weights
     from handclip.workflows.demo import demo_config, run_demo
 
     overrides = ["data.synthetic.train_ids=20", "data.synthetic.test_ids=6", "data.synthetic.images_per_id=4",
@@ -147,33 +146,18 @@ def test_demo_starts_from_the_pretrained_model_and_reports_the_text_side(tmp_pat
     assert again.cached and again.sha256 == metrics["pretrain"]["sha256"]
 
 
-def _prompt_lr_near_zero(monkeypatch):
-    import handclip.train.stage1 as stage1
-
-    real = stage1.build_stage1_optimizer
-    monkeypatch.setattr(stage1, "build_stage1_optimizer", lambda model, s1, *a, **k: real(
-        model, s1.model_copy(update={"lr": 1e-9, "warmup_lr_init": 1e-9, "lr_min": 0.0}), *a, **k))
-
-
-def _text_read_at_start_token(monkeypatch):
-    from handclip.model.handclip import HandCLIP
-
-    def text_features(self, labels):
-        prompts = self.prompt_learner(labels.to(self.prompt_learner.ctx.device).long())
-        tokens = torch.zeros(prompts.shape[:2], dtype=torch.long)
-        tokens[:, 0] = 1  # argmax 0: the start-of-text position, which under the causal mask sees only itself
-        return self.text_encoder(prompts, tokens, length=self.prompt_learner.prompt_length)
-
-    monkeypatch.setattr(HandCLIP, "text_features", text_features)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("breakage", [_prompt_lr_near_zero, _text_read_at_start_token])
-def test_broken_stage1_stays_near_chance(pretrained_small, tmp_path, monkeypatch, breakage):
-    """The check above has teeth: with either breakage the same run stays below its threshold."""
-    breakage(monkeypatch)
-    accuracy, chance = stage1_prompt_accuracy(str(pretrained_small.path), tmp_path)
-    assert accuracy < 2 * chance, (accuracy, chance)
+@pytest.mark.learning
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_broken_stage1_stays_near_chance(pretrained_small, tmp_path, breakage):
+    """The check above has teeth: with either breakage the same run stays far below its threshold.
+
+    Measured as above: the broken runs' prompt top-1 is 0.000-0.167 (lr ~0, which leaves the prompts at
+    their random start) and exactly 1/12 (start token: every prompt has one feature); threshold 0.30,
+    against 0.40 for a working stage 1.
+    """
+    accuracy, chance = broken_stage1_prompt_accuracy(str(pretrained_small.path), tmp_path / "run", breakage)
+    assert accuracy < 0.30 < 0.40, (accuracy, chance)
 
 
 @pytest.mark.parametrize("key, value", [("seed", -1), ("seed", 2**40), ("epochs", 10**9), ("lr", 1e38),

@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import os
 import shutil
 from collections import defaultdict
@@ -18,15 +17,11 @@ from helpers_datasets import (
 
 from handclip.config import DataConfig, SyntheticConfig
 from handclip.data.manifest import Manifest
-from handclip.data.protocols import (
-    DataWarning,
-    prepare_11k,
-    prepare_folder,
-    prepare_from_config,
-    prepare_hd,
-    prepare_synthetic,
-)
+from handclip.data.protocols import prepare_11k, prepare_folder, prepare_hd
+from handclip.data.splits import DataWarning
+from handclip.datasets import prepare_from_config
 from handclip.errors import DataError
+from handclip.synthetic.dataset import prepare_synthetic
 
 
 # --------------------------------------------------------------------------- independent expectations
@@ -337,7 +332,7 @@ def test_folder_test_id_counts(tmp_path, test_ids, expected):
 def test_folder_bad_input(tmp_path):
     root = make_folder_tree(tmp_path / "a", {"a": 3, "b": 3, "c": 3})
     for bad in (0, 3, 1.0, 0.0, True, "half"):
-        with pytest.raises(DataError, match="test_ids"):
+        with pytest.raises(DataError, match="--test-ids"):
             prepare_folder(root, test_ids=bad)
     (root / "d").mkdir()
     with pytest.raises(DataError, match="identity folder .*d has no images"):
@@ -351,10 +346,6 @@ def test_folder_bad_input(tmp_path):
 
 
 # --------------------------------------------------------------------------- synthetic and config
-HAVE_SYNTHETIC = importlib.util.find_spec("handclip.data.synthetic") is not None
-
-
-@pytest.mark.skipif(not HAVE_SYNTHETIC, reason="handclip.data.synthetic (synthetic helper's branch) is not merged yet")
 def test_prepare_synthetic_splits_first_train_ids(tmp_path):
     cfg = SyntheticConfig(train_ids=4, test_ids=3, images_per_id=3, image_size=32, seed=1)
     m = prepare_synthetic(tmp_path / "synth", cfg, runs=2, seed=0)

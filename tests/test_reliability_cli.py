@@ -23,7 +23,8 @@ from handclip.errors import HandCLIPError, TrainingError
 
 
 def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    # Warnings a command gave before it failed (random weights, a small val split) are lines of their own.
+    lines = [line for line in err.strip().splitlines() if not line.startswith("handclip: warning: ")]
     assert len(lines) == 1, err
     assert "Traceback" not in err and "internal error" not in err
     return lines[0]
@@ -340,7 +341,8 @@ def test_sigterm_marks_the_run_interrupted_and_leaves_no_temporary_file(tiny_man
     run = tmp_path / "run"
     code = cli.main(["train", "--config", str(cfg), "--out", str(run), "--no-progress"])
     assert code == 143
-    assert "SIGTERM" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"handclip: stopped by SIGTERM; resume with: handclip train --resume {run}"
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted" and status["stage"] == "stage2" and "--resume" in status["error"]
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
@@ -577,3 +579,37 @@ def test_calibrate_bounds_its_options(tmp_path, capsys, extra, needle):
 def test_scan_bounds_its_options(tiny_manifest, capsys, extra):
     assert cli.main(["scan", "--manifest", str(tiny_manifest), *extra]) == 2
     assert extra[0] in _one_line(capsys.readouterr().err)
+
+
+def test_ctrl_c_prints_the_exact_resume_command_or_that_nothing_can_be_resumed(tiny_manifest, tmp_path, monkeypatch,
+                                                                             capsys):
+    """Ctrl-C (SIGINT, a KeyboardInterrupt) ends with the command that continues the run, exit 130; before the
+    first epoch ended there is no last.pt, and the message says so instead of naming a resume that would fail."""
+    from handclip.train import engine
+
+    def ctrl_c(ctx, resume, joint=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run_stage2", ctrl_c)
+    cfg = _config_file(tmp_path, tiny_manifest, stage1={"epochs": 1})
+    run = tmp_path / "my run"
+    assert cli.main(["train", "--config", str(cfg), "--out", str(run), "--no-progress"]) == 130
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"handclip: interrupted (Ctrl-C); resume with: handclip train --resume '{run}'"
+    monkeypatch.setattr(engine, "run_stage1", ctrl_c)
+    early = tmp_path / "early"
+    assert cli.main(["train", "--config", str(cfg), "--out", str(early), "--no-progress"]) == 130
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "before the first epoch ended, so there is nothing to resume" in last and str(early) in last
+    assert "--resume" not in last
+
+
+def test_an_interrupt_outside_training_is_one_plain_line(monkeypatch, capsys):
+    from handclip.commands import scan
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan, "run", interrupted)
+    assert cli.main(["scan", "--manifest", "m.csv"]) == 130
+    assert capsys.readouterr().err == "handclip: interrupted\n"

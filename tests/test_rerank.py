@@ -45,11 +45,17 @@ def test_lambda_one_returns_the_original_distance():
                                   np.argsort(euclidean_distance(q, g), axis=1, kind="stable")[:, :5])
 
 
-def test_lambda_changes_the_result_and_torch_input_works():
+def test_lambda_mixes_the_jaccard_and_original_distances_and_torch_input_works():
+    """The final distance is (1 - lambda) x Jaccard + lambda x original: linear in lambda, all Jaccard at 0."""
     q, g, _, _ = clustered(0.8)
-    a = re_ranking(torch.from_numpy(q).float(), torch.from_numpy(g).float(), lambda_value=0.0)
-    b = re_ranking(q, g, lambda_value=0.3)
-    assert not np.allclose(a, b)
+    jaccard, original = re_ranking(q, g, lambda_value=0.0), re_ranking(q, g, lambda_value=1.0)
+    assert np.abs(jaccard - original).max() > 0.1
+    for lam in (0.3, 0.8):
+        np.testing.assert_allclose(re_ranking(q, g, lambda_value=lam), (1 - lam) * jaccard + lam * original,
+                                   rtol=0, atol=1e-12)
+    q32, g32 = q.astype(np.float32), g.astype(np.float32)
+    np.testing.assert_allclose(re_ranking(torch.from_numpy(q32), torch.from_numpy(g32), lambda_value=0.3),
+                               re_ranking(q32, g32, lambda_value=0.3), rtol=0, atol=1e-12)
 
 
 def test_tiny_sets_duplicates_and_bad_arguments():

@@ -40,7 +40,7 @@ def service(assets, master_gallery, tmp_path):
     keys = add_keys(index)
     state = ServiceState(index, calibration=str(assets["calibration"]), device="cpu",
                          limits=Limits(max_request_bytes=2 * 2**20, max_pixels=1_000_000), batch_size=2)
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="http://localhost") as client:
         yield client, keys, index, state
 
 
@@ -58,7 +58,7 @@ def test_health_and_openapi_need_no_key_and_describe_the_service(service):
     assert health["status"] == "ok" and health["images"] == 15 and health["identities"] == 5 and health["calibrated"]
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/api/v1/search", "/api/v1/enrol", "/api/v1/identities", "/api/v1/identities/{identity}",
-                 "/api/v1/search/{record}/report.pdf", "/api/v1/health"):
+                 "/api/v1/reports/{report_id}", "/api/v1/health"):
         assert path in paths
     page = client.get("/")
     assert page.status_code == 200 and "HandCLIP examiner" in page.text
@@ -110,14 +110,14 @@ def test_search_equals_the_cli_and_records_the_search_with_the_key_holder_as_exa
     assert all(c["log10_lr"] is not None for c in found["candidates"])
     assert str(index) not in response.text  # server paths are not shown to web clients
     # the case report
-    pdf = client.get(found["report"], headers=auth(keys["search"]))
+    pdf = client.get(found["report"], headers=auth(keys["both"]))
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and pdf.headers["content-type"] == "application/pdf"
     from pypdf import PdfReader
 
     text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
     assert "2026/17" in text and "A. Examiner" in text and record["hash"] in text.replace("\n", "").replace(" ", "")
-    missing = client.get("/api/v1/search/999/report.pdf", headers=auth(keys["search"]))
-    assert missing.status_code == 404 and "999" in missing.json()["error"]
+    missing = client.get("/api/v1/reports/" + "0" * 32, headers=auth(keys["search"]))
+    assert missing.status_code == 404 and "no such case report" in missing.json()["error"]
     assert client.get(found["report"]).status_code == 401
     # a thumbnail of the first candidate
     thumb = client.get(found["candidates"][0]["thumbnail"], headers=auth(keys["search"]))
@@ -144,7 +144,7 @@ def test_the_answer_and_the_report_give_the_rounded_cllr_of_the_score_kind_searc
     assert line == f"kde calibration of '{by}' scores: {figures} and {4000 if by == 'image' else 480} non-mated " \
                    f"pairs; log10 LR bounded to [{low:+.2f}, {high:+.2f}]"
     assert str(IMAGE_CLLR) not in line and str(IDENTITY_CLLR) not in line
-    pdf = client.get(found["report"], headers=auth(keys["search"]))
+    pdf = client.get(found["report"], headers=auth(keys["both"]))
     assert line in _pdf_text(pdf.content)
 
 
@@ -160,7 +160,7 @@ def test_the_report_and_the_record_name_the_uploaded_exhibit_by_its_file_name(se
                                data={"report": "true", "case_id": "2026/17 (Smith)"}, headers=auth(keys["both"]))
         assert response.status_code == 200, response.text
         found = response.json()
-        pdf = client.get(found["report"], headers=auth(keys["search"]))
+        pdf = client.get(found["report"], headers=auth(keys["both"]))
         assert pdf.status_code == 200
         text = _pdf_text(pdf.content)
         if expected is not None:
@@ -192,7 +192,7 @@ def test_identities_and_enrolment_of_new_photos(service, assets):
     assert [i["name"] for i in one["images"]] == ["0002/000.png", "0002/001.png", "0002/002.png"]
     assert client.get("/api/v1/identities/nobody", headers=auth(keys["search"])).status_code == 404
 
-    from handclip.data.synthetic import render_hand
+    from handclip.synthetic.render import render_hand
 
     photos = [("images", (f"p{i}.png", png_bytes(render_hand(40, i)), "image/png")) for i in range(3)]
     done = client.post("/api/v1/enrol", data={"identity": "newcomer"}, files=photos, headers=auth(keys["enrol"]))

@@ -30,6 +30,13 @@ from handclip.serve.app import create_app  # noqa: E402
 from handclip.serve.state import ServiceState  # noqa: E402
 
 
+def _wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the page did not get there in time"
+        time.sleep(0.1)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,8 +81,9 @@ def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_pat
             first = items.first.inner_text()
             assert "0003" in first and "log10 LR" in first and "support" in first
             # thumbnails arrive through the API with the key header
-            page.wait_for_function("[...document.querySelectorAll('#candidates img')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+            # (polled from here: the page's Content-Security-Policy forbids the eval wait_for_function uses)
+            _wait_until(lambda: page.evaluate("[...document.querySelectorAll('#candidates img')]"
+                                              ".every(i => i.complete && i.naturalWidth > 0)"))
             assert page.locator("#report-link").is_visible()
             assert "Audit record" in page.inner_text("#record")
             # the calibration line of the kind searched (people: 'identity'), rounded as in the PDF
@@ -91,7 +99,7 @@ def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_pat
                 shutil.copyfile(shot, Path(keep) / "serve_search.png")
 
             # enrol two photos for a new identity from the page
-            from handclip.data.synthetic import render_hand
+            from handclip.synthetic.render import render_hand
 
             photos = []
             for i in range(2):
@@ -100,9 +108,36 @@ def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_pat
             page.fill("#identity", "walk-in")
             page.set_input_files("#enrol-files", [str(p) for p in photos])
             page.click("#enrol-button")
-            page.wait_for_function("document.getElementById('enrol-status').textContent.includes('added')",
-                                   timeout=60_000)
+            _wait_until(lambda: "added" in page.inner_text("#enrol-status"), 60)
             assert "walk-in: 2 added" in page.inner_text("#enrol-status")
             assert "17 images of 6 people" in page.inner_text("#enrol-status")
+        finally:
+            browser.close()
+
+
+def test_the_page_shows_bidirectional_controls_in_names_as_escapes(server, tmp_path):
+    """An identity named with a right-to-left override would display "evil" as "live": the page shows the
+    control characters as \\u escapes instead, as the command line and the PDF do."""
+    from handclip.gallery.enrol import EnrolItem
+    from handclip.gallery.session import ExaminerSession
+    from handclip.synthetic.render import render_hand
+
+    photo = tmp_path / "rlo.png"
+    render_hand(91, 0).save(photo)
+    session = ExaminerSession.open(server["index"], device="cpu")
+    session.enrol([EnrolItem(str(photo), "\u202eevil\u202c RLO")])
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server["url"])
+            page.fill("#api-key", server["keys"]["both"])
+            page.dispatch_event("#api-key", "change")
+            page.set_input_files("#query-file", str(photo))
+            page.click("#search-button")
+            page.wait_for_selector("#candidates li.candidate", timeout=60_000)
+            first = page.locator("#candidates li.candidate .identity").first.inner_text()
+            assert first == "\\u202eevil\\u202c RLO"
+            assert "\u202e" not in page.inner_text("#results")
         finally:
             browser.close()

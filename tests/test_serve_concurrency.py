@@ -11,11 +11,11 @@ from serve_helpers import add_keys, enrolled_gallery, make_assets, png_bytes
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from handclip.data.synthetic import render_hand  # noqa: E402
 from handclip.gallery import Gallery  # noqa: E402
 from handclip.forensic.audit import AuditLog  # noqa: E402
 from handclip.serve.app import create_app  # noqa: E402
 from handclip.serve.state import ServiceState  # noqa: E402
+from handclip.synthetic.render import render_hand  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_searches_during_enrolments_see_only_committed_states_and_no_image_is_lo
     done = threading.Event()
     answers, enrolled, failures = [], [], []
 
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="http://localhost") as client:
         def enrol(identity, photos):
             barrier.wait()
             try:
@@ -117,7 +117,7 @@ def test_searches_while_another_process_enrols_and_compacts_see_its_commits(asse
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     answers, failures = [], []
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="http://localhost") as client:
         writer = subprocess.Popen([sys.executable, "-m", "handclip", "enrol", "--checkpoint", str(assets["ckpt"]),
                                    "--images", str(newcomers), "--index", str(index), "--batch-size", "1",
                                    "--no-progress", "--device", "cpu"], env=env, stdout=subprocess.PIPE,
@@ -208,7 +208,7 @@ def test_a_service_killed_during_an_enrolment_keeps_every_committed_batch_and_re
     assert kept in (2, 4, 6), kept  # whole batches only, and the kill came before the last one
     assert AuditLog(index).verify(check_files=False).ok
     state = ServiceState(index, device="cpu", batch_size=2)
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="http://localhost") as client:
         again = client.post("/api/v1/enrol", data={"identity": "late"}, files=photos,
                             headers={"X-API-Key": keys["enrol"]}).json()
         assert again["added"] == 8 - kept and again["already_enrolled"] == kept

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handclip.data.synthetic import MARKER_NAME, identity_params, render_hand, write_synthetic_dataset
 from handclip.errors import DataError
+from handclip.synthetic.dataset import MARKER_NAME, write_synthetic_dataset
+from handclip.synthetic.hand_params import identity_params
+from handclip.synthetic.render import render_hand
 
 
 def _pixels(img):
@@ -84,7 +86,7 @@ def test_dataset_layout_counts_and_content(tmp_path):
 def test_complete_dataset_is_not_rendered_again(tmp_path, monkeypatch):
     root = write_synthetic_dataset(tmp_path / "syn", 3, 2, size=32)
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
-    import handclip.data.synthetic as synthetic
+    import handclip.synthetic.dataset as synthetic
 
     def fail(*args, **kwargs):
         raise AssertionError("rendered again although the folder was complete")
@@ -111,7 +113,7 @@ def test_missing_image_or_changed_parameters_trigger_a_rerender(tmp_path):
 
 
 def test_interrupted_render_is_not_mistaken_for_complete(tmp_path, monkeypatch):
-    import handclip.data.synthetic as synthetic
+    import handclip.synthetic.dataset as synthetic
 
     write_synthetic_dataset(tmp_path / "syn", 2, 2, size=32, seed=0)
     calls = {"n": 0}
@@ -134,7 +136,7 @@ def test_interrupted_render_is_not_mistaken_for_complete(tmp_path, monkeypatch):
 
 
 def test_parallel_render_matches_serial_rendering(tmp_path, monkeypatch):
-    import handclip.data.synthetic as synthetic
+    import handclip.synthetic.dataset as synthetic
 
     monkeypatch.setattr(synthetic, "PARALLEL_MIN_IMAGES", 4)
     monkeypatch.setattr(synthetic, "_worker_count", lambda: 2)

@@ -61,6 +61,9 @@ def test_train_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_manifest
 
 def test_train_cli_resume_errors(tmp_path, capsys):
     assert cli.main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert f"run folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", "--resume", str(tmp_path / "empty")]) == 2
     assert "not a HandCLIP run folder" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tmp_path), "--set", "stage2.epochs=3"]) == 2
     assert "do not combine" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from learning_figures import demo_recipe_rank1, stage1_config, stage1_losses
 from training_helpers import base_config, make_context, tiny_manifest  # noqa: F401 - fixture
 
 from handclip import api
@@ -24,18 +25,19 @@ def _changed(before: dict, model) -> set[str]:
 
 
 # --------------------------------------------------------------------------------------- stage 1
+@pytest.mark.learning
 def test_stage1_lowers_loss_changes_only_prompts_and_separates_identities(tiny_manifest):
-    from handclip.train.stage1 import run_stage1
-
-    ctx = make_context(base_config(tiny_manifest, stage1={"epochs": 6, "lr": 0.01, "warmup_epochs": 1}))
+    """Stage 1 trains only the prompts, and its loss falls: last / first epoch 0.426-0.693 measured with
+    ``benchmarks/learning_margins.py`` (ATen default, AVX2, AVX-512 kernels; seeds 0-2 on 1 thread, seed 0
+    on 2), threshold 0.9. Seed 0 gives 0.6933 on every kernel family (they differ in the 6th digit)."""
+    ctx = make_context(stage1_config(tiny_manifest))
     before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
     buffers = {n: b.clone() for n, b in ctx.model.named_buffers()}
-    run_stage1(ctx)
+    losses = stage1_losses(ctx)
     changed = _changed(before, ctx.model)
     assert changed == {"prompt_learner.ctx"}
     assert all(torch.equal(b, dict(ctx.model.named_buffers())[n]) for n, b in buffers.items())
-    losses = [h["loss"] for h in ctx.state["history"]]
-    assert losses[-1] < losses[0]
+    assert losses[-1] < 0.9 * losses[0], losses
     with torch.no_grad():
         text = torch.nn.functional.normalize(ctx.model.all_text_features(), dim=-1)
     sims = text @ text.T
@@ -284,16 +286,16 @@ def test_shipped_configs_load():
     assert demo_config().model.backbone == "tiny-cnn"
 
 
+@pytest.mark.learning
 def test_demo_recipe_makes_unseen_identities_retrievable(tmp_path):
-    """The whole demo pipeline, shrunk (60 training ids at 32 px, ~80 stage-2 steps): training must lift
-    rank-1 on the unseen identities well above the random-init model's. It stays flat if a head, a loss
-    or the features stop learning."""
-    from handclip.workflows.demo import demo_config, run_demo
+    """The whole demo pipeline, shrunk (``DEMO_RECIPE``: 60 training ids at 48 px, ~160 stage-2 steps): training
+    must lift rank-1 on the unseen identities well above the random-init model's. It stays flat if a head, a
+    loss or the features stop learning.
 
-    overrides = ["data.synthetic.train_ids=60", "data.synthetic.test_ids=12", "data.synthetic.images_per_id=6",
-                 "data.synthetic.image_size=32", "data.image_size=[32,32]", "data.augment.pad=3", "data.runs=3",
-                 "stage1.epochs=1", "stage2.epochs=12", "stage2.ids_per_batch=8", "stage2.images_per_id=4",
-                 "stage2.milestones=[100]", "stage2.eval_every=100", "pretrain.enabled=false"]
-    metrics = run_demo(tmp_path / "demo", demo_config(None, overrides), progress=False)
-    before, after = metrics["before"]["rank1"]["mean"], metrics["after"]["rank1"]["mean"]
+    Gain measured with ``benchmarks/learning_margins.py`` (ATen default, AVX2, AVX-512 kernels; seeds
+    0-2 on 1 thread, seed 0 on 2): 0.238-0.417 rank-1 (before 0.167-0.192, after 0.427-0.588); seed 0,
+    which this test runs, 0.288-0.417. Threshold 0.12. At 32 px and 12 epochs (the earlier recipe) it was
+    0.117 on an Intel Xeon on its AVX-512 kernels, which failed.
+    """
+    before, after = demo_recipe_rank1(tmp_path / "demo", seed=0)
     assert after >= before + 0.12, (before, after)

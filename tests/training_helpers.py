@@ -41,7 +41,7 @@ def base_config(manifest_path, **sections):
 def tiny_manifest(tmp_path_factory):
     """8 training identities x 4 images (one to val), 4 test identities, 32x32, 2 runs."""
     from handclip.config import SyntheticConfig
-    from handclip.data.protocols import prepare_synthetic
+    from handclip.synthetic.dataset import prepare_synthetic
 
     root = tmp_path_factory.mktemp("tiny_synthetic")
     manifest = prepare_synthetic(root / "images", SyntheticConfig(train_ids=8, test_ids=4, images_per_id=4,

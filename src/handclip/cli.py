@@ -1,19 +1,24 @@
 """The ``handclip`` command: a thin layer over the Python API.
 
 Each subcommand lives in ``handclip.commands.<name>`` with ``add_arguments(parser)`` and
-``run(args) -> int``. User errors (``HandCLIPError``) become one line on stderr and exit code 2;
-``--debug`` shows the traceback instead.
+``run(args) -> int``: ``run`` checks the arguments, then calls one ``handclip.api`` function per action
+and prints its result. The api is imported inside ``run``, after those checks, and loads a workflow's
+package (torch, for most) only when it is called, so ``--help``, a refused command line and the
+commands that need no model answer at once. User errors (``HandCLIPError``) become one line
+on stderr and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 
 from . import __version__
-from .errors import HandCLIPError
+from .errors import HandCLIPError, HandCLIPWarning
 
 COMMANDS = {
     "prepare": "write a protocol manifest (train/val/query/gallery splits) for a dataset",
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             prog = f"handclip {command}" if exc.prog == "handclip" and command else exc.prog
             print(f"handclip: error: {exc} (see {prog} --help)", file=sys.stderr)
             return 2
-        code = int(args._run(args) or 0)
+        with _warnings_as_lines():
+            code = int(args._run(args) or 0)
         sys.stdout.flush()  # here, so a closed pipe is handled below rather than at interpreter exit
         return code
     except HandCLIPError as exc:
@@ -85,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handclip: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        # SIGTERM during training arrives as a KeyboardInterrupt subclass carrying exit code 143.
-        print(f"handclip: {exc or 'interrupted'}", file=sys.stderr)
+        # SIGTERM during training arrives as a KeyboardInterrupt subclass carrying exit code 143; a training
+        # run's interruption carries the command that resumes it.
+        print(f"handclip: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         # The reader went away (``handclip ... | head``): stop quietly, as command-line tools do.
@@ -105,6 +112,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handclip: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """HandCLIP's own warnings as one line each on stderr (``handclip: warning: ...``), every time they
+    occur; any other warning as Python shows it."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HandCLIPWarning):
+            print(f"handclip: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", HandCLIPWarning)
+        warnings.showwarning = one_line
+        yield
 
 
 def _silence_stdout() -> None:

@@ -24,8 +24,21 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .config_base import (  # noqa: F401 - the bounds are part of this module's interface
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IDS,
+    MAX_IMAGE_SIDE,
+    MAX_LR,
+    MAX_RUNS,
+    MAX_SEED,
+    InferencePrecision,
+    Interpolation,
+    Section,
+)
+from .config_prompts import ImagePromptSettings, SingleStageConfig, check_image_prompts
 from .errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,15 +47,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # configs/rn50 sets them).
 CLIPREID_VIT_MEAN = (0.5, 0.5, 0.5)
 CLIPREID_VIT_STD = (0.5, 0.5, 0.5)
-Interpolation = Literal["bilinear", "bicubic"]
-# Bounds on counts and sizes: beyond them a run would hang or exhaust memory instead of failing clearly.
-MAX_SEED = 2**32 - 1          # what NumPy's legacy seeding accepts; torch and Python take it too
-MAX_IMAGE_SIDE = 4096
-MAX_RUNS = 1000
-MAX_EPOCHS = 100_000
-MAX_BATCH = 65_536
-MAX_LR = 10.0
-MAX_IDS = 1_000_000
 # A config holds at most this many values once YAML aliases are expanded (a few hundred in practice);
 # an "alias bomb" of a kilobyte expands to billions.
 MAX_CONFIG_NODES = 100_000
@@ -50,9 +54,7 @@ MAX_CONFIG_NODES = 100_000
 MAX_ECHO = 120
 
 
-class _Section(BaseModel):
-    # allow_inf_nan=False: an inf or nan anywhere in a config is refused (an inf lr trains to NaN weights).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+_Section = Section
 
 
 class SyntheticConfig(_Section):
@@ -69,6 +71,9 @@ class AugmentConfig(_Section):
     hflip_p: float = Field(0.5, ge=0, le=1)
     pad: int = Field(10, ge=0)
     random_erasing_p: float = Field(0.5, ge=0, le=1)
+    resize_crop: Optional[tuple[int, int]] = Field(
+        None, description="training only: resize to this (height, width) instead of the input size, then take a "
+                          "random crop of the input size (CLIP-HandID: 256x256, crop 224)")
     random_erasing_fill: Literal["pixel", "zero"] = Field(
         "pixel", description="pixel: timm's RandomErasing, per-pixel N(0,1) noise (CLIP-ReID); "
                              "zero: torchvision's RandomErasing filled with 0, the mean colour after normalisation")
@@ -125,12 +130,17 @@ class DataConfig(_Section):
             raise ValueError(f"data.image_size {self.image_size} is too small (minimum 16)")
         if max(self.image_size) > MAX_IMAGE_SIDE:
             raise ValueError(f"data.image_size {self.image_size} is too large (maximum {MAX_IMAGE_SIDE} per side)")
+        crop = self.augment.resize_crop
+        if crop is not None and (crop[0] < self.image_size[0] or crop[1] < self.image_size[1]):
+            raise ValueError(f"data.augment.resize_crop {crop} is smaller than data.image_size {self.image_size}")
         if min(self.pixel_std) <= 0:
             raise ValueError(f"data.pixel_std {self.pixel_std} must be above 0 in every channel")
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(ImagePromptSettings):
+    """The model; the image-prompt keys (``prompt``, ``inversion``, ...) are ``config_prompts.ImagePromptSettings``."""
+
     backbone: str = Field("ViT-B-16-quickgelu", description="open_clip model name (-quickgelu for OpenAI's weights, "
                                                           "as CLIP-ReID), or tiny-vit / tiny-rn / tiny-cnn")
     weights: Optional[str] = Field(None, description="local file, open_clip pretrained tag, or none (random)")
@@ -160,6 +170,7 @@ class ModelConfig(_Section):
                 f"model.prompt_template '{self.prompt_template}' has {placeholders} 'X' "
                 f"placeholders but model.n_ctx is {self.n_ctx}"
             )
+        check_image_prompts(self)
         return self
 
 
@@ -206,6 +217,9 @@ class Stage2Config(_Section):
     center_lr: float = Field(0.5, gt=0, le=MAX_LR)
     prompt_l2: float = Field(0.0, ge=0)
     freeze_prompt: bool = True
+    image_prompt_weight: float = Field(
+        1.0, ge=0, description="with model.prompt image or both: SupCon image->text + text->image between each "
+                               "image and its own prompt's text feature")
     text_features: Literal["once", "per_batch"] = "once"
     head_lr: Optional[float] = Field(None, gt=0, le=MAX_LR, description="lr of new heads (default: lr)")
     grad_clip: Optional[float] = Field(None, gt=0)
@@ -241,10 +255,9 @@ class LossesConfig(_Section):
 class RuntimeConfig(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    inference_precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="precision of image features (validation, evaluation, enrolment, search): auto is bf16 "
-                            "where the hardware multiplies bf16 natively (AMX or AVX512-BF16 CPUs, bf16 GPUs), "
-                            "else fp32; features are always compared and stored in fp32")
+    inference_precision: InferencePrecision = Field(
+        "auto", description="image features' precision: auto is bf16 where the hardware multiplies bf16 natively "
+                            "(AMX or AVX512-BF16 CPUs, bf16 GPUs), else fp32; compared and stored in fp32")
     compile: bool = False
     channels_last: Literal["auto", "on", "off"] = "auto"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
@@ -290,6 +303,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
+    single_stage: SingleStageConfig = SingleStageConfig()
     pretrain: PretrainConfig = PretrainConfig()
     losses: LossesConfig = LossesConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -30,3 +30,20 @@ class GalleryError(HandCLIPError):
 
 class TrainingError(HandCLIPError):
     """Training cannot continue (non-finite loss, impossible batch layout, ...)."""
+
+
+class HandCLIPWarning(UserWarning):
+    """Something the user should know that does not stop the command (a silent trap made loud).
+
+    The CLI prints each as one line, ``handclip: warning: <message>``; in Python they are ordinary
+    warnings (``warnings.catch_warnings`` records them)."""
+
+
+class DataWarning(HandCLIPWarning):
+    """Something about the data the user should know, that does not stop the command (an image left out,
+    a file ignored, an identity kept without a val image)."""
+
+
+class TrainingWarning(HandCLIPWarning):
+    """A training setting or outcome the user should look at (random weights, a tiny validation split,
+    an ignored config section, best.pt from stage 1)."""

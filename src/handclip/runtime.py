@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config_base import INFERENCE_PRECISIONS
 from .errors import ConfigError
 
 
@@ -71,9 +72,6 @@ def autocast(device: torch.device, amp: str | torch.dtype | None = "auto"):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_native_bf16() -> str | None:

@@ -17,9 +17,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..workflows.benchmark import run_benchmark
+    from .. import api
 
-    result = run_benchmark(args.config_dir, args.out, data_11k=args.data_11k, data_hd=args.data_hd,
+    result = api.benchmark(args.config_dir, args.out, data_11k=args.data_11k, data_hd=args.data_hd,
                            subsets=args.subsets, overrides=args.overrides, zero_shot=not args.no_zero_shot,
                            gallery_all=not args.own_gallery, progress=True)
     print(result.table)

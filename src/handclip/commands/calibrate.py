@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .inference_options import add_inference_arguments
-
 
 def add_arguments(parser) -> None:
+    from ..config_base import INFERENCE_OPTIONS
+
     parser.add_argument("--checkpoint", required=True, help="the HandCLIP checkpoint whose scores to calibrate")
-    parser.add_argument("--manifest", required=True,
-                        help="protocol manifest CSV whose identities the model did not train on")
+    people = parser.add_mutually_exclusive_group(required=True)
+    people.add_argument("--images", metavar="DIR",
+                        help="a folder of per-identity folders (as for `handclip enrol`) of people the model did not "
+                             "train on; every image is used")
+    people.add_argument("--manifest", help="or a protocol manifest CSV whose --splits hold people the model did "
+                                           "not train on")
     parser.add_argument("--method", choices=["logit", "kde", "isotonic"], default="logit",
                         help="lir calibrator: logistic regression (default), KDE or isotonic (PAV)")
     parser.add_argument("--out", help="calibration JSON to write (default: calibration.json next to the checkpoint)")
@@ -20,15 +24,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
-    add_inference_arguments(parser)
+    for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
+        parser.add_argument(flag, **option)
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave images that do not decode or are too small out (each named) instead of stopping")
 
 
 def run(args) -> int:
-    from ..errors import HandCLIPError
-    from ..forensic.calibrate import calibrate
-    from ..forensic.calibration import describe
-
     from ..config import MAX_BATCH, MAX_SEED
+    from ..errors import HandCLIPError
+    from ..preflight import require_file, require_folder
 
     if not 2 <= args.folds <= 1000:
         raise HandCLIPError(f"--folds must be from 2 to 1000 (got {args.folds})")
@@ -38,14 +43,19 @@ def run(args) -> int:
         raise HandCLIPError(f"--seed must be from 0 to {MAX_SEED} (got {args.seed})")
     splits = [part.strip() for part in args.splits.split(",") if part.strip()]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "calibration.json"
-    calibration = calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
-                            seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True,
-                            precision=args.precision, engine=args.engine)
-    calibration.save(out)
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--manifest", args.manifest, "manifest CSV")
+    require_folder("--images", args.images, "folder of per-identity folders")
+    from .. import api
+
+    calibration = api.calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
+                                seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True,
+                                out=out, images=args.images, skip_bad=args.skip_bad,
+                                precision=args.precision, engine=args.engine)
     summary = calibration.summary
     print(f"calibrated {args.checkpoint} ({args.method}) on {summary['n_identities']} identities, "
-          f"{summary['n_images']} images of {args.manifest}")
-    for line in describe(calibration):
+          f"{summary['n_images']} images of {args.manifest or args.images}")
+    for line in calibration.describe():
         print(line)
     inference = summary["inference"]
     print(f"features: {inference['precision']} on {inference['device']} with {inference['engine']} "

@@ -14,9 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..api import demo
-    from ..workflows.demo import demo_config
+    from .. import api
 
-    config = demo_config(args.config, args.overrides)
-    demo(args.out, config=config, progress=not args.no_progress)
+    config = api.demo_config(args.config, args.overrides)
+    api.demo(args.out, config=config, progress=not args.no_progress)
     return 0

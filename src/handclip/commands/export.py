@@ -18,9 +18,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from ..model.export import export_onnx
+    from ..preflight import require_file
 
-    metadata = export_onnx(args.checkpoint, args.out, quantize=args.quantize)
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    from .. import api
+
+    metadata = api.export_onnx(args.checkpoint, args.out, quantize=args.quantize)
     pipeline = json.loads(metadata["pixel_pipeline"])
     print(f"wrote {args.out}: {metadata['input']} -> {metadata['output']}")
     print(f"  pixels: {'; '.join(json.loads(metadata['pixel_steps']))}")

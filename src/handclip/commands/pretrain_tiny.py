@@ -15,16 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import torch
+    from .. import api
 
-    from ..train.pretrain import pretrain_tiny
-    from ..workflows.demo import demo_config
-
-    config = demo_config(args.config, args.overrides)
-    if config.runtime.threads:
-        torch.set_num_threads(config.runtime.threads)
-    result = pretrain_tiny(config.pretrain, args.out, config.model.backbone, config.data.synthetic.seed,
-                           config.data.pixel_mean, config.data.pixel_std, progress=not args.no_progress, log=print)
+    config = api.demo_config(args.config, args.overrides)
+    result = api.pretrain_tiny_from_config(config, args.out, progress=not args.no_progress, log=print)
     last = result.history[-1]
     print(f"wrote {result.path} (sha256 {result.sha256}); last epoch loss {last['loss']:.3f}, "
           f"chance {last['chance']:.3f}; {result.time_s:.1f}s")

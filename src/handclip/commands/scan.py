@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,24 +14,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..data.images import scan_images
-    from ..data.manifest import Manifest
     from ..errors import DataError
 
     if not 1 <= args.min_size <= 100_000:
         raise DataError(f"--min-size must be from 1 to 100000 (got {args.min_size})")
     if args.workers is not None and not 1 <= args.workers <= 256:
         raise DataError(f"--workers must be from 1 to 256 (got {args.workers})")
-    manifest = Manifest.read(args.manifest)
-    manifest.check_identity_overlap(args.allow_id_overlap, f"manifest {args.manifest}", "pass --allow-id-overlap")
-    paths = manifest.paths()
-    start = time.perf_counter()
-    problems = scan_images(paths, min_size=args.min_size, workers=args.workers)
-    elapsed = time.perf_counter() - start
-    for problem in problems:
+    from .. import api
+
+    scan = api.scan_manifest(args.manifest, min_size=args.min_size, workers=args.workers,
+                             allow_id_overlap=args.allow_id_overlap)
+    for problem in scan.problems:
         print(f"{problem.path}: {problem.reason}")
-    if problems:
-        print(f"{len(problems)} of {len(paths)} images have problems ({elapsed:.1f} s)")
+    if scan.problems:
+        print(f"{len(scan.problems)} of {scan.images} images have problems ({scan.seconds:.1f} s); `handclip "
+              f"prepare` again leaves them out, or --skip-bad makes train, evaluate and calibrate leave them out")
         return 1
-    print(f"all {len(paths)} images are usable ({elapsed:.1f} s)")
+    print(f"all {scan.images} images are usable ({scan.seconds:.1f} s)")
     return 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .inference_options import add_inference_arguments
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config_base import INFERENCE_OPTIONS
     from ..serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
     parser.add_argument("--index", required=True, help="gallery directory (created on first enrolment with --checkpoint)")
@@ -22,32 +21,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest image accepted, in pixels (default %(default)d)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per enrolment batch; each is committed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    add_inference_arguments(parser)
+    for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
+        parser.add_argument(flag, **option)
+    parser.add_argument("--tls-cert", default=None, metavar="CERT.pem", help="serve HTTPS with this certificate "
+                        "(with --tls-key); or put a TLS reverse proxy in front (docs/web-api.md)")
+    parser.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a Host name clients use besides the loopback names and --host (repeat; e.g. the "
+                             "name a reverse proxy forwards)")
 
 
 def run(args) -> int:
-    import logging
-
-    import uvicorn
-
     from ..errors import HandCLIPError
-    from ..serve.app import create_app
-    from ..serve.limits import Limits
-    from ..serve.state import ServiceState
 
     if not 0 < args.port < 65536:
         raise HandCLIPError(f"--port must be 1-65535 (got {args.port})")
     if args.max_request_mb <= 0 or args.max_pixels < 1 or args.batch_size < 1:
         raise HandCLIPError("--max-request-mb, --max-pixels and --batch-size must be positive")
-    # Refused keys and internal errors are logged by "handclip.serve" with a time, beside uvicorn's own lines.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(int(args.max_request_mb * 2**20), args.max_pixels)
-    state = ServiceState(args.index, checkpoint=args.checkpoint, calibration=args.calibration, device=args.device,
-                         limits=limits, batch_size=args.batch_size, precision=args.precision, engine=args.engine)
-    if not state.keys.keys():
-        print(f"note: no API keys yet; add one with `handclip serve-keys add --index {args.index} --name NAME "
-              "--role search --role enrol`")
-    print(state.encoder.describe_inference())
-    print(f"serving {args.index} on http://{args.host}:{args.port}/ (OpenAPI schema at /openapi.json)")
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise HandCLIPError("--tls-cert and --tls-key go together")
+    from ..preflight import require_file
+
+    require_file("--checkpoint", args.checkpoint, "checkpoint")
+    require_file("--calibration", args.calibration, "calibration file")
+    from .. import api
+
+    api.serve(args.index, args.checkpoint, args.calibration, host=args.host, port=args.port,
+              max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
+              batch_size=args.batch_size, device=args.device, tls_cert=args.tls_cert, tls_key=args.tls_key,
+              allowed_host=args.allowed_host, precision=args.precision, engine=args.engine, log=print)
     return 0

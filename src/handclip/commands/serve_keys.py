@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = actions.add_parser("add", help="make a key and print it (once: only its hash is kept)")
     add.add_argument("--name", required=True, help="who holds the key (the examiner in audit records)")
     add.add_argument("--role", action="append", choices=ROLES, required=True,
-                     help="search and/or enrol (repeat for both)")
+                     help="search, enrol and/or review (repeat for several); review fetches any key's case reports")
     listing = actions.add_parser("list", help="list keys (ids, names, roles; never the keys)")
     revoke = actions.add_parser("revoke", help="revoke every live key with this name or id")
     revoke.add_argument("name_or_id")
@@ -22,27 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
+    from .. import api
 
-    from ..errors import GalleryError
-    from ..serve.keys import KeyStore
-
-    if not (Path(args.index) / "gallery.json").exists():
-        raise GalleryError(f"{args.index} is not a gallery (no gallery.json); enrol images first")
-    store = KeyStore(args.index)
     if args.action == "add":
-        secret, key = store.add(args.name, args.role)
+        secret, key = api.add_api_key(args.index, args.name, args.role)
         print(f"added key {key.id} for {key.name} (roles: {', '.join(key.roles)}); give it to them now, "
               "it is not shown again:")
         print(secret)
     elif args.action == "list":
-        keys = store.keys()
-        if not keys:
-            print(f"no API keys in {store.path}")
-        for key in keys:
+        listing = api.list_api_keys(args.index)
+        if not listing.keys:
+            print(f"no API keys in {listing.path}")
+        for key in listing.keys:
             state = f"revoked {key.revoked}" if key.revoked else "live"
             print(f"{key.id}  {key.name:<24} {','.join(key.roles):<14} created {key.created}  {state}")
     else:
-        for key in store.revoke(args.name_or_id):
+        for key in api.revoke_api_keys(args.index, args.name_or_id):
             print(f"revoked key {key.id} ({key.name})")
     return 0

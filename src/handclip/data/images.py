@@ -14,23 +14,32 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataError
-from ..runtime import available_cpus
+from ..errors import DataError, DataWarning
+from .manifest import Manifest
 
 # Background for transparent pixels: the hand datasets are photographed on white.
 BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 # File suffixes taken for images wherever a folder is walked (prepare folder / HD, enrol).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+# The smallest image side HandCLIP uses (prepare, scan, train, evaluate, calibrate, enrol check the same).
+MIN_IMAGE_SIDE = 16
+# The flag every command that reads images takes to leave unusable ones out instead of stopping.
+SKIP_BAD_FLAG = "--skip-bad"
+# HandCLIP's own files beside identity folders (the synthetic dataset's marker): never reported as ignored.
+_OWN_FILES = ".handclip"
+# Unusable images named one by one before the rest are only counted.
+_NAMED_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -167,11 +176,14 @@ def _check_one(path: str, min_size: int) -> Optional[ImageProblem]:
 
 
 def default_workers() -> int:
+    # The CPUs this process may run on, counted here rather than by handclip.runtime (which loads torch):
+    # scan and prepare answer without torch.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # Decoding releases the GIL and file reads wait on the disk, so a few threads per core pay off.
-    return max(1, min(32, 4 * available_cpus()))
+    return max(1, min(32, 4 * cpus))
 
 
-def scan_images(paths: Iterable[str | os.PathLike], min_size: int = 16,
+def scan_images(paths: Iterable[str | os.PathLike], min_size: int = MIN_IMAGE_SIDE,
                 workers: Optional[int] = None) -> list[ImageProblem]:
     """Check every image (exists, decodes completely, shorter side >= ``min_size``).
 
@@ -188,6 +200,27 @@ def scan_images(paths: Iterable[str | os.PathLike], min_size: int = 16,
         with ThreadPoolExecutor(max_workers=min(workers, len(unique))) as pool:
             results = list(pool.map(lambda p: _check_one(p, min_size), unique, chunksize=8))
     return [problem for problem in results if problem is not None]
+
+
+@dataclass
+class ManifestScan:
+    """What ``scan_manifest`` found: how many distinct images it checked, the unusable ones, and how long it took."""
+
+    images: int
+    problems: list[ImageProblem]
+    seconds: float
+
+
+def scan_manifest(manifest_path: str | os.PathLike, min_size: int = MIN_IMAGE_SIDE, workers: Optional[int] = None,
+                  allow_id_overlap: bool = False) -> ManifestScan:
+    """Check every image a protocol manifest points at (what ``handclip scan`` runs); refuses a manifest
+    whose test identities are also training identities unless ``allow_id_overlap``."""
+    manifest = Manifest.read(manifest_path)
+    manifest.check_identity_overlap(allow_id_overlap, f"manifest {manifest_path}", "pass --allow-id-overlap")
+    paths = manifest.paths()
+    start = time.perf_counter()
+    problems = scan_images(paths, min_size=min_size, workers=workers)
+    return ManifestScan(len(paths), problems, time.perf_counter() - start)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -218,20 +251,76 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def identity_folders(root: str | os.PathLike) -> list[tuple[str, list[str]]]:
+@dataclass
+class FolderWalk:
+    """What ``identity_folders`` passed over: files that are not images by their names (hidden, or another
+    suffix) and hidden folders, and the identity folders whose images lie partly in sub-folders."""
+
+    ignored: list[str] = field(default_factory=list)
+    nested: dict[str, list[str]] = field(default_factory=dict)  # identity folder -> its sub-folders with images
+
+    def warn(self, root: Path) -> None:
+        """One DataWarning line for the ignored files and one per identity folder with sub-folders."""
+        if self.ignored:
+            shown = ", ".join(self.ignored[:5]) + (f" and {len(self.ignored) - 5} more" if len(self.ignored) > 5 else "")
+            warnings.warn(f"ignored {len(self.ignored)} file(s) under {root} that are not images by their names "
+                          f"(hidden, or not {'/'.join(sorted(IMAGE_SUFFIXES))}): {shown}", DataWarning, stacklevel=3)
+        for name, subfolders in self.nested.items():
+            warnings.warn(f"identity folder {root / name} has images in sub-folder(s) {', '.join(subfolders)}; they "
+                          f"are counted as {name}'s (move them out if they are another person)", DataWarning,
+                          stacklevel=3)
+
+
+def identity_folders(root: str | os.PathLike, walk: FolderWalk | None = None) -> list[tuple[str, list[str]]]:
     """The identity folders of a folder-per-identity tree (ImageFolder layout), for ``prepare folder``
     and ``enrol`` alike: ``(folder name, image paths)`` for each visible sub-folder of ``root``, sorted by
     name, with its images found recursively (hidden files and folders skipped, symlinked folders
-    followed), each path ``root``-joined and the list sorted."""
+    followed), each path ``root``-joined and the list sorted. ``walk``, when given, collects what was
+    passed over and which identities have sub-folders (``FolderWalk``)."""
     root = Path(root)
+    walk = walk if walk is not None else FolderWalk()
     out = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            if not entry.name.startswith(_OWN_FILES):
+                walk.ignored.append(str(entry))
+            continue
         found = []
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(entry, followlinks=True):
+            walk.ignored.extend(os.path.join(dirpath, d) for d in sorted(dirnames) if d.startswith("."))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(os.path.join(dirpath, name) for name in filenames if is_image_name(name))
-        out.append((folder.name, sorted(found)))
+            images = [os.path.join(dirpath, name) for name in filenames if is_image_name(name)]
+            walk.ignored.extend(sorted(os.path.join(dirpath, n) for n in filenames if not is_image_name(n)))
+            if images and dirpath != str(entry):
+                walk.nested.setdefault(entry.name, []).append(os.path.relpath(dirpath, entry) + os.sep)
+            found.extend(images)
+        out.append((entry.name, sorted(found)))
     return out
+
+
+def unusable_images(paths: Iterable[str | os.PathLike], skip_bad: bool, what: str = "",
+                    min_size: int = MIN_IMAGE_SIDE, workers: Optional[int] = None) -> list[ImageProblem]:
+    """Every image of ``paths`` checked (``scan_images``): the unusable ones, when ``skip_bad`` (the caller
+    leaves them out and says so with ``warn_left_out``); otherwise any problem is one DataError naming the
+    first file, the count and the ``--skip-bad`` flag. ``what`` names the images (``"query/gallery "``)."""
+    problems = scan_images(paths, min_size=min_size, workers=workers)
+    if problems and not skip_bad:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{len(problems)} unusable {what}image(s): {first.path}: {first.reason}{more}; fix or "
+                        f"remove them, or pass {SKIP_BAD_FLAG} to leave them out")
+    return problems
+
+
+def warn_left_out(problems: Sequence[ImageProblem], where: str, listed_in=None) -> None:
+    """One DataWarning line per unusable image left out (the first 20, then their count), so each is
+    named once with what was done about it; ``where``: what they were left out of (``"training"``)."""
+    for problem in problems[:_NAMED_PROBLEMS]:
+        warnings.warn(f"left out {problem.path}: {problem.reason}", DataWarning, stacklevel=2)
+    if len(problems) > _NAMED_PROBLEMS:
+        listed = f", all listed in {listed_in}" if listed_in else ""
+        warnings.warn(f"left out {len(problems) - _NAMED_PROBLEMS} more unusable image(s) of {where}{listed}",
+                      DataWarning, stacklevel=2)
 
 
 def check_images_exist(records: Sequence, source=None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
@@ -20,7 +20,7 @@ from ..runtime import cache_root, default_num_workers, pin_memory
 from .cache import DecodeCache, FirstResize
 from .dataset import ManifestDataset, as_records
 from .sampler import PKSampler
-from .transforms import build_transforms, interpolation_of
+from .transforms import build_transforms, interpolation_of, resize_size
 
 
 def resolve_num_workers(setting: int | str) -> int:
@@ -47,8 +47,7 @@ def first_resize(data_cfg: DataConfig, train: bool) -> FirstResize:
     resolution = working_resolution(data_cfg)
     if resolution is not None:
         return FirstResize(max_side=resolution)
-    size = tuple(int(s) for s in data_cfg.image_size)
-    return FirstResize(size=size, interpolation=interpolation_of(data_cfg, train))
+    return FirstResize(size=resize_size(data_cfg, train), interpolation=interpolation_of(data_cfg, train))
 
 
 def decode_cache_for(data_cfg: DataConfig, resize: FirstResize) -> DecodeCache | None:
@@ -83,6 +82,22 @@ def build_train_loader(data_cfg: DataConfig, records: Sequence, label_map: Mappi
     # Seeds the workers' augmentation RNGs: same seed, rank and worker count, same augmentations.
     generator = torch.Generator().manual_seed(int(seed) * 1000 + sampler.rank)
     return DataLoader(dataset, batch_sampler=sampler, generator=generator, **_loader_kwargs(data_cfg, persistent=True))
+
+
+def build_random_loader(data_cfg: DataConfig, records: Sequence, label_map: Mapping[int, int], batch_size: int,
+                        seed: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Augmented loader of random batches (no P x K), each epoch a new permutation of the training images
+    drawn from (seed, epoch); a shorter last batch is dropped. Under DDP each rank takes its share of the
+    permutation and ``batch_size`` images of it per step. Call ``loader.sampler.set_epoch(epoch)`` first."""
+    if not records:
+        raise DataError("the training split is empty")
+    resize = first_resize(data_cfg, train=True)
+    dataset = ManifestDataset(records, build_transforms(data_cfg, train=True), label_map,
+                              decode_cache=decode_cache_for(data_cfg, resize), first_resize=resize)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
+    generator = torch.Generator().manual_seed(int(seed) * 1000 + rank)
+    return DataLoader(dataset, batch_size=int(batch_size), sampler=sampler, drop_last=True, generator=generator,
+                      **_loader_kwargs(data_cfg, persistent=True))
 
 
 def build_eval_loader(data_cfg: DataConfig, records_or_paths: Sequence, batch_size: int) -> DataLoader:

@@ -148,7 +148,9 @@ def _check_manifest(records: list[ManifestRecord]) -> Optional[str]:
 class Manifest:
     """An immutable, canonically ordered list of ``ManifestRecord``."""
 
-    def __init__(self, records: Iterable[ManifestRecord], source: str = "manifest"):
+    def __init__(self, records: Iterable[ManifestRecord], source: str = "manifest", preparation=None):
+        # What preparing it checked and did (``handclip.data.splits.Preparation``); not part of the CSV.
+        self.preparation = preparation
         records = list(records)
         for rec in records:
             problem = _check_record(rec)
@@ -306,8 +308,33 @@ class Manifest:
         if val and no_val:
             lines.append(f"note: {len(no_val)} training identit{'y has' if len(no_val) == 1 else 'ies have'} "
                          f"no val image")
+        lines.extend(self.in_words())
         lines.append(f"sha256 {self.sha256()}")
         return "\n".join(lines)
+
+    def in_words(self) -> list[str]:
+        """The splits in sentences: what train_all, val, test, query and gallery hold, and why a manifest
+        has more rows than images (each test image is listed once per Monte Carlo run)."""
+        train, val = self.split("train"), self.split("val")
+        ids = lambda recs: len({r.pid for r in recs})  # noqa: E731
+        runs = self.runs
+        lines = [f"train_all = train + val: the {ids(train + val)} training identities, {len(train) + len(val)} "
+                 f"images; val holds {len(val)} of them (one per identity, never trained on, to choose best.pt), "
+                 f"train the other {len(train)}"]
+        if runs:
+            first = runs[0]
+            query = self.split("query", first)
+            gallery = [r for r in self.split("gallery", first) if not r.is_distractor]
+            distractors = [r for r in self.split("gallery", first) if r.is_distractor]
+            extra = (f", plus {len(distractors)} distractor images of {ids(distractors)} identities never queried"
+                     if distractors else "")
+            lines.append(f"test: {ids(query + gallery)} other identities, {len(query) + len(gallery)} images; each of "
+                         f"the {len(runs)} Monte Carlo runs puts one image of each in the gallery ({len(gallery)}"
+                         f"{extra}) and the other {len(query)} in the query")
+        test_rows = len(self.records) - len(train) - len(val)
+        lines.append(f"{len(self.records)} rows for {len(self.paths())} distinct images: {len(train) + len(val)} "
+                     f"train/val rows and {test_rows} query/gallery rows, each test image listed once per run")
+        return lines
 
 
 

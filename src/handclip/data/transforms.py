@@ -7,6 +7,8 @@ with per-pixel N(0, 1) noise through timm's RandomErasing (mode 'pixel', one box
 the mean colour after normalisation (``data.augment.random_erasing_fill: zero``, torchvision's).
 Evaluation only resizes (``data.interpolation.eval``, bilinear as CLIP-ReID's test transform) and
 normalises, so training and evaluation always share the same normalisation (docs/method.md, "Pitfalls").
+With ``data.augment.resize_crop`` (CLIP-HandID's recipe) training resizes to that size instead and then takes
+a random crop of the input size (after the padding, when ``data.augment.pad`` is above 0).
 """
 
 from __future__ import annotations
@@ -40,17 +42,25 @@ def _random_erasing(augment):
     return T.RandomErasing(p=augment.random_erasing_p, value=0)
 
 
+def resize_size(data_cfg: DataConfig, train: bool) -> tuple[int, int]:
+    """The size the transform resizes to first: the input size, or ``data.augment.resize_crop`` in training."""
+    crop = data_cfg.augment.resize_crop
+    return tuple(int(s) for s in (crop if train and crop is not None else data_cfg.image_size))
+
+
 def build_transforms(data_cfg: DataConfig, train: bool):
     """Transform for training (augmented) or evaluation, sized to ``data_cfg.image_size`` (height, width)."""
     size = tuple(int(s) for s in data_cfg.image_size)
     mode = INTERPOLATION_MODES[interpolation_of(data_cfg, train)]
-    steps = [T.Resize(size, interpolation=mode, antialias=True)]
+    steps = [T.Resize(resize_size(data_cfg, train), interpolation=mode, antialias=True)]
     if train:
         aug = data_cfg.augment
         if aug.hflip_p > 0:
             steps.append(T.RandomHorizontalFlip(p=aug.hflip_p))
         if aug.pad > 0:
             steps += [T.Pad(aug.pad), T.RandomCrop(size)]
+        elif aug.resize_crop is not None:
+            steps.append(T.RandomCrop(size))
     steps += [
         T.ToImage(),
         T.ToDtype(torch.float32, scale=True),

@@ -6,16 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import MetricInputError, _to_numpy
+from .metrics import MetricInputError, read_array
 
 __all__ = ["cosine_distance", "euclidean_distance", "feature_pair"]
 
 
 def _features(x: Any, name: str) -> np.ndarray:
-    try:
-        a = _to_numpy(x)
-    except Exception as exc:
-        raise MetricInputError(f"{name} could not be read as a feature matrix ({exc})") from exc
+    a = read_array(x, name, "a feature matrix")
     if a.ndim != 2:
         raise MetricInputError(f"{name} must be 2-D (num_items x feature_dim), got shape {a.shape}")
     if a.dtype.kind not in "biuf":

@@ -35,14 +35,8 @@ import numpy as np
 
 from ..errors import HandCLIPError
 
-__all__ = [
-    "MetricInputError",
-    "RankResult",
-    "evaluate_rank",
-    "evaluate_rank_reference",
-    "aggregate_runs",
-    "METRIC_KEYS",
-]
+__all__ = ["MetricInputError", "RankResult", "evaluate_rank", "evaluate_rank_reference", "aggregate_runs",
+           "METRIC_KEYS"]
 
 # The retrieval figures every evaluation reports (protocol runs, validation, the demo, the CLI).
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -101,6 +95,14 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def read_array(x: Any, name: str, what: str) -> np.ndarray:
+    """``x`` (numpy, torch or nested lists) as a numpy array; MetricInputError naming ``name`` if it cannot be."""
+    try:
+        return _to_numpy(x)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise MetricInputError(f"{name} could not be read as {what} ({exc})") from exc
+
+
 def _raise_nan(d: np.ndarray) -> None:
     nan = np.isnan(d)
     i, j = np.argwhere(nan)[0]
@@ -111,10 +113,7 @@ def _raise_nan(d: np.ndarray) -> None:
 
 
 def _as_distmat(distmat: Any, check_nan: bool = True) -> np.ndarray:
-    try:
-        d = _to_numpy(distmat)
-    except Exception as exc:  # e.g. ragged nested lists
-        raise MetricInputError(f"distmat could not be read as a numeric matrix ({exc})") from exc
+    d = read_array(distmat, "distmat", "a numeric matrix")
     if d.ndim != 2:
         raise MetricInputError(f"distmat must be a 2-D (num_query x num_gallery) matrix, got shape {d.shape}")
     if d.dtype.kind not in "biuf":
@@ -131,10 +130,7 @@ def _as_distmat(distmat: Any, check_nan: bool = True) -> np.ndarray:
 
 
 def _as_ids(values: Any, name: str, expected: int) -> np.ndarray:
-    try:
-        a = _to_numpy(values)
-    except Exception as exc:
-        raise MetricInputError(f"{name} could not be read as an integer array ({exc})") from exc
+    a = read_array(values, name, "an integer array")
     if a.ndim != 1:
         raise MetricInputError(f"{name} must be 1-D, got shape {a.shape}")
     if a.shape[0] != expected:
@@ -300,6 +296,62 @@ def _ranks_of_matches(d: np.ndarray, rows: np.ndarray, match_idx: np.ndarray, va
     return ranks
 
 
+def _raise_if_nan_in_rows(d: np.ndarray, rows: np.ndarray) -> None:
+    """NaN check of ``rows`` of ``d``, a cache-sized group of rows at a time."""
+    rows_per_check = max(1, _BLOCK_ELEMENTS // (8 * d.shape[1]))
+    for s in range(0, rows.size, rows_per_check):
+        if np.isnan(d[rows[s : s + rows_per_check]].min()):
+            _raise_nan(d)
+
+
+def _query_blocks(count: np.ndarray, ng: int):
+    """Blocks of query indices grouped by how many matches they have (so padding stays small), sized for
+    memory; queries without a match are left out."""
+    nq = len(count)
+    by_count = np.argsort(count, kind="stable")
+    pos = 0
+    while pos < nq:
+        # Size the block for its widest row (the last one, counts ascend), then shrink if needed.
+        # (at least 4 per row so the gathered rows themselves stay within a few blocks' memory).
+        end = min(nq, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[pos]]), 4))))
+        end = min(end, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[end - 1]]), 4))))
+        qi = by_count[pos:end]
+        pos = end
+        if int(count[qi].max()) > 0:
+            yield qi
+
+
+def _score_queries(d, qi, g_order, start, count, qc, gc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For queries ``qi``: the rank of the first kept correct match (-1 if none), AP and INP."""
+    ng = d.shape[1]
+    kmax = int(count[qi].max())
+    cols = np.arange(kmax)
+    valid = cols[None, :] < count[qi][:, None]
+    match_idx = g_order[np.minimum(start[qi][:, None] + cols[None, :], ng - 1)]
+    match_idx = np.where(valid, match_idx, 0)
+
+    ranks = _ranks_of_matches(d, qi, match_idx, valid)
+    removed = valid & (gc[match_idx] == qc[qi][:, None]) if qc is not None else np.zeros_like(valid)
+    # Order each query's matches by rank (padding last) and drop the removed ones' ranks.
+    order = np.argsort(np.where(valid, ranks, np.iinfo(np.int64).max), axis=1, kind="stable")
+    ranks = np.take_along_axis(ranks, order, axis=1)
+    valid = np.take_along_axis(valid, order, axis=1)
+    removed = np.take_along_axis(removed, order, axis=1)
+    kept = valid & ~removed
+    # A kept match moves up by the number of removed matches ranked before it.
+    kept_rank = np.where(kept, ranks - (np.cumsum(removed, axis=1) - removed), 0)
+    hits = np.cumsum(kept, axis=1)  # correct matches seen so far (1-based at a kept match)
+    n_kept = hits[:, -1]
+    precision = np.where(kept, hits / (kept_rank + 1.0), 0.0)
+    has = n_kept > 0
+    first = np.argmax(kept, axis=1)
+    last = kmax - 1 - np.argmax(kept[:, ::-1], axis=1)
+    rows = np.arange(len(qi))
+    return (np.where(has, kept_rank[rows, first], -1),
+            np.where(has, precision.sum(axis=1) / np.maximum(n_kept, 1), 0.0),
+            np.where(has, n_kept / (kept_rank[rows, last] + 1.0), 0.0))
+
+
 def evaluate_rank(
     distmat: Any,
     q_pids: Any,
@@ -321,59 +373,13 @@ def evaluate_rank(
     d, qp, gp, qc, gc, max_rank = _validate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, check_nan=False)
     nq, ng = d.shape
     g_order, start, count = _match_lists(qp, gp)
-    unmatched = np.flatnonzero(count == 0)
-    rows_per_check = max(1, _BLOCK_ELEMENTS // (8 * ng))
-    for s in range(0, unmatched.size, rows_per_check):
-        if np.isnan(d[unmatched[s : s + rows_per_check]].min()):
-            _raise_nan(d)
+    _raise_if_nan_in_rows(d, np.flatnonzero(count == 0))
 
     first_rank = np.full(nq, -1, dtype=np.int64)  # rank of the first kept correct match, -1 if none
     ap = np.zeros(nq, dtype=np.float64)
     inp = np.zeros(nq, dtype=np.float64)
-
-    # Process queries grouped by how many matches they have, so padding stays small.
-    by_count = np.argsort(count, kind="stable")
-    pos = 0
-    while pos < nq:
-        # Size the block for its widest row (the last one, counts ascend), then shrink if needed.
-        # (at least 4 per row so the gathered rows themselves stay within a few blocks' memory).
-        end = min(nq, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[pos]]), 4))))
-        end = min(end, pos + max(1, _BLOCK_ELEMENTS // (ng * max(int(count[by_count[end - 1]]), 4))))
-        qi = by_count[pos:end]
-        pos = end
-        if int(count[qi].max()) == 0:
-            continue
-        kmax = int(count[qi].max())
-        cols = np.arange(kmax)
-        valid = cols[None, :] < count[qi][:, None]
-        match_idx = g_order[np.minimum(start[qi][:, None] + cols[None, :], ng - 1)]
-        match_idx = np.where(valid, match_idx, 0)
-
-        ranks = _ranks_of_matches(d, qi, match_idx, valid)
-        if qc is not None:
-            removed = valid & (gc[match_idx] == qc[qi][:, None])
-        else:
-            removed = np.zeros_like(valid)
-        # Order each query's matches by rank (padding last) and drop the removed ones' ranks.
-        big = np.iinfo(np.int64).max
-        order = np.argsort(np.where(valid, ranks, big), axis=1, kind="stable")
-        ranks = np.take_along_axis(ranks, order, axis=1)
-        valid = np.take_along_axis(valid, order, axis=1)
-        removed = np.take_along_axis(removed, order, axis=1)
-        kept = valid & ~removed
-        # A kept match moves up by the number of removed matches ranked before it.
-        kept_rank = np.where(kept, ranks - (np.cumsum(removed, axis=1) - removed), 0)
-        hits = np.cumsum(kept, axis=1)  # correct matches seen so far (1-based at a kept match)
-        n_kept = hits[:, -1]
-        precision = np.where(kept, hits / (kept_rank + 1.0), 0.0)
-        has = n_kept > 0
-        safe_n = np.maximum(n_kept, 1)
-        ap[qi] = np.where(has, precision.sum(axis=1) / safe_n, 0.0)
-        first = np.argmax(kept, axis=1)
-        last = kmax - 1 - np.argmax(kept[:, ::-1], axis=1)
-        rows = np.arange(len(qi))
-        first_rank[qi] = np.where(has, kept_rank[rows, first], -1)
-        inp[qi] = np.where(has, n_kept / (kept_rank[rows, last] + 1.0), 0.0)
+    for qi in _query_blocks(count, ng):
+        first_rank[qi], ap[qi], inp[qi] = _score_queries(d, qi, g_order, start, count, qc, gc)
 
     valid_q = first_rank >= 0
     num_valid = int(valid_q.sum())
@@ -384,14 +390,8 @@ def evaluate_rank(
         )
     hist = np.bincount(np.minimum(first_rank[valid_q], max_rank), minlength=max_rank + 1)[:max_rank]
     cmc = np.cumsum(hist).astype(np.float64) / num_valid
-    return RankResult(
-        cmc=cmc,
-        mAP=float(ap[valid_q].mean()),
-        mINP=float(inp[valid_q].mean()),
-        num_valid_queries=num_valid,
-        num_skipped_queries=nq - num_valid,
-        max_rank=max_rank,
-    )
+    return RankResult(cmc=cmc, mAP=float(ap[valid_q].mean()), mINP=float(inp[valid_q].mean()),
+                      num_valid_queries=num_valid, num_skipped_queries=nq - num_valid, max_rank=max_rank)
 
 
 def evaluate_rank_reference(

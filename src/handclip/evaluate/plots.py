@@ -114,11 +114,13 @@ def ranked_list_sheet(
     out_png: str | os.PathLike,
     top_k: int = 10,
     thumb: int = 128,
+    names: Mapping[int, str] | None = None,
 ) -> Path:
     """One row per query: the query (blue frame) then its top-k gallery images, nearest first.
 
     Each gallery image gets a green frame and a check mark when its identity matches the query's,
-    a red frame and a cross when not, and its rank and distance underneath.
+    a red frame and a cross when not, and its rank and distance underneath. ``names`` (pid -> the
+    person's original id or folder name) labels each image; a pid without one shows as ``id N``.
     """
     if len(queries) != len(rankings):
         raise HandCLIPError(f"ranked_list_sheet got {len(queries)} queries but {len(rankings)} rankings")
@@ -140,6 +142,10 @@ def ranked_list_sheet(
     draw.text((width / 2, pad), "Ranked lists: query (blue), then nearest gallery images; "
               "green = same identity, red = different", font=head_font, fill="black", anchor="mt")
 
+    def person(pid: int) -> str:
+        name = (names or {}).get(pid) or f"id {pid}"
+        return name if len(name) <= 16 else name[:15] + "…"
+
     def cell(x: int, y: int, path, colour: str, title: str, lines: list[str], text_colour: str) -> None:
         draw.text((x + tile / 2, y + title_h - 4), title, font=title_font, fill=colour, anchor="ms")
         draw.rectangle([x, y + title_h, x + tile - 1, y + title_h + tile - 1], fill=colour)
@@ -149,13 +155,13 @@ def ranked_list_sheet(
 
     for r, ((q_path, q_pid), ranking) in enumerate(zip(queries, rankings)):
         y = header_h + r * row_h
-        cell(pad, y, q_path, QUERY, f"query {r + 1}", [f"id {q_pid}"], "black")
+        cell(pad, y, q_path, QUERY, f"query {r + 1}", [person(q_pid)], "black")
         for c, (g_path, g_pid, distance) in enumerate(ranking[:top_k]):
             right = g_pid == q_pid
             colour = CORRECT if right else WRONG
             x = pad + (c + 1) * (tile + gap) + query_gap
             cell(x, y, g_path, colour, f"#{c + 1} {'✓' if right else '✗'}",
-                 [f"id {g_pid}", f"d={_distance_text(distance)}"], "black" if right else colour)
+                 [person(g_pid), f"d={_distance_text(distance)}"], "black" if right else colour)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", compress_level=1)  # photos barely compress; level 6+ only costs time
     atomic_write_bytes(out_png, buffer.getvalue())
@@ -173,6 +179,79 @@ def _finite(value: Any) -> bool:
 def _stage_name(stage: Any) -> str:
     text = str(stage)
     return f"stage {text}" if text.isdigit() else text.replace("stage", "stage ").replace("  ", " ").strip()
+
+
+def _series(entries: Sequence[Mapping[str, Any]], epochs: list, key: str) -> tuple[list, list[float]]:
+    """(epochs, values) of ``key`` where its value is a finite number."""
+    xs = [x for x, e in zip(epochs, entries) if _finite(e.get(key))]
+    ys = [float(e[key]) for e in entries if _finite(e.get(key))]
+    return xs, ys
+
+
+def _empty_note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _loss_panel(ax, stage: str, entries, epochs: list, keys: list[str]) -> None:
+    for k in [k for k in keys if "loss" in k]:
+        xs, ys = _series(entries, epochs, k)
+        if xs:
+            ax.plot(xs, ys, marker=".", linewidth=2.6 if k == "loss" else 1.4, label=k)
+    ax.set_title(f"{stage}: losses")
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    else:
+        _empty_note(ax, "no loss recorded")
+
+
+def _lr_panel(ax, stage: str, entries, epochs: list) -> None:
+    xs, ys = _series(entries, epochs, "lr")
+    if xs:
+        ax.plot(xs, ys, color="tab:purple", marker=".")
+        if min(ys) > 0 and max(ys) / min(ys) > 50:
+            ax.set_yscale("log")
+    else:
+        _empty_note(ax, "no learning rate recorded")
+    ax.set_title(f"{stage}: learning rate")
+
+
+def _validation_panel(ax, stage: str, entries, epochs: list, keys: list[str]) -> None:
+    # Rank-1 (what picks the best checkpoint) and mAP; five overlapping curves were unreadable.
+    val_keys = [k for k in ("val_rank1", "val_mAP") if k in keys] or [k for k in keys if k.startswith("val_")]
+    for k in val_keys:
+        xs, ys = _series(entries, epochs, k)
+        if xs:
+            label = METRIC_LABELS.get(k[4:], k[4:])
+            line, = ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
+            if k == val_keys[0]:
+                best = int(np.argmax(ys))
+                ax.plot([xs[best]], [100 * ys[best]], marker="*", markersize=12, color=line.get_color(),
+                        linestyle="none")
+                # Keep the label inside the panel when the best epoch is the first or last one.
+                align = "right" if xs[best] == max(xs) else "left" if xs[best] == min(xs) else "center"
+                ax.annotate(f"best {label} {100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
+                            textcoords="offset points", xytext=(0, 7), ha=align)
+    ax.set_title(f"{stage}: validation (%)")
+    if ax.get_lines():
+        ax.legend(fontsize=8, loc="best")
+        ax.margins(y=0.15)
+    else:
+        _empty_note(ax, "no validation in this stage")
+
+
+def _epoch_axes(panels, epochs: list) -> None:
+    """One epoch axis for a stage's panels (even with one validation point); no ticks on an empty panel."""
+    numeric_epochs = [float(x) for x in epochs if _finite(x)]
+    for ax in panels:
+        if ax.get_lines():
+            ax.set_xlabel("epoch")
+            ax.grid(True, alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if numeric_epochs:
+                ax.set_xlim(min(numeric_epochs) - 0.5, max(numeric_epochs) + 0.5)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os.PathLike) -> Path:
@@ -194,64 +273,9 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], out_png: str | os
         for e in entries:
             keys += [k for k in e if k not in keys]
         loss_ax, lr_ax, val_ax = axes[row]
-
-        def series(key: str):
-            xs = [x for x, e in zip(epochs, entries) if _finite(e.get(key))]
-            ys = [float(e[key]) for e in entries if _finite(e.get(key))]
-            return xs, ys
-
-        losses = [k for k in keys if "loss" in k]
-        for k in losses:
-            xs, ys = series(k)
-            if xs:
-                loss_ax.plot(xs, ys, marker=".", linewidth=2.6 if k == "loss" else 1.4, label=k)
-        loss_ax.set_title(f"{stage}: losses")
-        if loss_ax.get_lines():
-            loss_ax.legend(fontsize=8)
-        else:
-            loss_ax.text(0.5, 0.5, "no loss recorded", ha="center", va="center", transform=loss_ax.transAxes, color="grey")
-
-        xs, ys = series("lr")
-        if xs:
-            lr_ax.plot(xs, ys, color="tab:purple", marker=".")
-            if min(ys) > 0 and max(ys) / min(ys) > 50:
-                lr_ax.set_yscale("log")
-        else:
-            lr_ax.text(0.5, 0.5, "no learning rate recorded", ha="center", va="center", transform=lr_ax.transAxes, color="grey")
-        lr_ax.set_title(f"{stage}: learning rate")
-
-        # Rank-1 (what picks the best checkpoint) and mAP; five overlapping curves were unreadable.
-        val_keys = [k for k in ("val_rank1", "val_mAP") if k in keys] or [k for k in keys if k.startswith("val_")]
-        for k in val_keys:
-            xs, ys = series(k)
-            if xs:
-                label = METRIC_LABELS.get(k[4:], k[4:])
-                line, = val_ax.plot(xs, [100.0 * y for y in ys], marker="o", markersize=3.5, label=label)
-                if k == val_keys[0]:
-                    best = int(np.argmax(ys))
-                    val_ax.plot([xs[best]], [100 * ys[best]], marker="*", markersize=12, color=line.get_color(),
-                                linestyle="none")
-                    # Keep the label inside the panel when the best epoch is the first or last one.
-                    align = "right" if xs[best] == max(xs) else "left" if xs[best] == min(xs) else "center"
-                    val_ax.annotate(f"best {label} {100 * ys[best]:.1f}", (xs[best], 100 * ys[best]), fontsize=8,
-                                    textcoords="offset points", xytext=(0, 7), ha=align)
-        val_ax.set_title(f"{stage}: validation (%)")
-        if val_ax.get_lines():
-            val_ax.legend(fontsize=8, loc="best")
-            val_ax.margins(y=0.15)
-        else:
-            val_ax.text(0.5, 0.5, "no validation in this stage", ha="center", va="center",
-                        transform=val_ax.transAxes, color="grey")
-        numeric_epochs = [float(x) for x in epochs if _finite(x)]
-        for ax in (loss_ax, lr_ax, val_ax):
-            if ax.get_lines():
-                ax.set_xlabel("epoch")
-                ax.grid(True, alpha=0.3)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                if numeric_epochs:  # same epoch axis in a stage's three panels, even with one validation point
-                    ax.set_xlim(min(numeric_epochs) - 0.5, max(numeric_epochs) + 0.5)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
+        _loss_panel(loss_ax, stage, entries, epochs, keys)
+        _lr_panel(lr_ax, stage, entries, epochs)
+        _validation_panel(val_ax, stage, entries, epochs, keys)
+        _epoch_axes((loss_ax, lr_ax, val_ax), epochs)
     fig.tight_layout()
     return _save_figure(fig, out_png)

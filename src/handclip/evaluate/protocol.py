@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..config import EvalConfig
-from ..data.images import check_images_exist
+from ..data.images import check_images_exist, unusable_images, warn_left_out
 from ..errors import DataError
 from .distances import cosine_distance, euclidean_distance
 from .metrics import METRIC_KEYS, aggregate_runs, evaluate_rank
@@ -116,11 +116,14 @@ def evaluate_records(features: dict[str, np.ndarray], query, gallery, eval_cfg: 
 
 def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=None,
                       distractors: bool = True, progress: bool = False,
-                      keep_distances: bool = False) -> EvalResult:
+                      keep_distances: bool = False, skip_bad: bool = False) -> EvalResult:
     """Evaluate every requested run of ``manifest`` with ``encoder`` (a ``handclip.model.inference.Encoder``);
     each image is encoded once for all runs.
 
     ``distractors=False`` drops the manifest's distractor gallery images (11k gallery_all, HD 502-712).
+    Every image is checked before any is encoded: an unusable one stops the evaluation, naming it, unless
+    ``skip_bad`` (``--skip-bad``): then each is named in a warning, left out of every run and listed in
+    ``options["images_left_out"]``.
     """
     eval_cfg = eval_cfg or EvalConfig()
     chosen = select_runs(manifest, runs)
@@ -132,6 +135,13 @@ def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, run
         splits[run] = (manifest.split("query", run), gallery)
     needed = _unique_paths(rec for q, g in splits.values() for rec in (*q, *g))
     check_images_exist(needed)
+    problems = unusable_images([rec.path for rec in needed], skip_bad, "query/gallery ")
+    left_out = {problem.path for problem in problems}
+    if left_out:
+        warn_left_out(problems, "the evaluation")
+        splits = {run: ([r for r in q if r.path not in left_out], [r for r in g if r.path not in left_out])
+                  for run, (q, g) in splits.items()}
+        needed = [rec for rec in needed if rec.path not in left_out]
     feats = encoder.features(needed, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip, progress=progress)
     table = {rec.path: feats[i] for i, rec in enumerate(needed)}
     per_run = []
@@ -145,7 +155,8 @@ def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, run
     aggregate = aggregate_runs([{k: r.metrics[k] for k in METRIC_KEYS} for r in per_run])
     options = {"flip": eval_cfg.flip, "rerank": eval_cfg.rerank, "metric": eval_cfg.metric,
                "runs": chosen, "distractors": distractors,
-               "distractor_images": max(sum(r.is_distractor for r in g) for _, g in splits.values())}
+               "distractor_images": max(sum(r.is_distractor for r in g) for _, g in splits.values()),
+               "images_left_out": sorted(left_out)}
     return EvalResult(per_run, aggregate, int(feats.shape[1]), len(needed), options,
                       features=table, splits=splits, distances=distances)
 

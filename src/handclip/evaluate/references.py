@@ -38,6 +38,15 @@ def subset_title(key: str) -> str:
     return SUBSET_TITLES.get(key, key.replace("_", " "))
 
 
+def subset_label(dataset: str, subset: str | None) -> str:
+    """A report's name for a manifest record's subset: the benchmark title (``11k dorsal right``, ``HD``), else
+    the dataset and subset names exactly as the manifest holds them (``folder my_hands``)."""
+    key = subset_key(dataset, subset)
+    if key in SUBSET_TITLES:
+        return SUBSET_TITLES[key]
+    return dataset if key == dataset else f"{dataset} {subset}"
+
+
 # Reported above MBA-Net, without numbers we can quote.
 QUOTED_WITHOUT_NUMBERS = ["CLIP-HandID (2025, arXiv 2506.12447) reports results above MBA-Net on this protocol; "
                           "no numbers are quoted here."]

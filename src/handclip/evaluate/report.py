@@ -86,23 +86,39 @@ def _markdown_to_html_table(markdown: str) -> str:
 
     head = cells(lines[0])
     body = [cells(ln) for ln in lines[2:]]
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    # A column of sentences (the ENFSI verbal scale, a reason a figure is missing) wraps, left-aligned, so a
+    # table fits a 1280-pixel window; columns of figures stay on one line, right-aligned.
+    prose = {i for i in range(1, len(head)) if any(_is_prose(row[i]) for row in body if i < len(row))}
+    kind = lambda i: ' class="text"' if i in prose else ""  # noqa: E731
+    out = ["<table>", "<thead><tr>" + "".join(f"<th{kind(i)}>{escape(h)}</th>" for i, h in enumerate(head))
+           + "</tr></thead>", "<tbody>"]
     for row in body:
-        out.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>")
+        out.append("<tr>" + "".join(f"<td{kind(i)}>{escape(c)}</td>" for i, c in enumerate(row)) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
+
+
+def _is_prose(cell: str) -> bool:
+    """A cell of words rather than a figure: long, and mostly letters."""
+    letters = sum(ch.isalpha() for ch in cell)
+    return len(cell) > 30 and letters > len(cell) / 2
 
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
 main{max-width:1200px;margin:0 auto;padding:28px 32px 48px}
-h1{font-size:26px;margin:0 0 4px}
+h1{font-size:26px;margin:0 0 4px;overflow-wrap:anywhere}
 .meta{color:#5b6475;font-size:13px;margin-bottom:22px}
 h2{font-size:18px;margin:30px 0 10px;border-bottom:2px solid #dfe3ea;padding-bottom:4px}
-section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 20px;margin-bottom:18px}
-table{border-collapse:collapse;font-size:14px;width:auto;font-variant-numeric:tabular-nums}
-th,td{padding:6px 14px;border-bottom:1px solid #e6e9ef;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}
+section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 20px;margin-bottom:18px;
+overflow-x:auto}
+table{border-collapse:collapse;font-size:14px;max-width:100%;font-variant-numeric:tabular-nums}
+th,td{padding:6px 10px;border-bottom:1px solid #e6e9ef;text-align:right;vertical-align:top}
+td{white-space:nowrap}
+th{white-space:normal;min-width:4.5em}
+th:first-child,td:first-child{text-align:left;white-space:normal}
+th.text,td.text{text-align:left;white-space:normal;min-width:12em}
+td.path{text-align:left;white-space:normal;overflow-wrap:anywhere;font-family:ui-monospace,monospace;font-size:13px}
 thead th{background:#eef1f6;font-weight:600}
 tbody tr:nth-child(even){background:#fafbfc}
 figure{margin:0 0 10px}
@@ -121,13 +137,15 @@ def html_report(
     sections: Mapping[str, str] | None = None,
     subtitle: str = "",
     tables: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> Path:
     """A single self-contained HTML file: title, metrics table, embedded PNGs, extra text sections.
 
     ``metrics_table`` is Markdown (e.g. from :func:`markdown_table`) or the rows to build it from.
     ``images`` are PNG paths or ``(caption, path)`` pairs; they are embedded as base64 so the file
     can be mailed or archived on its own. ``sections`` maps a heading to plain text (escaped);
-    ``tables`` maps a heading to a further Markdown table, shown after the metrics table.
+    ``tables`` maps a heading to a further Markdown table, shown after the metrics table. ``files`` (name ->
+    path and ``name_sha256`` -> hash, as ``evaluate.workflow.provenance`` gives) is the "Computed from" table.
     """
     table_md = metrics_table if isinstance(metrics_table, str) else markdown_table(metrics_table)
     figures = []
@@ -152,6 +170,8 @@ def html_report(
     ]
     for heading, extra in (tables or {}).items():
         parts += [f"<h2>{escape(heading)}</h2>", f"<section>{_markdown_to_html_table(extra)}</section>"]
+    if files:
+        parts += ["<h2>Computed from</h2>", f"<section>{_files_table(files)}</section>"]
     if figures:
         parts += ["<h2>Figures</h2>", "<section>" + "\n".join(figures) + "</section>"]
     for heading, text in (sections or {}).items():
@@ -160,6 +180,15 @@ def html_report(
     parts.append("</main>")
     atomic_write_text(out_html, html_page(title, "\n".join(p for p in parts if p), _CSS))
     return Path(out_html)
+
+
+def _files_table(files: Mapping[str, str]) -> str:
+    """The files a report was computed from: one row each, path and SHA-256 (wrapping, never off-screen)."""
+    rows = [f'<tr><td>{escape(name)}</td><td class="path">{escape(files[name])}</td>'
+            f'<td class="path">{escape(files.get(name + "_sha256", ""))}</td></tr>'
+            for name in files if not name.endswith("_sha256")]
+    return ('<table><thead><tr><th>file</th><th class="text">path</th><th class="text">SHA-256</th></tr></thead>'
+            "<tbody>" + "".join(rows) + "</tbody></table>")
 
 
 def _pick_queries(result: EvalResult, run: int, count: int) -> list[int]:
@@ -243,20 +272,11 @@ def remove_stale_staging(out_dir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str, manifest_path=None,
-                             history: list | None = None, queries_shown: int = 8, top_k: int = 10,
-                             forensic=None) -> Path:
-    """metrics.json, metrics.md, cmc.png, ranked_list.png, (training_curves.png), report.html.
-
-    With ``forensic`` (a ``handclip.evaluate.forensic.ForensicResult``) also the verification, open-set
-    and likelihood-ratio tables and det.png, fnir_fpir.png, tippett.png, lr_calibration.png.
-
-    Everything is rendered into a staging folder first and moved into ``out_dir`` only when all of it
-    succeeded, so a failed evaluation leaves no partial report.
-    """
-    out_dir = Path(out_dir)
+def _open_staging(out_dir: Path) -> tuple[Path, list[Path]]:
+    """A fresh staging folder beside ``out_dir``, owned by this process, and the folders above ``out_dir``
+    that this call created (innermost first, to remove on failure)."""
     check_output_folder(out_dir)
-    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]  # to remove on failure
+    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(out_dir)
@@ -264,84 +284,133 @@ def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str
         (stage / STAGING_OWNER).write_text(f"{os.getpid()}\n", encoding="utf-8")
     except OSError as exc:
         raise write_error(exc, out_dir) from None
+    return stage, created
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move every staged file into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (stage / STAGING_OWNER).unlink()
+    written = {item.name for item in stage.iterdir()}
+    for name in REPORT_FILES:  # a picture from an earlier report in this folder must not look current
+        if name not in written:
+            (out_dir / name).unlink(missing_ok=True)
+    for item in stage.iterdir():
+        item.replace(out_dir / item.name)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first; only the empty folders this call made
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _runs_table(result: EvalResult) -> tuple[str, str]:
+    """The per-run metrics table (Markdown, mean ± std last) and the note that says what it was computed on."""
+    rows = [{"run": r.run, **{k: r.metrics[k] for k in METRIC_KEYS}, "queries": r.num_query,
+             "gallery": r.num_gallery} for r in result.per_run]
+    rows.append({"run": "mean ± std", **{k: result.aggregate[k] for k in METRIC_KEYS}})
+    table = markdown_table(rows, columns=["run", *METRIC_KEYS, "queries", "gallery"])
+    skipped = sum(int(r.metrics.get("num_skipped_queries", 0)) for r in result.per_run)
+    note = (f"Metrics in %; mean ± std (population) over {len(result.per_run)} run(s); "
+            f"{describe_options(result.options)}; gallery ids per run: "
+            f"{', '.join(str(r.num_gallery_ids) for r in result.per_run)}; "
+            f"queries without a correct match in the gallery (skipped): {skipped}.")
+    left_out = result.options.get("images_left_out") or []
+    if left_out:
+        shown = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+        note += f" Unusable images left out of every run (--skip-bad): {len(left_out)}: {shown}."
+    own = [[r.pid for r in g if not r.is_distractor] for _, g in result.splits.values()]
+    if own and all(len(set(pids)) == len(pids) for pids in own):  # single-shot gallery (11k, HD protocols)
+        note += (" Each identity has one gallery image, so mAP and mINP both equal the mean reciprocal rank "
+                 "of the correct match.")
+    return table, note
+
+
+def _ranked_list_picture(result: EvalResult, stage: Path, queries_shown: int, top_k: int):
+    """ranked_list.png of the first run and its caption, or None (no queries asked for, or no distances kept)."""
+    run = result.per_run[0].run
+    if queries_shown <= 0 or result.distances.get(run) is None:
+        return None
+    query, gallery = result.splits[run]
+    dist = result.distances[run]
+    picks = _pick_queries(result, run, queries_shown)
+    top_k = max(1, min(top_k, len(gallery)))
+    rankings = []
+    for i in picks:
+        order = np.argsort(dist[i], kind="stable")[:top_k]
+        rankings.append([(gallery[j].path, gallery[j].pid, float(dist[i, j])) for j in order])
+    # People by the names the manifest gives them (folder names, 11k/HD ids), not by internal pids.
+    names = {r.pid: r.original_id for r in (*query, *gallery) if r.original_id}
+    ranked_list_sheet([(query[i].path, query[i].pid) for i in picks], rankings, stage / "ranked_list.png", top_k=top_k,
+                      names=names)
+    return (f"Ranked gallery lists, run {run}: rank-1 mistakes first, then hits; green frame = same identity as the "
+            f"query, red = different; d = distance", stage / "ranked_list.png")
+
+
+def _retrieval_pictures(result: EvalResult, stage: Path, title: str, label: str, history: list | None,
+                        queries_shown: int, top_k: int) -> list[tuple[str, Path]]:
+    """cmc.png, ranked_list.png and training_curves.png (from ``history``), each with its caption."""
+    runs_text = f"mean over {len(result.per_run)} runs" if len(result.per_run) > 1 else f"run {result.per_run[0].run}"
+    # Past the gallery size every curve is flat at 100%: stop there.
+    cmc_ranks = max(1, min(20, len(result.mean_cmc()), max(r.num_gallery for r in result.per_run)))
+    plot_cmc({label: result.mean_cmc()}, stage / "cmc.png", max_rank=cmc_ranks,
+             title=f"CMC, {title.removeprefix('Evaluation on ')} ({runs_text})")
+    images = [(f"CMC curve ({runs_text})", stage / "cmc.png")]
+    ranked = _ranked_list_picture(result, stage, queries_shown, top_k)
+    if ranked is not None:
+        images.append(ranked)
+    if history:
+        plot_training_curves(history, stage / "training_curves.png")
+        images.append(("Training curves (from the run's metrics.jsonl): losses, learning rate, and rank-1/mAP on "
+                       "the validation split of the training identities, which picks best.pt", stage / "training_curves.png"))
+    return images
+
+
+def write_evaluation_outputs(result: EvalResult, out_dir, title: str, label: str, manifest_path=None,
+                             history: list | None = None, queries_shown: int = 8, top_k: int = 10,
+                             forensic=None, files: Mapping[str, str] | None = None) -> Path:
+    """metrics.json, metrics.md, cmc.png, ranked_list.png, (training_curves.png), report.html.
+
+    With ``forensic`` (a ``handclip.evaluate.forensic.ForensicResult``) also the verification, open-set
+    and likelihood-ratio tables and det.png, fnir_fpir.png, tippett.png, lr_calibration.png. ``files``: the
+    files it was computed from with their SHA-256 (``evaluate.workflow.provenance``), in metrics.json
+    (``files``) and the page.
+
+    Everything is rendered into a staging folder first and moved into ``out_dir`` only when all of it
+    succeeded, so a failed evaluation leaves no partial report.
+    """
+    out_dir = Path(out_dir)
+    stage, created = _open_staging(out_dir)
     done = False
     try:
         summary = {"title": title, "model": label, "manifest": str(manifest_path) if manifest_path else None,
-                   **result.as_dict()}
+                   "files": dict(files or {}), **result.as_dict()}
         if forensic is not None:
             summary["forensic"] = forensic.as_dict()
         atomic_write_json(stage / "metrics.json", json.loads(json.dumps(summary, default=float)))
-        rows = [{"run": r.run, **{k: r.metrics[k] for k in METRIC_KEYS}, "queries": r.num_query,
-                 "gallery": r.num_gallery} for r in result.per_run]
-        rows.append({"run": "mean ± std", **{k: result.aggregate[k] for k in METRIC_KEYS}})
-        table = markdown_table(rows, columns=["run", *METRIC_KEYS, "queries", "gallery"])
-        skipped = sum(int(r.metrics.get("num_skipped_queries", 0)) for r in result.per_run)
-        note = (f"Metrics in %; mean ± std (population) over {len(result.per_run)} run(s); "
-                f"{describe_options(result.options)}; gallery ids per run: "
-                f"{', '.join(str(r.num_gallery_ids) for r in result.per_run)}; "
-                f"queries without a correct match in the gallery (skipped): {skipped}.")
-        own = [[r.pid for r in g if not r.is_distractor] for _, g in result.splits.values()]
-        if own and all(len(set(pids)) == len(pids) for pids in own):  # single-shot gallery (11k, HD protocols)
-            note += (" Each identity has one gallery image, so mAP and mINP both equal the mean reciprocal rank "
-                     "of the correct match.")
+        table, note = _runs_table(result)
         forensic_md, forensic_tables, forensic_images = "", {}, []
+        sections = {"Notes": note}
         if forensic is not None:
-            from .forensic_report import render_forensic
+            from .forensic_report import notes_text, render_forensic
 
             forensic_md, forensic_tables, forensic_images = render_forensic(
                 forensic, stage, title.removeprefix("Evaluation on "))
+            sections["Forensic figures: how they are computed"] = notes_text(forensic)
         atomic_write_text(stage / "metrics.md", f"# {title}\n\nModel: {label}\n\n{table}\n{note}\n"
                           + (f"\n{forensic_md}" if forensic_md else ""))
-        images = []
-        runs_text = f"mean over {len(result.per_run)} runs" if len(result.per_run) > 1 else f"run {result.per_run[0].run}"
-        # Past the gallery size every curve is flat at 100%: stop there.
-        cmc_ranks = max(1, min(20, len(result.mean_cmc()), max(r.num_gallery for r in result.per_run)))
-        plot_cmc({label: result.mean_cmc()}, stage / "cmc.png", max_rank=cmc_ranks,
-                        title=f"CMC, {title.removeprefix('Evaluation on ')} ({runs_text})")
-        images.append((f"CMC curve ({runs_text})", stage / "cmc.png"))
-        run = result.per_run[0].run
-        if queries_shown > 0 and result.distances.get(run) is not None:
-            query, gallery = result.splits[run]
-            dist = result.distances[run]
-            picks = _pick_queries(result, run, queries_shown)
-            top_k = max(1, min(top_k, len(gallery)))
-            rankings = []
-            for i in picks:
-                order = np.argsort(dist[i], kind="stable")[:top_k]
-                rankings.append([(gallery[j].path, gallery[j].pid, float(dist[i, j])) for j in order])
-            ranked_list_sheet([(query[i].path, query[i].pid) for i in picks], rankings,
-                                     stage / "ranked_list.png", top_k=top_k)
-            images.append((f"Ranked gallery lists, run {run}: rank-1 mistakes first, then hits; green frame = same "
-                           f"identity as the query, red = different; d = distance", stage / "ranked_list.png"))
-        if history:
-            plot_training_curves(history, stage / "training_curves.png")
-            images.append(("Training curves (from the run's metrics.jsonl): losses, learning rate, and rank-1/mAP on "
-                           "the validation split of the training identities, which picks best.pt", stage / "training_curves.png"))
-        images += forensic_images
+        images = _retrieval_pictures(result, stage, title, label, history, queries_shown, top_k) + forensic_images
         manifest_text = f"; manifest {manifest_path}" if manifest_path else ""
-        sections = {"Notes": note}
-        if forensic is not None:
-            from .forensic_report import notes_text
-
-            sections["Forensic figures: how they are computed"] = notes_text(forensic)
-        html_report(stage / "report.html", title, table, images, sections=sections, tables=forensic_tables,
-                           subtitle=f"Model: {label}{manifest_text}; {describe_options(result.options)}; "
-                                    f"{result.num_images_encoded} images encoded once, {result.feature_dim}-d features")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (stage / STAGING_OWNER).unlink()
-        written = {item.name for item in stage.iterdir()}
-        for name in REPORT_FILES:  # a picture from an earlier report in this folder must not look current
-            if name not in written:
-                (out_dir / name).unlink(missing_ok=True)
-        for item in stage.iterdir():
-            item.replace(out_dir / item.name)
+        html_report(stage / "report.html", title, table, images, sections=sections, tables=forensic_tables, files=files,
+                    subtitle=f"Model: {label}{manifest_text}; {describe_options(result.options)}; "
+                             f"{result.num_images_encoded} images encoded once, {result.feature_dim}-d features")
+        _publish(stage, out_dir)
         done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
-            for folder in created:  # innermost first; only the empty folders this call made
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            _remove_empty(created)
     return out_dir

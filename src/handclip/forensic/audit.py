@@ -2,26 +2,29 @@
 
 Files in the gallery folder::
 
-    audit.jsonl        one record per line, only ever appended to
-    audit.head.json    sequence number and hash of the newest committed record
+    audit.jsonl        one record per line, only ever appended to (format: ``audit_format``)
+    audit.head.json    the newest committed record, the first record, an append in flight (``audit_head``)
     audit.torn         interrupted appends set aside (one JSON line each, the bytes in base64)
 
 Every record holds ``seq`` (1, 2, ...), ``prev_hash`` (the previous record's ``hash``; 64 zeros for
-the first) and ``hash``, the SHA-256 of the record's canonical JSON without ``hash`` (sorted keys,
-no spaces, UTF-8). Editing a record changes its hash; re-hashing an edited record breaks the next
-record's ``prev_hash``; removing a record leaves a gap in ``seq``; removing the newest records leaves
-the log shorter than ``audit.head.json`` says. Whoever rewrites the tail *and* the head consistently
-can only be caught against a record hash kept elsewhere, which is why every search returns its
-record's seq and hash and the case report prints them.
+the first) and ``hash``, the SHA-256 of the record's canonical JSON without ``hash``. Editing a record
+changes its hash; re-hashing an edited record breaks the next record's ``prev_hash``; removing a record
+leaves a gap in ``seq``; removing the newest records leaves the log shorter than the head says.
+Whoever rewrites the log *and* its head consistently is caught only against a record hash kept
+elsewhere (``verify(expect=...)``: the case report and every search answer print ``SEQ:HASH``) or,
+when the laboratory signs its heads, against its public key (``verify(public_key=...)``).
 
-Appending (under an exclusive ``flock`` on audit.jsonl, so concurrent processes queue): the record is
-written as one line to an ``O_APPEND`` descriptor and fsynced; it is committed from that moment and
-only then returned to the caller; audit.head.json is then replaced atomically. A crash during the
-write leaves a *torn tail*: bytes after the last newline, a record nobody was ever given. The next
-append moves those bytes to audit.torn, truncates the log back to its last complete line and notes
-the repair (size and SHA-256 of the fragment) in the new record, so the chain itself says what was
-set aside; ``verify`` reports a torn tail without failing. If the head names a record the log no
-longer holds, committed records were lost: appends are refused and nothing is written.
+Appending (under an exclusive ``flock`` on audit.jsonl, so concurrent processes queue): the head is
+first rewritten to name the record about to be written as *pending*; the record is then written as one
+line to an ``O_APPEND`` descriptor and fsynced (it is committed from that moment and only then
+returned to the caller); the head is then rewritten to name it as committed. A crash during the write
+leaves a *torn tail*: bytes after the last newline, a record nobody was ever given. The next append
+moves those bytes to audit.torn, truncates the log back to its last complete line and notes the repair
+(size and SHA-256 of the fragment) in the new record. Appends are refused, and nothing is written, when
+the head is missing or corrupt while the log holds records, names a record the log no longer holds,
+does not cover the log's last record, or when the torn tail is a whole committed record (see
+``audit_verify``): an append never builds on a log that lost or gained records outside HandCLIP.
+``reanchor`` is the one way on after a lost head, and it leaves a record saying so.
 
 Records list every file they rely on under ``files`` (role, path, SHA-256 at the time): query photos,
 the checkpoint, the calibration file, enrolled images. ``verify`` re-hashes each of them.
@@ -39,36 +42,26 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from ..atomic import atomic_write_json, sha256_file
-from ..errors import HandCLIPError
+from .audit_format import GENESIS_HASH, RECORD_FORMAT, AuditError, canonical_json, parse_record, record_hash
+from .audit_head import HEAD_FILE, Head, HeadSigner, head_payload, parse_head
+from .audit_verify import (AuditProblem, LogState, VerifyResult, chain_problems, verify_files, verify_log,
+                           whole_record_in_torn_tail)
+
+__all__ = ["AUDIT_FILE", "HEAD_FILE", "TORN_FILE", "GENESIS_HASH", "RECORD_FORMAT", "AuditError", "AuditLog",
+           "AuditProblem", "AuditRef", "VerifyResult", "canonical_json", "file_entry", "record_hash"]
 
 AUDIT_FILE = "audit.jsonl"
-HEAD_FILE = "audit.head.json"
 TORN_FILE = "audit.torn"
-GENESIS_HASH = "0" * 64
-RECORD_FORMAT = "handclip-audit-1"
 _TAIL_BLOCK = 1 << 16
-# Testing hook: seconds to sleep after writing the first half of a record line, so a test can SIGKILL
-# an append mid-record and check the torn tail is handled.
+# Testing hooks: seconds to sleep after writing the first half of a record line (so a test can SIGKILL
+# an append mid-record), and after the record is written but before the head names it as committed.
 TORN_WRITE_DELAY_ENV = "HANDCLIP_AUDIT_TORN_WRITE_DELAY"
-
-
-class AuditError(HandCLIPError):
-    """The audit log is damaged or cannot be written; nothing was appended."""
-
-
-def canonical_json(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
-def record_hash(record: dict) -> str:
-    """SHA-256 of a record's canonical JSON, its own ``hash`` field left out."""
-    return hashlib.sha256(canonical_json({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+HEAD_WRITE_DELAY_ENV = "HANDCLIP_AUDIT_HEAD_WRITE_DELAY"
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,34 +102,21 @@ def file_entry(role: str, path: str | os.PathLike, sha256: str | None = None) ->
 
 @dataclass(frozen=True)
 class AuditRef:
-    """Which record a command wrote: what a case report prints and a service returns."""
+    """Which record a command wrote: what a case report prints and a service returns. ``anchor``
+    (``SEQ:HASH``) is what an examiner keeps to check the log later (``handclip audit verify --expect``)."""
 
     seq: int
     hash: str
     log: str
-
-    def as_dict(self) -> dict:
-        return {"seq": self.seq, "hash": self.hash, "log": self.log}
-
-
-@dataclass
-class AuditProblem:
-    message: str
-    record: int | None = None
-    path: str | None = None
-
-
-@dataclass
-class VerifyResult:
-    log: str
-    records: int = 0
-    files_checked: int = 0
-    problems: list[AuditProblem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    key_id: str | None = None  # the key that signed the head naming this record, if any
 
     @property
-    def ok(self) -> bool:
-        return not self.problems
+    def anchor(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+    def as_dict(self) -> dict:
+        return {"seq": self.seq, "hash": self.hash, "log": self.log, "anchor": self.anchor,
+                "signed_by": self.key_id}
 
 
 def _scan_tail(handle) -> tuple[bytes | None, int, bytes]:
@@ -158,21 +138,15 @@ def _scan_tail(handle) -> tuple[bytes | None, int, bytes]:
         pos = start
 
 
-def _parse(line: bytes) -> dict:
-    record = json.loads(line.decode("utf-8"))
-    if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
-        raise ValueError("not a record")
-    return record
-
-
 class AuditLog:
-    """The audit trail in ``directory`` (a gallery folder)."""
+    """The audit trail in ``directory`` (a gallery folder); ``signer`` signs every head it writes."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, signer: HeadSigner | None = None):
         self.directory = Path(directory)
         self.path = self.directory / AUDIT_FILE
         self.head_path = self.directory / HEAD_FILE
         self.torn_path = self.directory / TORN_FILE
+        self.signer = signer
 
     def exists(self) -> bool:
         return self.path.exists() or self.head_path.exists()
@@ -194,26 +168,50 @@ class AuditLog:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _read_head(self) -> dict | None:
+    def read_head(self) -> Head | None:
+        """The head, or None if there is none; AuditError if it is corrupt."""
         try:
-            head = json.loads(self.head_path.read_text(encoding="utf-8"))
-            if not (isinstance(head, dict) and isinstance(head.get("seq"), int) and isinstance(head.get("hash"), str)):
-                raise ValueError
-            return head
+            return parse_head(json.loads(self.head_path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             return None
         except (ValueError, UnicodeDecodeError):
-            raise AuditError(f"audit head {self.head_path} is corrupt; run `handclip audit verify`, and if the "
-                             f"log itself verifies, remove {self.head_path.name} to go on (the next record notes it)") from None
+            raise AuditError(f"audit head {self.head_path} is corrupt; run `handclip audit verify --expect SEQ:HASH` "
+                             f"with a record hash kept elsewhere, then `handclip audit reanchor` (nothing was "
+                             f"written)") from None
 
-    def _check_head(self, head: dict | None, last: dict | None) -> None:
+    def _refuse(self, problem: str) -> None:
+        raise AuditError(f"audit log {self.path}: {problem}; run `handclip audit verify` (nothing was written)")
+
+    def _check_head(self, head: Head | None, last: dict | None, torn: bytes) -> None:
+        """Refuse to append onto a log whose end the head does not vouch for (see the module's rules)."""
         last_seq = last["seq"] if last else 0
         if head is None:
+            if last is not None:
+                self._refuse(f"{self.head_path.name} is missing, so records cut from the end could not be told")
             return
-        if head["seq"] > last_seq or (head["seq"] == last_seq and last and head["hash"] != last.get("hash")):
-            raise AuditError(f"audit log {self.path} has lost committed records: {self.head_path.name} names record "
-                             f"{head['seq']} but the log ends at record {last_seq}; restore {self.path.name} from a "
-                             f"backup (nothing was written)")
+        if head.seq > last_seq:
+            self._refuse(f"the log has lost committed records: {self.head_path.name} names record {head.seq} but "
+                         f"the log ends at record {last_seq}; restore {self.path.name} from a backup")
+        covered = head.seq == last_seq and (not last or head.hash == last["hash"])
+        finishing = head.seq == last_seq - 1 and head.pending == (last_seq, last["hash"])
+        if not (covered or finishing):
+            self._refuse(f"its last record {last_seq} is not the one {self.head_path.name} names (record {head.seq})")
+        whole = whole_record_in_torn_tail(torn, last) if torn else None
+        if whole is not None and head.pending != (whole["seq"], whole["hash"]):
+            self._refuse(f"record {whole['seq']} at its end lacks its final newline: a committed record was cut, "
+                         f"not an interrupted append")
+
+    def _first_hash(self, head: Head | None, last: dict | None) -> str | None:
+        if head is not None and head.first_hash is not None:
+            return head.first_hash
+        if last is None:
+            return None
+        with open(self.path, "rb") as handle:
+            return parse_record(handle.readline().rstrip(b"\n"))["hash"]
+
+    def _write_head(self, seq: int, digest: str, first_hash: str | None, pending: tuple[int, str] | None) -> None:
+        payload = head_payload(seq, digest, first_hash, pending)
+        atomic_write_json(self.head_path, self.signer.sign(payload) if self.signer else {**payload, "signature": None})
 
     def _set_aside(self, torn: bytes, offset: int) -> dict:
         note = {"offset": offset, "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()}
@@ -224,41 +222,79 @@ class AuditLog:
             os.fsync(handle.fileno())
         return {**note, "set_aside_in": TORN_FILE}
 
-    def append(self, record: dict) -> AuditRef:
+    def _last(self, line: bytes | None) -> dict | None:
+        try:
+            return parse_record(line) if line is not None else None
+        except ValueError:
+            raise AuditError(f"audit log {self.path}: its last record is corrupt; run `handclip audit verify` "
+                             f"(nothing was written)") from None
+
+    def append(self, record: dict, *, _reanchor: str | None = None) -> AuditRef:
         """Chain ``record`` onto the log and commit it durably; returns its seq and hash."""
         with self._locked(exclusive=True) as handle:
             line, end, torn = _scan_tail(handle)
-            try:
-                last = _parse(line) if line is not None else None
-            except ValueError:
-                raise AuditError(f"audit log {self.path}: its last record is corrupt; run `handclip audit verify` "
-                                 f"(nothing was written)") from None
-            head = self._read_head()
-            self._check_head(head, last)
+            last = self._last(line)
+            head = None if _reanchor is not None else self.read_head()
+            if _reanchor is None:
+                self._check_head(head, last, torn)
+            first_hash = self._first_hash(head, last)
             full = {"format": RECORD_FORMAT, **record, "seq": (last["seq"] + 1) if last else 1,
-                    "prev_hash": last.get("hash") if last else GENESIS_HASH, "time": utc_now(), "os_user": os_user(),
+                    "prev_hash": last["hash"] if last else GENESIS_HASH, "time": utc_now(), "os_user": os_user(),
                     "software": software_versions()}
+            if self.signer is not None:
+                full["signing_key"] = self.signer.key_id
+            if _reanchor is not None:
+                full["reanchored"] = _reanchor
             if torn:
                 full["torn_tail_set_aside"] = self._set_aside(torn, end)
                 os.ftruncate(handle.fileno(), end)
                 os.fsync(handle.fileno())
-            if head is None and last is not None:
-                full["head_was_missing"] = True
             full["hash"] = record_hash(full)
+            first_hash = first_hash or full["hash"]
+            self._write_head(last["seq"] if last else 0, last["hash"] if last else GENESIS_HASH, first_hash,
+                             (full["seq"], full["hash"]))
             self._write_line(handle, canonical_json(full) + b"\n", end)
-            atomic_write_json(self.head_path, {"seq": full["seq"], "hash": full["hash"]})
-        return AuditRef(full["seq"], full["hash"], str(self.path.resolve()))
+            self._delay(HEAD_WRITE_DELAY_ENV)
+            self._write_head(full["seq"], full["hash"], first_hash, None)
+        return AuditRef(full["seq"], full["hash"], str(self.path.resolve()), self.signer.key_id if self.signer else None)
+
+    def reanchor(self, reason: str) -> AuditRef:
+        """Write a new head after the old one was lost or damaged, through a record that says so.
+
+        Refused unless the head is missing or corrupt and the chain itself verifies: records cut from
+        the end before this point can then be found only against a record hash kept elsewhere, which
+        ``verify`` says in a note whenever it meets this record.
+        """
+        try:
+            head = self.read_head()
+        except AuditError:
+            head, was = None, "corrupt"
+        else:
+            was = "missing"
+        if head is not None:
+            raise AuditError(f"{self.head_path} is intact; there is nothing to re-anchor")
+        lines, torn = self._read_all()
+        problems = chain_problems(LogState(self.path.name, self.head_path.name, lines, torn, None))
+        if problems or not lines:
+            first = problems[0].message if problems else "it holds no records"
+            raise AuditError(f"audit log {self.path} cannot be re-anchored: {first}")
+        return self.append({"command": "reanchor", "reason": str(reason)[:500], "head_was": was}, _reanchor=was)
+
+    @staticmethod
+    def _delay(variable: str) -> None:
+        delay = os.environ.get(variable)
+        if delay:
+            time.sleep(float(delay))
 
     def _write_line(self, handle, data: bytes, end: int) -> None:
         fd = handle.fileno()
-        delay = os.environ.get(TORN_WRITE_DELAY_ENV)
         try:
             view = memoryview(data)
-            if delay:
+            if os.environ.get(TORN_WRITE_DELAY_ENV):
                 half = len(view) // 2
                 os.write(fd, view[:half])
                 os.fsync(fd)
-                time.sleep(float(delay))
+                self._delay(TORN_WRITE_DELAY_ENV)
                 view = view[half:]
             while view:
                 view = view[os.write(fd, view):]
@@ -284,98 +320,45 @@ class AuditLog:
         out = []
         for number, line in enumerate(lines, 1):
             try:
-                out.append(_parse(line))
-            except ValueError:
-                raise AuditError(f"audit log {self.path} line {number} is not a valid record; "
+                out.append(parse_record(line))
+            except ValueError as reason:
+                raise AuditError(f"audit log {self.path} line {number} is not a valid record ({reason}); "
                                  f"run `handclip audit verify`") from None
         return out
 
-    def verify(self, check_files: bool = True) -> VerifyResult:
-        """Check the chain, the head and (``check_files``) every file hash the records hold.
+    def readable_records(self) -> list[dict]:
+        """The records that parse, oldest first; damaged lines are left out (``verify`` names them)."""
+        out = []
+        for line in self._read_all()[0]:
+            try:
+                out.append(parse_record(line))
+            except ValueError:
+                continue
+        return out
+
+    def state(self) -> LogState:
+        """The log's lines, torn tail and head as verify reads them."""
+        lines, torn = self._read_all()
+        try:
+            head, error = self.read_head(), None
+        except AuditError as exc:
+            head, error = None, str(exc)
+        return LogState(self.path.name, self.head_path.name, lines, torn, head, error)
+
+    def verify(self, check_files: bool = True, *, expect=(), public_key: bytes | None = None) -> VerifyResult:
+        """Check the chain, the head, its signature, every ``expect`` (seq, hash) anchor and
+        (``check_files``) every file hash the records hold; see ``audit_verify`` for the rules.
 
         Problems are listed in log order, so the first one names the first record or file that was
         altered or removed.
         """
-        result = VerifyResult(log=str(self.path))
-        lines, torn = self._read_all()
-        if not lines and not torn and not self.head_path.exists():
-            result.notes.append(f"{self.path} holds no records yet")
-            return result
-        problems = result.problems
-        expected_seq, prev_hash, last = 1, GENESIS_HASH, None
-        files: dict[tuple[str, str], tuple[int, str]] = {}
-        for number, line in enumerate(lines, 1):
-            try:
-                record = _parse(line)
-            except ValueError:
-                problems.append(AuditProblem(f"line {number} of {self.path.name} is not a valid record "
-                                             f"(record {expected_seq} was altered or damaged)", expected_seq))
-                expected_seq, prev_hash = expected_seq + 1, None
-                continue
-            seq = record["seq"]
-            if record.get("hash") != record_hash(record):
-                problems.append(AuditProblem(f"record {seq} was altered: its content no longer matches its hash", seq))
-            if seq > expected_seq:
-                gap = f"record {expected_seq}" if seq == expected_seq + 1 else f"records {expected_seq}-{seq - 1}"
-                problems.append(AuditProblem(f"{gap} removed: the log goes from record {expected_seq - 1} "
-                                             f"to record {seq}", expected_seq))
-            elif seq < expected_seq:
-                problems.append(AuditProblem(f"record {seq} appears again after record {expected_seq - 1} "
-                                             f"(inserted or duplicated)", seq))
-            elif prev_hash is not None and record.get("prev_hash") != prev_hash:
-                problems.append(AuditProblem(f"record {seq - 1} was altered or replaced: record {seq} "
-                                             f"does not chain to it", seq - 1))
-            for entry in record.get("files") or []:
-                files.setdefault((entry.get("path"), entry.get("sha256")), (seq, entry.get("role", "file")))
-            expected_seq, prev_hash, last = max(expected_seq, seq + 1), record.get("hash"), record
-        result.records = len(lines)
-        self._verify_head(result, last)
-        if torn:
-            result.notes.append(f"{self.path.name} ends with {len(torn)} bytes of an interrupted append (no "
-                                f"committed record); the next append sets them aside in {TORN_FILE}")
+        result, chain = verify_log(self.state(), expect=expect, public_key=public_key)
+        result.log = str(self.path)
+        for record in chain.records.values():
+            if record.get("reanchored"):
+                result.notes.append(f"record {record['seq']} re-anchored the log after its head was "
+                                    f"{record['reanchored']}: records cut from the end before it can be found only "
+                                    f"against a record hash kept elsewhere (--expect)")
         if check_files:
-            self._verify_files(result, files)
-        problems.sort(key=lambda p: (p.record if p.record is not None else 1 << 62))
+            verify_files(result, chain.files)
         return result
-
-    def _verify_head(self, result: VerifyResult, last: dict | None) -> None:
-        try:
-            head = self._read_head()
-        except AuditError as exc:
-            result.problems.append(AuditProblem(str(exc)))
-            return
-        last_seq = last["seq"] if last else 0
-        if head is None:
-            if last is not None:
-                result.notes.append(f"{self.head_path.name} is missing; the newest records cannot be checked "
-                                    f"for removal (the next append restores it)")
-            return
-        if head["seq"] > last_seq:
-            gap = f"record {head['seq']}" if head["seq"] == last_seq + 1 else f"records {last_seq + 1}-{head['seq']}"
-            result.problems.append(AuditProblem(f"{gap} removed from the end: {self.head_path.name} names record "
-                                                f"{head['seq']} but the log ends at record {last_seq}", last_seq + 1))
-        elif head["seq"] == last_seq and last is not None and head["hash"] != last.get("hash"):
-            result.problems.append(AuditProblem(f"record {last_seq} was replaced: its hash differs from the one "
-                                                f"in {self.head_path.name}", last_seq))
-        elif head["seq"] < last_seq - 1:
-            result.problems.append(AuditProblem(f"{self.head_path.name} names record {head['seq']} but the log "
-                                                f"holds {last_seq}: the head was rolled back", head["seq"]))
-
-    @staticmethod
-    def _verify_files(result: VerifyResult, files: dict) -> None:
-        current: dict[str, str | None] = {}
-        for (path, recorded), (seq, role) in files.items():
-            if path not in current:
-                try:
-                    current[path] = sha256_file(path)
-                except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                    current[path] = None
-                except OSError as exc:
-                    current[path] = f"unreadable ({exc.strerror})"
-                result.files_checked += 1
-            now = current[path]
-            if now is None:
-                result.problems.append(AuditProblem(f"{role} file {path} (record {seq}) was removed", seq, path))
-            elif now != recorded:
-                result.problems.append(AuditProblem(f"{role} file {path} (record {seq}) was changed: SHA-256 "
-                                                    f"{recorded[:16]}... recorded, {now[:16]}... now", seq, path))

@@ -8,6 +8,7 @@ identity, so it describes LRs for people the calibration did not see.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -52,12 +53,15 @@ def calibration_records(manifest, splits: Sequence[str] = DEFAULT_SPLITS, source
         if rec.split in splits and not rec.is_distractor:
             seen.setdefault(rec.path, rec)
     records = list(seen.values())
-    counts = Counter(rec.pid for rec in records)
-    usable = sum(1 for n in counts.values() if n >= 2)
-    if usable < MIN_IDENTITIES:
-        raise CalibrationError(f"{source or 'the manifest'} has {usable} identities with two or more images in "
-                               f"split(s) {', '.join(splits)}; calibration needs at least {MIN_IDENTITIES}")
+    _enough_identities(records, source or "the manifest", f" in split(s) {', '.join(splits)}")
     return records
+
+
+def _enough_identities(records: list, source: str, where: str = "") -> None:
+    usable = sum(1 for n in Counter(rec.pid for rec in records).values() if n >= 2)
+    if usable < MIN_IDENTITIES:
+        raise CalibrationError(f"{source} has {usable} identities with two or more images{where}; "
+                               f"calibration needs at least {MIN_IDENTITIES}")
 
 
 def fit_calibration(features: np.ndarray, pids, method: str = "logit", folds: int = 5, seed: int = 0,
@@ -77,24 +81,69 @@ def fit_calibration(features: np.ndarray, pids, method: str = "logit", folds: in
     return maps, figures
 
 
-def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
+def folder_records(folder) -> tuple[list, str]:
+    """The images of a folder of per-identity folders (as ``handclip enrol`` reads them) as records, one
+    identity per folder, and the SHA-256 of its listing (each image's SHA-256 and path, as sha256sum
+    prints them), so a calibration names exactly the images it was fitted on."""
+    from ..atomic import sha256_bytes, sha256_file
+    from ..data.images import FolderWalk, identity_folders
+    from ..data.manifest import ManifestRecord
+
+    root, walk = Path(folder).absolute(), FolderWalk()
+    records = [ManifestRecord("gallery", 0, path, pid, None, "folder", root.name, name, False)
+               for pid, (name, paths) in enumerate(identity_folders(root, walk)) for path in paths]
+    walk.warn(Path(folder))
+    listing = "".join(f"{sha256_file(r.path)}  {os.path.relpath(r.path, root)}\n" for r in records)
+    return records, sha256_bytes(listing.encode("utf-8"))
+
+
+def _usable(records: list, skip_bad: bool, source) -> list:
+    """``records`` without the unusable images (each named) under ``skip_bad``; otherwise one DataError."""
+    from ..data.images import check_images_exist, unusable_images, warn_left_out
+
+    check_images_exist(records, source=source)
+    problems = unusable_images([r.path for r in records], skip_bad)
+    if not problems:
+        return records
+    warn_left_out(problems, "the calibration")
+    bad = {p.path for p in problems}
+    return [r for r in records if r.path not in bad]
+
+
+def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
               folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
-              progress: bool = False, precision: str = "auto", engine: str = "torch") -> ScoreCalibration:
-    """A ScoreCalibration for ``checkpoint`` fitted on ``manifest_path``'s identities (not yet saved); the
-    features are computed at ``precision`` with ``engine`` (``Encoder.computed_with``), as the summary says."""
+              progress: bool = False, out=None, images=None, skip_bad: bool = False, precision: str = "auto",
+              engine: str = "torch") -> ScoreCalibration:
+    """A ScoreCalibration for ``checkpoint`` fitted on the identities of ``manifest_path`` (its ``splits``) or
+    of ``images``, a folder of per-identity folders of people the model never trained on (every image), saved
+    to ``out`` (a JSON file, written atomically) when given. An unusable image stops it, naming the file,
+    unless ``skip_bad`` (each is then named and left out). The features are computed at ``precision`` with
+    ``engine`` (``Encoder.computed_with``), as the summary's ``inference`` record says."""
+    import hashlib
+
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
-    from ..data.images import check_images_exist
     from ..model.inference import load_encoder
 
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
-    manifest = Manifest.read(manifest_path)
-    records = calibration_records(manifest, splits, source=f"manifest {manifest_path}")
-    if "train" in splits or "val" in splits:
-        print("handclip: warning: the model trained on the train/val identities; LRs calibrated on them "
-              "overstate the evidence for new people", file=sys.stderr)
-    check_images_exist(records, source=manifest_path)
+    if (manifest_path is None) == (images is None):
+        raise CalibrationError("give either a manifest or a folder of per-identity image folders to calibrate on")
+    if images is not None:
+        records, listing_sha256 = folder_records(images)
+        source = f"folder {images}"
+        provenance = {"images": str(Path(images)), "images_sha256": listing_sha256, "splits": []}
+    else:
+        manifest = Manifest.read(manifest_path)
+        records = calibration_records(manifest, splits, source=f"manifest {manifest_path}")
+        source = f"manifest {manifest_path}"
+        provenance = {"manifest": str(Path(manifest_path)), "manifest_sha256": sha256_file(manifest_path),
+                      "splits": list(splits)}
+        if "train" in splits or "val" in splits:
+            print("handclip: warning: the model trained on the train/val identities; LRs calibrated on them "
+                  "overstate the evidence for new people", file=sys.stderr)
+    records = _usable(records, skip_bad, source)
+    _enough_identities(records, source)
     encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)  # as enrol and search
     features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
     pids = np.array([rec.pid for rec in records])
@@ -103,13 +152,20 @@ def calibrate(checkpoint, manifest_path, method: str = "logit", splits: Sequence
     summary = {
         "method": method, "cllr": image["cllr"], "cllr_min": image["cllr_min"], "cllr_cal": image["cllr_cal"],
         "n_identities": int(len(set(pids.tolist()))), "n_images": len(records),
-        "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"],
-        "manifest": str(Path(manifest_path)), "manifest_sha256": sha256_file(manifest_path),
-        "splits": list(splits), "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
+        # Who the calibration saw, as SHA-256 of each identity (its id in a manifest, its folder name in a
+        # folder of people), UTF-8: a validation can check that it is run on other people without the file
+        # naming anyone.
+        "identity_sha256": sorted({hashlib.sha256(identity.encode("utf-8")).hexdigest() for identity in
+                                   (r.original_id if images is not None else str(r.pid) for r in records)}),
+        "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"], **provenance,
+        "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
         "score": "cosine similarity of L2-normalised features (no flip)",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures, "inference": encoder.inference_record(),
     }
-    return ScoreCalibration(maps, encoder.fingerprint(), summary)
+    calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
+    if out is not None:
+        calibration.save(out)
+    return calibration
 
 
-__all__ = ["calibrate", "calibration_records", "fit_calibration", "KINDS", "DEFAULT_SPLITS"]
+__all__ = ["calibrate", "calibration_records", "fit_calibration", "folder_records", "KINDS", "DEFAULT_SPLITS"]

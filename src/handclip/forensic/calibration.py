@@ -23,14 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import HandCLIPError
+from .calibration_checks import (FORMAT, KINDS, METHODS, VERSION, CalibrationError, check_content_hash, check_document,
+                                 check_map, content_sha256, parse_json)
 
-FORMAT = "handclip-score-calibration"
-# Version 2 stores the KDE as its monotone table; version 1 files still load unless they hold a KDE map.
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
-METHODS = ("logit", "kde", "isotonic")
-KINDS = ("image", "identity")
+__all__ = ["FORMAT", "KINDS", "METHODS", "VERSION", "CalibrationError", "ScoreCalibration", "ScoreMap",
+           "cllr_figures", "describe", "elub_bounds", "fit_score_map", "kde_table", "monotone_interp",
+           "verbal_band", "verbal_equivalent", "verbal_scale_rows", "verbal_strength"]
 # Two-fold cross-calibration needs at least three people with two or more images in each fold.
 MIN_IDENTITIES = 6
 # KDE's densities are estimated from at most this many scores per class: a few thousand suffice.
@@ -42,10 +40,6 @@ KDE_LOG10_LIMIT = 15.0
 # lir's ELUB search holds a pairs x thresholds float matrix; larger non-mated sets are subsampled,
 # which can only lower the upper bound (it never exceeds log10 of the non-mated count + 1).
 ELUB_MAX_NONMATED = 50_000
-
-
-class CalibrationError(HandCLIPError):
-    """A calibration cannot be fitted, read or applied (too little data, other model, bad file)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,43 +145,6 @@ def monotone_interp(x: np.ndarray, knots: np.ndarray, values: np.ndarray) -> np.
     return np.clip(low + fraction * (high - low), low, high)
 
 
-def _finite_list(params: dict, key: str, where: str) -> np.ndarray:
-    try:
-        values = np.asarray(params[key], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"{where}: params.{key} is not a list of numbers") from None
-    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
-        raise CalibrationError(f"{where}: params.{key} must be a non-empty list of finite numbers")
-    return values
-
-
-def _check_rising(values: np.ndarray, key: str, where: str, strictly: bool = False) -> None:
-    steps = np.diff(values)
-    if np.any(steps <= 0 if strictly else steps < 0):
-        raise CalibrationError(f"{where}: params.{key} must {'increase' if strictly else 'never decrease'} "
-                               f"(the file was damaged or edited)")
-
-
-def _check_params(method: str, params: dict, where: str) -> None:
-    """Refuse a map whose LR could fall as the score rises, or that is not made of finite numbers."""
-    if method == "logit":
-        coef, intercept = params["coef"], params["intercept"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (coef, intercept)):
-            raise CalibrationError(f"{where}: params.coef and params.intercept must be finite numbers")
-        if coef < 0:
-            raise CalibrationError(f"{where}: a negative logistic slope ({coef:.6g}) makes the LR fall as the "
-                                   f"score rises")
-        return
-    knots = _finite_list(params, "x", where)
-    values = _finite_list(params, "log10_lr" if method == "kde" else "p", where)
-    if knots.size != values.size or (method == "kde" and knots.size < 2):
-        raise CalibrationError(f"{where}: params.x and its values differ in length or are too short")
-    _check_rising(knots, "x", where, strictly=method == "kde")
-    _check_rising(values, "log10_lr" if method == "kde" else "p", where)
-    if method == "isotonic" and (values[0] < 0 or values[-1] > 1):
-        raise CalibrationError(f"{where}: params.p must lie between 0 and 1")
-
-
 @dataclass(frozen=True)
 class ScoreMap:
     """score -> log10 LR for one score kind: the calibrator's plain-data state and its ELUB bounds."""
@@ -220,24 +177,8 @@ class ScoreMap:
 
     @classmethod
     def from_dict(cls, data, where: str) -> "ScoreMap":
-        try:
-            method, params = data["method"], data["params"]
-            lower, upper = (float(v) for v in data["log10_lr_bounds"])
-        except (KeyError, TypeError, ValueError):
-            raise CalibrationError(f"{where} is malformed (needs method, params and two log10_lr_bounds)") from None
-        required = {"logit": ("coef", "intercept"), "kde": ("bandwidth", "x", "log10_lr"), "isotonic": ("x", "p")}
-        if method not in required:
-            raise CalibrationError(f"{where}: unknown method {method!r} (choose from {', '.join(METHODS)})")
-        if method == "kde" and isinstance(params, dict) and "mated_points" in params and "log10_lr" not in params:
-            raise CalibrationError(f"{where}: a KDE map of format version 1 can fall as the score rises above its "
-                                   f"data; fit the calibration again (handclip calibrate --method kde)")
-        missing = [key for key in required[method] if not isinstance(params, dict) or key not in params]
-        if missing:
-            raise CalibrationError(f"{where}: params lack {', '.join(missing)}")
-        _check_params(method, params, where)
-        if not (math.isfinite(lower) and math.isfinite(upper) and lower <= 0.0 <= upper):
-            raise CalibrationError(f"{where}: bounds {lower}, {upper} must be finite and enclose log10 LR 0")
-        return cls(method, params, lower, upper)
+        """A stored map, every value checked (``calibration_checks.check_map``)."""
+        return cls(*check_map(data, where))
 
 
 def _check_fit_input(mated: np.ndarray, nonmated: np.ndarray) -> None:
@@ -412,10 +353,19 @@ class ScoreCalibration:
             raise CalibrationError(f"{source} was fitted for another model; differing fields (calibration vs model): "
                                    + "; ".join(differences))
 
+    def describe(self, kinds: Sequence[str] = KINDS) -> list[str]:
+        """Lines for a terminal: method, cross-validated Cllr and LR range per kind (``describe``)."""
+        return describe(self, kinds)
+
     def as_dict(self) -> dict:
+        """The file's content, with the SHA-256 of its canonical form (``calibration_checks``)."""
         summary = {k: v for k, v in self.summary.items() if k != "path"}
-        return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,
-                "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+        payload = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,
+                   "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+        try:
+            return {**payload, "content_sha256": content_sha256(payload)}
+        except ValueError:
+            raise CalibrationError("the calibration holds NaN or infinite numbers and cannot be stored") from None
 
     def save(self, path) -> None:
         from ..atomic import atomic_write_text
@@ -433,26 +383,12 @@ class ScoreCalibration:
             raise CalibrationError(f"calibration file {path} is a directory") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise CalibrationError(f"cannot read calibration file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            raise CalibrationError(f"calibration file {path} is not valid JSON (truncated or not a calibration)") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CalibrationError(f"{path} is not a HandCLIP score calibration (made by `handclip calibrate`)")
-        if data.get("version") not in READABLE_VERSIONS:
-            raise CalibrationError(f"calibration file {path} has format version {data.get('version')!r}; "
-                                   f"this HandCLIP reads versions {' and '.join(map(str, READABLE_VERSIONS))}")
-        maps = data.get("maps")
-        if not isinstance(maps, dict) or not maps:
-            raise CalibrationError(f"calibration file {path} has no score maps")
-        unknown = sorted(set(maps) - set(KINDS))
-        if unknown:
-            raise CalibrationError(f"calibration file {path} has an unknown score kind {unknown[0]!r}")
-        fingerprint, summary = data.get("fingerprint"), data.get("summary")
-        if not isinstance(fingerprint, dict) or not isinstance(summary, dict):
-            raise CalibrationError(f"calibration file {path} lacks the model fingerprint or the summary")
-        parsed = {kind: ScoreMap.from_dict(m, f"calibration file {path}, maps.{kind}") for kind, m in maps.items()}
-        return cls(parsed, fingerprint, {**summary, "path": str(path)})
+        data = parse_json(text, path)
+        check_document(data, path)
+        parsed = {kind: ScoreMap.from_dict(m, f"calibration file {path}, maps.{kind}")
+                  for kind, m in data["maps"].items()}
+        check_content_hash(data, path)  # after the maps, so a map that cannot be right is named first
+        return cls(parsed, data["fingerprint"], {**data["summary"], "path": str(path)})
 
 
 def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:

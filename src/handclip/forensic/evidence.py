@@ -26,6 +26,10 @@ NOT_LIKELIHOOD_RATIOS = ("Scores are cosine similarities between hand embeddings
 CALIBRATED = "Likelihood ratios from the calibration below, bounded to what its data supports."
 # The summary's top-level figures are the image kind's (see CalibrationInfo.figures).
 _KIND_FIGURES = ("cllr", "cllr_min", "cllr_cal", "n_mated", "n_nonmated")
+# Summary fields holding a path on the machine that fitted or loaded the calibration, and long lists:
+# a record for someone outside that machine (a web client) names the files by name and hash only.
+_PATH_FIELDS = ("path", "manifest", "images", "checkpoint")
+_LIST_FIELDS = ("identity_sha256",)
 
 
 @dataclass
@@ -53,6 +57,9 @@ class CalibrationInfo:
             details.append(f"SHA-256 {str(s['manifest_sha256'])[:16]}...")
         if s.get("manifest"):
             text += f", of manifest {PurePath(str(s['manifest'])).name}"
+        elif s.get("images"):
+            text += f", of folder {PurePath(str(s['images'])).name}"
+            details.append(f"listing SHA-256 {str(s.get('images_sha256'))[:16]}...")
         return text + (f" ({'; '.join(details)})" if details else "")
 
     def figures(self, kind: str) -> dict:
@@ -91,6 +98,14 @@ class CalibrationInfo:
         low, high = self.bounds(kind)
         return {"path": self.path, "sha256": self.sha256, "kind": kind, "bounds_log10": [low, high],
                 "description": self.describe(kind), "summary": self.summary}
+
+    def public_record(self, kind: str) -> dict:
+        """``as_record`` for a reader on another machine: no server path (files by name and SHA-256)."""
+        record = {k: v for k, v in self.as_record(kind).items() if k != "path"}
+        record["file"] = PurePath(self.path).name
+        record["summary"] = {k: (PurePath(str(v)).name if k in _PATH_FIELDS and isinstance(v, str) else v)
+                             for k, v in self.summary.items() if k not in _LIST_FIELDS and k != "path"}
+        return record
 
 
 def _bound_side(value: float, bounds: tuple[float, float]) -> str | None:

@@ -3,9 +3,18 @@
 Per query: the photo with its exhibit name and its SHA-256 taken at intake, then the ranked candidates with thumbnails,
 scores, log10 likelihood ratios and their verbal equivalents. Then the propositions the LRs weigh (or
 the statement that scores are not LRs), the identifiers of model, gallery and calibration, the audit
-record's seq and hash, a limitations paragraph and a signature block. Names and paths are escaped for
-reportlab's markup and shown as ``handclip.gallery.results.display_path`` gives them. Text is set in the
-DejaVu fonts matplotlib ships, so any identity name renders; the PDF's text can be extracted.
+record's seq and hash (``SEQ:HASH``, what ``handclip audit verify --expect`` checks later), a limitations
+paragraph and a signature block. Text is set in the DejaVu fonts matplotlib ships; the PDF's text can be
+extracted.
+
+Every text that comes from outside HandCLIP (identity and file names, case id, examiner, the
+calibration's manifest name) goes through ``_clean`` before it reaches reportlab: control,
+bidirectional-override and other invisible characters are shown as ``\\u....`` escapes (so a name
+cannot reorder or hide text, nor break a table cell over many lines), the text is cut to a bound,
+right-to-left scripts are laid out in visual order (reportlab places glyphs left to right; python-bidi
+gives the order a reader sees), and a character the font has no glyph for is shown as ``[U+....]``
+rather than as an empty box. A case id is checked before a search is recorded (``check_case_id``):
+longer than ``CASE_ID_LIMIT`` characters or holding control characters, it is refused.
 """
 
 from __future__ import annotations
@@ -19,9 +28,17 @@ from xml.sax.saxutils import escape
 
 from ..atomic import atomic_write_bytes
 from ..errors import HandCLIPError
-from .results import SearchResult, display_path
+from .results import SearchResult, display_path, printable
 
 _FONTS = {"body": "Helvetica", "bold": "Helvetica-Bold", "mono": "Courier"}
+CASE_ID_LIMIT = 200
+# What a case id may not hold: control characters, soft hyphen and other invisible formatting, zero-width
+# characters, line and paragraph separators, bidirectional embeddings, overrides and isolates, private use.
+# One pattern for the command line, the service and its OpenAPI schema.
+CASE_ID_PATTERN = (r"^[^\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+                   r"\ufff9-\ufffb\ue000-\uf8ff]*$")
+_NAME_LIMIT = 120  # identity and file names in tables
+_TEXT_LIMIT = 300  # any other outside text (examiner, calibration manifest name, paths)
 _THUMB_MM = 24
 _QUERY_MM = 48
 
@@ -42,6 +59,42 @@ def _register_fonts() -> dict:
         return {"body": "HC-Sans", "bold": "HC-Sans-Bold", "mono": "HC-Mono"}
     except Exception:  # noqa: BLE001 - fall back to the core fonts rather than fail the report
         return dict(_FONTS)
+
+
+def check_case_id(case_id: str | None) -> None:
+    """Refuse a case id a report cannot show faithfully, before the search is recorded: longer than
+    ``CASE_ID_LIMIT`` characters, or holding a character ``CASE_ID_PATTERN`` excludes."""
+    if case_id is None:
+        return
+    if len(case_id) > CASE_ID_LIMIT:
+        raise HandCLIPError(f"--case-id is {len(case_id)} characters long; give at most {CASE_ID_LIMIT}")
+    if not re.fullmatch(CASE_ID_PATTERN[1:-1], case_id):
+        raise HandCLIPError(f"--case-id {printable(case_id[:80])!s} holds control, bidirectional or other "
+                            f"invisible formatting characters; give plain text")
+
+
+def _has_glyph(font_name: str):
+    """A test of whether the registered font draws a character (core fonts: Latin-1 only)."""
+    from reportlab.pdfbase import pdfmetrics
+
+    face = getattr(pdfmetrics.getFont(font_name), "face", None)
+    covered = getattr(face, "charToGlyph", None)
+    if covered is None:
+        return lambda ch: ord(ch) < 256
+    return lambda ch: ord(ch) in covered
+
+
+def _clean(text, fonts: dict, limit: int = _TEXT_LIMIT) -> str:
+    """Outside text made safe to lay out: escapes for invisible characters, bounded, visual order,
+    and ``[U+....]`` for characters the body font cannot draw (see the module's docstring)."""
+    from bidi import get_display
+
+    text = printable(text)
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    text = get_display(text, base_dir="L")  # the report reads left to right; RTL runs within it are reversed
+    drawn = _has_glyph(fonts["body"])
+    return "".join(ch if drawn(ch) else f"[U+{ord(ch):04X}]" for ch in text)
 
 
 def _styles(fonts: dict) -> dict:
@@ -95,7 +148,7 @@ def _key_values(rows: list[tuple[str, str, bool]], styles, widths) -> object:
     return table
 
 
-def _candidate_table(query, search: SearchResult, styles, usable_mm: float):
+def _candidate_table(query, search: SearchResult, styles, usable_mm: float, fonts: dict):
     from reportlab.lib import colors
     from reportlab.lib.units import mm
     from reportlab.platypus import Table, TableStyle
@@ -111,13 +164,14 @@ def _candidate_table(query, search: SearchResult, styles, usable_mm: float):
             verbal = c.verbal or ""
         else:
             lr, verbal = "n/a", "not a likelihood ratio"
-        detail = display_path(c.path, c.identity, search.gallery.get("dir"))
+        detail = _clean(display_path(c.path, c.identity, search.gallery.get("dir")), fonts)
         if c.sha256:
             detail += f"\nSHA-256 {c.sha256[:16]}..."
         if search.by == "identity":
             detail += f"\n{c.matched} of {c.num_images} image(s) in top hits"
         rows.append([_para(c.rank, styles["cell"]), _picture(c.path, _THUMB_MM, styles["small"]),
-                     _para(c.identity, styles["cell"]), _para(f"{c.score:.4f}", styles["cell"]),
+                     _para(_clean(c.identity, fonts, _NAME_LIMIT), styles["cell"]),
+                     _para(f"{c.score:.4f}", styles["cell"]),
                      _para(lr, styles["cell"]), _para(verbal, styles["cell"]),
                      _para(detail, styles["small"])])
     table = Table(rows, colWidths=[w * mm for w in widths], repeatRows=1, hAlign="LEFT")
@@ -128,7 +182,7 @@ def _candidate_table(query, search: SearchResult, styles, usable_mm: float):
     return table
 
 
-def _limitations(search: SearchResult) -> str:
+def _limitations(search: SearchResult, fonts: dict) -> str:
     people = search.gallery.get("identities")
     if search.calibration is None:
         return ("No calibration was given: the scores are cosine similarities that rank the gallery; they are not "
@@ -136,7 +190,8 @@ def _limitations(search: SearchResult) -> str:
                 "candidate must be compared with the query by an examiner, and nothing here supports an "
                 "identification on its own.")
     low, high = search.bounds
-    return (f"The likelihood ratios come from a calibration fitted on {search.calibration.population()}. They hold "
+    return (f"The likelihood ratios come from a calibration fitted on "
+            f"{_clean(search.calibration.population(), fonts)}. They hold "
             f"for images like that data (capture conditions, hand aspect, image quality); a query unlike it may "
             f"be mis-weighted. They are bounded to log10 LR {low:+.2f} .. {high:+.2f}, the most that calibration "
             f"data supports. Each LR weighs Hp against Hd for one candidate on its own and does not allow for the "
@@ -146,7 +201,7 @@ def _limitations(search: SearchResult) -> str:
             f"propositions under a validated procedure.")
 
 
-def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:
+def _identifiers(search: SearchResult, fonts: dict) -> list[tuple[str, str, bool]]:
     fp = search.model.get("fingerprint") or {}
     inference = search.model.get("inference") or {}
     computed = (f"; query features computed in {inference['precision']} with {inference['engine']}"
@@ -154,25 +209,29 @@ def _identifiers(search: SearchResult) -> list[tuple[str, str, bool]]:
     g = search.gallery
     rows = [("Model", f"{fp.get('backbone')} ({fp.get('kind')}), input {fp.get('image_size')}, "
                       f"feature dim {fp.get('feature_dim')}, checkpoint file "
-                      f"{display_path(search.model.get('checkpoint') or '?')}{computed}", False),
+                      f"{_clean(display_path(search.model.get('checkpoint') or '?'), fonts)}{computed}", False),
             ("Checkpoint SHA-256", str(search.model.get("checkpoint_sha256")), True),
             ("Weights SHA-256", str(fp.get("weights_sha256")), True),
-            ("Gallery", f"{Path(g.get('dir', '?')).name}: {g.get('images')} images of {g.get('identities')} "
+            ("Gallery", f"{_clean(Path(g.get('dir', '?')).name, fonts)}: {g.get('images')} images of {g.get('identities')} "
                         f"identities, commit generation {g.get('generation')}, uid {g.get('uid')}", False),
             ("Gallery commit SHA-256", str(g.get("commit_sha256")), True),
             ("Search", f"ranked by {search.by} (score: {search.score}); top {search.top_k}; "
                        f"index {search.index_type}", False)]
     if search.calibration is not None:
         cal = search.calibration
-        rows += [("Calibration", f"{display_path(cal.path)}: {cal.describe(search.by)}; "
-                                 f"created {cal.summary.get('created', '?')}", False),
+        rows += [("Calibration", f"{_clean(display_path(cal.path), fonts)}: {cal.describe(search.by)}; "
+                                 f"created {_clean(cal.summary.get('created', '?'), fonts, 40)}", False),
                  ("Calibration SHA-256", cal.sha256, True)]
     else:
         rows.append(("Calibration", "none: scores are not likelihood ratios", False))
     if search.audit is not None:
-        rows += [("Audit record", f"record {search.audit.seq} of {Path(search.audit.log).name} in the gallery folder "
-                                  f"(`handclip audit verify --index GALLERY` checks it)", False),
-                 ("Audit record SHA-256", search.audit.hash, True)]
+        rows += [("Audit record", f"record {search.audit.seq} of {Path(search.audit.log).name} in the gallery folder; "
+                                  f"keep its SEQ:HASH below and check the log later with `handclip audit verify "
+                                  f"--index GALLERY --expect SEQ:HASH`"
+                                  + (f"; the log's head was signed by key {search.audit.key_id}"
+                                     if search.audit.key_id else ""), False),
+                 ("Audit record SHA-256", search.audit.hash, True),
+                 ("Audit anchor (SEQ:HASH)", search.audit.anchor, True)]
     return rows
 
 
@@ -183,53 +242,82 @@ def report_file_name(record: int, case_id: str | None = None) -> str:
     return f"handclip-case-{case}-record-{int(record)}.pdf" if case else f"handclip-record-{int(record)}.pdf"
 
 
+def _query_section(number: int, search: SearchResult, styles, usable_mm: float, fonts: dict) -> list:
+    from reportlab.lib.units import mm
+    from reportlab.platypus import CondPageBreak, Paragraph, Spacer, Table
+
+    query = search.queries[number - 1]
+    title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
+    stored = _clean(display_path(query.query), fonts, _NAME_LIMIT)
+    name = _clean(query.name, fonts, _NAME_LIMIT) if query.name else stored
+    details = _key_values([("File", name, False),
+                           *([("Stored as", stored, True)] if stored != name else []),
+                           ("SHA-256 at intake", query.sha256, True)],
+                          styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+    return [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
+            Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
+                  colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT", style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
+            Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts)]
+
+
+def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: float, fonts: dict) -> list:
+    from reportlab.lib.units import mm
+    from reportlab.platypus import CondPageBreak, KeepTogether, Paragraph, Spacer
+
+    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    story = [Paragraph("HandCLIP case report: hand image search", styles["title"]),
+             _key_values([("Case", case, False), ("Examiner", examiner, False), ("Report created", created, False)],
+                         styles, [32 * mm, (usable_mm - 32) * mm])]
+    if search.calibration is not None:
+        story += [Paragraph("Propositions", styles["h2"]),
+                  _para(f"Hp: {search.propositions['hp']}", styles["body"]),
+                  _para(f"Hd: {_clean(search.propositions['hd'], fonts, 2 * _TEXT_LIMIT)}", styles["body"]),
+                  _para("Each candidate's likelihood ratio is p(score | Hp) / p(score | Hd), from the calibration "
+                        "identified below; the verbal equivalent follows the ENFSI scale.", styles["small"])]
+    else:
+        story += [Paragraph("Scores", styles["h2"]), _para(search.statement, styles["body"])]
+    for number in range(1, len(search.queries) + 1):
+        story += _query_section(number, search, styles, usable_mm, fonts)
+    return story + [
+        CondPageBreak(70 * mm), Paragraph("Identifiers", styles["h2"]),
+        _key_values(_identifiers(search, fonts), styles, [40 * mm, (usable_mm - 40) * mm]),
+        KeepTogether([Paragraph("Limitations", styles["h2"]), _para(_limitations(search, fonts), styles["body"])]),
+        KeepTogether([Paragraph("Examiner's declaration", styles["h2"]),
+                      _para("I compared the candidates above with the query image and report my findings "
+                            "in the case file.", styles["body"]), Spacer(1, 8 * mm),
+                      _para("Name: ______________________   Signature: ______________________   "
+                            "Date: ____________", styles["body"])])]
+
+
+def _footer(search: SearchResult, case: str, font: str, width: float) -> str:
+    """The footer line, its case id shortened with "…" until the line fits ``width`` points at 7 pt."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    record = f" · audit record {search.audit.seq} {search.audit.hash[:12]}" if search.audit else ""
+    while True:
+        footer = f"HandCLIP case report · case {case}{record}"
+        if stringWidth(footer, font, 7) <= width or len(case) <= 1:
+            return footer
+        case = case[:-2] + "…"
+
+
 def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
                       examiner: str | None = None) -> Path:
     """Write the PDF (atomically) and return its path."""
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
-    from reportlab.platypus import CondPageBreak, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table
+    from reportlab.platypus import SimpleDocTemplate
 
+    check_case_id(case_id)
     fonts = _register_fonts()
     styles = _styles(fonts)
-    examiner = examiner or search.examiner
+    given = bool(case_id and case_id.strip())
+    case = _clean(case_id, fonts, CASE_ID_LIMIT) if given else "(not given)"
+    examiner = _clean(examiner or search.examiner or "(not given)", fonts)
     margin = 15 * mm
     usable_mm = (A4[0] - 2 * margin) / mm
-    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    story = [Paragraph("HandCLIP case report: hand image search", styles["title"]),
-             _key_values([("Case", case_id or "(not given)", False), ("Examiner", examiner or "(not given)", False),
-                          ("Report created", created, False)], styles, [32 * mm, (usable_mm - 32) * mm])]
-    if search.calibration is not None:
-        story += [Paragraph("Propositions", styles["h2"]),
-                  _para(f"Hp: {search.propositions['hp']}", styles["body"]),
-                  _para(f"Hd: {search.propositions['hd']}", styles["body"]),
-                  _para("Each candidate's likelihood ratio is p(score | Hp) / p(score | Hd), from the calibration "
-                        "identified below; the verbal equivalent follows the ENFSI scale.", styles["small"])]
-    else:
-        story += [Paragraph("Scores", styles["h2"]), _para(search.statement, styles["body"])]
-    for number, query in enumerate(search.queries, 1):
-        title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
-        stored = display_path(query.query)
-        name = query.name or stored
-        details = _key_values([("File", name, False),
-                               *([("Stored as", stored, True)] if stored != name else []),
-                               ("SHA-256 at intake", query.sha256, True)],
-                              styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
-        story += [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
-                  Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
-                        colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT",
-                        style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
-                  Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm)]
-    story += [CondPageBreak(70 * mm), Paragraph("Identifiers", styles["h2"]),
-              _key_values(_identifiers(search), styles, [40 * mm, (usable_mm - 40) * mm]),
-              KeepTogether([Paragraph("Limitations", styles["h2"]), _para(_limitations(search), styles["body"])]),
-              KeepTogether([Paragraph("Examiner's declaration", styles["h2"]),
-                            _para("I compared the candidates above with the query image and report my findings "
-                                  "in the case file.", styles["body"]), Spacer(1, 8 * mm),
-                            _para("Name: ______________________   Signature: ______________________   "
-                                  "Date: ____________", styles["body"])])]
-    footer = f"HandCLIP case report · case {case_id or '-'}" + (
-        f" · audit record {search.audit.seq} {search.audit.hash[:12]}" if search.audit else "")
+    story = _story(search, case, examiner, styles, usable_mm, fonts)
+    footer = _footer(search, case if given else "-", fonts["body"], A4[0] - 2 * margin - 40)
 
     def on_page(canvas, doc):
         canvas.saveState()
@@ -241,7 +329,7 @@ def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=margin, rightMargin=margin, topMargin=margin,
                             bottomMargin=16 * mm, title=f"HandCLIP case report {case_id or ''}".strip(),
-                            author=examiner or "", subject="hand image search", creator="HandCLIP")
+                            author=examiner, subject="hand image search", creator="HandCLIP")
     doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
     atomic_write_bytes(out_pdf, buffer.getvalue())
     return Path(out_pdf)

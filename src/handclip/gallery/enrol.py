@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 from ..atomic import sha256_file
-from ..data.images import identity_folders, scan_images
+from ..data.images import FolderWalk, identity_folders, scan_images, unusable_images
 from ..data.manifest import Manifest
 from ..errors import DataError
 from .folder import Gallery
@@ -70,7 +70,10 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
         return list(items.values())
     if not source.is_dir():
         raise DataError(f"images to enrol not found: {source} (give a directory of per-identity folders or a manifest CSV)")
-    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute()) for path in paths]
+    walk = FolderWalk()
+    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute(), walk)
+             for path in paths]
+    walk.warn(source)
     if not items:
         raise DataError(f"no images found in per-identity folders under {source} "
                         f"(expected {source}/<identity>/<image>.jpg)")
@@ -78,13 +81,16 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
 
 
 def check_images(paths: Sequence[str], skip_bad: bool, what: str) -> list:
-    """Unusable images among ``paths``; without ``skip_bad`` any problem is one DataError naming them."""
+    """Unusable images among ``paths``; without ``skip_bad`` any problem is one DataError naming them. Gallery
+    images follow every command's policy (``unusable_images``: the error names ``--skip-bad``); query images
+    are exhibits, never left out, so their error lists them all."""
+    if what == "gallery":
+        return unusable_images(paths, skip_bad, "gallery ")
     problems = scan_images(paths)
     if problems and not skip_bad:
         shown = "; ".join(f"{p.path}: {p.reason}" for p in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise DataError(f"{len(problems)} unusable {what} image(s): {shown}{more}"
-                        + ("; rerun with --skip-bad to leave them out" if what == "gallery" else ""))
+        raise DataError(f"{len(problems)} unusable {what} image(s): {shown}{more}")
     return problems
 
 
@@ -123,12 +129,15 @@ def _plan(gallery: Gallery, items: Sequence[EnrolItem], summary: EnrolSummary) -
 def add_images(gallery: Gallery, encoder, items: Sequence[EnrolItem], batch_size: int = 64,
                  skip_bad: bool = False, progress: bool = False,
                  on_batch: Callable[[EnrolSummary], None] | None = None,
-                 images_checked: bool = False) -> EnrolSummary:
+                 images_checked: bool = False,
+                 on_start: Callable[[list[tuple[EnrolItem, str | None]]], None] | None = None) -> EnrolSummary:
     """Embed and add ``items`` batch by batch; each batch is committed before the next starts.
 
     Files already enrolled (same SHA-256 of their bytes) are skipped, so rerunning after a crash
     continues where the killed run stopped; see ``_plan`` for the deduplication rule.
     ``images_checked``: every item already passed ``check_images`` (it is not decoded twice).
+    ``on_start(planned)``: called once before the first batch with every (item, SHA-256) still to add,
+    so the caller can record them before any is committed.
     The caller has checked that ``encoder`` is the gallery's model.
     """
     summary = EnrolSummary()
@@ -139,6 +148,8 @@ def add_images(gallery: Gallery, encoder, items: Sequence[EnrolItem], batch_size
         summary.skipped_bad = problems
         pending = [(item, h) for item, h in pending if item.path not in bad]
         summary.changed = [p for p in summary.changed if p not in bad]
+    if pending and on_start is not None:
+        on_start([(item, h or _file_hash(item.path)) for item, h in pending])
     bar = None
     if progress:
         bar = tqdm(total=len(items), initial=summary.already_enrolled, unit="img", desc="enrol")

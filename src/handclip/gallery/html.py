@@ -51,19 +51,20 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
     name and SHA-256 when the results carry them; and the propositions, the calibration line
     (``CalibrationInfo.describe``) and the audit record of an evidential search.
     """
-    from .results import display_path
+    from .results import display_path, printable
 
     rows = []
     for result in results:
         cands = []
         for c in result.candidates:
-            shown = display_path(c.path, c.identity, gallery_dir or None)
+            # names with control or bidirectional-override characters are shown escaped, as on the console
+            shown, identity = printable(display_path(c.path, c.identity, gallery_dir or None)), printable(c.identity)
             extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
-                     else f"<br>image of {escape(c.identity)}")
-            caption = (f"#{c.rank} <b>{escape(c.identity)}</b><br><span class=score>{c.score:.4f}</span>"
+                     else f"<br>image of {escape(identity)}")
+            caption = (f"#{c.rank} <b>{escape(identity)}</b><br><span class=score>{c.score:.4f}</span>"
                        f"{_weight(c)}{extra}<br><span class=path>{escape(shown)}</span>")
             cands.append(_figure(c.path, shown, caption, size))
-        query_name = getattr(result, "name", "") or display_path(result.query, gallery_dir=gallery_dir or None)
+        query_name = printable(getattr(result, "name", "") or display_path(result.query, gallery_dir=gallery_dir or None))
         digest = getattr(result, "sha256", None)
         digest_html = f"<br><span class=path>SHA-256 {escape(digest[:16])}...</span>" if digest else ""
         probe = _figure(result.query, query_name,

@@ -1,17 +1,17 @@
-"""The audit records an examiner session writes, and the check of a gallery against its audit log.
+"""The audit records an examiner session writes (``handclip.forensic.audit`` chains and hashes them).
 
-One record per search and per enrolment (``handclip.forensic.audit`` chains and hashes them): what was
-asked, with which model, gallery state and calibration, which files (with their SHA-256) and what came
-out. ``verify_gallery_audit`` adds the gallery's side to the log's own checks: every shard file intact,
-and no change of the gallery between records that no record explains.
+One record per search: what was asked, with which model, gallery state and calibration, which files
+(with their SHA-256) and what came out. Two per enrolment: ``enrol-start`` before the first batch is
+committed, naming every image the enrolment plans to add (path, identity, SHA-256), so that each row a
+killed enrolment committed is still attributed to a record; then ``enrol`` when it ends, with the
+images it added, those it left out and those already enrolled under another identity. A case report
+that could not be made after its search was recorded gets a ``report`` record saying so.
+``handclip.gallery.audit_check`` reads them back against the gallery.
 """
 
 from __future__ import annotations
 
-import os
-
-from ..errors import GalleryError, HandCLIPError
-from ..forensic.audit import AuditLog, AuditProblem, VerifyResult, file_entry
+from ..forensic.audit import file_entry
 from .reader import GalleryReader
 from .results import SearchResult
 
@@ -45,43 +45,36 @@ def search_record(search: SearchResult, arguments: dict | None) -> dict:
             "results": [q.as_dict() for q in search.queries]}
 
 
+def _state(gallery: GalleryReader) -> dict:
+    return {k: gallery.commit_state[k] for k in GALLERY_STATE}
+
+
+def enrol_start_record(before: GalleryReader, model: dict, planned, examiner: str | None,
+                       arguments: dict | None) -> dict:
+    """The record written before an enrolment's first batch: every (item, SHA-256) it plans to add."""
+    return {"command": "enrol-start", "examiner": examiner, "arguments": arguments or {},
+            "gallery": {"dir": str(before.index_dir.resolve()), **_state(before)}, "model": model,
+            "planned": [{"path": str(item.path), "identity": str(item.identity), "sha256": digest}
+                        for item, digest in planned]}
+
+
 def enrol_record(before: GalleryReader, after: GalleryReader, model: dict, summary, added: list[dict],
-                 examiner: str | None, arguments: dict | None) -> dict:
-    return {"command": "enrol", "examiner": examiner, "arguments": arguments or {},
-            "gallery": {"dir": str(before.index_dir.resolve()), **{k: before.commit_state[k] for k in GALLERY_STATE}},
-            "gallery_after": {k: after.commit_state[k] for k in GALLERY_STATE}, "model": model,
+                 examiner: str | None, arguments: dict | None, started: int | None = None) -> dict:
+    return {"command": "enrol", "examiner": examiner, "arguments": arguments or {}, "started": started,
+            "gallery": {"dir": str(before.index_dir.resolve()), **_state(before)},
+            "gallery_after": _state(after), "model": model,
             "files": _model_files(model) + [file_entry("enrolled image", e["path"], e["sha256"]) for e in added],
-            "results": {"added": [{"path": e["path"], "identity": e["identity"]} for e in added],
+            "results": {"added": [{"path": e["path"], "identity": e["identity"], "sha256": e["sha256"]} for e in added],
                         "already_enrolled": summary.already_enrolled,
+                        "other_identity": [{"path": s.path, "identity": s.identity, "enrolled_identity":
+                                            s.enrolled_identity, "enrolled_path": s.enrolled_path}
+                                           for s in summary.other_identity],
                         "skipped_bad": [{"path": p.path, "reason": p.reason} for p in summary.skipped_bad],
                         "gallery_images": len(after), "gallery_identities": len(after.identities())}}
 
 
-def verify_gallery_audit(index_dir: str | os.PathLike, check_files: bool = True) -> VerifyResult:
-    """The audit log's own checks, plus the gallery files and whether the gallery changed unrecorded."""
-    log = AuditLog(index_dir)
-    result = log.verify(check_files=check_files)
-    try:
-        gallery = GalleryReader.open(index_dir)
-        if check_files:
-            gallery.verify_files()
-    except GalleryError as exc:
-        result.problems.append(AuditProblem(f"gallery: {exc}"))
-        return result
-    try:
-        records = log.records()
-    except HandCLIPError:
-        return result  # already reported line by line
-    previous = None
-    for record in records:
-        state = record.get("gallery") or {}
-        if previous is not None and state.get("commit_sha256") and previous.get("commit_sha256") != state["commit_sha256"]:
-            result.notes.append(f"the gallery changed between records {previous['seq']} and {record['seq']} with no "
-                                f"record (rows {previous.get('rows')} -> {state.get('rows')}): an enrolment that "
-                                f"was interrupted, or an edit")
-        previous = {**(record.get("gallery_after") or state), "seq": record.get("seq")}
-    now = gallery.commit_state
-    if previous is not None and previous.get("commit_sha256") != now["commit_sha256"]:
-        result.notes.append(f"the gallery changed after record {previous['seq']} with no record (rows "
-                            f"{previous.get('rows')} -> {now['rows']}): an enrolment that was interrupted, or an edit")
-    return result
+def report_failed_record(search: SearchResult, case_id: str | None, error: BaseException) -> dict:
+    """The record saying that the case report of a recorded search could not be made."""
+    return {"command": "report", "made": False, "search_record": search.audit.seq if search.audit else None,
+            "search_hash": search.audit.hash if search.audit else None, "case_id": case_id,
+            "error": f"{type(error).__name__}: {error}"[:500]}

@@ -148,3 +148,33 @@ class SearchResult:
                 "calibration": self.calibration.as_record(self.by) if self.calibration else None,
                 "propositions": self.propositions, "statement": self.statement, "examiner": self.examiner,
                 "audit": self.audit.as_dict() if self.audit else None}
+
+    def calibration_line(self) -> str | None:
+        """Which calibration weighed the scores and how well it did, as the console and the HTML page show it."""
+        cal = self.calibration
+        if cal is None:
+            return None
+        return (f"calibration {printable(display_path(cal.path))} (SHA-256 {cal.sha256[:16]}...): "
+                f"{cal.describe(self.by)}")
+
+    def lines(self) -> list[str]:
+        """The search for a terminal: each query's candidates, what the scores mean, the audit record."""
+        lines = []
+        for query in self.queries:
+            lines.append(f"query {printable(query.name or display_path(query.query))}  SHA-256 {query.sha256}")
+            for c in query.candidates:
+                detail = (f"{c.matched}/{c.num_images} images in top hits" if self.by == "identity"
+                          else printable(display_path(c.path, c.identity, self.gallery["dir"])))
+                weight = ""
+                if self.calibration is not None:
+                    bound = f" (at the {c.at_bound} bound)" if c.at_bound else ""
+                    weight = f"  log10 LR {c.log10_lr:+.2f}{bound}  {c.verbal}"
+                lines.append(f"  {c.rank:3d}. {printable(c.identity):<20} {c.score:.4f}{weight}  {detail}")
+        lines.append(f"score: {self.score}")
+        if self.calibration is not None:
+            lines += [f"Hp: {self.propositions['hp']}", f"Hd: {self.propositions['hd']}", self.calibration_line()]
+        else:
+            lines.append(self.statement)
+        if self.audit is not None:
+            lines.append(f"audit record {self.audit.seq} (SHA-256 {self.audit.hash}) in {self.audit.log}")
+        return lines

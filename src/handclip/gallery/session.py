@@ -4,7 +4,8 @@ the Python API all go through.
 An ``ExaminerSession`` is opened once from a gallery folder plus, optionally, a checkpoint and a
 calibration. Opening resolves the model (the checkpoint given, else the one the gallery records),
 loads it and the calibration, and checks once that both belong to the gallery's model. Every
-enrolment and search then appends one record to the gallery's audit log; there is no unaudited way in.
+enrolment and search then appends its records to the gallery's audit log (``handclip.gallery.records``);
+there is no unaudited way in.
 
 A search hashes each query file at intake (and again after the search, refusing a file that changed
 meanwhile), ranks the newest committed generation of the gallery, and with a calibration turns each
@@ -24,13 +25,15 @@ from typing import Callable, Sequence
 from ..atomic import sha256_file
 from ..errors import DataError, HandCLIPError
 from ..forensic.audit import AuditLog, VerifyResult
+from ..forensic.audit_head import HeadSigner, check_key_location, signer_from_environment
 from ..forensic.evidence import CALIBRATED, NOT_LIKELIHOOD_RATIOS, CalibrationInfo, load_calibration, propositions
 from ..model.inference import load_encoder
 from .enrol import EnrolItem, EnrolSummary, add_images, check_images
 from .folder import Gallery
 from .metadata import COMMIT_FILE, GALLERY_FILE
 from .reader import GalleryReader
-from .records import enrol_record, model_record, search_record, verify_gallery_audit
+from .audit_check import verify_gallery_audit
+from .records import enrol_record, enrol_start_record, model_record, report_failed_record, search_record
 from .results import SCORE_DEFINITIONS, QueryResult, SearchResult, exhibit_name
 from .writer import GalleryWriter
 
@@ -49,8 +52,9 @@ class ExaminerSession:
     """A gallery with its model and (optionally) its calibration, checked against each other once."""
 
     def __init__(self, index_dir: str | os.PathLike, encoder=None, calibration: CalibrationInfo | None = None, *,
-                 examiner: str | None = None, batch_size: int = 64):
+                 examiner: str | None = None, batch_size: int = 64, signer: HeadSigner | None = None):
         self.index_dir = Path(index_dir)
+        self.signer = signer
         self.encoder = encoder
         self.calibration = calibration
         self.examiner = examiner
@@ -70,18 +74,27 @@ class ExaminerSession:
     def open(cls, index_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
              calibration: str | os.PathLike | CalibrationInfo | None = None, *, device: str | None = "auto",
              create: bool = False, encoder=None, examiner: str | None = None, batch_size: int = 64,
-             with_model: bool = True, precision: str = "auto", engine: str = "torch") -> "ExaminerSession":
+             with_model: bool = True, signing_key: str | os.PathLike | None = None, precision: str = "auto",
+             engine: str = "torch") -> "ExaminerSession":
         """Open the gallery at ``index_dir`` with its model: ``encoder`` if given, else ``checkpoint``, else
         the checkpoint the gallery records. ``create``: make the gallery if the folder holds none (needs
         a model; an existing gallery then records ``checkpoint`` as its model's file). A calibration of
         another model, or a gallery of another model, is refused here. ``with_model=False`` opens the
-        gallery for its audit trail only (no model is loaded; enrol and search are refused). ``precision`` and
-        ``engine`` say how a loaded model computes features (``Encoder.computed_with``)."""
+        gallery for its audit trail only (no model is loaded; enrol and search are refused).
+        ``signing_key``: an Ed25519 private key file, kept outside the gallery, that signs every audit
+        head this session writes (default: the file ``HANDCLIP_AUDIT_SIGNING_KEY`` names, if set).
+        ``precision`` and ``engine`` say how a loaded model computes features (``Encoder.computed_with``)."""
         index_dir = Path(index_dir)
         if calibration is not None and not isinstance(calibration, CalibrationInfo):
             calibration = load_calibration(calibration)  # before the model: a bad file answers at once
+        if signing_key is not None:
+            check_key_location(signing_key, index_dir)
+            signer = HeadSigner.load(signing_key)
+        else:
+            signer = signer_from_environment(index_dir)
+        settings = {"examiner": examiner, "batch_size": batch_size, "signer": signer}
         if not with_model:  # the audit trail is checked even when the gallery itself is damaged
-            return cls(index_dir, None, None, examiner=examiner, batch_size=batch_size)
+            return cls(index_dir, None, None, **settings)
         exists = (index_dir / GALLERY_FILE).exists()
         if not exists and not create:
             GalleryReader.open(index_dir)  # raises the GalleryError that says what the folder lacks
@@ -93,7 +106,7 @@ class ExaminerSession:
         if create:
             GalleryWriter.create(index_dir, encoder.fingerprint(), encoder.feature_dim,
                                  checkpoint=encoder.checkpoint, exist_ok=True)
-        return cls(index_dir, encoder, calibration, examiner=examiner, batch_size=batch_size)
+        return cls(index_dir, encoder, calibration, **settings)
 
     # ------------------------------------------------------------------ reading
     def _commit_stamp(self) -> tuple:
@@ -123,12 +136,22 @@ class ExaminerSession:
     def enrol(self, items: Sequence[EnrolItem], *, examiner: str | None = None, arguments: dict | None = None,
               skip_bad: bool = False, progress: bool = False, images_checked: bool = False,
               on_batch: Callable[[EnrolSummary], None] | None = None) -> EnrolSummary:
-        """Embed and add ``items`` batch by batch (each batch committed), then append the audit record
-        listing every image this enrolment added; the summary's ``audit`` is that record."""
+        """Embed and add ``items`` batch by batch (each batch committed). Before the first batch an
+        ``enrol-start`` record names every image the enrolment plans to add, so a row committed by an
+        enrolment killed midway is still attributed; at the end the ``enrol`` record lists every image
+        this enrolment added. The summary's ``audit`` is that last record."""
         self._need_model("enrol")
+        examiner = examiner or self.examiner
+        arguments = arguments or {"items": len(items)}
+        model = model_record(self.encoder)
         with self._write_lock:
             gallery = Gallery.open(self.index_dir)
             before = gallery.reader
+            started: list[int] = []
+
+            def start(planned) -> None:
+                record = enrol_start_record(before, model, planned, examiner, arguments)
+                started.append(self.audit_log.append(record).seq)
 
             def published(summary: EnrolSummary) -> None:
                 if self._snapshot is not None:
@@ -138,12 +161,12 @@ class ExaminerSession:
                     on_batch(summary)
 
             summary = add_images(gallery, self.encoder, items, batch_size=self.batch_size, skip_bad=skip_bad,
-                                 progress=progress, on_batch=published, images_checked=images_checked)
+                                 progress=progress, on_batch=published, images_checked=images_checked, on_start=start)
             ours = {item.path for item in items}
             added = [e for e in gallery.entries(len(before)) if e["path"] in ours]
-            record = enrol_record(before, gallery.reader, model_record(self.encoder), summary, added,
-                                  examiner or self.examiner, arguments or {"items": len(items)})
-            summary.audit = AuditLog(self.index_dir).append(record)
+            record = enrol_record(before, gallery.reader, model, summary, added, examiner, arguments,
+                                  started[0] if started else None)
+            summary.audit = self.audit_log.append(record)
         return summary
 
     # ------------------------------------------------------------------ search
@@ -182,7 +205,7 @@ class ExaminerSession:
             examiner=examiner or self.examiner, propositions=propositions(self.calibration),
             bounds=self.calibration.bounds(by) if self.calibration else None,
             statement=CALIBRATED if self.calibration else NOT_LIKELIHOOD_RATIOS)
-        search.audit = AuditLog(self.index_dir).append(search_record(search, arguments))
+        search.audit = self.audit_log.append(search_record(search, arguments))
         return search
 
     def _need_model(self, action: str) -> None:
@@ -200,19 +223,31 @@ class ExaminerSession:
     # ------------------------------------------------------------------ reports and the audit trail
     def report(self, search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
                examiner: str | None = None) -> Path:
-        """The case report (PDF) of ``search``, written atomically."""
+        """The case report (PDF) of ``search``, written atomically. Its texts are bounded and made safe
+        first (``case_report.check_case_id`` refuses an unusable case id before anything is written); if
+        the PDF still cannot be made, a ``report`` record says so and the error names both records."""
         from .case_report import write_case_report
 
-        return write_case_report(search, out_pdf, case_id=case_id, examiner=examiner or search.examiner)
+        try:
+            return write_case_report(search, out_pdf, case_id=case_id, examiner=examiner or search.examiner)
+        except HandCLIPError as exc:
+            error: BaseException = exc
+        except Exception as exc:  # noqa: BLE001 - reportlab raises many types; the record must say so
+            error = exc
+        ref = self.audit_log.append(report_failed_record(search, case_id, error))
+        raise HandCLIPError(f"search record {search.audit.seq if search.audit else '?'} was written but its case "
+                            f"report could not be made ({type(error).__name__}: {str(error)[:200]}); audit record "
+                            f"{ref.seq} says so") from None
 
-    def verify_audit(self, check_files: bool = True) -> VerifyResult:
-        """The audit log's chain and recorded file hashes, the gallery files, and unrecorded changes."""
-        return verify_gallery_audit(self.index_dir, check_files=check_files)
+    def verify_audit(self, check_files: bool = True, *, expect=(), public_key: bytes | None = None) -> VerifyResult:
+        """The audit log's chain, head, anchors kept elsewhere (``expect``: (seq, hash) pairs), signature,
+        recorded file hashes, the gallery files, and the attribution of every gallery row."""
+        return verify_gallery_audit(self.index_dir, check_files=check_files, expect=expect, public_key=public_key)
 
     def audit_records(self) -> list[dict]:
         """Every record of the gallery's audit log, oldest first (AuditError if the log is damaged)."""
-        return AuditLog(self.index_dir).records()
+        return self.audit_log.records()
 
     @property
     def audit_log(self) -> AuditLog:
-        return AuditLog(self.index_dir)
+        return AuditLog(self.index_dir, signer=self.signer)

@@ -9,6 +9,8 @@ maps and the attention-pool output. ``feat_last`` and ``feat_proj`` each pass th
 Text side: one learnable context per identity, ``"A photo of a X X X X hand."`` with the X
 positions replaced by ``ctx[label]``; the text feature is the transformer output at the
 end-of-text token (argmax of the token ids), through ``ln_final`` and ``text_projection``.
+With ``model.prompt`` image or both, each image also gets its own prompt from an inversion network, and
+optionally CLIP-HandID's interaction network and third ID head (``model.image_prompts``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import ConfigError
 from .attention import block_forward, sdpa_applies
 from .backbone import create_clip, get_tokenizer, is_vit
 from .heads import ArcMarginProduct, linear_id_classifier
+from .image_prompts import ImagePrompts, InteractionNetwork, attention_pool_tokens, build_image_prompts
 
 
 @dataclass
@@ -36,6 +39,8 @@ class ModelOutput:
     feat_mid: Optional[torch.Tensor] = None  # ViT: CLS after the second-to-last block; RN: layer3 pooled
     bn_last: Optional[torch.Tensor] = None  # [B, W] after BNNeck
     bn_proj: Optional[torch.Tensor] = None  # [B, D] after BNNeck
+    prompt_text: Optional[torch.Tensor] = None  # [B, D] text feature of each image's own prompt (image prompts)
+    feat_inter: Optional[torch.Tensor] = None  # [B, D] interaction network's feature, pre-BN
 
 
 class PromptLearner(nn.Module):
@@ -173,11 +178,16 @@ class HandCLIP(nn.Module):
         else:
             self.classifier = None
             self.classifier_proj = None
+        # Image-conditioned prompts and the interaction head (``add_image_prompts``); none for model.prompt identity.
+        self.image_prompts: Optional[ImagePrompts] = None
+        self.interaction: Optional[InteractionNetwork] = None
+        self.bottleneck_inter: Optional[nn.BatchNorm1d] = None
+        self.classifier_inter: Optional[nn.Module] = None
         self.spec: dict[str, Any] = {}  # filled by build_model: what a checkpoint needs to rebuild this model
 
     # ---------------------------------------------------------------- image side
 
-    def _vit_features(self, images: torch.Tensor):
+    def _vit_features(self, images: torch.Tensor, tokens: bool = False):
         v = self.image_encoder
         x = v.conv1(images)  # [B, W, gh, gw]
         x = x.flatten(2).transpose(1, 2)  # [B, gh*gw, W]
@@ -198,50 +208,74 @@ class HandCLIP(nn.Module):
         feat_mid = mid[cls_index]
         feat_last = v.ln_post(x[cls_index])
         feat_proj = feat_last @ v.proj
-        return feat_mid, feat_last, feat_proj
+        if not tokens:
+            return feat_mid, feat_last, feat_proj, None
+        # Every token through ln_post and the projection: what the image-prompt parts attend over.
+        return feat_mid, feat_last, feat_proj, v.ln_post(x if batch_first else x.transpose(0, 1)) @ v.proj
 
-    def _rn_features(self, images: torch.Tensor):
+    def _rn_features(self, images: torch.Tensor, tokens: bool = False):
         v = self.image_encoder
         x = v.stem(images.to(next(v.parameters()).dtype))
         x = v.layer2(v.layer1(x))
         x3 = v.layer3(x)
         x4 = v.layer4(x3)
-        return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), v.attnpool(x4)
+        if not tokens:
+            return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), v.attnpool(x4), None
+        pooled = attention_pool_tokens(v.attnpool, x4)  # its first output is what v.attnpool(x4) returns
+        return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), pooled[:, 0], pooled
+
+    def _features(self, images: torch.Tensor, tokens: bool = False):
+        """(feat_mid, feat_last, feat_proj, projected tokens or None), all before the BNNeck."""
+        return self._vit_features(images, tokens) if self.kind == "vit" else self._rn_features(images, tokens)
 
     def image_features(self, images: torch.Tensor):
         """(feat_mid, feat_last, feat_proj), all before the BNNeck."""
-        return self._vit_features(images) if self.kind == "vit" else self._rn_features(images)
+        return self._features(images)[:3]
+
+    def _head_logits(self, classifier, features: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return classifier(features, labels) if self.id_head == "arcface" else classifier(features)
 
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> ModelOutput:
-        """Image features and, in training mode, ID logits (ArcFace applies its margin when ``labels`` are given)."""
-        feat_mid, feat_last, feat_proj = self.image_features(images)
+        """Image features and, in training mode, ID logits (ArcFace applies its margin when ``labels`` are given);
+        with image prompts, in training mode (always, with the interaction head) each image's prompt text feature."""
+        prompts = self.image_prompts
+        with_text = prompts is not None and (self.training or self.interaction is not None)
+        with_tokens = with_text and (self.interaction is not None or prompts.reads_tokens)
+        feat_mid, feat_last, feat_proj, tokens = self._features(images, with_tokens)
         bn_last = self.bottleneck(feat_last)
         bn_proj = self.bottleneck_proj(feat_proj)
         logits = None
         if self.training and self.classifier is not None:
-            if self.id_head == "arcface":
-                logits = [self.classifier(bn_last, labels), self.classifier_proj(bn_proj, labels)]
-            else:
-                logits = [self.classifier(bn_last), self.classifier_proj(bn_proj)]
-        return ModelOutput(
-            feat_last=feat_last,
-            feat_proj=feat_proj,
-            logits=logits,
-            image_proj=feat_proj,
-            feat_mid=feat_mid,
-            bn_last=bn_last,
-            bn_proj=bn_proj,
-        )
+            logits = [self._head_logits(self.classifier, bn_last, labels),
+                      self._head_logits(self.classifier_proj, bn_proj, labels)]
+        out = ModelOutput(feat_last=feat_last, feat_proj=feat_proj, logits=logits, image_proj=feat_proj,
+                          feat_mid=feat_mid, bn_last=bn_last, bn_proj=bn_proj)
+        if with_text:
+            out.prompt_text = self.image_prompt_features(feat_proj, tokens, labels)
+            if self.interaction is not None:
+                out.feat_inter = self.interaction(out.prompt_text, tokens)
+                if logits is not None:
+                    logits.append(self._head_logits(self.classifier_inter, self.bottleneck_inter(out.feat_inter),
+                                                    labels))
+        return out
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
-        """Test feature [B, W+D]: concat of the two features before or after BN (model.neck_feat); not normalised.
+        """Test feature [B, W+D] (+D with the interaction head): concat of the features before or after BN
+        (model.neck_feat); not normalised.
 
         Call ``model.eval()`` first so the BNNeck uses its running statistics.
         """
-        _, feat_last, feat_proj = self.image_features(images)
+        if self.interaction is None:
+            _, feat_last, feat_proj = self.image_features(images)
+            if self.neck_feat == "after":
+                feat_last, feat_proj = self.bottleneck(feat_last), self.bottleneck_proj(feat_proj)
+            return torch.cat([feat_last, feat_proj], dim=1)
+        _, feat_last, feat_proj, tokens = self._features(images, tokens=True)
+        feat_inter = self.interaction(self.image_prompt_features(feat_proj, tokens, None), tokens)
         if self.neck_feat == "after":
             feat_last, feat_proj = self.bottleneck(feat_last), self.bottleneck_proj(feat_proj)
-        return torch.cat([feat_last, feat_proj], dim=1)
+            feat_inter = self.bottleneck_inter(feat_inter)
+        return torch.cat([feat_last, feat_proj, feat_inter], dim=1)
 
     # ---------------------------------------------------------------- text side
 
@@ -251,6 +285,32 @@ class HandCLIP(nn.Module):
         prompts = self.prompt_learner(labels)
         tokens = self.prompt_learner.tokenized_prompt.expand(labels.shape[0], -1)
         return self.text_encoder(prompts, tokens, length=self.prompt_learner.prompt_length)
+
+    def image_prompt_features(self, image_proj: torch.Tensor, image_tokens: Optional[torch.Tensor],
+                              labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Text features [B, D] of each image's own prompt (``model.prompt`` image or both; both needs ``labels``)."""
+        ctx = None
+        if self.image_prompts.learner.uses_identity:
+            if labels is None:
+                raise ConfigError("model.prompt 'both' puts the identity's context in the prompt, so it needs labels")
+            ctx = self.prompt_learner.ctx[labels.to(self.prompt_learner.ctx.device).long()]
+        return self.image_prompts(self.text_encoder, image_proj, image_tokens, ctx)
+
+    def add_image_prompts(self, prompts: ImagePrompts, interaction: bool, arcface_scale: float = 30.0,
+                          arcface_margin: float = 0.5) -> None:
+        """Give each image its own prompt (``model.prompt`` image or both) and, with ``interaction``, CLIP-HandID's
+        interaction network with its BNNeck and ID classifier; its feature joins the test feature."""
+        self.image_prompts = prompts
+        if not interaction:
+            return
+        self.interaction = InteractionNetwork(self.embed_dim)
+        self.bottleneck_inter = nn.BatchNorm1d(self.embed_dim)
+        self.bottleneck_inter.bias.requires_grad_(False)
+        if self.id_head == "arcface":
+            self.classifier_inter = ArcMarginProduct(self.embed_dim, self.num_ids, arcface_scale, arcface_margin)
+        else:
+            self.classifier_inter = linear_id_classifier(self.embed_dim, self.num_ids)
+        self.feature_dim += self.embed_dim
 
     def all_text_features(self, batch: int = 256) -> torch.Tensor:
         """Text features of every identity, [num_ids, D] (wrap in torch.no_grad() for fixed anchors)."""
@@ -264,11 +324,14 @@ class HandCLIP(nn.Module):
     # ---------------------------------------------------------------- training policy
 
     def head_modules(self) -> list[nn.Module]:
-        return [m for m in (self.bottleneck, self.bottleneck_proj, self.classifier, self.classifier_proj) if m is not None]
+        heads = (self.bottleneck, self.bottleneck_proj, self.classifier, self.classifier_proj,
+                 self.interaction, self.bottleneck_inter, self.classifier_inter)
+        return [m for m in heads if m is not None]
 
     def _freeze_bn_bias(self) -> None:
-        self.bottleneck.bias.requires_grad_(False)
-        self.bottleneck_proj.bias.requires_grad_(False)
+        for bn in (self.bottleneck, self.bottleneck_proj, self.bottleneck_inter):
+            if bn is not None:
+                bn.bias.requires_grad_(False)
 
     def freeze_all_but_prompt(self) -> None:
         """Stage 1: only the prompt context vectors learn."""
@@ -314,6 +377,8 @@ class HandCLIP(nn.Module):
         for module in self.head_modules():
             for param in module.parameters():
                 param.requires_grad_(True)
+        if self.image_prompts is not None:
+            self.image_prompts.set_trainable()
         self._freeze_bn_bias()
 
 
@@ -367,6 +432,11 @@ def build_model(model_cfg, data_cfg, num_ids: int) -> HandCLIP:
         arcface_scale=model_cfg.arcface_scale,
         arcface_margin=model_cfg.arcface_margin,
     )
+    if model_cfg.prompt != "identity":
+        # Built after every other part, so that the identity model's random draws are unchanged.
+        prompts = build_image_prompts(model_cfg, get_tokenizer(model_cfg.backbone), clip.token_embedding,
+                                      model.embed_dim)
+        model.add_image_prompts(prompts, model_cfg.interaction, model_cfg.arcface_scale, model_cfg.arcface_margin)
     model.spec = {
         "model": model_cfg.model_dump(mode="json"),
         "image_size": list(data_cfg.image_size),

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, DataConfig, ModelConfig
+from ..config_base import INFERENCE_ENGINES
 from ..data.loaders import build_eval_loader
 from ..errors import ConfigError, DataError
 from ..runtime import autocast, inference_dtype, resolve_device, resolve_inference_precision
@@ -36,7 +37,7 @@ from .handclip import build_model
 # Data settings that choose how images are loaded here, not what pixels the model sees.
 LOADING_FIELDS = ("decode_cache", "cache_dir", "num_workers", "skip_bad")
 # How features can be computed: PyTorch, or ONNX Runtime on the exported graph (fp32, or int8 weights).
-ENGINES = ("torch", "onnxruntime", "onnxruntime-int8")
+ENGINES = INFERENCE_ENGINES
 
 
 def eval_data_config(config: Config | None, spec: dict) -> DataConfig:

@@ -20,16 +20,21 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from ..atomic import atomic_write_json
-from ..errors import HandCLIPError
+from ..errors import GalleryError, HandCLIPError
 
-ROLES = ("search", "enrol")
+# search: search, list identities, fetch thumbnails and the case reports the key itself asked for;
+# enrol: enrol; review: fetch any key's case report (a supervisor or quality reviewer).
+ROLES = ("search", "enrol", "review")
 SERVE_DIR = "serve"
 KEYS_FILE = "keys.json"
 KEYS_FORMAT = "handclip-serve-keys-1"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
+# handclip.gallery.metadata.GALLERY_FILE, named here rather than imported: the gallery package loads the
+# model code (torch, seconds), which managing keys never needs.
+GALLERY_MARKER = "gallery.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")  # matched whole (fullmatch): no trailing newline
 
 
 class KeyFileError(HandCLIPError):
@@ -122,7 +127,7 @@ class KeyStore:
 
     def add(self, name: str, roles) -> tuple[str, ApiKey]:
         """Make a key; returns (the key itself, shown once and never stored, its record)."""
-        if not _NAME.match(name or ""):
+        if not _NAME.fullmatch(name or ""):
             raise KeyFileError(f"key name {name!r} must be 1-64 letters, digits, spaces or ._@- "
                             "and start with a letter or digit")
         roles = tuple(sorted(set(roles)))
@@ -149,3 +154,31 @@ class KeyStore:
             if not revoked:
                 raise KeyFileError(f"no live API key named or with id {name_or_id!r} in {self.path}")
         return revoked
+
+
+class KeyListing(NamedTuple):
+    path: Path  # the key file
+    keys: list[ApiKey]
+
+
+def _gallery_key_store(index_dir: str | os.PathLike) -> KeyStore:
+    """The key store of the gallery at ``index_dir``; GalleryError if there is no gallery there."""
+    if not (Path(index_dir) / GALLERY_MARKER).exists():
+        raise GalleryError(f"{index_dir} is not a gallery (no {GALLERY_MARKER}); enrol images first")
+    return KeyStore(index_dir)
+
+
+def add_api_key(index_dir: str | os.PathLike, name: str, roles) -> tuple[str, ApiKey]:
+    """Make a key for the service on a gallery: (the key, to give its holder now: only its hash is kept, its record)."""
+    return _gallery_key_store(index_dir).add(name, roles)
+
+
+def list_api_keys(index_dir: str | os.PathLike) -> KeyListing:
+    """The service's keys on a gallery (ids, names, roles, revocation; never the keys) and their file."""
+    store = _gallery_key_store(index_dir)
+    return KeyListing(store.path, store.keys())
+
+
+def revoke_api_keys(index_dir: str | os.PathLike, name_or_id: str) -> list[ApiKey]:
+    """Revoke every live key of the service on a gallery with this name or id (KeyFileError if none)."""
+    return _gallery_key_store(index_dir).revoke(name_or_id)

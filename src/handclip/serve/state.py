@@ -1,27 +1,45 @@
 """What one service process holds: an examiner session over the gallery (model and calibration loaded
-and checked once), the key store, and the uploads it stored.
+and checked once), the key store, and the uploads and case reports it stored.
 
 Searches and enrolments go through the same ``ExaminerSession`` as ``handclip search`` and ``handclip
 enrol``, so a result and its audit record equal the CLI's. Searches share the session's snapshot of the
 newest commit; enrolments are serialised by the session and publish a new snapshot after every
 committed batch, so an enrolment killed mid-way loses at most its batch in flight.
+
+Files under ``GALLERY/serve/``: uploads by content hash (``queries/SHA.ext``, ``enrolled/IDENTITY/SHA.ext``)
+and case reports under an unguessable id (``reports/ID/`` holding the PDF and ``report.json``: the
+key that asked for it, the search record). An upload is stored before its audit record is written; a
+process killed in between leaves a file no record names. Such files are removed when a service starts
+(only upload names of this folder's own pattern, never another file), under a lock that requests hold
+from storing an upload until its record is written, so a running service's uploads are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
 import os
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from ..atomic import atomic_write_bytes, sha256_bytes
+from ..atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
 from ..errors import HandCLIPError
 from ..gallery.case_report import report_file_name
 from ..gallery.enrol import EnrolItem
 from ..gallery.metadata import GALLERY_FILE
 from ..gallery.session import ExaminerSession
-from .keys import SERVE_DIR, KeyStore
-from .limits import Limits
+from .keys import SERVE_DIR, ApiKey, KeyStore
+from .limits import ALLOWED_FORMATS, Limits
+
+log = logging.getLogger("handclip.serve")
+REPORT_ID = r"^[0-9a-f]{32}$"
+REVIEW_ROLE = "review"
+_UPLOAD_NAME = re.compile(r"\.?[0-9a-f]{64}(%s)(\..+\.tmp)?" % "|".join(re.escape(s) for s in ALLOWED_FORMATS.values()))
 
 
 @dataclass
@@ -34,17 +52,18 @@ class Upload:
 class ServiceState:
     def __init__(self, index_dir: str | os.PathLike, checkpoint: str | None = None, calibration: str | None = None,
                  device: str = "auto", limits: Limits | None = None, batch_size: int = 32,
-                 precision: str = "auto", engine: str = "torch"):
+                 signing_key: str | os.PathLike | None = None, precision: str = "auto", engine: str = "torch"):
         self.index_dir = Path(index_dir)
         self.limits = limits or Limits()
         if checkpoint is None and not (self.index_dir / GALLERY_FILE).exists():
             raise HandCLIPError(f"gallery {self.index_dir} does not exist; pass --checkpoint to create it")
         self.session = ExaminerSession.open(self.index_dir, checkpoint, calibration, device=device,
                                             create=checkpoint is not None, batch_size=batch_size,
-                                            precision=precision, engine=engine)
+                                            signing_key=signing_key, precision=precision, engine=engine)
         self.keys = KeyStore(self.index_dir)
         self.serve_dir = self.index_dir / SERVE_DIR
         self.session.snapshot()
+        self.remove_unrecorded_uploads()
 
     @property
     def calibration(self):
@@ -64,6 +83,22 @@ class ServiceState:
         return None if found is None else (found[1], found[0])
 
     # ------------------------------------------------------------------ stored uploads
+    @contextlib.contextmanager
+    def _uploads(self, exclusive: bool = False, wait: bool = True) -> Iterator[bool]:
+        """The uploads lock: shared from storing an upload until its record is written, exclusive to clean."""
+        self.serve_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.serve_dir / ".uploads.lock", "a+") as handle:
+            flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(handle, flags)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _store(self, folder: Path, upload: Upload) -> tuple[str, str]:
         digest = sha256_bytes(upload.data)
         path = folder / f"{digest}{upload.suffix}"
@@ -71,30 +106,72 @@ class ServiceState:
             atomic_write_bytes(path, upload.data)
         return str(path.resolve()), digest
 
-    def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, examiner: str,
-               arguments: dict, report: bool = False, case_id: str | None = None):
-        """One query through the session (audit record appended); with ``report`` the PDF too."""
-        query, _ = self._store(self.serve_dir / "queries", upload)
-        found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=examiner,
-                                    arguments=arguments, names=[upload.name])
-        if report:
-            seq = found.audit.seq
-            self.session.report(found, self.serve_dir / "reports" / str(int(seq)) / report_file_name(seq, case_id),
-                                case_id=case_id, examiner=examiner)
-        return found, self.snapshot()
+    def remove_unrecorded_uploads(self) -> int:
+        """Remove stored uploads that no audit record and no gallery row names (left by a process killed
+        between storing an upload and writing its record); returns how many. Skipped while another
+        process holds the uploads lock."""
+        folders = [self.serve_dir / "queries", *sorted((self.serve_dir / "enrolled").glob("*"))]
+        candidates = [p for folder in folders if folder.is_dir() for p in folder.iterdir()
+                      if p.is_file() and _UPLOAD_NAME.fullmatch(p.name)]
+        if not candidates:
+            return 0
+        with self._uploads(exclusive=True, wait=False) as held:
+            if not held:
+                return 0
+            named = {entry["path"] for record in self.session.audit_log.readable_records()
+                     for entry in record.get("files") or []}
+            named.update(self.snapshot().paths)
+            removed = [p for p in candidates if str(p.resolve()) not in named]
+            for path in removed:
+                path.unlink(missing_ok=True)
+            for folder in folders[1:]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+        if removed:
+            log.warning("removed %d stored upload(s) that no audit record names (a process was killed before "
+                        "recording them)", len(removed))
+        return len(removed)
 
-    def report_path(self, seq: int) -> Path | None:
-        """The case report of search record ``seq`` (one per record folder, named by case id and record)."""
-        folder = self.serve_dir / "reports" / str(int(seq))
-        found = sorted(folder.glob("*.pdf")) if folder.is_dir() else []
-        legacy = self.serve_dir / "reports" / f"search-{int(seq)}.pdf"  # written before reports had names
-        return found[0] if found else legacy if legacy.is_file() else None
+    # ------------------------------------------------------------------ search and reports
+    def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, key: ApiKey,
+               arguments: dict, report: bool = False, case_id: str | None = None):
+        """One query through the session (audit record appended); with ``report`` the PDF too, stored
+        under a new unguessable id for ``key``. Returns (search, gallery snapshot, report id or None)."""
+        with self._uploads():
+            query, _ = self._store(self.serve_dir / "queries", upload)
+            found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=key.name,
+                                        arguments=arguments, names=[upload.name])
+        report_id = None
+        if report:
+            report_id = secrets.token_hex(16)
+            folder = self.serve_dir / "reports" / report_id
+            pdf = self.session.report(found, folder / report_file_name(found.audit.seq, case_id), case_id=case_id,
+                                      examiner=key.name)
+            atomic_write_json(folder / "report.json", {"key_id": key.id, "record": found.audit.seq,
+                                                       "record_hash": found.audit.hash, "file": pdf.name})
+        return found, self.snapshot(), report_id
+
+    def report_for(self, report_id: str, key: ApiKey) -> Path | None:
+        """The case report ``report_id`` if ``key`` asked for it or has the review role, else None."""
+        if not re.fullmatch(REPORT_ID, report_id):
+            return None
+        folder = self.serve_dir / "reports" / report_id
+        try:
+            meta = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            pdf = folder / Path(str(meta["file"])).name
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        allowed = meta.get("key_id") == key.id or REVIEW_ROLE in key.roles
+        return pdf if allowed and pdf.is_file() else None
 
     # ------------------------------------------------------------------ writing
     def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict):
-        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them through the session."""
+        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them through the session.
+        Returns (summary, audit record, gallery snapshot, {stored path: upload name})."""
         folder = self.serve_dir / "enrolled" / identity
-        items = list({path: EnrolItem(path, identity)
-                      for path, _ in (self._store(folder, u) for u in uploads)}.values())
-        summary = self.session.enrol(items, examiner=examiner, arguments=arguments)
-        return summary, summary.audit, self.snapshot()
+        with self._uploads():
+            stored = [(self._store(folder, u)[0], u.name) for u in uploads]
+            names = dict(reversed(stored))  # the first name given for each content
+            items = list({path: EnrolItem(path, identity) for path, _ in stored}.values())
+            summary = self.session.enrol(items, examiner=examiner, arguments=arguments)
+        return summary, summary.audit, self.snapshot(), names

@@ -1,8 +1,9 @@
 """Training runs: checks, the run folder, the stages' recipes in turn, resume and the run's final status.
 
 Each stage is a recipe on the one training loop (``train.loop``): ``train.stage1`` and ``train.stage2``
-(which also holds the joint run). Checkpoints, resume, SIGTERM, the NaN guard, validation and the logs
-below are the loop's hooks (``train.hooks``), written once for every recipe.
+(which also holds the joint run), and CLIP-HandID's one-stage recipe ``train.single_stage``. Checkpoints,
+resume, SIGTERM, the NaN guard, validation and the logs below are the loop's hooks (``train.hooks``),
+written once for every recipe.
 
 Run folder (every file written atomically, only by rank 0):
   config.yaml        the resolved configuration
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,11 +44,11 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_text
 from ..config import Config, config_from_dict, load_config
-from ..data.images import scan_images
+from ..data.images import unusable_images, warn_left_out
 from ..data.loaders import build_train_loader
 from ..data.manifest import Manifest
-from ..data.protocols import prepare_from_config
-from ..errors import ConfigError, DataError, HandCLIPError
+from ..datasets import prepare_from_config
+from ..errors import ConfigError, DataError, HandCLIPError, TrainingWarning
 from ..evaluate.protocol import evaluate_validation
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.handclip import build_model
@@ -54,7 +56,9 @@ from ..model.inference import Encoder
 from ..runtime import cache_root, resolve_device, seed_everything, set_rng_state
 from . import distributed as ddp
 from .hooks import check_parameters
+from .notices import best_checkpoint_notice, interruption_message, setting_notices
 from .run_folder import (
+    Interrupted,
     RunFolder,
     TerminationWatch,
     Terminated,
@@ -62,6 +66,7 @@ from .run_folder import (
     remove_stale_temporaries,
     verify_resume_manifest,
 )
+from .single_stage import run_single_stage
 from .stage1 import run_stage1
 from .stage2 import run_stage2
 
@@ -106,7 +111,7 @@ def check_training_data(manifest, stage2_cfg, check_batches: bool) -> tuple[list
                         f"identit{'y' if len(strays) == 1 else 'ies'}); val holds one image of each training identity")
     if check_batches and stage2_cfg.ids_per_batch > len(counts):
         raise ConfigError(f"stage2.ids_per_batch is {stage2_cfg.ids_per_batch} but the training split has only "
-                          f"{len(counts)} identities")
+                          f"{len(counts)} identities (--set stage2.ids_per_batch={len(counts)} or fewer)")
     return train, manifest.train_label_map()
 
 
@@ -117,7 +122,7 @@ class TrainContext:
     ``train.hooks``."""
 
     def __init__(self, config: Config, manifest, train_records, label_map, model, device, run: RunFolder,
-                 dist_info: ddp.DistInfo, state: dict, progress: bool):
+                 dist_info: ddp.DistInfo, state: dict, progress: bool, echo: bool | None = None):
         self.config = config
         self.manifest = manifest
         self.train_records = train_records
@@ -128,6 +133,8 @@ class TrainContext:
         self.dist = dist_info
         self.state = state
         self.progress = progress and dist_info.is_main
+        # Log lines (an epoch's summary, warnings) on the console too: above the bars, or alone without them.
+        self.echo = (progress if echo is None else echo) and dist_info.is_main
         self._ddp_ignored: list[str] = []
         self.current_stage: str | None = state.get("stage")
         self.termination = TerminationWatch()
@@ -146,6 +153,8 @@ class TrainContext:
         self.run.log(message)
         if self.progress:
             tqdm.write(message)
+        elif self.echo:
+            print(message, flush=True)
 
     def wrap_for_training(self, model):
         if not self.dist.enabled:
@@ -195,14 +204,12 @@ def _default_run_dir(config: Config) -> Path:
 
 
 def _scan(records, config: Config, run_lines: list[str]) -> tuple[list, list]:
-    """Check every image once; stop on problems unless data.skip_bad (then leave those images out)."""
-    problems = scan_images(sorted({r.path for r in records}))
+    """Check every image once; stop on problems unless data.skip_bad (--skip-bad: then each is named in a
+    warning and left out)."""
+    problems = unusable_images(sorted({r.path for r in records}), config.data.skip_bad, "training ")
     if not problems:
         return list(records), []
-    if not config.data.skip_bad:
-        first = problems[0]
-        raise DataError(f"{len(problems)} unusable image(s), first {first.path}: {first.reason} "
-                        f"(fix them or pass --skip-bad / data.skip_bad=true to leave them out)")
+    warn_left_out(problems, "training", "skipped_images.txt in the run folder")
     bad = {p.path for p in problems}
     run_lines.extend(f"{p.path}\t{p.reason}" for p in problems)
     return [r for r in records if r.path not in bad], sorted(bad)
@@ -220,8 +227,14 @@ class _Inputs:
 
 
 def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] = STAGES,
-          resume: str | Path | None = None, device: str | None = None, progress: bool = False) -> RunResult:
-    """Train HandCLIP and return where the checkpoints are (see the module docstring for the run folder)."""
+          resume: str | Path | None = None, device: str | None = None, progress: bool = False,
+          echo: bool | None = None) -> RunResult:
+    """Train HandCLIP and return where the checkpoints are (see the module docstring for the run folder).
+
+    ``progress``: progress bars; ``echo``: the log's lines (each epoch's summary, warnings) on stdout too
+    (default: when ``progress``). Settings worth a second look are ``handclip.errors.TrainingWarning``
+    warnings, also written to train.log; a run stopped by Ctrl-C or SIGTERM raises ``Interrupted``, whose
+    message is the command that resumes it."""
     config, run_path = _resolve_run(config, run_dir, resume)
     unique_name = resume is None and run_dir is None
     stages = _stages_to_run(config, stages)
@@ -237,6 +250,9 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
         seed_everything(config.seed)
         inputs = _checked_inputs(config, run_path if resume is not None else None, stages)
         inputs.model.to(device_obj)
+        notices = setting_notices(config, inputs.manifest) if resume is None and dist_info.is_main else []
+        for notice in notices:
+            warnings.warn(notice, TrainingWarning, stacklevel=2)
 
         # The run folder: all ranks have passed the checks above before rank 0 writes.
         ddp.barrier(dist_info)
@@ -248,9 +264,17 @@ def train(config=None, run_dir: str | Path | None = None, stages: Sequence[str] 
             state = _reopen_run_folder(run, inputs.resume_extra)
         else:
             state = _start_run_folder(run, config, inputs, stages, device_obj, dist_info)
+        for notice in notices:
+            run.log(f"warning: {notice}")
         ctx = TrainContext(config, inputs.manifest, inputs.train_records, inputs.label_map, inputs.model, device_obj,
-                           run, dist_info, state, progress)
-        _run_recipes(ctx, state["stages"] if resume is not None else list(stages), inputs.resume_extra)
+                           run, dist_info, state, progress, echo)
+        ran = state["stages"] if resume is not None else list(stages)
+        _run_recipes(ctx, ran, inputs.resume_extra)
+        late = best_checkpoint_notice(state, ran) if dist_info.is_main else None
+        if late:
+            warnings.warn(late, TrainingWarning, stacklevel=2)
+            run.log(f"warning: {late}")
+            run.flush_log()
         best, last = run.file("best.pt"), run.file("last.pt")
         return RunResult(run_path, best if best.is_file() else None, last if last.is_file() else None,
                          list(state["history"]), state.get("best"))
@@ -277,6 +301,10 @@ def _stages_to_run(config: Config, stages: Sequence[str]) -> tuple[str, ...]:
     for stage in stages:
         if stage not in STAGES:
             raise ConfigError(f"unknown stage '{stage}' (use stage1, stage2 or both)")
+    if config.single_stage.enabled:
+        if config.runtime.joint:
+            raise ConfigError("runtime.joint and single_stage.enabled are two different recipes; set one of them")
+        return ("single_stage",)
     if config.runtime.joint:
         return ("joint",)
     return tuple(s for s in stages if getattr(config, s).enabled)
@@ -346,11 +374,12 @@ def _run_recipes(ctx: TrainContext, stages: list[str], resume_extra: dict | None
         with ctx.termination.installed():
             _run_stages(ctx, stages, resume_extra)
     except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        reason = None
         if ctx.is_main:
-            interrupted = isinstance(exc, KeyboardInterrupt)
             if interrupted:
-                reason = str(exc) if isinstance(exc, Terminated) else "interrupted"
-                reason += f"; resume with: handclip train --resume {run.path}"
+                reason = interruption_message(str(exc) if isinstance(exc, Terminated) else "interrupted (Ctrl-C)",
+                                              run.path)
             elif isinstance(exc, HandCLIPError):
                 reason = str(exc)
             else:
@@ -361,6 +390,8 @@ def _run_recipes(ctx: TrainContext, stages: list[str], resume_extra: dict | None
             with contextlib.suppress(OSError):
                 run.flush_log()
                 run.write_status("interrupted" if interrupted else "failed", **fields)
+        if reason is not None and interrupted:
+            raise Interrupted(reason, getattr(exc, "exit_code", 130)) from exc
         raise
     run.log("training completed")
     if ctx.is_main:
@@ -388,5 +419,7 @@ def _run_stages(ctx: TrainContext, stages: list[str], resume_extra: dict | None)
         ctx.log(f"{stage}: starting" + (f" from epoch {resume['epoch']}" if resume else ""))
         if stage == "stage1":
             run_stage1(ctx, resume)
+        elif stage == "single_stage":
+            run_single_stage(ctx, resume)
         else:
             run_stage2(ctx, resume, joint=(stage == "joint"))

@@ -1,6 +1,7 @@
 """The hooks every HandCLIP training recipe runs with (``train.loop``), each doing one job once.
 
 - ``LrSchedule``: moves an epoch-position schedule (``optim.EpochSchedule``) before each epoch or step.
+- ``StepLr``: sets every group's lr from the run's step count before each step (a per-step schedule).
 - ``Progress``: a tqdm bar per epoch.
 - ``FiniteGuard``: stops on a NaN/inf loss term (checked before the update; on a GPU every 20 steps, to
   avoid a host sync per step) and on a non-finite parameter at the epoch's end.
@@ -38,6 +39,8 @@ def stability_hint(stage: str) -> str:
         return "lower stage1.lr"
     if stage == "joint":
         return "lower stage1.lr and stage2.lr, or set stage2.grad_clip"
+    if stage == "single_stage":
+        return "lower single_stage.lr"
     return "lower stage2.lr or set stage2.grad_clip"
 
 
@@ -86,6 +89,19 @@ class LrSchedule(Hook):
     def before_step(self, loop: TrainLoop) -> None:
         if self.every == "step":
             self.schedule.set_position(loop.epoch + self.first + loop.step / loop.steps)
+
+
+class StepLr(Hook):
+    """Sets every parameter group's lr to ``lr_at(step)`` before each step, ``step`` counted from the run's
+    first step (``epoch * steps + step``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float]):
+        self.optimizer, self.lr_at = optimizer, lr_at
+
+    def before_step(self, loop: TrainLoop) -> None:
+        lr = self.lr_at(loop.epoch * loop.steps + loop.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
 
 class Progress(Hook):
@@ -190,23 +206,29 @@ class EpochRecord(Hook):
 
 
 class Validation(Hook):
-    """Validates every ``every`` epochs and after the last one; keeps best.pt (rank-1, then mAP) on disk."""
+    """Validates every ``every`` epochs and after the last one; keeps best.pt on disk, chosen by the metrics
+    ``select`` names in order (default rank-1, then mAP). ``validate``: what gives the metrics (default
+    ``ctx.validate``, retrieval on the validation split)."""
 
-    def __init__(self, ctx, every: int):
+    def __init__(self, ctx, every: int, select: tuple[str, ...] = ("rank1", "mAP"),
+                 validate: Callable[[], dict] | None = None):
         self.ctx = ctx
         self.every = every
+        self.select = tuple(select)
+        self.validate = validate or ctx.validate
 
     def after_epoch(self, loop: TrainLoop) -> None:
         epoch = loop.epoch + 1
         if epoch % self.every and epoch != loop.epochs:
             return
         state = self.ctx.state
-        metrics = self.ctx.validate()
+        metrics = self.validate()
         loop.record.update({f"val_{k}": v for k, v in metrics.items()})
-        score = (metrics.get("rank1", 0.0), metrics.get("mAP", 0.0))
+        score = tuple(metrics.get(k, 0.0) for k in self.select)
         best = state.get("best")
-        if best is None or score > (best["rank1"], best["mAP"]):
-            state["best"] = {"stage": loop.name, "epoch": epoch, "rank1": score[0], "mAP": score[1]}
+        if best is None or score > tuple(best.get(k, 0.0) for k in self.select):
+            state["best"] = {"stage": loop.name, "epoch": epoch, "rank1": metrics.get("rank1", 0.0),
+                             "mAP": metrics.get("mAP", 0.0), **dict(zip(self.select, score))}
             # Saved now, to disk: a "best" model kept by reference would really be the last epoch
             # (docs/method.md, "Pitfalls").
             self.ctx.save("best.pt", {"stage": loop.name, "epoch": epoch, "val": metrics}, epoch)
@@ -250,8 +272,7 @@ class RunLog(Hook):
 
     def after_epoch(self, loop: TrainLoop) -> None:
         ctx, epoch = self.ctx, loop.epoch + 1
-        parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in loop.record.items()
-                 if k not in ("stage", "epoch")]
+        parts = [f"{k}={_log_number(k, v)}" for k, v in loop.record.items() if k not in ("stage", "epoch")]
         ctx.log(f"{loop.name} epoch {epoch}/{loop.epochs}: " + " ".join(parts))
         if ctx.is_main:
             ctx.run.write_metrics(ctx.state["history"])
@@ -259,11 +280,20 @@ class RunLog(Hook):
             ctx.run.write_status("running", stage=loop.name, epoch=epoch)
 
 
+def _log_number(key: str, value) -> str:
+    """A record's value for train.log: learning rates in scientific notation (5e-6 is not ``0.0000``),
+    other floats to 4 decimals."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.3e}" if key == "lr" or key.endswith("_lr") else f"{value:.4f}"
+
+
 def training_hooks(ctx, training_state: TrainingState, resume: dict | None, schedule: Hook,
                    lr: Callable[[], float], validate_every: int,
-                   count_images: Callable[[Any], int] | None = None) -> list[Hook]:
+                   count_images: Callable[[Any], int] | None = None, validation: Validation | None = None) -> list[Hook]:
     """The hooks of a HandCLIP stage, in order (``schedule``: the hook that moves the learning rate, such as
-    ``LrSchedule``). At an epoch's end: the guard first (nothing is recorded
+    ``LrSchedule``; ``validation``: a recipe's own ``Validation``, default retrieval every ``validate_every``
+    epochs). At an epoch's end: the guard first (nothing is recorded
     from a diverged epoch, and on a GPU its check is the sync that makes the epoch's time true), then the
     record, validation, last.pt, the logs."""
     return [
@@ -272,7 +302,7 @@ def training_hooks(ctx, training_state: TrainingState, resume: dict | None, sche
         Progress(ctx.progress),
         FiniteGuard(ctx.device, ctx.model),
         EpochRecord(lr, count_images, ctx.world_size),
-        Validation(ctx, validate_every),
+        validation or Validation(ctx, validate_every),
         Checkpoint(ctx, training_state, resume),
         RunLog(ctx),
     ]

@@ -35,6 +35,11 @@ def _adam(groups: list[dict], fused: bool) -> torch.optim.Adam:
     return torch.optim.Adam(groups)
 
 
+def adam(groups: list[dict], runtime_cfg, device: torch.device) -> torch.optim.Adam:
+    """Adam over ``groups`` (empty ones left out), fused where ``runtime.fused_optimizer`` and the device allow."""
+    return _adam(groups, use_fused_optimizer(runtime_cfg, device))
+
+
 class EpochSchedule:
     """Sets every group's lr from its base lr and the current epoch position ``t``."""
 

@@ -109,6 +109,15 @@ class Terminated(KeyboardInterrupt):
     exit_code = 143
 
 
+class Interrupted(KeyboardInterrupt):
+    """A training run stopped by Ctrl-C or SIGTERM; the message says how to resume it, ``exit_code`` is the
+    shell's (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class TerminationWatch(Hook):
     """Turns SIGTERM into ``Terminated`` at a safe point: ``check()`` raises once a signal came.
 

@@ -16,7 +16,9 @@ over ``stage2.triplet_features`` (default CLIP-ReID's three: ``feat_mid``, ``fea
 image->text cross-entropy over all identities' text features (raw dot products unless
 ``losses.logits: cosine``),
 optional supervised contrastive i2t + t2i, optional center loss on the test feature
-(``[feat_last, feat_proj]``), and the prompt L2 penalty when the prompts train.
+(``[feat_last, feat_proj]``), and the prompt L2 penalty when the prompts train. With ``model.prompt`` image
+or both, each image's own prompt (``out.prompt_text``) adds SupCon image->text + text->image
+(``stage2.image_prompt_weight``); the interaction head, when on, is a third ID head.
 
 Joint run (``runtime.joint``): one run of ``stage2.epochs`` epochs in which the prompts and the image
 encoder train together. The prompts get their own Adam group (``stage1.lr``/``stage1.weight_decay``),
@@ -150,6 +152,8 @@ class Stage2Trainer:
                 terms["supcon"] = s2.supcon_weight * pair
             if self.joint:
                 terms["stage1_supcon"] = pair
+        if out.prompt_text is not None and s2.image_prompt_weight > 0:
+            terms["image_prompt"] = s2.image_prompt_weight * self.supcon_pair(out.image_proj, out.prompt_text, labels)
         if self.center is not None:
             features = torch.cat([out.feat_last.float(), out.feat_proj.float()], dim=1)
             terms["center"] = s2.center_weight * self.center(features, labels)
@@ -158,6 +162,11 @@ class Stage2Trainer:
             if weight > 0:
                 terms["prompt_l2"] = weight * prompt_l2(self.model.prompt_learner.ctx)
         return terms
+
+    def supcon_pair(self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """SupCon image->text + text->image, positives the same identity (docs/method.md, "Stage 1")."""
+        return (self.supcon(image, text, labels, labels, self.scale)
+                + self.supcon(text, image, labels, labels, self.scale))
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step on a batch already on the device (what the stage-2 loop does per batch

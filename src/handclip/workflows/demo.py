@@ -34,17 +34,17 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..config import Config, load_config
-from ..data.protocols import prepare_from_config
+from ..datasets import prepare_from_config
 from ..evaluate.metrics import METRIC_KEYS
 from ..errors import ConfigError
-from ..evaluate.prompts import prompt_top1
 from ..evaluate.protocol import evaluate_manifest
 from ..model.checkpoint import load_checkpoint
 from ..model.handclip import build_model
 from ..model.inference import Encoder
 from ..runtime import resolve_device, seed_everything
+from ..synthetic.pretrain import pretrained_weights
+from ..synthetic.prompts import prompt_top1
 from ..train.engine import train
-from ..train.pretrain import pretrained_weights
 from ..train.stage1 import encode_training_images
 
 # The demo's config, shipped with the package (the reasons for each setting are in the file).
@@ -180,18 +180,23 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
         metrics["pretrain"] = {"weights": str(pretrain.path), "sha256": pretrain.sha256, "cached": pretrain.cached,
                                "history": pretrain.history, "time_s": round(pretrain.time_s, 1)}
     atomic_write_json(out / "metrics.json", metrics)
-    # The result table is the point of the demo: printed even without progress output.
-    rows = [(start_label, metrics["before"])]
+    _print_results(config, metrics, out / "metrics.json")
+    return metrics
+
+
+def _print_results(config: Config, metrics: dict, metrics_path: Path) -> None:
+    """The result table, the text-side figures and the times: the point of the demo, so printed even
+    without progress output."""
+    rows = [(metrics["start"], metrics["before"])]
     if config.stage1.enabled and not config.runtime.joint:
         # Stage 1 trains only the prompts: the image features, hence retrieval, are the starting model's.
         rows.append(("after stage 1", metrics["before"]))
     rows.append(("after stage 2", metrics["after"]))
     print(_table(rows), flush=True)
-    for line in _text_lines(text):
+    for line in _text_lines(metrics["text_side"]):
         print(line, flush=True)
-    print(f"total time {total:.1f}s, CPU time {metrics['cpu_time_s']}s (training {train_time:.1f}s); "
-          f"metrics written to {out / 'metrics.json'}", flush=True)
-    return metrics
+    print(f"total time {metrics['time_s']:.1f}s, CPU time {metrics['cpu_time_s']}s (training "
+          f"{metrics['train_time_s']:.1f}s); metrics written to {metrics_path}", flush=True)
 
 
 def _text_lines(text: dict) -> list[str]:

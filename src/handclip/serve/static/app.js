@@ -7,6 +7,14 @@ keyInput.value = sessionStorage.getItem("handclip-key") || "";
 keyInput.addEventListener("change", () => sessionStorage.setItem("handclip-key", keyInput.value.trim()));
 let queryFile = null;
 
+// Names come from folders and uploads: control, bidirectional-override and other invisible characters are
+// shown as \u.... escapes (as the command line and the PDF show them), so a name cannot reorder or hide
+// the text around it.
+function shown(text) {
+  return String(text).replace(/(?! )[\p{C}\p{Z}]/gu,
+    (ch) => `\\u${ch.codePointAt(0).toString(16).padStart(4, "0")}`);
+}
+
 function headers() { return { "X-API-Key": keyInput.value.trim() }; }
 
 async function api(path, options = {}) {
@@ -36,7 +44,7 @@ function setQuery(file) {
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("search-button").disabled = false;
-  status("search-status", `query: ${file.name}`);
+  status("search-status", `query: ${shown(file.name)}`);
 }
 
 const drop = $("drop");
@@ -63,12 +71,12 @@ function candidateItem(c, by) {
   rank.className = "rank";
   rank.textContent = c.rank;
   const img = document.createElement("img");
-  img.alt = c.name;
+  img.alt = shown(c.name);
   if (c.thumbnail) blobUrl(c.thumbnail).then((url) => { img.src = url; }).catch(() => {});
   const text = document.createElement("div");
   const who = document.createElement("div");
   who.className = "identity";
-  who.textContent = c.identity;
+  who.textContent = shown(c.identity);
   const score = document.createElement("div");
   score.textContent = [`score ${c.score.toFixed(4)}`, weight(c)].filter(Boolean).join(" · ");
   const verbal = document.createElement("div");
@@ -76,7 +84,8 @@ function candidateItem(c, by) {
   verbal.textContent = c.verbal || "";
   const detail = document.createElement("div");
   detail.className = "muted";
-  detail.textContent = by === "identity" ? `${c.matched}/${c.num_images} images in top hits; best: ${c.name}` : c.name;
+  detail.textContent = by === "identity" ? `${c.matched}/${c.num_images} images in top hits; best: ${shown(c.name)}`
+    : shown(c.name);
   text.append(who, score, verbal, detail);
   li.append(rank, img, text);
   return li;
@@ -104,20 +113,25 @@ $("search-form").addEventListener("submit", async (e) => {
     const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${cal.description}.` : "";
     $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}${calibration}`;
     const record = $("record");
-    record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...). `;
+    record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...); ` +
+      `keep ${found.audit.anchor} to check the log later (handclip audit verify --expect). `;
     if (found.report) {
+      // Downloaded rather than opened: the page's Content-Security-Policy allows no plugin to show it.
       const link = document.createElement("a");
       link.id = "report-link";
       link.href = "#";
-      link.textContent = "Open the case report (PDF)";
+      link.textContent = "Download the case report (PDF)";
       link.addEventListener("click", async (ev) => {
         ev.preventDefault();
-        window.open(await blobUrl(found.report), "_blank");
+        const save = document.createElement("a");
+        save.href = await blobUrl(found.report);
+        save.download = `handclip-record-${found.audit.seq}.pdf`;
+        save.click();
       });
       record.append(link);
     }
     $("results").hidden = false;
-    status("search-status", `${found.candidates.length} candidate(s) for ${found.queries[0].name} ` +
+    status("search-status", `${found.candidates.length} candidate(s) for ${shown(found.queries[0].name)} ` +
       `(SHA-256 ${found.queries[0].sha256.slice(0, 16)}...)`);
   } catch (err) {
     status("search-status", err.message, true);
@@ -136,8 +150,11 @@ $("enrol-form").addEventListener("submit", async (e) => {
   status("enrol-status", `enrolling ${files.length} image(s)...`);
   try {
     const done = await (await api("/api/v1/enrol", { method: "POST", body: form })).json();
-    status("enrol-status", `${done.identity}: ${done.added} added, ${done.already_enrolled} already enrolled; ` +
-      `gallery ${done.gallery_images} images of ${done.gallery_identities} people (audit record ${done.record})`);
+    const others = done.other_identity.map((o) =>
+      `${shown(o.name)} is already enrolled as ${shown(o.enrolled_identity)} (${shown(o.enrolled_name)})`);
+    status("enrol-status", `${shown(done.identity)}: ${done.added} added, ${done.already_enrolled} already enrolled; ` +
+      `gallery ${done.gallery_images} images of ${done.gallery_identities} people (audit record ${done.record})` +
+      (others.length ? `. Not enrolled: ${others.join("; ")}` : ""));
     refreshHealth();
   } catch (err) {
     status("enrol-status", err.message, true);

@@ -1,4 +1,4 @@
-"""Procedural synthetic hands, so the whole pipeline runs on a fresh machine with no download.
+"""The renderer of procedural synthetic hands: one photo of one hand as an RGB image.
 
 Each identity is a fixed set of hand parameters (palm shape, finger lengths/widths/proportions,
 skin tone, knuckle creases, back-of-hand lines, nails, moles, scar) drawn from a seeded RNG.
@@ -12,27 +12,19 @@ downsampled, so images of different sizes show the same hand.
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import atomic_write_bytes, atomic_write_json
 from ..errors import DataError
-from ..runtime import available_cpus
-from .hand_params import HandIdentity, Pose, identity_params, pose_params, seeded_rng  # noqa: F401 - re-exported
+from .hand_params import HandIdentity, Pose, identity_params, pose_params, seeded_rng
 
-MARKER_NAME = ".handclip_synthetic.json"
 # Bump when the renderer changes, so old folders are re-rendered instead of silently reused.
 RENDERER_VERSION = 1
 _SUPERSAMPLE = 2
-# Below this many images, starting worker processes costs more than it saves.
-PARALLEL_MIN_IMAGES = 256
+
+
 def _background(rng: np.random.Generator, px: int) -> np.ndarray:
     """A plain, gradient or textured background, float RGB [px, px, 3]."""
     base = rng.uniform(30, 235, 3)
@@ -147,25 +139,40 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
     hand = identity_params(identity, seed)
     pose = pose_params(identity, sample, seed)
     rng = seeded_rng(seed, identity, 0xB6, sample)  # background and noise
-    px = size * _SUPERSAMPLE
-    cv = _Canvas(px, pose)
+    cv = _Canvas(size * _SUPERSAMPLE, pose)
+    _draw_hand(cv, hand, pose)
+    return _photograph(cv, pose, rng, size)
 
+
+def _draw_hand(cv: _Canvas, hand: HandIdentity, pose: Pose) -> None:
+    """The posed hand on the canvas: silhouette, then pigment, lines, creases, nails and moles on top."""
     skin = np.array(hand.skin)
-    outline = _rgb(skin * 0.6)
-    fill = _rgb(skin)
     # Creases read as darker lines on light skin and as paler ("ashy") lines on dark skin.
     light_skin = skin.mean() > 100
     crease = _rgb(skin * hand.line_darkness if light_skin else skin * (2.1 - hand.line_darkness) + 12)
-    W, H = hand.palm_width, hand.palm_height
+    palm, wrist_w = _palm(hand)
+    digits = _digits(hand, pose)
+    _silhouette(cv, hand, palm, wrist_w, digits, _rgb(skin * 0.6), 0.022)
+    _silhouette(cv, hand, palm, wrist_w, digits, _rgb(skin), 0.0)
+    _draw_palm_marks(cv, hand, skin, crease)
+    _draw_creases_and_nails(cv, hand, digits, crease)
+    _draw_moles(cv, hand, digits)
 
-    # Palm: a rounded trapezoid, wider at the knuckles than at the wrist.
+
+def _palm(hand: HandIdentity) -> tuple[np.ndarray, float]:
+    """The palm outline, a rounded trapezoid wider at the knuckles than at the wrist, and the wrist's half-width."""
+    W, H = hand.palm_width, hand.palm_height
     t = np.linspace(0, 2 * math.pi, 28, endpoint=False)
     py = -np.sin(t) * H / 2
     half_w = W / 2 * (1 - (1 - hand.palm_taper) * (py / H + 0.5))
     px_ = np.sign(np.cos(t)) * np.abs(np.cos(t)) ** 0.5 * half_w
     palm = np.stack([px_, py], axis=1)
-    wrist_w = W * hand.palm_taper * 0.45
+    return palm, W * hand.palm_taper * 0.45
 
+
+def _digits(hand: HandIdentity, pose: Pose) -> list[tuple[list[np.ndarray], float, float]]:
+    """(joint chain, radius, angle) of the index, middle, ring and little fingers, then the thumb."""
+    W, H = hand.palm_width, hand.palm_height
     # Finger bases along the arched top of the palm.
     fingers = []
     for i in range(4):
@@ -183,23 +190,26 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
         a = t_angle + 0.25 * len(thumb_chain)
         thumb_chain.append(thumb_chain[-1] + hand.thumb_length * frac * np.array([math.sin(a), -math.cos(a)]))
     thumb = (thumb_chain, hand.thumb_width / 2, t_angle + 0.5)
+    return fingers + [thumb]
 
-    def silhouette(color, grow):
-        cv.capsule((0.0, H * 0.3), (0.0, H * 1.6), wrist_w + grow, wrist_w * 1.1 + grow, color)
-        centroid = palm.mean(axis=0)
-        cv.polygon(centroid + (palm - centroid) * (1 + grow / (W / 2)), color)
-        for chain, r, _ in fingers + [thumb]:
-            for j in range(3):
-                taper = (1.0 - 0.08 * j, 1.0 - 0.08 * (j + 1))
-                cv.capsule(chain[j], chain[j + 1], r * taper[0] + grow, r * taper[1] + grow, color)
 
-    silhouette(outline, 0.022)
-    silhouette(fill, 0.0)
+def _silhouette(cv: _Canvas, hand: HandIdentity, palm, wrist_w, digits, color, grow) -> None:
+    """Wrist, palm and digits in one colour, grown by ``grow`` (the outline is drawn grown, then the fill)."""
+    W, H = hand.palm_width, hand.palm_height
+    cv.capsule((0.0, H * 0.3), (0.0, H * 1.6), wrist_w + grow, wrist_w * 1.1 + grow, color)
+    centroid = palm.mean(axis=0)
+    cv.polygon(centroid + (palm - centroid) * (1 + grow / (W / 2)), color)
+    for chain, r, _ in digits:
+        for j in range(3):
+            taper = (1.0 - 0.08 * j, 1.0 - 0.08 * (j + 1))
+            cv.capsule(chain[j], chain[j + 1], r * taper[0] + grow, r * taper[1] + grow, color)
 
+
+def _draw_palm_marks(cv: _Canvas, hand: HandIdentity, skin: np.ndarray, crease) -> None:
+    """Birthmarks, back-of-hand lines (tendons/creases) and a scar, fixed in palm coordinates."""
+    W, H = hand.palm_width, hand.palm_height
     for x, y, rx, ry, angle, tone in hand.birthmarks:
         cv.polygon(_ellipse_poly(x * W, y * H, rx, ry, angle), _rgb(skin * tone + (8 if tone > 1 else 0)), mask=False)
-
-    # Back-of-hand lines (tendons/creases) and a scar, fixed in palm coordinates.
     for x0, y0, cx_, cy_, x1, y1 in hand.palm_lines:
         s = np.linspace(0, 1, 8)[:, None]
         pts = (1 - s) ** 2 * [x0 * W, y0 * H] + 2 * s * (1 - s) * [cx_ * W, cy_ * H] + s**2 * [x1 * W, y1 * H]
@@ -208,10 +218,12 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
         x0, y0, x1, y1 = hand.scar
         cv.line([(x0 * W, y0 * H), (x1 * W, y1 * H)], _rgb(skin * 1.12 + 10), 0.03)
 
-    # Knuckle creases across the middle joint, nails on the distal phalanx.
+
+def _draw_creases_and_nails(cv: _Canvas, hand: HandIdentity, digits, crease) -> None:
+    """Knuckle creases across the middle joint, nails on the distal phalanx."""
     nail_fill = _rgb(hand.nail_color)
     nail_edge = _rgb(np.array(hand.nail_color) * 0.75)
-    for k, (chain, r, _) in enumerate(fingers + [thumb]):
+    for k, (chain, r, _) in enumerate(digits):
         joint = chain[1] if k < 4 else chain[2]
         d = chain[2] - chain[1] if k < 4 else chain[3] - chain[2]
         d = d / (np.hypot(*d) + 1e-9)
@@ -231,16 +243,21 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
         cv.polygon(_ellipse_poly(*centre, a + 0.012, b + 0.012, ang, hand.nail_squareness), nail_edge, mask=False)
         cv.polygon(_ellipse_poly(*centre, a, b, ang, hand.nail_squareness), nail_fill, mask=False)
 
+
+def _draw_moles(cv: _Canvas, hand: HandIdentity, digits) -> None:
+    W, H = hand.palm_width, hand.palm_height
     for part, u, v, radius in hand.moles:
         part = int(part)
         if part < 0:
             where = np.array([u * W, v * H * 0.8 - 0.1])
         else:
-            chain, r, _ = (fingers + [thumb])[part]
+            chain, r, _ = digits[part]
             where = chain[0] + (chain[2] - chain[0]) * (0.3 + 0.5 * abs(v) / 0.8) + u * r * np.array([1.0, 0.0])
         cv.disc(where, radius, (70, 45, 35), mask=False)
 
-    # Downsample, light the hand, composite onto the background, then the camera's blur and noise.
+
+def _photograph(cv: _Canvas, pose: Pose, rng: np.random.Generator, size: int) -> Image.Image:
+    """Downsample, light the hand, composite onto the background, then the camera's blur and noise."""
     hand_rgb = np.asarray(cv.rgb.resize((size, size), Image.LANCZOS), dtype=np.float64)
     alpha = np.asarray(cv.mask.resize((size, size), Image.LANCZOS), dtype=np.float64)[..., None] / 255.0
     g = np.linspace(-1, 1, size)
@@ -258,78 +275,4 @@ def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Im
     return out
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _worker_count() -> int:
-    return min(4, available_cpus())
-
-
-def _write_identity(job) -> None:
-    out, identity, images_per_id, size, seed = job
-    folder = out / f"{identity:04d}"
-    for n in range(images_per_id):
-        atomic_write_bytes(folder / f"{n:03d}.png", _png_bytes(render_hand(identity, n, size, seed)))
-
-
-def write_synthetic_dataset(out_dir, num_ids: int, images_per_id: int, size: int = 64, seed: int = 0) -> Path:
-    """Render ``num_ids`` x ``images_per_id`` hands into ``out_dir/<id:04d>/<n:03d>.png``.
-
-    A marker file records the parameters; if it matches and every image exists, nothing is redone.
-    With other parameters the folder is re-rendered (stale identity folders are removed).
-    """
-    if num_ids < 1 or images_per_id < 1:
-        raise DataError(f"synthetic dataset needs at least one identity and one image each, got {num_ids} x {images_per_id}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"synthetic output path {out} exists and is not a folder")
-    params = {
-        "num_ids": int(num_ids),
-        "images_per_id": int(images_per_id),
-        "size": int(size),
-        "seed": int(seed),
-        "renderer_version": RENDERER_VERSION,
-    }
-    marker = out / MARKER_NAME
-    expected = [out / f"{i:04d}" / f"{n:03d}.png" for i in range(num_ids) for n in range(images_per_id)]
-    if marker.is_file():
-        try:
-            previous = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = None
-        if previous == params and all(p.is_file() for p in expected):
-            return out
-    # Remove the marker first, so an interrupted re-render is never mistaken for a complete one.
-    marker.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{i:04d}" for i in range(num_ids)}
-    for child in out.iterdir():
-        if child.is_dir() and len(child.name) == 4 and child.name.isdigit() and child.name not in wanted:
-            for f in child.glob("*.png"):
-                f.unlink()
-            if not any(child.iterdir()):
-                child.rmdir()
-    for i in range(num_ids):
-        folder = out / f"{i:04d}"
-        for f in folder.glob("*.png") if folder.is_dir() else []:
-            if not (f.stem.isdigit() and int(f.stem) < images_per_id and len(f.stem) == 3):
-                f.unlink()
-    jobs = [(out, i, images_per_id, size, seed) for i in range(num_ids)]
-    workers = min(_worker_count(), num_ids) if num_ids * images_per_id >= PARALLEL_MIN_IMAGES else 1
-    if workers > 1:
-        # Rendering is CPU-bound Python and each atomic write waits on fsync: separate processes
-        # overlap both. Images depend only on (identity, sample, size, seed), so order is irrelevant.
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            list(pool.map(_write_identity, jobs, chunksize=max(1, num_ids // (workers * 4))))
-    else:
-        for job in jobs:
-            _write_identity(job)
-    atomic_write_json(marker, params)
-    return out
-
-
-__all__ = ["HandIdentity", "identity_params", "render_hand", "write_synthetic_dataset", "MARKER_NAME"]
+__all__ = ["RENDERER_VERSION", "render_hand"]

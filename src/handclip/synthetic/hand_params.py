@@ -1,6 +1,6 @@
 """The parameters of a synthetic hand: who it is (``HandIdentity``, drawn once per identity from a
 seeded RNG) and how one photo of it is taken (``Pose``: the per-image nuisance). The renderer
-(``synthetic.py``) draws them; the captions (``captions.py``) describe them in words.
+(``render.py``) draws them; the captions (``captions.py``) describe them in words.
 """
 
 from __future__ import annotations
@@ -61,42 +61,56 @@ def seeded_rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
 
 
-@functools.lru_cache(maxsize=4096)
-def identity_params(identity: int, seed: int = 0) -> HandIdentity:
-    """The fixed hand of ``identity`` (deterministic for (identity, seed))."""
-    if identity < 0:
-        raise DataError(f"synthetic identity must be >= 0, got {identity}")
-    rng = seeded_rng(seed, identity, 0x1D)
+# Each part of a hand below draws from the identity's one generator, in the order identity_params calls
+# them: changing that order would change every synthetic identity.
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(x) for x in values)
+
+
+def _skin(rng: np.random.Generator) -> np.ndarray:
+    """A tone on the skin ramp, with a hue shift."""
     tone = rng.uniform(0, len(SKIN_RAMP) - 1)
     lo = int(min(math.floor(tone), len(SKIN_RAMP) - 2))
     skin = SKIN_RAMP[lo] + (tone - lo) * (SKIN_RAMP[lo + 1] - SKIN_RAMP[lo])
-    skin = np.clip(skin * rng.uniform(0.86, 1.14, 3), 0, 255)
+    return np.clip(skin * rng.uniform(0.86, 1.14, 3), 0, 255)
 
+
+def _fingers(rng: np.random.Generator):
+    """(width scale, which the thumb shares; finger lengths; widths; rest angles; phalanx splits)."""
     length_scale = rng.uniform(0.8, 1.2)
     width_scale = rng.uniform(0.8, 1.25)
-    base_len = np.array([0.78, 0.88, 0.82, 0.62])
-    finger_lengths = base_len * length_scale * rng.uniform(0.8, 1.2, 4)
-    base_w = np.array([0.19, 0.2, 0.185, 0.16])
-    finger_widths = base_w * width_scale * rng.uniform(0.88, 1.12, 4)
-    finger_base_angles = np.array([-0.16, -0.04, 0.07, 0.2]) + rng.normal(0, 0.05, 4)
+    lengths = np.array([0.78, 0.88, 0.82, 0.62]) * length_scale * rng.uniform(0.8, 1.2, 4)
+    widths = np.array([0.19, 0.2, 0.185, 0.16]) * width_scale * rng.uniform(0.88, 1.12, 4)
+    angles = np.array([-0.16, -0.04, 0.07, 0.2]) + rng.normal(0, 0.05, 4)
     splits = []
     for _ in range(4):
         p = np.array([0.45, 0.31, 0.24]) * rng.uniform(0.8, 1.2, 3)
-        splits.append(tuple(float(x) for x in p / p.sum()))
+        splits.append(_floats(p / p.sum()))
+    return width_scale, lengths, widths, angles, tuple(splits)
 
-    palm_lines = []
+
+def _palm_lines(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
+    lines = []
     for _ in range(int(rng.integers(2, 5))):
         x0, x1 = rng.uniform(-0.45, 0.45, 2)
         y0, y1 = rng.uniform(-0.4, 0.45, 2)
         cx, cy = rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
-        palm_lines.append((x0, y0, cx, cy, x1, y1))
+        lines.append((x0, y0, cx, cy, x1, y1))
+    return tuple(_floats(line) for line in lines)
 
+
+def _nails(rng: np.random.Generator, skin: np.ndarray) -> tuple[bool, np.ndarray]:
+    """(polished, nail colour): a polish colour, or a pinkish mix with the skin."""
     polished = bool(rng.random() < 0.35)
     if polished:
-        nail_color = POLISH[int(rng.integers(len(POLISH)))] * rng.uniform(0.85, 1.1, 3)
-    else:
-        nail_color = skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
+        return polished, POLISH[int(rng.integers(len(POLISH)))] * rng.uniform(0.85, 1.1, 3)
+    return polished, skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
 
+
+def _marks(rng: np.random.Generator):
+    """(moles, scar, birthmarks)."""
     moles = []
     for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
         part = int(rng.choice([-1, -1, -1, 0, 1, 2, 3, 4]))
@@ -106,7 +120,6 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
         x0, y0 = rng.uniform(-0.35, 0.35, 2)
         ang, ln = rng.uniform(0, math.pi), rng.uniform(0.15, 0.35)
         scar = (x0, y0, x0 + ln * math.cos(ang), y0 + ln * math.sin(ang))
-
     birthmarks = []
     if rng.random() < 0.4:
         x, y = rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.35)
@@ -114,36 +127,47 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
         for _ in range(int(rng.integers(1, 4))):  # overlapping blobs make an irregular patch
             birthmarks.append((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06),
                                rng.uniform(0.05, 0.12), rng.uniform(0.04, 0.09), rng.uniform(0, math.pi), tone))
+    return tuple(_floats(m) for m in moles), _floats(scar), tuple(_floats(b) for b in birthmarks)
 
-    def tup(a):
-        return tuple(float(x) for x in a)
 
+@functools.lru_cache(maxsize=4096)
+def identity_params(identity: int, seed: int = 0) -> HandIdentity:
+    """The fixed hand of ``identity`` (deterministic for (identity, seed))."""
+    if identity < 0:
+        raise DataError(f"synthetic identity must be >= 0, got {identity}")
+    rng = seeded_rng(seed, identity, 0x1D)
+    skin = _skin(rng)
+    width_scale, finger_lengths, finger_widths, finger_base_angles, splits = _fingers(rng)
+    palm_lines = _palm_lines(rng)
+    polished, nail_color = _nails(rng, skin)
+    moles, scar, birthmarks = _marks(rng)
+    # Keyword arguments are evaluated in order: the draws below come after the parts above.
     return HandIdentity(
-        skin=tup(skin),
+        skin=_floats(skin),
         palm_width=float(rng.uniform(0.85, 1.15)),
         palm_height=float(rng.uniform(0.9, 1.2)),
         palm_taper=float(rng.uniform(0.72, 0.95)),
         knuckle_arch=float(rng.uniform(0.0, 0.12)),
-        finger_lengths=tup(finger_lengths),
-        finger_widths=tup(finger_widths),
-        finger_base_angles=tup(finger_base_angles),
-        phalanx_split=tuple(splits),
+        finger_lengths=_floats(finger_lengths),
+        finger_widths=_floats(finger_widths),
+        finger_base_angles=_floats(finger_base_angles),
+        phalanx_split=splits,
         thumb_length=float(rng.uniform(0.6, 0.9)),
         thumb_width=float(rng.uniform(0.2, 0.27) * width_scale),
         thumb_angle=float(rng.uniform(-1.0, -0.55)),
         thumb_base_y=float(rng.uniform(0.05, 0.3)),
         crease_count=tuple(int(x) for x in rng.integers(1, 4, 5)),
-        crease_offset=tup(rng.uniform(-0.25, 0.25, 5)),
-        palm_lines=tuple(tup(p) for p in palm_lines),
+        crease_offset=_floats(rng.uniform(-0.25, 0.25, 5)),
+        palm_lines=palm_lines,
         line_darkness=float(rng.uniform(0.55, 0.8)),
         nail_length=float(rng.uniform(0.45, 0.85)),
         nail_width=float(rng.uniform(0.55, 0.8)),
         nail_squareness=float(rng.uniform(2.0, 5.0)),
-        nail_color=tup(np.clip(nail_color, 0, 255)),
+        nail_color=_floats(np.clip(nail_color, 0, 255)),
         polished=polished,
-        moles=tuple(tup(m) for m in moles),
-        scar=tup(scar),
-        birthmarks=tuple(tup(b) for b in birthmarks),
+        moles=moles,
+        scar=scar,
+        birthmarks=birthmarks,
     )
 
 

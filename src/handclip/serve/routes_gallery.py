@@ -1,0 +1,85 @@
+"""Enrolment and browsing the gallery: ``POST /api/v1/enrol``, the identities and image thumbnails."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import Response
+
+from ..gallery.results import display_path
+from .keys import ApiKey
+from .replies import AUTHED, UPLOAD, error, responses
+from .routes_search import read_upload, service, single, thumbnail_url
+from .security import require
+from .state import ServiceState
+
+IDENTITY = "^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$"  # also in the schema, so clients and fuzzers know it
+router = APIRouter()
+
+
+@router.post("/api/v1/enrol", responses=responses(*UPLOAD), dependencies=[Depends(single("identity"))])
+def enrol(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("enrol"))],
+          identity: Annotated[str, Form(pattern=IDENTITY, description="1-128 letters, digits, spaces or ._-, "
+                                                                        "starting with a letter or digit")],
+          images: Annotated[list[UploadFile], File(description="hand photos (JPEG, PNG, WebP, BMP or TIFF)",
+                                                   json_schema_extra={"items": {"type": "string", "format": "binary"},
+                                                                      "minItems": 1})]):
+    """Enrol photos of one identity (committed batch by batch; the audit records list them). A photo
+    whose content is already enrolled under another identity is not enrolled again: ``other_identity``
+    names it and that identity, as the audit record does."""
+    identity = identity.strip()
+    if not re.fullmatch(IDENTITY[1:-1], identity):
+        return error(422, f"identity {identity[:140]!r} must be 1-128 letters, digits, spaces or ._- "
+                          "and start with a letter or digit")
+    uploads = [read_upload(f, state.limits) for f in images]
+    arguments = {"interface": "serve", "identity": identity, "uploads": [u.name for u in uploads],
+                 "api_key": key.id}
+    summary, record, gallery, names = state.enrol(identity, uploads, examiner=key.name, arguments=arguments)
+    others = [{"name": names.get(s.path, s.path), "identity": s.identity, "enrolled_identity": s.enrolled_identity,
+               "enrolled_name": display_path(s.enrolled_path, s.enrolled_identity, gallery.index_dir)}
+              for s in summary.other_identity]
+    return {"identity": identity, "added": summary.added, "already_enrolled": summary.already_enrolled,
+            "other_identity": others, "batches": summary.batches, "gallery_images": len(gallery),
+            "gallery_identities": len(gallery.identities()), "record": record.seq, "record_hash": record.hash,
+            "anchor": record.anchor}
+
+
+@router.get("/api/v1/identities", responses=responses(*AUTHED))
+def identities(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))]):
+    gallery = state.snapshot()
+    people = [{"identity": i, "images": len(gallery.rows_of_identity[i])} for i in gallery.identities()]
+    return {"identities": people, "images": len(gallery), "generation": gallery.commit_state["generation"]}
+
+
+@router.get("/api/v1/identities/{identity}", responses=responses(*AUTHED, 404))
+def identity(identity: str, state: Annotated[ServiceState, Depends(service)],
+             key: Annotated[ApiKey, Depends(require("search"))]):
+    gallery = state.snapshot()
+    rows = gallery.rows_of_identity.get(identity)
+    if rows is None:
+        return error(404, f"identity {identity[:140]!r} is not enrolled in this gallery")
+    paths = [gallery.path_of_row[r] for r in rows]
+    hashes = gallery.file_hashes(paths)
+    images = [{"name": display_path(p, identity, gallery.index_dir), "sha256": hashes.get(p),
+               "thumbnail": thumbnail_url(hashes.get(p))} for p in paths]
+    return {"identity": identity, "images": images}
+
+
+@router.get("/api/v1/images/{sha256}/thumbnail", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "a JPEG thumbnail"}, **responses(*AUTHED, 404, 422)})
+def thumbnail(sha256: str, state: Annotated[ServiceState, Depends(service)],
+              key: Annotated[ApiKey, Depends(require("search"))],
+              size: Annotated[int, Query(ge=16, le=512)] = 160):
+    from ..data.images import thumbnail as make_thumbnail
+
+    found = state.image_path(sha256.lower())
+    if found is None:
+        return error(404, f"no enrolled image has SHA-256 {sha256[:64]}")
+    picture = make_thumbnail(found[0], size, letterbox=True)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    return Response(buffer.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

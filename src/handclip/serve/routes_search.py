@@ -1,0 +1,116 @@
+"""Search and case reports: ``POST /api/v1/search`` and ``GET /api/v1/reports/{report_id}``.
+
+A case report is fetched by an unguessable id (128 random bits) and only with the key that asked for
+it, or a key of the ``review`` role; any other key gets 404, as for an id that does not exist.
+Answers name files by name, relative to the gallery, or by hash, never by server path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path as PathParam, Request, UploadFile
+from fastapi.responses import FileResponse
+
+from ..gallery.case_report import CASE_ID_LIMIT, CASE_ID_PATTERN
+from ..gallery.results import display_path, exhibit_name
+from .keys import ApiKey
+from .limits import Limits, check_image
+from .replies import AUTHED, UPLOAD, error, responses
+from .security import require
+from .state import REPORT_ID, ServiceState, Upload
+
+MAX_TOP_K = 100
+router = APIRouter()
+
+
+def service(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def single(*names: str, typed: tuple[str, ...] = ()):
+    """A dependency refusing a form whose singular fields come more than once (a second ``image`` part
+    would otherwise silently win), or whose ``typed`` fields (numbers, choices) are sent empty (FastAPI
+    would take an empty value for a missing one and use the default)."""
+
+    async def check(request: Request) -> None:
+        form = await request.form()
+        repeated = [name for name in names if len(form.getlist(name)) > 1]
+        if repeated:
+            raise HTTPException(422, f"{repeated[0]}: given {len(form.getlist(repeated[0]))} times; send it once")
+        empty = [name for name in typed if form.get(name) == ""]
+        if empty:
+            raise HTTPException(422, f"{empty[0]}: empty value; leave the field out for its default")
+
+    return check
+
+
+def read_upload(file: UploadFile, limits: Limits) -> Upload:
+    name = exhibit_name(file.filename)  # the client's name is shown and recorded, never used as a path
+    data = file.file.read()
+    return Upload(name, data, check_image(data, name, limits))
+
+
+def thumbnail_url(sha256: str | None) -> str | None:
+    return f"/api/v1/images/{sha256}/thumbnail" if sha256 else None
+
+
+def search_answer(found, gallery) -> dict:
+    """The search as JSON for a web client (see the module's docstring for what it leaves out)."""
+    info = found.as_dict()
+    for query in info["queries"]:
+        for c in query["candidates"]:
+            c["name"] = display_path(c.pop("path"), c["identity"], gallery.index_dir)
+            c["thumbnail"] = thumbnail_url(c["sha256"])
+        query["query"] = Path(query["query"]).name
+    info["gallery"] = {k: v for k, v in info["gallery"].items() if k != "dir"}
+    info["model"] = {"checkpoint": Path(found.model["checkpoint"]).name if found.model["checkpoint"] else None,
+                     "checkpoint_sha256": found.model["checkpoint_sha256"]}
+    if found.calibration is not None:
+        info["calibration"] = found.calibration.public_record(found.by)
+    info["audit"] = {"seq": found.audit.seq, "hash": found.audit.hash, "anchor": found.audit.anchor,
+                     "signed_by": found.audit.key_id}
+    info["candidates"] = info["queries"][0]["candidates"]
+    info["record"] = found.audit.seq
+    info["report"] = None
+    return info
+
+
+@router.post("/api/v1/search", responses=responses(*UPLOAD),
+             dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id",
+                                          typed=("top_k", "by", "index_type", "report")))])
+def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
+           image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)",
+                                              json_schema_extra={"format": "binary"})],
+           top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K)] = 10,
+           by: Annotated[Literal["identity", "image"], Form()] = "identity",
+           index_type: Annotated[Literal["auto", "flat", "pca", "ivf", "hnsw"], Form()] = "auto",
+           report: Annotated[bool, Form()] = False,
+           case_id: Annotated[str | None, Form(max_length=CASE_ID_LIMIT, pattern=CASE_ID_PATTERN,
+                                               description="printed on the report; no control or invisible "
+                                                           "formatting characters")] = None):
+    """Rank the gallery for one query photo; ``record`` and ``audit.anchor`` name the audit record it wrote.
+    With ``report`` the case report is made and ``report`` is its URL."""
+    upload = read_upload(image, state.limits)
+    arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
+                 "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
+                 "report": report, "case_id": case_id, "api_key": key.id}
+    found, gallery, report_id = state.search(upload, top_k=top_k, by=by, index_type=index_type, key=key,
+                                             arguments=arguments, report=report, case_id=case_id)
+    out = search_answer(found, gallery)
+    if report_id is not None:
+        out["report"] = f"/api/v1/reports/{report_id}"
+    return out
+
+
+@router.get("/api/v1/reports/{report_id}", response_class=FileResponse,
+            responses={200: {"content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "the case report (PDF)"}, **responses(*AUTHED, 404, 422)})
+def case_report(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
+                report_id: Annotated[str, PathParam(pattern=REPORT_ID)]):
+    """The case report of a search: only for the key that asked for it, or a key with the ``review`` role."""
+    path = state.report_for(report_id, key)
+    if path is None:
+        return error(404, "no such case report for this key")
+    return FileResponse(path, media_type="application/pdf", filename=path.name)
