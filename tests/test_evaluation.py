@@ -16,14 +16,16 @@ from handclip import cli
 from handclip.config import DataConfig, EvalConfig, ModelConfig, SyntheticConfig
 from handclip.data.images import load_rgb
 from handclip.data.manifest import Manifest
-from handclip.data.protocols import prepare_11k, prepare_synthetic
+from handclip.data.protocols import prepare_11k
 from handclip.data.transforms import build_transforms
 from handclip.evaluate.distances import cosine_distance
 from handclip.evaluate.metrics import aggregate_runs, evaluate_rank
 from handclip.evaluate.protocol import evaluate_manifest
+from handclip.evaluate.rerank import re_ranking
 from handclip.model.checkpoint import load_checkpoint, save_checkpoint
 from handclip.model.handclip import HandCLIP, build_model
 from handclip.model.inference import Encoder, extract_features
+from handclip.synthetic.dataset import prepare_synthetic
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 FORENSIC_PICTURES = ("det.png", "fnir_fpir.png", "tippett.png", "lr_calibration.png")
@@ -131,7 +133,10 @@ def assert_nothing_left(out):
 def test_evaluate_writes_report_whose_numbers_match_a_direct_computation(main, synthetic, checkpoint, tmp_path, capsys):
     manifest, manifest_path = synthetic
     out = tmp_path / "report"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out", str(out)]) == 0
+    # fp32 as the direct computation below (auto would be bf16 on a CPU with native bf16: docs/method.md,
+    # "Feature precision and engines")
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out", str(out),
+                 "--precision", "fp32"]) == 0
     assert str(out / "report.html") in capsys.readouterr().out
     for name in REPORT:
         assert (out / name).stat().st_size > 0, name
@@ -191,7 +196,7 @@ def test_flip_and_rerank_change_numbers_only_when_asked(synthetic, checkpoint):
     encoder = Encoder.from_checkpoint(checkpoint)
 
     def run(**options):
-        result = evaluate_manifest(encoder, manifest, EvalConfig(**options))
+        result = evaluate_manifest(encoder, manifest, EvalConfig(**options), keep_distances=True)
         return [[r.metrics[k] for k in METRICS] for r in result.per_run], result
 
     default, first = run()
@@ -202,10 +207,24 @@ def test_flip_and_rerank_change_numbers_only_when_asked(synthetic, checkpoint):
     assert not np.allclose(np.stack(list(first.features.values())), np.stack(list(flip_result.features.values())))
     assert flipped != default
     assert flip_result.options["flip"] and not first.options["flip"]
-    reranked, _ = run(rerank=True, k1=4, k2=2)  # k1 small enough for an 8-image gallery to matter
+    # The flipped features are the encoder's flip test-time augmentation (whose axis and averaging
+    # test_inference checks), image by image.
+    paths = list(flip_result.features)
+    np.testing.assert_array_equal(np.stack(list(flip_result.features.values())), encoder.features(paths, flip=True))
+    # k1 small enough for an 8-image gallery to matter; lambda not the default, so it must be passed on
+    asked = dict(k1=4, k2=2, lambda_value=0.5)
+    reranked, rerank_result = run(rerank=True, **asked)
     assert reranked != default
     # The features behind the numbers do not depend on re-ranking (it only changes distances).
-    assert run(rerank=True, k1=4, k2=2)[0] == reranked
+    assert run(rerank=True, **asked)[0] == reranked
+    # The numbers are those of k-reciprocal re-ranking of these features with the asked k1, k2 and lambda.
+    table = first.features
+    for numbers, (run_id, (query, gallery)) in zip(reranked, rerank_result.splits.items()):
+        q, g = np.stack([table[r.path] for r in query]), np.stack([table[r.path] for r in gallery])
+        distances = re_ranking(q, g, **asked)
+        np.testing.assert_array_equal(rerank_result.distances[run_id], distances)
+        expected = evaluate_rank(distances, np.array([r.pid for r in query]), np.array([r.pid for r in gallery]))
+        assert numbers == [expected.as_dict()[k] for k in METRICS]
 
 
 def test_pids_decide_matches_not_folder_names_or_order(synthetic, checkpoint, tmp_path):
