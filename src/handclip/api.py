@@ -23,6 +23,10 @@ package the first time it is used, so a workflow that never touches the model (`
     api.calibrate(run.best_checkpoint, images="reference_people", out="calibration.json")   # or a folder per person
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
 
+    # how features are computed (--precision, --engine; handclip export)
+    api.Encoder.from_checkpoint(run.best_checkpoint, precision="bf16")          # or engine="onnxruntime" (CPU)
+    api.export_onnx(run.best_checkpoint, "model.onnx")                           # features for other runtimes
+
     # an examiner's gallery (handclip enrol, search, audit)
     enrolled = api.enrol_images("cases/gallery", "cases/known_people", run.best_checkpoint)   # audited
     found = api.search_gallery("cases/gallery", ["evidence.jpg"], calibration="calibration.json",
@@ -68,6 +72,7 @@ _export("synthetic.dataset", "prepare_synthetic")
 _export("data.images", "scan_manifest", "ManifestScan")
 _export("train.engine", "train", "RunResult")
 _export("model.inference", "Encoder", "load_encoder")
+_export("model.export", "export_onnx")
 _export("evaluate.protocol", "EvalResult", evaluate="evaluate_manifest")
 _export("evaluate.report", "write_evaluation_outputs")
 _export("evaluate.workflow", "evaluate_and_report", "EvaluationReport")
@@ -135,6 +140,7 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .gallery.reader import GalleryReader
     from .gallery.results import Candidate, QueryResult, SearchResult
     from .gallery.session import ExaminerSession
+    from .model.export import export_onnx
     from .model.inference import Encoder, load_encoder
     from .serve.keys import add_api_key, list_api_keys, revoke_api_keys
     from .serve.service import serve, serve_app

@@ -211,10 +211,13 @@ def _limitations(search: SearchResult, fonts: dict) -> str:
 
 def _identifiers(search: SearchResult, fonts: dict) -> list[tuple[str, str, bool]]:
     fp = search.model.get("fingerprint") or {}
+    inference = search.model.get("inference") or {}
+    computed = (f"; query features computed in {inference['precision']} with {inference['engine']}"
+                if inference else "")
     g = search.gallery
     rows = [("Model", f"{fp.get('backbone')} ({fp.get('kind')}), input {fp.get('image_size')}, "
                       f"feature dim {fp.get('feature_dim')}, checkpoint file "
-                      f"{_clean(display_path(search.model.get('checkpoint') or '?'), fonts)}", False),
+                      f"{_clean(display_path(search.model.get('checkpoint') or '?'), fonts)}{computed}", False),
             ("Checkpoint SHA-256", str(search.model.get("checkpoint_sha256")), True),
             ("Weights SHA-256", str(fp.get("weights_sha256")), True),
             ("Gallery", f"{_clean(Path(g.get('dir', '?')).name, fonts)}: {g.get('images')} images of {g.get('identities')} "

@@ -87,14 +87,16 @@ class ExaminerSession:
     def open(cls, index_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
              calibration: str | os.PathLike | CalibrationInfo | None = None, *, device: str | None = "auto",
              create: bool = False, encoder=None, examiner: str | None = None, batch_size: int = 64,
-             with_model: bool = True, signing_key: str | os.PathLike | None = None) -> "ExaminerSession":
+             with_model: bool = True, signing_key: str | os.PathLike | None = None, precision: str = "auto",
+             engine: str = "torch") -> "ExaminerSession":
         """Open the gallery at ``index_dir`` with its model: ``encoder`` if given, else ``checkpoint``, else
         the checkpoint the gallery records. ``create``: make the gallery if the folder holds none (needs
         a model; an existing gallery then records ``checkpoint`` as its model's file). A calibration of
         another model, or a gallery of another model, is refused here. ``with_model=False`` opens the
         gallery for its audit trail only (no model is loaded; enrol and search are refused).
         ``signing_key``: an Ed25519 private key file, kept outside the gallery, that signs every audit
-        head this session writes (default: the file ``HANDCLIP_AUDIT_SIGNING_KEY`` names, if set)."""
+        head this session writes (default: the file ``HANDCLIP_AUDIT_SIGNING_KEY`` names, if set).
+        ``precision`` and ``engine`` say how a loaded model computes features (``Encoder.computed_with``)."""
         index_dir = Path(index_dir)
         if calibration is not None and not isinstance(calibration, CalibrationInfo):
             calibration = load_calibration(calibration)  # before the model: a bad file answers at once
@@ -113,7 +115,7 @@ class ExaminerSession:
             checkpoint = checkpoint or (GalleryReader.open(index_dir).checkpoint if exists else None)
             if not checkpoint:
                 raise HandCLIPError(f"gallery {index_dir} does not record its model; pass --checkpoint")
-            encoder = load_encoder(checkpoint, device=device)
+            encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)
         if create:
             GalleryWriter.create(index_dir, encoder.fingerprint(), encoder.feature_dim,
                                  checkpoint=encoder.checkpoint, exist_ok=True)

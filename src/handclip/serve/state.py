@@ -52,14 +52,14 @@ class Upload:
 class ServiceState:
     def __init__(self, index_dir: str | os.PathLike, checkpoint: str | None = None, calibration: str | None = None,
                  device: str = "auto", limits: Limits | None = None, batch_size: int = 32,
-                 signing_key: str | os.PathLike | None = None):
+                 signing_key: str | os.PathLike | None = None, precision: str = "auto", engine: str = "torch"):
         self.index_dir = Path(index_dir)
         self.limits = limits or Limits()
         if checkpoint is None and not (self.index_dir / GALLERY_FILE).exists():
             raise HandCLIPError(f"gallery {self.index_dir} does not exist; pass --checkpoint to create it")
         self.session = ExaminerSession.open(self.index_dir, checkpoint, calibration, device=device,
                                             create=checkpoint is not None, batch_size=batch_size,
-                                            signing_key=signing_key)
+                                            signing_key=signing_key, precision=precision, engine=engine)
         self.keys = KeyStore(self.index_dir)
         self.serve_dir = self.index_dir / SERVE_DIR
         self.session.snapshot()
