@@ -79,7 +79,12 @@ def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_pat
             assert items.count() == 5
             assert items.first.get_attribute("data-identity") == "0003"
             first = items.first.inner_text()
-            assert "0003" in first and "log10 LR" in first and "support" in first
+            assert "0003" in first and "LR ≈ " in first and "(log10 " in first and "support" in first
+            assert "log10 LR +" not in first and "images in top hits" not in first
+            assert "enrolled image(s) among the 10 gallery images most similar to the query" in first
+            # the open-set answer: the query's owner is enrolled, so some candidate exceeds LR 1
+            answer = page.inner_text("#open-set")
+            assert "reach the threshold (LR > 1" in answer and "No candidate" not in answer
             # thumbnails arrive through the API with the key header
             # (polled from here: the page's Content-Security-Policy forbids the eval wait_for_function uses)
             _wait_until(lambda: page.evaluate("[...document.querySelectorAll('#candidates img')]"
@@ -90,6 +95,7 @@ def test_the_page_searches_an_uploaded_photo_and_enrols_a_folder(server, tmp_pat
             statement = page.inner_text("#statement")
             assert "kde calibration of 'identity' scores: Cllr 0.050 (Cllr_min 0.041)" in statement
             assert str(IMAGE_CLLR) not in statement and str(IDENTITY_CLLR) not in statement
+            assert "not a probability" in statement and "Cllr measures" in statement
             shot = tmp_path / "serve_search.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
@@ -139,5 +145,51 @@ def test_the_page_shows_bidirectional_controls_in_names_as_escapes(server, tmp_p
             first = page.locator("#candidates li.candidate .identity").first.inner_text()
             assert first == "\\u202eevil\\u202c RLO"
             assert "\u202e" not in page.inner_text("#results")
+        finally:
+            browser.close()
+
+
+def test_the_page_says_when_no_candidate_reaches_the_threshold(server, tmp_path):
+    """A person not enrolled: every candidate's LR is below 1, and the page says so above the list, with
+    each number worded as the service words it (the same texts as the JSON answer)."""
+    from handclip.synthetic.render import render_hand
+
+    photo = tmp_path / "stranger.png"
+    render_hand(68, 1).save(photo)  # its best score lies well below the score LR 1 takes (test_serve_api)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server["url"])
+            page.fill("#api-key", server["keys"]["both"])
+            page.dispatch_event("#api-key", "change")
+            page.set_input_files("#query-file", str(photo))
+            page.fill("#top-k", "3")
+            page.click("#search-button")
+            page.wait_for_selector("#candidates li.candidate", timeout=60_000)
+            answer = page.locator("#open-set")
+            assert answer.is_visible() and "none-reached" in answer.get_attribute("class")
+            assert answer.inner_text().startswith("No candidate reaches the threshold (LR > 1).")
+            first = page.locator("#candidates li.candidate").first
+            assert "LR ≈ 1/" in first.inner_text() and "different-person proposition" in first.inner_text()
+            assert "calibration data cannot support a smaller LR" in first.inner_text()
+            first.locator("details.suggested summary").click()
+            statement = first.locator("details.suggested p").inner_text()
+            assert statement.startswith("Query image stranger.png was compared with the enrolled images of ")
+            assert "times more probable if Hd is true than if Hp is true" in statement
+            _wait_until(lambda: page.evaluate("[...document.querySelectorAll('#candidates img')]"
+                                              ".every(i => i.complete && i.naturalWidth > 0)"))
+            shot = tmp_path / "serve_open_set.png"
+            page.screenshot(path=str(shot), full_page=True)
+            keep = os.environ.get("HANDCLIP_SCREENSHOT_DIR")
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, Path(keep) / "serve_open_set.png")
+
+            # a threshold the page sends: LR > 1/1000 is exceeded by every candidate (all at 1/130 or more)
+            page.fill("#threshold-lr", "0.001")
+            page.click("#search-button")
+            _wait_until(lambda: "reach the threshold (LR > 1/1,000" in page.inner_text("#open-set"), 60)
+            assert "none-reached" not in page.locator("#open-set").get_attribute("class")
         finally:
             browser.close()

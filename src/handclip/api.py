@@ -25,6 +25,10 @@ package the first time it is used, so a workflow that never touches the model (`
                  "configs/validation/example_criteria.yaml", "validation")       # -> report.html/.pdf/.json
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
 
+    # how features are computed (--precision, --engine; handclip export)
+    api.Encoder.from_checkpoint(run.best_checkpoint, precision="bf16")          # or engine="onnxruntime" (CPU)
+    api.export_onnx(run.best_checkpoint, "model.onnx")                           # features for other runtimes
+
     # an examiner's gallery (handclip enrol, search, audit)
     enrolled = api.enrol_images("cases/gallery", "cases/known_people", run.best_checkpoint)   # audited
     found = api.search_gallery("cases/gallery", ["evidence.jpg"], calibration="calibration.json",
@@ -70,6 +74,7 @@ _export("synthetic.dataset", "prepare_synthetic")
 _export("data.images", "scan_manifest", "ManifestScan")
 _export("train.engine", "train", "RunResult")
 _export("model.inference", "Encoder", "load_encoder")
+_export("model.export", "export_onnx")
 _export("evaluate.protocol", "EvalResult", evaluate="evaluate_manifest")
 _export("evaluate.report", "write_evaluation_outputs")
 _export("evaluate.workflow", "evaluate_and_report", "EvaluationReport")
@@ -139,6 +144,7 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .gallery.reader import GalleryReader
     from .gallery.results import Candidate, QueryResult, SearchResult
     from .gallery.session import ExaminerSession
+    from .model.export import export_onnx
     from .model.inference import Encoder, load_encoder
     from .serve.keys import add_api_key, list_api_keys, revoke_api_keys
     from .serve.service import serve, serve_app

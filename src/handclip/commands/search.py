@@ -6,6 +6,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config_base import INFERENCE_OPTIONS
+
     parser.add_argument("--index", required=True, help="gallery directory made by `handclip enrol`")
     parser.add_argument("--query", required=True, nargs="+", metavar="IMG", help="query hand photo(s)")
     parser.add_argument("--top-k", type=int, default=10, help="candidates per query (default 10)")
@@ -19,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", default=None, metavar="CAL.json",
                         help="score calibration for this model: gives each candidate a bounded log10 likelihood "
                              "ratio and its verbal equivalent (--by identity uses its 'identity' kind)")
+    parser.add_argument("--threshold-lr", type=float, default=1.0, metavar="LR",
+                        help="with --calibration: the open-set answer says whether any candidate's LR exceeds "
+                             "this (default 1), or that none does")
     parser.add_argument("--report", default=None, metavar="CASE.pdf", help="write a case report (PDF) to sign")
     parser.add_argument("--case-id", default=None, help="case identifier printed on the report")
     parser.add_argument("--examiner", default=None, help="examiner's name for the audit record and report "
@@ -26,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", default=None, metavar="OUT.html", help="write a page with thumbnails and scores")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write every candidate as JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
+        parser.add_argument(flag, **option)
 
 
 def _check_output(flag: str, out: str | None) -> None:
@@ -62,5 +69,6 @@ def run(args) -> int:
     api.search_gallery(args.index, args.query, checkpoint=args.checkpoint, calibration=args.calibration,
                        top_k=args.top_k, by=args.by, index_type=args.index_type, device=args.device,
                        examiner=args.examiner, arguments=arguments, json=args.json, html=args.html,
-                       report=args.report, case_id=args.case_id, log=print)
+                       report=args.report, case_id=args.case_id, threshold_lr=args.threshold_lr,
+                       precision=args.precision, engine=args.engine, log=print)
     return 0

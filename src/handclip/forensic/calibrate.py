@@ -112,11 +112,13 @@ def _usable(records: list, skip_bad: bool, source) -> list:
 
 def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
               folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
-              progress: bool = False, out=None, images=None, skip_bad: bool = False) -> ScoreCalibration:
+              progress: bool = False, out=None, images=None, skip_bad: bool = False, precision: str = "auto",
+              engine: str = "torch") -> ScoreCalibration:
     """A ScoreCalibration for ``checkpoint`` fitted on the identities of ``manifest_path`` (its ``splits``) or
     of ``images``, a folder of per-identity folders of people the model never trained on (every image), saved
     to ``out`` (a JSON file, written atomically) when given. An unusable image stops it, naming the file,
-    unless ``skip_bad`` (each is then named and left out)."""
+    unless ``skip_bad`` (each is then named and left out). The features are computed at ``precision`` with
+    ``engine`` (``Encoder.computed_with``), as the summary's ``inference`` record says."""
     import hashlib
 
     from ..atomic import sha256_file
@@ -142,7 +144,7 @@ def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Seq
                   "overstate the evidence for new people", file=sys.stderr)
     records = _usable(records, skip_bad, source)
     _enough_identities(records, source)
-    encoder = load_encoder(checkpoint, device=device)  # what enrol and search use
+    encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)  # as enrol and search
     features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
     pids = np.array([rec.pid for rec in records])
     maps, figures = fit_calibration(features, pids, method, folds, seed)
@@ -158,7 +160,7 @@ def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Seq
         "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"], **provenance,
         "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
         "score": "cosine similarity of L2-normalised features (no flip)",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures, "inference": encoder.inference_record(),
     }
     calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
     if out is not None:

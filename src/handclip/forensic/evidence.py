@@ -19,6 +19,7 @@ import numpy as np
 
 from ..atomic import sha256_file
 from .calibration import ScoreCalibration, verbal_equivalent
+from .reading import DEFAULT_THRESHOLD_LR, open_set_answer, score_at_threshold
 
 NOT_LIKELIHOOD_RATIOS = ("Scores are cosine similarities between hand embeddings, not likelihood ratios: "
                          "they rank candidates but carry no evidential weight (give --calibration for "
@@ -93,6 +94,19 @@ class CalibrationInfo:
         bounds = self.bounds(kind)
         lrs = self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind)
         return [(float(lr), verbal_equivalent(float(lr)), _bound_side(float(lr), bounds)) for lr in lrs]
+
+    def score_reaching(self, threshold_lr: float, kind: str) -> float | None:
+        """The lowest score whose LR exceeds ``threshold_lr`` under this calibration (None if none does)."""
+        return score_at_threshold(lambda scores: self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind),
+                                  threshold_lr)
+
+    def open_set(self, log10_lrs, scores, kind: str, threshold_lr: float = DEFAULT_THRESHOLD_LR,
+                 threshold_score: float | None = None) -> dict:
+        """The open-set answer of one query's candidates (``reading.open_set_answer``); ``threshold_score``
+        is ``score_reaching``'s, given when already known."""
+        if threshold_score is None:
+            threshold_score = self.score_reaching(threshold_lr, kind)
+        return open_set_answer(log10_lrs, scores, threshold_lr, threshold_score, self.bounds(kind)[1])
 
     def as_record(self, kind: str) -> dict:
         low, high = self.bounds(kind)

@@ -21,8 +21,10 @@ import os
 import re
 import time
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from ..errors import HandCLIPError
+from ..forensic.reading import CLLR_MEANING, SCORE_MEANING, bound_note, lr_text, matched_text
 from ..pdfdoc import clean_text as _clean
 from ..pdfdoc import fitted_footer, footer_width_pt, usable_width_mm, write_pdf
 from ..pdfdoc import image_thumbnail as _picture
@@ -56,19 +58,26 @@ def check_case_id(case_id: str | None) -> None:
                             f"invisible formatting characters; give plain text")
 
 
+def _labelled(label: str, text, style, bold: str):
+    """A paragraph that starts with ``label`` in the ``bold`` font, then plain text (markup escaped)."""
+    from reportlab.platypus import Paragraph
+
+    return Paragraph(f'<font name="{bold}">{escape(label)}</font> {escape(str(text))}', style)
+
+
 def _candidate_table(query, search: SearchResult, styles, usable_mm: float, fonts: dict):
     from reportlab.lib import colors
     from reportlab.lib.units import mm
     from reportlab.platypus import Table, TableStyle
 
     calibrated = search.calibration is not None
-    head = ["Rank", "Gallery image", "Identity", "Score", "log10 LR", "Verbal equivalent", "Image file"]
-    widths = [12, _THUMB_MM + 3, 27, 15, 18, 43]
+    head = ["Rank", "Gallery image", "Identity", "Score", "Likelihood ratio", "Verbal equivalent", "Image file"]
+    widths = [12, _THUMB_MM + 3, 21, 14, 25, 40]
     widths.append(usable_mm - sum(widths))
     rows = [[_para(h, styles["head"]) for h in head]]
     for c in query.candidates:
         if calibrated:
-            lr = f"{c.log10_lr:+.2f}" + (f" (at {c.at_bound} bound)" if c.at_bound else "")
+            lr = lr_text(c.log10_lr) + (f", at the {c.at_bound} bound" if c.at_bound else "")
             verbal = c.verbal or ""
         else:
             lr, verbal = "n/a", "not a likelihood ratio"
@@ -76,7 +85,7 @@ def _candidate_table(query, search: SearchResult, styles, usable_mm: float, font
         if c.sha256:
             detail += f"\nSHA-256 {c.sha256[:16]}..."
         if search.by == "identity":
-            detail += f"\n{c.matched} of {c.num_images} image(s) in top hits"
+            detail += f"\n{matched_text(c.matched, c.num_images, search.top_k)}"
         rows.append([_para(c.rank, styles["cell"]), _picture(c.path, _THUMB_MM, styles["small"]),
                      _para(_clean(c.identity, fonts, _NAME_LIMIT), styles["cell"]),
                      _para(f"{c.score:.4f}", styles["cell"]),
@@ -111,10 +120,13 @@ def _limitations(search: SearchResult, fonts: dict) -> str:
 
 def _identifiers(search: SearchResult, fonts: dict) -> list[tuple[str, str, bool]]:
     fp = search.model.get("fingerprint") or {}
+    inference = search.model.get("inference") or {}
+    computed = (f"; query features computed in {inference['precision']} with {inference['engine']}"
+                if inference else "")
     g = search.gallery
     rows = [("Model", f"{fp.get('backbone')} ({fp.get('kind')}), input {fp.get('image_size')}, "
                       f"feature dim {fp.get('feature_dim')}, checkpoint file "
-                      f"{_clean(display_path(search.model.get('checkpoint') or '?'), fonts)}", False),
+                      f"{_clean(display_path(search.model.get('checkpoint') or '?'), fonts)}{computed}", False),
             ("Checkpoint SHA-256", str(search.model.get("checkpoint_sha256")), True),
             ("Weights SHA-256", str(fp.get("weights_sha256")), True),
             ("Gallery", f"{_clean(Path(g.get('dir', '?')).name, fonts)}: {g.get('images')} images of {g.get('identities')} "
@@ -159,10 +171,20 @@ def _query_section(number: int, search: SearchResult, styles, usable_mm: float, 
                            *([("Stored as", stored, True)] if stored != name else []),
                            ("SHA-256 at intake", query.sha256, True)],
                           styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+    after = []
+    if query.open_set is not None:
+        after.append(_labelled("Open-set answer.", query.open_set["answer"], styles["body"], fonts["bold"]))
+    if search.calibration is not None and query.candidates:
+        first = query.candidates[0]
+        statement = first.words(search.by, search.top_k, search.propositions, query.exhibit)["statement"]
+        after.append(_labelled("Suggested statement for rank 1", f"(the examiner's to adopt or not after comparing "
+                               f"the images): {_clean(statement, fonts, 4 * _TEXT_LIMIT)}", styles["body"],
+                               fonts["bold"]))
     return [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
             Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
                   colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT", style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
-            Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts)]
+            Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts),
+            *[part for paragraph in after for part in (Spacer(1, 2 * mm), paragraph)]]
 
 
 def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: float, fonts: dict) -> list:
@@ -177,10 +199,16 @@ def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: fl
         story += [Paragraph("Propositions", styles["h2"]),
                   _para(f"Hp: {search.propositions['hp']}", styles["body"]),
                   _para(f"Hd: {_clean(search.propositions['hd'], fonts, 2 * _TEXT_LIMIT)}", styles["body"]),
+                  Spacer(1, 1.5 * mm),
                   _para("Each candidate's likelihood ratio is p(score | Hp) / p(score | Hd), from the calibration "
-                        "identified below; the verbal equivalent follows the ENFSI scale.", styles["small"])]
+                        "identified below; the verbal equivalent follows the ENFSI scale. LRs are rounded to two "
+                        "significant figures, log10 LRs to two decimals.", styles["small"]),
+                  _para(SCORE_MEANING, styles["small"]),
+                  _para(f"Calibration: {search.calibration.describe(search.by)}. {CLLR_MEANING}", styles["small"]),
+                  *[_para(bound_note(side), styles["small"]) for side in sorted(
+                      {c.at_bound for q in search.queries for c in q.candidates if c.at_bound})]]
     else:
-        story += [Paragraph("Scores", styles["h2"]), _para(search.statement, styles["body"])]
+        story += [Paragraph("Scores", styles["h2"]), _para(f"{search.statement} {SCORE_MEANING}", styles["body"])]
     for number in range(1, len(search.queries) + 1):
         story += _query_section(number, search, styles, usable_mm, fonts)
     return story + [

@@ -21,7 +21,7 @@ GALLERY_STATE = ("uid", "generation", "rows", "commit_sha256")
 def model_record(encoder) -> dict:
     fingerprint = encoder.fingerprint()
     return {"checkpoint": encoder.checkpoint, "checkpoint_sha256": fingerprint.get("checkpoint_sha256"),
-            "fingerprint": fingerprint}
+            "fingerprint": fingerprint, "inference": encoder.inference_record()}
 
 
 def _model_files(model: dict) -> list[dict]:

@@ -17,6 +17,7 @@ every committed batch, so a search never sees a half-applied commit.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..atomic import sha256_file
 from ..errors import DataError, HandCLIPError
 from ..forensic.audit import AuditLog, VerifyResult
 from ..forensic.audit_head import HeadSigner, check_key_location, signer_from_environment
+from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from ..forensic.evidence import CALIBRATED, NOT_LIKELIHOOD_RATIOS, CalibrationInfo, load_calibration, propositions
 from ..model.inference import load_encoder
 from .enrol import EnrolItem, EnrolSummary, add_images, check_images
@@ -46,6 +48,17 @@ def _hash_files(paths: Sequence[str]) -> dict[str, str | None]:
         except OSError:
             out[path] = None  # named, with every other unusable query, by the image check that follows
     return out
+
+
+def check_threshold_lr(value) -> float:
+    """An open-set threshold LR: a finite number above 0 (HandCLIPError naming it otherwise)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and number > 0):
+        raise HandCLIPError(f"--threshold-lr {value!r} is not a finite likelihood ratio above 0 (e.g. 1 or 100)")
+    return number
 
 
 class ExaminerSession:
@@ -74,14 +87,16 @@ class ExaminerSession:
     def open(cls, index_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
              calibration: str | os.PathLike | CalibrationInfo | None = None, *, device: str | None = "auto",
              create: bool = False, encoder=None, examiner: str | None = None, batch_size: int = 64,
-             with_model: bool = True, signing_key: str | os.PathLike | None = None) -> "ExaminerSession":
+             with_model: bool = True, signing_key: str | os.PathLike | None = None, precision: str = "auto",
+             engine: str = "torch") -> "ExaminerSession":
         """Open the gallery at ``index_dir`` with its model: ``encoder`` if given, else ``checkpoint``, else
         the checkpoint the gallery records. ``create``: make the gallery if the folder holds none (needs
         a model; an existing gallery then records ``checkpoint`` as its model's file). A calibration of
         another model, or a gallery of another model, is refused here. ``with_model=False`` opens the
         gallery for its audit trail only (no model is loaded; enrol and search are refused).
         ``signing_key``: an Ed25519 private key file, kept outside the gallery, that signs every audit
-        head this session writes (default: the file ``HANDCLIP_AUDIT_SIGNING_KEY`` names, if set)."""
+        head this session writes (default: the file ``HANDCLIP_AUDIT_SIGNING_KEY`` names, if set).
+        ``precision`` and ``engine`` say how a loaded model computes features (``Encoder.computed_with``)."""
         index_dir = Path(index_dir)
         if calibration is not None and not isinstance(calibration, CalibrationInfo):
             calibration = load_calibration(calibration)  # before the model: a bad file answers at once
@@ -100,7 +115,7 @@ class ExaminerSession:
             checkpoint = checkpoint or (GalleryReader.open(index_dir).checkpoint if exists else None)
             if not checkpoint:
                 raise HandCLIPError(f"gallery {index_dir} does not record its model; pass --checkpoint")
-            encoder = load_encoder(checkpoint, device=device)
+            encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)
         if create:
             GalleryWriter.create(index_dir, encoder.fingerprint(), encoder.feature_dim,
                                  checkpoint=encoder.checkpoint, exist_ok=True)
@@ -170,13 +185,17 @@ class ExaminerSession:
     # ------------------------------------------------------------------ search
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",
                index_type: str = "auto", examiner: str | None = None, arguments: dict | None = None,
-               batch_size: int | None = None, names: Sequence[str] | None = None) -> SearchResult:
+               batch_size: int | None = None, names: Sequence[str] | None = None,
+               threshold_lr: float = DEFAULT_THRESHOLD_LR) -> SearchResult:
         """Rank the newest gallery for each query image, weigh the scores when calibrated, append the
         audit record; unusable query images are named in one DataError before anything is recorded.
-        ``names``: the queries' exhibit names, one per query (default: each file's own name)."""
+        ``names``: the queries' exhibit names, one per query (default: each file's own name).
+        ``threshold_lr``: with a calibration, each query's open-set answer says whether any candidate's
+        LR exceeds it (``QueryResult.open_set``)."""
         self._need_model("search")
         if by not in SCORE_DEFINITIONS:
             raise HandCLIPError(f"search by '{by}' is not supported (choose image or identity)")
+        threshold_lr = check_threshold_lr(threshold_lr)
         paths = [str(Path(q)) for q in queries]
         if names is not None and len(names) != len(paths):
             raise HandCLIPError(f"{len(names)} exhibit name(s) given for {len(paths)} "
@@ -195,6 +214,11 @@ class ExaminerSession:
         hashes = gallery.file_hashes(c.path for candidates in ranked for c in candidates)
         results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by), name)
                    for path, name, candidates in zip(paths, names, ranked)]
+        if self.calibration is not None:
+            edge = self.calibration.score_reaching(threshold_lr, by)
+            for result in results:
+                lrs, scores = [c.log10_lr for c in result.candidates], [c.score for c in result.candidates]
+                result.open_set = self.calibration.open_set(lrs, scores, by, threshold_lr, edge)
         search = SearchResult(
             queries=results, by=by, top_k=int(top_k), index_type=gallery.resolve_index_type(index_type),
             score=SCORE_DEFINITIONS[by], model=model_record(self.encoder), calibration=self.calibration,

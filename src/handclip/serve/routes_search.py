@@ -72,14 +72,15 @@ def search_answer(found, gallery) -> dict:
     info["audit"] = {"seq": found.audit.seq, "hash": found.audit.hash, "anchor": found.audit.anchor,
                      "signed_by": found.audit.key_id}
     info["candidates"] = info["queries"][0]["candidates"]
+    info["open_set"] = info["queries"][0]["open_set"]
     info["record"] = found.audit.seq
     info["report"] = None
     return info
 
 
 @router.post("/api/v1/search", responses=responses(*UPLOAD),
-             dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id",
-                                          typed=("top_k", "by", "index_type", "report")))])
+             dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id", "threshold_lr",
+                                          typed=("top_k", "by", "index_type", "report", "threshold_lr")))])
 def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
            image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)",
                                               json_schema_extra={"format": "binary"})],
@@ -89,15 +90,21 @@ def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiK
            report: Annotated[bool, Form()] = False,
            case_id: Annotated[str | None, Form(max_length=CASE_ID_LIMIT, pattern=CASE_ID_PATTERN,
                                                description="printed on the report; no control or invisible "
-                                                           "formatting characters")] = None):
+                                                           "formatting characters")] = None,
+           threshold_lr: Annotated[float, Form(gt=0, le=1e12, allow_inf_nan=False,
+                                               description="the open-set answer's threshold: does any candidate's "
+                                                           "LR exceed it? (with a calibration)")] = 1.0):
     """Rank the gallery for one query photo; ``record`` and ``audit.anchor`` name the audit record it wrote.
-    With ``report`` the case report is made and ``report`` is its URL."""
+    With ``report`` the case report is made and ``report`` is its URL. With a calibration, ``open_set``
+    says whether any candidate's LR exceeds ``threshold_lr``, and each candidate's ``words`` give its
+    numbers as a person reads them."""
     upload = read_upload(image, state.limits)
     arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
                  "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
-                 "report": report, "case_id": case_id, "api_key": key.id}
+                 "report": report, "case_id": case_id, "threshold_lr": threshold_lr, "api_key": key.id}
     found, gallery, report_id = state.search(upload, top_k=top_k, by=by, index_type=index_type, key=key,
-                                             arguments=arguments, report=report, case_id=case_id)
+                                             arguments=arguments, report=report, case_id=case_id,
+                                             threshold_lr=threshold_lr)
     out = search_answer(found, gallery)
     if report_id is not None:
         out["report"] = f"/api/v1/reports/{report_id}"

@@ -57,10 +57,26 @@ drop.addEventListener("drop", (e) => {
 });
 $("query-file").addEventListener("change", (e) => setQuery(e.target.files[0]));
 
+// Every number's wording comes from the service (handclip.forensic.reading), as the PDF and the command
+// line give it: the page only lays it out.
 function weight(c) {
-  if (c.log10_lr === null || c.log10_lr === undefined) return "";
-  const bound = c.at_bound ? ` (at the ${c.at_bound} bound)` : "";
-  return `log10 LR ${c.log10_lr >= 0 ? "+" : ""}${c.log10_lr.toFixed(2)}${bound}`;
+  if (!c.words || !c.words.lr) return "";
+  return c.words.lr + (c.at_bound ? `, at the ${c.at_bound} bound` : "");
+}
+
+function statementBox(text) {
+  const box = document.createElement("details");
+  box.className = "suggested";
+  const summary = document.createElement("summary");
+  summary.textContent = "Suggested statement";
+  const body = document.createElement("p");
+  body.textContent = shown(text);
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.textContent = "Copy";
+  copy.addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(body.textContent));
+  box.append(summary, body, copy);
+  return box;
 }
 
 function candidateItem(c, by) {
@@ -78,15 +94,22 @@ function candidateItem(c, by) {
   who.className = "identity";
   who.textContent = shown(c.identity);
   const score = document.createElement("div");
+  score.className = "weight";
   score.textContent = [`score ${c.score.toFixed(4)}`, weight(c)].filter(Boolean).join(" · ");
   const verbal = document.createElement("div");
   verbal.className = "verbal";
   verbal.textContent = c.verbal || "";
   const detail = document.createElement("div");
   detail.className = "muted";
-  detail.textContent = by === "identity" ? `${c.matched}/${c.num_images} images in top hits; best: ${shown(c.name)}`
-    : shown(c.name);
+  detail.textContent = by === "identity" ? `${c.words.matched}; best: ${shown(c.name)}` : shown(c.name);
   text.append(who, score, verbal, detail);
+  if (c.words && c.words.bound) {
+    const bound = document.createElement("div");
+    bound.className = "muted bound";
+    bound.textContent = c.words.bound;
+    text.append(bound);
+  }
+  if (c.words && c.words.statement) text.append(statementBox(c.words.statement));
   li.append(rank, img, text);
   return li;
 }
@@ -100,6 +123,7 @@ $("search-form").addEventListener("submit", async (e) => {
   form.append("by", $("by").value);
   form.append("report", $("want-report").checked ? "true" : "false");
   if ($("case-id").value.trim()) form.append("case_id", $("case-id").value.trim());
+  if ($("threshold-lr").value.trim()) form.append("threshold_lr", $("threshold-lr").value.trim());
   status("search-status", "searching...");
   $("search-button").disabled = true;
   try {
@@ -107,11 +131,16 @@ $("search-form").addEventListener("submit", async (e) => {
     const list = $("candidates");
     list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
     const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
-    // The calibration line comes as text from the service (CalibrationInfo.describe): the Cllr of the
-    // score kind this search used, rounded as the PDF and the command line give it.
+    // The calibration line comes as text from the service (reading.calibration_note): the Cllr of the
+    // score kind this search used, rounded as the PDF and the command line give it, and what Cllr means.
     const cal = found.calibration;
-    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${cal.description}.` : "";
-    $("statement").textContent = `${found.statement} Score: ${found.score}.${hypotheses}${calibration}`;
+    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${found.reading.calibration}` : "";
+    $("statement").textContent = `${found.statement} Score: ${found.score}. ${found.reading.score}` +
+      `${hypotheses}${calibration}`;
+    const answer = $("open-set");
+    answer.hidden = !found.open_set;
+    answer.textContent = found.open_set ? found.open_set.answer : "";
+    answer.classList.toggle("none-reached", Boolean(found.open_set && found.open_set.none_reached));
     const record = $("record");
     record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...); ` +
       `keep ${found.audit.anchor} to check the log later (handclip audit verify --expect). `;
