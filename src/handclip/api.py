@@ -21,6 +21,8 @@ package the first time it is used, so a workflow that never touches the model (`
     print("\\n".join(report.lines()))
     api.calibrate(run.best_checkpoint, "unseen_people.csv", out="calibration.json")   # score -> LR
     api.calibrate(run.best_checkpoint, images="reference_people", out="calibration.json")   # or a folder per person
+    api.validate(run.best_checkpoint, "calibration.json", "other_people.csv",       # the lab's validation plan
+                 "configs/validation/example_criteria.yaml", "validation")       # -> report.html/.pdf/.json
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
 
     # how features are computed (--precision, --engine; handclip export)
@@ -79,6 +81,8 @@ _export("evaluate.workflow", "evaluate_and_report", "EvaluationReport")
 _export("forensic.calibrate", "calibrate")
 _export("forensic.calibration", "ScoreCalibration")
 _export("forensic.evidence", "load_calibration")
+_export("validate.workflow", "validate", "ValidationResult")
+_export("validate.criteria", "read_plan", "ValidationPlan")
 _export("gallery.session", "ExaminerSession")
 _export("gallery.folder", "Gallery")
 _export("gallery.reader", "GalleryReader")
@@ -147,6 +151,8 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .synthetic.dataset import prepare_synthetic
     from .synthetic.pretrain import pretrain_tiny, pretrain_tiny_from_config
     from .train.engine import RunResult, train
+    from .validate.criteria import ValidationPlan, read_plan
+    from .validate.workflow import ValidationResult, validate
     from .workflows.benchmark import run_benchmark as benchmark
     from .workflows.demo import demo_config
     from .workflows.demo import run_demo as demo

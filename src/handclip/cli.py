@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "train HandCLIP (stage 1 prompts, stage 2 image encoder)",
     "evaluate": "evaluate a checkpoint (or a zero-shot backbone) on a manifest's Monte Carlo runs",
     "calibrate": "fit score -> likelihood-ratio maps for a checkpoint on a manifest's identities",
+    "validate": "validate a checkpoint and its calibration against a laboratory's plan (criteria.yaml)",
     "benchmark": "train and evaluate on every benchmark subset and print the paper-style table",
     "enrol": "embed images and add them to a gallery index on disk",
     "search": "rank a gallery's identities for query hand photos",

@@ -8,30 +8,32 @@ paragraph and a signature block. Text is set in the DejaVu fonts matplotlib ship
 extracted.
 
 Every text that comes from outside HandCLIP (identity and file names, case id, examiner, the
-calibration's manifest name) goes through ``_clean`` before it reaches reportlab: control,
-bidirectional-override and other invisible characters are shown as ``\\u....`` escapes (so a name
-cannot reorder or hide text, nor break a table cell over many lines), the text is cut to a bound,
-right-to-left scripts are laid out in visual order (reportlab places glyphs left to right; python-bidi
-gives the order a reader sees), and a character the font has no glyph for is shown as ``[U+....]``
-rather than as an empty box. A case id is checked before a search is recorded (``check_case_id``):
-longer than ``CASE_ID_LIMIT`` characters or holding control characters, it is refused.
+calibration's manifest name) goes through ``_clean`` (``handclip.pdfdoc.clean_text``, the PDF building
+blocks every report shares) before it reaches reportlab: invisible characters escaped, bounded, laid out
+in visual order, and undrawable characters shown as ``[U+....]``. A case id is checked before a search is
+recorded (``check_case_id``): longer than ``CASE_ID_LIMIT`` characters or holding control characters, it
+is refused.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from ..atomic import atomic_write_bytes
 from ..errors import HandCLIPError
 from ..forensic.reading import CLLR_MEANING, SCORE_MEANING, bound_note, lr_text, matched_text
+from ..pdfdoc import clean_text as _clean
+from ..pdfdoc import fitted_footer, footer_width_pt, usable_width_mm, write_pdf
+from ..pdfdoc import image_thumbnail as _picture
+from ..pdfdoc import key_values as _key_values
+from ..pdfdoc import para as _para
+from ..pdfdoc import register_fonts as _register_fonts
+from ..pdfdoc import styles as _styles
 from .results import SearchResult, display_path, printable
 
-_FONTS = {"body": "Helvetica", "bold": "Helvetica-Bold", "mono": "Courier"}
 CASE_ID_LIMIT = 200
 # What a case id may not hold: control characters, soft hyphen and other invisible formatting, zero-width
 # characters, line and paragraph separators, bidirectional embeddings, overrides and isolates, private use.
@@ -42,24 +44,6 @@ _NAME_LIMIT = 120  # identity and file names in tables
 _TEXT_LIMIT = 300  # any other outside text (examiner, calibration manifest name, paths)
 _THUMB_MM = 24
 _QUERY_MM = 48
-
-
-def _register_fonts() -> dict:
-    """DejaVu from matplotlib's data (full Unicode); reportlab's core fonts if it cannot be found."""
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.ttfonts import TTFont
-
-    try:
-        import matplotlib
-
-        folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-        for name, file in (("HC-Sans", "DejaVuSans.ttf"), ("HC-Sans-Bold", "DejaVuSans-Bold.ttf"),
-                           ("HC-Mono", "DejaVuSansMono.ttf")):
-            if name not in pdfmetrics.getRegisteredFontNames():
-                pdfmetrics.registerFont(TTFont(name, str(folder / file)))
-        return {"body": "HC-Sans", "bold": "HC-Sans-Bold", "mono": "HC-Mono"}
-    except Exception:  # noqa: BLE001 - fall back to the core fonts rather than fail the report
-        return dict(_FONTS)
 
 
 def check_case_id(case_id: str | None) -> None:
@@ -74,86 +58,11 @@ def check_case_id(case_id: str | None) -> None:
                             f"invisible formatting characters; give plain text")
 
 
-def _has_glyph(font_name: str):
-    """A test of whether the registered font draws a character (core fonts: Latin-1 only)."""
-    from reportlab.pdfbase import pdfmetrics
-
-    face = getattr(pdfmetrics.getFont(font_name), "face", None)
-    covered = getattr(face, "charToGlyph", None)
-    if covered is None:
-        return lambda ch: ord(ch) < 256
-    return lambda ch: ord(ch) in covered
-
-
-def _clean(text, fonts: dict, limit: int = _TEXT_LIMIT) -> str:
-    """Outside text made safe to lay out: escapes for invisible characters, bounded, visual order,
-    and ``[U+....]`` for characters the body font cannot draw (see the module's docstring)."""
-    from bidi import get_display
-
-    text = printable(text)
-    if len(text) > limit:
-        text = text[:limit - 1] + "…"
-    text = get_display(text, base_dir="L")  # the report reads left to right; RTL runs within it are reversed
-    drawn = _has_glyph(fonts["body"])
-    return "".join(ch if drawn(ch) else f"[U+{ord(ch):04X}]" for ch in text)
-
-
-def _styles(fonts: dict) -> dict:
-    from reportlab.lib.styles import ParagraphStyle
-
-    base = ParagraphStyle("body", fontName=fonts["body"], fontSize=8.5, leading=11)
-    return {"body": base,
-            "small": ParagraphStyle("small", parent=base, fontSize=7.5, leading=9.5),
-            "mono": ParagraphStyle("mono", parent=base, fontName=fonts["mono"], fontSize=6.6, leading=8.5),
-            "title": ParagraphStyle("title", parent=base, fontName=fonts["bold"], fontSize=16, leading=20,
-                                    spaceAfter=4),
-            "h2": ParagraphStyle("h2", parent=base, fontName=fonts["bold"], fontSize=11, leading=14,
-                                 spaceBefore=8, spaceAfter=4),
-            "cell": ParagraphStyle("cell", parent=base, fontSize=7.5, leading=9.2),
-            "head": ParagraphStyle("head", parent=base, fontName=fonts["bold"], fontSize=7.5, leading=9.2)}
-
-
-def _picture(path: str, size_mm: float, style):
-    """A thumbnail of ``path`` at most ``size_mm`` square, or a note when it cannot be read."""
-    from reportlab.lib.units import mm
-    from reportlab.platypus import Image, Paragraph
-
-    from ..data.images import thumbnail
-
-    try:
-        rgb = thumbnail(path, 256)  # as the model sees it (EXIF orientation applied)
-    except HandCLIPError:  # a moved or damaged file must not stop the report
-        return Paragraph("image not available", style)
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    buffer.seek(0)
-    scale = size_mm * mm / max(rgb.size)
-    return Image(buffer, width=rgb.width * scale, height=rgb.height * scale)
-
-
-def _para(text, style):
-    """A paragraph of plain text: markup characters escaped, line breaks kept."""
-    from reportlab.platypus import Paragraph
-
-    return Paragraph(escape(str(text)).replace("\n", "<br/>"), style)
-
-
 def _labelled(label: str, text, style, bold: str):
     """A paragraph that starts with ``label`` in the ``bold`` font, then plain text (markup escaped)."""
     from reportlab.platypus import Paragraph
 
     return Paragraph(f'<font name="{bold}">{escape(label)}</font> {escape(str(text))}', style)
-
-
-def _key_values(rows: list[tuple[str, str, bool]], styles, widths) -> object:
-    from reportlab.lib import colors
-    from reportlab.platypus import Table, TableStyle
-
-    data = [[_para(k, styles["head"]), _para(v, styles["mono"] if mono else styles["cell"])] for k, v, mono in rows]
-    table = Table(data, colWidths=widths, hAlign="LEFT")
-    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
-                               ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
-    return table
 
 
 def _candidate_table(query, search: SearchResult, styles, usable_mm: float, fonts: dict):
@@ -314,46 +223,21 @@ def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: fl
 
 
 def _footer(search: SearchResult, case: str, font: str, width: float) -> str:
-    """The footer line, its case id shortened with "…" until the line fits ``width`` points at 7 pt."""
-    from reportlab.pdfbase.pdfmetrics import stringWidth
-
+    """The footer line, its case id shortened with "…" until the line fits ``width`` points."""
     record = f" · audit record {search.audit.seq} {search.audit.hash[:12]}" if search.audit else ""
-    while True:
-        footer = f"HandCLIP case report · case {case}{record}"
-        if stringWidth(footer, font, 7) <= width or len(case) <= 1:
-            return footer
-        case = case[:-2] + "…"
+    return fitted_footer(lambda shown: f"HandCLIP case report · case {shown}{record}", case, font, width)
 
 
 def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
                       examiner: str | None = None) -> Path:
     """Write the PDF (atomically) and return its path."""
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.units import mm
-    from reportlab.platypus import SimpleDocTemplate
-
     check_case_id(case_id)
     fonts = _register_fonts()
     styles = _styles(fonts)
     given = bool(case_id and case_id.strip())
     case = _clean(case_id, fonts, CASE_ID_LIMIT) if given else "(not given)"
     examiner = _clean(examiner or search.examiner or "(not given)", fonts)
-    margin = 15 * mm
-    usable_mm = (A4[0] - 2 * margin) / mm
-    story = _story(search, case, examiner, styles, usable_mm, fonts)
-    footer = _footer(search, case if given else "-", fonts["body"], A4[0] - 2 * margin - 40)
-
-    def on_page(canvas, doc):
-        canvas.saveState()
-        canvas.setFont(fonts["body"], 7)
-        canvas.drawString(margin, 8 * mm, footer)
-        canvas.drawRightString(A4[0] - margin, 8 * mm, f"page {doc.page}")
-        canvas.restoreState()
-
-    buffer = io.BytesIO()
-    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=margin, rightMargin=margin, topMargin=margin,
-                            bottomMargin=16 * mm, title=f"HandCLIP case report {case_id or ''}".strip(),
-                            author=examiner, subject="hand image search", creator="HandCLIP")
-    doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
-    atomic_write_bytes(out_pdf, buffer.getvalue())
-    return Path(out_pdf)
+    story = _story(search, case, examiner, styles, usable_width_mm(), fonts)
+    footer = _footer(search, case if given else "-", fonts["body"], footer_width_pt())
+    return write_pdf(out_pdf, story, footer, fonts, title=f"HandCLIP case report {case_id or ''}".strip(),
+                     author=examiner, subject="hand image search")
