@@ -30,6 +30,7 @@ COMMANDS = {
     "enrol": "embed images and add them to a gallery index on disk",
     "search": "rank a gallery's identities for query hand photos",
     "audit": "verify or show a gallery's hash-chained audit log",
+    "case": "list a case's searches or export the case as one checked bundle",
     "demo": "run the whole pipeline on built-in synthetic hands",
     "serve": "run the examiner web service (REST API and web page) over a gallery",
     "serve-keys": "add, list or revoke the web service's API keys",
