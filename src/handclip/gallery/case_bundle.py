@@ -84,12 +84,28 @@ def _served_reports(index_dir: Path) -> dict[tuple[int, str], tuple[Path, str | 
     return found
 
 
+def bundle_file_name(case_id: str) -> str:
+    """The bundle's file name from its case id, as reports are named: ``handclip-case-2026-017.zip``."""
+    return report_file_name(0, case_id).replace("-record-0.pdf", ".zip").replace("handclip-record-0.pdf",
+                                                                                   "handclip-case.zip")
+
+
+def served_report(index_dir: str | os.PathLike, record: dict, key_id: str | None = None) -> Path | None:
+    """The case report the service made for search ``record`` (for ``key_id`` when given), if it is kept."""
+    stored = _served_reports(Path(index_dir)).get((record["seq"], record["hash"]))
+    if stored is None or not stored[0].is_file() or (key_id is not None and stored[1] != key_id):
+        return None
+    return stored[0]
+
+
 def _report_of(search: CaseSearch, served: dict, key_id: str | None) -> tuple[Path | None, str | None]:
     """The search's case report file, or None and why it is left out."""
     record = search.record
     stored = served.get((record["seq"], record["hash"]))
     if stored is not None and stored[0].is_file() and (key_id is None or stored[1] == key_id):
         return stored[0], None
+    if stored is not None:
+        return None, f"the case report of record {record['seq']} is no longer kept by the service"
     arguments = record.get("arguments") if isinstance(record.get("arguments"), dict) else {}
     given = arguments.get("report")
     if isinstance(given, str) and arguments.get("interface") != "serve":
@@ -260,4 +276,4 @@ def export_case(index_dir: str | os.PathLike, case_id: str, out: str | os.PathLi
     return export_case_bundle(session.audit_log, index_dir, case_id, out, examiner=examiner, arguments=arguments)
 
 
-__all__ = ["CaseExport", "MANIFEST", "export_case", "export_case_bundle"]
+__all__ = ["CaseExport", "MANIFEST", "bundle_file_name", "export_case", "export_case_bundle", "served_report"]
