@@ -115,8 +115,7 @@ def _styles(fonts: dict) -> dict:
 
 def _picture(path: str, size_mm: float, style):
     """A thumbnail of ``path`` at most ``size_mm`` square, or a note when it cannot be read."""
-    from reportlab.lib.units import mm
-    from reportlab.platypus import Image, Paragraph
+    from reportlab.platypus import Paragraph
 
     from ..data.images import thumbnail
 
@@ -124,6 +123,34 @@ def _picture(path: str, size_mm: float, style):
         rgb = thumbnail(path, 256)  # as the model sees it (EXIF orientation applied)
     except HandCLIPError:  # a moved or damaged file must not stop the report
         return Paragraph("image not available", style)
+    return _flowable(rgb, size_mm)
+
+
+def _original_with_box(path: str, crop, size_mm: float, style):
+    """The original query (EXIF orientation applied) with the searched crop box drawn on it in red."""
+    from PIL import ImageDraw
+    from reportlab.platypus import Paragraph
+
+    from ..data.images import load_rgb
+
+    try:
+        original = load_rgb(path)
+    except HandCLIPError:
+        return Paragraph("original not available", style)
+    scale = 512 / max(original.size)
+    shown = original.resize((max(1, round(original.width * scale)), max(1, round(original.height * scale))))
+    if crop:
+        x, y, w, h = crop
+        line = max(2, round(max(shown.size) / 128))
+        ImageDraw.Draw(shown).rectangle([x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1],
+                                        outline=(220, 0, 0), width=line)
+    return _flowable(shown, size_mm)
+
+
+def _flowable(rgb, size_mm: float):
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image
+
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     buffer.seek(0)
@@ -249,7 +276,7 @@ def report_file_name(record: int, case_id: str | None = None) -> str:
 
 def _query_section(number: int, search: SearchResult, styles, usable_mm: float, fonts: dict) -> list:
     from reportlab.lib.units import mm
-    from reportlab.platypus import CondPageBreak, Paragraph, Spacer, Table
+    from reportlab.platypus import CondPageBreak, Paragraph, Table
 
     query = search.queries[number - 1]
     title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
@@ -258,7 +285,49 @@ def _query_section(number: int, search: SearchResult, styles, usable_mm: float, 
     details = _key_values([("File", name, False),
                            *([("Stored as", stored, True)] if stored != name else []),
                            ("SHA-256 at intake", query.sha256, True)],
-                          styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+                          styles, [32 * mm, (usable_mm - 32) * mm] if query.prepared else
+                          [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+    if query.prepared:
+        return _prepared_query_section(title, query, details, styles, usable_mm, fonts) + \
+            _query_findings(query, search, styles, usable_mm, fonts)
+    return [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
+            Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
+                  colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT", style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
+            *_query_findings(query, search, styles, usable_mm, fonts)]
+
+
+def _prepared_query_section(title: str, query, details, styles, usable_mm: float, fonts: dict) -> list:
+    """The original with the crop box, the prepared image that was searched, and the transform between them."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import CondPageBreak, Paragraph, Spacer, Table
+
+    from ..data.query_transform import QueryTransform
+
+    transform = QueryTransform.from_record(query.transform)
+    prepared = query.prepared
+    side = _QUERY_MM + 12
+    pictures = Table([[_original_with_box(query.query, transform.crop, side, styles["small"]),
+                       _picture(prepared["path"], side, styles["small"])],
+                      [_para("Original as received (EXIF orientation applied); the red box is the crop searched",
+                             styles["small"]),
+                       _para("Prepared query: the image the model embedded", styles["small"])]],
+                     colWidths=[(side + 6) * mm, (side + 6) * mm], hAlign="LEFT",
+                     style=[("VALIGN", (0, 0), (-1, -1), "BOTTOM")])
+    width, height = prepared["size"]
+    steps = _key_values([("Preparation", _clean(transform.describe(), fonts), False),
+                         ("Prepared image", f"{width} x {height} pixels, PNG", False),
+                         ("Prepared SHA-256", prepared["sha256"], True),
+                         ("Pixels SHA-256", prepared["pixels_sha256"], True)],
+                        styles, [32 * mm, (usable_mm - 32) * mm])
+    return [CondPageBreak(120 * mm), Paragraph(title, styles["h2"]), pictures, Spacer(1, 2 * mm),
+            details, steps]
+
+
+def _query_findings(query, search: SearchResult, styles, usable_mm: float, fonts: dict) -> list:
+    """The candidate table, the open-set answer and the suggested statement of one query."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Spacer
+
     after = []
     if query.open_set is not None:
         after.append(_labelled("Open-set answer.", query.open_set["answer"], styles["body"], fonts["bold"]))
@@ -268,10 +337,7 @@ def _query_section(number: int, search: SearchResult, styles, usable_mm: float, 
         after.append(_labelled("Suggested statement for rank 1", f"(the examiner's to adopt or not after comparing "
                                f"the images): {_clean(statement, fonts, 4 * _TEXT_LIMIT)}", styles["body"],
                                fonts["bold"]))
-    return [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
-            Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
-                  colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT", style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
-            Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts),
+    return [Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts),
             *[part for paragraph in after for part in (Spacer(1, 2 * mm), paragraph)]]
 
 
