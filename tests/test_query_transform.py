@@ -217,7 +217,7 @@ def test_rest_search_prepares_the_upload_and_the_report_shows_original_and_prepa
 
 @pytest.mark.parametrize("form, message", [
     ({"crop": "30,30,40,40"}, "crop 30,30,40,40 leaves image '000.png' (64x64 pixels"),
-    ({"crop": "1,2,3,x"}, "is not x,y,w,h"),
+    ({"crop": "1,2,3,x"}, "crop: "), ({"crop": "-1,0,30,30"}, "crop: "),
     ({"crop": "0,0,10,40"}, "both sides must be at least 16"),
     ({"rotate": "nan"}, "rotate: "), ({"rotate": "inf"}, "rotate: "), ({"rotate": "400"}, "rotate: "),
     ({"rotate": ""}, "rotate: empty value"), ({"mirror": "perhaps"}, "mirror: ")])

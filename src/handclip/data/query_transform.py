@@ -34,6 +34,8 @@ MAX_ANGLE = 360.0
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that turn the image a quarter
 _CROP_TEXT = re.compile(r"\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*")
+# The crop as the web service's schema states it: four whole numbers of 0 or more (``check`` holds it to the image).
+CROP_PATTERN = r"^ *[0-9]{1,9} *, *[0-9]{1,9} *, *[0-9]{1,9} *, *[0-9]{1,9} *$"
 
 
 def _crop_box(crop) -> tuple[int, int, int, int] | None:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Path as PathP
 from fastapi.responses import FileResponse
 from PIL import Image
 
-from ..data.query_transform import MAX_ANGLE, QueryTransform, oriented_size
+from ..data.query_transform import CROP_PATTERN, MAX_ANGLE, QueryTransform, oriented_size
 from ..errors import HandCLIPError
 
 from ..gallery.case_report import CASE_ID_LIMIT, CASE_ID_PATTERN
@@ -100,8 +100,8 @@ def search_answer(found, gallery) -> dict:
 @router.post("/api/v1/search", responses=responses(*UPLOAD),
              dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id", "threshold_lr",
                                           "crop", "rotate", "mirror",
-                                          typed=("top_k", "by", "index_type", "report", "threshold_lr", "rotate",
-                                                 "mirror")))])
+                                          typed=("top_k", "by", "index_type", "report", "threshold_lr", "crop",
+                                                 "rotate", "mirror")))])
 def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
            image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)",
                                               json_schema_extra={"format": "binary"})],
@@ -115,7 +115,7 @@ def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiK
            threshold_lr: Annotated[float, Form(gt=0, le=1e12, allow_inf_nan=False,
                                                description="the open-set answer's threshold: does any candidate's "
                                                            "LR exceed it? (with a calibration)")] = 1.0,
-           crop: Annotated[str | None, Form(max_length=80, description="search only this box: x,y,w,h in pixels of "
+           crop: Annotated[str, Form(max_length=80, pattern=CROP_PATTERN, description="search only this box: x,y,w,h in pixels of "
                                                                        "the photo after its EXIF orientation")] = None,
            rotate: Annotated[float, Form(ge=-MAX_ANGLE, le=MAX_ANGLE, allow_inf_nan=False,
                                          description="degrees clockwise, after the crop")] = 0.0,
