@@ -45,6 +45,8 @@ function setQuery(file) {
   preview.hidden = false;
   $("search-button").disabled = false;
   status("search-status", `query: ${shown(file.name)}`);
+  queryPrep.load(file).catch(() => status("search-status", `${shown(file.name)}: the page cannot show this ` +
+    "format to crop it; it is searched as it is", true));
 }
 
 const drop = $("drop");
@@ -160,13 +162,17 @@ $("search-form").addEventListener("submit", async (e) => {
   form.append("report", $("want-report").checked ? "true" : "false");
   if ($("case-id").value.trim()) form.append("case_id", $("case-id").value.trim());
   if ($("threshold-lr").value.trim()) form.append("threshold_lr", $("threshold-lr").value.trim());
+  for (const [name, value] of Object.entries(queryPrep.fields())) form.append(name, value);
   status("search-status", "searching...");
   $("search-button").disabled = true;
   try {
     const found = await (await api("/api/v1/search", { method: "POST", body: form })).json();
     showAnswer(found);
-    status("search-status", `${found.candidates.length} candidate(s) for ${shown(found.queries[0].name)} ` +
-      `(SHA-256 ${found.queries[0].sha256.slice(0, 16)}...)`);
+    const query = found.queries[0];
+    const prepared = query.prepared ? `; prepared (${queryPrep.describe()}) SHA-256 ` +
+      `${query.prepared.sha256.slice(0, 16)}...` : "";
+    status("search-status", `${found.candidates.length} candidate(s) for ${shown(query.name)} ` +
+      `(SHA-256 ${query.sha256.slice(0, 16)}...${prepared})`);
   } catch (err) {
     status("search-status", err.message, true);
   } finally {
