@@ -256,7 +256,7 @@ def test_a_search_states_its_aspects_and_refuses_an_uncalibrated_pair(aspect_gal
     before = len(log.records())
     left = str(aspect_gallery["images"] / "0002" / "dorsal_l" / "002.png")
     with pytest.raises(CalibrationError, match=r"dorsal_l\(mirrored\)->dorsal_r .*refusing to borrow"):
-        session.search([left], top_k=3, aspect="dorsal_l", mirror=True)
+        session.search([left], top_k=3, aspect="dorsal_l", mirror_aspect=True)
     assert len(log.records()) == before  # refused before anything was searched or recorded
     right = str(aspect_gallery["images"] / "0002" / "dorsal_r" / "002.png")
     found = session.search([right], top_k=3, by="image", aspect="dorsal_r")
@@ -275,17 +275,17 @@ def test_a_search_states_its_aspects_and_refuses_an_uncalibrated_pair(aspect_gal
     assert "calibration of the pair dorsal_r->dorsal_r" in text
     # Without a calibration a mirrored left hand is searched against the right hands it now resembles.
     plain = ExaminerSession.open(aspect_gallery["gallery"], device="cpu")
-    mirrored = plain.search([left], top_k=3, by="image", aspect="dorsal_l", mirror=True)
+    mirrored = plain.search([left], top_k=3, by="image", aspect="dorsal_l", mirror_aspect=True)
     assert mirrored.aspects["gallery"] == "dorsal_r" and mirrored.aspects["calibration_pair"] is None
     assert all("/dorsal_r/" in c.path for c in mirrored.queries[0].candidates)
     with pytest.raises(DataError, match="holds no images of aspect palmar_r"):
-        plain.search([left], aspect="palmar_l", mirror=True)
+        plain.search([left], aspect="palmar_l", mirror_aspect=True)
     # The whole step (what `handclip search --aspect ... --html` runs) says the same on the page and console.
     from handclip.gallery.casework import search_gallery
 
     shown = []
     search_gallery(aspect_gallery["gallery"], [left], top_k=2, by="image", device="cpu", aspect="dorsal_l",
-                   mirror=True, html=tmp_path / "found.html", log=shown.append)
+                   mirror_aspect=True, html=tmp_path / "found.html", log=shown.append)
     assert shown[0] == "aspects: query dorsal left (mirrored left-right) against gallery images of dorsal right"
     assert "Aspects: query dorsal left (mirrored left-right)" in (tmp_path / "found.html").read_text()
 
@@ -305,7 +305,7 @@ def test_the_web_service_takes_the_aspects_of_a_search_and_an_enrolment(aspect_g
     left = aspect_gallery["images"] / "0003" / "dorsal_l" / "002.png"
     with TestClient(create_app(ServiceState(gallery, device="cpu")), base_url="http://localhost") as client:
         found = client.post("/api/v1/search", files={"image": (left.name, left.read_bytes(), "image/png")},
-                            data={"top_k": "2", "by": "image", "aspect": "dorsal_l", "mirror": "true"},
+                            data={"top_k": "2", "by": "image", "aspect": "dorsal_l", "mirror_aspect": "true"},
                             headers={"X-API-Key": keys["search"]})
         assert found.status_code == 200, found.text
         assert found.json()["aspects"]["compared"] == "dorsal_l(mirrored)->dorsal_r"

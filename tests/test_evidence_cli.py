@@ -340,7 +340,17 @@ def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositio
     cllr = "Cllr 0.380 (Cllr_min 0.300)" if by == "identity" else "Cllr 0.420 (Cllr_min 0.310)"
     assert f"{cllr}, 60 identities, 400 mated and 4000 non-mated pairs" in out
     assert f"[{low:+.2f}, {high:+.2f}]" in out and "60 identities, 480 images, of manifest calibration.csv (splits query, gallery; SHA-256 cccc" in out
-    assert "not likelihood ratios" not in out and f"log10 LR {expected[0]:+.2f}" in out
+    from handclip.forensic.reading import SCORE_MEANING, lr_text
+
+    assert "not likelihood ratios" not in out and f"score {scores[0]:.4f}  {lr_text(expected[0])}" in out
+    assert SCORE_MEANING in out and "log10 LR +" not in out
+    # the open-set answer at the default threshold (LR > 1), from the same LRs the JSON lists
+    open_set = found["results"][0]["open_set"]
+    assert open_set["reached"] == [rank for rank, lr in enumerate(expected, 1) if lr > 0]
+    assert f"open-set answer: {open_set['answer']}" in out
+    words = candidates[0]["words"]
+    assert words["lr"] == lr_text(expected[0]) and candidates[0]["verbal"] in words["statement"]
+    assert f"suggested statement (rank 1): {words['statement']}" in out
     record = AuditLog(index).records()[-1]
     assert record["calibration"]["sha256"] == sha256_file(calibrations["ours"])
     assert {"role": "calibration", "path": str(calibrations["ours"].resolve()),
@@ -358,6 +368,11 @@ def test_a_calibrated_search_gives_the_calibrators_lrs_and_states_its_propositio
     assert found["calibration"]["description"] == line and line in out
     assert line in html.unescape(page.read_text()) and line in " ".join(text.split())
     assert record["calibration"]["description"] == line
+    # the PDF and the HTML page word the LR and give the open-set answer as the console does
+    flat, page_text = " ".join(text.split()), " ".join(html.unescape(page.read_text()).split())
+    assert lr_text(expected[0]) in flat and " ".join(open_set["answer"].split()) in flat
+    assert lr_text(expected[0]) in page_text and open_set["answer"] in page_text and SCORE_MEANING in page_text
+    assert record["results"][0]["open_set"] == open_set
 
 
 def test_a_calibration_for_another_model_or_a_bad_calibration_file_is_refused(enrolled, calibrations, tmp_path,

@@ -22,7 +22,7 @@ from handclip.config import load_config
 from handclip.data.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "configs" / "quick_tiny.yaml"
+QUICK = ROOT / "configs" / "quick" / "quick_tiny.yaml"
 # A few epochs instead of the config's 20 + 24: the test checks the path, not the accuracy.
 SHORT = ["--set", "stage1.epochs=2", "stage2.epochs=2", "stage2.eval_every=1", "--no-progress"]
 
@@ -43,11 +43,11 @@ def run(capsys, line: str, *extra: str) -> tuple[int, str, str]:
 def test_the_researcher_quick_start_runs_as_written_on_a_folder_with_bad_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     make_newcomer_folder(tmp_path / "my_hands", ids=16, per_id=6)
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / QUICK.name).write_bytes(QUICK.read_bytes())
+    (tmp_path / "configs" / "quick").mkdir(parents=True)
+    (tmp_path / "configs" / "quick" / QUICK.name).write_bytes(QUICK.read_bytes())
     commands = researcher_quick_start()
     assert [shlex.split(c)[1] for c in commands] == ["prepare", "scan", "train", "evaluate"]
-    assert f"configs/{QUICK.name}" in commands[2]
+    assert f"configs/quick/{QUICK.name}" in commands[2]
 
     printed = ""
     for line in commands:
@@ -166,6 +166,9 @@ def test_the_quick_config_is_the_demos_model_without_a_section_train_ignores(tmp
     # The demo itself: it pretrains, then trains from those weights on the synthetic manifest it made.
     demo_run = load_config(DEMO_CONFIG_FILE, [f"data.manifest={manifest}", "model.weights=tiny.pt"])
     assert ignored_settings(demo_run, "train", {"synthetic"}) == []
+    # A section that asks for no pretraining (the demo from random init) is not worth a warning.
+    no_pretraining = load_config(DEMO_CONFIG_FILE, [f"data.manifest={manifest}", "pretrain.enabled=false"])
+    assert ignored_settings(no_pretraining, "train", {"synthetic"}) == []
     notes = ignored_settings(load_config(QUICK, [f"data.manifest={manifest}", "data.runs=3"]))
     assert notes == [f"data.runs is ignored: data.manifest {manifest} already holds the splits (set them in "
                      "`handclip prepare` instead)"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import logging
 import shutil
 from pathlib import Path
@@ -286,3 +287,56 @@ def test_serve_command_refuses_bad_settings_in_one_line(tmp_path, master_gallery
     make_checkpoint(other, seed=1)
     assert cli_module.main(["serve", "--index", str(master_gallery), "--checkpoint", str(other)]) == 2
     assert "different model" in capsys.readouterr().err
+
+
+def _stranger(path: Path) -> Path:
+    """A synthetic hand of a person not enrolled whose candidates all get LR < 1 under the helpers'
+    calibration (its best score, 0.9979, lies well below the 0.9993 that LR 1 takes)."""
+    from handclip.synthetic.render import render_hand
+
+    render_hand(68, 1).save(path)
+    return path
+
+
+def test_the_answer_says_when_no_candidate_reaches_the_threshold_and_words_every_number(service, assets, tmp_path):
+    from handclip.forensic.reading import lr_text, matched_text
+
+    client, keys, index, _ = service
+    stranger = client.post("/api/v1/search", files=upload(_stranger(tmp_path / "stranger.png")),
+                           data={"top_k": "5"}, headers=auth(keys["both"])).json()
+    lrs = [c["log10_lr"] for c in stranger["candidates"]]
+    assert max(lrs) < 0  # every candidate's LR is below 1
+    answer = stranger["open_set"]
+    assert answer["none_reached"] and answer["reached"] == [] and answer["threshold"] == "LR > 1"
+    assert answer["answer"].startswith("No candidate reaches the threshold (LR > 1).")
+    assert answer["threshold_score"] > max(c["score"] for c in stranger["candidates"])
+    for c in stranger["candidates"]:
+        assert c["words"]["lr"] == lr_text(c["log10_lr"]) and c["verbal"] in c["words"]["statement"]
+        assert c["words"]["matched"] == matched_text(c["matched"], c["num_images"], 5)
+        assert (c["words"]["bound"] is None) == (c["at_bound"] is None)
+    assert "not a probability" in stranger["reading"]["score"]
+    assert stranger["reading"]["calibration"].startswith(stranger["calibration"]["description"] + ". Cllr measures")
+
+    enrolled = client.post("/api/v1/search", files=upload(assets["images"] / "0003" / "002.png"),
+                           headers=auth(keys["both"])).json()
+    reached = [c["rank"] for c in enrolled["candidates"] if c["log10_lr"] > 0]
+    assert reached and enrolled["open_set"]["reached"] == reached and not enrolled["open_set"]["none_reached"]
+    assert "No candidate" not in enrolled["open_set"]["answer"]
+    # a threshold above every candidate's LR: the same search now answers that none reaches it
+    strict = client.post("/api/v1/search", files=upload(assets["images"] / "0003" / "002.png"),
+                         data={"threshold_lr": "3"}, headers=auth(keys["both"])).json()
+    assert max(c["log10_lr"] for c in strict["candidates"]) > 0 and strict["open_set"]["threshold"] == "LR > 3"
+    assert strict["open_set"]["reached"] == [c["rank"] for c in strict["candidates"] if c["log10_lr"] > math.log10(3)]
+    # the audit record keeps the answer with the numbers it came from
+    record = AuditLog(index).records()[-1]
+    assert record["results"][0]["open_set"] == strict["open_set"] and record["arguments"]["threshold_lr"] == 3.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "abc", "1e13"])
+def test_an_unusable_threshold_is_refused_with_422_before_anything_is_recorded(service, assets, value):
+    client, keys, index, _ = service
+    before = len(AuditLog(index).records())
+    refused = client.post("/api/v1/search", files=upload(assets["images"] / "0003" / "002.png"),
+                          data={"threshold_lr": value}, headers=auth(keys["both"]))
+    assert refused.status_code == 422 and refused.json()["error"].startswith("threshold_lr: ")
+    assert len(AuditLog(index).records()) == before

@@ -192,3 +192,28 @@ def test_the_token_path_of_image_prompts_sees_the_same_aspect_embedding(backbone
     torch.testing.assert_close(token_proj, plain_proj, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tokens[:, 0], plain_proj, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(tokens, other_tokens)
+
+
+def test_bf16_inference_with_fused_attention_adds_the_aspect_as_the_plain_blocks_do(monkeypatch):
+    """CPU inference at bf16 runs a ViT's blocks through the fused attention (model/attention.py); the aspect
+    embedding enters before the blocks, so the fused path sees it exactly as the plain blocks under the
+    same autocast do, and stays within bf16's reach of CLIP-ReID's fp32 SIE forward."""
+    import handclip.model.handclip as handclip_module
+    from handclip.model.attention import sdpa_applies
+
+    torch.manual_seed(0)
+    model = build_model({"backbone": "tiny-vit", "sie": "aspect"}, {"image_size": [32, 32]}, num_ids=3).eval()
+    images, cams = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        blocks = model.image_encoder.transformer.resblocks
+        assert sdpa_applies(blocks[0], torch.zeros(1, 2, model.width, dtype=torch.bfloat16), False)  # fused here
+        fused = model.extract(images, aspects=cams).float()
+        other_aspects = model.extract(images, aspects=cams.flip(0)).float()
+        monkeypatch.setattr(handclip_module, "sdpa_applies", lambda *args: False)
+        plain = model.extract(images, aspects=cams).float()
+    torch.testing.assert_close(fused, plain, atol=0.05, rtol=0.05)
+    assert F.cosine_similarity(fused, plain).min() > 0.999
+    assert F.cosine_similarity(fused, other_aspects).min() < F.cosine_similarity(fused, plain).min()  # label counts
+    with torch.no_grad():
+        reference = _clipreid_vit(model, images, cams, 3.0)[3]
+    assert F.cosine_similarity(fused, reference).min() > 0.99

@@ -23,7 +23,13 @@ package the first time it is used, so a workflow that never touches the model (`
     api.calibrate(run.best_checkpoint, images="reference_people", out="calibration.json")   # or a folder per person
     matrix = api.aspect_matrix(encoder, api.prepare_11k("/data/11k", "all"))     # every query x gallery aspect
     api.calibrate(run.best_checkpoint, "all_aspects.csv", aspect_pairs=True, out="pairs.json")   # LR per pair
+    api.validate(run.best_checkpoint, "calibration.json", "other_people.csv",       # the lab's validation plan
+                 "configs/validation/example_criteria.yaml", "validation")       # -> report.html/.pdf/.json
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
+
+    # how features are computed (--precision, --engine; handclip export)
+    api.Encoder.from_checkpoint(run.best_checkpoint, precision="bf16")          # or engine="onnxruntime" (CPU)
+    api.export_onnx(run.best_checkpoint, "model.onnx")                           # features for other runtimes
 
     # an examiner's gallery (handclip enrol, search, audit)
     enrolled = api.enrol_images("cases/gallery", "cases/known_people", run.best_checkpoint)   # audited
@@ -33,6 +39,8 @@ package the first time it is used, so a workflow that never touches the model (`
     api.verify_audit("cases/gallery", expect=["17:3fa9..."]).ok                  # still holds a record kept elsewhere
     api.read_audit("cases/gallery").records                                      # every record, oldest first
     api.make_signing_key("/secure/heads.pem")                                    # Ed25519 key pair for signed heads
+    api.list_case("cases/gallery", "2026/017").searches                          # a case's searches, from the log
+    api.export_case("cases/gallery", "2026/017", "case.zip")                     # one bundle; sha256sum -c checks it
     session = api.ExaminerSession.open("cases/gallery", calibration="calibration.json")   # one session, many searches
     found = session.search(["evidence.jpg"], top_k=10)                           # found.queries[0].candidates
 
@@ -70,6 +78,7 @@ _export("synthetic.dataset", "prepare_synthetic")
 _export("data.images", "scan_manifest", "ManifestScan")
 _export("train.engine", "train", "RunResult")
 _export("model.inference", "Encoder", "load_encoder")
+_export("model.export", "export_onnx")
 _export("evaluate.protocol", "EvalResult", evaluate="evaluate_manifest")
 _export("evaluate.report", "write_evaluation_outputs")
 _export("evaluate.workflow", "evaluate_and_report", "EvaluationReport")
@@ -78,6 +87,8 @@ _export("evaluate.aspect_report", "aspect_matrix_report", "AspectMatrixReport")
 _export("forensic.calibrate", "calibrate")
 _export("forensic.calibration", "ScoreCalibration")
 _export("forensic.evidence", "load_calibration")
+_export("validate.workflow", "validate", "ValidationResult")
+_export("validate.criteria", "read_plan", "ValidationPlan")
 _export("gallery.session", "ExaminerSession")
 _export("gallery.folder", "Gallery")
 _export("gallery.reader", "GalleryReader")
@@ -85,6 +96,8 @@ _export("gallery.enrol", "EnrolItem", "collect_images")
 _export("gallery.results", "Candidate", "QueryResult", "SearchResult")
 _export("gallery.casework", "enrol_images", "EnrolReport", "search_gallery", "verify_audit", "read_audit",
         "AuditRecords", "reanchor_audit", "make_signing_key", "SigningKeyFiles")
+_export("gallery.cases", "list_case", "CaseSearches")
+_export("gallery.case_bundle", "export_case", "CaseExport")
 
 _export("serve.service", "serve", "serve_app")
 _export("serve.keys", "add_api_key", "list_api_keys", "revoke_api_keys")
@@ -125,6 +138,8 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .forensic.calibrate import calibrate
     from .forensic.calibration import ScoreCalibration
     from .forensic.evidence import load_calibration
+    from .gallery.case_bundle import CaseExport, export_case
+    from .gallery.cases import CaseSearches, list_case
     from .gallery.casework import (
         AuditRecords,
         EnrolReport,
@@ -141,12 +156,15 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .gallery.reader import GalleryReader
     from .gallery.results import Candidate, QueryResult, SearchResult
     from .gallery.session import ExaminerSession
+    from .model.export import export_onnx
     from .model.inference import Encoder, load_encoder
     from .serve.keys import add_api_key, list_api_keys, revoke_api_keys
     from .serve.service import serve, serve_app
     from .synthetic.dataset import prepare_synthetic
     from .synthetic.pretrain import pretrain_tiny, pretrain_tiny_from_config
     from .train.engine import RunResult, train
+    from .validate.criteria import ValidationPlan, read_plan
+    from .validate.workflow import ValidationResult, validate
     from .workflows.benchmark import run_benchmark as benchmark
     from .workflows.demo import demo_config
     from .workflows.demo import run_demo as demo

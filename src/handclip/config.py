@@ -34,6 +34,7 @@ from .config_base import (  # noqa: F401 - the bounds are part of this module's 
     MAX_LR,
     MAX_RUNS,
     MAX_SEED,
+    InferencePrecision,
     Interpolation,
     Section,
 )
@@ -253,6 +254,9 @@ class LossesConfig(_Section):
 class RuntimeConfig(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    inference_precision: InferencePrecision = Field(
+        "auto", description="image features' precision: auto is bf16 where the hardware multiplies bf16 natively "
+                            "(AMX or AVX512-BF16 CPUs, bf16 GPUs), else fp32; compared and stored in fp32")
     compile: bool = False
     channels_last: Literal["auto", "on", "off"] = "auto"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"

@@ -3,7 +3,7 @@ numbers, and the bounds on counts and sizes (``handclip.config`` builds the sect
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -16,6 +16,21 @@ MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_LR = 10.0
 MAX_IDS = 1_000_000
+
+# How image features may be computed (runtime.inference_precision; --precision and --engine of the commands
+# that encode images): docs/method.md, "Feature precision and engines".
+InferencePrecision = Literal["auto", "fp32", "bf16"]
+INFERENCE_PRECISIONS = get_args(InferencePrecision)
+INFERENCE_ENGINES = ("torch", "onnxruntime", "onnxruntime-int8")
+# The commands' --precision and --engine options (argparse keyword arguments per flag).
+INFERENCE_OPTIONS = {
+    "--precision": dict(choices=INFERENCE_PRECISIONS, default="auto",
+                        help="feature precision: auto (default) is bf16 where the hardware multiplies bf16 natively "
+                             "(AMX or AVX512-BF16 CPUs, bf16 GPUs), else fp32; the command says which it chose"),
+    "--engine": dict(choices=INFERENCE_ENGINES, default="torch",
+                     help="torch (default), or ONNX Runtime on the model's exported graph (CPU; needs "
+                          "pip install 'handclip[onnx]'); onnxruntime-int8 quantises its weights to int8"),
+}
 
 
 class Section(BaseModel):

@@ -71,11 +71,13 @@ def check_input_paths(config: Config) -> None:
 def ignored_settings(config: Config, command: str = "train", manifest_datasets: set[str] | None = None) -> list[str]:
     """The settings of ``config`` that differ from the defaults but that ``command`` does not read, each one
     sentence naming the key and what is used instead: ``train`` ignores ``pretrain`` (only ``handclip demo``
-    and ``pretrain-tiny`` run it), which misleads when no ``model.weights`` is given; data read from a
+    and ``pretrain-tiny`` run it), which misleads when it asks for a pretraining and no ``model.weights``
+    is given; data read from a
     manifest ignores how it would have been prepared (``data.synthetic`` is not mentioned for a manifest of
     synthetic hands only, ``manifest_datasets``: it is how that manifest was made)."""
     defaults, data, notes = Config(), config.data, []
-    if command == "train" and config.pretrain != defaults.pretrain and not config.model.weights:
+    # A pretrain section that asks for no pretraining misleads nobody when train skips it.
+    if command == "train" and config.pretrain.enabled and not config.model.weights:
         notes.append("the pretrain section is ignored by `handclip train`, which starts from model.weights "
                      "(none: random init); `handclip pretrain-tiny --config FILE --out tiny.pt` makes the "
                      "pretrained tiny CLIP, then --set model.weights=tiny.pt")

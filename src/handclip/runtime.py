@@ -12,6 +12,12 @@ defaults are the fastest correct choice measured for each device:
 - ``runtime.channels_last``: on for ResNet backbones (cuDNN's and oneDNN's NHWC convolutions; measured
   1.14-1.18x per stage-2 step for tiny-rn on the 2-core CPU, benchmarks/bench_stage2.py); never for a ViT
   (its only convolution is the patch embedding).
+- ``runtime.inference_precision`` (features for evaluation, enrolment, search, calibration): 'auto' is
+  bf16 autocast where the hardware multiplies bf16 natively — a CUDA GPU with bf16, or a CPU with AMX or
+  AVX512-BF16 as PyTorch reports it (``torch.cpu._is_amx_tile_supported``, ``_is_avx512_bf16_supported``)
+  and oneDNN able to use it — and fp32 on other CPUs, where bf16 is emulated and slower than fp32
+  (docs/method.md, "Feature precision and engines"). An older GPU without bf16 keeps fp16 autocast as
+  before.
 - ``runtime.compile``: off unless asked for (compiling costs minutes on a ViT-B/16 and needs a C
   compiler on CPU; it pays off only on long GPU runs).
 - DataLoader workers: the CPUs this process may use, shared by the processes torchrun started on
@@ -28,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config_base import INFERENCE_PRECISIONS
 from .errors import ConfigError
 
 
@@ -65,6 +72,42 @@ def autocast(device: torch.device, amp: str | torch.dtype | None = "auto"):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cpu_native_bf16() -> str | None:
+    """What makes this CPU multiply bf16 natively ('AMX', 'AVX512-BF16'), or None where bf16 is emulated."""
+    if not torch.backends.mkldnn.is_available():  # oneDNN runs bf16 matmuls and convolutions on CPUs
+        return None
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return None
+
+
+def resolve_inference_precision(device: torch.device, requested: str = "auto") -> tuple[str, str]:
+    """(precision, why) for encoding images on ``device``: precision is 'fp32', 'bf16' or (auto on a GPU
+    without bf16, as before) 'fp16'; why is a short phrase for the line a command prints."""
+    if requested not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"runtime.inference_precision: unknown precision '{requested}' "
+                          f"(use {', '.join(INFERENCE_PRECISIONS)})")
+    if requested != "auto":
+        return requested, "as asked"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: this GPU has bf16"
+        return "fp16", "auto: this GPU has no bf16"
+    if device.type != "cpu":
+        return "fp32", f"auto: {device.type} device"
+    native = cpu_native_bf16()
+    if native:
+        return "bf16", f"auto: this CPU multiplies bf16 natively ({native})"
+    return "fp32", "auto: this CPU has no native bf16 (neither AMX nor AVX512-BF16)"
+
+
+def inference_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved inference precision (None: full fp32)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def make_grad_scaler(device: torch.device, dtype: torch.dtype | None):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
+    from ..config_base import INFERENCE_OPTIONS
+
     parser.add_argument("--checkpoint", required=True, help="the HandCLIP checkpoint whose scores to calibrate")
     people = parser.add_mutually_exclusive_group(required=True)
     people.add_argument("--images", metavar="DIR",
@@ -26,6 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
+        parser.add_argument(flag, **option)
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave images that do not decode or are too small out (each named) instead of stopping")
 
@@ -51,11 +55,14 @@ def run(args) -> int:
     calibration = api.calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
                                 seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True,
                                 out=out, images=args.images, skip_bad=args.skip_bad, aspect_pairs=args.aspect_pairs,
-                                mirror=not args.no_mirror)
+                                mirror=not args.no_mirror, precision=args.precision, engine=args.engine)
     summary = calibration.summary
     print(f"calibrated {args.checkpoint} ({args.method}) on {summary['n_identities']} identities, "
           f"{summary['n_images']} images of {args.manifest or args.images}")
     for line in calibration.describe():
         print(line)
+    inference = summary["inference"]
+    print(f"features: {inference['precision']} on {inference['device']} with {inference['engine']} "
+          f"({inference['why']})")
     print(f"wrote {out}")
     return 0

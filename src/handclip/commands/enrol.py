@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config_base import INFERENCE_OPTIONS
+
     parser.add_argument("--checkpoint", required=True, help="HandCLIP checkpoint (.pt) written by `handclip train`")
     parser.add_argument("--images", required=True,
                         help="directory of per-identity folders (identity = folder name) or a manifest CSV (identity = pid)")
@@ -17,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "row (default: a manifest's own aspects; none for a folder)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch; each batch is committed (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
+        parser.add_argument(flag, **option)
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave images that do not decode or are too small out (each named, and listed in "
                              "GALLERY/skipped_images.txt) instead of stopping")
@@ -39,7 +43,8 @@ def run(args) -> int:
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
     report = api.enrol_images(args.index, args.images, args.checkpoint, split=args.split, aspect=args.aspect,
                               batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
-                              examiner=args.examiner, arguments=arguments, progress=not args.no_progress)
+                              examiner=args.examiner, arguments=arguments, progress=not args.no_progress,
+                              precision=args.precision, engine=args.engine)
     for line in report.lines():
         print(line)
     return 0

@@ -6,6 +6,8 @@ from ..errors import DataError
 
 
 def add_arguments(parser) -> None:
+    from ..config_base import INFERENCE_OPTIONS
+
     source = parser.add_argument_group("model (a trained checkpoint, or a backbone for the zero-shot baseline)")
     source.add_argument("--checkpoint", help="a HandCLIP checkpoint, e.g. RUN/best.pt")
     source.add_argument("--backbone", help="zero-shot: an open_clip model name (ViT-B-16, RN50, tiny-rn, ...)")
@@ -37,6 +39,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
+        parser.add_argument(flag, **option)
     parser.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<manifest name>)")
     parser.add_argument("--show", type=int, default=8, help="queries shown in the ranked-list picture (0: no picture)")
     parser.add_argument("--top-k", type=int, default=10, help="gallery images per query in the ranked-list picture")
@@ -100,7 +104,7 @@ def run(args) -> int:
             args.manifest, args.out, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
             image_size=args.image_size, allow_unsafe_weights=args.allow_unsafe_weights, eval_cfg=eval_cfg, runs=runs,
             allow_id_overlap=args.allow_id_overlap, mirror_query=args.mirror_query, device=args.device, progress=True,
-            skip_bad=args.skip_bad)
+            skip_bad=args.skip_bad, precision=args.precision, engine=args.engine)
         for line in matrix.lines():
             print(line)
         return 0
@@ -112,7 +116,7 @@ def run(args) -> int:
         calibration_method=args.calibration_method, calibration_folds=args.calibration_folds,
         calibration=args.calibration, queries_shown=args.show, top_k=args.top_k, device=args.device, progress=True,
         skip_bad=args.skip_bad, query_aspect=args.query_aspect, gallery_aspect=args.gallery_aspect,
-        mirror_query=args.mirror_query)
+        mirror_query=args.mirror_query, precision=args.precision, engine=args.engine)
     for line in report.lines():
         print(line)
     return 0

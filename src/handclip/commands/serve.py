@@ -6,6 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config_base import INFERENCE_OPTIONS
     from ..serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
     parser.add_argument("--index", required=True, help="gallery directory (created on first enrolment with --checkpoint)")
@@ -20,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest image accepted, in pixels (default %(default)d)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per enrolment batch; each is committed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
+        parser.add_argument(flag, **option)
     parser.add_argument("--tls-cert", default=None, metavar="CERT.pem", help="serve HTTPS with this certificate "
                         "(with --tls-key); or put a TLS reverse proxy in front (docs/web-api.md)")
     parser.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
@@ -46,5 +49,5 @@ def run(args) -> int:
     api.serve(args.index, args.checkpoint, args.calibration, host=args.host, port=args.port,
               max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
               batch_size=args.batch_size, device=args.device, tls_cert=args.tls_cert, tls_key=args.tls_key,
-              allowed_host=args.allowed_host, log=print)
+              allowed_host=args.allowed_host, precision=args.precision, engine=args.engine, log=print)
     return 0

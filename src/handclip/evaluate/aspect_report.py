@@ -94,14 +94,17 @@ class AspectMatrixReport:
 def aspect_matrix_report(manifest_path, out=None, *, checkpoint=None, backbone: str | None = None, weights=None,
                          image_size=None, allow_unsafe_weights: bool = False, eval_cfg=None, runs="all",
                          allow_id_overlap: bool = False, mirror_query: bool = False, device: str = "auto",
-                         progress: bool = False, skip_bad: bool = False) -> AspectMatrixReport:
+                         progress: bool = False, skip_bad: bool = False, precision: str = "auto",
+                         engine: str = "torch") -> AspectMatrixReport:
     """Every query aspect against every gallery aspect of ``manifest_path`` (``aspect_matrix``), written as
-    tables and a heat map to ``out`` (default: ``default_report_folder``); what ``evaluate --aspect-matrix`` runs."""
+    tables and a heat map to ``out`` (default: ``default_report_folder``); what ``evaluate --aspect-matrix`` runs.
+    ``precision`` and ``engine``: how the features are computed (``Encoder.computed_with``)."""
     manifest = Manifest.read(manifest_path)
     manifest.check_identity_overlap(allow_id_overlap, f"manifest {manifest_path}", "pass --allow-id-overlap")
     folder = Path(out) if out else default_report_folder(manifest_path, checkpoint)
     check_output_folder(folder)  # before minutes of encoding, not after
-    encoder = evaluation_encoder(checkpoint, backbone, weights, image_size, allow_unsafe_weights, device)
+    encoder = evaluation_encoder(checkpoint, backbone, weights, image_size, allow_unsafe_weights, device, precision,
+                                 engine)
     matrix = aspect_matrix(encoder, manifest, eval_cfg, runs=runs, mirror_query=mirror_query, progress=progress,
                            skip_bad=skip_bad)
     title = f"Aspect matrix{' (queries mirrored across sides)' if mirror_query else ''}"

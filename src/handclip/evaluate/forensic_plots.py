@@ -110,7 +110,8 @@ def _llr_data(llrs, labels):
     return LLRData(features=np.asarray(llrs, dtype=np.float64), labels=np.asarray(labels, dtype=np.int64))
 
 
-def plot_tippett(llrs, labels, out_png: str | os.PathLike, title: str = "Tippett plot") -> Path:
+def plot_tippett(llrs, labels, out_png: str | os.PathLike, title: str = "Tippett plot",
+                 xlabel: str = "log$_{10}$ LR (cross-calibrated by identity)") -> Path:
     """lir's Tippett plot (share of LRs at or above each value, per proposition) with ENFSI band edges."""
     from lir.plotting import tippett
 
@@ -127,7 +128,7 @@ def plot_tippett(llrs, labels, out_png: str | os.PathLike, title: str = "Tippett
     lines[0].set_label(f"same person (n={int(np.sum(labels))})")
     lines[1].set_label(f"different people (n={int(np.sum(np.asarray(labels) == 0))})")
     ax.set_ylabel("LRs at or above the value (%)")
-    ax.set_xlabel("log$_{10}$ LR (cross-calibrated by identity)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title + "\n(grey lines: edges of ENFSI's verbal bands, each named inside its band)", fontsize=10)
     ax.legend(loc="center", bbox_to_anchor=(0.3, 0.25), fontsize=8)
     ax.grid(True, alpha=0.3)

@@ -37,15 +37,19 @@ class EvaluationReport:
     folder: Path
     label: str
     manifest: str
+    inference: str = ""  # how the features were computed (Encoder.describe_inference)
 
     def lines(self) -> list[str]:
-        """The figures for a terminal: CMC/mAP, then EER, FNMR@FMR, FNIR@FPIR, Cllr (the report has the rest)."""
+        """The figures for a terminal: CMC/mAP, then EER, FNMR@FMR, FNIR@FPIR, Cllr (the report has the rest),
+        and how the features were computed."""
         agg = self.result.aggregate
         lines = [f"{self.label} on {self.manifest}: {len(self.result.per_run)} run(s), "
                  f"{self.result.num_images_encoded} images encoded"]
         lines += [f"  {key:>6}: {100 * agg[key]['mean']:6.2f} ± {100 * agg[key]['std']:.2f}" for key in METRIC_KEYS]
         if self.forensic is not None:
             lines += _forensic_lines(self.forensic)
+        if self.inference:
+            lines.append(self.inference)
         lines.append(f"report: {self.folder / 'report.html'}")
         return lines
 
@@ -73,14 +77,15 @@ def _forensic_lines(forensic: ForensicResult) -> list[str]:
 
 def evaluation_encoder(checkpoint=None, backbone: str | None = None, weights=None,
                        image_size: Sequence[int] | None = None, allow_unsafe_weights: bool = False,
-                       device: str = "auto") -> Encoder:
-    """A trained checkpoint, or a backbone with its (pretrained or random) weights for the zero-shot baseline."""
+                       device: str = "auto", precision: str = "auto", engine: str = "torch") -> Encoder:
+    """A trained checkpoint, or a backbone with its (pretrained or random) weights for the zero-shot baseline,
+    computing its features at ``precision`` with ``engine`` (``Encoder.computed_with``)."""
     if checkpoint is not None and backbone is not None:
         raise DataError("give either a checkpoint or a backbone for a zero-shot evaluation, not both")
     if checkpoint is not None:
         if weights is not None or image_size is not None:
             raise DataError("weights and image size are for a zero-shot backbone; a checkpoint brings its own")
-        return Encoder.from_checkpoint(checkpoint, device=device)
+        return Encoder.from_checkpoint(checkpoint, device=device, precision=precision, engine=engine)
     if backbone is None:
         raise DataError("nothing to evaluate: give --checkpoint, or --backbone (with --weights) for zero-shot")
     if not weights:
@@ -88,7 +93,8 @@ def evaluation_encoder(checkpoint=None, backbone: str | None = None, weights=Non
             warnings.warn(f"--weights is not given: zero-shot {backbone} is evaluated with random weights, although "
                           f"published ones exist (give a local file: --weights /path/to/{backbone}.pt)",
                           HandCLIPWarning, stacklevel=2)
-    return Encoder.zero_shot(backbone, weights, image_size, allow_unsafe_weights, device=device)
+    return Encoder.zero_shot(backbone, weights, image_size, allow_unsafe_weights, device=device, precision=precision,
+                             engine=engine)
 
 
 def provenance(manifest_path, checkpoint=None, weights=None, calibration=None) -> dict:
@@ -138,7 +144,8 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
                         forensic: bool = True, calibration_method: str = "logit", calibration_folds: int = 2,
                         calibration=None, queries_shown: int = 8, top_k: int = 10, device: str = "auto",
                         progress: bool = False, skip_bad: bool = False, query_aspect: str | None = None,
-                        gallery_aspect: str | None = None, mirror_query: bool = False) -> EvaluationReport:
+                        gallery_aspect: str | None = None, mirror_query: bool = False, precision: str = "auto",
+                        engine: str = "torch") -> EvaluationReport:
     """Evaluate a checkpoint (or, with ``backbone``, a zero-shot backbone) on ``manifest_path``'s Monte Carlo
     runs and write the report folder ``out`` (default: ``default_report_folder``); what ``handclip
     evaluate`` runs.
@@ -146,7 +153,8 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
     ``runs``: "all" or run indices. ``distractors=False`` drops the manifest's distractor gallery;
     ``require_distractors`` refuses a manifest without one. ``forensic=False``: CMC and mAP only.
     ``calibration``: a stored calibration file of the same model, judged on every run as well.
-    ``skip_bad``: leave unusable images out, each named, instead of stopping (``evaluate_manifest``). The
+    ``skip_bad``: leave unusable images out, each named, instead of stopping (``evaluate_manifest``).
+    ``precision`` and ``engine``: how the features are computed (``Encoder.computed_with``). The
     output folder is checked before any image is encoded, and written only when all of it succeeded; the
     report names the manifest, checkpoint, weights and calibration files with their SHA-256.
     ``query_aspect``, ``gallery_aspect``, ``mirror_query``: one pair of hand aspects (``evaluate_manifest``).
@@ -154,7 +162,8 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
     manifest = _read_manifest(manifest_path, allow_id_overlap, require_distractors)
     folder = Path(out) if out else default_report_folder(manifest_path, checkpoint)
     check_output_folder(folder)  # before minutes of encoding, not after
-    encoder = evaluation_encoder(checkpoint, backbone, weights, image_size, allow_unsafe_weights, device)
+    encoder = evaluation_encoder(checkpoint, backbone, weights, image_size, allow_unsafe_weights, device, precision,
+                                 engine)
     stored = None
     if calibration:
         if not forensic:
@@ -178,7 +187,7 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
                                       progress=progress, calibration=stored)
     write_evaluation_outputs(result, folder, title, encoder.label, manifest_path, training_history(checkpoint),
                              queries_shown=queries_shown, top_k=top_k, forensic=figures, files=files)
-    return EvaluationReport(result, figures, folder, encoder.label, str(manifest_path))
+    return EvaluationReport(result, figures, folder, encoder.label, str(manifest_path), encoder.describe_inference())
 
 
 __all__ = ["EvaluationReport", "evaluate_and_report", "evaluation_encoder", "default_report_folder", "provenance",

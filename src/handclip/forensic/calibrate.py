@@ -147,22 +147,24 @@ def _identity_sha256(records: list, from_folder: bool) -> list[str]:
 def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
               folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
               progress: bool = False, out=None, images=None, skip_bad: bool = False, aspect_pairs: bool = False,
-              mirror: bool = True) -> ScoreCalibration:
+              mirror: bool = True, precision: str = "auto", engine: str = "torch") -> ScoreCalibration:
     """A ScoreCalibration for ``checkpoint`` fitted on the identities of ``manifest_path`` (its ``splits``) or
     of ``images``, a folder of per-identity folders of people the model never trained on (every image), saved
     to ``out`` (a JSON file, written atomically) when given. An unusable image stops it, naming the file,
     unless ``skip_bad`` (each is then named and left out). With ``aspect_pairs`` one map per aspect pair
-    (``calibrate_pairs``; ``mirror``: also the cross-side pairs with the query mirrored)."""
+    (``calibrate_pairs``; ``mirror``: also the cross-side pairs with the query mirrored). The features are
+    computed at ``precision`` with ``engine`` (``Encoder.computed_with``), as the summary's ``inference``
+    record says."""
     from ..model.inference import load_encoder
 
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
     records, source, provenance = _calibration_input(manifest_path, images, splits, skip_bad)
+    encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)  # as enrol and search
     if aspect_pairs:
-        calibration = calibrate_pairs(checkpoint, records, source, provenance, method, folds, seed, device,
-                                      batch_size, mirror, progress)
+        calibration = calibrate_pairs(encoder, records, source, provenance, method, folds, seed, checkpoint,
+                                      batch_size=batch_size, mirror=mirror, progress=progress)
     else:
-        encoder = load_encoder(checkpoint, device=device)  # what enrol and search use
         features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
         pids = np.array([rec.pid for rec in records])
         maps, figures = fit_calibration(features, pids, method, folds, seed)
@@ -175,6 +177,7 @@ def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Seq
             "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
             "score": "cosine similarity of L2-normalised features (no flip)",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
+            "inference": encoder.inference_record(),
         }
         calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
     if out is not None:
@@ -182,21 +185,19 @@ def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Seq
     return calibration
 
 
-def calibrate_pairs(checkpoint, records: list, source: str, provenance: dict, method: str = "logit", folds: int = 5,
-                    seed: int = 0, device=None, batch_size: int = 128, mirror: bool = True,
+def calibrate_pairs(encoder, records: list, source: str, provenance: dict, method: str = "logit", folds: int = 5,
+                    seed: int = 0, checkpoint=None, batch_size: int = 128, mirror: bool = True,
                     progress: bool = False) -> ScoreCalibration:
     """A ScoreCalibration with one map per aspect pair (``handclip.forensic.pair_calibration``), fitted on
-    ``records`` (from ``source``): each image encoded with its own aspect, and mirrored for the pairs whose
-    sides differ (``mirror``)."""
+    ``records`` (from ``source``) with ``encoder`` (``load_encoder``): each image encoded with its own aspect,
+    and mirrored for the pairs whose sides differ (``mirror``)."""
     from ..aspects import aspects_of, record_aspect
-    from ..model.inference import load_encoder
     from .pair_calibration import AspectImages, fit_aspect_pairs
 
     aspects = aspects_of(records)
     if not aspects:
         raise CalibrationError(f"{source} has no aspect labels (a manifest's subset/camid); --aspect-pairs needs "
                                f"them (prepare synthetic --aspects, prepare 11k --aspect)")
-    encoder = load_encoder(checkpoint, device=device)
     images = {}
     for aspect in aspects:
         chosen = [r for r in records if record_aspect(r) == aspect]
@@ -208,9 +209,9 @@ def calibrate_pairs(checkpoint, records: list, source: str, provenance: dict, me
         "method": method, "aspect_pairs": sorted(maps), "pairs": figures,
         "n_identities": len({r.pid for r in records}), "n_images": len(records), "aspects": aspects,
         "identity_sha256": _identity_sha256(records, "images" in provenance), **provenance,
-        "checkpoint": str(Path(checkpoint)), "folds": folds, "seed": seed,
+        "checkpoint": str(Path(checkpoint or encoder.checkpoint)), "folds": folds, "seed": seed,
         "score": "cosine similarity of L2-normalised features (no flip); a '(mirrored)' pair mirrors the query",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "inference": encoder.inference_record(),
     }
     return ScoreCalibration({}, encoder.fingerprint(), summary, pairs=maps)
 

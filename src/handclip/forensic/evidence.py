@@ -19,6 +19,7 @@ import numpy as np
 
 from ..atomic import sha256_file
 from .calibration import ScoreCalibration, verbal_equivalent
+from .reading import DEFAULT_THRESHOLD_LR, open_set_answer, score_at_threshold
 
 NOT_LIKELIHOOD_RATIOS = ("Scores are cosine similarities between hand embeddings, not likelihood ratios: "
                          "they rank candidates but carry no evidential weight (give --calibration for "
@@ -98,6 +99,21 @@ class CalibrationInfo:
         lrs = self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind, pair=pair)
         return [(float(lr), verbal_equivalent(float(lr)), _bound_side(float(lr), bounds)) for lr in lrs]
 
+    def score_reaching(self, threshold_lr: float, kind: str, pair: str | None = None) -> float | None:
+        """The lowest score whose LR exceeds ``threshold_lr`` under this calibration (None if none does);
+        ``pair``: the aspect pair whose map weighs the scores."""
+        return score_at_threshold(
+            lambda scores: self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind, pair=pair),
+            threshold_lr)
+
+    def open_set(self, log10_lrs, scores, kind: str, threshold_lr: float = DEFAULT_THRESHOLD_LR,
+                 threshold_score: float | None = None, pair: str | None = None) -> dict:
+        """The open-set answer of one query's candidates (``reading.open_set_answer``); ``threshold_score``
+        is ``score_reaching``'s, given when already known."""
+        if threshold_score is None:
+            threshold_score = self.score_reaching(threshold_lr, kind, pair)
+        return open_set_answer(log10_lrs, scores, threshold_lr, threshold_score, self.bounds(kind, pair)[1])
+
     def as_record(self, kind: str, pair: str | None = None) -> dict:
         low, high = self.bounds(kind, pair)
         record = {"path": self.path, "sha256": self.sha256, "kind": kind, "bounds_log10": [low, high],
@@ -106,9 +122,9 @@ class CalibrationInfo:
             record["aspect_pair"] = pair
         return record
 
-    def public_record(self, kind: str) -> dict:
+    def public_record(self, kind: str, pair: str | None = None) -> dict:
         """``as_record`` for a reader on another machine: no server path (files by name and SHA-256)."""
-        record = {k: v for k, v in self.as_record(kind).items() if k != "path"}
+        record = {k: v for k, v in self.as_record(kind, pair).items() if k != "path"}
         record["file"] = PurePath(self.path).name
         record["summary"] = {k: (PurePath(str(v)).name if k in _PATH_FIELDS and isinstance(v, str) else v)
                              for k, v in self.summary.items() if k not in _LIST_FIELDS and k != "path"}

@@ -8,29 +8,32 @@ paragraph and a signature block. Text is set in the DejaVu fonts matplotlib ship
 extracted.
 
 Every text that comes from outside HandCLIP (identity and file names, case id, examiner, the
-calibration's manifest name) goes through ``_clean`` before it reaches reportlab: control,
-bidirectional-override and other invisible characters are shown as ``\\u....`` escapes (so a name
-cannot reorder or hide text, nor break a table cell over many lines), the text is cut to a bound,
-right-to-left scripts are laid out in visual order (reportlab places glyphs left to right; python-bidi
-gives the order a reader sees), and a character the font has no glyph for is shown as ``[U+....]``
-rather than as an empty box. A case id is checked before a search is recorded (``check_case_id``):
-longer than ``CASE_ID_LIMIT`` characters or holding control characters, it is refused.
+calibration's manifest name) goes through ``_clean`` (``handclip.pdfdoc.clean_text``, the PDF building
+blocks every report shares) before it reaches reportlab: invisible characters escaped, bounded, laid out
+in visual order, and undrawable characters shown as ``[U+....]``. A case id is checked before a search is
+recorded (``check_case_id``): longer than ``CASE_ID_LIMIT`` characters or holding control characters, it
+is refused.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from ..atomic import atomic_write_bytes
 from ..errors import HandCLIPError
+from ..forensic.reading import CLLR_MEANING, SCORE_MEANING, bound_note, lr_text, matched_text
+from ..pdfdoc import clean_text as _clean
+from ..pdfdoc import fitted_footer, footer_width_pt, rgb_image, usable_width_mm, write_pdf
+from ..pdfdoc import image_thumbnail as _picture
+from ..pdfdoc import key_values as _key_values
+from ..pdfdoc import para as _para
+from ..pdfdoc import register_fonts as _register_fonts
+from ..pdfdoc import styles as _styles
 from .results import SearchResult, aspects_text, display_path, printable
 
-_FONTS = {"body": "Helvetica", "bold": "Helvetica-Bold", "mono": "Courier"}
 CASE_ID_LIMIT = 200
 # What a case id may not hold: control characters, soft hyphen and other invisible formatting, zero-width
 # characters, line and paragraph separators, bidirectional embeddings, overrides and isolates, private use.
@@ -41,24 +44,6 @@ _NAME_LIMIT = 120  # identity and file names in tables
 _TEXT_LIMIT = 300  # any other outside text (examiner, calibration manifest name, paths)
 _THUMB_MM = 24
 _QUERY_MM = 48
-
-
-def _register_fonts() -> dict:
-    """DejaVu from matplotlib's data (full Unicode); reportlab's core fonts if it cannot be found."""
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.ttfonts import TTFont
-
-    try:
-        import matplotlib
-
-        folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-        for name, file in (("HC-Sans", "DejaVuSans.ttf"), ("HC-Sans-Bold", "DejaVuSans-Bold.ttf"),
-                           ("HC-Mono", "DejaVuSansMono.ttf")):
-            if name not in pdfmetrics.getRegisteredFontNames():
-                pdfmetrics.registerFont(TTFont(name, str(folder / file)))
-        return {"body": "HC-Sans", "bold": "HC-Sans-Bold", "mono": "HC-Mono"}
-    except Exception:  # noqa: BLE001 - fall back to the core fonts rather than fail the report
-        return dict(_FONTS)
 
 
 def check_case_id(case_id: str | None) -> None:
@@ -73,79 +58,32 @@ def check_case_id(case_id: str | None) -> None:
                             f"invisible formatting characters; give plain text")
 
 
-def _has_glyph(font_name: str):
-    """A test of whether the registered font draws a character (core fonts: Latin-1 only)."""
-    from reportlab.pdfbase import pdfmetrics
-
-    face = getattr(pdfmetrics.getFont(font_name), "face", None)
-    covered = getattr(face, "charToGlyph", None)
-    if covered is None:
-        return lambda ch: ord(ch) < 256
-    return lambda ch: ord(ch) in covered
-
-
-def _clean(text, fonts: dict, limit: int = _TEXT_LIMIT) -> str:
-    """Outside text made safe to lay out: escapes for invisible characters, bounded, visual order,
-    and ``[U+....]`` for characters the body font cannot draw (see the module's docstring)."""
-    from bidi import get_display
-
-    text = printable(text)
-    if len(text) > limit:
-        text = text[:limit - 1] + "…"
-    text = get_display(text, base_dir="L")  # the report reads left to right; RTL runs within it are reversed
-    drawn = _has_glyph(fonts["body"])
-    return "".join(ch if drawn(ch) else f"[U+{ord(ch):04X}]" for ch in text)
-
-
-def _styles(fonts: dict) -> dict:
-    from reportlab.lib.styles import ParagraphStyle
-
-    base = ParagraphStyle("body", fontName=fonts["body"], fontSize=8.5, leading=11)
-    return {"body": base,
-            "small": ParagraphStyle("small", parent=base, fontSize=7.5, leading=9.5),
-            "mono": ParagraphStyle("mono", parent=base, fontName=fonts["mono"], fontSize=6.6, leading=8.5),
-            "title": ParagraphStyle("title", parent=base, fontName=fonts["bold"], fontSize=16, leading=20,
-                                    spaceAfter=4),
-            "h2": ParagraphStyle("h2", parent=base, fontName=fonts["bold"], fontSize=11, leading=14,
-                                 spaceBefore=8, spaceAfter=4),
-            "cell": ParagraphStyle("cell", parent=base, fontSize=7.5, leading=9.2),
-            "head": ParagraphStyle("head", parent=base, fontName=fonts["bold"], fontSize=7.5, leading=9.2)}
-
-
-def _picture(path: str, size_mm: float, style):
-    """A thumbnail of ``path`` at most ``size_mm`` square, or a note when it cannot be read."""
-    from reportlab.lib.units import mm
-    from reportlab.platypus import Image, Paragraph
-
-    from ..data.images import thumbnail
-
-    try:
-        rgb = thumbnail(path, 256)  # as the model sees it (EXIF orientation applied)
-    except HandCLIPError:  # a moved or damaged file must not stop the report
-        return Paragraph("image not available", style)
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    buffer.seek(0)
-    scale = size_mm * mm / max(rgb.size)
-    return Image(buffer, width=rgb.width * scale, height=rgb.height * scale)
-
-
-def _para(text, style):
-    """A paragraph of plain text: markup characters escaped, line breaks kept."""
+def _original_with_box(path: str, crop, size_mm: float, style):
+    """The original query (EXIF orientation applied) with the searched crop box drawn on it in red."""
+    from PIL import ImageDraw
     from reportlab.platypus import Paragraph
 
-    return Paragraph(escape(str(text)).replace("\n", "<br/>"), style)
+    from ..data.images import load_rgb
+
+    try:
+        original = load_rgb(path)
+    except HandCLIPError:
+        return Paragraph("original not available", style)
+    scale = 512 / max(original.size)
+    shown = original.resize((max(1, round(original.width * scale)), max(1, round(original.height * scale))))
+    if crop:
+        x, y, w, h = crop
+        line = max(2, round(max(shown.size) / 128))
+        ImageDraw.Draw(shown).rectangle([x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1],
+                                        outline=(220, 0, 0), width=line)
+    return rgb_image(shown, size_mm)
 
 
-def _key_values(rows: list[tuple[str, str, bool]], styles, widths) -> object:
-    from reportlab.lib import colors
-    from reportlab.platypus import Table, TableStyle
+def _labelled(label: str, text, style, bold: str):
+    """A paragraph that starts with ``label`` in the ``bold`` font, then plain text (markup escaped)."""
+    from reportlab.platypus import Paragraph
 
-    data = [[_para(k, styles["head"]), _para(v, styles["mono"] if mono else styles["cell"])] for k, v, mono in rows]
-    table = Table(data, colWidths=widths, hAlign="LEFT")
-    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
-                               ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
-    return table
+    return Paragraph(f'<font name="{bold}">{escape(label)}</font> {escape(str(text))}', style)
 
 
 def _candidate_table(query, search: SearchResult, styles, usable_mm: float, fonts: dict):
@@ -154,13 +92,13 @@ def _candidate_table(query, search: SearchResult, styles, usable_mm: float, font
     from reportlab.platypus import Table, TableStyle
 
     calibrated = search.calibration is not None
-    head = ["Rank", "Gallery image", "Identity", "Score", "log10 LR", "Verbal equivalent", "Image file"]
-    widths = [12, _THUMB_MM + 3, 27, 15, 18, 43]
+    head = ["Rank", "Gallery image", "Identity", "Score", "Likelihood ratio", "Verbal equivalent", "Image file"]
+    widths = [12, _THUMB_MM + 3, 21, 14, 25, 40]
     widths.append(usable_mm - sum(widths))
     rows = [[_para(h, styles["head"]) for h in head]]
     for c in query.candidates:
         if calibrated:
-            lr = f"{c.log10_lr:+.2f}" + (f" (at {c.at_bound} bound)" if c.at_bound else "")
+            lr = lr_text(c.log10_lr) + (f", at the {c.at_bound} bound" if c.at_bound else "")
             verbal = c.verbal or ""
         else:
             lr, verbal = "n/a", "not a likelihood ratio"
@@ -168,7 +106,7 @@ def _candidate_table(query, search: SearchResult, styles, usable_mm: float, font
         if c.sha256:
             detail += f"\nSHA-256 {c.sha256[:16]}..."
         if search.by == "identity":
-            detail += f"\n{c.matched} of {c.num_images} image(s) in top hits"
+            detail += f"\n{matched_text(c.matched, c.num_images, search.top_k)}"
         rows.append([_para(c.rank, styles["cell"]), _picture(c.path, _THUMB_MM, styles["small"]),
                      _para(_clean(c.identity, fonts, _NAME_LIMIT), styles["cell"]),
                      _para(f"{c.score:.4f}", styles["cell"]),
@@ -203,10 +141,13 @@ def _limitations(search: SearchResult, fonts: dict) -> str:
 
 def _identifiers(search: SearchResult, fonts: dict) -> list[tuple[str, str, bool]]:
     fp = search.model.get("fingerprint") or {}
+    inference = search.model.get("inference") or {}
+    computed = (f"; query features computed in {inference['precision']} with {inference['engine']}"
+                if inference else "")
     g = search.gallery
     rows = [("Model", f"{fp.get('backbone')} ({fp.get('kind')}), input {fp.get('image_size')}, "
                       f"feature dim {fp.get('feature_dim')}, checkpoint file "
-                      f"{_clean(display_path(search.model.get('checkpoint') or '?'), fonts)}", False),
+                      f"{_clean(display_path(search.model.get('checkpoint') or '?'), fonts)}{computed}", False),
             ("Checkpoint SHA-256", str(search.model.get("checkpoint_sha256")), True),
             ("Weights SHA-256", str(fp.get("weights_sha256")), True),
             ("Gallery", f"{_clean(Path(g.get('dir', '?')).name, fonts)}: {g.get('images')} images of {g.get('identities')} "
@@ -217,8 +158,7 @@ def _identifiers(search: SearchResult, fonts: dict) -> list[tuple[str, str, bool
             ("Aspects compared", aspects_text(search.aspects), False)]
     if search.calibration is not None:
         cal = search.calibration
-        pair = (search.aspects or {}).get("calibration_pair")
-        rows += [("Calibration", f"{_clean(display_path(cal.path), fonts)}: {cal.describe(search.by, pair)}; "
+        rows += [("Calibration", f"{_clean(display_path(cal.path), fonts)}: {cal.describe(search.by, _pair(search))}; "
                                  f"created {_clean(cal.summary.get('created', '?'), fonts, 40)}", False),
                  ("Calibration SHA-256", cal.sha256, True)]
     else:
@@ -243,7 +183,7 @@ def report_file_name(record: int, case_id: str | None = None) -> str:
 
 def _query_section(number: int, search: SearchResult, styles, usable_mm: float, fonts: dict) -> list:
     from reportlab.lib.units import mm
-    from reportlab.platypus import CondPageBreak, Paragraph, Spacer, Table
+    from reportlab.platypus import CondPageBreak, Paragraph, Table
 
     query = search.queries[number - 1]
     title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
@@ -255,11 +195,60 @@ def _query_section(number: int, search: SearchResult, styles, usable_mm: float, 
                            ("SHA-256 at intake", query.sha256, True),
                            ("Aspects compared", aspects_text(search.aspects), False),
                            *([("Aspect check", _clean(check, fonts), False)] if check else [])],
-                          styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+                          styles, [32 * mm, (usable_mm - 32) * mm] if query.prepared else
+                          [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+    if query.prepared:
+        return _prepared_query_section(title, query, details, styles, usable_mm, fonts) + \
+            _query_findings(query, search, styles, usable_mm, fonts)
     return [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
             Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
                   colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT", style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
-            Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts)]
+            *_query_findings(query, search, styles, usable_mm, fonts)]
+
+
+def _prepared_query_section(title: str, query, details, styles, usable_mm: float, fonts: dict) -> list:
+    """The original with the crop box, the prepared image that was searched, and the transform between them."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import CondPageBreak, Paragraph, Spacer, Table
+
+    from ..data.query_transform import QueryTransform
+
+    transform = QueryTransform.from_record(query.transform)
+    prepared = query.prepared
+    side = _QUERY_MM + 12
+    pictures = Table([[_original_with_box(query.query, transform.crop, side, styles["small"]),
+                       _picture(prepared["path"], side, styles["small"])],
+                      [_para("Original as received (EXIF orientation applied); the red box is the crop searched",
+                             styles["small"]),
+                       _para("Prepared query: the image the model embedded", styles["small"])]],
+                     colWidths=[(side + 6) * mm, (side + 6) * mm], hAlign="LEFT",
+                     style=[("VALIGN", (0, 0), (-1, -1), "BOTTOM")])
+    width, height = prepared["size"]
+    steps = _key_values([("Preparation", _clean(transform.describe(), fonts), False),
+                         ("Prepared image", f"{width} x {height} pixels, PNG", False),
+                         ("Prepared SHA-256", prepared["sha256"], True),
+                         ("Pixels SHA-256", prepared["pixels_sha256"], True)],
+                        styles, [32 * mm, (usable_mm - 32) * mm])
+    return [CondPageBreak(120 * mm), Paragraph(title, styles["h2"]), pictures, Spacer(1, 2 * mm),
+            details, steps]
+
+
+def _query_findings(query, search: SearchResult, styles, usable_mm: float, fonts: dict) -> list:
+    """The candidate table, the open-set answer and the suggested statement of one query."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Spacer
+
+    after = []
+    if query.open_set is not None:
+        after.append(_labelled("Open-set answer.", query.open_set["answer"], styles["body"], fonts["bold"]))
+    if search.calibration is not None and query.candidates:
+        first = query.candidates[0]
+        statement = first.words(search.by, search.top_k, search.propositions, query.exhibit)["statement"]
+        after.append(_labelled("Suggested statement for rank 1", f"(the examiner's to adopt or not after comparing "
+                               f"the images): {_clean(statement, fonts, 4 * _TEXT_LIMIT)}", styles["body"],
+                               fonts["bold"]))
+    return [Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts),
+            *[part for paragraph in after for part in (Spacer(1, 2 * mm), paragraph)]]
 
 
 def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: float, fonts: dict) -> list:
@@ -274,10 +263,17 @@ def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: fl
         story += [Paragraph("Propositions", styles["h2"]),
                   _para(f"Hp: {search.propositions['hp']}", styles["body"]),
                   _para(f"Hd: {_clean(search.propositions['hd'], fonts, 2 * _TEXT_LIMIT)}", styles["body"]),
+                  Spacer(1, 1.5 * mm),
                   _para("Each candidate's likelihood ratio is p(score | Hp) / p(score | Hd), from the calibration "
-                        "identified below; the verbal equivalent follows the ENFSI scale.", styles["small"])]
+                        "identified below; the verbal equivalent follows the ENFSI scale. LRs are rounded to two "
+                        "significant figures, log10 LRs to two decimals.", styles["small"]),
+                  _para(SCORE_MEANING, styles["small"]),
+                  _para(f"Calibration: {search.calibration.describe(search.by, _pair(search))}. {CLLR_MEANING}",
+                        styles["small"]),
+                  *[_para(bound_note(side), styles["small"]) for side in sorted(
+                      {c.at_bound for q in search.queries for c in q.candidates if c.at_bound})]]
     else:
-        story += [Paragraph("Scores", styles["h2"]), _para(search.statement, styles["body"])]
+        story += [Paragraph("Scores", styles["h2"]), _para(f"{search.statement} {SCORE_MEANING}", styles["body"])]
     for number in range(1, len(search.queries) + 1):
         story += _query_section(number, search, styles, usable_mm, fonts)
     return story + [
@@ -292,46 +288,26 @@ def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: fl
 
 
 def _footer(search: SearchResult, case: str, font: str, width: float) -> str:
-    """The footer line, its case id shortened with "…" until the line fits ``width`` points at 7 pt."""
-    from reportlab.pdfbase.pdfmetrics import stringWidth
-
+    """The footer line, its case id shortened with "…" until the line fits ``width`` points."""
     record = f" · audit record {search.audit.seq} {search.audit.hash[:12]}" if search.audit else ""
-    while True:
-        footer = f"HandCLIP case report · case {case}{record}"
-        if stringWidth(footer, font, 7) <= width or len(case) <= 1:
-            return footer
-        case = case[:-2] + "…"
+    return fitted_footer(lambda shown: f"HandCLIP case report · case {shown}{record}", case, font, width)
 
 
 def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
                       examiner: str | None = None) -> Path:
     """Write the PDF (atomically) and return its path."""
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.units import mm
-    from reportlab.platypus import SimpleDocTemplate
-
     check_case_id(case_id)
     fonts = _register_fonts()
     styles = _styles(fonts)
     given = bool(case_id and case_id.strip())
     case = _clean(case_id, fonts, CASE_ID_LIMIT) if given else "(not given)"
     examiner = _clean(examiner or search.examiner or "(not given)", fonts)
-    margin = 15 * mm
-    usable_mm = (A4[0] - 2 * margin) / mm
-    story = _story(search, case, examiner, styles, usable_mm, fonts)
-    footer = _footer(search, case if given else "-", fonts["body"], A4[0] - 2 * margin - 40)
+    story = _story(search, case, examiner, styles, usable_width_mm(), fonts)
+    footer = _footer(search, case if given else "-", fonts["body"], footer_width_pt())
+    return write_pdf(out_pdf, story, footer, fonts, title=f"HandCLIP case report {case_id or ''}".strip(),
+                     author=examiner, subject="hand image search")
 
-    def on_page(canvas, doc):
-        canvas.saveState()
-        canvas.setFont(fonts["body"], 7)
-        canvas.drawString(margin, 8 * mm, footer)
-        canvas.drawRightString(A4[0] - margin, 8 * mm, f"page {doc.page}")
-        canvas.restoreState()
 
-    buffer = io.BytesIO()
-    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=margin, rightMargin=margin, topMargin=margin,
-                            bottomMargin=16 * mm, title=f"HandCLIP case report {case_id or ''}".strip(),
-                            author=examiner, subject="hand image search", creator="HandCLIP")
-    doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
-    atomic_write_bytes(out_pdf, buffer.getvalue())
-    return Path(out_pdf)
+def _pair(search: SearchResult) -> str | None:
+    """The aspect pair whose calibration map weighed the scores (None: the file's own maps)."""
+    return (search.aspects or {}).get("calibration_pair")

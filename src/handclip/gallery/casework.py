@@ -12,15 +12,17 @@ from typing import Callable, Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text, sha256_file
 from ..data.images import warn_left_out
+from ..data.query_transform import QueryTransform
 from ..errors import HandCLIPError
 from ..forensic.audit_format import parse_anchor
 from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
+from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from .case_report import check_case_id
 from .enrol import EnrolSummary, check_images, collect_images
 from .html import write_search_html
 from .metadata import GALLERY_FILE
 from .results import SearchResult, aspects_text, printable
-from .session import ExaminerSession
+from .session import ExaminerSession, check_threshold_lr
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
 # What enrol prints of the images already enrolled under another identity (the rest are counted).
@@ -36,9 +38,11 @@ class EnrolReport:
     images: int
     identities: int
     skipped_list: Path | None = None  # the unusable images left out, one "path<TAB>reason" per line
+    inference: str = ""  # how the features were computed (Encoder.describe_inference)
 
     def lines(self) -> list[str]:
-        """The enrolment for a terminal: what was left out or not enrolled again, the gallery, the audit record."""
+        """The enrolment for a terminal: what was left out or not enrolled again, the gallery, how the features
+        were computed, the audit record."""
         summary, lines = self.summary, []
         if self.skipped_list is not None:
             lines.append(f"left out {len(summary.skipped_bad)} unusable image(s), listed in {self.skipped_list}")
@@ -53,27 +57,30 @@ class EnrolReport:
                          f"enrolled as new rows (the earlier rows are kept), e.g. {printable(summary.changed[0])}")
         lines.append(f"enrolled {summary.added} new image(s) ({summary.already_enrolled} already in the gallery) "
                      f"into {printable(self.index_dir)}: {self.images} images of {self.identities} identities")
+        if self.inference:
+            lines.append(self.inference)
         record = summary.audit
         lines.append(f"audit record {record.seq} (SHA-256 {record.hash}) in {record.log}")
         return lines
 
 
 def enrol_images(index_dir: str | os.PathLike, images: str | os.PathLike, checkpoint: str | os.PathLike, *,
-                 split: str | None = None, aspect: str | None = None, batch_size: int = 64, device: str = "auto", skip_bad: bool = False,
-                 examiner: str | None = None, arguments: dict | None = None,
-                 progress: bool = False) -> EnrolReport:
+                 split: str | None = None, aspect: str | None = None, batch_size: int = 64, device: str = "auto",
+                 skip_bad: bool = False, examiner: str | None = None, arguments: dict | None = None,
+                 progress: bool = False, precision: str = "auto", engine: str = "torch") -> EnrolReport:
     """Embed the images of ``images`` (per-identity folders, or a manifest CSV with ``split``) with
     ``checkpoint`` and add them to the gallery at ``index_dir``, created if it does not exist; one
     audit record. Unusable images stop it before a new gallery is created, unless ``skip_bad``: then
     they are left out and listed in ``GALLERY/skipped_images.txt``. ``aspect``: the images' hand aspect,
-    stored with each row (a manifest's records carry their own)."""
+    stored with each row (a manifest's records carry their own). ``precision`` and ``engine``: how the
+    features are computed (``Encoder.computed_with``)."""
     index_dir = Path(index_dir)
     items = collect_images(images, split=split, aspect=aspect)
     checked = not skip_bad and not (index_dir / GALLERY_FILE).exists()
     if checked:  # before the gallery is created: a failed enrolment leaves no empty gallery
         check_images([item.path for item in items], False, "gallery")
     session = ExaminerSession.open(index_dir, checkpoint, device=device, create=True, examiner=examiner,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, precision=precision, engine=engine)
     summary = session.enrol(items, arguments=arguments, skip_bad=skip_bad, progress=progress, images_checked=checked)
     skipped_list = None
     if summary.skipped_bad:
@@ -81,7 +88,8 @@ def enrol_images(index_dir: str | os.PathLike, images: str | os.PathLike, checkp
         atomic_write_text(skipped_list, "".join(f"{p.path}\t{p.reason}\n" for p in summary.skipped_bad))
         warn_left_out(summary.skipped_bad, "the gallery", skipped_list)
     gallery = session.snapshot()
-    return EnrolReport(summary, session.index_dir, len(gallery), len(gallery.identities()), skipped_list)
+    return EnrolReport(summary, session.index_dir, len(gallery), len(gallery.identities()), skipped_list,
+                       session.encoder.describe_inference())
 
 
 def _written(flag: str, out: str | os.PathLike, write: Callable[[], object]) -> None:
@@ -96,20 +104,33 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
                    calibration=None, top_k: int = 10, by: str = "identity", index_type: str = "auto",
                    device: str = "auto", examiner: str | None = None, arguments: dict | None = None,
                    json=None, html=None, report=None, case_id: str | None = None,
-                   log: Callable[[str], None] | None = None, aspect: str | None = None, mirror: bool = False,
-                   gallery_aspect: str | None = None) -> SearchResult:
+                   threshold_lr: float = DEFAULT_THRESHOLD_LR, precision: str = "auto", engine: str = "torch",
+                   crop=None, rotate=None, mirror: bool = False, aspect: str | None = None,
+                   mirror_aspect: bool = False, gallery_aspect: str | None = None,
+                   log: Callable[[str], None] | None = None) -> SearchResult:
     """Search the gallery at ``index_dir`` for ``queries`` (one audit record) and write the outputs asked
     for: ``json`` (every candidate), ``html`` (a page with thumbnails) and ``report`` (the PDF case
-    report, titled ``case_id``). ``log`` receives the result's lines (``SearchResult.lines``) before any
-    output is written, then one line per file written, so a failed write still leaves the results shown.
-    ``aspect``, ``mirror``, ``gallery_aspect``: the hand aspects compared (``ExaminerSession.search``)."""
+    report, titled ``case_id``). With a calibration each query's open-set answer says whether any candidate's
+    LR exceeds ``threshold_lr``. ``precision`` and ``engine``: how the query features are computed
+    (``Encoder.computed_with``). ``crop`` (``"x,y,w,h"`` in pixels of the EXIF-oriented original),
+    ``rotate`` (degrees clockwise) and ``mirror`` prepare each query before it is searched
+    (``data.query_transform``: the examiner's preparation, stored and hashed). ``aspect``, ``mirror_aspect``
+    (the model compares the query as the other hand), ``gallery_aspect``: the hand aspects compared
+    (``ExaminerSession.search``). ``log`` receives the result's lines (``SearchResult.lines``) and how the
+    features were computed before any output is written, then one line per file written, so a failed write
+    still leaves the results shown."""
     say = log or (lambda line: None)
     check_case_id(case_id)  # before the search is recorded: its report must be possible
-    session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner)
-    search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments, aspect=aspect,
-                            mirror=mirror, gallery_aspect=gallery_aspect)
+    check_threshold_lr(threshold_lr)  # and before the model loads
+    transform = QueryTransform.parse(crop, rotate, mirror)  # its box is held to each image by the search
+    session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner,
+                                   precision=precision, engine=engine)
+    search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments,
+                            threshold_lr=threshold_lr, transform=transform, aspect=aspect,
+                            mirror_aspect=mirror_aspect, gallery_aspect=gallery_aspect)
     for line in search.lines():
         say(line)
+    say(session.encoder.describe_inference())
     model_file = session.encoder.checkpoint
     if json:
         info = search.as_dict()
@@ -121,7 +142,8 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
         _written("--html", html, lambda: write_search_html(
             search.queries, html, gallery_dir=str(session.index_dir), by=by, checkpoint=model_file,
             statement=search.statement, propositions=search.propositions, audit=search.audit,
-            calibration=search.calibration_line(), aspects=aspects_text(search.aspects) if search.aspects else None))
+            calibration=search.calibration_line(), top_k=search.top_k,
+            aspects=aspects_text(search.aspects) if search.aspects else None))
         say(f"wrote {html}")
     if report:
         _written("--report", report, lambda: session.report(search, report, case_id=case_id))

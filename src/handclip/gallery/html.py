@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text
+from ..forensic.reading import CLLR_MEANING, SCORE_MEANING, bound_note, lr_text, matched_text
 from ..htmlpage import escape, html_page, thumbnail_data_uri
 
 _CSS = """
@@ -21,6 +22,7 @@ figure{margin:0;text-align:center;font-size:.78em;width:%(px)dpx}
 figure img{display:block;width:%(px)dpx;height:%(px)dpx;object-fit:contain;background:#f4f4f4;border:1px solid #bbb}
 .missing{width:%(px)dpx;height:%(px)dpx;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
 .score{font-weight:600} .path{color:#666;word-break:break-all}
+.answer{font-weight:600;color:#1d3557;margin:0 0 .6em}
 """
 
 
@@ -36,14 +38,14 @@ def _weight(candidate) -> str:
     lr = getattr(candidate, "log10_lr", None)
     if lr is None:
         return ""
-    bound = f" (at the {candidate.at_bound} bound)" if getattr(candidate, "at_bound", None) else ""
-    return f"<br>log10 LR {lr:+.2f}{bound}<br>{escape(candidate.verbal or '')}"
+    bound = f", at the {candidate.at_bound} bound" if getattr(candidate, "at_bound", None) else ""
+    return f"<br>{escape(lr_text(lr))}{bound}<br>{escape(candidate.verbal or '')}"
 
 
 def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery_dir: str = "",
                       by: str = "identity", checkpoint: str | None = None, size: int = 160,
                       statement: str | None = None, propositions: dict | None = None, audit=None,
-                      calibration: str | None = None, aspects: str | None = None) -> Path:
+                      calibration: str | None = None, top_k: int | None = None, aspects: str | None = None) -> Path:
     """One row per query: the query photo, then its candidates in rank order with their scores.
 
     Paths are shown as ``handclip.gallery.results.display_path`` gives them (relative to the gallery
@@ -56,11 +58,12 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
 
     rows = []
     for result in results:
+        top_k = top_k or len(result.candidates)
         cands = []
         for c in result.candidates:
             # names with control or bidirectional-override characters are shown escaped, as on the console
             shown, identity = printable(display_path(c.path, c.identity, gallery_dir or None)), printable(c.identity)
-            extra = (f"<br>{c.matched} of {c.num_images} image(s) in top hits" if by == "identity"
+            extra = (f"<br>{escape(matched_text(c.matched, c.num_images, top_k))}" if by == "identity"
                      else f"<br>image of {escape(identity)}")
             caption = (f"#{c.rank} <b>{escape(identity)}</b><br><span class=score>{c.score:.4f}</span>"
                        f"{_weight(c)}{extra}<br><span class=path>{escape(shown)}</span>")
@@ -70,7 +73,10 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
         digest_html = f"<br><span class=path>SHA-256 {escape(digest[:16])}...</span>" if digest else ""
         probe = _figure(result.query, query_name,
                         f"query<br><span class=path>{escape(query_name)}</span>{digest_html}", size)
-        rows.append(f'<div class="query"><div class="probe">{probe}</div><div class="cands">{"".join(cands)}</div></div>')
+        answer = (getattr(result, "open_set", None) or {}).get("answer")
+        answer_html = f'<p class="answer">{escape(answer)}</p>' if answer else ""
+        rows.append(f'<div class="query"><div class="probe">{probe}</div><div>{answer_html}'
+                    f'<div class="cands">{"".join(cands)}</div></div></div>')
     meta = (f"gallery {escape(Path(gallery_dir).name)} &middot; ranked by {escape(by)} "
             f"(score: cosine similarity{', best image per person' if by == 'identity' else ''})"
             + (f" &middot; model {escape(Path(checkpoint).name)}" if checkpoint else "")
@@ -80,8 +86,11 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
     notes = "".join(f"<p>{escape(k.capitalize())}: {escape(v)}</p>" for k, v in (propositions or {}).items())
     if statement:
         notes += f"<p>{escape(statement)}</p>"
+    notes += f"<p>{escape(SCORE_MEANING)}</p>"
+    for side in sorted({c.at_bound for r in results for c in r.candidates if getattr(c, "at_bound", None)}):
+        notes += f"<p>{escape(bound_note(side))}</p>"
     if calibration:
-        notes += f"<p>{escape(calibration)}</p>"
+        notes += f"<p>{escape(calibration)}. {escape(CLLR_MEANING)}</p>"
     if aspects:
         notes += f"<p>Aspects: {escape(aspects)}</p>"
     body = (f"<h1>HandCLIP search: {len(results)} quer{'y' if len(results) == 1 else 'ies'}</h1>"

@@ -21,7 +21,7 @@ GALLERY_STATE = ("uid", "generation", "rows", "commit_sha256")
 def model_record(encoder) -> dict:
     fingerprint = encoder.fingerprint()
     return {"checkpoint": encoder.checkpoint, "checkpoint_sha256": fingerprint.get("checkpoint_sha256"),
-            "fingerprint": fingerprint}
+            "fingerprint": fingerprint, "inference": encoder.inference_record()}
 
 
 def _model_files(model: dict) -> list[dict]:
@@ -31,7 +31,10 @@ def _model_files(model: dict) -> list[dict]:
 
 
 def search_record(search: SearchResult, arguments: dict | None) -> dict:
-    files = [file_entry("query", q.query, q.sha256) for q in search.queries] + _model_files(search.model)
+    files = [file_entry("query", q.query, q.sha256) for q in search.queries]
+    files += [file_entry("prepared query", q.prepared["path"], q.prepared["sha256"]) for q in search.queries
+              if q.prepared]
+    files += _model_files(search.model)
     if search.calibration is not None:
         files.append(file_entry("calibration", search.calibration.path, search.calibration.sha256))
     return {"command": "search", "examiner": search.examiner,

@@ -25,6 +25,8 @@ from pathlib import Path, PurePath
 from ..aspects import ASPECT_NAMES
 from ..forensic.audit import AuditRef
 from ..forensic.evidence import NOT_LIKELIHOOD_RATIOS, CalibrationInfo
+from ..forensic.reading import (CLLR_MEANING, SCORE_MEANING, bound_note, calibration_note, lr_text, matched_text,
+                                suggested_statement)
 
 # An exhibit's name is shown and recorded with at most this many characters.
 EXHIBIT_NAME_LIMIT = 120
@@ -109,6 +111,17 @@ class Candidate:
                 "sha256": self.sha256, "num_images": self.num_images, "matched": self.matched,
                 "log10_lr": self.log10_lr, "verbal": self.verbal, "at_bound": self.at_bound}
 
+    def words(self, by: str, top_k: int, propositions: dict | None, exhibit: str) -> dict:
+        """The candidate's numbers as a person reads them (``handclip.forensic.reading``): the LR, the
+        bound, what ``matched`` counts, and a statement the examiner can copy (None where not calibrated)."""
+        calibrated = self.log10_lr is not None and propositions is not None
+        compared = (f"the enrolled images of {self.identity}" if by == "identity"
+                    else f"enrolled image {PurePath(self.path).name} of {self.identity}")
+        return {"lr": lr_text(self.log10_lr) if calibrated else None, "bound": bound_note(self.at_bound),
+                "matched": matched_text(self.matched, self.num_images, top_k) if by == "identity" else None,
+                "statement": suggested_statement(propositions, self.log10_lr, self.verbal or "", exhibit, compared,
+                                                 self.at_bound) if calibrated else None}
+
 
 @dataclass
 class QueryResult:
@@ -119,10 +132,18 @@ class QueryResult:
     candidates: list[Candidate]
     name: str = ""
     aspect_check: dict | None = None  # the aspect head's reading of the query (handclip.gallery.aspect_search)
+    open_set: dict | None = None  # with a calibration: whether any candidate reaches the threshold (reading.py)
+    transform: dict | None = None  # the crop, rotation and mirror applied (data.query_transform), or None
+    prepared: dict | None = None  # the prepared image searched: path, sha256, pixels_sha256, size
+
+    @property
+    def exhibit(self) -> str:
+        return self.name or PurePath(self.query).name
 
     def as_dict(self) -> dict:
-        out = {"query": self.query, "name": self.name or PurePath(self.query).name, "sha256": self.sha256,
-               "candidates": [c.as_dict() for c in self.candidates]}
+        out = {"query": self.query, "name": self.exhibit, "sha256": self.sha256,
+               "candidates": [c.as_dict() for c in self.candidates], "open_set": self.open_set,
+               "transform": self.transform, "prepared": self.prepared}
         if self.aspect_check is not None:
             out["aspect_check"] = self.aspect_check
         return out
@@ -153,14 +174,28 @@ class SearchResult:
         return self.calibration.as_record(self.by, pair) if self.calibration else None
 
     def as_dict(self) -> dict:
-        out = {"queries": [q.as_dict() for q in self.queries], "by": self.by, "top_k": self.top_k,
+        """The search as the JSON outputs give it: each candidate with its ``words`` (the audit record keeps
+        the numbers only: ``records.search_record``)."""
+        queries = []
+        for query in self.queries:
+            info = query.as_dict()
+            for candidate, shown in zip(query.candidates, info["candidates"]):
+                shown["words"] = candidate.words(self.by, self.top_k, self.propositions, query.exhibit)
+            queries.append(info)
+        out = {"queries": queries, "by": self.by, "top_k": self.top_k,
                "index_type": self.index_type, "score": self.score, "gallery": self.gallery, "model": self.model,
                "calibration": self.calibration_record(),
                "propositions": self.propositions, "statement": self.statement, "examiner": self.examiner,
-               "audit": self.audit.as_dict() if self.audit else None}
+               "audit": self.audit.as_dict() if self.audit else None, "reading": self.reading()}
         if self.aspects is not None:
             out["aspects"] = self.aspects
         return out
+
+    def reading(self) -> dict:
+        """What the numbers mean, once per search: the score, and the calibration's Cllr with its meaning."""
+        return {"score": SCORE_MEANING,
+                "calibration": calibration_note(self.calibration, self.by, (self.aspects or {}).get("calibration_pair"))
+                if self.calibration else None}
 
     def calibration_line(self) -> str | None:
         """Which calibration weighed the scores and how well it did, as the console and the HTML page show it."""
@@ -172,22 +207,29 @@ class SearchResult:
 
     def lines(self) -> list[str]:
         """The search for a terminal: each query's candidates, what the scores mean, the audit record."""
-        lines = [f"aspects: {aspects_text(self.aspects)}"] if self.aspects else []
+        lines, bounds = ([f"aspects: {aspects_text(self.aspects)}"] if self.aspects else []), set()
         for query in self.queries:
             lines.append(f"query {printable(query.name or display_path(query.query))}  SHA-256 {query.sha256}")
             if (query.aspect_check or {}).get("warning"):
                 lines.append(f"  warning: {query.aspect_check['warning']}")
             for c in query.candidates:
-                detail = (f"{c.matched}/{c.num_images} images in top hits" if self.by == "identity"
+                words = c.words(self.by, self.top_k, self.propositions, query.exhibit)
+                detail = (words["matched"] if self.by == "identity"
                           else printable(display_path(c.path, c.identity, self.gallery["dir"])))
                 weight = ""
                 if self.calibration is not None:
-                    bound = f" (at the {c.at_bound} bound)" if c.at_bound else ""
-                    weight = f"  log10 LR {c.log10_lr:+.2f}{bound}  {c.verbal}"
-                lines.append(f"  {c.rank:3d}. {printable(c.identity):<20} {c.score:.4f}{weight}  {detail}")
-        lines.append(f"score: {self.score}")
+                    bound = f", at the {c.at_bound} bound" if c.at_bound else ""
+                    weight = f"  {words['lr']}{bound}: {c.verbal}"
+                    bounds.add(words["bound"])
+                lines.append(f"  {c.rank:3d}. {printable(c.identity):<20} score {c.score:.4f}{weight}  ({detail})")
+            if query.open_set is not None:
+                lines.append(f"  open-set answer: {query.open_set['answer']}")
+            if self.calibration is not None and query.candidates:
+                lines.append(f"  suggested statement (rank 1): {words_of_first(self, query)}")
+        lines += [f"score: {self.score}. {SCORE_MEANING}", *sorted(b for b in bounds if b)]
         if self.calibration is not None:
-            lines += [f"Hp: {self.propositions['hp']}", f"Hd: {self.propositions['hd']}", self.calibration_line()]
+            lines += [f"Hp: {self.propositions['hp']}", f"Hd: {self.propositions['hd']}", self.calibration_line(),
+                      CLLR_MEANING]
         else:
             lines.append(self.statement)
         if self.audit is not None:
@@ -205,3 +247,7 @@ def aspects_text(aspects: dict | None) -> str:
     if aspects.get("calibration_pair"):
         text += f"; likelihood ratios from the calibration of the pair {aspects['calibration_pair']}"
     return text
+def words_of_first(search: SearchResult, query: QueryResult) -> str:
+    """The suggested statement of a query's first candidate, names shown as the console shows them."""
+    first = query.candidates[0]
+    return printable(first.words(search.by, search.top_k, search.propositions, query.exhibit)["statement"])

@@ -17,15 +17,18 @@ every committed batch, so a search never sees a half-applied commit.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..atomic import sha256_file
+from ..atomic import atomic_write_bytes, sha256_file
+from ..data.query_transform import QueryTransform, prepare_query
 from ..errors import DataError, HandCLIPError
 from ..forensic.audit import AuditLog, VerifyResult
 from ..forensic.audit_head import HeadSigner, check_key_location, signer_from_environment
+from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from ..forensic.evidence import CALIBRATED, NOT_LIKELIHOOD_RATIOS, CalibrationInfo, load_calibration, propositions
 from ..model.inference import load_encoder
 from .aspect_search import aspect_checks, encode_queries, resolve_aspects, search_gallery
@@ -47,6 +50,40 @@ def _hash_files(paths: Sequence[str]) -> dict[str, str | None]:
         except OSError:
             out[path] = None  # named, with every other unusable query, by the image check that follows
     return out
+
+
+# Prepared query images (crop, rotation, mirror applied), by content hash, under the gallery folder:
+# the search records name them, so `handclip audit verify` re-hashes them like every recorded file.
+PREPARED_DIR = "prepared"
+
+
+def prepare_queries(paths: Sequence[str], names: Sequence[str], transform: QueryTransform | None,
+                    folder: Path) -> list[dict | None]:
+    """Each query prepared by ``transform`` and stored as ``folder/SHA.png`` (what the search embeds), as
+    the record of it; None for each when there is no transform. Every image is checked before any is
+    written, so a box that leaves one image stores nothing."""
+    if transform is None or transform.is_identity:
+        return [None] * len(paths)
+    prepared = [prepare_query(path, transform, name) for path, name in zip(paths, names)]
+    out = []
+    for query in prepared:
+        target = folder / f"{query.sha256}.png"
+        if not target.exists():  # named by content: an existing file already holds these bytes
+            atomic_write_bytes(target, query.png)
+        out.append({"path": str(target.resolve()), "sha256": query.sha256, "pixels_sha256": query.pixels_sha256,
+                    "size": list(query.image.size), "original_size": list(query.original_size)})
+    return out
+
+
+def check_threshold_lr(value) -> float:
+    """An open-set threshold LR: a finite number above 0 (HandCLIPError naming it otherwise)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and number > 0):
+        raise HandCLIPError(f"--threshold-lr {value!r} is not a finite likelihood ratio above 0 (e.g. 1 or 100)")
+    return number
 
 
 class ExaminerSession:
@@ -75,14 +112,16 @@ class ExaminerSession:
     def open(cls, index_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
              calibration: str | os.PathLike | CalibrationInfo | None = None, *, device: str | None = "auto",
              create: bool = False, encoder=None, examiner: str | None = None, batch_size: int = 64,
-             with_model: bool = True, signing_key: str | os.PathLike | None = None) -> "ExaminerSession":
+             with_model: bool = True, signing_key: str | os.PathLike | None = None, precision: str = "auto",
+             engine: str = "torch") -> "ExaminerSession":
         """Open the gallery at ``index_dir`` with its model: ``encoder`` if given, else ``checkpoint``, else
         the checkpoint the gallery records. ``create``: make the gallery if the folder holds none (needs
         a model; an existing gallery then records ``checkpoint`` as its model's file). A calibration of
         another model, or a gallery of another model, is refused here. ``with_model=False`` opens the
         gallery for its audit trail only (no model is loaded; enrol and search are refused).
         ``signing_key``: an Ed25519 private key file, kept outside the gallery, that signs every audit
-        head this session writes (default: the file ``HANDCLIP_AUDIT_SIGNING_KEY`` names, if set)."""
+        head this session writes (default: the file ``HANDCLIP_AUDIT_SIGNING_KEY`` names, if set).
+        ``precision`` and ``engine`` say how a loaded model computes features (``Encoder.computed_with``)."""
         index_dir = Path(index_dir)
         if calibration is not None and not isinstance(calibration, CalibrationInfo):
             calibration = load_calibration(calibration)  # before the model: a bad file answers at once
@@ -101,7 +140,7 @@ class ExaminerSession:
             checkpoint = checkpoint or (GalleryReader.open(index_dir).checkpoint if exists else None)
             if not checkpoint:
                 raise HandCLIPError(f"gallery {index_dir} does not record its model; pass --checkpoint")
-            encoder = load_encoder(checkpoint, device=device)
+            encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)
         if create:
             GalleryWriter.create(index_dir, encoder.fingerprint(), encoder.feature_dim,
                                  checkpoint=encoder.checkpoint, exist_ok=True)
@@ -171,15 +210,23 @@ class ExaminerSession:
     # ------------------------------------------------------------------ search
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",
                index_type: str = "auto", examiner: str | None = None, arguments: dict | None = None,
-               batch_size: int | None = None, names: Sequence[str] | None = None, aspect: str | None = None,
-               mirror: bool = False, gallery_aspect: str | None = None) -> SearchResult:
+               batch_size: int | None = None, names: Sequence[str] | None = None,
+               threshold_lr: float = DEFAULT_THRESHOLD_LR, transform: QueryTransform | None = None,
+               aspect: str | None = None, mirror_aspect: bool = False,
+               gallery_aspect: str | None = None) -> SearchResult:
         """Rank the newest gallery for each query image, weigh the scores when calibrated, append the
         audit record; unusable query images are named in one DataError before anything is recorded.
         ``names``: the queries' exhibit names, one per query (default: each file's own name).
-        ``aspect``, ``mirror``, ``gallery_aspect``: the aspects compared (``handclip.gallery.aspect_search``)."""
+        ``threshold_lr``: with a calibration, each query's open-set answer says whether any candidate's
+        LR exceeds it (``QueryResult.open_set``). ``transform``: the crop, rotation and mirror applied to
+        each query before it is embedded (``data.query_transform``); the record keeps the original's hash,
+        the transform and the prepared image's hashes. ``aspect``, ``mirror_aspect`` (the model compares the
+        prepared query as the other hand), ``gallery_aspect``: the aspects compared
+        (``handclip.gallery.aspect_search``)."""
         self._need_model("search")
         if by not in SCORE_DEFINITIONS:
             raise HandCLIPError(f"search by '{by}' is not supported (choose image or identity)")
+        threshold_lr = check_threshold_lr(threshold_lr)
         paths = [str(Path(q)) for q in queries]
         if names is not None and len(names) != len(paths):
             raise HandCLIPError(f"{len(names)} exhibit name(s) given for {len(paths)} "
@@ -189,17 +236,22 @@ class ExaminerSession:
         gallery = self.snapshot()
         if len(gallery) == 0:
             raise HandCLIPError(f"gallery {self.index_dir} is empty; enrol images before searching")
-        request = resolve_aspects(gallery, self.calibration, aspect, mirror, gallery_aspect)
+        request = resolve_aspects(gallery, self.calibration, aspect, mirror_aspect, gallery_aspect)
         check_images(paths, skip_bad=False, what="query")
-        vectors = encode_queries(self.encoder, paths, request, batch_size or self.batch_size)
-        checks = aspect_checks(self.encoder, paths, request, batch_size or self.batch_size)
+        prepared = prepare_queries(paths, names, transform, self.index_dir / PREPARED_DIR)
+        embedded = [p["path"] if p else path for path, p in zip(paths, prepared)]
+        vectors = encode_queries(self.encoder, embedded, request, batch_size or self.batch_size)
+        checks = aspect_checks(self.encoder, embedded, request, batch_size or self.batch_size)
         ranked, used_index = search_gallery(gallery, vectors, request, top_k, by, index_type)
         if _hash_files(paths) != intake:
             changed = next(p for p in paths if _hash_files([p])[p] != intake[p])
             raise DataError(f"query file {changed} changed while it was searched; search it again")
         hashes = gallery.file_hashes(c.path for candidates in ranked for c in candidates)
-        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by, request.pair), name, check)
-                   for path, name, candidates, check in zip(paths, names, ranked, checks)]
+        record = transform.as_record() if transform is not None and not transform.is_identity else None
+        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by, request.pair), name, check,
+                               transform=record if ready else None, prepared=ready)
+                   for path, name, candidates, check, ready in zip(paths, names, ranked, checks, prepared)]
+        self._answer_open_set(results, by, threshold_lr, request.pair)
         search = SearchResult(
             queries=results, by=by, top_k=int(top_k), index_type=used_index,
             score=SCORE_DEFINITIONS[by], model=model_record(self.encoder), calibration=self.calibration,
@@ -215,6 +267,15 @@ class ExaminerSession:
     def _need_model(self, action: str) -> None:
         if self.encoder is None:
             raise HandCLIPError(f"cannot {action}: this session of gallery {self.index_dir} was opened without a model")
+
+    def _answer_open_set(self, results: list[QueryResult], by: str, threshold_lr: float, pair: str | None) -> None:
+        """With a calibration, each query's open-set answer (``CalibrationInfo.open_set``) under ``pair``'s map."""
+        if self.calibration is None:
+            return
+        edge = self.calibration.score_reaching(threshold_lr, by, pair)
+        for result in results:
+            lrs, scores = [c.log10_lr for c in result.candidates], [c.score for c in result.candidates]
+            result.open_set = self.calibration.open_set(lrs, scores, by, threshold_lr, edge, pair)
 
     def _weighed(self, candidates, hashes: dict, by: str, pair: str | None = None):
         weights = self.calibration.weigh([c.score for c in candidates], by, pair) if self.calibration else []

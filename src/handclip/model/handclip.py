@@ -27,6 +27,7 @@ from torch import nn
 from ..config import DataConfig, ModelConfig
 from ..errors import ConfigError
 from .aspect_embedding import AspectEmbedding, AspectHead, add_to_class_token, attention_pool
+from .attention import block_forward, sdpa_applies
 from .backbone import create_clip, get_tokenizer, is_vit
 from .heads import ArcMarginProduct, linear_id_classifier
 from .image_prompts import ImagePrompts, InteractionNetwork, attention_pool_tokens, build_image_prompts
@@ -210,10 +211,11 @@ class HandCLIP(nn.Module):
         batch_first = getattr(v.transformer, "batch_first", True)
         if not batch_first:
             x = x.transpose(0, 1)
+        fused = sdpa_applies(blocks[0], x, self.training)  # bf16 inference: fused attention (attention.py)
         for block in blocks[:-1]:
-            x = block(x)
+            x = block_forward(block, x) if fused else block(x)
         mid = x
-        x = blocks[-1](x)
+        x = block_forward(blocks[-1], x) if fused else blocks[-1](x)
         cls_index = (slice(None), 0) if batch_first else (0, slice(None))
         feat_mid = mid[cls_index]
         feat_last = v.ln_post(x[cls_index])

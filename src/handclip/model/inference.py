@@ -7,10 +7,16 @@ trained with: for a checkpoint, the run's whole ``data`` section (input size, wo
 normalisation, interpolation, ...), except the settings that only say how images are loaded on the
 machine at hand (decode cache, cache folder, loader workers), which never change a pixel
 (docs/method.md, "One feature path").
+
+An ``Encoder`` also says how its features are computed: ``precision`` (fp32, or bf16 autocast where the
+hardware multiplies bf16 natively, ``runtime.resolve_inference_precision``) and ``engine`` (PyTorch, or
+ONNX Runtime running the model's exported graph, optionally int8-quantised). Features always leave in
+float32, L2-normalised once, here (docs/method.md, "Feature precision and engines").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +28,17 @@ from tqdm import tqdm
 
 from ..aspects import ASPECTS, aspect_index, mirrored, record_aspect
 from ..config import Config, DataConfig, ModelConfig
+from ..config_base import INFERENCE_ENGINES
 from ..data.loaders import build_eval_loader
-from ..errors import DataError
-from ..runtime import autocast, resolve_device
+from ..errors import ConfigError, DataError
+from ..runtime import autocast, inference_dtype, resolve_device, resolve_inference_precision
 from .checkpoint import load_checkpoint, model_fingerprint, spec_data_config
 from .handclip import build_model
 
 # Data settings that choose how images are loaded here, not what pixels the model sees.
 LOADING_FIELDS = ("decode_cache", "cache_dir", "num_workers", "skip_bad")
+# How features can be computed: PyTorch, or ONNX Runtime on the exported graph (fp32, or int8 weights).
+ENGINES = INFERENCE_ENGINES
 
 
 def eval_data_config(config: Config | None, spec: dict) -> DataConfig:
@@ -75,27 +84,46 @@ def aspect_labels(model, records: Sequence, aspects: Sequence | None = None) -> 
             raise DataError(f"the model reads each photo's aspect (model.sie: aspect) but none is given for {path}; "
                             f"state it (--query-aspect / --aspect) or use a manifest whose records carry it")
     return torch.tensor([aspect_index(a) for a in named], dtype=torch.long)
+def for_inference(model):
+    """``model`` laid out for fast inference: a ResNet image tower in channels-last memory (oneDNN's NHWC
+    convolutions: 1.25x fp32 and 1.2-2x bf16 on the 2-core CPU; docs/method.md), as training lays
+    it out (``runtime.channels_last``); a ViT is left as it is."""
+    if getattr(model, "kind", None) == "rn":
+        model.image_encoder.to(memory_format=torch.channels_last)
+    return model
+
+
+def _aspect_label_pair(model, records: Sequence, aspects: Sequence | None, mirror: bool):
+    """(labels of the images as encoded, labels of their mirrors), or (None, None) for a model without
+    aspect embeddings; with ``mirror`` the images are encoded mirrored, so the two swap."""
+    labels = aspect_labels(model, records, aspects)
+    if labels is None:
+        return None, None
+    mirror_labels = torch.tensor([aspect_index(mirrored(ASPECTS[i])) for i in labels.tolist()], dtype=torch.long)
+    return (mirror_labels, labels) if mirror else (labels, mirror_labels)
 
 
 @torch.inference_mode()
 def extract_features(model, records: Sequence, data_cfg: DataConfig, batch_size: int = 128, flip: bool = False,
-                     device=None, progress: bool = False, aspects: Sequence | None = None,
-                     mirror: bool = False) -> np.ndarray:
+                     device=None, progress: bool = False, precision: str = "auto", runner=None,
+                     aspects: Sequence | None = None, mirror: bool = False) -> np.ndarray:
     """Encode ``records`` (records with ``.path``, or paths) in order: float32 [N, feature_dim], L2-normalised.
 
     With ``flip`` the feature is the mean of the image's and its mirror's (then normalised). ``mirror``
     encodes every image mirrored (left-right) instead, as a left-hand query is compared with right hands.
     ``aspects``: each image's aspect for a model with aspect embeddings (default: the records' own); a
     mirrored image is labelled with the aspect it then shows (``handclip.aspects.mirrored``).
+    ``precision`` is 'auto' or a resolved precision (fp32, bf16, fp16); ``runner`` (an ``OnnxRunner``)
+    computes the features in place of ``model.extract`` (never for a model with aspect embeddings:
+    ``onnx_graph.refuse_aspect_model``).
     """
     device = resolve_device(device)
     records = list(records)
-    labels = aspect_labels(model, records, aspects)
-    mirror_labels = None
-    if labels is not None:
-        mirror_labels = torch.tensor([aspect_index(mirrored(ASPECTS[i])) for i in labels.tolist()], dtype=torch.long)
-        if mirror:
-            labels, mirror_labels = mirror_labels, labels
+    labels, mirror_labels = _aspect_label_pair(model, records, aspects, mirror)
+    if runner is None and precision == "auto":
+        precision = resolve_inference_precision(device, precision)[0]
+    dtype = None if runner is not None else inference_dtype(precision)
+    extract = runner.extract if runner is not None else model.extract
     was_training = model.training
     model.eval()
     loader = build_eval_loader(data_cfg, records, batch_size)
@@ -109,13 +137,15 @@ def extract_features(model, records: Sequence, data_cfg: DataConfig, batch_size:
             images = batch[0].to(device, non_blocking=True)
             if mirror:
                 images = torch.flip(images, dims=[3])
+            if runner is None and getattr(model, "kind", None) == "rn":
+                images = images.contiguous(memory_format=torch.channels_last)  # as the tower (for_inference)
             index = batch[2]
             kwargs = {} if labels is None else {"aspects": labels[index].to(device)}
-            with autocast(device):
-                feats = model.extract(images, **kwargs).float()
+            with autocast(device, dtype):
+                feats = extract(images, **kwargs).float()
                 if flip:
                     flipped = {} if labels is None else {"aspects": mirror_labels[index].to(device)}
-                    feats = feats + model.extract(torch.flip(images, dims=[3]), **flipped).float()
+                    feats = feats + extract(torch.flip(images, dims=[3]), **flipped).float()
             chunks.append(torch.nn.functional.normalize(feats, dim=1).cpu())
     except DataError as exc:  # an unreadable image met in a loader worker: one line, not a worker traceback
         raise DataError(_worker_error_line(exc)) from None
@@ -128,10 +158,13 @@ def extract_features(model, records: Sequence, data_cfg: DataConfig, batch_size:
 
 @dataclass
 class Encoder:
-    """A HandCLIP model with the pixel pipeline its features are defined by.
+    """A HandCLIP model with the pixel pipeline its features are defined by, and how it computes them.
 
     ``label`` names it in reports; ``checkpoint`` is the file it came from (None for a zero-shot or
-    in-training model); ``config`` the run configuration the checkpoint recorded, if any.
+    in-training model); ``config`` the run configuration the checkpoint recorded, if any. ``precision``
+    ('fp32', 'bf16', 'fp16' or, for the int8 engine, 'int8') and ``engine`` (``ENGINES``) are resolved
+    (``computed_with``); ``precision_reason`` says why, ``runner`` is the ONNX Runtime session of an
+    onnxruntime engine and ``engine_cosine`` its worst cosine to PyTorch's fp32 features when checked.
     """
 
     model: torch.nn.Module
@@ -140,19 +173,27 @@ class Encoder:
     label: str = "HandCLIP"
     checkpoint: str | None = None
     config: Config | None = field(default=None, repr=False)
+    precision: str = "fp32"
+    engine: str = "torch"
+    precision_reason: str = "as asked"
+    runner: object | None = field(default=None, repr=False)
+    engine_cosine: float | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None) -> "Encoder":
+    def from_checkpoint(cls, path: str | os.PathLike, device=None, precision: str = "auto",
+                        engine: str = "torch") -> "Encoder":
         """A trained HandCLIP checkpoint (``RUN/best.pt``), on ``device``, in eval mode."""
         device = resolve_device(device)
         model, config, _ = load_checkpoint(path, map_location="cpu")
-        model.to(device).eval()
+        for_inference(model.to(device).eval())
         label = f"HandCLIP ({model.spec['model']['backbone']})"
-        return cls(model, eval_data_config(config, model.spec), device, label, str(Path(path).resolve()), config)
+        encoder = cls(model, eval_data_config(config, model.spec), device, label, str(Path(path).resolve()), config)
+        return encoder.computed_with(precision, engine)
 
     @classmethod
     def zero_shot(cls, backbone: str, weights: str | None = None, image_size=None,
-                  allow_unsafe_weights: bool = False, device=None, seed: int = 0) -> "Encoder":
+                  allow_unsafe_weights: bool = False, device=None, seed: int = 0, precision: str = "auto",
+                  engine: str = "torch") -> "Encoder":
         """A backbone with its pretrained (or random, seeded) weights, through the same feature path as a
         trained model (``HandCLIP.extract``), so stage-0 numbers are comparable."""
         device = resolve_device(device)
@@ -162,14 +203,39 @@ class Encoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(model_cfg, data_cfg, num_ids=1)
-        model.to(device).eval()
+        for_inference(model.to(device).eval())
         source = Path(weights).name if weights else "random init"
-        return cls(model, data_cfg, device, f"zero-shot {backbone} ({source})")
+        return cls(model, data_cfg, device, f"zero-shot {backbone} ({source})").computed_with(precision, engine)
 
     @classmethod
-    def for_model(cls, model, data_cfg: DataConfig, device=None, label: str = "HandCLIP") -> "Encoder":
+    def for_model(cls, model, data_cfg: DataConfig, device=None, label: str = "HandCLIP",
+                  precision: str = "auto") -> "Encoder":
         """An in-memory model (during training, or in a notebook) with the data section it is trained on."""
-        return cls(model, data_cfg, resolve_device(device), label)
+        return cls(model, data_cfg, resolve_device(device), label).computed_with(precision)
+
+    def computed_with(self, precision: str = "auto", engine: str = "torch") -> "Encoder":
+        """The same model computing its features at ``precision`` (a ``runtime.inference_precision``
+        setting) with ``engine``. An onnxruntime engine exports the model's graph here, in memory, and
+        refuses it unless its features match PyTorch's (``onnx_graph.checked_runner``)."""
+        if engine not in ENGINES:
+            raise ConfigError(f"unknown inference engine '{engine}' (use {', '.join(ENGINES)})")
+        if engine == "torch":
+            chosen, why = resolve_inference_precision(self.device, precision)
+            return dataclasses.replace(self, precision=chosen, precision_reason=why, engine=engine, runner=None,
+                                       engine_cosine=None)
+        resolve_inference_precision(self.device, precision)  # an unknown setting is refused as for PyTorch
+        if self.device.type != "cpu":
+            raise ConfigError(f"the {engine} engine runs on the CPU; pass --device cpu (or use --engine torch)")
+        if precision == "bf16":
+            raise ConfigError(f"the {engine} engine runs the exported fp32 graph; bf16 is PyTorch's "
+                              f"(--engine torch --precision bf16)")
+        from .onnx_graph import checked_runner
+
+        int8 = engine.endswith("int8")
+        runner, cosine = checked_runner(self.model, tuple(self.data_cfg.image_size), int8=int8)
+        why = "dynamic int8 quantisation of the exported graph" if int8 else "the exported fp32 graph"
+        return dataclasses.replace(self, precision="int8" if int8 else "fp32", precision_reason=why, engine=engine,
+                                   runner=runner, engine_cosine=cosine)
 
     @property
     def feature_dim(self) -> int:
@@ -179,13 +245,26 @@ class Encoder:
         """What a gallery must agree on with this model (see ``model_fingerprint``)."""
         return model_fingerprint(self.model, self.config)
 
+    def inference_record(self) -> dict:
+        """How this encoder computes features, for audit records and calibration files."""
+        record = {"precision": self.precision, "engine": self.engine, "why": self.precision_reason,
+                  "device": str(self.device)}
+        if self.engine_cosine is not None:
+            record["cosine_to_pytorch_fp32"] = round(self.engine_cosine, 6)
+        return record
+
+    def describe_inference(self) -> str:
+        """One line: the precision and engine chosen, and why."""
+        engine = "PyTorch" if self.engine == "torch" else "ONNX Runtime"
+        checked = "" if self.engine_cosine is None else f"; cosine to PyTorch fp32 >= {self.engine_cosine:.5f}"
+        return f"features: {self.precision} on {self.device} with {engine} ({self.precision_reason}{checked})"
+
     def with_loading(self, **settings) -> "Encoder":
         """The same encoder with other loading settings (``LOADING_FIELDS``); its features are unchanged."""
         unknown = sorted(set(settings) - set(LOADING_FIELDS))
         if unknown:
             raise ValueError(f"{unknown[0]} is not a loading setting (those are {', '.join(LOADING_FIELDS)})")
-        data_cfg = self.data_cfg.model_copy(update=settings)
-        return Encoder(self.model, data_cfg, self.device, self.label, self.checkpoint, self.config)
+        return dataclasses.replace(self, data_cfg=self.data_cfg.model_copy(update=settings))
 
     def single_pass(self) -> "Encoder":
         """The same encoder loading each image once, in this process: no decode cache (every image is
@@ -203,7 +282,8 @@ class Encoder:
         """L2-normalised features of ``images`` (records or paths), in order; ``aspects`` and ``mirror`` as
         ``extract_features`` takes them."""
         return extract_features(self.model, images, self.data_cfg, batch_size=batch_size, flip=flip,
-                                device=self.device, progress=progress, aspects=aspects, mirror=mirror)
+                                device=self.device, progress=progress, precision=self.precision, runner=self.runner,
+                                aspects=aspects, mirror=mirror)
 
     def predict_aspects(self, images: Sequence, batch_size: int = 128, mirror: bool = False) -> list[tuple[str, float]]:
         """(aspect, probability) the aspect head gives each image (``model.aspect_head``), in order."""
@@ -236,7 +316,7 @@ def predict_aspects(model, records: Sequence, data_cfg: DataConfig, batch_size: 
     return out
 
 
-def load_encoder(checkpoint: str | os.PathLike, device=None) -> Encoder:
+def load_encoder(checkpoint: str | os.PathLike, device=None, precision: str = "auto", engine: str = "torch") -> Encoder:
     """A HandCLIP checkpoint's encoder for enrolment, search and calibration: each image read once, in
     this process (``Encoder.single_pass``), with the features evaluation uses."""
-    return Encoder.from_checkpoint(checkpoint, device=device).single_pass()
+    return Encoder.from_checkpoint(checkpoint, device=device, precision=precision, engine=engine).single_pass()

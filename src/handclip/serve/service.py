@@ -17,7 +17,7 @@ from .state import ServiceState
 
 def serve_app(index_dir: str | os.PathLike, checkpoint=None, calibration=None, **settings):
     """The examiner web service over a gallery as an ASGI app (``uvicorn.run(app)``); ``settings`` are
-    ``ServiceState``'s (``device``, ``limits``, ``batch_size``)."""
+    ``ServiceState``'s (``device``, ``limits``, ``batch_size``, ``precision``, ``engine``)."""
     from .app import create_app
 
     return create_app(ServiceState(index_dir, checkpoint=checkpoint, calibration=calibration, **settings))
@@ -26,11 +26,12 @@ def serve_app(index_dir: str | os.PathLike, checkpoint=None, calibration=None, *
 def serve(index_dir: str | os.PathLike, checkpoint=None, calibration=None, *, host: str = "127.0.0.1",
           port: int = 8080, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
           batch_size: int = 32, device: str = "auto", tls_cert=None, tls_key=None, allowed_host=(),
-          log: Callable[[str], None] | None = None) -> None:
+          precision: str = "auto", engine: str = "torch", log: Callable[[str], None] | None = None) -> None:
     """Serve the gallery at ``index_dir`` (created on the first enrolment when ``checkpoint`` is given) on
     ``host``:``port`` until the process is stopped, over HTTPS with ``tls_cert`` and ``tls_key``, answering
     the Host names of ``security.allowed_hosts`` plus ``allowed_host``. ``log`` receives what an operator
-    should know first: that no API key exists yet, and where the service listens; a warning for a
+    should know first: that no API key exists yet, how features are computed (``precision``, ``engine``:
+    ``Encoder.computed_with``) and where the service listens; a warning for a
     service other machines can reach goes to standard error."""
     import sys
 
@@ -46,10 +47,12 @@ def serve(index_dir: str | os.PathLike, checkpoint=None, calibration=None, *, ho
     # read as failures); only its warnings and errors are the operator's business.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     state = ServiceState(index_dir, checkpoint=checkpoint, calibration=calibration, device=device,
-                         limits=Limits(max_request_bytes, max_pixels), batch_size=batch_size)
+                         limits=Limits(max_request_bytes, max_pixels), batch_size=batch_size, precision=precision,
+                         engine=engine)
     if not state.keys.keys():
         say(f"note: no API keys yet; add one with `handclip serve-keys add --index {index_dir} --name NAME "
             "--role search --role enrol`")
+    say(state.encoder.describe_inference())
     warning = exposure_warning(host, tls=bool(tls_cert))
     if warning:
         print(f"handclip: warning: {warning}", file=sys.stderr)

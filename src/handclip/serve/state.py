@@ -52,14 +52,14 @@ class Upload:
 class ServiceState:
     def __init__(self, index_dir: str | os.PathLike, checkpoint: str | None = None, calibration: str | None = None,
                  device: str = "auto", limits: Limits | None = None, batch_size: int = 32,
-                 signing_key: str | os.PathLike | None = None):
+                 signing_key: str | os.PathLike | None = None, precision: str = "auto", engine: str = "torch"):
         self.index_dir = Path(index_dir)
         self.limits = limits or Limits()
         if checkpoint is None and not (self.index_dir / GALLERY_FILE).exists():
             raise HandCLIPError(f"gallery {self.index_dir} does not exist; pass --checkpoint to create it")
         self.session = ExaminerSession.open(self.index_dir, checkpoint, calibration, device=device,
                                             create=checkpoint is not None, batch_size=batch_size,
-                                            signing_key=signing_key)
+                                            signing_key=signing_key, precision=precision, engine=engine)
         self.keys = KeyStore(self.index_dir)
         self.serve_dir = self.index_dir / SERVE_DIR
         self.session.snapshot()
@@ -134,14 +134,16 @@ class ServiceState:
 
     # ------------------------------------------------------------------ search and reports
     def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, key: ApiKey,
-               arguments: dict, report: bool = False, case_id: str | None = None, aspects: dict | None = None):
+               arguments: dict, report: bool = False, case_id: str | None = None, threshold_lr: float = 1.0,
+               transform=None, aspects: dict | None = None):
         """One query through the session (audit record appended); with ``report`` the PDF too, stored
         under a new unguessable id for ``key``. Returns (search, gallery snapshot, report id or None).
-        ``aspects``: ``aspect``, ``mirror`` and ``gallery_aspect`` as ``ExaminerSession.search`` takes them."""
+        ``aspects``: ``aspect``, ``mirror_aspect`` and ``gallery_aspect`` as ``ExaminerSession.search`` takes them."""
         with self._uploads():
             query, _ = self._store(self.serve_dir / "queries", upload)
             found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=key.name,
-                                        arguments=arguments, names=[upload.name], **(aspects or {}))
+                                        arguments=arguments, names=[upload.name], threshold_lr=threshold_lr,
+                                        transform=transform, **(aspects or {}))
         report_id = None
         if report:
             report_id = secrets.token_hex(16)

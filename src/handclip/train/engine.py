@@ -192,7 +192,8 @@ class TrainContext:
     def validate(self) -> dict:
         metrics = None
         if self.is_main:
-            encoder = Encoder.for_model(self.model, self.config.data, self.device)
+            encoder = Encoder.for_model(self.model, self.config.data, self.device,
+                                        precision=self.config.runtime.inference_precision)
             # RNG-neutral: how often one validates must not change the training run's random stream.
             with torch.random.fork_rng(devices=[]):
                 metrics = evaluate_validation(encoder, self.manifest, self.config.eval)

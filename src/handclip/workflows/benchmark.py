@@ -72,7 +72,7 @@ def run_benchmark(config_dir, out_dir, data_11k=None, data_hd=None, subsets=None
     for subset, path, config in plans:
         run = train(config, run_dir=out_dir / subset, progress=progress)
         manifest = Manifest.read(Path(run.run_dir) / "manifest.csv")
-        encoder = Encoder.from_checkpoint(run.best_checkpoint)
+        encoder = Encoder.from_checkpoint(run.best_checkpoint, precision=config.runtime.inference_precision)
         label = encoder.label
         evaluated = evaluate_manifest(encoder, manifest, config.eval, progress=progress, keep_distances=True)
         measured[subset] = evaluated.aggregate
@@ -85,8 +85,8 @@ def run_benchmark(config_dir, out_dir, data_11k=None, data_hd=None, subsets=None
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 base = build_model(config.model, config.data, num_ids=1).eval()
-            zs = evaluate_manifest(Encoder.for_model(base, config.data), manifest, config.eval, progress=progress,
-                                   keep_distances=True)
+            base_encoder = Encoder.for_model(base, config.data, precision=config.runtime.inference_precision)
+            zs = evaluate_manifest(base_encoder, manifest, config.eval, progress=progress, keep_distances=True)
             zero[subset] = zs.aggregate
             result.runs[subset]["zero_shot"] = zs.as_dict()
             forensic = forensic_evaluation(zs)

@@ -142,7 +142,9 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
     seed_everything(config.seed)
     model = build_model(config.model, config.data, len(manifest.train_label_map())).to(device)
     t = time.perf_counter()
-    before = evaluate_manifest(Encoder.for_model(model, config.data, device), manifest, config.eval, runs=chosen)
+    precision = config.runtime.inference_precision
+    before = evaluate_manifest(Encoder.for_model(model, config.data, device, precision=precision), manifest,
+                               config.eval, runs=chosen)
     say(f"{start_label}: rank-1 {before.aggregate['rank1']['mean']:.4f} ({time.perf_counter() - t:.1f}s)")
 
     run_dir = out / "run"
@@ -152,7 +154,7 @@ def run_demo(out_dir, config: Config | None = None, progress: bool = True, runs:
     result = train(config, run_dir=run_dir, progress=progress)
     train_time = time.perf_counter() - t
     # The demo's own loading settings (no decode cache, no loader workers); the pixels come from the checkpoint.
-    trained = Encoder.from_checkpoint(result.best_checkpoint, device).with_loading(
+    trained = Encoder.from_checkpoint(result.best_checkpoint, device, precision=precision).with_loading(
         decode_cache=config.data.decode_cache, num_workers=config.data.num_workers)
     after = evaluate_manifest(trained, manifest, config.eval, runs=chosen)
     text = text_side_report(result.history, len(manifest.train_label_map()), config.stage2.i2t_weight,

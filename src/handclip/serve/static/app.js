@@ -45,6 +45,8 @@ function setQuery(file) {
   preview.hidden = false;
   $("search-button").disabled = false;
   status("search-status", `query: ${shown(file.name)}`);
+  queryPrep.load(file).catch(() => status("search-status", `${shown(file.name)}: the page cannot show this ` +
+    "format to crop it; it is searched as it is", true));
 }
 
 const drop = $("drop");
@@ -57,10 +59,26 @@ drop.addEventListener("drop", (e) => {
 });
 $("query-file").addEventListener("change", (e) => setQuery(e.target.files[0]));
 
+// Every number's wording comes from the service (handclip.forensic.reading), as the PDF and the command
+// line give it: the page only lays it out.
 function weight(c) {
-  if (c.log10_lr === null || c.log10_lr === undefined) return "";
-  const bound = c.at_bound ? ` (at the ${c.at_bound} bound)` : "";
-  return `log10 LR ${c.log10_lr >= 0 ? "+" : ""}${c.log10_lr.toFixed(2)}${bound}`;
+  if (!c.words || !c.words.lr) return "";
+  return c.words.lr + (c.at_bound ? `, at the ${c.at_bound} bound` : "");
+}
+
+function statementBox(text) {
+  const box = document.createElement("details");
+  box.className = "suggested";
+  const summary = document.createElement("summary");
+  summary.textContent = "Suggested statement";
+  const body = document.createElement("p");
+  body.textContent = shown(text);
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.textContent = "Copy";
+  copy.addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText(body.textContent));
+  box.append(summary, body, copy);
+  return box;
 }
 
 function candidateItem(c, by) {
@@ -78,17 +96,66 @@ function candidateItem(c, by) {
   who.className = "identity";
   who.textContent = shown(c.identity);
   const score = document.createElement("div");
+  score.className = "weight";
   score.textContent = [`score ${c.score.toFixed(4)}`, weight(c)].filter(Boolean).join(" · ");
   const verbal = document.createElement("div");
   verbal.className = "verbal";
   verbal.textContent = c.verbal || "";
   const detail = document.createElement("div");
   detail.className = "muted";
-  detail.textContent = by === "identity" ? `${c.matched}/${c.num_images} images in top hits; best: ${shown(c.name)}`
-    : shown(c.name);
+  detail.textContent = by === "identity" ? `${c.words.matched}; best: ${shown(c.name)}` : shown(c.name);
   text.append(who, score, verbal, detail);
+  if (c.words && c.words.bound) {
+    const bound = document.createElement("div");
+    bound.className = "muted bound";
+    bound.textContent = c.words.bound;
+    text.append(bound);
+  }
+  if (c.words && c.words.statement) text.append(statementBox(c.words.statement));
   li.append(rank, img, text);
   return li;
+}
+
+// One search's answer on the page: a fresh search's, or one reopened from a case (cases.js).
+function showAnswer(found) {
+  const list = $("candidates");
+  list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
+  const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
+  // The calibration line comes as text from the service (reading.calibration_note): the Cllr of the
+  // score kind this search used, rounded as the PDF and the command line give it, and what Cllr means.
+  const cal = found.calibration;
+  const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${found.reading.calibration}` : "";
+  // The aspects compared (a search that stated them) and the aspect head's doubt, when it has one.
+  const a = found.aspects;
+  const aspects = a ? ` Aspects: query ${a.query || "not stated"}${a.mirrored ? " (compared as the other hand)" : ""}` +
+    ` against gallery ${a.gallery || "every aspect"}.` : "";
+  const check = found.queries[0].aspect_check;
+  const warning = check && check.warning ? ` Warning: ${check.warning}.` : "";
+  $("statement").textContent = `${found.statement} Score: ${found.score}. ${found.reading.score}` +
+    `${aspects}${warning}${hypotheses}${calibration}`;
+  const answer = $("open-set");
+  answer.hidden = !found.open_set;
+  answer.textContent = found.open_set ? found.open_set.answer : "";
+  answer.classList.toggle("none-reached", Boolean(found.open_set && found.open_set.none_reached));
+  const record = $("record");
+  record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...); ` +
+    `keep ${found.audit.anchor} to check the log later (handclip audit verify --expect). `;
+  if (found.report) {
+    // Downloaded rather than opened: the page's Content-Security-Policy allows no plugin to show it.
+    const link = document.createElement("a");
+    link.id = "report-link";
+    link.href = "#";
+    link.textContent = "Download the case report (PDF)";
+    link.addEventListener("click", async (ev) => {
+      ev.preventDefault();
+      const save = document.createElement("a");
+      save.href = await blobUrl(found.report);
+      save.download = `handclip-record-${found.audit.seq}.pdf`;
+      save.click();
+    });
+    record.append(link);
+  }
+  $("results").hidden = false;
 }
 
 $("search-form").addEventListener("submit", async (e) => {
@@ -100,45 +167,20 @@ $("search-form").addEventListener("submit", async (e) => {
   form.append("by", $("by").value);
   form.append("report", $("want-report").checked ? "true" : "false");
   if ($("aspect").value) form.append("aspect", $("aspect").value);
-  if ($("mirror").checked) form.append("mirror", "true");
+  if ($("mirror-aspect").checked) form.append("mirror_aspect", "true");
   if ($("case-id").value.trim()) form.append("case_id", $("case-id").value.trim());
+  if ($("threshold-lr").value.trim()) form.append("threshold_lr", $("threshold-lr").value.trim());
+  for (const [name, value] of Object.entries(queryPrep.fields())) form.append(name, value);
   status("search-status", "searching...");
   $("search-button").disabled = true;
   try {
     const found = await (await api("/api/v1/search", { method: "POST", body: form })).json();
-    const list = $("candidates");
-    list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
-    const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
-    // The calibration line comes as text from the service (CalibrationInfo.describe): the Cllr of the
-    // score kind this search used, rounded as the PDF and the command line give it.
-    const cal = found.calibration;
-    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${cal.description}.` : "";
-    const a = found.aspects;
-    const aspects = a ? ` Aspects: query ${a.query || "not stated"}${a.mirrored ? " (mirrored)" : ""} against gallery ${a.gallery || "every aspect"}.` : "";
-    const check = found.queries[0].aspect_check;
-    const warning = check && check.warning ? ` Warning: ${check.warning}.` : "";
-    $("statement").textContent = `${found.statement} Score: ${found.score}.${aspects}${warning}${hypotheses}${calibration}`;
-    const record = $("record");
-    record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...); ` +
-      `keep ${found.audit.anchor} to check the log later (handclip audit verify --expect). `;
-    if (found.report) {
-      // Downloaded rather than opened: the page's Content-Security-Policy allows no plugin to show it.
-      const link = document.createElement("a");
-      link.id = "report-link";
-      link.href = "#";
-      link.textContent = "Download the case report (PDF)";
-      link.addEventListener("click", async (ev) => {
-        ev.preventDefault();
-        const save = document.createElement("a");
-        save.href = await blobUrl(found.report);
-        save.download = `handclip-record-${found.audit.seq}.pdf`;
-        save.click();
-      });
-      record.append(link);
-    }
-    $("results").hidden = false;
-    status("search-status", `${found.candidates.length} candidate(s) for ${shown(found.queries[0].name)} ` +
-      `(SHA-256 ${found.queries[0].sha256.slice(0, 16)}...)`);
+    showAnswer(found);
+    const query = found.queries[0];
+    const prepared = query.prepared ? `; prepared (${queryPrep.describe()}) SHA-256 ` +
+      `${query.prepared.sha256.slice(0, 16)}...` : "";
+    status("search-status", `${found.candidates.length} candidate(s) for ${shown(query.name)} ` +
+      `(SHA-256 ${query.sha256.slice(0, 16)}...${prepared})`);
   } catch (err) {
     status("search-status", err.message, true);
   } finally {
