@@ -124,3 +124,75 @@ def test_search_and_serve_refuse_an_edited_calibration_before_anything_is_record
     assert "\n" not in err and str(path) in err and ("Infinity" in err or "content_sha256" in err)
     assert (index / "audit.jsonl").read_bytes() == log
     assert data["maps"]["identity"] != data["maps"]["image"]
+
+
+# A calibration per aspect pair (docs/method.md, "Aspects of a hand") is read back as strictly: its maps, pair
+# keys and per-pair figures are checked and hashed like the rest, so no pair's map can be swapped or renamed.
+SAME, MIRRORED, SKIPPED = "dorsal_r->dorsal_r", "dorsal_l(mirrored)->dorsal_r", "palmar_r->dorsal_r"
+
+
+@pytest.fixture(scope="module")
+def pair_calibration_text(tmp_path_factory) -> str:
+    rng = np.random.default_rng(4)
+    pairs = {SAME: {"image": fit_score_map(rng.normal(0.8, 0.05, 200), rng.normal(0.4, 0.1, 800))},
+             MIRRORED: {"image": fit_score_map(rng.normal(0.6, 0.1, 200), rng.normal(0.4, 0.1, 800))}}
+    figures = {key: {"image": {"cllr": 0.3, "cllr_min": 0.2, "n_mated": 200, "n_nonmated": 800}} for key in pairs}
+    summary = {"method": "logit", "n_identities": 40, "aspect_pairs": sorted(pairs),
+               "pairs": {**figures, SKIPPED: {"skipped": "3 identities photographed in both aspects (need 6)"}}}
+    path = tmp_path_factory.mktemp("pair-calibration") / "pairs.json"
+    ScoreCalibration({}, FINGERPRINT, summary, pairs).save(path)
+    return path.read_text()
+
+
+def _rename_pair(data, old, new):
+    data["pairs"][new] = data["pairs"].pop(old)
+
+
+PAIR_EDITS = {
+    "two pairs' maps swapped": (lambda d: d["pairs"].update({SAME: d["pairs"][MIRRORED], MIRRORED: d["pairs"][SAME]}),
+                                "content_sha256"),
+    "a pair's intercept raised": (lambda d: d["pairs"][SAME]["image"]["params"].update(
+        intercept=d["pairs"][SAME]["image"]["params"]["intercept"] + 1), "content_sha256"),
+    "a pair's Cllr lowered": (lambda d: d["summary"]["pairs"][SAME]["image"].update(cllr=0.01), "content_sha256"),
+    "a pair's map lent to the unmirrored pair": (lambda d: _rename_pair(d, MIRRORED, "dorsal_l->dorsal_r"),
+                                                 "lacks the figures of pair dorsal_l->dorsal_r"),
+    "a pair's map lent, its figures too": (lambda d: (_rename_pair(d, MIRRORED, "dorsal_l->dorsal_r"), d["summary"][
+        "pairs"].update({"dorsal_l->dorsal_r": d["summary"]["pairs"].pop(MIRRORED)})), "content_sha256"),
+    "a pair key of no aspect": (lambda d: _rename_pair(d, SAME, "dorsal_x->dorsal_r"), "is not an aspect pair"),
+    "a same-aspect pair 'mirrored'": (lambda d: _rename_pair(d, SAME, "dorsal_r(mirrored)->dorsal_r"),
+                                      "is not an aspect pair"),
+    "a pair's negated slope": (lambda d: d["pairs"][SAME]["image"]["params"].update(
+        coef=-d["pairs"][SAME]["image"]["params"]["coef"]), "negative logistic slope"),
+    "a pair's unknown score kind": (lambda d: d["pairs"][SAME].update(face=d["pairs"][SAME]["image"]),
+                                    f"pairs.{SAME} must map score kinds"),
+    "a pair without maps": (lambda d: d["pairs"].update({SAME: {}}), f"pairs.{SAME} must map score kinds"),
+    "a pair's Cllr as text": (lambda d: d["summary"]["pairs"][SAME]["image"].update(cllr="0.3"), "summary.cllr"),
+    "a skipped pair given maps": (lambda d: d["pairs"].update({SKIPPED: d["pairs"][SAME]}),
+                                  f"summary.pairs.{SKIPPED}"),
+    "a pair's figures removed": (lambda d: d["summary"]["pairs"].pop(SAME), f"lacks the figures of pair {SAME}"),
+    "no pairs left": (lambda d: d.update(pairs={}), "pairs must be a non-empty"),
+    "the pairs removed": (lambda d: d.pop("pairs"), "has no score maps"),
+}
+
+
+@pytest.mark.parametrize("name", PAIR_EDITS)
+def test_an_edited_per_pair_calibration_is_refused_naming_the_file_and_field(tmp_path, pair_calibration_text, name):
+    edit, field = PAIR_EDITS[name]
+    path = _edited(tmp_path, pair_calibration_text, name, edit)
+    with pytest.raises(CalibrationError) as refused:
+        ScoreCalibration.load(path)
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message and field in message, message
+
+
+def test_a_per_pair_calibration_as_written_loads_with_each_pair_and_its_hash(tmp_path, pair_calibration_text):
+    data = json.loads(pair_calibration_text)
+    assert data["version"] == 3 and data["maps"] == {} and len(data["content_sha256"]) == 64
+    path = tmp_path / "pairs.json"
+    path.write_text(pair_calibration_text)
+    loaded = ScoreCalibration.load(path)
+    assert sorted(loaded.pairs) == sorted([SAME, MIRRORED])
+    assert loaded.pair_for("dorsal_l", "dorsal_r", mirrored=True) == MIRRORED
+    with pytest.raises(CalibrationError, match="refusing to borrow"):
+        loaded.pair_for("palmar_r", "dorsal_r")  # skipped when fitting: refused, not borrowed
+    assert loaded.log10_lr([0.95], "image", SAME)[0] > 0 > loaded.log10_lr([0.3], "image", SAME)[0]

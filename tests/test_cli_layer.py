@@ -29,7 +29,7 @@ from handclip.cli import COMMANDS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "handclip"
 COMMAND_MODULES = sorted((PACKAGE / "commands").glob("[!_]*.py"))
-ACTIONS = {"audit": 2, "case": 2, "serve_keys": 3}  # commands with sub-actions: one api function each
+ACTIONS = {"audit": 2, "case": 2, "serve_keys": 3, "evaluate": 2}  # commands with sub-actions: one api function each
 NORMALISERS = {"load_config", "demo_config"}
 ALLOWED_HANDCLIP = {"handclip.errors", "handclip.config", "handclip.preflight"}
 ALLOWED_OTHERS = set(sys.stdlib_module_names) | {"__future__", "pydantic"}

@@ -237,6 +237,26 @@ def test_the_onnxruntime_engine_gives_pytorchs_features_and_keeps_the_model_in_i
         torch_fp32.computed_with("bf16", "onnxruntime")
 
 
+def test_a_model_that_reads_aspects_is_refused_by_export_and_the_onnx_engine_in_one_line(tmp_path, capsys):
+    """The ONNX graph takes pixels only; a model with aspect embeddings (model.sie: aspect) needs each image's
+    aspect too, so export and the onnxruntime engine refuse it instead of exporting features without it."""
+    from handclip.model.onnx_graph import ExportError
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone=tiny-vit", "model.sie=aspect", "data.image_size=[32,32]",
+                             "data.num_workers=0"])
+    checkpoint = tmp_path / "sie.pt"
+    save_checkpoint(checkpoint, build_model(cfg.model, cfg.data, 3), cfg, {"epoch": 0})
+    out = tmp_path / "model.onnx"
+    assert cli("export", "--checkpoint", checkpoint, "--format", "onnx", "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.sie: aspect" in err and "--engine torch" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [checkpoint]
+    encoder = Encoder.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    with pytest.raises(ExportError, match=r"model.sie: aspect"):
+        encoder.computed_with("fp32", "onnxruntime")
+
+
 def test_exporting_a_malicious_or_unknown_checkpoint_is_refused_and_writes_nothing(assets, tmp_path, capsys):
     class Payload:
         def __reduce__(self):

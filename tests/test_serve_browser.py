@@ -306,3 +306,56 @@ def test_the_page_crops_and_mirrors_the_query_before_searching(server, tmp_path)
     assert result["transform"]["rotate"] == 0.0
     prepared = QueryTransform.from_record(result["transform"]).apply(load_rgb(query))
     assert pixels_sha256(prepared) == result["prepared"]["pixels_sha256"]
+
+
+def test_the_page_states_the_aspects_and_keeps_the_two_mirrors_apart(tmp_path):
+    """The examiner's mirror (query preparation) and the model's cross-hand comparison are two controls and
+    two fields: both ticked, the record keeps the transform's mirror and the aspects compared, and the
+    answer drawn by showAnswer states the aspects."""
+    from serve_helpers import make_checkpoint
+
+    from handclip.forensic.audit import AuditLog
+    from handclip.gallery.enrol import EnrolItem
+    from handclip.gallery.session import ExaminerSession
+    from handclip.synthetic.dataset import write_synthetic_dataset
+
+    images = write_synthetic_dataset(tmp_path / "hands", 4, 2, size=64, aspects=("dorsal_r", "dorsal_l"))
+    session = ExaminerSession.open(tmp_path / "gallery", make_checkpoint(tmp_path / "model.pt"), device="cpu",
+                                   create=True, batch_size=8)
+    session.enrol([EnrolItem(str(images / f"{i:04d}" / a / f"{n:03d}.png"), f"person{i}", a)
+                   for i in range(4) for a in ("dorsal_r", "dorsal_l") for n in range(2)], examiner="setup")
+    keys = add_keys(tmp_path / "gallery")
+    config = uvicorn.Config(create_app(ServiceState(tmp_path / "gallery", device="cpu")), host="127.0.0.1",
+                            port=_free_port(), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait_until(lambda: server.started)
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(f"http://127.0.0.1:{config.port}/")
+                page.fill("#api-key", keys["both"])
+                page.dispatch_event("#api-key", "change")
+                page.set_input_files("#query-file", str(images / "0001" / "dorsal_l" / "001.png"))
+                page.wait_for_selector("#prepare:not([hidden])")
+                page.check("#mirror")
+                page.select_option("#aspect", "dorsal_l")
+                page.check("#mirror-aspect")
+                page.click("#search-button")
+                page.wait_for_selector("#candidates li.candidate", timeout=60_000)
+                statement = page.inner_text("#statement")
+                assert ("Aspects: query dorsal_l (compared as the other hand) against gallery dorsal_r."
+                        in statement)
+                page.screenshot(path=str(tmp_path / "serve_aspects.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    record = AuditLog(tmp_path / "gallery").records()[-1]
+    assert record["results"][0]["transform"]["mirror"] is True
+    assert record["aspects"]["compared"] == "dorsal_l(mirrored)->dorsal_r" and record["aspects"]["mirrored"] is True
+    assert record["arguments"]["mirror"] is True and record["arguments"]["mirror_aspect"] is True

@@ -73,13 +73,16 @@ NO_INPUTS = {"/api/v1/identities", "/api/v1/health"}  # nothing to make invalid 
 
 def valid_data_accepted_unless_not_an_image(ctx, response, case):
     """Schemathesis's positive_data_acceptance, except that a file the schema allows (any bytes) may be
-    refused for not being a usable image: 413, 415 or 422 naming the uploaded file, nothing else."""
+    refused for not being a usable image: 413, 415 or 422 naming the uploaded file, nothing else; and a
+    search stating an aspect the gallery holds no images of may be refused (422 saying so)."""
     if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code in (413, 415, 422):
         error = json.loads(response.content or b"{}").get("error", "")
         if error.startswith(("uploaded file", "uploaded image")):
             return None
         # a crop box is held to the uploaded image's size, which no schema can state
         if re.match(r"crop [\d,]+ (leaves image|of image)", error):
+            return None
+        if response.status_code == 422 and re.match(r"gallery .* holds no images of aspect ", error):
             return None
     return positive_data_acceptance(ctx, response, case)
 
@@ -92,7 +95,10 @@ WIRE_VALID = {
     "report": lambda text: text.strip().lower() in _BOOLEANS,
     "by": lambda text: text in ("identity", "image"),
     "index_type": lambda text: text in ("auto", "flat", "pca", "ivf", "hnsw"),
+    "aspect": lambda text: text in ("dorsal_r", "dorsal_l", "palmar_r", "palmar_l"),
+    "gallery_aspect": lambda text: text in ("dorsal_r", "dorsal_l", "palmar_r", "palmar_l"),
     "mirror": lambda text: text.strip().lower() in _BOOLEANS,
+    "mirror_aspect": lambda text: text.strip().lower() in _BOOLEANS,
     "crop": lambda text: re.fullmatch(CROP_PATTERN, text) is not None,
     "rotate": lambda text: _finite_within(text, 360),
 }

@@ -21,6 +21,8 @@ package the first time it is used, so a workflow that never touches the model (`
     print("\\n".join(report.lines()))
     api.calibrate(run.best_checkpoint, "unseen_people.csv", out="calibration.json")   # score -> LR
     api.calibrate(run.best_checkpoint, images="reference_people", out="calibration.json")   # or a folder per person
+    matrix = api.aspect_matrix(encoder, api.prepare_11k("/data/11k", "all"))     # every query x gallery aspect
+    api.calibrate(run.best_checkpoint, "all_aspects.csv", aspect_pairs=True, out="pairs.json")   # LR per pair
     api.validate(run.best_checkpoint, "calibration.json", "other_people.csv",       # the lab's validation plan
                  "configs/validation/example_criteria.yaml", "validation")       # -> report.html/.pdf/.json
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
@@ -71,7 +73,7 @@ _export("config", "Config", "load_config")
 _export("data.manifest", "Manifest")
 _export("data.splits", "DataWarning")
 _export("datasets", "prepare_dataset", "prepare_from_config")
-_export("data.protocols", "prepare_11k", "prepare_hd", "prepare_folder")
+_export("data.protocols", "prepare_11k", "prepare_11k_all", "prepare_hd", "prepare_folder")
 _export("synthetic.dataset", "prepare_synthetic")
 _export("data.images", "scan_manifest", "ManifestScan")
 _export("train.engine", "train", "RunResult")
@@ -80,6 +82,8 @@ _export("model.export", "export_onnx")
 _export("evaluate.protocol", "EvalResult", evaluate="evaluate_manifest")
 _export("evaluate.report", "write_evaluation_outputs")
 _export("evaluate.workflow", "evaluate_and_report", "EvaluationReport")
+_export("evaluate.aspect_matrix", "aspect_matrix", "AspectMatrix")
+_export("evaluate.aspect_report", "aspect_matrix_report", "AspectMatrixReport")
 _export("forensic.calibrate", "calibrate")
 _export("forensic.calibration", "ScoreCalibration")
 _export("forensic.evidence", "load_calibration")
@@ -122,12 +126,14 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .config import Config, load_config
     from .data.images import ManifestScan, scan_manifest
     from .data.manifest import Manifest
-    from .data.protocols import prepare_11k, prepare_folder, prepare_hd
+    from .data.protocols import prepare_11k, prepare_11k_all, prepare_folder, prepare_hd
     from .data.splits import DataWarning
     from .datasets import prepare_dataset, prepare_from_config
     from .evaluate.protocol import EvalResult
     from .evaluate.protocol import evaluate_manifest as evaluate
     from .evaluate.report import write_evaluation_outputs
+    from .evaluate.aspect_matrix import AspectMatrix, aspect_matrix
+    from .evaluate.aspect_report import AspectMatrixReport, aspect_matrix_report
     from .evaluate.workflow import EvaluationReport, evaluate_and_report
     from .forensic.calibrate import calibrate
     from .forensic.calibration import ScoreCalibration

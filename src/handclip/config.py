@@ -39,6 +39,7 @@ from .config_base import (  # noqa: F401 - the bounds are part of this module's 
     Section,
 )
 from .config_prompts import ImagePromptSettings, SingleStageConfig, check_image_prompts
+from .config_synthetic import SyntheticConfig
 from .errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -55,16 +56,6 @@ MAX_ECHO = 120
 
 
 _Section = Section
-
-
-class SyntheticConfig(_Section):
-    """Procedural hands made on the fly (docs/method.md, "Synthetic hands")."""
-
-    train_ids: int = Field(100, ge=2, le=100_000)
-    test_ids: int = Field(50, ge=2, le=100_000)
-    images_per_id: int = Field(8, ge=3, le=1000)
-    image_size: int = Field(64, ge=16, le=1024)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class AugmentConfig(_Section):
@@ -90,7 +81,7 @@ class InterpolationConfig(_Section):
 class DataConfig(_Section):
     dataset: Literal["11k", "hd", "folder", "synthetic"] = "synthetic"
     root: Optional[str] = None
-    aspect: Optional[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"]] = None
+    aspect: Optional[Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l", "all"]] = None
     manifest: Optional[str] = Field(None, description="use this manifest instead of preparing one")
     runs: int = Field(10, ge=1, le=MAX_RUNS)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -125,7 +116,7 @@ class DataConfig(_Section):
         if self.manifest is None and self.dataset != "synthetic" and not self.root:
             raise ValueError(f"data.root is required for dataset '{self.dataset}' (or give data.manifest)")
         if self.manifest is None and self.dataset == "11k" and self.aspect is None:
-            raise ValueError("data.aspect is required for dataset '11k' (dorsal_r, dorsal_l, palmar_r or palmar_l)")
+            raise ValueError("data.aspect is required for dataset '11k' (dorsal_r, dorsal_l, palmar_r, palmar_l or all)")
         if min(self.image_size) < 16:
             raise ValueError(f"data.image_size {self.image_size} is too small (minimum 16)")
         if max(self.image_size) > MAX_IMAGE_SIDE:
@@ -161,6 +152,12 @@ class ModelConfig(ImagePromptSettings):
                                 "antialias (CLIP-ReID) or bicubic, antialiased when shrinking (earlier HandCLIP)")
     allow_activation_mismatch: bool = Field(
         False, description="load OpenAI's weights (trained with QuickGELU) into a GELU backbone anyway")
+    sie: Literal["none", "aspect"] = Field(
+        "none", description="aspect: CLIP-ReID's side-information embedding with the hand aspect (the manifest's "
+                            "camid) as the camera; none: no aspect input (docs/method.md, 'Aspects of a hand')")
+    sie_coe: float = Field(3.0, ge=0, le=100, description="scale of the aspect embedding (CLIP-ReID's SIE_COE)")
+    aspect_head: bool = Field(False, description="a small CNN of its own that names a photo's aspect, to warn when a "
+                                                 "query's stated aspect looks wrong (trained in stage 2)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -222,6 +219,8 @@ class Stage2Config(_Section):
                                "image and its own prompt's text feature")
     text_features: Literal["once", "per_batch"] = "once"
     head_lr: Optional[float] = Field(None, gt=0, le=MAX_LR, description="lr of new heads (default: lr)")
+    aspect_head_lr: float = Field(1e-3, gt=0, le=MAX_LR, description="lr of the aspect head (model.aspect_head), "
+                                                                     "a small CNN trained from scratch")
     grad_clip: Optional[float] = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
     schedule: Literal["epoch", "step"] = Field("epoch", description="update the lr once per epoch or every step")

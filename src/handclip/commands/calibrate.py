@@ -21,6 +21,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--splits", default="query,gallery",
                         help="manifest splits whose images to use (default: query,gallery = the test identities)")
     parser.add_argument("--folds", type=int, default=5, help="identity folds for the cross-validated Cllr (default 5)")
+    parser.add_argument("--aspect-pairs", action="store_true",
+                        help="one map per (query aspect, gallery aspect) pair of the manifest's aspects, and per "
+                             "cross-side pair with the query mirrored; a search then uses its own pair's map only")
+    parser.add_argument("--no-mirror", action="store_true", help="with --aspect-pairs: fit no mirrored pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
@@ -50,8 +54,8 @@ def run(args) -> int:
 
     calibration = api.calibrate(args.checkpoint, args.manifest, method=args.method, splits=splits, folds=args.folds,
                                 seed=args.seed, device=args.device, batch_size=args.batch_size, progress=True,
-                                out=out, images=args.images, skip_bad=args.skip_bad,
-                                precision=args.precision, engine=args.engine)
+                                out=out, images=args.images, skip_bad=args.skip_bad, aspect_pairs=args.aspect_pairs,
+                                mirror=not args.no_mirror, precision=args.precision, engine=args.engine)
     summary = calibration.summary
     print(f"calibrated {args.checkpoint} ({args.method}) on {summary['n_identities']} identities, "
           f"{summary['n_images']} images of {args.manifest or args.images}")

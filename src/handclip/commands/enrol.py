@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of per-identity folders (identity = folder name) or a manifest CSV (identity = pid)")
     parser.add_argument("--index", required=True, help="gallery directory (created on first enrolment, appended to later)")
     parser.add_argument("--split", default=None, help="with a manifest: enrol only this split (e.g. gallery)")
+    parser.add_argument("--aspect", default=None,
+                        help="hand aspect of the images (dorsal_r, dorsal_l, palmar_r, palmar_l), stored with each "
+                             "row (default: a manifest's own aspects; none for a folder)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch; each batch is committed (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     for flag, option in INFERENCE_OPTIONS.items():  # --precision, --engine
@@ -38,7 +41,7 @@ def run(args) -> int:
     from .. import api
 
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "debug"}
-    report = api.enrol_images(args.index, args.images, args.checkpoint, split=args.split,
+    report = api.enrol_images(args.index, args.images, args.checkpoint, split=args.split, aspect=args.aspect,
                               batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
                               examiner=args.examiner, arguments=arguments, progress=not args.no_progress,
                               precision=args.precision, engine=args.engine)

@@ -25,6 +25,15 @@ def add_arguments(parser) -> None:
                         help="accept query/gallery identities that are also training identities (normally refused)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave images that do not decode or are too small out (each named) instead of stopping")
+    aspects = parser.add_argument_group("hand aspects (a manifest with several: prepare synthetic --aspects, 11k --aspect all)")
+    aspects.add_argument("--query-aspect", help="queries of this aspect (dorsal_r, dorsal_l, palmar_r, palmar_l) ...")
+    aspects.add_argument("--gallery-aspect", help="... against the gallery of this aspect")
+    aspects.add_argument("--mirror-query", action="store_true",
+                         help="mirror the queries left-right (a left hand against right hands); with --aspect-matrix, "
+                              "in the cells whose query and gallery sides differ")
+    aspects.add_argument("--aspect-matrix", action="store_true",
+                         help="every query aspect against every gallery aspect: rank-1, mAP and EER, a table and "
+                              "a heat map")
     parser.add_argument("--flip", action="store_true", help="average each feature with its mirror image's")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     parser.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
@@ -88,6 +97,17 @@ def run(args) -> int:
         require_file("--weights", args.weights, "weights file")
     from .. import api
 
+    if args.aspect_matrix:
+        if args.query_aspect or args.gallery_aspect:
+            raise DataError("--aspect-matrix evaluates every aspect pair; leave out --query-aspect and --gallery-aspect")
+        matrix = api.aspect_matrix_report(
+            args.manifest, args.out, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
+            image_size=args.image_size, allow_unsafe_weights=args.allow_unsafe_weights, eval_cfg=eval_cfg, runs=runs,
+            allow_id_overlap=args.allow_id_overlap, mirror_query=args.mirror_query, device=args.device, progress=True,
+            skip_bad=args.skip_bad, precision=args.precision, engine=args.engine)
+        for line in matrix.lines():
+            print(line)
+        return 0
     report = api.evaluate_and_report(
         args.manifest, args.out, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
         image_size=args.image_size, allow_unsafe_weights=args.allow_unsafe_weights, eval_cfg=eval_cfg, runs=runs,
@@ -95,7 +115,8 @@ def run(args) -> int:
         allow_id_overlap=args.allow_id_overlap, forensic=not args.no_forensic,
         calibration_method=args.calibration_method, calibration_folds=args.calibration_folds,
         calibration=args.calibration, queries_shown=args.show, top_k=args.top_k, device=args.device, progress=True,
-        skip_bad=args.skip_bad, precision=args.precision, engine=args.engine)
+        skip_bad=args.skip_bad, query_aspect=args.query_aspect, gallery_aspect=args.gallery_aspect,
+        mirror_query=args.mirror_query, precision=args.precision, engine=args.engine)
     for line in report.lines():
         print(line)
     return 0

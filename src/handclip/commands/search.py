@@ -11,6 +11,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="gallery directory made by `handclip enrol`")
     parser.add_argument("--query", required=True, nargs="+", metavar="IMG", help="query hand photo(s)")
     parser.add_argument("--top-k", type=int, default=10, help="candidates per query (default 10)")
+    parser.add_argument("--aspect", default=None,
+                        help="the query's hand aspect (dorsal_r, dorsal_l, palmar_r, palmar_l); the gallery images of "
+                             "the aspect it shows are searched, and a per-pair calibration weighs that pair only")
+    parser.add_argument("--mirror-aspect", action="store_true",
+                        help="compare the query as the other hand: the model sees it mirrored with the aspect of "
+                             "the other side, the gallery aspect and calibration pair follow (a left hand against "
+                             "right hands; not the examiner's --mirror, which prepares and stores the query)")
+    parser.add_argument("--gallery-aspect", default=None,
+                        help="search the gallery images of this aspect (default: the aspect the query shows)")
     parser.add_argument("--by", choices=["identity", "image"], default="identity",
                         help="rank people (best cosine similarity over their images, default) or single images")
     parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: the one the gallery was enrolled with)")
@@ -78,6 +87,7 @@ def run(args) -> int:
     api.search_gallery(args.index, args.query, checkpoint=args.checkpoint, calibration=args.calibration,
                        top_k=args.top_k, by=args.by, index_type=args.index_type, device=args.device,
                        examiner=args.examiner, arguments=arguments, json=args.json, html=args.html,
+                       aspect=args.aspect, mirror_aspect=args.mirror_aspect, gallery_aspect=args.gallery_aspect,
                        report=args.report, case_id=args.case_id, threshold_lr=args.threshold_lr,
                        precision=args.precision, engine=args.engine, crop=args.crop, rotate=args.rotate,
                        mirror=args.mirror, log=print)

@@ -14,7 +14,10 @@ Columns, in this order::
   relative to the manifest's own folder.
 * ``pid``: the integer identity used for matching. Distractor identities carry offset ids so they
   never equal a real identity.
-* ``camid``: empty (hand datasets have no cameras) or an integer.
+* ``camid``: empty or an integer. Hand datasets have no cameras: in a manifest with hand aspects
+  (``subset`` one of dorsal_r, dorsal_l, palmar_r, palmar_l) it is the aspect's index 0..3 in that
+  order (``handclip.aspects``), which the model's aspect embeddings read; it must then agree with
+  ``subset``, and evaluation never treats it as a camera.
 * ``dataset``, ``subset``, ``original_id``: provenance (e.g. ``11k``, ``dorsal_r``, ``0000002``).
 * ``is_distractor``: 1 for gallery images of identities that are never queried.
 
@@ -33,6 +36,7 @@ same ``sha256``), whatever order the records were produced in.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from collections import Counter, defaultdict
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from ..aspects import ASPECT_NAMES, aspect_index
 from ..atomic import atomic_write_bytes, sha256_bytes
 from ..errors import DataError
 
@@ -106,7 +111,14 @@ def _check_record(rec: ManifestRecord) -> Optional[str]:
         return f"camid {rec.camid} is out of range"
     if rec.is_distractor and rec.split != "gallery":
         return f"is_distractor=1 is only allowed in the gallery split (got split {rec.split!r})"
+    if rec.subset in ASPECT_NAMES and rec.camid is not None and rec.camid != aspect_index(rec.subset):
+        return f"camid {rec.camid} is not the index {aspect_index(rec.subset)} of its aspect {rec.subset}"
     return None
+
+
+def with_aspect(rec: ManifestRecord, aspect: str) -> ManifestRecord:
+    """``rec`` marked as a photo of ``aspect``: that aspect as its subset, the aspect's index as its camid."""
+    return dataclasses.replace(rec, subset=aspect, camid=aspect_index(aspect))
 
 
 def _check_manifest(records: list[ManifestRecord]) -> Optional[str]:

@@ -26,9 +26,11 @@ from typing import Union
 
 import numpy as np
 
+from ..aspects import ASPECT_NAMES
+from ..aspects import normalise_aspect as _normalise_aspect
 from ..errors import DataError
 from .images import FolderWalk, identity_folders, is_image_name
-from .manifest import Manifest, ManifestRecord, iter_csv_rows, read_csv_text
+from .manifest import Manifest, ManifestRecord, iter_csv_rows, read_csv_text, with_aspect
 from .registry import DatasetSpec, Option, bad_images_arg, register_dataset, root_arg, small_ids_arg
 from .splits import (
     BadImages,
@@ -46,7 +48,7 @@ from .splits import (
 )
 
 # --------------------------------------------------------------------------- 11k Hands
-ASPECTS = {"dorsal_r": "dorsal right", "dorsal_l": "dorsal left", "palmar_r": "palmar right", "palmar_l": "palmar left"}
+ASPECTS = ASPECT_NAMES
 _ASPECT_BY_NAME = {name: key for key, name in ASPECTS.items()}
 # Identities with id <= cutoff form train_all (MBA-Net / GPA-Net / CLIP-HandID protocol).
 CUTOFFS_11K = {"dorsal_r": 1050, "dorsal_l": 1037, "palmar_r": 1051, "palmar_l": 1042}
@@ -55,17 +57,12 @@ HANDINFO_COLUMNS = ("id", "age", "gender", "skinColor", "accessories", "nailPoli
 _HANDINFO_NEEDED = ("id", "accessories", "aspectOfHand", "imageName")
 _ASPECT_CODE = {"dorsal_r": 1, "dorsal_l": 2, "palmar_r": 3, "palmar_l": 4}
 MIN_DISTRACTOR_BASE_11K = 10_000_000
+ALL_ASPECTS = "all"
 
 
 def normalise_aspect(aspect: str) -> str:
     """'dorsal_r', 'dorsal right', 'Dorsal-Right' -> 'dorsal_r'; DataError for anything else."""
-    text = str(aspect).strip().lower()
-    if text in ASPECTS:
-        return text
-    spaced = re.sub(r"[\s_\-]+", " ", text)
-    if spaced in _ASPECT_BY_NAME:
-        return _ASPECT_BY_NAME[spaced]
-    raise DataError(f"unknown 11k aspect {aspect!r} (expected one of {', '.join(ASPECTS)})")
+    return _normalise_aspect(aspect, "11k aspect")
 
 
 @dataclass
@@ -157,10 +154,26 @@ def _11k_row_counts(rows: list[_HandRow], aspect: str, gallery_all: bool, left_o
             f"{unusable} with an unusable image left out, {used} used"]
 
 
+def _11k_all_row_counts(rows: list[_HandRow], left_out: set[str], images_dir: Path) -> list[str]:
+    """How the protocol's rules selected HandInfo.csv's rows for every aspect at once, in words."""
+    lines = [f"HandInfo.csv: {len(rows)} rows, of all four aspects, each split by its own protocol"]
+    for aspect in ASPECTS:
+        mine = [row for row in rows if row.aspect == aspect]
+        accessories = sum(row.accessories != 0 for row in mine)
+        unusable = sum(row.accessories == 0 and str(images_dir / row.image_name) in left_out for row in mine)
+        lines.append(f"  {ASPECTS[aspect]}: {len(mine)} rows, {accessories} with accessories left out, "
+                     f"{unusable} with an unusable image left out, {len(mine) - accessories - unusable} used")
+    return lines
+
+
 def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: bool = False,
                 small_ids: SmallIds = "error", bad_images: BadImages = "leave_out") -> Manifest:
-    """11k Hands protocol for one aspect (docs/method.md, "Protocols"). ``bad_images``: what to do with an
-    image that does not decode or is too small (``screen_images``); it is left out before the split."""
+    """11k Hands protocol for one aspect (docs/method.md, "Protocols"), or for all four (``aspect='all'``,
+    ``prepare_11k_all``). ``bad_images``: what to do with an image that does not decode or is too small
+    (``screen_images``); it is left out before the split."""
+    if str(aspect).strip().lower() == ALL_ASPECTS:
+        _refuse_gallery_all(gallery_all, "gallery_all")
+        return prepare_11k_all(root, runs, seed, small_ids, bad_images)
     aspect = normalise_aspect(aspect)
     check_common(runs, seed, small_ids)
     root = require_dir(root, "11k")
@@ -201,6 +214,52 @@ def prepare_11k(root, aspect: str, runs: int = 10, seed: int = 0, gallery_all: b
                         split="gallery", run=run, path=ident.paths[picks[ident.pid]], pid=k * base + ident.pid,
                         camid=None, dataset="11k", subset=other, original_id=ident.original_id, is_distractor=True))
     return Manifest(records, source=f"11k manifest for {aspect}", preparation=preparation)
+
+
+def prepare_11k_all(root, runs: int = 10, seed: int = 0, small_ids: SmallIds = "error",
+                    bad_images: BadImages = "leave_out") -> Manifest:
+    """All four 11k aspects in one manifest (docs/method.md, "Aspects of a hand").
+
+    Each aspect is split exactly as its own protocol splits it (its cutoff, its val image and gallery i
+    draws), so its query and gallery records are those of ``prepare_11k(root, aspect)``; every record
+    carries its aspect (``subset``, and the aspect's index as ``camid``) and the person's id as ``pid``,
+    so one identity spans the aspects it was photographed in. The cutoffs differ per aspect, so a few
+    people are training identities in one aspect and test identities in another: they are never trained
+    on (their train/val images are left out, with a warning), so no test identity is ever seen in training.
+    """
+    check_common(runs, seed, small_ids)
+    root = require_dir(root, "11k")
+    csv_path = root / "HandInfo.csv"
+    rows = read_handinfo(csv_path)
+    images_dir = _11k_images_dir(root)
+    wanted = [str(images_dir / r.image_name) for r in rows if r.accessories == 0]
+    check_images_exist(wanted, csv_path)
+    preparation = screen_images(wanted, bad_images)
+    left_out = preparation.left_out
+    preparation.rows = _11k_all_row_counts(rows, left_out, images_dir)
+    splits = {}
+    for aspect in ASPECTS:
+        train, test = _11k_identities(rows, aspect, images_dir, left_out)
+        if not train or not test:
+            side = "training" if not train else "test"
+            raise DataError(f"{csv_path} has no {side} identities for aspect {aspect} "
+                            f"(accessories == 0, id {'<=' if not train else '>'} {CUTOFFS_11K[aspect]})")
+        splits[aspect] = split_identities(train, test, runs, split_rng(seed, _ASPECT_CODE[aspect]), f"11k {aspect}",
+                                          small_ids)
+    tested = {ident.pid for split in splits.values() for ident in split.test}
+    records, untrained = [], set()
+    for aspect, split in splits.items():
+        for rec in split_records(split, "11k", aspect):
+            if rec.split in ("train", "val") and rec.pid in tested:
+                untrained.add(rec.original_id)
+                continue
+            records.append(with_aspect(rec, aspect))
+    if untrained:
+        shown = ", ".join(sorted(untrained)[:5]) + (f" and {len(untrained) - 5} more" if len(untrained) > 5 else "")
+        warnings.warn(f"{len(untrained)} 11k identit{'y is' if len(untrained) == 1 else 'ies are'} a test identity "
+                      f"in one aspect and a training identity in another ({shown}); their training images "
+                      f"are left out", DataWarning, stacklevel=2)
+    return Manifest(records, source="11k manifest for all aspects", preparation=preparation)
 
 
 # --------------------------------------------------------------------------- HD
@@ -352,10 +411,10 @@ def prepare_folder(root, runs: int = 10, seed: int = 0, test_ids: Union[None, in
 # --------------------------------------------------------------------------- registry entries
 @register_dataset("11k")
 class Hands11k(DatasetSpec):
-    """11k Hands, one aspect per manifest."""
+    """11k Hands, one aspect per manifest, or all four (``--aspect all``)."""
 
     options = (
-        Option("--aspect", "dorsal_r, dorsal_l, palmar_r or palmar_l"),
+        Option("--aspect", "dorsal_r, dorsal_l, palmar_r, palmar_l, or all (the four aspects in one manifest)"),
         Option("--gallery-all", "add the other three aspects' gallery i as distractors", {"action": "store_true"}),
     )
 
@@ -366,9 +425,15 @@ class Hands11k(DatasetSpec):
 
     def from_args(self, args) -> Manifest:
         if not args.aspect:
-            raise DataError("prepare 11k needs --aspect (dorsal_r, dorsal_l, palmar_r or palmar_l)")
+            raise DataError("prepare 11k needs --aspect (dorsal_r, dorsal_l, palmar_r, palmar_l or all)")
         return prepare_11k(root_arg(args), args.aspect, runs=args.runs, seed=args.seed,
                            gallery_all=args.gallery_all, small_ids=small_ids_arg(args), bad_images=bad_images_arg(args))
+
+
+def _refuse_gallery_all(given: bool, flag: str) -> None:
+    if given:
+        raise DataError(f"{flag} adds the other aspects as distractors to one aspect's gallery; with aspect 'all' "
+                        f"every aspect is in the manifest already (choose galleries with evaluate --gallery-aspect)")
 
 
 @register_dataset("hd")

@@ -72,8 +72,9 @@ def _aggregate(per_run: list, keys: list) -> dict:
 
 
 def run_figures(scores: np.ndarray, query_pids, gallery_pids, method: str = "logit", folds: int = 2,
-                seed: int = 0, calibration=None) -> dict:
-    """Every forensic figure of one run; a part that cannot be computed leaves a note instead."""
+                seed: int = 0, calibration=None, pair: str | None = None) -> dict:
+    """Every forensic figure of one run; a part that cannot be computed leaves a note instead. ``pair``:
+    the aspect pair whose map of ``calibration`` is judged (None: its own maps)."""
     figures = {"notes": []}
     flat = {}
     try:
@@ -110,7 +111,7 @@ def run_figures(scores: np.ndarray, query_pids, gallery_pids, method: str = "log
         figures["notes"].append(f"likelihood ratios not computed: {exc}")
     if calibration is not None:  # a stored calibration, judged on this run's pairs
         try:
-            stored = cllr_figures(calibration.log10_lr(np.asarray(scores).ravel(), "image"), labels)
+            stored = cllr_figures(calibration.log10_lr(np.asarray(scores).ravel(), "image", pair), labels)
             figures["stored_calibration"] = stored
             flat.update({f"stored_{k}": stored[k] for k in ("cllr", "cllr_min", "cllr_cal")})
         except CalibrationError as exc:
@@ -132,6 +133,10 @@ def forensic_evaluation(result, method: str = "logit", folds: int = 2, seed: int
                                "evaluate without --flip / --rerank / --metric euclidean to judge it")
     if not result.distances:
         raise ForensicMetricError("the evaluation kept no distances; evaluate with keep_distances=True")
+    options = result.options
+    # An evaluation of one aspect pair judges that pair's map only (docs/method.md, "Aspects of a hand").
+    pair = calibration.pair_for(options.get("query_aspect"), options.get("gallery_aspect"),
+                                options.get("mirror_query", False)) if calibration is not None else None
     runs = list(result.distances)
     iterator = runs
     if progress:
@@ -143,7 +148,7 @@ def forensic_evaluation(result, method: str = "logit", folds: int = 2, seed: int
         query, gallery = result.splits[run]
         scores, score_name = similarity_scores(result.distances[run], result.options)
         figures = run_figures(scores, [r.pid for r in query], [r.pid for r in gallery], method, folds, seed + run,
-                              calibration)
+                              calibration, pair)
         curves[run] = {"roc": figures.pop("roc", None), "openset": figures.pop("fpir_fnir", None)}
         if "llrs" in figures:
             llrs.append(figures.pop("llrs"))

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..aspects import aspects_of, normalise_aspect, record_aspect
 from ..config import EvalConfig
 from ..data.images import check_images_exist, unusable_images, warn_left_out
 from ..errors import DataError
@@ -91,16 +92,19 @@ def select_runs(manifest, runs) -> list[int]:
 
 
 def evaluate_records(features: dict[str, np.ndarray], query, gallery, eval_cfg: EvalConfig,
-                     what: str = "this run") -> tuple[dict, np.ndarray]:
-    """Metrics for one query/gallery split, given a path -> feature table."""
+                     what: str = "this run", query_features: dict[str, np.ndarray] | None = None
+                     ) -> tuple[dict, np.ndarray]:
+    """Metrics for one query/gallery split, given a path -> feature table (``query_features`` for the
+    queries when they were encoded otherwise, e.g. mirrored)."""
     if not query:
         raise DataError(f"no query images in {what}")
     if not gallery:
         raise DataError(f"no gallery images in {what}")
-    q = np.stack([features[r.path] for r in query])
+    q = np.stack([(query_features or features)[r.path] for r in query])
     g = np.stack([features[r.path] for r in gallery])
     dist = distance_matrix(q, g, eval_cfg)
-    camids_known = all(r.camid is not None for r in query) and all(r.camid is not None for r in gallery)
+    # A hand aspect's index in the camid column is not a camera: same-aspect matches are never dropped.
+    camids_known = all(r.camid is not None and record_aspect(r) is None for r in (*query, *gallery))
     result = evaluate_rank(
         dist,
         np.array([r.pid for r in query]),
@@ -116,38 +120,51 @@ def evaluate_records(features: dict[str, np.ndarray], query, gallery, eval_cfg: 
 
 def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, runs=None,
                       distractors: bool = True, progress: bool = False,
-                      keep_distances: bool = False, skip_bad: bool = False) -> EvalResult:
+                      keep_distances: bool = False, skip_bad: bool = False, query_aspect: str | None = None,
+                      gallery_aspect: str | None = None, mirror_query: bool = False) -> EvalResult:
     """Evaluate every requested run of ``manifest`` with ``encoder`` (a ``handclip.model.inference.Encoder``);
     each image is encoded once for all runs.
 
     ``distractors=False`` drops the manifest's distractor gallery images (11k gallery_all, HD 502-712).
+    ``query_aspect`` / ``gallery_aspect``: each run's queries of one aspect against its gallery of another
+    (or the same) aspect (a manifest holding several aspects needs both); ``mirror_query`` encodes the
+    queries mirrored left-right (docs/method.md, "Aspects of a hand").
     Every image is checked before any is encoded: an unusable one stops the evaluation, naming it, unless
     ``skip_bad`` (``--skip-bad``): then each is named in a warning, left out of every run and listed in
     ``options["images_left_out"]``.
     """
     eval_cfg = eval_cfg or EvalConfig()
     chosen = select_runs(manifest, runs)
+    query_aspect, gallery_aspect = choose_aspects(manifest, query_aspect, gallery_aspect)
     splits = {}
     for run in chosen:
-        gallery = manifest.split("gallery", run)
+        gallery = of_aspect(manifest.split("gallery", run), gallery_aspect)
         if not distractors:
             gallery = [r for r in gallery if not r.is_distractor]
-        splits[run] = (manifest.split("query", run), gallery)
-    needed = _unique_paths(rec for q, g in splits.values() for rec in (*q, *g))
-    check_images_exist(needed)
-    problems = unusable_images([rec.path for rec in needed], skip_bad, "query/gallery ")
+        splits[run] = (of_aspect(manifest.split("query", run), query_aspect), gallery)
+    every = _unique_paths(rec for q, g in splits.values() for rec in (*q, *g))
+    check_images_exist(every)
+    problems = unusable_images([rec.path for rec in every], skip_bad, "query/gallery ")
     left_out = {problem.path for problem in problems}
     if left_out:
         warn_left_out(problems, "the evaluation")
         splits = {run: ([r for r in q if r.path not in left_out], [r for r in g if r.path not in left_out])
                   for run, (q, g) in splits.items()}
-        needed = [rec for rec in needed if rec.path not in left_out]
+    # Mirrored queries are encoded only mirrored.
+    needed = _unique_paths(rec for q, g in splits.values() for rec in ((*g,) if mirror_query else (*q, *g)))
     feats = encoder.features(needed, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip, progress=progress)
     table = {rec.path: feats[i] for i, rec in enumerate(needed)}
+    query_table = None
+    if mirror_query:
+        queries = _unique_paths(rec for q, _ in splits.values() for rec in q)
+        mirrored_feats = encoder.features(queries, batch_size=eval_cfg.batch_size, flip=eval_cfg.flip,
+                                          progress=progress, mirror=True)
+        query_table = {rec.path: mirrored_feats[i] for i, rec in enumerate(queries)}
     per_run = []
     distances = {}
     for run, (query, gallery) in splits.items():
-        metrics, dist = evaluate_records(table, query, gallery, eval_cfg, what=f"run {run} of the manifest")
+        metrics, dist = evaluate_records(table, query, gallery, eval_cfg, what=f"run {run} of the manifest",
+                                         query_features=query_table)
         if keep_distances:
             distances[run] = dist
         cmc = metrics.pop("cmc")
@@ -157,15 +174,45 @@ def evaluate_manifest(encoder, manifest, eval_cfg: EvalConfig | None = None, run
                "runs": chosen, "distractors": distractors,
                "distractor_images": max(sum(r.is_distractor for r in g) for _, g in splits.values()),
                "images_left_out": sorted(left_out)}
-    return EvalResult(per_run, aggregate, int(feats.shape[1]), len(needed), options,
+    if query_aspect is not None:
+        options.update(query_aspect=query_aspect, gallery_aspect=gallery_aspect, mirror_query=bool(mirror_query))
+    encoded = len(needed) + (len(query_table) if query_table is not None else 0)
+    return EvalResult(per_run, aggregate, int(feats.shape[1]), encoded, options,
                       features=table, splits=splits, distances=distances)
+
+
+def choose_aspects(manifest, query_aspect: str | None, gallery_aspect: str | None) -> tuple:
+    """The (query, gallery) aspects to evaluate: both given, both None for a one-aspect manifest, or a
+    DataError naming what is missing (a manifest with several aspects has no single meaning otherwise)."""
+    if (query_aspect is None) != (gallery_aspect is None):
+        raise DataError("give both --query-aspect and --gallery-aspect (the same one for a same-aspect evaluation)")
+    found = aspects_of(r for r in manifest.records if r.split in ("query", "gallery") and not r.is_distractor)
+    if query_aspect is None:
+        if len(found) > 1:
+            raise DataError(f"the manifest holds {len(found)} aspects ({', '.join(found)}); choose the queries' and "
+                            f"the gallery's with --query-aspect and --gallery-aspect, or give --aspect-matrix")
+        return None, None
+    chosen = normalise_aspect(query_aspect, "query aspect"), normalise_aspect(gallery_aspect, "gallery aspect")
+    for aspect, side in zip(chosen, ("query", "gallery")):
+        if aspect not in found:
+            raise DataError(f"the manifest has no {side} images of aspect {aspect} (it holds "
+                            f"{', '.join(found) or 'no aspect labels'})")
+    return chosen
+
+
+def of_aspect(records: list, aspect: str | None) -> list:
+    """The records of one aspect (all when ``aspect`` is None); distractors are kept whatever their aspect."""
+    if aspect is None:
+        return records
+    return [r for r in records if r.is_distractor or record_aspect(r) == aspect]
 
 
 def evaluate_validation(encoder, manifest, eval_cfg: EvalConfig | None = None) -> dict:
     """Model-selection score: held-out val images (one per training identity) ranked against the train images.
 
     Test identities are never looked at here: choosing the best epoch on them would report a
-    selected, not a measured, result (docs/method.md, "Pitfalls").
+    selected, not a measured, result (docs/method.md, "Pitfalls"). With several aspects, each aspect's
+    val images are ranked against its own train images and the metrics averaged over the aspects.
     """
     eval_cfg = eval_cfg or EvalConfig()
     eval_cfg = eval_cfg.model_copy(update={"rerank": False, "flip": False})
@@ -177,5 +224,10 @@ def evaluate_validation(encoder, manifest, eval_cfg: EvalConfig | None = None) -
     check_images_exist(needed)
     feats = encoder.features(needed, batch_size=eval_cfg.batch_size)
     table = {rec.path: feats[i] for i, rec in enumerate(needed)}
-    metrics, _ = evaluate_records(table, query, gallery, eval_cfg)
-    return {k: metrics[k] for k in METRIC_KEYS}
+    aspects = aspects_of(query)
+    if len(aspects) <= 1:
+        metrics, _ = evaluate_records(table, query, gallery, eval_cfg)
+        return {k: metrics[k] for k in METRIC_KEYS}
+    per_aspect = [evaluate_records(table, of_aspect(query, a), of_aspect(gallery, a), eval_cfg,
+                                   what=f"the {a} validation split")[0] for a in aspects]
+    return {k: float(np.mean([m[k] for m in per_aspect])) for k in METRIC_KEYS}

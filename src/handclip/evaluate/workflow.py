@@ -143,7 +143,8 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
                         distractors: bool = True, require_distractors: bool = False, allow_id_overlap: bool = False,
                         forensic: bool = True, calibration_method: str = "logit", calibration_folds: int = 2,
                         calibration=None, queries_shown: int = 8, top_k: int = 10, device: str = "auto",
-                        progress: bool = False, skip_bad: bool = False, precision: str = "auto",
+                        progress: bool = False, skip_bad: bool = False, query_aspect: str | None = None,
+                        gallery_aspect: str | None = None, mirror_query: bool = False, precision: str = "auto",
                         engine: str = "torch") -> EvaluationReport:
     """Evaluate a checkpoint (or, with ``backbone``, a zero-shot backbone) on ``manifest_path``'s Monte Carlo
     runs and write the report folder ``out`` (default: ``default_report_folder``); what ``handclip
@@ -156,6 +157,7 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
     ``precision`` and ``engine``: how the features are computed (``Encoder.computed_with``). The
     output folder is checked before any image is encoded, and written only when all of it succeeded; the
     report names the manifest, checkpoint, weights and calibration files with their SHA-256.
+    ``query_aspect``, ``gallery_aspect``, ``mirror_query``: one pair of hand aspects (``evaluate_manifest``).
     """
     manifest = _read_manifest(manifest_path, allow_id_overlap, require_distractors)
     folder = Path(out) if out else default_report_folder(manifest_path, checkpoint)
@@ -169,10 +171,15 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
         stored = ScoreCalibration.load(calibration)
         stored.check_model(encoder.fingerprint())
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=distractors, progress=progress,
-                               keep_distances=True, skip_bad=skip_bad)
+                               keep_distances=True, skip_bad=skip_bad, query_aspect=query_aspect,
+                               gallery_aspect=gallery_aspect, mirror_query=mirror_query)
     subsets = sorted({subset_label(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})
     # The manifest's own name, as written (underscores and all), so the report says which file it was.
     title = f"Evaluation on {', '.join(subsets)} ({Path(manifest_path).name})"
+    if "query_aspect" in result.options:
+        options = result.options
+        title += (f": queries {options['query_aspect']}{' (mirrored)' if options['mirror_query'] else ''} "
+                  f"against gallery {options['gallery_aspect']}")
     files = provenance(manifest_path, checkpoint, weights, calibration)
     figures = None
     if forensic:

@@ -8,6 +8,7 @@ identity, so it describes LRs for people the calibration did not see.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -110,23 +111,11 @@ def _usable(records: list, skip_bad: bool, source) -> list:
     return [r for r in records if r.path not in bad]
 
 
-def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
-              folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
-              progress: bool = False, out=None, images=None, skip_bad: bool = False, precision: str = "auto",
-              engine: str = "torch") -> ScoreCalibration:
-    """A ScoreCalibration for ``checkpoint`` fitted on the identities of ``manifest_path`` (its ``splits``) or
-    of ``images``, a folder of per-identity folders of people the model never trained on (every image), saved
-    to ``out`` (a JSON file, written atomically) when given. An unusable image stops it, naming the file,
-    unless ``skip_bad`` (each is then named and left out). The features are computed at ``precision`` with
-    ``engine`` (``Encoder.computed_with``), as the summary's ``inference`` record says."""
-    import hashlib
-
+def _calibration_input(manifest_path, images, splits: Sequence[str], skip_bad: bool) -> tuple[list, str, dict]:
+    """(records, source named in messages, provenance for the summary) of a manifest's splits or a folder."""
     from ..atomic import sha256_file
     from ..data.manifest import Manifest
-    from ..model.inference import load_encoder
 
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
     if (manifest_path is None) == (images is None):
         raise CalibrationError("give either a manifest or a folder of per-identity image folders to calibrate on")
     if images is not None:
@@ -144,28 +133,88 @@ def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Seq
                   "overstate the evidence for new people", file=sys.stderr)
     records = _usable(records, skip_bad, source)
     _enough_identities(records, source)
+    return records, source, provenance
+
+
+def _identity_sha256(records: list, from_folder: bool) -> list[str]:
+    """Who the calibration saw, as SHA-256 of each identity (its id in a manifest, its folder name in a
+    folder of people), UTF-8: a validation can check that it is run on other people without the file
+    naming anyone."""
+    return sorted({hashlib.sha256(identity.encode("utf-8")).hexdigest() for identity in
+                   (r.original_id if from_folder else str(r.pid) for r in records)})
+
+
+def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
+              folds: int = 5, seed: int = 0, device=None, batch_size: int = 128,
+              progress: bool = False, out=None, images=None, skip_bad: bool = False, aspect_pairs: bool = False,
+              mirror: bool = True, precision: str = "auto", engine: str = "torch") -> ScoreCalibration:
+    """A ScoreCalibration for ``checkpoint`` fitted on the identities of ``manifest_path`` (its ``splits``) or
+    of ``images``, a folder of per-identity folders of people the model never trained on (every image), saved
+    to ``out`` (a JSON file, written atomically) when given. An unusable image stops it, naming the file,
+    unless ``skip_bad`` (each is then named and left out). With ``aspect_pairs`` one map per aspect pair
+    (``calibrate_pairs``; ``mirror``: also the cross-side pairs with the query mirrored). The features are
+    computed at ``precision`` with ``engine`` (``Encoder.computed_with``), as the summary's ``inference``
+    record says."""
+    from ..model.inference import load_encoder
+
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    records, source, provenance = _calibration_input(manifest_path, images, splits, skip_bad)
     encoder = load_encoder(checkpoint, device=device, precision=precision, engine=engine)  # as enrol and search
-    features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
-    pids = np.array([rec.pid for rec in records])
-    maps, figures = fit_calibration(features, pids, method, folds, seed)
-    image = figures["image"]
-    summary = {
-        "method": method, "cllr": image["cllr"], "cllr_min": image["cllr_min"], "cllr_cal": image["cllr_cal"],
-        "n_identities": int(len(set(pids.tolist()))), "n_images": len(records),
-        # Who the calibration saw, as SHA-256 of each identity (its id in a manifest, its folder name in a
-        # folder of people), UTF-8: a validation can check that it is run on other people without the file
-        # naming anyone.
-        "identity_sha256": sorted({hashlib.sha256(identity.encode("utf-8")).hexdigest() for identity in
-                                   (r.original_id if images is not None else str(r.pid) for r in records)}),
-        "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"], **provenance,
-        "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
-        "score": "cosine similarity of L2-normalised features (no flip)",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures, "inference": encoder.inference_record(),
-    }
-    calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
+    if aspect_pairs:
+        calibration = calibrate_pairs(encoder, records, source, provenance, method, folds, seed, checkpoint,
+                                      batch_size=batch_size, mirror=mirror, progress=progress)
+    else:
+        features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
+        pids = np.array([rec.pid for rec in records])
+        maps, figures = fit_calibration(features, pids, method, folds, seed)
+        image = figures["image"]
+        summary = {
+            "method": method, "cllr": image["cllr"], "cllr_min": image["cllr_min"], "cllr_cal": image["cllr_cal"],
+            "n_identities": int(len(set(pids.tolist()))), "n_images": len(records),
+            "identity_sha256": _identity_sha256(records, images is not None),
+            "n_mated": image["n_mated"], "n_nonmated": image["n_nonmated"], **provenance,
+            "checkpoint": str(Path(checkpoint)), "folds": image["folds"], "seed": seed,
+            "score": "cosine similarity of L2-normalised features (no flip)",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kinds": figures,
+            "inference": encoder.inference_record(),
+        }
+        calibration = ScoreCalibration(maps, encoder.fingerprint(), summary)
     if out is not None:
         calibration.save(out)
     return calibration
 
 
-__all__ = ["calibrate", "calibration_records", "fit_calibration", "folder_records", "KINDS", "DEFAULT_SPLITS"]
+def calibrate_pairs(encoder, records: list, source: str, provenance: dict, method: str = "logit", folds: int = 5,
+                    seed: int = 0, checkpoint=None, batch_size: int = 128, mirror: bool = True,
+                    progress: bool = False) -> ScoreCalibration:
+    """A ScoreCalibration with one map per aspect pair (``handclip.forensic.pair_calibration``), fitted on
+    ``records`` (from ``source``) with ``encoder`` (``load_encoder``): each image encoded with its own aspect,
+    and mirrored for the pairs whose sides differ (``mirror``)."""
+    from ..aspects import aspects_of, record_aspect
+    from .pair_calibration import AspectImages, fit_aspect_pairs
+
+    aspects = aspects_of(records)
+    if not aspects:
+        raise CalibrationError(f"{source} has no aspect labels (a manifest's subset/camid); --aspect-pairs needs "
+                               f"them (prepare synthetic --aspects, prepare 11k --aspect)")
+    images = {}
+    for aspect in aspects:
+        chosen = [r for r in records if record_aspect(r) == aspect]
+        features = encoder.features(chosen, batch_size=batch_size, progress=progress)
+        flipped = encoder.features(chosen, batch_size=batch_size, progress=progress, mirror=True) if mirror else None
+        images[aspect] = AspectImages(features, np.array([r.pid for r in chosen]), flipped)
+    maps, figures = fit_aspect_pairs(images, method, folds, seed, mirror=mirror)
+    summary = {
+        "method": method, "aspect_pairs": sorted(maps), "pairs": figures,
+        "n_identities": len({r.pid for r in records}), "n_images": len(records), "aspects": aspects,
+        "identity_sha256": _identity_sha256(records, "images" in provenance), **provenance,
+        "checkpoint": str(Path(checkpoint or encoder.checkpoint)), "folds": folds, "seed": seed,
+        "score": "cosine similarity of L2-normalised features (no flip); a '(mirrored)' pair mirrors the query",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "inference": encoder.inference_record(),
+    }
+    return ScoreCalibration({}, encoder.fingerprint(), summary, pairs=maps)
+
+
+__all__ = ["calibrate", "calibrate_pairs", "calibration_records", "fit_calibration", "folder_records", "KINDS",
+           "DEFAULT_SPLITS"]

@@ -27,7 +27,7 @@ from .calibration_checks import (FORMAT, KINDS, METHODS, VERSION, CalibrationErr
                                  check_map, content_sha256, parse_json)
 
 __all__ = ["FORMAT", "KINDS", "METHODS", "VERSION", "CalibrationError", "ScoreCalibration", "ScoreMap",
-           "cllr_figures", "describe", "elub_bounds", "fit_score_map", "kde_table", "monotone_interp",
+           "cllr_figures", "elub_bounds", "fit_score_map", "kde_table", "monotone_interp",
            "verbal_band", "verbal_equivalent", "verbal_scale_rows", "verbal_strength"]
 # Two-fold cross-calibration needs at least three people with two or more images in each fold.
 MIN_IDENTITIES = 6
@@ -329,19 +329,42 @@ class ScoreCalibration:
     maps: dict[str, ScoreMap]
     fingerprint: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    # Per aspect pair (``handclip.forensic.pair_calibration``): pair key -> kind -> map; figures in summary["pairs"].
+    pairs: dict[str, dict[str, ScoreMap]] = field(default_factory=dict)
 
-    def _map(self, kind: str) -> ScoreMap:
-        if kind not in self.maps:
-            raise CalibrationError(f"this calibration has no {kind!r} scores (it has {', '.join(sorted(self.maps))})")
-        return self.maps[kind]
+    def _map(self, kind: str, pair: str | None = None) -> ScoreMap:
+        maps = self.maps if pair is None else self.pairs.get(pair, {})
+        if kind not in maps:
+            raise CalibrationError(f"this calibration{f' of the pair {pair}' if pair else ''} has no {kind!r} scores "
+                                   f"(it has {', '.join(sorted(maps)) or 'none'})")
+        return maps[kind]
 
-    def log10_lr(self, scores, kind: str = "image") -> np.ndarray:
-        """log10 LR of cosine ``scores`` of the given kind, clipped to the calibration's ELUB range."""
-        return self._map(kind).log10_lr(scores)
+    def log10_lr(self, scores, kind: str = "image", pair: str | None = None) -> np.ndarray:
+        """log10 LR of cosine ``scores`` of the given kind (of aspect pair ``pair``), clipped to the ELUB range."""
+        return self._map(kind, pair).log10_lr(scores)
 
-    def bounds(self, kind: str = "image") -> tuple[float, float]:
-        score_map = self._map(kind)
+    def bounds(self, kind: str = "image", pair: str | None = None) -> tuple[float, float]:
+        score_map = self._map(kind, pair)
         return score_map.lower, score_map.upper
+
+    def pair_for(self, query_aspect: str | None, gallery_aspect: str | None, mirrored: bool = False) -> str | None:
+        """The key of the pair whose maps weigh these aspects (None: the file's own maps, same-aspect only);
+        CalibrationError when it has none for exactly this pair (docs/method.md, "Aspects of a hand")."""
+        from ..aspects import pair_key
+
+        if not self.pairs:
+            if not mirrored and (query_aspect is None or gallery_aspect is None or query_aspect == gallery_aspect):
+                return None
+            raise CalibrationError("this calibration was fitted without aspect pairs, so it says nothing about "
+                                   "comparing other aspects; fit one with `handclip calibrate --aspect-pairs`")
+        if gallery_aspect is None:
+            raise CalibrationError("this calibration is fitted per aspect pair, but the gallery images carry no "
+                                   "aspect; state the gallery's aspect (enrol --aspect) to weigh the scores")
+        key = pair_key(query_aspect, gallery_aspect, mirrored)
+        if key not in self.pairs:
+            raise CalibrationError(f"this calibration has no maps for the aspect pair {key} (it has "
+                                   f"{', '.join(sorted(self.pairs))}); refusing to borrow another pair's")
+        return key
 
     def check_model(self, fingerprint: dict) -> None:
         """CalibrationError naming every field on which ``fingerprint`` differs from the calibrated model's."""
@@ -354,14 +377,26 @@ class ScoreCalibration:
                                    + "; ".join(differences))
 
     def describe(self, kinds: Sequence[str] = KINDS) -> list[str]:
-        """Lines for a terminal: method, cross-validated Cllr and LR range per kind (``describe``)."""
-        return describe(self, kinds)
+        """Lines for a terminal: cross-validated Cllr per aspect pair, then pair counts, Cllr and LR range per kind."""
+        lines = []
+        for key, maps in self.pairs.items():
+            figures = self.summary.get("pairs", {}).get(key, {})
+            lines.append(f"{key:>30}: " + ", ".join(f"{kind} Cllr {figures.get(kind, {}).get('cllr', math.nan):.3f}"
+                                                    for kind in kinds if kind in maps))
+        for kind in (k for k in kinds if k in self.maps):
+            f, (low, high) = self.summary.get("kinds", {}).get(kind, {}), self.bounds(kind)
+            lines.append(f"{kind:>8}: {f.get('n_mated', '?')} mated / {f.get('n_nonmated', '?')} non-mated; "
+                         f"cross-validated Cllr {f.get('cllr', math.nan):.3f} (min {f.get('cllr_min', math.nan):.3f}, "
+                         f"cal {f.get('cllr_cal', math.nan):.3f}); LR from 10^{low:.2f} to 10^{high:.2f}")
+        return lines
 
     def as_dict(self) -> dict:
         """The file's content, with the SHA-256 of its canonical form (``calibration_checks``)."""
         summary = {k: v for k, v in self.summary.items() if k != "path"}
         payload = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "summary": summary,
                    "maps": {kind: m.as_dict() for kind, m in self.maps.items()}}
+        if self.pairs:  # maps per aspect pair: hashed with the rest, so a swapped pair is detected
+            payload["pairs"] = {key: {kind: m.as_dict() for kind, m in maps.items()} for key, maps in self.pairs.items()}
         try:
             return {**payload, "content_sha256": content_sha256(payload)}
         except ValueError:
@@ -387,19 +422,8 @@ class ScoreCalibration:
         check_document(data, path)
         parsed = {kind: ScoreMap.from_dict(m, f"calibration file {path}, maps.{kind}")
                   for kind, m in data["maps"].items()}
+        pairs = {key: {kind: ScoreMap.from_dict(m, f"calibration file {path}, pairs.{key}.{kind}")
+                       for kind, m in maps.items()} for key, maps in data.get("pairs", {}).items()}
         check_content_hash(data, path)  # after the maps, so a map that cannot be right is named first
-        return cls(parsed, data["fingerprint"], {**data["summary"], "path": str(path)})
+        return cls(parsed, data["fingerprint"], {**data["summary"], "path": str(path)}, pairs)
 
-
-def describe(calibration: ScoreCalibration, kinds: Sequence[str] = KINDS) -> list[str]:
-    """Lines for a terminal: method, cross-validated Cllr and LR range per kind."""
-    lines = []
-    for kind in kinds:
-        if kind not in calibration.maps:
-            continue
-        figures = calibration.summary.get("kinds", {}).get(kind, {})
-        low, high = calibration.bounds(kind)
-        lines.append(f"{kind:>8}: {figures.get('n_mated', '?')} mated / {figures.get('n_nonmated', '?')} non-mated; "
-                     f"cross-validated Cllr {figures.get('cllr', float('nan')):.3f} (min {figures.get('cllr_min', float('nan')):.3f}, "
-                     f"cal {figures.get('cllr_cal', float('nan')):.3f}); LR from 10^{low:.2f} to 10^{high:.2f}")
-    return lines

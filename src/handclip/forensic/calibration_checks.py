@@ -7,7 +7,10 @@ it. So a file is refused, in one line naming the file and the field, unless
   NaN or Infinity;
 - it is format version 3 (versions 1 and 2 hold no content hash, so an edit could not be told; fit
   them again) with exactly the top-level fields ``format``, ``version``, ``fingerprint``, ``summary``,
-  ``maps`` and ``content_sha256``;
+  ``maps`` and ``content_sha256``, and optionally ``pairs``;
+- ``pairs`` (a calibration per aspect pair, docs/method.md "Aspects of a hand") names only pairs of
+  known aspects (``dorsal_l(mirrored)->dorsal_r``), each with at least one map of a known kind, and
+  its figures in ``summary.pairs`` are numbers; ``maps`` may then be empty;
 - every map is typed and sound: ``method`` one of logit, kde, isotonic with exactly its parameters,
   numbers that are numbers (not strings or booleans) and finite, knots sorted, isotonic probabilities
   within [0, 1], a log10 LR that never falls as the score rises, and bounds that are two finite
@@ -35,6 +38,7 @@ READABLE_VERSIONS = (3,)
 METHODS = ("logit", "kde", "isotonic")
 KINDS = ("image", "identity")
 TOP_LEVEL = ("format", "version", "fingerprint", "summary", "maps", "content_sha256")
+OPTIONAL = ("pairs",)
 PARAMETERS = {"logit": ("coef", "intercept"), "kde": ("bandwidth", "x", "log10_lr"), "isotonic": ("x", "p")}
 # An ELUB bound is at most about log10 of the comparisons counted, plus one: far below this.
 BOUND_LIMIT = 15.0
@@ -86,13 +90,13 @@ def check_document(data: dict, path) -> None:
     if version not in READABLE_VERSIONS:
         raise CalibrationError(f"calibration file {path} has format version {version!r}; "
                                f"this HandCLIP reads version {' and '.join(map(str, READABLE_VERSIONS))}")
-    unknown = sorted(set(data) - set(TOP_LEVEL))
+    unknown = sorted(set(data) - set(TOP_LEVEL) - set(OPTIONAL))
     missing = [key for key in TOP_LEVEL if key not in data]
     if unknown or missing:
         raise CalibrationError(f"calibration file {path}: " + (f"unknown field {unknown[0]!r}" if unknown
                                                                 else f"field {missing[0]!r} is missing"))
     maps = data["maps"]
-    if not isinstance(maps, dict) or not maps:
+    if not isinstance(maps, dict) or not (maps or "pairs" in data):
         raise CalibrationError(f"calibration file {path} has no score maps")
     strange = sorted(set(maps) - set(KINDS))
     if strange:
@@ -100,6 +104,44 @@ def check_document(data: dict, path) -> None:
     if not isinstance(data["fingerprint"], dict) or not isinstance(data["summary"], dict):
         raise CalibrationError(f"calibration file {path}: fingerprint and summary must be JSON objects")
     _check_summary(data["summary"], path)
+    if "pairs" in data:
+        _check_pairs(data["pairs"], data["summary"], path)
+
+
+def _pair_keys() -> set[str]:
+    from ..aspects import ASPECTS, pair_key
+
+    return {pair_key(q, g, mirrored) for q in ASPECTS for g in ASPECTS for mirrored in (False, True)
+            if not (mirrored and q == g)}
+
+
+def _check_pairs(pairs, summary: dict, path) -> None:
+    """The per-aspect-pair section: known pair keys, known kinds, numeric figures (maps checked one by one)."""
+    if not isinstance(pairs, dict) or not pairs:
+        raise CalibrationError(f"calibration file {path}: pairs must be a non-empty JSON object")
+    valid = _pair_keys()
+    for key, maps in pairs.items():
+        if key not in valid:
+            raise CalibrationError(f"calibration file {path}: {str(key)[:60]!r} is not an aspect pair")
+        if not isinstance(maps, dict) or not maps or set(maps) - set(KINDS):
+            raise CalibrationError(f"calibration file {path}: pairs.{key} must map score kinds "
+                                   f"({', '.join(KINDS)}) to score maps")
+    figures = summary.get("pairs", {})
+    if not isinstance(figures, dict) or set(figures) - valid:
+        raise CalibrationError(f"calibration file {path}: summary.pairs must map aspect pairs to their figures")
+    unreported = sorted(set(pairs) - set(figures))
+    if unreported:
+        raise CalibrationError(f"calibration file {path}: summary.pairs lacks the figures of pair {unreported[0]}")
+    for key, by_kind in figures.items():
+        # A pair left out when fitting is named with the reason; a fitted pair has figures per kind.
+        if not isinstance(by_kind, dict) or ("skipped" in by_kind) == (key in pairs):
+            raise CalibrationError(f"calibration file {path}: summary.pairs.{key} does not match the pair's maps")
+        for kind, values in by_kind.items():
+            if kind == "skipped" and isinstance(values, str):
+                continue
+            if kind not in KINDS or not isinstance(values, dict):
+                raise CalibrationError(f"calibration file {path}: summary.pairs.{key}.{str(kind)[:20]} is malformed")
+            _check_summary(values, path)
 
 
 def check_content_hash(data: dict, path) -> None:

@@ -63,59 +63,68 @@ class CalibrationInfo:
             details.append(f"listing SHA-256 {str(s.get('images_sha256'))[:16]}...")
         return text + (f" ({'; '.join(details)})" if details else "")
 
-    def figures(self, kind: str) -> dict:
-        """The cross-validated figures of one score kind. The summary's top-level figures are the image
-        kind's, so another kind without its own figures gets none rather than those."""
+    def figures(self, kind: str, pair: str | None = None) -> dict:
+        """The cross-validated figures of one score kind (of one aspect pair). The summary's top-level figures
+        are the image kind's, so another kind without its own figures gets none rather than those."""
         s = self.summary
+        if pair is not None:
+            own = (s.get("pairs") or {}).get(pair, {}).get(kind) or {}
+            return {**{k: v for k, v in s.items() if k not in _KIND_FIGURES}, **own}
         own = (s.get("kinds") or {}).get(kind)
         if own is None and kind != "image":
             s = {k: v for k, v in s.items() if k not in _KIND_FIGURES}
         return {**s, **(own or {})}
 
-    def describe(self, kind: str) -> str:
+    def describe(self, kind: str, pair: str | None = None) -> str:
         """The calibration of the score kind a search used, as every output shows it (console, JSON, web
         page, HTML, PDF): method, that kind's cross-validated Cllr rounded to 3 decimals, the pair counts,
-        and the bounds."""
-        f = self.figures(kind)
+        and the bounds; for a calibration per aspect pair, the pair whose map was used."""
+        f = self.figures(kind, pair)
         number = lambda key: f"{f[key]:.3f}" if isinstance(f.get(key), (int, float)) else "?"  # noqa: E731
-        low, high = self.bounds(kind)
-        return (f"{f.get('method', '?')} calibration of '{kind}' scores: Cllr {number('cllr')} (Cllr_min "
+        low, high = self.bounds(kind, pair)
+        scores = f"'{kind}' scores" + (f" of the aspect pair {pair}" if pair else "")
+        return (f"{f.get('method', '?')} calibration of {scores}: Cllr {number('cllr')} (Cllr_min "
                 f"{number('cllr_min')}), {f.get('n_identities', '?')} identities, {f.get('n_mated', '?')} mated "
                 f"and {f.get('n_nonmated', '?')} non-mated pairs; log10 LR bounded to [{low:+.2f}, {high:+.2f}]")
 
-    def bounds(self, kind: str) -> tuple[float, float]:
-        low, high = self.calibration.bounds(kind)
+    def bounds(self, kind: str, pair: str | None = None) -> tuple[float, float]:
+        low, high = self.calibration.bounds(kind, pair)
         return float(low), float(high)
 
-    def weigh(self, scores, kind: str) -> list[tuple[float, str, str | None]]:
+    def weigh(self, scores, kind: str, pair: str | None = None) -> list[tuple[float, str, str | None]]:
         """(log10 LR, verbal equivalent, "lower"/"upper" when clipped to a bound, else None) per score."""
         if not len(scores):
             return []
-        bounds = self.bounds(kind)
-        lrs = self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind)
+        bounds = self.bounds(kind, pair)
+        lrs = self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind, pair=pair)
         return [(float(lr), verbal_equivalent(float(lr)), _bound_side(float(lr), bounds)) for lr in lrs]
 
-    def score_reaching(self, threshold_lr: float, kind: str) -> float | None:
-        """The lowest score whose LR exceeds ``threshold_lr`` under this calibration (None if none does)."""
-        return score_at_threshold(lambda scores: self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind),
-                                  threshold_lr)
+    def score_reaching(self, threshold_lr: float, kind: str, pair: str | None = None) -> float | None:
+        """The lowest score whose LR exceeds ``threshold_lr`` under this calibration (None if none does);
+        ``pair``: the aspect pair whose map weighs the scores."""
+        return score_at_threshold(
+            lambda scores: self.calibration.log10_lr(np.asarray(scores, np.float64), kind=kind, pair=pair),
+            threshold_lr)
 
     def open_set(self, log10_lrs, scores, kind: str, threshold_lr: float = DEFAULT_THRESHOLD_LR,
-                 threshold_score: float | None = None) -> dict:
+                 threshold_score: float | None = None, pair: str | None = None) -> dict:
         """The open-set answer of one query's candidates (``reading.open_set_answer``); ``threshold_score``
         is ``score_reaching``'s, given when already known."""
         if threshold_score is None:
-            threshold_score = self.score_reaching(threshold_lr, kind)
-        return open_set_answer(log10_lrs, scores, threshold_lr, threshold_score, self.bounds(kind)[1])
+            threshold_score = self.score_reaching(threshold_lr, kind, pair)
+        return open_set_answer(log10_lrs, scores, threshold_lr, threshold_score, self.bounds(kind, pair)[1])
 
-    def as_record(self, kind: str) -> dict:
-        low, high = self.bounds(kind)
-        return {"path": self.path, "sha256": self.sha256, "kind": kind, "bounds_log10": [low, high],
-                "description": self.describe(kind), "summary": self.summary}
+    def as_record(self, kind: str, pair: str | None = None) -> dict:
+        low, high = self.bounds(kind, pair)
+        record = {"path": self.path, "sha256": self.sha256, "kind": kind, "bounds_log10": [low, high],
+                  "description": self.describe(kind, pair), "summary": self.summary}
+        if pair is not None:
+            record["aspect_pair"] = pair
+        return record
 
-    def public_record(self, kind: str) -> dict:
+    def public_record(self, kind: str, pair: str | None = None) -> dict:
         """``as_record`` for a reader on another machine: no server path (files by name and SHA-256)."""
-        record = {k: v for k, v in self.as_record(kind).items() if k != "path"}
+        record = {k: v for k, v in self.as_record(kind, pair).items() if k != "path"}
         record["file"] = PurePath(self.path).name
         record["summary"] = {k: (PurePath(str(v)).name if k in _PATH_FIELDS and isinstance(v, str) else v)
                              for k, v in self.summary.items() if k not in _LIST_FIELDS and k != "path"}

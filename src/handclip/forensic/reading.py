@@ -68,10 +68,10 @@ def matched_text(matched: int, num_images: int, top_k: int) -> str:
             f"similar to the query")
 
 
-def calibration_note(calibration, kind: str) -> str:
+def calibration_note(calibration, kind: str, pair: str | None = None) -> str:
     """The calibration line of the score kind in use (``CalibrationInfo.describe``: its Cllr rounded to 3
-    decimals) and what Cllr measures."""
-    return f"{calibration.describe(kind)}. {CLLR_MEANING}"
+    decimals; of the aspect ``pair``'s map when one weighed the scores) and what Cllr measures."""
+    return f"{calibration.describe(kind, pair)}. {CLLR_MEANING}"
 
 
 def threshold_text(threshold_lr: float) -> str:

@@ -32,7 +32,7 @@ from ..pdfdoc import key_values as _key_values
 from ..pdfdoc import para as _para
 from ..pdfdoc import register_fonts as _register_fonts
 from ..pdfdoc import styles as _styles
-from .results import SearchResult, display_path, printable
+from .results import SearchResult, aspects_text, display_path, printable
 
 CASE_ID_LIMIT = 200
 # What a case id may not hold: control characters, soft hyphen and other invisible formatting, zero-width
@@ -154,10 +154,11 @@ def _identifiers(search: SearchResult, fonts: dict) -> list[tuple[str, str, bool
                         f"identities, commit generation {g.get('generation')}, uid {g.get('uid')}", False),
             ("Gallery commit SHA-256", str(g.get("commit_sha256")), True),
             ("Search", f"ranked by {search.by} (score: {search.score}); top {search.top_k}; "
-                       f"index {search.index_type}", False)]
+                       f"index {search.index_type}", False),
+            ("Aspects compared", aspects_text(search.aspects), False)]
     if search.calibration is not None:
         cal = search.calibration
-        rows += [("Calibration", f"{_clean(display_path(cal.path), fonts)}: {cal.describe(search.by)}; "
+        rows += [("Calibration", f"{_clean(display_path(cal.path), fonts)}: {cal.describe(search.by, _pair(search))}; "
                                  f"created {_clean(cal.summary.get('created', '?'), fonts, 40)}", False),
                  ("Calibration SHA-256", cal.sha256, True)]
     else:
@@ -188,9 +189,12 @@ def _query_section(number: int, search: SearchResult, styles, usable_mm: float, 
     title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
     stored = _clean(display_path(query.query), fonts, _NAME_LIMIT)
     name = _clean(query.name, fonts, _NAME_LIMIT) if query.name else stored
+    check = (query.aspect_check or {}).get("warning")
     details = _key_values([("File", name, False),
                            *([("Stored as", stored, True)] if stored != name else []),
-                           ("SHA-256 at intake", query.sha256, True)],
+                           ("SHA-256 at intake", query.sha256, True),
+                           ("Aspects compared", aspects_text(search.aspects), False),
+                           *([("Aspect check", _clean(check, fonts), False)] if check else [])],
                           styles, [32 * mm, (usable_mm - 32) * mm] if query.prepared else
                           [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
     if query.prepared:
@@ -264,7 +268,8 @@ def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: fl
                         "identified below; the verbal equivalent follows the ENFSI scale. LRs are rounded to two "
                         "significant figures, log10 LRs to two decimals.", styles["small"]),
                   _para(SCORE_MEANING, styles["small"]),
-                  _para(f"Calibration: {search.calibration.describe(search.by)}. {CLLR_MEANING}", styles["small"]),
+                  _para(f"Calibration: {search.calibration.describe(search.by, _pair(search))}. {CLLR_MEANING}",
+                        styles["small"]),
                   *[_para(bound_note(side), styles["small"]) for side in sorted(
                       {c.at_bound for q in search.queries for c in q.candidates if c.at_bound})]]
     else:
@@ -301,3 +306,8 @@ def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_
     footer = _footer(search, case if given else "-", fonts["body"], footer_width_pt())
     return write_pdf(out_pdf, story, footer, fonts, title=f"HandCLIP case report {case_id or ''}".strip(),
                      author=examiner, subject="hand image search")
+
+
+def _pair(search: SearchResult) -> str | None:
+    """The aspect pair whose calibration map weighed the scores (None: the file's own maps)."""
+    return (search.aspects or {}).get("calibration_pair")

@@ -191,4 +191,5 @@ def record_answer(record: dict) -> dict:
             "audit": {"seq": record["seq"], "hash": record["hash"], "anchor": f"{record['seq']}:{record['hash']}"},
             "reading": {"score": SCORE_MEANING,
                         "calibration": f"{calibration.get('description')}. {CLLR_MEANING}" if calibration else None},
+            **({"aspects": record["aspects"]} if isinstance(record.get("aspects"), dict) else {}),
             "rebuilt_from": f"audit record {record['seq']}"}

@@ -21,7 +21,7 @@ from .case_report import check_case_id
 from .enrol import EnrolSummary, check_images, collect_images
 from .html import write_search_html
 from .metadata import GALLERY_FILE
-from .results import SearchResult, printable
+from .results import SearchResult, aspects_text, printable
 from .session import ExaminerSession, check_threshold_lr
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
@@ -65,16 +65,17 @@ class EnrolReport:
 
 
 def enrol_images(index_dir: str | os.PathLike, images: str | os.PathLike, checkpoint: str | os.PathLike, *,
-                 split: str | None = None, batch_size: int = 64, device: str = "auto", skip_bad: bool = False,
-                 examiner: str | None = None, arguments: dict | None = None, progress: bool = False,
-                 precision: str = "auto", engine: str = "torch") -> EnrolReport:
+                 split: str | None = None, aspect: str | None = None, batch_size: int = 64, device: str = "auto",
+                 skip_bad: bool = False, examiner: str | None = None, arguments: dict | None = None,
+                 progress: bool = False, precision: str = "auto", engine: str = "torch") -> EnrolReport:
     """Embed the images of ``images`` (per-identity folders, or a manifest CSV with ``split``) with
     ``checkpoint`` and add them to the gallery at ``index_dir``, created if it does not exist; one
     audit record. Unusable images stop it before a new gallery is created, unless ``skip_bad``: then
-    they are left out and listed in ``GALLERY/skipped_images.txt``. ``precision`` and ``engine``: how the
+    they are left out and listed in ``GALLERY/skipped_images.txt``. ``aspect``: the images' hand aspect,
+    stored with each row (a manifest's records carry their own). ``precision`` and ``engine``: how the
     features are computed (``Encoder.computed_with``)."""
     index_dir = Path(index_dir)
-    items = collect_images(images, split=split)
+    items = collect_images(images, split=split, aspect=aspect)
     checked = not skip_bad and not (index_dir / GALLERY_FILE).exists()
     if checked:  # before the gallery is created: a failed enrolment leaves no empty gallery
         check_images([item.path for item in items], False, "gallery")
@@ -104,7 +105,8 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
                    device: str = "auto", examiner: str | None = None, arguments: dict | None = None,
                    json=None, html=None, report=None, case_id: str | None = None,
                    threshold_lr: float = DEFAULT_THRESHOLD_LR, precision: str = "auto", engine: str = "torch",
-                   crop=None, rotate=None, mirror: bool = False,
+                   crop=None, rotate=None, mirror: bool = False, aspect: str | None = None,
+                   mirror_aspect: bool = False, gallery_aspect: str | None = None,
                    log: Callable[[str], None] | None = None) -> SearchResult:
     """Search the gallery at ``index_dir`` for ``queries`` (one audit record) and write the outputs asked
     for: ``json`` (every candidate), ``html`` (a page with thumbnails) and ``report`` (the PDF case
@@ -112,7 +114,9 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
     LR exceeds ``threshold_lr``. ``precision`` and ``engine``: how the query features are computed
     (``Encoder.computed_with``). ``crop`` (``"x,y,w,h"`` in pixels of the EXIF-oriented original),
     ``rotate`` (degrees clockwise) and ``mirror`` prepare each query before it is searched
-    (``data.query_transform``). ``log`` receives the result's lines (``SearchResult.lines``) and how the
+    (``data.query_transform``: the examiner's preparation, stored and hashed). ``aspect``, ``mirror_aspect``
+    (the model compares the query as the other hand), ``gallery_aspect``: the hand aspects compared
+    (``ExaminerSession.search``). ``log`` receives the result's lines (``SearchResult.lines``) and how the
     features were computed before any output is written, then one line per file written, so a failed write
     still leaves the results shown."""
     say = log or (lambda line: None)
@@ -122,7 +126,8 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
     session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner,
                                    precision=precision, engine=engine)
     search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments,
-                            threshold_lr=threshold_lr, transform=transform)
+                            threshold_lr=threshold_lr, transform=transform, aspect=aspect,
+                            mirror_aspect=mirror_aspect, gallery_aspect=gallery_aspect)
     for line in search.lines():
         say(line)
     say(session.encoder.describe_inference())
@@ -137,7 +142,8 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
         _written("--html", html, lambda: write_search_html(
             search.queries, html, gallery_dir=str(session.index_dir), by=by, checkpoint=model_file,
             statement=search.statement, propositions=search.propositions, audit=search.audit,
-            calibration=search.calibration_line(), top_k=search.top_k))
+            calibration=search.calibration_line(), top_k=search.top_k,
+            aspects=aspects_text(search.aspects) if search.aspects else None))
         say(f"wrote {html}")
     if report:
         _written("--report", report, lambda: session.report(search, report, case_id=case_id))

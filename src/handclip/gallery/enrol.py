@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from ..aspects import normalise_aspect, record_aspect
 from ..atomic import sha256_file
 from ..data.images import FolderWalk, identity_folders, scan_images, unusable_images
 from ..data.manifest import Manifest
@@ -28,6 +29,7 @@ from .folder import Gallery
 class EnrolItem:
     path: str
     identity: str
+    aspect: str | None = None  # the hand aspect shown (handclip.aspects), stored with the row
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,12 @@ class EnrolSummary:
     audit: object = None  # the AuditRef of the enrolment's record (handclip.forensic.audit)
 
 
-def collect_images(source: str | os.PathLike, split: str | None = None) -> list[EnrolItem]:
-    """Images to enrol with their identities, from a manifest CSV (identity = pid) or from a
-    directory of per-identity folders (identity = folder name)."""
+def collect_images(source: str | os.PathLike, split: str | None = None, aspect: str | None = None) -> list[EnrolItem]:
+    """Images to enrol with their identities, from a manifest CSV (identity = pid, aspect = the record's)
+    or from a directory of per-identity folders (identity = folder name). ``aspect``: the hand aspect of
+    every image (a manifest record that names another aspect is refused)."""
     source = Path(source)
+    aspect = normalise_aspect(aspect, "--aspect") if aspect is not None else None
     if source.is_file():
         manifest = Manifest.read(source)
         try:
@@ -64,14 +68,17 @@ def collect_images(source: str | os.PathLike, split: str | None = None) -> list[
             raise DataError(f"--split for manifest {source}: {exc}") from None
         items = {}
         for rec in records:
-            items.setdefault(rec.path, EnrolItem(rec.path, str(rec.pid)))
+            own = record_aspect(rec)
+            if aspect is not None and own not in (None, aspect):
+                raise DataError(f"--aspect {aspect}: manifest {source} lists {rec.path} as {own}")
+            items.setdefault(rec.path, EnrolItem(rec.path, str(rec.pid), own or aspect))
         if not items:
             raise DataError(f"manifest {source} has no {split + ' ' if split else ''}images to enrol")
         return list(items.values())
     if not source.is_dir():
         raise DataError(f"images to enrol not found: {source} (give a directory of per-identity folders or a manifest CSV)")
     walk = FolderWalk()
-    items = [EnrolItem(path, identity) for identity, paths in identity_folders(source.absolute(), walk)
+    items = [EnrolItem(path, identity, aspect) for identity, paths in identity_folders(source.absolute(), walk)
              for path in paths]
     walk.warn(source)
     if not items:
@@ -159,9 +166,11 @@ def add_images(gallery: Gallery, encoder, items: Sequence[EnrolItem], batch_size
             fresh = [(item, h) for item, h in batch if not gallery.contains(h)]
             summary.already_enrolled += len(batch) - len(fresh)
             if fresh:
-                vectors = encoder.features([item.path for item, _ in fresh], batch_size=batch_size)
+                aspects = [item.aspect for item, _ in fresh]
+                vectors = encoder.features([item.path for item, _ in fresh], batch_size=batch_size,
+                                           aspects=aspects if encoder.reads_aspects else None)
                 added = gallery.add(vectors, [item.path for item, _ in fresh],
-                                    [item.identity for item, _ in fresh], [h for _, h in fresh])
+                                    [item.identity for item, _ in fresh], [h for _, h in fresh], aspects)
                 summary.added += added
                 summary.already_enrolled += len(fresh) - added  # enrolled meanwhile by another writer
             summary.batches += 1

@@ -72,11 +72,11 @@ class Gallery:
         return self._writer
 
     def add(self, embeddings: np.ndarray, paths: Sequence[str], identities: Sequence[str],
-            file_hashes: Sequence[str]) -> int:
+            file_hashes: Sequence[str], aspects: Sequence[str | None] | None = None) -> int:
         """Append one batch and commit it (see ``GalleryWriter.add``); returns how many rows were added."""
         writer = self._writing()
         try:
-            return writer.add(embeddings, paths, identities, file_hashes)
+            return writer.add(embeddings, paths, identities, file_hashes, aspects)
         finally:
             self._reader = writer.reader
 

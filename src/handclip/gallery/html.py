@@ -45,13 +45,14 @@ def _weight(candidate) -> str:
 def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery_dir: str = "",
                       by: str = "identity", checkpoint: str | None = None, size: int = 160,
                       statement: str | None = None, propositions: dict | None = None, audit=None,
-                      calibration: str | None = None, top_k: int | None = None) -> Path:
+                      calibration: str | None = None, top_k: int | None = None, aspects: str | None = None) -> Path:
     """One row per query: the query photo, then its candidates in rank order with their scores.
 
     Paths are shown as ``handclip.gallery.results.display_path`` gives them (relative to the gallery
     or the enrolment root, else the file name), never the directories above; a query by its exhibit
     name and SHA-256 when the results carry them; and the propositions, the calibration line
-    (``CalibrationInfo.describe``) and the audit record of an evidential search.
+    (``CalibrationInfo.describe``) and the audit record of an evidential search; ``aspects``: the hand
+    aspects compared, in words.
     """
     from .results import display_path, printable
 
@@ -90,6 +91,8 @@ def write_search_html(results: Sequence, out_html: str | os.PathLike, *, gallery
         notes += f"<p>{escape(bound_note(side))}</p>"
     if calibration:
         notes += f"<p>{escape(calibration)}. {escape(CLLR_MEANING)}</p>"
+    if aspects:
+        notes += f"<p>Aspects: {escape(aspects)}</p>"
     body = (f"<h1>HandCLIP search: {len(results)} quer{'y' if len(results) == 1 else 'ies'}</h1>"
             f"<div class=\"meta\">{meta}</div><div class=\"meta\">{notes}</div>" + "\n".join(rows))
     atomic_write_text(out_html, html_page("HandCLIP search", body, _CSS % {"px": size}))

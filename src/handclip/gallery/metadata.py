@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..aspects import ASPECTS
 from ..errors import GalleryError
 
 GALLERY_FILE = "gallery.json"
@@ -124,7 +125,8 @@ def parse_commit(commit: dict, path: Path, uid: str):
 
 
 def parse_rows(data: bytes, path: Path, rows: int) -> list[dict]:
-    """A shard's metadata lines as ``{"path", "identity", "sha256"}`` dicts of strings, each checked."""
+    """A shard's metadata lines as ``{"path", "identity", "sha256"}`` dicts of strings, each checked, with
+    ``"aspect"`` (one of ``handclip.aspects.ASPECTS``) on rows enrolled with one (older rows have none)."""
     try:
         lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError:
@@ -145,5 +147,11 @@ def parse_rows(data: bytes, path: Path, rows: int) -> list[dict]:
         if not all(isinstance(v, str) and 0 < len(v) <= MAX_TEXT and "\0" not in v for v in values):
             raise GalleryError(f"gallery metadata file {path}, line {number}: path, identity and sha256 "
                                f"must be non-empty strings")
-        entries.append({"path": values[0], "identity": values[1], "sha256": values[2]})
+        entry_out = {"path": values[0], "identity": values[1], "sha256": values[2]}
+        if "aspect" in entry:
+            if entry["aspect"] not in ASPECTS:
+                raise GalleryError(f"gallery metadata file {path}, line {number}: aspect {str(entry['aspect'])[:40]!r} "
+                                   f"is not one of {', '.join(ASPECTS)}")
+            entry_out["aspect"] = entry["aspect"]
+        entries.append(entry_out)
     return entries

@@ -180,6 +180,11 @@ class GalleryReader:
         return self._rows.paths
 
     @property
+    def aspect_of_row(self) -> tuple[str | None, ...]:
+        """Each row's hand aspect, None for rows enrolled without one (galleries older than aspects)."""
+        return self._rows.aspects
+
+    @property
     def identity_of_row(self) -> tuple[str, ...]:
         return self._rows.identities
 

@@ -43,9 +43,9 @@ def search_record(search: SearchResult, arguments: dict | None) -> dict:
                 "index_type": search.index_type, "calibration": search.calibration.path if search.calibration else None},
             "gallery": {k: search.gallery[k] for k in ("dir", *GALLERY_STATE)},
             "gallery_after": None, "model": search.model,
-            "calibration": search.calibration.as_record(search.by) if search.calibration else None,
+            "calibration": search.calibration_record(),
             "files": files, "statement": search.statement, "score": search.score,
-            "results": [q.as_dict() for q in search.queries]}
+            "results": [q.as_dict() for q in search.queries], **({"aspects": search.aspects} if search.aspects else {})}
 
 
 def _state(gallery: GalleryReader) -> dict:

@@ -22,6 +22,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from ..aspects import ASPECT_NAMES
 from ..forensic.audit import AuditRef
 from ..forensic.evidence import NOT_LIKELIHOOD_RATIOS, CalibrationInfo
 from ..forensic.reading import (CLLR_MEANING, SCORE_MEANING, bound_note, calibration_note, lr_text, matched_text,
@@ -130,6 +131,7 @@ class QueryResult:
     sha256: str | None
     candidates: list[Candidate]
     name: str = ""
+    aspect_check: dict | None = None  # the aspect head's reading of the query (handclip.gallery.aspect_search)
     open_set: dict | None = None  # with a calibration: whether any candidate reaches the threshold (reading.py)
     transform: dict | None = None  # the crop, rotation and mirror applied (data.query_transform), or None
     prepared: dict | None = None  # the prepared image searched: path, sha256, pixels_sha256, size
@@ -139,9 +141,12 @@ class QueryResult:
         return self.name or PurePath(self.query).name
 
     def as_dict(self) -> dict:
-        return {"query": self.query, "name": self.exhibit, "sha256": self.sha256,
-                "candidates": [c.as_dict() for c in self.candidates], "open_set": self.open_set,
-                "transform": self.transform, "prepared": self.prepared}
+        out = {"query": self.query, "name": self.exhibit, "sha256": self.sha256,
+               "candidates": [c.as_dict() for c in self.candidates], "open_set": self.open_set,
+               "transform": self.transform, "prepared": self.prepared}
+        if self.aspect_check is not None:
+            out["aspect_check"] = self.aspect_check
+        return out
 
 
 @dataclass
@@ -162,6 +167,11 @@ class SearchResult:
     propositions: dict | None = None
     bounds: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)
+    aspects: dict | None = None  # AspectRequest.as_dict(): the aspects compared, when the search stated any
+
+    def calibration_record(self) -> dict | None:
+        pair = (self.aspects or {}).get("calibration_pair")
+        return self.calibration.as_record(self.by, pair) if self.calibration else None
 
     def as_dict(self) -> dict:
         """The search as the JSON outputs give it: each candidate with its ``words`` (the audit record keeps
@@ -172,16 +182,20 @@ class SearchResult:
             for candidate, shown in zip(query.candidates, info["candidates"]):
                 shown["words"] = candidate.words(self.by, self.top_k, self.propositions, query.exhibit)
             queries.append(info)
-        return {"queries": queries, "by": self.by, "top_k": self.top_k,
-                "index_type": self.index_type, "score": self.score, "gallery": self.gallery, "model": self.model,
-                "calibration": self.calibration.as_record(self.by) if self.calibration else None,
-                "propositions": self.propositions, "statement": self.statement, "examiner": self.examiner,
-                "audit": self.audit.as_dict() if self.audit else None, "reading": self.reading()}
+        out = {"queries": queries, "by": self.by, "top_k": self.top_k,
+               "index_type": self.index_type, "score": self.score, "gallery": self.gallery, "model": self.model,
+               "calibration": self.calibration_record(),
+               "propositions": self.propositions, "statement": self.statement, "examiner": self.examiner,
+               "audit": self.audit.as_dict() if self.audit else None, "reading": self.reading()}
+        if self.aspects is not None:
+            out["aspects"] = self.aspects
+        return out
 
     def reading(self) -> dict:
         """What the numbers mean, once per search: the score, and the calibration's Cllr with its meaning."""
         return {"score": SCORE_MEANING,
-                "calibration": calibration_note(self.calibration, self.by) if self.calibration else None}
+                "calibration": calibration_note(self.calibration, self.by, (self.aspects or {}).get("calibration_pair"))
+                if self.calibration else None}
 
     def calibration_line(self) -> str | None:
         """Which calibration weighed the scores and how well it did, as the console and the HTML page show it."""
@@ -189,13 +203,15 @@ class SearchResult:
         if cal is None:
             return None
         return (f"calibration {printable(display_path(cal.path))} (SHA-256 {cal.sha256[:16]}...): "
-                f"{cal.describe(self.by)}")
+                f"{cal.describe(self.by, (self.aspects or {}).get('calibration_pair'))}")
 
     def lines(self) -> list[str]:
         """The search for a terminal: each query's candidates, what the scores mean, the audit record."""
-        lines, bounds = [], set()
+        lines, bounds = ([f"aspects: {aspects_text(self.aspects)}"] if self.aspects else []), set()
         for query in self.queries:
             lines.append(f"query {printable(query.name or display_path(query.query))}  SHA-256 {query.sha256}")
+            if (query.aspect_check or {}).get("warning"):
+                lines.append(f"  warning: {query.aspect_check['warning']}")
             for c in query.candidates:
                 words = c.words(self.by, self.top_k, self.propositions, query.exhibit)
                 detail = (words["matched"] if self.by == "identity"
@@ -221,6 +237,16 @@ class SearchResult:
         return lines
 
 
+def aspects_text(aspects: dict | None) -> str:
+    """The hand aspects a search compared, in words (docs/method.md, "Aspects of a hand")."""
+    if not aspects:
+        return "not stated"
+    query = ASPECT_NAMES.get(aspects.get("query"), "not stated")
+    gallery = ASPECT_NAMES.get(aspects.get("gallery"), "every aspect enrolled")
+    text = f"query {query}{' (mirrored left-right)' if aspects.get('mirrored') else ''} against gallery images of {gallery}"
+    if aspects.get("calibration_pair"):
+        text += f"; likelihood ratios from the calibration of the pair {aspects['calibration_pair']}"
+    return text
 def words_of_first(search: SearchResult, query: QueryResult) -> str:
     """The suggested statement of a query's first candidate, names shown as the console shows them."""
     first = query.candidates[0]

@@ -1,5 +1,6 @@
-"""The rows of one gallery generation: image path, identity and file hash per row, and the lookups a
-search and an enrolment need (rows of a person, first row of a file hash).
+"""The rows of one gallery generation: image path, identity, file hash and (when enrolled with one) the
+hand aspect per row, and the lookups a search and an enrolment need (rows of a person, first row of a
+file hash). Rows of galleries enrolled before aspects existed have none (``None``).
 
 Rows are only ever appended, so a later generation's rows start with an earlier one's: ``extended``
 builds the next generation's table from this one without re-reading any metadata file, and leaves
@@ -16,10 +17,12 @@ class RowTable:
     """Immutable per-row metadata of one committed generation."""
 
     def __init__(self, paths: tuple[str, ...] = (), identities: tuple[str, ...] = (), hashes: tuple[str, ...] = (),
-                 row_by_hash: dict[str, int] | None = None, rows_of_identity: dict[str, tuple[int, ...]] | None = None):
+                 row_by_hash: dict[str, int] | None = None, rows_of_identity: dict[str, tuple[int, ...]] | None = None,
+                 aspects: tuple[str | None, ...] | None = None):
         self.paths = paths
         self.identities = identities
         self.hashes = hashes
+        self.aspects = aspects if aspects is not None else (None,) * len(paths)
         self._row_by_hash = row_by_hash if row_by_hash is not None else {}
         self._rows_of_identity = rows_of_identity if rows_of_identity is not None else {}
 
@@ -28,7 +31,8 @@ class RowTable:
         return cls().extended(entries)
 
     def extended(self, entries: Iterable[dict]) -> "RowTable":
-        """This table plus ``entries`` (``{"path", "identity", "sha256"}``) appended, as a new table."""
+        """This table plus ``entries`` (``{"path", "identity", "sha256"}``, optionally ``"aspect"``) appended,
+        as a new table."""
         entries = list(entries)
         if not entries:
             return self
@@ -42,7 +46,8 @@ class RowTable:
             rows_of_identity[identity] = rows_of_identity.get(identity, ()) + tuple(rows)
         return RowTable(self.paths + tuple(e["path"] for e in entries),
                         self.identities + tuple(e["identity"] for e in entries),
-                        self.hashes + tuple(e["sha256"] for e in entries), row_by_hash, rows_of_identity)
+                        self.hashes + tuple(e["sha256"] for e in entries), row_by_hash, rows_of_identity,
+                        self.aspects + tuple(e.get("aspect") for e in entries))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,5 +60,6 @@ class RowTable:
         return self._row_by_hash.get(file_hash)
 
     def entries(self, start: int = 0) -> list[dict]:
-        return [{"path": p, "identity": i, "sha256": h}
-                for p, i, h in zip(self.paths[start:], self.identities[start:], self.hashes[start:])]
+        return [{"path": p, "identity": i, "sha256": h, **({"aspect": a} if a is not None else {})}
+                for p, i, h, a in zip(self.paths[start:], self.identities[start:], self.hashes[start:],
+                                      self.aspects[start:])]

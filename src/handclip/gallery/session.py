@@ -31,6 +31,7 @@ from ..forensic.audit_head import HeadSigner, check_key_location, signer_from_en
 from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from ..forensic.evidence import CALIBRATED, NOT_LIKELIHOOD_RATIOS, CalibrationInfo, load_calibration, propositions
 from ..model.inference import load_encoder
+from .aspect_search import aspect_checks, encode_queries, resolve_aspects, search_gallery
 from .enrol import EnrolItem, EnrolSummary, add_images, check_images
 from .folder import Gallery
 from .metadata import COMMIT_FILE, GALLERY_FILE
@@ -210,14 +211,18 @@ class ExaminerSession:
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",
                index_type: str = "auto", examiner: str | None = None, arguments: dict | None = None,
                batch_size: int | None = None, names: Sequence[str] | None = None,
-               threshold_lr: float = DEFAULT_THRESHOLD_LR, transform: QueryTransform | None = None) -> SearchResult:
+               threshold_lr: float = DEFAULT_THRESHOLD_LR, transform: QueryTransform | None = None,
+               aspect: str | None = None, mirror_aspect: bool = False,
+               gallery_aspect: str | None = None) -> SearchResult:
         """Rank the newest gallery for each query image, weigh the scores when calibrated, append the
         audit record; unusable query images are named in one DataError before anything is recorded.
         ``names``: the queries' exhibit names, one per query (default: each file's own name).
         ``threshold_lr``: with a calibration, each query's open-set answer says whether any candidate's
         LR exceeds it (``QueryResult.open_set``). ``transform``: the crop, rotation and mirror applied to
         each query before it is embedded (``data.query_transform``); the record keeps the original's hash,
-        the transform and the prepared image's hashes."""
+        the transform and the prepared image's hashes. ``aspect``, ``mirror_aspect`` (the model compares the
+        prepared query as the other hand), ``gallery_aspect``: the aspects compared
+        (``handclip.gallery.aspect_search``)."""
         self._need_model("search")
         if by not in SCORE_DEFINITIONS:
             raise HandCLIPError(f"search by '{by}' is not supported (choose image or identity)")
@@ -231,32 +236,31 @@ class ExaminerSession:
         gallery = self.snapshot()
         if len(gallery) == 0:
             raise HandCLIPError(f"gallery {self.index_dir} is empty; enrol images before searching")
+        request = resolve_aspects(gallery, self.calibration, aspect, mirror_aspect, gallery_aspect)
         check_images(paths, skip_bad=False, what="query")
         prepared = prepare_queries(paths, names, transform, self.index_dir / PREPARED_DIR)
         embedded = [p["path"] if p else path for path, p in zip(paths, prepared)]
-        vectors = self.encoder.features(embedded, batch_size=batch_size or self.batch_size)
-        ranked = gallery.search(vectors, top_k=top_k, by=by, index_type=index_type)
+        vectors = encode_queries(self.encoder, embedded, request, batch_size or self.batch_size)
+        checks = aspect_checks(self.encoder, embedded, request, batch_size or self.batch_size)
+        ranked, used_index = search_gallery(gallery, vectors, request, top_k, by, index_type)
         if _hash_files(paths) != intake:
             changed = next(p for p in paths if _hash_files([p])[p] != intake[p])
             raise DataError(f"query file {changed} changed while it was searched; search it again")
         hashes = gallery.file_hashes(c.path for candidates in ranked for c in candidates)
         record = transform.as_record() if transform is not None and not transform.is_identity else None
-        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by), name,
+        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by, request.pair), name, check,
                                transform=record if ready else None, prepared=ready)
-                   for path, name, candidates, ready in zip(paths, names, ranked, prepared)]
-        if self.calibration is not None:
-            edge = self.calibration.score_reaching(threshold_lr, by)
-            for result in results:
-                lrs, scores = [c.log10_lr for c in result.candidates], [c.score for c in result.candidates]
-                result.open_set = self.calibration.open_set(lrs, scores, by, threshold_lr, edge)
+                   for path, name, candidates, check, ready in zip(paths, names, ranked, checks, prepared)]
+        self._answer_open_set(results, by, threshold_lr, request.pair)
         search = SearchResult(
-            queries=results, by=by, top_k=int(top_k), index_type=gallery.resolve_index_type(index_type),
+            queries=results, by=by, top_k=int(top_k), index_type=used_index,
             score=SCORE_DEFINITIONS[by], model=model_record(self.encoder), calibration=self.calibration,
             gallery={"dir": str(gallery.index_dir.resolve()), **gallery.commit_state, "images": len(gallery),
                      "identities": len(gallery.identities())},
             examiner=examiner or self.examiner, propositions=propositions(self.calibration),
-            bounds=self.calibration.bounds(by) if self.calibration else None,
-            statement=CALIBRATED if self.calibration else NOT_LIKELIHOOD_RATIOS)
+            bounds=self.calibration.bounds(by, request.pair) if self.calibration else None,
+            statement=CALIBRATED if self.calibration else NOT_LIKELIHOOD_RATIOS,
+            aspects=request.as_dict() if request.stated else None)
         search.audit = self.audit_log.append(search_record(search, arguments))
         return search
 
@@ -264,8 +268,17 @@ class ExaminerSession:
         if self.encoder is None:
             raise HandCLIPError(f"cannot {action}: this session of gallery {self.index_dir} was opened without a model")
 
-    def _weighed(self, candidates, hashes: dict, by: str):
-        weights = self.calibration.weigh([c.score for c in candidates], by) if self.calibration else []
+    def _answer_open_set(self, results: list[QueryResult], by: str, threshold_lr: float, pair: str | None) -> None:
+        """With a calibration, each query's open-set answer (``CalibrationInfo.open_set``) under ``pair``'s map."""
+        if self.calibration is None:
+            return
+        edge = self.calibration.score_reaching(threshold_lr, by, pair)
+        for result in results:
+            lrs, scores = [c.log10_lr for c in result.candidates], [c.score for c in result.candidates]
+            result.open_set = self.calibration.open_set(lrs, scores, by, threshold_lr, edge, pair)
+
+    def _weighed(self, candidates, hashes: dict, by: str, pair: str | None = None):
+        weights = self.calibration.weigh([c.score for c in candidates], by, pair) if self.calibration else []
         for candidate, weight in zip(candidates, weights):
             candidate.log10_lr, candidate.verbal, candidate.at_bound = weight
         for candidate in candidates:

@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..atomic import atomic_write_json
+from ..aspects import normalise_aspect
 from ..errors import GalleryError
 from ..forensic.audit import AUDIT_FILE
 from .metadata import COMMIT_FILE, FORMAT_NAME, FORMAT_VERSION, GALLERY_FILE, Shard, read_json
@@ -217,8 +218,9 @@ class GalleryWriter:
             yield
 
     def add(self, embeddings: np.ndarray, paths: Sequence[str], identities: Sequence[str],
-            file_hashes: Sequence[str]) -> int:
-        """Append one batch and commit it; returns how many rows were added.
+            file_hashes: Sequence[str], aspects: Sequence[str | None] | None = None) -> int:
+        """Append one batch and commit it; returns how many rows were added. ``aspects``: each image's hand
+        aspect (stored with its row; None for none).
 
         Rows whose file hash is already enrolled (or repeated within the batch) are skipped, so
         re-enrolling the same file content never duplicates it. The batch is durable once this
@@ -231,6 +233,9 @@ class GalleryWriter:
                                f"{len(paths)}, {len(identities)}, {len(file_hashes)} for {len(embeddings)} rows")
         entries = [{"path": str(p), "identity": str(i), "sha256": str(h)}
                    for p, i, h in zip(paths, identities, file_hashes)]
+        for entry, aspect in zip(entries, aspects if aspects is not None else [None] * len(entries)):
+            if aspect is not None:
+                entry["aspect"] = normalise_aspect(aspect)
         for entry in entries:
             if not all(0 < len(v) and "\0" not in v for v in entry.values()):
                 raise GalleryError(f"add() needs non-empty paths, identities and hashes without NUL, "

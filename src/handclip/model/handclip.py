@@ -6,6 +6,8 @@ projection (``feat_proj``, dim D); for a ModifiedResNet the spatially pooled lay
 maps and the attention-pool output. ``feat_last`` and ``feat_proj`` each pass through a BNNeck
 (BatchNorm1d, bias frozen) and an ID classifier.
 
+Aspects (``model.sie: aspect``, ``model.aspect_head``): ``handclip.model.aspect_embedding``.
+
 Text side: one learnable context per identity, ``"A photo of a X X X X hand."`` with the X
 positions replaced by ``ctx[label]``; the text feature is the transformer output at the
 end-of-text token (argmax of the token ids), through ``ln_final`` and ``text_projection``.
@@ -24,6 +26,7 @@ from torch import nn
 
 from ..config import DataConfig, ModelConfig
 from ..errors import ConfigError
+from .aspect_embedding import AspectEmbedding, AspectHead, add_to_class_token, attention_pool
 from .attention import block_forward, sdpa_applies
 from .backbone import create_clip, get_tokenizer, is_vit
 from .heads import ArcMarginProduct, linear_id_classifier
@@ -39,6 +42,7 @@ class ModelOutput:
     feat_mid: Optional[torch.Tensor] = None  # ViT: CLS after the second-to-last block; RN: layer3 pooled
     bn_last: Optional[torch.Tensor] = None  # [B, W] after BNNeck
     bn_proj: Optional[torch.Tensor] = None  # [B, D] after BNNeck
+    aspect_logits: Optional[torch.Tensor] = None  # [B, 4] of the aspect head (model.aspect_head), training only
     prompt_text: Optional[torch.Tensor] = None  # [B, D] text feature of each image's own prompt (image prompts)
     feat_inter: Optional[torch.Tensor] = None  # [B, D] interaction network's feature, pre-BN
 
@@ -137,6 +141,9 @@ class HandCLIP(nn.Module):
         id_head: str = "linear",
         arcface_scale: float = 30.0,
         arcface_margin: float = 0.5,
+        sie: str = "none",
+        sie_coe: float = 3.0,
+        aspect_head: bool = False,
     ):
         super().__init__()
         if num_ids < 1:
@@ -178,6 +185,11 @@ class HandCLIP(nn.Module):
         else:
             self.classifier = None
             self.classifier_proj = None
+        if sie not in ("none", "aspect"):
+            raise ConfigError(f"model.sie must be 'none' or 'aspect', got {sie!r}")
+        # Built after the heads, so a model without them draws exactly the random numbers it always drew.
+        self.aspect_embedding = AspectEmbedding(self.width, sie_coe) if sie == "aspect" else None
+        self.aspect_head = AspectHead() if aspect_head else None
         # Image-conditioned prompts and the interaction head (``add_image_prompts``); none for model.prompt identity.
         self.image_prompts: Optional[ImagePrompts] = None
         self.interaction: Optional[InteractionNetwork] = None
@@ -187,12 +199,12 @@ class HandCLIP(nn.Module):
 
     # ---------------------------------------------------------------- image side
 
-    def _vit_features(self, images: torch.Tensor, tokens: bool = False):
+    def _vit_features(self, images: torch.Tensor, tokens: bool = False, side: Optional[torch.Tensor] = None):
         v = self.image_encoder
         x = v.conv1(images)  # [B, W, gh, gw]
         x = x.flatten(2).transpose(1, 2)  # [B, gh*gw, W]
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = add_to_class_token(torch.cat([cls, x], dim=1), side) + v.positional_embedding.to(x.dtype)
         x = v.patch_dropout(x)
         x = v.ln_pre(x)
         blocks = v.transformer.resblocks
@@ -213,43 +225,54 @@ class HandCLIP(nn.Module):
         # Every token through ln_post and the projection: what the image-prompt parts attend over.
         return feat_mid, feat_last, feat_proj, v.ln_post(x if batch_first else x.transpose(0, 1)) @ v.proj
 
-    def _rn_features(self, images: torch.Tensor, tokens: bool = False):
+    def _rn_features(self, images: torch.Tensor, tokens: bool = False, side: Optional[torch.Tensor] = None):
         v = self.image_encoder
         x = v.stem(images.to(next(v.parameters()).dtype))
         x = v.layer2(v.layer1(x))
         x3 = v.layer3(x)
         x4 = v.layer4(x3)
         if not tokens:
-            return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), v.attnpool(x4), None
-        pooled = attention_pool_tokens(v.attnpool, x4)  # its first output is what v.attnpool(x4) returns
+            return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), attention_pool(v.attnpool, x4, side), None
+        pooled = attention_pool_tokens(v.attnpool, x4, side)  # its first output is what v.attnpool(x4) returns
         return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), pooled[:, 0], pooled
 
-    def _features(self, images: torch.Tensor, tokens: bool = False):
-        """(feat_mid, feat_last, feat_proj, projected tokens or None), all before the BNNeck."""
-        return self._vit_features(images, tokens) if self.kind == "vit" else self._rn_features(images, tokens)
+    def _features(self, images: torch.Tensor, tokens: bool = False, aspects: Optional[torch.Tensor] = None):
+        """(feat_mid, feat_last, feat_proj, projected tokens or None), all before the BNNeck; ``aspects`` [B]
+        (indices into ``handclip.aspects.ASPECTS``) add the aspect embeddings when the model has them."""
+        side = None if aspects is None or self.aspect_embedding is None else self.aspect_embedding(aspects)
+        if self.kind == "vit":
+            return self._vit_features(images, tokens, side)
+        return self._rn_features(images, tokens, side)
 
-    def image_features(self, images: torch.Tensor):
-        """(feat_mid, feat_last, feat_proj), all before the BNNeck."""
-        return self._features(images)[:3]
+    def image_features(self, images: torch.Tensor, aspects: Optional[torch.Tensor] = None):
+        """(feat_mid, feat_last, feat_proj), all before the BNNeck (``aspects``: as for ``_features``)."""
+        return self._features(images, aspects=aspects)[:3]
+
+    def aspect_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The aspect head's logits [B, 4] (``model.aspect_head``)."""
+        return self.aspect_head(images)
 
     def _head_logits(self, classifier, features: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         return classifier(features, labels) if self.id_head == "arcface" else classifier(features)
 
-    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> ModelOutput:
-        """Image features and, in training mode, ID logits (ArcFace applies its margin when ``labels`` are given);
-        with image prompts, in training mode (always, with the interaction head) each image's prompt text feature."""
+    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                aspects: Optional[torch.Tensor] = None) -> ModelOutput:
+        """Image features and, in training mode, ID logits (ArcFace applies its margin when ``labels`` are given)
+        and the aspect head's logits; with image prompts, in training mode (always, with the interaction head)
+        each image's prompt text feature."""
         prompts = self.image_prompts
         with_text = prompts is not None and (self.training or self.interaction is not None)
         with_tokens = with_text and (self.interaction is not None or prompts.reads_tokens)
-        feat_mid, feat_last, feat_proj, tokens = self._features(images, with_tokens)
+        feat_mid, feat_last, feat_proj, tokens = self._features(images, with_tokens, aspects)
         bn_last = self.bottleneck(feat_last)
         bn_proj = self.bottleneck_proj(feat_proj)
         logits = None
         if self.training and self.classifier is not None:
             logits = [self._head_logits(self.classifier, bn_last, labels),
                       self._head_logits(self.classifier_proj, bn_proj, labels)]
+        aspect_logits = self.aspect_head(images) if self.training and self.aspect_head is not None else None
         out = ModelOutput(feat_last=feat_last, feat_proj=feat_proj, logits=logits, image_proj=feat_proj,
-                          feat_mid=feat_mid, bn_last=bn_last, bn_proj=bn_proj)
+                          feat_mid=feat_mid, bn_last=bn_last, bn_proj=bn_proj, aspect_logits=aspect_logits)
         if with_text:
             out.prompt_text = self.image_prompt_features(feat_proj, tokens, labels)
             if self.interaction is not None:
@@ -259,18 +282,18 @@ class HandCLIP(nn.Module):
                                                     labels))
         return out
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
+    def extract(self, images: torch.Tensor, aspects: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Test feature [B, W+D] (+D with the interaction head): concat of the features before or after BN
         (model.neck_feat); not normalised.
 
         Call ``model.eval()`` first so the BNNeck uses its running statistics.
         """
         if self.interaction is None:
-            _, feat_last, feat_proj = self.image_features(images)
+            _, feat_last, feat_proj = self.image_features(images, aspects)
             if self.neck_feat == "after":
                 feat_last, feat_proj = self.bottleneck(feat_last), self.bottleneck_proj(feat_proj)
             return torch.cat([feat_last, feat_proj], dim=1)
-        _, feat_last, feat_proj, tokens = self._features(images, tokens=True)
+        _, feat_last, feat_proj, tokens = self._features(images, tokens=True, aspects=aspects)
         feat_inter = self.interaction(self.image_prompt_features(feat_proj, tokens, None), tokens)
         if self.neck_feat == "after":
             feat_last, feat_proj = self.bottleneck(feat_last), self.bottleneck_proj(feat_proj)
@@ -325,7 +348,8 @@ class HandCLIP(nn.Module):
 
     def head_modules(self) -> list[nn.Module]:
         heads = (self.bottleneck, self.bottleneck_proj, self.classifier, self.classifier_proj,
-                 self.interaction, self.bottleneck_inter, self.classifier_inter)
+                 self.aspect_embedding, self.aspect_head, self.interaction, self.bottleneck_inter,
+                 self.classifier_inter)
         return [m for m in heads if m is not None]
 
     def _freeze_bn_bias(self) -> None:
@@ -431,6 +455,9 @@ def build_model(model_cfg, data_cfg, num_ids: int) -> HandCLIP:
         id_head=model_cfg.id_head,
         arcface_scale=model_cfg.arcface_scale,
         arcface_margin=model_cfg.arcface_margin,
+        sie=model_cfg.sie,
+        sie_coe=model_cfg.sie_coe,
+        aspect_head=model_cfg.aspect_head,
     )
     if model_cfg.prompt != "identity":
         # Built after every other part, so that the identity model's random draws are unchanged.

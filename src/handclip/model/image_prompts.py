@@ -182,11 +182,15 @@ class InteractionNetwork(nn.Module):
         return x[:, 0]
 
 
-def attention_pool_tokens(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def attention_pool_tokens(pool: nn.Module, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
     """Every output of CLIP's attention pool (open_clip's ``AttentionPool2d``) as [B, HW+1, D]: the pooled
-    feature first (what the pool itself returns), then one per map position."""
+    feature first (what the pool itself returns), then one per map position. ``side`` [B, C], an aspect
+    embedding (``aspect_embedding``), is added to the pool's query token (the spatial mean)."""
     x = x.flatten(2).permute(2, 0, 1)  # [HW, B, C]
-    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pool.positional_embedding[:, None, :].to(x.dtype)
+    query = x.mean(dim=0, keepdim=True)
+    if side is not None:
+        query = query + side[None].to(x.dtype)
+    x = torch.cat([query, x], dim=0) + pool.positional_embedding[:, None, :].to(x.dtype)
     out, _ = F.multi_head_attention_forward(
         query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=pool.num_heads,
         q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,

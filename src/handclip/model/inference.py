@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..aspects import ASPECTS, aspect_index, mirrored, record_aspect
 from ..config import Config, DataConfig, ModelConfig
 from ..config_base import INFERENCE_ENGINES
 from ..data.loaders import build_eval_loader
@@ -69,6 +70,20 @@ def _worker_error_line(exc: Exception) -> str:
     return message if sep and "Error" in head else last
 
 
+def aspect_labels(model, records: Sequence, aspects: Sequence | None = None) -> torch.Tensor | None:
+    """The aspect index of each image for a model with aspect embeddings (``aspects`` as given, else each
+    record's own, ``handclip.aspects.record_aspect``); None for a model without them."""
+    if getattr(model, "aspect_embedding", None) is None:
+        return None
+    if aspects is not None and len(aspects) != len(records):
+        raise DataError(f"{len(aspects)} aspect(s) given for {len(records)} image(s)")
+    named = list(aspects) if aspects is not None else [record_aspect(r) for r in records]
+    for record, aspect in zip(records, named):
+        if aspect is None:
+            path = getattr(record, "path", record)
+            raise DataError(f"the model reads each photo's aspect (model.sie: aspect) but none is given for {path}; "
+                            f"state it (--query-aspect / --aspect) or use a manifest whose records carry it")
+    return torch.tensor([aspect_index(a) for a in named], dtype=torch.long)
 def for_inference(model):
     """``model`` laid out for fast inference: a ResNet image tower in channels-last memory (oneDNN's NHWC
     convolutions: 1.25x fp32 and 1.2-2x bf16 on the 2-core CPU; docs/method.md), as training lays
@@ -78,23 +93,40 @@ def for_inference(model):
     return model
 
 
+def _aspect_label_pair(model, records: Sequence, aspects: Sequence | None, mirror: bool):
+    """(labels of the images as encoded, labels of their mirrors), or (None, None) for a model without
+    aspect embeddings; with ``mirror`` the images are encoded mirrored, so the two swap."""
+    labels = aspect_labels(model, records, aspects)
+    if labels is None:
+        return None, None
+    mirror_labels = torch.tensor([aspect_index(mirrored(ASPECTS[i])) for i in labels.tolist()], dtype=torch.long)
+    return (mirror_labels, labels) if mirror else (labels, mirror_labels)
+
+
 @torch.inference_mode()
 def extract_features(model, records: Sequence, data_cfg: DataConfig, batch_size: int = 128, flip: bool = False,
-                     device=None, progress: bool = False, precision: str = "auto", runner=None) -> np.ndarray:
+                     device=None, progress: bool = False, precision: str = "auto", runner=None,
+                     aspects: Sequence | None = None, mirror: bool = False) -> np.ndarray:
     """Encode ``records`` (records with ``.path``, or paths) in order: float32 [N, feature_dim], L2-normalised.
 
-    With ``flip`` the feature is the mean of the image's and its mirror's (then normalised). ``precision``
-    is 'auto' or a resolved precision (fp32, bf16, fp16); ``runner`` (an ``OnnxRunner``) computes the features
-    in place of ``model.extract``.
+    With ``flip`` the feature is the mean of the image's and its mirror's (then normalised). ``mirror``
+    encodes every image mirrored (left-right) instead, as a left-hand query is compared with right hands.
+    ``aspects``: each image's aspect for a model with aspect embeddings (default: the records' own); a
+    mirrored image is labelled with the aspect it then shows (``handclip.aspects.mirrored``).
+    ``precision`` is 'auto' or a resolved precision (fp32, bf16, fp16); ``runner`` (an ``OnnxRunner``)
+    computes the features in place of ``model.extract`` (never for a model with aspect embeddings:
+    ``onnx_graph.refuse_aspect_model``).
     """
     device = resolve_device(device)
+    records = list(records)
+    labels, mirror_labels = _aspect_label_pair(model, records, aspects, mirror)
     if runner is None and precision == "auto":
         precision = resolve_inference_precision(device, precision)[0]
     dtype = None if runner is not None else inference_dtype(precision)
     extract = runner.extract if runner is not None else model.extract
     was_training = model.training
     model.eval()
-    loader = build_eval_loader(data_cfg, list(records), batch_size)
+    loader = build_eval_loader(data_cfg, records, batch_size)
     chunks = []
     iterator = loader
     if progress:
@@ -103,12 +135,17 @@ def extract_features(model, records: Sequence, data_cfg: DataConfig, batch_size:
     try:
         for batch in iterator:
             images = batch[0].to(device, non_blocking=True)
+            if mirror:
+                images = torch.flip(images, dims=[3])
             if runner is None and getattr(model, "kind", None) == "rn":
                 images = images.contiguous(memory_format=torch.channels_last)  # as the tower (for_inference)
+            index = batch[2]
+            kwargs = {} if labels is None else {"aspects": labels[index].to(device)}
             with autocast(device, dtype):
-                feats = extract(images).float()
+                feats = extract(images, **kwargs).float()
                 if flip:
-                    feats = feats + extract(torch.flip(images, dims=[3])).float()
+                    flipped = {} if labels is None else {"aspects": mirror_labels[index].to(device)}
+                    feats = feats + extract(torch.flip(images, dims=[3]), **flipped).float()
             chunks.append(torch.nn.functional.normalize(feats, dim=1).cpu())
     except DataError as exc:  # an unreadable image met in a loader worker: one line, not a worker traceback
         raise DataError(_worker_error_line(exc)) from None
@@ -235,11 +272,48 @@ class Encoder:
         for every small enrolment batch cost 4x the throughput, benchmarks/bench_enrol.py)."""
         return self.with_loading(decode_cache=False, num_workers=0)
 
+    @property
+    def reads_aspects(self) -> bool:
+        """Whether the model's features depend on the stated aspect (``model.sie: aspect``)."""
+        return getattr(self.model, "aspect_embedding", None) is not None
+
     def features(self, images: Sequence, batch_size: int = 128, flip: bool = False,
-                 progress: bool = False) -> np.ndarray:
-        """L2-normalised features of ``images`` (records or paths), in order."""
+                 progress: bool = False, aspects: Sequence | None = None, mirror: bool = False) -> np.ndarray:
+        """L2-normalised features of ``images`` (records or paths), in order; ``aspects`` and ``mirror`` as
+        ``extract_features`` takes them."""
         return extract_features(self.model, images, self.data_cfg, batch_size=batch_size, flip=flip,
-                                device=self.device, progress=progress, precision=self.precision, runner=self.runner)
+                                device=self.device, progress=progress, precision=self.precision, runner=self.runner,
+                                aspects=aspects, mirror=mirror)
+
+    def predict_aspects(self, images: Sequence, batch_size: int = 128, mirror: bool = False) -> list[tuple[str, float]]:
+        """(aspect, probability) the aspect head gives each image (``model.aspect_head``), in order."""
+        return predict_aspects(self.model, images, self.data_cfg, batch_size, self.device, mirror)
+
+
+@torch.inference_mode()
+def predict_aspects(model, records: Sequence, data_cfg: DataConfig, batch_size: int = 128, device=None,
+                    mirror: bool = False) -> list[tuple[str, float]]:
+    """The aspect head's most likely aspect of each image and its probability (DataError without a head)."""
+    if getattr(model, "aspect_head", None) is None:
+        raise DataError("this model has no aspect head (train it with model.aspect_head: true)")
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    out: list[tuple[str, float]] = []
+    try:
+        for batch in build_eval_loader(data_cfg, list(records), batch_size):
+            images = batch[0].to(device)
+            if mirror:
+                images = torch.flip(images, dims=[3])
+            with autocast(device):
+                probability = torch.softmax(model.aspect_logits(images).float(), dim=1).cpu()
+            best = probability.argmax(dim=1)
+            out += [(ASPECTS[int(k)], float(probability[i, k])) for i, k in enumerate(best)]
+    except DataError as exc:
+        raise DataError(_worker_error_line(exc)) from None
+    finally:
+        model.train(was_training)
+    return out
 
 
 def load_encoder(checkpoint: str | os.PathLike, device=None, precision: str = "auto", engine: str = "torch") -> Encoder:

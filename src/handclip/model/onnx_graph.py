@@ -142,9 +142,18 @@ def with_metadata(graph: bytes, metadata: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
+def refuse_aspect_model(model) -> None:
+    """A model with aspect embeddings (``model.sie: aspect``) is refused: its features depend on each image's
+    stated aspect, an input the graph (pixels only) does not take."""
+    if getattr(model, "aspect_embedding", None) is not None:
+        raise ExportError("this model reads each photo's aspect (model.sie: aspect), which the ONNX graph cannot "
+                          "take; use --engine torch")
+
+
 def checked_graph(model, image_size: tuple[int, int], int8: bool = False) -> tuple[bytes, OnnxRunner, float]:
     """(graph, its runner, worst cosine to PyTorch fp32) for ``model``'s exported graph (int8-quantised with
     ``int8``), refused with an ExportError when the graph's features stray from the model's."""
+    refuse_aspect_model(model)
     graph = export_graph(model, image_size)
     if int8:
         graph = quantize_int8(graph)

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from ..gallery.results import display_path
 from .keys import ApiKey
 from .replies import AUTHED, UPLOAD, error, responses
-from .routes_search import read_upload, service, single, thumbnail_url
+from .routes_search import Aspect, read_upload, service, single, thumbnail_url
 from .security import require
 from .state import ServiceState
 
@@ -20,13 +20,15 @@ IDENTITY = "^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$"  # also in the schema, so clien
 router = APIRouter()
 
 
-@router.post("/api/v1/enrol", responses=responses(*UPLOAD), dependencies=[Depends(single("identity"))])
+@router.post("/api/v1/enrol", responses=responses(*UPLOAD),
+             dependencies=[Depends(single("identity", "aspect", typed=("aspect",)))])
 def enrol(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("enrol"))],
           identity: Annotated[str, Form(pattern=IDENTITY, description="1-128 letters, digits, spaces or ._-, "
                                                                         "starting with a letter or digit")],
           images: Annotated[list[UploadFile], File(description="hand photos (JPEG, PNG, WebP, BMP or TIFF)",
                                                    json_schema_extra={"items": {"type": "string", "format": "binary"},
-                                                                      "minItems": 1})]):
+                                                                      "minItems": 1})],
+          aspect: Annotated[Aspect, Form(description="the hand aspect of every photo")] = None):
     """Enrol photos of one identity (committed batch by batch; the audit records list them). A photo
     whose content is already enrolled under another identity is not enrolled again: ``other_identity``
     names it and that identity, as the audit record does."""
@@ -36,8 +38,9 @@ def enrol(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKe
                           "and start with a letter or digit")
     uploads = [read_upload(f, state.limits) for f in images]
     arguments = {"interface": "serve", "identity": identity, "uploads": [u.name for u in uploads],
-                 "api_key": key.id}
-    summary, record, gallery, names = state.enrol(identity, uploads, examiner=key.name, arguments=arguments)
+                 "api_key": key.id, "aspect": aspect}
+    summary, record, gallery, names = state.enrol(identity, uploads, examiner=key.name, arguments=arguments,
+                                                  aspect=aspect)
     others = [{"name": names.get(s.path, s.path), "identity": s.identity, "enrolled_identity": s.enrolled_identity,
                "enrolled_name": display_path(s.enrolled_path, s.enrolled_identity, gallery.index_dir)}
               for s in summary.other_identity]

@@ -27,6 +27,7 @@ from .security import require
 from .state import REPORT_ID, ServiceState, Upload
 
 MAX_TOP_K = 100
+Aspect = Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"]  # handclip.aspects.ASPECTS
 router = APIRouter()
 
 
@@ -87,7 +88,7 @@ def search_answer(found, gallery) -> dict:
     info["model"] = {"checkpoint": Path(found.model["checkpoint"]).name if found.model["checkpoint"] else None,
                      "checkpoint_sha256": found.model["checkpoint_sha256"]}
     if found.calibration is not None:
-        info["calibration"] = found.calibration.public_record(found.by)
+        info["calibration"] = found.calibration.public_record(found.by, (found.aspects or {}).get("calibration_pair"))
     info["audit"] = {"seq": found.audit.seq, "hash": found.audit.hash, "anchor": found.audit.anchor,
                      "signed_by": found.audit.key_id}
     info["candidates"] = info["queries"][0]["candidates"]
@@ -99,9 +100,9 @@ def search_answer(found, gallery) -> dict:
 
 @router.post("/api/v1/search", responses=responses(*UPLOAD),
              dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id", "threshold_lr",
-                                          "crop", "rotate", "mirror",
+                                          "crop", "rotate", "mirror", "aspect", "mirror_aspect", "gallery_aspect",
                                           typed=("top_k", "by", "index_type", "report", "threshold_lr", "crop",
-                                                 "rotate", "mirror")))])
+                                                 "rotate", "mirror", "aspect", "mirror_aspect", "gallery_aspect")))])
 def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
            image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)",
                                               json_schema_extra={"format": "binary"})],
@@ -119,22 +120,30 @@ def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiK
                                                                        "the photo after its EXIF orientation")] = None,
            rotate: Annotated[float, Form(ge=-MAX_ANGLE, le=MAX_ANGLE, allow_inf_nan=False,
                                          description="degrees clockwise, after the crop")] = 0.0,
-           mirror: Annotated[bool, Form(description="swap left and right, after the crop and rotation")] = False):
+           mirror: Annotated[bool, Form(description="swap left and right, after the crop and rotation")] = False,
+           aspect: Annotated[Aspect, Form(description="the query's hand aspect")] = None,
+           mirror_aspect: Annotated[bool, Form(description="compare the query as the other hand: the model sees "
+                                                           "it mirrored with the other side's aspect")] = False,
+           gallery_aspect: Annotated[Aspect, Form(description="the gallery aspect to search")] = None):
     """Rank the gallery for one query photo; ``record`` and ``audit.anchor`` name the audit record it wrote.
     With ``report`` the case report is made and ``report`` is its URL. With a calibration, ``open_set``
     says whether any candidate's LR exceeds ``threshold_lr``, and each candidate's ``words`` give its
     numbers as a person reads them. ``crop``, ``rotate`` and ``mirror`` prepare the photo before it is
     searched (in that order, after its EXIF orientation); a box that leaves the image is refused with 422
-    and nothing is recorded."""
+    and nothing is recorded. ``aspect``, ``mirror_aspect`` and ``gallery_aspect``: the hand aspects
+    compared (docs/method.md, "Aspects of a hand")."""
     upload = read_upload(image, state.limits)
     transform = query_transform(crop, rotate, mirror, upload)
     arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
                  "crop": crop, "rotate": rotate, "mirror": mirror,
                  "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
-                 "report": report, "case_id": case_id, "threshold_lr": threshold_lr, "api_key": key.id}
+                 "report": report, "case_id": case_id, "threshold_lr": threshold_lr, "api_key": key.id,
+                 "aspect": aspect, "mirror_aspect": mirror_aspect, "gallery_aspect": gallery_aspect}
     found, gallery, report_id = state.search(upload, top_k=top_k, by=by, index_type=index_type, key=key,
                                              arguments=arguments, report=report, case_id=case_id,
-                                             threshold_lr=threshold_lr, transform=transform)
+                                             threshold_lr=threshold_lr, transform=transform,
+                                             aspects={"aspect": aspect, "mirror_aspect": mirror_aspect,
+                                                      "gallery_aspect": gallery_aspect})
     out = search_answer(found, gallery)
     if report_id is not None:
         out["report"] = f"/api/v1/reports/{report_id}"

@@ -135,14 +135,15 @@ class ServiceState:
     # ------------------------------------------------------------------ search and reports
     def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, key: ApiKey,
                arguments: dict, report: bool = False, case_id: str | None = None, threshold_lr: float = 1.0,
-               transform=None):
+               transform=None, aspects: dict | None = None):
         """One query through the session (audit record appended); with ``report`` the PDF too, stored
-        under a new unguessable id for ``key``. Returns (search, gallery snapshot, report id or None)."""
+        under a new unguessable id for ``key``. Returns (search, gallery snapshot, report id or None).
+        ``aspects``: ``aspect``, ``mirror_aspect`` and ``gallery_aspect`` as ``ExaminerSession.search`` takes them."""
         with self._uploads():
             query, _ = self._store(self.serve_dir / "queries", upload)
             found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=key.name,
                                         arguments=arguments, names=[upload.name], threshold_lr=threshold_lr,
-                                        transform=transform)
+                                        transform=transform, **(aspects or {}))
         report_id = None
         if report:
             report_id = secrets.token_hex(16)
@@ -167,13 +168,14 @@ class ServiceState:
         return pdf if allowed and pdf.is_file() else None
 
     # ------------------------------------------------------------------ writing
-    def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict):
-        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them through the session.
+    def enrol(self, identity: str, uploads: Sequence[Upload], *, examiner: str, arguments: dict,
+              aspect: str | None = None):
+        """Store the uploads under ``serve/enrolled/IDENTITY/`` and enrol them (of ``aspect``) through the session.
         Returns (summary, audit record, gallery snapshot, {stored path: upload name})."""
         folder = self.serve_dir / "enrolled" / identity
         with self._uploads():
             stored = [(self._store(folder, u)[0], u.name) for u in uploads]
             names = dict(reversed(stored))  # the first name given for each content
-            items = list({path: EnrolItem(path, identity) for path, _ in stored}.values())
+            items = list({path: EnrolItem(path, identity, aspect) for path, _ in stored}.values())
             summary = self.session.enrol(items, examiner=examiner, arguments=arguments)
         return summary, summary.audit, self.snapshot(), names

@@ -91,7 +91,8 @@ def _fingers(rng: np.random.Generator):
     return width_scale, lengths, widths, angles, tuple(splits)
 
 
-def _palm_lines(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
+def back_of_hand_lines(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
+    """2-4 quadratic curves (x0, y0, cx, cy, x1, y1) in palm units: tendons and creases on a hand's back."""
     lines = []
     for _ in range(int(rng.integers(2, 5))):
         x0, x1 = rng.uniform(-0.45, 0.45, 2)
@@ -101,7 +102,7 @@ def _palm_lines(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
     return tuple(_floats(line) for line in lines)
 
 
-def _nails(rng: np.random.Generator, skin: np.ndarray) -> tuple[bool, np.ndarray]:
+def nail_colour(rng: np.random.Generator, skin: np.ndarray) -> tuple[bool, np.ndarray]:
     """(polished, nail colour): a polish colour, or a pinkish mix with the skin."""
     polished = bool(rng.random() < 0.35)
     if polished:
@@ -109,8 +110,8 @@ def _nails(rng: np.random.Generator, skin: np.ndarray) -> tuple[bool, np.ndarray
     return polished, skin + (np.array([255, 215, 210]) - skin) * rng.uniform(0.2, 0.8)
 
 
-def _marks(rng: np.random.Generator):
-    """(moles, scar, birthmarks)."""
+def skin_marks(rng: np.random.Generator):
+    """(moles, scar, birthmarks) of one hand's back: marks that differ between a person's two hands."""
     moles = []
     for _ in range(int(rng.choice([1, 1, 2, 2, 3]))):
         part = int(rng.choice([-1, -1, -1, 0, 1, 2, 3, 4]))
@@ -138,9 +139,9 @@ def identity_params(identity: int, seed: int = 0) -> HandIdentity:
     rng = seeded_rng(seed, identity, 0x1D)
     skin = _skin(rng)
     width_scale, finger_lengths, finger_widths, finger_base_angles, splits = _fingers(rng)
-    palm_lines = _palm_lines(rng)
-    polished, nail_color = _nails(rng, skin)
-    moles, scar, birthmarks = _marks(rng)
+    palm_lines = back_of_hand_lines(rng)
+    polished, nail_color = nail_colour(rng, skin)
+    moles, scar, birthmarks = skin_marks(rng)
     # Keyword arguments are evaluated in order: the draws below come after the parts above.
     return HandIdentity(
         skin=_floats(skin),
@@ -191,8 +192,10 @@ class Pose:
     noise: float
 
 
-def pose_params(identity: int, sample: int, seed: int) -> Pose:
-    rng = seeded_rng(seed, identity, 0x9E, sample)
+def pose_params(identity: int, sample: int, seed: int, aspect_code: int = 0) -> Pose:
+    """Photo ``sample``'s pose; ``aspect_code`` 0 (right dorsal) keeps the stream the generator always used,
+    any other aspect gets its own stream."""
+    rng = seeded_rng(seed, identity, 0x9E, sample, *((aspect_code,) if aspect_code else ()))
     return Pose(
         spread=float(rng.uniform(0.7, 1.4)),
         finger_jitter=tuple(float(x) for x in rng.normal(0, 0.04, 4)),

@@ -1,4 +1,4 @@
-"""The renderer of procedural synthetic hands: one photo of one hand as an RGB image.
+"""The renderer of procedural synthetic hands: one photo of one hand, in one aspect, as an RGB image.
 
 Each identity is a fixed set of hand parameters (palm shape, finger lengths/widths/proportions,
 skin tone, knuckle creases, back-of-hand lines, nails, moles, scar) drawn from a seeded RNG.
@@ -8,6 +8,14 @@ strong enough that nearest neighbour on raw pixels fails, while a small CNN lear
 
 Drawing happens in hand-local units (palm width ~1) at twice the output resolution, then is
 downsampled, so images of different sizes show the same hand.
+
+Aspects (docs/method.md, "Aspects of a hand"): hand-local units are those of a right hand seen from the
+back (thumb on the image's left). A left hand (``aspect_params.left_hand``) and a palm seen from the front
+are drawn with that geometry mirrored, so a right palm and a left back of hand have the thumb on the
+image's right, as in a photograph; light, background and pose are never mirrored. A palmar photo shows
+the palm side (``aspect_params.palm_side``): paler skin, principal lines, flexion creases at the finger
+joints and wrist creases, no knuckle creases and no nails. The right dorsal aspect draws exactly what
+the generator always drew.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..aspects import ASPECTS, is_left, is_palmar, normalise_aspect
 from ..errors import DataError
-from .hand_params import HandIdentity, Pose, identity_params, pose_params, seeded_rng
+from .aspect_params import PalmSide, hand_of, palm_side
+from .hand_params import HandIdentity, Pose, pose_params, seeded_rng
 
 # Bump when the renderer changes, so old folders are re-rendered instead of silently reused.
 RENDERER_VERSION = 1
@@ -61,8 +71,9 @@ def _ellipse_poly(cx, cy, a, b, angle, power=2.0, n=20):
 class _Canvas:
     """Draws hand-local shapes onto a supersampled image through one similarity transform."""
 
-    def __init__(self, px: int, pose: Pose):
+    def __init__(self, px: int, pose: Pose, mirror: bool = False):
         self.px = px
+        self.mirror = mirror  # draw the hand-local geometry mirrored (x -> -x) before the pose
         self.unit = px / 3.15 * pose.scale  # pixels per palm width
         self.c, self.s = math.cos(pose.rotation), math.sin(pose.rotation)
         self.origin = np.array([px * (0.5 + pose.shift[0]), px * (0.62 + pose.shift[1])])
@@ -73,12 +84,16 @@ class _Canvas:
 
     def to_px(self, pts) -> list[tuple[float, float]]:
         pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2) * self.unit
+        if self.mirror:
+            pts = pts * np.array([-1.0, 1.0])
         x = pts[:, 0] * self.c - pts[:, 1] * self.s + self.origin[0]
         y = pts[:, 0] * self.s + pts[:, 1] * self.c + self.origin[1]
         return list(zip(x.tolist(), y.tolist()))
 
     def map_point(self, p) -> tuple[float, float]:
         x, y = float(p[0]) * self.unit, float(p[1]) * self.unit
+        if self.mirror:
+            x = -x
         return (x * self.c - y * self.s + self.origin[0], x * self.s + y * self.c + self.origin[1])
 
     def polygon(self, pts, color, mask=True):
@@ -129,18 +144,23 @@ def _finger_chain(base, angle, length, split, curl, pose_bend):
     return pts
 
 
-def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0) -> Image.Image:
-    """Photo ``sample`` of synthetic hand ``identity``: an RGB ``size`` x ``size`` image.
+def render_hand(identity: int, sample: int, size: int = 64, seed: int = 0, aspect: str = "dorsal_r") -> Image.Image:
+    """Photo ``sample`` of synthetic hand ``identity`` in ``aspect``: an RGB ``size`` x ``size`` image.
 
-    Deterministic for (identity, sample, size, seed); the hand and pose do not depend on ``size``.
+    Deterministic for (identity, sample, size, seed, aspect); the hand and pose do not depend on ``size``.
     """
     if size < 16:
         raise DataError(f"synthetic image size must be at least 16 pixels, got {size}")
-    hand = identity_params(identity, seed)
-    pose = pose_params(identity, sample, seed)
-    rng = seeded_rng(seed, identity, 0xB6, sample)  # background and noise
-    cv = _Canvas(size * _SUPERSAMPLE, pose)
-    _draw_hand(cv, hand, pose)
+    aspect = normalise_aspect(aspect)
+    code = ASPECTS.index(aspect)  # 0 (right dorsal): the random streams the generator always used
+    hand = hand_of(identity, seed, aspect)
+    pose = pose_params(identity, sample, seed, code)
+    rng = seeded_rng(seed, identity, 0xB6, sample, *((code,) if code else ()))  # background and noise
+    cv = _Canvas(size * _SUPERSAMPLE, pose, mirror=is_left(aspect) != is_palmar(aspect))
+    if is_palmar(aspect):
+        _draw_palmar(cv, hand, palm_side(identity, seed, aspect), pose)
+    else:
+        _draw_hand(cv, hand, pose)
     return _photograph(cv, pose, rng, size)
 
 
@@ -210,13 +230,58 @@ def _draw_palm_marks(cv: _Canvas, hand: HandIdentity, skin: np.ndarray, crease) 
     W, H = hand.palm_width, hand.palm_height
     for x, y, rx, ry, angle, tone in hand.birthmarks:
         cv.polygon(_ellipse_poly(x * W, y * H, rx, ry, angle), _rgb(skin * tone + (8 if tone > 1 else 0)), mask=False)
-    for x0, y0, cx_, cy_, x1, y1 in hand.palm_lines:
-        s = np.linspace(0, 1, 8)[:, None]
-        pts = (1 - s) ** 2 * [x0 * W, y0 * H] + 2 * s * (1 - s) * [cx_ * W, cy_ * H] + s**2 * [x1 * W, y1 * H]
-        cv.line(pts, crease, 0.018)
+    for curve in hand.palm_lines:
+        _quadratic(cv, curve, W, H, crease, 0.018)
     if hand.scar:
         x0, y0, x1, y1 = hand.scar
         cv.line([(x0 * W, y0 * H), (x1 * W, y1 * H)], _rgb(skin * 1.12 + 10), 0.03)
+
+
+def _quadratic(cv: _Canvas, curve, W: float, H: float, color, width: float) -> None:
+    """A quadratic curve (x0, y0, cx, cy, x1, y1) given in palm units, drawn as a line of 8 points."""
+    x0, y0, cx_, cy_, x1, y1 = curve
+    s = np.linspace(0, 1, 8)[:, None]
+    pts = (1 - s) ** 2 * [x0 * W, y0 * H] + 2 * s * (1 - s) * [cx_ * W, cy_ * H] + s**2 * [x1 * W, y1 * H]
+    cv.line(pts, color, width)
+
+
+def _draw_palmar(cv: _Canvas, hand: HandIdentity, palm: PalmSide, pose: Pose) -> None:
+    """The posed hand seen from the palm: silhouette in palm skin, then lines, flexion and wrist creases, moles."""
+    skin, tone = np.array(hand.skin), np.array(palm.tone)
+    crease, faint = _rgb(tone * palm.line_darkness), _rgb(tone * (1 + palm.line_darkness) / 2)
+    outline, wrist_w = _palm(hand)
+    digits = _digits(hand, pose)
+    _silhouette(cv, hand, outline, wrist_w, digits, _rgb(skin * 0.6), 0.022)
+    _silhouette(cv, hand, outline, wrist_w, digits, _rgb(tone), 0.0)
+    W, H = hand.palm_width, hand.palm_height
+    # The thenar eminence (the thumb's pad) catches the light.
+    cv.polygon(_ellipse_poly(-0.24 * W, 0.16 * H, 0.22 * W, 0.3 * H, 0.25), _rgb(tone * 1.03 + 2), mask=False)
+    for curve in palm.minor:
+        _quadratic(cv, curve, W, H, faint, 0.012)
+    for curve in palm.principal:
+        _quadratic(cv, curve, W, H, crease, 0.024)
+    for k in (0, 1):  # wrist creases
+        y = H * (0.6 + 0.07 * k)
+        cv.line([(-wrist_w * 0.85, y), (0.0, y + 0.02), (wrist_w * 0.85, y)], faint, 0.014)
+    for k, (chain, r, _) in enumerate(digits):
+        _flexion_creases(cv, chain, r, palm.flexion[k], palm.flexion_offset[k], crease, thumb=k == 4)
+    for x, y, radius in palm.moles:
+        cv.disc((x * W, y * H), radius, (85, 55, 45), mask=False)
+
+
+def _flexion_creases(cv: _Canvas, chain, r: float, counts, offset: float, color, thumb: bool) -> None:
+    """Straight creases across a digit at its joints (the palm-side counterpart of knuckle creases)."""
+    joints = (1, 2) if thumb else (0, 1, 2)
+    for j, count in zip(joints, counts):
+        d = chain[j + 1] - chain[j]
+        seg = np.hypot(*d) + 1e-9
+        d = d / seg
+        n = np.array([-d[1], d[0]])
+        # The base crease lies a little up the finger from where it leaves the palm.
+        centre = chain[j] + d * (seg * (0.18 if j == 0 and not thumb else 0.0) + offset * r)
+        for c in range(count):
+            at = centre + d * (0.22 * r * (c - (count - 1) / 2))
+            cv.line([at - n * r * 0.85, at + n * r * 0.85], color, 0.012)
 
 
 def _draw_creases_and_nails(cv: _Canvas, hand: HandIdentity, digits, crease) -> None:

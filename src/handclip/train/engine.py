@@ -42,6 +42,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from ..aspects import record_aspect
 from ..atomic import atomic_write_text
 from ..config import Config, config_from_dict, load_config
 from ..data.images import unusable_images, warn_left_out
@@ -113,6 +114,22 @@ def check_training_data(manifest, stage2_cfg, check_batches: bool) -> tuple[list
         raise ConfigError(f"stage2.ids_per_batch is {stage2_cfg.ids_per_batch} but the training split has only "
                           f"{len(counts)} identities (--set stage2.ids_per_batch={len(counts)} or fewer)")
     return train, manifest.train_label_map()
+
+
+def check_training_aspects(manifest, model_cfg, augment_cfg) -> None:
+    """A model that reads aspects (model.sie: aspect) or learns them (model.aspect_head) needs the aspect of
+    every train and val image (the manifest's subset/camid, docs/method.md "Aspects of a hand")."""
+    if model_cfg.sie == "none" and not model_cfg.aspect_head:
+        return
+    key = "model.sie: aspect" if model_cfg.sie != "none" else "model.aspect_head"
+    if augment_cfg.hflip_p > 0:
+        raise ConfigError(f"{key} learns which side a hand is, but data.augment.hflip_p {augment_cfg.hflip_p} "
+                          f"mirrors training images without changing their aspect (a left hand labelled right); "
+                          f"set data.augment.hflip_p: 0")
+    for rec in (*manifest.split("train"), *manifest.split("val")):
+        if record_aspect(rec) is None:
+            raise DataError(f"{key} needs each training image's aspect, but {rec.path} has none (prepare the data "
+                            f"with `prepare synthetic --aspects ...` or `prepare 11k --aspect ...`)")
 
 
 class TrainContext:
@@ -194,7 +211,10 @@ class TrainContext:
 
 def _dataset_workdir(config: Config) -> Path:
     """Where generated datasets go: one folder per synthetic setting, so settings never mix images."""
-    key = hashlib.sha256(json.dumps(config.data.synthetic.model_dump(mode="json"), sort_keys=True).encode())
+    settings = config.data.synthetic.model_dump(mode="json")
+    if settings["aspects"] == ["dorsal_r"]:
+        del settings["aspects"]  # the default: the same folder as before aspects could be chosen
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     return cache_root(config.data) / "datasets" / key.hexdigest()[:16]
 
 
@@ -304,6 +324,10 @@ def _stages_to_run(config: Config, stages: Sequence[str]) -> tuple[str, ...]:
     if config.single_stage.enabled:
         if config.runtime.joint:
             raise ConfigError("runtime.joint and single_stage.enabled are two different recipes; set one of them")
+        if config.model.sie != "none" or config.model.aspect_head:
+            # The one-stage recipe feeds no aspects to the model (docs/method.md, "Aspects of a hand").
+            raise ConfigError("model.sie: aspect and model.aspect_head train with the two-stage recipe; "
+                              "single_stage.enabled feeds no aspects (set single_stage.enabled: false)")
         return ("single_stage",)
     if config.runtime.joint:
         return ("joint",)
@@ -325,6 +349,7 @@ def _checked_inputs(config: Config, resumed_run: Path | None, stages: tuple[str,
                                     "set data.allow_id_overlap=true (train --allow-id-overlap)")
     train_records, label_map = check_training_data(manifest, config.stage2,
                                                    check_batches=("stage2" in stages or "joint" in stages))
+    check_training_aspects(manifest, config.model, config.data.augment)
     if not manifest.split("val"):
         raise DataError("the manifest has no val split (one held-out image per training identity) to choose "
                         "the best checkpoint on")

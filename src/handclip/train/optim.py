@@ -142,7 +142,9 @@ def stage2_param_groups(model, stage2_cfg, prompt_lr: float | None = None,
         if not param.requires_grad:
             continue
         is_bias = name.endswith("bias")
-        if name.startswith("prompt_learner."):
+        if name.startswith("aspect_head."):  # trained from scratch, beside a fine-tuned encoder
+            add("aspect_head", param, stage2_cfg.aspect_head_lr, 0.0)
+        elif name.startswith("prompt_learner."):
             add("prompt", param, prompt_lr if prompt_lr is not None else lr, prompt_weight_decay)
         elif name.startswith(_BACKBONE_PREFIXES):
             if is_bias:

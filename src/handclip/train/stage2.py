@@ -32,6 +32,7 @@ import inspect
 
 import torch
 
+from ..aspects import aspect_index, record_aspect
 from ..errors import TrainingError
 from ..runtime import autocast, make_grad_scaler, resolve_amp_dtype, use_channels_last
 from .hooks import LrSchedule, TrainingState, training_hooks
@@ -105,6 +106,12 @@ class Stage2Trainer:
         if self.cfg.runtime.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.forward_takes_labels = "labels" in inspect.signature(model.forward).parameters
+        # Each training image's aspect index, for the aspect embeddings and the aspect head (by dataset index).
+        self.reads_aspects = getattr(model, "aspect_embedding", None) is not None
+        self.aspect_head = getattr(model, "aspect_head", None) is not None
+        self.train_aspects = None
+        if self.reads_aspects or self.aspect_head:
+            self.train_aspects = torch.tensor([aspect_index(record_aspect(r)) for r in ctx.train_records])
 
     def _all_text_features(self, grad: bool) -> torch.Tensor:
         with torch.set_grad_enabled(grad), autocast(self.device, self.dtype):
@@ -117,13 +124,17 @@ class Stage2Trainer:
             return self.fixed_text
         return self._all_text_features(grad=self.prompt_trains)
 
-    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The weighted loss terms of one batch (already on the device)."""
+    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor,
+                       aspects: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of one batch (already on the device); ``aspects``: the images' aspect
+        indices, for the aspect embeddings (model.sie: aspect) and the aspect head."""
         s2 = self.s2
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.dtype):
-            if self.forward_takes_labels:
+            if self.reads_aspects or self.aspect_head:
+                out = self.forward_model(images, labels, aspects=aspects if self.reads_aspects else None)
+            elif self.forward_takes_labels:
                 out = self.forward_model(images, labels)
             else:
                 out = self.forward_model(images)
@@ -157,6 +168,9 @@ class Stage2Trainer:
         if self.center is not None:
             features = torch.cat([out.feat_last.float(), out.feat_proj.float()], dim=1)
             terms["center"] = s2.center_weight * self.center(features, labels)
+        if out.aspect_logits is not None and aspects is not None:
+            # The head reads the images on its own: this term trains only the head.
+            terms["aspect"] = torch.nn.functional.cross_entropy(out.aspect_logits.float(), aspects)
         if self.prompt_trains:
             weight = self.cfg.stage1.prompt_l2 if self.joint else s2.prompt_l2
             if weight > 0:
@@ -224,7 +238,9 @@ class Stage2Trainer:
         def losses(batch) -> dict[str, torch.Tensor]:
             images = batch[0].to(device, non_blocking=True)
             labels = batch[1].to(device, non_blocking=True)
-            return self.compute_losses(images, labels)
+            if self.train_aspects is None:
+                return self.compute_losses(images, labels)
+            return self.compute_losses(images, labels, self.train_aspects[batch[2]].to(device, non_blocking=True))
 
         hooks = training_hooks(ctx, self.training_state(), resume,
                                schedule=LrSchedule(self.schedule, s2.schedule, s2.schedule_epochs_from),

@@ -125,8 +125,14 @@ function showAnswer(found) {
   // score kind this search used, rounded as the PDF and the command line give it, and what Cllr means.
   const cal = found.calibration;
   const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${found.reading.calibration}` : "";
+  // The aspects compared (a search that stated them) and the aspect head's doubt, when it has one.
+  const a = found.aspects;
+  const aspects = a ? ` Aspects: query ${a.query || "not stated"}${a.mirrored ? " (compared as the other hand)" : ""}` +
+    ` against gallery ${a.gallery || "every aspect"}.` : "";
+  const check = found.queries[0].aspect_check;
+  const warning = check && check.warning ? ` Warning: ${check.warning}.` : "";
   $("statement").textContent = `${found.statement} Score: ${found.score}. ${found.reading.score}` +
-    `${hypotheses}${calibration}`;
+    `${aspects}${warning}${hypotheses}${calibration}`;
   const answer = $("open-set");
   answer.hidden = !found.open_set;
   answer.textContent = found.open_set ? found.open_set.answer : "";
@@ -160,6 +166,8 @@ $("search-form").addEventListener("submit", async (e) => {
   form.append("top_k", $("top-k").value);
   form.append("by", $("by").value);
   form.append("report", $("want-report").checked ? "true" : "false");
+  if ($("aspect").value) form.append("aspect", $("aspect").value);
+  if ($("mirror-aspect").checked) form.append("mirror_aspect", "true");
   if ($("case-id").value.trim()) form.append("case_id", $("case-id").value.trim());
   if ($("threshold-lr").value.trim()) form.append("threshold_lr", $("threshold-lr").value.trim());
   for (const [name, value] of Object.entries(queryPrep.fields())) form.append(name, value);
@@ -186,6 +194,7 @@ $("enrol-form").addEventListener("submit", async (e) => {
   if (!files.length) { status("enrol-status", "choose a folder or images to enrol", true); return; }
   const form = new FormData();
   form.append("identity", $("identity").value.trim());
+  if ($("enrol-aspect").value) form.append("aspect", $("enrol-aspect").value);
   for (const f of files) form.append("images", f, f.name);
   status("enrol-status", `enrolling ${files.length} image(s)...`);
   try {
