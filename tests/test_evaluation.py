@@ -479,3 +479,17 @@ def test_evaluate_gives_identity_bootstrap_intervals_beside_the_point_figures(ma
     assert "interval (identity bootstrap)" not in (plain / "metrics.md").read_text()
     assert main(["evaluate", *common, "--out", str(tmp_path / "bad"), "--intervals", "-1"]) == 2
     assert "--intervals" in one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_warns_when_its_calibration_was_fitted_on_the_people_it_scores(main, synthetic, checkpoint, tmp_path,
+                                                                               capsys):
+    from handclip.forensic.calibrate import calibrate
+
+    _, manifest_path = synthetic
+    calibration = tmp_path / "calibration.json"
+    calibrate(checkpoint, manifest_path, out=calibration)  # fitted on the manifest's 8 query/gallery people
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out",
+                 str(tmp_path / "eval"), "--calibration", str(calibration), "--intervals", "0", "--show", "0"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "in the calibration" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("handclip: warning: 8 of the 8 identities of manifest ")

@@ -21,6 +21,7 @@ from ..config_base import IntervalConfig
 from ..data.manifest import Manifest
 from ..errors import DataError, HandCLIPWarning
 from ..forensic.calibration import ScoreCalibration
+from ..forensic.calibration_checks import record_names, warn_in_sample
 from ..model.inference import Encoder
 from .forensic import ForensicResult, forensic_evaluation
 from .metrics import METRIC_KEYS
@@ -182,6 +183,8 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
             raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")
         stored = ScoreCalibration.load(calibration)
         stored.check_model(encoder.fingerprint())
+        scored = [r for r in manifest.records if r.split in ("query", "gallery")]
+        warn_in_sample(stored, record_names(scored), f"manifest {manifest_path}")
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=distractors, progress=progress,
                                keep_distances=True, skip_bad=skip_bad)
     subsets = sorted({subset_label(r.dataset, r.subset) for r in manifest.records if not r.is_distractor})

@@ -15,6 +15,7 @@ from ..data.images import warn_left_out
 from ..errors import HandCLIPError
 from ..forensic.audit_format import parse_anchor
 from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
+from ..forensic.calibration_checks import warn_in_sample
 from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from .case_report import check_case_id
 from .enrol import EnrolSummary, check_images, collect_images
@@ -116,6 +117,10 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
     check_threshold_lr(threshold_lr)  # and before the model loads
     session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner,
                                    precision=precision, engine=engine)
+    if session.calibration is not None:  # LRs against people the calibration was fitted on are in-sample
+        enrolled = session.snapshot().identities()
+        warn_in_sample(session.calibration.calibration, {name: {name} for name in enrolled},
+                       f"gallery {index_dir}")
     search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments,
                             threshold_lr=threshold_lr)
     for line in search.lines():

@@ -10,7 +10,6 @@ its identity-level bootstrap interval; write the report (``validate.report``).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..errors import HandCLIPError
 from ..forensic.bootstrap import identity_bootstrap
+from ..forensic.calibration_checks import identity_sha256s, people_in_calibration, record_names
 from ..forensic.validation_metrics import METRICS, PairSet, make_pair_set
 from .criteria import ASSESSED, PlanRow, ValidationPlan, read_plan
 
@@ -72,21 +72,16 @@ class ValidationResult:
 def identity_hashes(record) -> set[str]:
     """The SHA-256 under which a calibration may list this record's person: its id (a manifest's calibration)
     and its original name (a folder's calibration)."""
-    names = {str(record.pid)} | ({str(record.original_id)} if record.original_id not in (None, "") else set())
-    return {hashlib.sha256(name.encode("utf-8")).hexdigest() for name in names}
+    return identity_sha256s(record_names([record])[record.pid])
 
 
 def check_disjoint(records: Sequence, calibration, source: str) -> None:
     """ValidationError, with the count, when any person of ``records`` is one the calibration was fitted on."""
-    listed = calibration.summary.get("identity_sha256")
-    if not listed:
+    people = record_names(records)
+    shared = people_in_calibration(calibration, people)
+    if shared is None:
         raise ValidationError(f"{calibration.summary.get('path', 'the calibration')} lists no identities it was "
                               f"fitted on; recalibrate with this version of handclip so people can be kept apart")
-    listed = set(listed)
-    people = {}
-    for rec in records:
-        people.setdefault(rec.pid, set()).update(identity_hashes(rec))
-    shared = sum(1 for hashes in people.values() if hashes & listed)
     if shared:
         raise ValidationError(f"{shared} of the {len(people)} identities of {source} were in the calibration; a "
                               f"validation needs people the calibration never saw")
