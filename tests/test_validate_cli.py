@@ -20,6 +20,7 @@ criteria:
   - {characteristic: discriminating_power, metric: auc, graph: det, criterion: "> 1.0"}
   - {characteristic: robustness, metric: cllr, criterion: "< 5"}
   - {characteristic: coherence, metric: cllr, criterion: "< 5"}
+  - {characteristic: generalisation, metric: cllr, graph: tippett, criterion: "< 5"}
 """
 
 
@@ -102,11 +103,20 @@ def test_the_matrix_decides_as_the_plan_says(report):
     assert cllr["passed"] is True and cllr["result"]["low"] <= cllr["result"]["estimate"] <= cllr["result"]["high"]
     assert rows[("discriminating_power", "auc", "all")]["passed"] is False  # an AUC is never above 1
     assert rows[("calibration", "rmed_strong", "all")]["passed"] is True  # a rate is never above 1.5
-    assert rows[("coherence", "cllr", "")]["passed"] is None  # not assessed by this run, and said so
+    coherence = rows[("coherence", "cllr", "methods compared")]
+    assert coherence["passed"] is True and coherence["result"]["estimate"] >= 0
+    assert "between the three calibration methods (logit " in coherence["note"]
+    assert "cross-calibrated by identity" in coherence["note"]
+    general = rows[("generalisation", "cllr", "calibration population -> validation population")]
+    assert general["passed"] is True and general["result"] == cllr["result"]  # the stored calibration's LRs
+    assert general["note"].startswith("casework-condition check: a calibration fitted on manifest manifest.csv")
+    assert "8 identities" in general["note"] and "12 other identities" in general["note"]
+    assert any(line.startswith("Calibration and validation populations: a calibration fitted on manifest")
+               for line in data["summary"])
     assert data["passed"] is False  # one assessed criterion failed
     robustness = [row for row in data["matrix"] if row["characteristic"] == "robustness"]
     assert [row["condition"] for row in robustness] == ["synthetic"]  # the manifest's one subset
     counts = data["counts"]
     assert counts["identities_used"] == 12 and counts["failed_to_acquire"] == 0 and counts["failed_to_enrol"] == 0
     assert data["misleading_evidence"]["n_mated"] == counts["n_mated"] == 12 * 10  # 5 images: 10 pairs each
-    assert any("NOT meet 1 of the 4" in line for line in data["summary"])
+    assert any("NOT meet 1 of the 6" in line for line in data["summary"])

@@ -86,6 +86,15 @@ def identity_bootstrap(pairs: PairSet, statistics: Mapping[str, Callable[[PairSe
                        replicates: int = DEFAULT_REPLICATES, level: float = 0.95, seed: int = 0) -> dict[str, Interval]:
     """Each named statistic on ``pairs`` with its identity-level bootstrap ``level`` interval; every statistic
     is computed on the same replicates."""
+    values = bootstrap_values(pairs, statistics, replicates, seed)
+    return {name: percentile_interval(_safe(statistic, pairs), values[name], level)
+            for name, statistic in statistics.items()}
+
+
+def bootstrap_values(pairs: PairSet, statistics: Mapping[str, Callable[[PairSet], float]],
+                     replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each statistic's value in every replicate (NaN where it could not be computed). Two pair sets of the
+    same pairs (other LRs, say) get the same replicates from the same seed, so their values line up."""
     rng = np.random.default_rng(seed)
     values = {name: np.full(replicates, np.nan) for name in statistics}
     codes, index = _identity_codes(pairs), np.arange(len(pairs))
@@ -94,9 +103,8 @@ def identity_bootstrap(pairs: PairSet, statistics: Mapping[str, Callable[[PairSe
         sample = pairs.take(np.repeat(index, weights))
         for name, statistic in statistics.items():
             values[name][r] = _safe(statistic, sample)
-    return {name: percentile_interval(_safe(statistic, pairs), values[name], level)
-            for name, statistic in statistics.items()}
+    return values
 
 
-__all__ = ["DEFAULT_REPLICATES", "Interval", "draw_identities", "identity_bootstrap", "identity_weights",
+__all__ = ["DEFAULT_REPLICATES", "Interval", "bootstrap_values", "draw_identities", "identity_bootstrap", "identity_weights",
            "pair_weights", "percentile_interval"]
