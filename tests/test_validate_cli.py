@@ -120,3 +120,36 @@ def test_the_matrix_decides_as_the_plan_says(report):
     assert counts["identities_used"] == 12 and counts["failed_to_acquire"] == 0 and counts["failed_to_enrol"] == 0
     assert data["misleading_evidence"]["n_mated"] == counts["n_mated"] == 12 * 10  # 5 images: 10 pairs each
     assert any("NOT meet 1 of the 6" in line for line in data["summary"])
+
+
+def test_with_index_the_validation_is_recorded_in_the_gallerys_audit_log(calibrated, synthetic, checkpoint,  # noqa: F811
+                                                                         tmp_path, capsys):
+    import shutil
+
+    from handclip import api
+
+    manifest, manifest_path = synthetic
+    people = tmp_path / "people"
+    for record in [r for r in manifest.records if r.split == "gallery"][:4]:
+        (people / f"p{record.pid}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(record.path, people / f"p{record.pid}" / "1.png")
+    index = tmp_path / "gallery"
+    api.enrol_images(index, people, checkpoint)
+    out = tmp_path / "report"
+    argv = ["validate", "--checkpoint", str(checkpoint), "--calibration", str(calibrated / "cal.json"), "--manifest",
+            str(manifest_path), "--criteria", str(calibrated / "plan.yaml"), "--splits", "train,val", "--out", str(out)]
+    assert cli.main([*argv, "--index", str(tmp_path / "no-gallery")]) == 2  # refused before anything is written
+    assert "--index" in capsys.readouterr().err and not out.exists()
+    assert cli.main([*argv, "--index", str(index), "--examiner", "V. Alidator"]) == 0
+    assert "audit record " in capsys.readouterr().out
+    record = api.read_audit(index).records[-1]
+    assert record["command"] == "validate" and record["examiner"] == "V. Alidator"
+    files = {entry["role"]: entry for entry in record["files"]}
+    for role, path in (("model", checkpoint), ("calibration", calibrated / "cal.json"), ("manifest", manifest_path),
+                       ("criteria", calibrated / "plan.yaml"), ("report:report.pdf", out / "report.pdf"),
+                       ("report:report.json", out / "report.json"), ("report:report.html", out / "report.html")):
+        assert files[role]["sha256"] == sha256_file(path), role
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert record["decision"]["passed"] is report["passed"] is False
+    assert record["decision"]["criteria_met"] == record["decision"]["criteria_assessed"] - 1
+    assert api.verify_audit(index).problems == []  # the chain, head and files all check out

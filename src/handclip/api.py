@@ -23,6 +23,8 @@ package the first time it is used, so a workflow that never touches the model (`
     api.calibrate(run.best_checkpoint, images="reference_people", out="calibration.json")   # or a folder per person
     api.validate(run.best_checkpoint, "calibration.json", "other_people.csv",       # the lab's validation plan
                  "configs/validation/example_criteria.yaml", "validation")       # -> report.html/.pdf/.json
+    api.validate_and_record(run.best_checkpoint, "calibration.json", "other_people.csv", "plan.yaml",
+                            "validation", index="cases/gallery")                # + a record in its audit log
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
 
     # how features are computed (--precision, --engine; handclip export)
@@ -94,6 +96,7 @@ _export("gallery.casework", "enrol_images", "EnrolReport", "search_gallery", "ve
 _export("serve.service", "serve", "serve_app")
 _export("serve.keys", "add_api_key", "list_api_keys", "revoke_api_keys")
 _export("synthetic.pretrain", "pretrain_tiny", "pretrain_tiny_from_config")
+_export("workflows.validation", "validate_and_record")
 _export("workflows.demo", "demo_config", demo="run_demo")
 _export("workflows.benchmark", benchmark="run_benchmark")
 
@@ -155,4 +158,5 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .validate.workflow import ValidationResult, validate
     from .workflows.benchmark import run_benchmark as benchmark
     from .workflows.demo import demo_config
+    from .workflows.validation import validate_and_record
     from .workflows.demo import run_demo as demo

@@ -74,7 +74,7 @@ def _eval_config(args):
 def _interval_config(args):
     from pydantic import ValidationError
 
-    from ..config_base import IntervalConfig
+    from ..config import IntervalConfig
 
     try:
         return IntervalConfig(replicates=args.intervals)

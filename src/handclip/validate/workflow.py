@@ -64,6 +64,7 @@ class ValidationResult:
     misleading: dict
     files: dict = field(default_factory=dict)
     populations: str = ""  # which population the calibration came from and which one validated it
+    audit: object = None  # the gallery audit record (forensic.audit.AuditRef) when one was written
 
     @property
     def passed(self) -> bool:
