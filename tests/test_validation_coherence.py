@@ -46,7 +46,7 @@ def test_coherence_is_the_largest_difference_between_the_methods():
     assert interval["low"] >= 0 and interval["low"] <= interval["high"] and interval["replicates"] == 25
     for method, value in by_method.items():
         assert f"{method} {value:.3g}" in note
-    assert "not on the calibration's own data" in note
+    assert "not on the calibration's data" in note
 
 
 def test_a_plan_asking_coherence_of_a_score_only_figure_is_refused(tmp_path):

@@ -55,9 +55,8 @@ def coherence(pairs: PairSet, metric: str, replicates: int, level: float, seed: 
     interval = percentile_interval(max(estimates.values()) - min(estimates.values()), spread, level).as_dict()
     shown = ", ".join(f"{method} {value:.3g}" for method, value in estimates.items())
     n = len(next(iter(per_method.values())))
-    note = (f"largest difference of {metric} between the three calibration methods ({shown}), each fitted on the "
-            f"validation pairs themselves, cross-calibrated by identity ({COHERENCE_FOLDS} folds, the same for all; "
-            f"{n:,} comparisons scored by all three), not on the calibration's own data")
+    note = (f"{shown}: each fitted on the validation pairs, cross-calibrated by identity ({COHERENCE_FOLDS} folds; "
+            f"{n:,} comparisons), not on the calibration's data")
     return interval, note
 
 

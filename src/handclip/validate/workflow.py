@@ -199,8 +199,9 @@ def validation_matrix(plan: ValidationPlan, pairs: PairSet, conditions: np.ndarr
         if row.characteristic == "coherence":
             matrix.append(_coherence_row(row, plan, pairs))
         elif row.characteristic == "generalisation":
-            found = _row(row, plan, overall[row.metric], "calibration population -> validation population")
-            found.note = "; ".join(filter(None, [generalisation or "casework-condition check", row.note]))
+            found = _row(row, plan, overall[row.metric], "calibration -> validation")
+            found.note = "; ".join(filter(None, ["casework-condition check (the two populations: see the summary)"
+                                                 if generalisation else "casework-condition check", row.note]))
             matrix.append(found)
         elif row.characteristic != "robustness":
             matrix.append(_row(row, plan, overall[row.metric], "all"))
