@@ -193,3 +193,116 @@ def test_the_page_says_when_no_candidate_reaches_the_threshold(server, tmp_path)
             assert "none-reached" not in page.locator("#open-set").get_attribute("class")
         finally:
             browser.close()
+
+
+def test_the_page_lists_a_cases_searches_reopens_one_and_exports_a_bundle_that_verifies(server, tmp_path):
+    """Three searches from the page (two of case 2026/017, one of another case): the case's list shows
+    exactly the two, Reopen shows the first one's answer again, and the exported bundle's SHA256SUMS
+    verifies with sha256sum -c."""
+    import subprocess
+    import zipfile
+
+    images = server["assets"]["images"]
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(server["url"])
+            page.fill("#api-key", server["keys"]["both"])
+            page.dispatch_event("#api-key", "change")
+            page.fill("#top-k", "3")
+            records = []
+            for query, case in ((images / "0001" / "000.png", "2026/017"), (images / "0004" / "001.png", "2026/999"),
+                                (images / "0002" / "002.png", "2026/017")):
+                page.set_input_files("#query-file", str(query))
+                page.fill("#case-id", case)
+                before = page.inner_text("#record") if records else ""
+                page.click("#search-button")
+                _wait_until(lambda: "Audit record" in page.inner_text("#record")
+                            and page.inner_text("#record") != before, 60)
+                records.append(page.inner_text("#record").split()[2])
+            page.fill("#case-lookup", "2026/017")
+            page.click("#case-list")
+            page.wait_for_selector("#case-searches li")
+            items = page.locator("#case-searches li")
+            assert items.count() == 2
+            assert f"record {records[0]}" in items.nth(0).inner_text() and "000.png" in items.nth(0).inner_text()
+            assert f"record {records[2]}" in items.nth(1).inner_text() and "002.png" in items.nth(1).inner_text()
+            items.nth(0).locator("button.reopen").click()
+            _wait_until(lambda: f"Audit record {records[0]} " in page.inner_text("#record"), 30)
+            assert page.locator("#candidates li.candidate").first.get_attribute("data-identity") == "0001"
+            assert "reopened record" in page.inner_text("#search-status")
+            _wait_until(lambda: page.evaluate("[...document.querySelectorAll('#candidates img')]"
+                                              ".every(i => i.complete && i.naturalWidth > 0)"))
+            shot = tmp_path / "serve_case.png"
+            page.screenshot(path=str(shot), full_page=True)
+            keep = os.environ.get("HANDCLIP_SCREENSHOT_DIR")
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, Path(keep) / "serve_case.png")
+            with page.expect_download() as download:
+                page.click("#case-export")
+            bundle = tmp_path / download.value.suggested_filename
+            download.value.save_as(bundle)
+        finally:
+            browser.close()
+    assert bundle.name == "handclip-case-2026-017.zip"
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(tmp_path / "bundle")
+    checked = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / "bundle", capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert len(list((tmp_path / "bundle" / "searches").iterdir())) == 2
+
+
+def test_the_page_crops_and_mirrors_the_query_before_searching(server, tmp_path):
+    """A box dragged on the original and the mirror box ticked: the preview shows the prepared query, the
+    search sends that transform, and the audit record keeps it with the original's hash."""
+    import hashlib
+
+    from handclip.data.images import load_rgb
+    from handclip.data.query_transform import QueryTransform, pixels_sha256
+    from handclip.forensic.audit import AuditLog
+
+    query = server["assets"]["images"] / "0002" / "001.png"  # 64 x 64, shown 5x on a 320-pixel canvas
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(server["url"])
+            page.fill("#api-key", server["keys"]["both"])
+            page.dispatch_event("#api-key", "change")
+            page.set_input_files("#query-file", str(query))
+            page.wait_for_selector("#prepare:not([hidden])")
+            assert page.inner_text("#transform-text") == "no crop"
+            box = page.locator("#crop-canvas").bounding_box()
+            assert round(box["width"]) == 322 and round(box["height"]) == 322  # 320 and a 1-pixel border
+            x, y = box["x"] + 1, box["y"] + 1
+            # drag from image pixel (6, 4) to (56, 60)
+            page.mouse.move(x + 6 * 5 + 2, y + 4 * 5 + 2)
+            page.mouse.down()
+            page.mouse.move(x + 30 * 5, y + 30 * 5, steps=4)
+            page.mouse.move(x + 56 * 5 - 2, y + 60 * 5 - 2, steps=4)
+            page.mouse.up()
+            page.check("#mirror")
+            assert page.inner_text("#transform-text") == "crop 6,4,50,56 px; mirrored"
+            preview = page.locator("#prepared-preview").bounding_box()
+            assert abs(preview["width"] / preview["height"] - 50 / 56) < 0.02  # the preview is the crop
+            page.click("#search-button")
+            page.wait_for_selector("#candidates li.candidate", timeout=60_000)
+            assert "prepared (crop 6,4,50,56 px; mirrored) SHA-256" in page.inner_text("#search-status")
+            _wait_until(lambda: page.evaluate("[...document.querySelectorAll('#candidates img')]"
+                                              ".every(i => i.complete && i.naturalWidth > 0)"))
+            shot = tmp_path / "serve_prepare_query.png"
+            page.screenshot(path=str(shot), full_page=True)
+            keep = os.environ.get("HANDCLIP_SCREENSHOT_DIR")
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, Path(keep) / "serve_prepare_query.png")
+        finally:
+            browser.close()
+    result = AuditLog(server["index"]).records()[-1]["results"][0]
+    assert result["name"] == "001.png" and result["sha256"] == hashlib.sha256(query.read_bytes()).hexdigest()
+    assert result["transform"]["crop"] == [6, 4, 50, 56] and result["transform"]["mirror"] is True
+    assert result["transform"]["rotate"] == 0.0
+    prepared = QueryTransform.from_record(result["transform"]).apply(load_rgb(query))
+    assert pixels_sha256(prepared) == result["prepared"]["pixels_sha256"]

@@ -39,6 +39,8 @@ package the first time it is used, so a workflow that never touches the model (`
     api.verify_audit("cases/gallery", expect=["17:3fa9..."]).ok                  # still holds a record kept elsewhere
     api.read_audit("cases/gallery").records                                      # every record, oldest first
     api.make_signing_key("/secure/heads.pem")                                    # Ed25519 key pair for signed heads
+    api.list_case("cases/gallery", "2026/017").searches                          # a case's searches, from the log
+    api.export_case("cases/gallery", "2026/017", "case.zip")                     # one bundle; sha256sum -c checks it
     session = api.ExaminerSession.open("cases/gallery", calibration="calibration.json")   # one session, many searches
     found = session.search(["evidence.jpg"], top_k=10)                           # found.queries[0].candidates
 
@@ -92,6 +94,8 @@ _export("gallery.enrol", "EnrolItem", "collect_images")
 _export("gallery.results", "Candidate", "QueryResult", "SearchResult")
 _export("gallery.casework", "enrol_images", "EnrolReport", "search_gallery", "verify_audit", "read_audit",
         "AuditRecords", "reanchor_audit", "make_signing_key", "SigningKeyFiles")
+_export("gallery.cases", "list_case", "CaseSearches")
+_export("gallery.case_bundle", "export_case", "CaseExport")
 
 _export("serve.service", "serve", "serve_app")
 _export("serve.keys", "add_api_key", "list_api_keys", "revoke_api_keys")
@@ -131,6 +135,8 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .forensic.calibrate import calibrate
     from .forensic.calibration import ScoreCalibration
     from .forensic.evidence import load_calibration
+    from .gallery.case_bundle import CaseExport, export_case
+    from .gallery.cases import CaseSearches, list_case
     from .gallery.casework import (
         AuditRecords,
         EnrolReport,

@@ -132,8 +132,7 @@ def grid_table(rows: Sequence[Sequence], style_set: dict, widths_mm: Sequence[fl
 def image_thumbnail(path: str | os.PathLike, size_mm: float, style):
     """A thumbnail of the image file ``path`` (as the model sees it) at most ``size_mm`` square, or a note
     when it cannot be read."""
-    from reportlab.lib.units import mm
-    from reportlab.platypus import Image, Paragraph
+    from reportlab.platypus import Paragraph
 
     from .data.images import thumbnail
 
@@ -141,6 +140,14 @@ def image_thumbnail(path: str | os.PathLike, size_mm: float, style):
         rgb = thumbnail(path, 256)  # EXIF orientation applied
     except HandCLIPError:  # a moved or damaged file must not stop the report
         return Paragraph("image not available", style)
+    return rgb_image(rgb, size_mm)
+
+
+def rgb_image(rgb, size_mm: float):
+    """A PIL image laid out at most ``size_mm`` on its longer side."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image
+
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     buffer.seek(0)

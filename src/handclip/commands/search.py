@@ -24,6 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-lr", type=float, default=1.0, metavar="LR",
                         help="with --calibration: the open-set answer says whether any candidate's LR exceeds "
                              "this (default 1), or that none does")
+    parser.add_argument("--crop", default=None, metavar="X,Y,W,H",
+                        help="search only this box of each query: x, y, width, height in pixels of the photo as "
+                             "shown (EXIF orientation applied), (0,0) its top-left corner")
+    parser.add_argument("--rotate", type=float, default=0.0, metavar="DEG",
+                        help="turn each query this many degrees clockwise after the crop (-360 to 360; quarter "
+                             "turns are lossless)")
+    parser.add_argument("--mirror", action="store_true",
+                        help="swap left and right after the crop and rotation (a left-hand exhibit against "
+                             "right-hand photos)")
     parser.add_argument("--report", default=None, metavar="CASE.pdf", help="write a case report (PDF) to sign")
     parser.add_argument("--case-id", default=None, help="case identifier printed on the report")
     parser.add_argument("--examiner", default=None, help="examiner's name for the audit record and report "
@@ -70,5 +79,6 @@ def run(args) -> int:
                        top_k=args.top_k, by=args.by, index_type=args.index_type, device=args.device,
                        examiner=args.examiner, arguments=arguments, json=args.json, html=args.html,
                        report=args.report, case_id=args.case_id, threshold_lr=args.threshold_lr,
-                       precision=args.precision, engine=args.engine, log=print)
+                       precision=args.precision, engine=args.engine, crop=args.crop, rotate=args.rotate,
+                       mirror=args.mirror, log=print)
     return 0

@@ -26,7 +26,7 @@ from xml.sax.saxutils import escape
 from ..errors import HandCLIPError
 from ..forensic.reading import CLLR_MEANING, SCORE_MEANING, bound_note, lr_text, matched_text
 from ..pdfdoc import clean_text as _clean
-from ..pdfdoc import fitted_footer, footer_width_pt, usable_width_mm, write_pdf
+from ..pdfdoc import fitted_footer, footer_width_pt, rgb_image, usable_width_mm, write_pdf
 from ..pdfdoc import image_thumbnail as _picture
 from ..pdfdoc import key_values as _key_values
 from ..pdfdoc import para as _para
@@ -56,6 +56,27 @@ def check_case_id(case_id: str | None) -> None:
     if not re.fullmatch(CASE_ID_PATTERN[1:-1], case_id):
         raise HandCLIPError(f"--case-id {printable(case_id[:80])!s} holds control, bidirectional or other "
                             f"invisible formatting characters; give plain text")
+
+
+def _original_with_box(path: str, crop, size_mm: float, style):
+    """The original query (EXIF orientation applied) with the searched crop box drawn on it in red."""
+    from PIL import ImageDraw
+    from reportlab.platypus import Paragraph
+
+    from ..data.images import load_rgb
+
+    try:
+        original = load_rgb(path)
+    except HandCLIPError:
+        return Paragraph("original not available", style)
+    scale = 512 / max(original.size)
+    shown = original.resize((max(1, round(original.width * scale)), max(1, round(original.height * scale))))
+    if crop:
+        x, y, w, h = crop
+        line = max(2, round(max(shown.size) / 128))
+        ImageDraw.Draw(shown).rectangle([x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1],
+                                        outline=(220, 0, 0), width=line)
+    return rgb_image(shown, size_mm)
 
 
 def _labelled(label: str, text, style, bold: str):
@@ -161,7 +182,7 @@ def report_file_name(record: int, case_id: str | None = None) -> str:
 
 def _query_section(number: int, search: SearchResult, styles, usable_mm: float, fonts: dict) -> list:
     from reportlab.lib.units import mm
-    from reportlab.platypus import CondPageBreak, Paragraph, Spacer, Table
+    from reportlab.platypus import CondPageBreak, Paragraph, Table
 
     query = search.queries[number - 1]
     title = "Query" if len(search.queries) == 1 else f"Query {number} of {len(search.queries)}"
@@ -170,7 +191,49 @@ def _query_section(number: int, search: SearchResult, styles, usable_mm: float, 
     details = _key_values([("File", name, False),
                            *([("Stored as", stored, True)] if stored != name else []),
                            ("SHA-256 at intake", query.sha256, True)],
-                          styles, [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+                          styles, [32 * mm, (usable_mm - 32) * mm] if query.prepared else
+                          [26 * mm, (usable_mm - _QUERY_MM - 30) * mm])
+    if query.prepared:
+        return _prepared_query_section(title, query, details, styles, usable_mm, fonts) + \
+            _query_findings(query, search, styles, usable_mm, fonts)
+    return [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
+            Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
+                  colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT", style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
+            *_query_findings(query, search, styles, usable_mm, fonts)]
+
+
+def _prepared_query_section(title: str, query, details, styles, usable_mm: float, fonts: dict) -> list:
+    """The original with the crop box, the prepared image that was searched, and the transform between them."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import CondPageBreak, Paragraph, Spacer, Table
+
+    from ..data.query_transform import QueryTransform
+
+    transform = QueryTransform.from_record(query.transform)
+    prepared = query.prepared
+    side = _QUERY_MM + 12
+    pictures = Table([[_original_with_box(query.query, transform.crop, side, styles["small"]),
+                       _picture(prepared["path"], side, styles["small"])],
+                      [_para("Original as received (EXIF orientation applied); the red box is the crop searched",
+                             styles["small"]),
+                       _para("Prepared query: the image the model embedded", styles["small"])]],
+                     colWidths=[(side + 6) * mm, (side + 6) * mm], hAlign="LEFT",
+                     style=[("VALIGN", (0, 0), (-1, -1), "BOTTOM")])
+    width, height = prepared["size"]
+    steps = _key_values([("Preparation", _clean(transform.describe(), fonts), False),
+                         ("Prepared image", f"{width} x {height} pixels, PNG", False),
+                         ("Prepared SHA-256", prepared["sha256"], True),
+                         ("Pixels SHA-256", prepared["pixels_sha256"], True)],
+                        styles, [32 * mm, (usable_mm - 32) * mm])
+    return [CondPageBreak(120 * mm), Paragraph(title, styles["h2"]), pictures, Spacer(1, 2 * mm),
+            details, steps]
+
+
+def _query_findings(query, search: SearchResult, styles, usable_mm: float, fonts: dict) -> list:
+    """The candidate table, the open-set answer and the suggested statement of one query."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Spacer
+
     after = []
     if query.open_set is not None:
         after.append(_labelled("Open-set answer.", query.open_set["answer"], styles["body"], fonts["bold"]))
@@ -180,10 +243,7 @@ def _query_section(number: int, search: SearchResult, styles, usable_mm: float, 
         after.append(_labelled("Suggested statement for rank 1", f"(the examiner's to adopt or not after comparing "
                                f"the images): {_clean(statement, fonts, 4 * _TEXT_LIMIT)}", styles["body"],
                                fonts["bold"]))
-    return [CondPageBreak(80 * mm), Paragraph(title, styles["h2"]),
-            Table([[_picture(query.query, _QUERY_MM, styles["small"]), details]],
-                  colWidths=[(_QUERY_MM + 4) * mm, None], hAlign="LEFT", style=[("VALIGN", (0, 0), (-1, -1), "TOP")]),
-            Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts),
+    return [Spacer(1, 3 * mm), _candidate_table(query, search, styles, usable_mm, fonts),
             *[part for paragraph in after for part in (Spacer(1, 2 * mm), paragraph)]]
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text, sha256_file
 from ..data.images import warn_left_out
+from ..data.query_transform import QueryTransform
 from ..errors import HandCLIPError
 from ..forensic.audit_format import parse_anchor
 from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
@@ -104,17 +105,21 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
                    device: str = "auto", examiner: str | None = None, arguments: dict | None = None,
                    json=None, html=None, report=None, case_id: str | None = None,
                    threshold_lr: float = DEFAULT_THRESHOLD_LR, precision: str = "auto", engine: str = "torch",
+                   crop=None, rotate=None, mirror: bool = False,
                    log: Callable[[str], None] | None = None) -> SearchResult:
     """Search the gallery at ``index_dir`` for ``queries`` (one audit record) and write the outputs asked
     for: ``json`` (every candidate), ``html`` (a page with thumbnails) and ``report`` (the PDF case
     report, titled ``case_id``). With a calibration each query's open-set answer says whether any candidate's
     LR exceeds ``threshold_lr``. ``precision`` and ``engine``: how the query features are computed
-    (``Encoder.computed_with``). ``log`` receives the result's lines (``SearchResult.lines``) and how the
+    (``Encoder.computed_with``). ``crop`` (``"x,y,w,h"`` in pixels of the EXIF-oriented original),
+    ``rotate`` (degrees clockwise) and ``mirror`` prepare each query before it is searched
+    (``data.query_transform``). ``log`` receives the result's lines (``SearchResult.lines``) and how the
     features were computed before any output is written, then one line per file written, so a failed write
     still leaves the results shown."""
     say = log or (lambda line: None)
     check_case_id(case_id)  # before the search is recorded: its report must be possible
     check_threshold_lr(threshold_lr)  # and before the model loads
+    transform = QueryTransform.parse(crop, rotate, mirror)  # its box is held to each image by the search
     session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner,
                                    precision=precision, engine=engine)
     if session.calibration is not None:  # LRs against people the calibration was fitted on are in-sample
@@ -122,7 +127,7 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
         warn_in_sample(session.calibration.calibration, {name: {name} for name in enrolled},
                        f"gallery {index_dir}")
     search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments,
-                            threshold_lr=threshold_lr)
+                            threshold_lr=threshold_lr, transform=transform)
     for line in search.lines():
         say(line)
     say(session.encoder.describe_inference())

@@ -31,7 +31,10 @@ def _model_files(model: dict) -> list[dict]:
 
 
 def search_record(search: SearchResult, arguments: dict | None) -> dict:
-    files = [file_entry("query", q.query, q.sha256) for q in search.queries] + _model_files(search.model)
+    files = [file_entry("query", q.query, q.sha256) for q in search.queries]
+    files += [file_entry("prepared query", q.prepared["path"], q.prepared["sha256"]) for q in search.queries
+              if q.prepared]
+    files += _model_files(search.model)
     if search.calibration is not None:
         files.append(file_entry("calibration", search.calibration.path, search.calibration.sha256))
     return {"command": "search", "examiner": search.examiner,

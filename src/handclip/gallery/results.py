@@ -131,6 +131,8 @@ class QueryResult:
     candidates: list[Candidate]
     name: str = ""
     open_set: dict | None = None  # with a calibration: whether any candidate reaches the threshold (reading.py)
+    transform: dict | None = None  # the crop, rotation and mirror applied (data.query_transform), or None
+    prepared: dict | None = None  # the prepared image searched: path, sha256, pixels_sha256, size
 
     @property
     def exhibit(self) -> str:
@@ -138,7 +140,8 @@ class QueryResult:
 
     def as_dict(self) -> dict:
         return {"query": self.query, "name": self.exhibit, "sha256": self.sha256,
-                "candidates": [c.as_dict() for c in self.candidates], "open_set": self.open_set}
+                "candidates": [c.as_dict() for c in self.candidates], "open_set": self.open_set,
+                "transform": self.transform, "prepared": self.prepared}
 
 
 @dataclass

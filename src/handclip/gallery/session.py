@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..atomic import sha256_file
+from ..atomic import atomic_write_bytes, sha256_file
+from ..data.query_transform import QueryTransform, prepare_query
 from ..errors import DataError, HandCLIPError
 from ..forensic.audit import AuditLog, AuditRef, VerifyResult
 from ..forensic.audit_head import HeadSigner, check_key_location, signer_from_environment
@@ -48,6 +49,29 @@ def _hash_files(paths: Sequence[str]) -> dict[str, str | None]:
             out[path] = sha256_file(path)
         except OSError:
             out[path] = None  # named, with every other unusable query, by the image check that follows
+    return out
+
+
+# Prepared query images (crop, rotation, mirror applied), by content hash, under the gallery folder:
+# the search records name them, so `handclip audit verify` re-hashes them like every recorded file.
+PREPARED_DIR = "prepared"
+
+
+def prepare_queries(paths: Sequence[str], names: Sequence[str], transform: QueryTransform | None,
+                    folder: Path) -> list[dict | None]:
+    """Each query prepared by ``transform`` and stored as ``folder/SHA.png`` (what the search embeds), as
+    the record of it; None for each when there is no transform. Every image is checked before any is
+    written, so a box that leaves one image stores nothing."""
+    if transform is None or transform.is_identity:
+        return [None] * len(paths)
+    prepared = [prepare_query(path, transform, name) for path, name in zip(paths, names)]
+    out = []
+    for query in prepared:
+        target = folder / f"{query.sha256}.png"
+        if not target.exists():  # named by content: an existing file already holds these bytes
+            atomic_write_bytes(target, query.png)
+        out.append({"path": str(target.resolve()), "sha256": query.sha256, "pixels_sha256": query.pixels_sha256,
+                    "size": list(query.image.size), "original_size": list(query.original_size)})
     return out
 
 
@@ -187,12 +211,14 @@ class ExaminerSession:
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",
                index_type: str = "auto", examiner: str | None = None, arguments: dict | None = None,
                batch_size: int | None = None, names: Sequence[str] | None = None,
-               threshold_lr: float = DEFAULT_THRESHOLD_LR) -> SearchResult:
+               threshold_lr: float = DEFAULT_THRESHOLD_LR, transform: QueryTransform | None = None) -> SearchResult:
         """Rank the newest gallery for each query image, weigh the scores when calibrated, append the
         audit record; unusable query images are named in one DataError before anything is recorded.
         ``names``: the queries' exhibit names, one per query (default: each file's own name).
         ``threshold_lr``: with a calibration, each query's open-set answer says whether any candidate's
-        LR exceeds it (``QueryResult.open_set``)."""
+        LR exceeds it (``QueryResult.open_set``). ``transform``: the crop, rotation and mirror applied to
+        each query before it is embedded (``data.query_transform``); the record keeps the original's hash,
+        the transform and the prepared image's hashes."""
         self._need_model("search")
         if by not in SCORE_DEFINITIONS:
             raise HandCLIPError(f"search by '{by}' is not supported (choose image or identity)")
@@ -207,14 +233,18 @@ class ExaminerSession:
         if len(gallery) == 0:
             raise HandCLIPError(f"gallery {self.index_dir} is empty; enrol images before searching")
         check_images(paths, skip_bad=False, what="query")
-        vectors = self.encoder.features(paths, batch_size=batch_size or self.batch_size)
+        prepared = prepare_queries(paths, names, transform, self.index_dir / PREPARED_DIR)
+        embedded = [p["path"] if p else path for path, p in zip(paths, prepared)]
+        vectors = self.encoder.features(embedded, batch_size=batch_size or self.batch_size)
         ranked = gallery.search(vectors, top_k=top_k, by=by, index_type=index_type)
         if _hash_files(paths) != intake:
             changed = next(p for p in paths if _hash_files([p])[p] != intake[p])
             raise DataError(f"query file {changed} changed while it was searched; search it again")
         hashes = gallery.file_hashes(c.path for candidates in ranked for c in candidates)
-        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by), name)
-                   for path, name, candidates in zip(paths, names, ranked)]
+        record = transform.as_record() if transform is not None and not transform.is_identity else None
+        results = [QueryResult(path, intake[path], self._weighed(candidates, hashes, by), name,
+                               transform=record if ready else None, prepared=ready)
+                   for path, name, candidates, ready in zip(paths, names, ranked, prepared)]
         if self.calibration is not None:
             edge = self.calibration.score_reaching(threshold_lr, by)
             for result in results:

@@ -7,11 +7,16 @@ Answers name files by name, relative to the gallery, or by hash, never by server
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path as PathParam, Request, UploadFile
 from fastapi.responses import FileResponse
+from PIL import Image
+
+from ..data.query_transform import CROP_PATTERN, MAX_ANGLE, QueryTransform, oriented_size
+from ..errors import HandCLIPError
 
 from ..gallery.case_report import CASE_ID_LIMIT, CASE_ID_PATTERN
 from ..gallery.results import display_path, exhibit_name
@@ -46,6 +51,18 @@ def single(*names: str, typed: tuple[str, ...] = ()):
     return check
 
 
+def query_transform(crop: str | None, rotate: float, mirror: bool, upload: Upload) -> QueryTransform:
+    """The transform of the form, held to the uploaded image: 422 naming the value when it does not fit,
+    before the upload is stored or anything is recorded."""
+    try:
+        transform = QueryTransform.parse(crop, rotate, mirror)
+        with Image.open(io.BytesIO(upload.data)) as image:
+            transform.check(oriented_size(image), repr(upload.name))
+    except HandCLIPError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return transform
+
+
 def read_upload(file: UploadFile, limits: Limits) -> Upload:
     name = exhibit_name(file.filename)  # the client's name is shown and recorded, never used as a path
     data = file.file.read()
@@ -64,6 +81,8 @@ def search_answer(found, gallery) -> dict:
             c["name"] = display_path(c.pop("path"), c["identity"], gallery.index_dir)
             c["thumbnail"] = thumbnail_url(c["sha256"])
         query["query"] = Path(query["query"]).name
+        if query["prepared"]:  # the prepared image by its hashes, never by server path
+            query["prepared"] = {k: v for k, v in query["prepared"].items() if k != "path"}
     info["gallery"] = {k: v for k, v in info["gallery"].items() if k != "dir"}
     info["model"] = {"checkpoint": Path(found.model["checkpoint"]).name if found.model["checkpoint"] else None,
                      "checkpoint_sha256": found.model["checkpoint_sha256"]}
@@ -80,7 +99,9 @@ def search_answer(found, gallery) -> dict:
 
 @router.post("/api/v1/search", responses=responses(*UPLOAD),
              dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id", "threshold_lr",
-                                          typed=("top_k", "by", "index_type", "report", "threshold_lr")))])
+                                          "crop", "rotate", "mirror",
+                                          typed=("top_k", "by", "index_type", "report", "threshold_lr", "crop",
+                                                 "rotate", "mirror")))])
 def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
            image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)",
                                               json_schema_extra={"format": "binary"})],
@@ -93,18 +114,27 @@ def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiK
                                                            "formatting characters")] = None,
            threshold_lr: Annotated[float, Form(gt=0, le=1e12, allow_inf_nan=False,
                                                description="the open-set answer's threshold: does any candidate's "
-                                                           "LR exceed it? (with a calibration)")] = 1.0):
+                                                           "LR exceed it? (with a calibration)")] = 1.0,
+           crop: Annotated[str, Form(max_length=80, pattern=CROP_PATTERN, description="search only this box: x,y,w,h in pixels of "
+                                                                       "the photo after its EXIF orientation")] = None,
+           rotate: Annotated[float, Form(ge=-MAX_ANGLE, le=MAX_ANGLE, allow_inf_nan=False,
+                                         description="degrees clockwise, after the crop")] = 0.0,
+           mirror: Annotated[bool, Form(description="swap left and right, after the crop and rotation")] = False):
     """Rank the gallery for one query photo; ``record`` and ``audit.anchor`` name the audit record it wrote.
     With ``report`` the case report is made and ``report`` is its URL. With a calibration, ``open_set``
     says whether any candidate's LR exceeds ``threshold_lr``, and each candidate's ``words`` give its
-    numbers as a person reads them."""
+    numbers as a person reads them. ``crop``, ``rotate`` and ``mirror`` prepare the photo before it is
+    searched (in that order, after its EXIF orientation); a box that leaves the image is refused with 422
+    and nothing is recorded."""
     upload = read_upload(image, state.limits)
+    transform = query_transform(crop, rotate, mirror, upload)
     arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
+                 "crop": crop, "rotate": rotate, "mirror": mirror,
                  "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
                  "report": report, "case_id": case_id, "threshold_lr": threshold_lr, "api_key": key.id}
     found, gallery, report_id = state.search(upload, top_k=top_k, by=by, index_type=index_type, key=key,
                                              arguments=arguments, report=report, case_id=case_id,
-                                             threshold_lr=threshold_lr)
+                                             threshold_lr=threshold_lr, transform=transform)
     out = search_answer(found, gallery)
     if report_id is not None:
         out["report"] = f"/api/v1/reports/{report_id}"

@@ -134,13 +134,15 @@ class ServiceState:
 
     # ------------------------------------------------------------------ search and reports
     def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, key: ApiKey,
-               arguments: dict, report: bool = False, case_id: str | None = None, threshold_lr: float = 1.0):
+               arguments: dict, report: bool = False, case_id: str | None = None, threshold_lr: float = 1.0,
+               transform=None):
         """One query through the session (audit record appended); with ``report`` the PDF too, stored
         under a new unguessable id for ``key``. Returns (search, gallery snapshot, report id or None)."""
         with self._uploads():
             query, _ = self._store(self.serve_dir / "queries", upload)
             found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=key.name,
-                                        arguments=arguments, names=[upload.name], threshold_lr=threshold_lr)
+                                        arguments=arguments, names=[upload.name], threshold_lr=threshold_lr,
+                                        transform=transform)
         report_id = None
         if report:
             report_id = secrets.token_hex(16)

@@ -45,6 +45,8 @@ function setQuery(file) {
   preview.hidden = false;
   $("search-button").disabled = false;
   status("search-status", `query: ${shown(file.name)}`);
+  queryPrep.load(file).catch(() => status("search-status", `${shown(file.name)}: the page cannot show this ` +
+    "format to crop it; it is searched as it is", true));
 }
 
 const drop = $("drop");
@@ -114,6 +116,42 @@ function candidateItem(c, by) {
   return li;
 }
 
+// One search's answer on the page: a fresh search's, or one reopened from a case (cases.js).
+function showAnswer(found) {
+  const list = $("candidates");
+  list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
+  const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
+  // The calibration line comes as text from the service (reading.calibration_note): the Cllr of the
+  // score kind this search used, rounded as the PDF and the command line give it, and what Cllr means.
+  const cal = found.calibration;
+  const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${found.reading.calibration}` : "";
+  $("statement").textContent = `${found.statement} Score: ${found.score}. ${found.reading.score}` +
+    `${hypotheses}${calibration}`;
+  const answer = $("open-set");
+  answer.hidden = !found.open_set;
+  answer.textContent = found.open_set ? found.open_set.answer : "";
+  answer.classList.toggle("none-reached", Boolean(found.open_set && found.open_set.none_reached));
+  const record = $("record");
+  record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...); ` +
+    `keep ${found.audit.anchor} to check the log later (handclip audit verify --expect). `;
+  if (found.report) {
+    // Downloaded rather than opened: the page's Content-Security-Policy allows no plugin to show it.
+    const link = document.createElement("a");
+    link.id = "report-link";
+    link.href = "#";
+    link.textContent = "Download the case report (PDF)";
+    link.addEventListener("click", async (ev) => {
+      ev.preventDefault();
+      const save = document.createElement("a");
+      save.href = await blobUrl(found.report);
+      save.download = `handclip-record-${found.audit.seq}.pdf`;
+      save.click();
+    });
+    record.append(link);
+  }
+  $("results").hidden = false;
+}
+
 $("search-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!queryFile) return;
@@ -124,44 +162,17 @@ $("search-form").addEventListener("submit", async (e) => {
   form.append("report", $("want-report").checked ? "true" : "false");
   if ($("case-id").value.trim()) form.append("case_id", $("case-id").value.trim());
   if ($("threshold-lr").value.trim()) form.append("threshold_lr", $("threshold-lr").value.trim());
+  for (const [name, value] of Object.entries(queryPrep.fields())) form.append(name, value);
   status("search-status", "searching...");
   $("search-button").disabled = true;
   try {
     const found = await (await api("/api/v1/search", { method: "POST", body: form })).json();
-    const list = $("candidates");
-    list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
-    const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
-    // The calibration line comes as text from the service (reading.calibration_note): the Cllr of the
-    // score kind this search used, rounded as the PDF and the command line give it, and what Cllr means.
-    const cal = found.calibration;
-    const calibration = cal ? ` Calibration SHA-256 ${cal.sha256.slice(0, 16)}...: ${found.reading.calibration}` : "";
-    $("statement").textContent = `${found.statement} Score: ${found.score}. ${found.reading.score}` +
-      `${hypotheses}${calibration}`;
-    const answer = $("open-set");
-    answer.hidden = !found.open_set;
-    answer.textContent = found.open_set ? found.open_set.answer : "";
-    answer.classList.toggle("none-reached", Boolean(found.open_set && found.open_set.none_reached));
-    const record = $("record");
-    record.textContent = `Audit record ${found.audit.seq} (SHA-256 ${found.audit.hash.slice(0, 16)}...); ` +
-      `keep ${found.audit.anchor} to check the log later (handclip audit verify --expect). `;
-    if (found.report) {
-      // Downloaded rather than opened: the page's Content-Security-Policy allows no plugin to show it.
-      const link = document.createElement("a");
-      link.id = "report-link";
-      link.href = "#";
-      link.textContent = "Download the case report (PDF)";
-      link.addEventListener("click", async (ev) => {
-        ev.preventDefault();
-        const save = document.createElement("a");
-        save.href = await blobUrl(found.report);
-        save.download = `handclip-record-${found.audit.seq}.pdf`;
-        save.click();
-      });
-      record.append(link);
-    }
-    $("results").hidden = false;
-    status("search-status", `${found.candidates.length} candidate(s) for ${shown(found.queries[0].name)} ` +
-      `(SHA-256 ${found.queries[0].sha256.slice(0, 16)}...)`);
+    showAnswer(found);
+    const query = found.queries[0];
+    const prepared = query.prepared ? `; prepared (${queryPrep.describe()}) SHA-256 ` +
+      `${query.prepared.sha256.slice(0, 16)}...` : "";
+    status("search-status", `${found.candidates.length} candidate(s) for ${shown(query.name)} ` +
+      `(SHA-256 ${query.sha256.slice(0, 16)}...${prepared})`);
   } catch (err) {
     status("search-status", err.message, true);
   } finally {
