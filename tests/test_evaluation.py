@@ -455,3 +455,41 @@ def test_rewriting_a_report_folder_drops_stale_pictures(main, synthetic, checkpo
                  "--runs", "0", "--show", "0"]) == 0
     html = (out / "report.html").read_text()
     assert not (out / "ranked_list.png").exists() and html.count("data:image/png") == 1 + len(FORENSIC_PICTURES)
+
+
+def test_evaluate_gives_identity_bootstrap_intervals_beside_the_point_figures(main, synthetic, checkpoint, tmp_path,
+                                                                               capsys):
+    _, manifest_path = synthetic
+    out, plain = tmp_path / "with", tmp_path / "without"
+    common = ["--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--precision", "fp32", *SMALL_SHEET]
+    assert main(["evaluate", *common, "--out", str(out), "--intervals", "20"]) == 0
+    assert "95% identity-bootstrap intervals: eer [" in capsys.readouterr().out
+    assert main(["evaluate", *common, "--out", str(plain), "--intervals", "0"]) == 0
+    data, without = read_metrics(out)["forensic"], read_metrics(plain)["forensic"]
+    assert without["intervals"] == {} and data["aggregate"] == without["aggregate"]
+    eer = data["intervals"]["eer"]
+    assert eer["estimate"] == data["aggregate"]["eer"]["mean"] and eer["replicates"] == 20
+    assert eer["low"] <= eer["estimate"] <= eer["high"]
+    # 8 people: 28 different-person pairs of people cannot support FNMR at FMR 0.01 (100 needed).
+    fnmr = data["intervals"].get("fnmr@fmr=0.01")
+    assert fnmr is None or (not fnmr["supported"] and "28 different-person pairs of people" in fnmr["note"])
+    markdown = (out / "metrics.md").read_text()
+    assert "95% interval (identity bootstrap)" in markdown
+    assert f"{100 * eer['low']:.2f} to {100 * eer['high']:.2f}" in markdown
+    assert "interval (identity bootstrap)" not in (plain / "metrics.md").read_text()
+    assert main(["evaluate", *common, "--out", str(tmp_path / "bad"), "--intervals", "-1"]) == 2
+    assert "--intervals" in one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_warns_when_its_calibration_was_fitted_on_the_people_it_scores(main, synthetic, checkpoint, tmp_path,
+                                                                               capsys):
+    from handclip.forensic.calibrate import calibrate
+
+    _, manifest_path = synthetic
+    calibration = tmp_path / "calibration.json"
+    calibrate(checkpoint, manifest_path, out=calibration)  # fitted on the manifest's 8 query/gallery people
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out",
+                 str(tmp_path / "eval"), "--calibration", str(calibration), "--intervals", "0", "--show", "0"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "in the calibration" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("handclip: warning: 8 of the 8 identities of manifest ")

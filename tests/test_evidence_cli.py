@@ -288,7 +288,7 @@ def test_sigkill_during_an_enrolment_leaves_a_verifiable_log_and_notes_the_unrec
     assert "12 of its 12 planned image(s) are in the gallery" in out and "5 record(s)" in out
 
 
-def _fit_calibration(checkpoint: Path, out: Path) -> Path:
+def _fit_calibration(checkpoint: Path, out: Path, identities=()) -> Path:
     """A KDE calibration for ``checkpoint`` on made-up scores spanning the random-weight model's
     cosines (0.997-1.0), so its candidates get LRs of both signs."""
     import numpy as np
@@ -304,6 +304,10 @@ def _fit_calibration(checkpoint: Path, out: Path) -> Path:
                "n_mated": 400, "n_nonmated": 4000, "manifest": "/data/cal/calibration.csv",
                "manifest_sha256": "c" * 64, "splits": ["query", "gallery"], "created": "2026-12-01T00:00:00+0000",
                "kinds": {"identity": {"cllr": 0.38, "cllr_min": 0.30, "n_mated": 400, "n_nonmated": 4000}}}
+    if identities:
+        import hashlib
+
+        summary["identity_sha256"] = sorted(hashlib.sha256(name.encode()).hexdigest() for name in identities)
     ScoreCalibration(maps, load_encoder(checkpoint, device="cpu").fingerprint(), summary).save(out)
     return out
 
@@ -393,3 +397,16 @@ def test_a_calibration_for_another_model_or_a_bad_calibration_file_is_refused(en
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"calibration file {corrupt} is not valid JSON" in err
     assert (index / AUDIT_FILE).read_bytes() == before  # refused searches leave no record
+
+
+def test_a_search_warns_naming_how_many_enrolled_people_the_calibration_was_fitted_on(enrolled, assets, tmp_path,
+                                                                                       capsys):
+    images, index = enrolled
+    query = images / "0004" / "001.png"
+    in_sample = _fit_calibration(assets["ckpt"], tmp_path / "in-sample.json", identities=["0001", "0003", "x"])
+    apart = _fit_calibration(assets["ckpt"], tmp_path / "apart.json", identities=["somebody", "else"])
+    assert cli("search", "--index", index, "--query", query, "--calibration", in_sample) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"2 of the 5 identities of gallery {index} were in the calibration" in warnings[0]
+    assert cli("search", "--index", index, "--query", query, "--calibration", apart) == 0
+    assert "in the calibration" not in capsys.readouterr().err

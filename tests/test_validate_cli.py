@@ -20,6 +20,7 @@ criteria:
   - {characteristic: discriminating_power, metric: auc, graph: det, criterion: "> 1.0"}
   - {characteristic: robustness, metric: cllr, criterion: "< 5"}
   - {characteristic: coherence, metric: cllr, criterion: "< 5"}
+  - {characteristic: generalisation, metric: cllr, graph: tippett, criterion: "< 5"}
 """
 
 
@@ -102,11 +103,53 @@ def test_the_matrix_decides_as_the_plan_says(report):
     assert cllr["passed"] is True and cllr["result"]["low"] <= cllr["result"]["estimate"] <= cllr["result"]["high"]
     assert rows[("discriminating_power", "auc", "all")]["passed"] is False  # an AUC is never above 1
     assert rows[("calibration", "rmed_strong", "all")]["passed"] is True  # a rate is never above 1.5
-    assert rows[("coherence", "cllr", "")]["passed"] is None  # not assessed by this run, and said so
+    coherence = rows[("coherence", "cllr", "methods compared")]
+    assert coherence["passed"] is True and coherence["result"]["estimate"] >= 0
+    assert coherence["note"].startswith("logit ") and "cross-calibrated by identity" in coherence["note"]
+    assert coherence["meaning"].startswith("largest difference between the methods of")
+    general = rows[("generalisation", "cllr", "calibration -> validation")]
+    assert general["passed"] is True and general["result"] == cllr["result"]  # the stored calibration's LRs
+    assert general["note"].startswith("casework-condition check")
+    populations = [line for line in data["summary"] if line.startswith("Calibration and validation populations: ")]
+    assert len(populations) == 1 and "a calibration fitted on manifest manifest.csv" in populations[0]
+    assert "8 identities" in populations[0] and "12 other identities" in populations[0]
     assert data["passed"] is False  # one assessed criterion failed
     robustness = [row for row in data["matrix"] if row["characteristic"] == "robustness"]
     assert [row["condition"] for row in robustness] == ["synthetic"]  # the manifest's one subset
     counts = data["counts"]
     assert counts["identities_used"] == 12 and counts["failed_to_acquire"] == 0 and counts["failed_to_enrol"] == 0
     assert data["misleading_evidence"]["n_mated"] == counts["n_mated"] == 12 * 10  # 5 images: 10 pairs each
-    assert any("NOT meet 1 of the 4" in line for line in data["summary"])
+    assert any("NOT meet 1 of the 6" in line for line in data["summary"])
+
+
+def test_with_index_the_validation_is_recorded_in_the_gallerys_audit_log(calibrated, synthetic, checkpoint,  # noqa: F811
+                                                                         tmp_path, capsys):
+    import shutil
+
+    from handclip import api
+
+    manifest, manifest_path = synthetic
+    people = tmp_path / "people"
+    for record in [r for r in manifest.records if r.split == "gallery"][:4]:
+        (people / f"p{record.pid}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(record.path, people / f"p{record.pid}" / "1.png")
+    index = tmp_path / "gallery"
+    api.enrol_images(index, people, checkpoint)
+    out = tmp_path / "report"
+    argv = ["validate", "--checkpoint", str(checkpoint), "--calibration", str(calibrated / "cal.json"), "--manifest",
+            str(manifest_path), "--criteria", str(calibrated / "plan.yaml"), "--splits", "train,val", "--out", str(out)]
+    assert cli.main([*argv, "--index", str(tmp_path / "no-gallery")]) == 2  # refused before anything is written
+    assert "--index" in capsys.readouterr().err and not out.exists()
+    assert cli.main([*argv, "--index", str(index), "--examiner", "V. Alidator"]) == 0
+    assert "audit record " in capsys.readouterr().out
+    record = api.read_audit(index).records[-1]
+    assert record["command"] == "validate" and record["examiner"] == "V. Alidator"
+    files = {entry["role"]: entry for entry in record["files"]}
+    for role, path in (("model", checkpoint), ("calibration", calibrated / "cal.json"), ("manifest", manifest_path),
+                       ("criteria", calibrated / "plan.yaml"), ("report:report.pdf", out / "report.pdf"),
+                       ("report:report.json", out / "report.json"), ("report:report.html", out / "report.html")):
+        assert files[role]["sha256"] == sha256_file(path), role
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert record["decision"]["passed"] is report["passed"] is False
+    assert record["decision"]["criteria_met"] == record["decision"]["criteria_assessed"] - 1
+    assert api.verify_audit(index).problems == []  # the chain, head and files all check out

@@ -25,6 +25,8 @@ package the first time it is used, so a workflow that never touches the model (`
     api.calibrate(run.best_checkpoint, "all_aspects.csv", aspect_pairs=True, out="pairs.json")   # LR per pair
     api.validate(run.best_checkpoint, "calibration.json", "other_people.csv",       # the lab's validation plan
                  "configs/validation/example_criteria.yaml", "validation")       # -> report.html/.pdf/.json
+    api.validate_and_record(run.best_checkpoint, "calibration.json", "other_people.csv", "plan.yaml",
+                            "validation", index="cases/gallery")                # + a record in its audit log
     api.benchmark("configs", "runs/benchmark", data_11k="/data/11k", data_hd="/data/HD")
 
     # how features are computed (--precision, --engine; handclip export)
@@ -102,6 +104,7 @@ _export("gallery.case_bundle", "export_case", "CaseExport")
 _export("serve.service", "serve", "serve_app")
 _export("serve.keys", "add_api_key", "list_api_keys", "revoke_api_keys")
 _export("synthetic.pretrain", "pretrain_tiny", "pretrain_tiny_from_config")
+_export("workflows.validation", "validate_and_record")
 _export("workflows.demo", "demo_config", demo="run_demo")
 _export("workflows.benchmark", benchmark="run_benchmark")
 
@@ -167,4 +170,5 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
     from .validate.workflow import ValidationResult, validate
     from .workflows.benchmark import run_benchmark as benchmark
     from .workflows.demo import demo_config
+    from .workflows.validation import validate_and_record
     from .workflows.demo import run_demo as demo

@@ -27,7 +27,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config_base import (  # noqa: F401 - the bounds are part of this module's interface
-    MAX_BATCH,
+    MAX_BATCH, IntervalConfig,
     MAX_EPOCHS,
     MAX_IDS,
     MAX_IMAGE_SIDE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Interpolation = Literal["bilinear", "bicubic"]
 # Bounds on counts and sizes: beyond them a run would hang or exhaust memory instead of failing clearly.
@@ -36,3 +36,12 @@ INFERENCE_OPTIONS = {
 class Section(BaseModel):
     # allow_inf_nan=False: an inf or nan anywhere in a config is refused (an inf lr trains to NaN weights).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class IntervalConfig(Section):
+    """Identity-level bootstrap intervals of ``handclip evaluate`` (docs/method.md, "Validating the LR method"):
+    ``replicates`` people-resamplings (0: no intervals), at confidence ``level``, drawn with ``seed``."""
+
+    replicates: int = Field(100, ge=0, le=5000)
+    level: float = Field(0.95, gt=0.5, lt=1.0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)

@@ -47,3 +47,7 @@ class DataWarning(HandCLIPWarning):
 class TrainingWarning(HandCLIPWarning):
     """A training setting or outcome the user should look at (random weights, a tiny validation split,
     an ignored config section, best.pt from stage 1)."""
+
+
+class CalibrationWarning(HandCLIPWarning):
+    """A calibration used where its figures may mislead (scored on people it was fitted on)."""

@@ -50,6 +50,9 @@ def add_arguments(parser) -> None:
                           help="lir calibrator for the cross-calibrated LRs (default logit)")
     forensic.add_argument("--calibration-folds", type=int, default=2,
                           help="identity folds per run for cross-calibration (default 2)")
+    forensic.add_argument("--intervals", type=int, default=100, metavar="N",
+                          help="identity-level bootstrap replicates for the 95%% intervals of EER, FNMR@FMR, "
+                               "FNIR@FPIR and Cllr (default 100; 0: no intervals)")
     forensic.add_argument("--calibration", metavar="JSON",
                           help="also judge this stored calibration (from `handclip calibrate`, same model) on every run")
 
@@ -75,6 +78,17 @@ def _eval_config(args):
         err = exc.errors()[0]
         option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
         raise DataError(f"{option}: {err['msg']} (got {shorten(err.get('input'))})") from None
+
+
+def _interval_config(args):
+    from pydantic import ValidationError
+
+    from ..config import IntervalConfig
+
+    try:
+        return IntervalConfig(replicates=args.intervals)
+    except ValidationError as exc:
+        raise DataError(f"--intervals: {exc.errors()[0]['msg']} (got {args.intervals})") from None
 
 
 def run(args) -> int:
@@ -116,7 +130,8 @@ def run(args) -> int:
         calibration_method=args.calibration_method, calibration_folds=args.calibration_folds,
         calibration=args.calibration, queries_shown=args.show, top_k=args.top_k, device=args.device, progress=True,
         skip_bad=args.skip_bad, query_aspect=args.query_aspect, gallery_aspect=args.gallery_aspect,
-        mirror_query=args.mirror_query, precision=args.precision, engine=args.engine)
+        mirror_query=args.mirror_query, precision=args.precision, engine=args.engine,
+        intervals=_interval_config(args))
     for line in report.lines():
         print(line)
     return 0

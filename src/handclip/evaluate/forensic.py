@@ -15,6 +15,7 @@ from ..forensic.calibration import CalibrationError, cllr_figures, verbal_band, 
 from ..forensic.crosscal import cross_calibrate
 from ..forensic.openset import FPIR_LEVELS, RANKS, openset_metrics
 from ..forensic.verification import FMR_LEVELS, ForensicMetricError, level_key, split_pairs, verification_metrics
+from .intervals import evaluation_intervals, run_comparisons
 
 VERIFICATION_KEYS = ["eer", "auc", *[f"fnmr@fmr={level_key(v)}" for v in FMR_LEVELS]]
 OPENSET_KEYS = [*[f"fnir@fpir={level_key(v)}" for v in FPIR_LEVELS], *[f"fnir@rank{r}" for r in RANKS]]
@@ -41,11 +42,14 @@ class ForensicResult:
     curves: dict = field(default_factory=dict, repr=False)  # run -> {"roc": (fmr, fnmr), "openset": (fpir, fnir)}
     llrs: np.ndarray = field(default=None, repr=False)       # pooled over runs, for Tippett / ECE / PAV plots
     labels: np.ndarray = field(default=None, repr=False)
+    # key -> identity-level bootstrap interval of the mean over the runs (evaluate.intervals); {} when not asked
+    intervals: dict = field(default_factory=dict)
+    interval_level: float = 0.95
 
     def as_dict(self) -> dict:
         return {"score": self.score, "calibration_method": self.method, "calibration_folds": self.folds,
-                "aggregate": self.aggregate, "per_run": self.per_run, "notes": self.notes,
-                "lr_bands": self.lr_bands()}
+                "aggregate": self.aggregate, "intervals": self.intervals, "per_run": self.per_run,
+                "notes": self.notes, "lr_bands": self.lr_bands()}
 
     def lr_bands(self) -> list[dict]:
         """ENFSI's bands with the share of mated and non-mated comparisons whose LR fell in each."""
@@ -105,7 +109,7 @@ def run_figures(scores: np.ndarray, query_pids, gallery_pids, method: str = "log
         figures["calibration"] = {**lr, "folds": [{k: v for k, v in f.items() if k not in ("map", "fitted_ids",
                                                                                            "scored_ids")}
                                                   for f in crossed.folds]}
-        figures["llrs"], figures["labels"] = crossed.llrs, crossed.labels
+        figures["llrs"], figures["labels"], figures["lr_index"] = crossed.llrs, crossed.labels, crossed.index
         flat.update({k: lr[k] for k in LR_KEYS})
     except CalibrationError as exc:
         figures["notes"].append(f"likelihood ratios not computed: {exc}")
@@ -121,11 +125,12 @@ def run_figures(scores: np.ndarray, query_pids, gallery_pids, method: str = "log
 
 
 def forensic_evaluation(result, method: str = "logit", folds: int = 2, seed: int = 0,
-                        progress: bool = False, calibration=None) -> ForensicResult:
+                        progress: bool = False, calibration=None, intervals=None) -> ForensicResult:
     """Forensic figures for an ``EvalResult`` evaluated with ``keep_distances=True``.
 
     ``calibration`` (a ``ScoreCalibration`` of the same model) is also applied to every pair and judged
-    by Cllr: the check that a stored calibration holds on identities it was not fitted on.
+    by Cllr: the check that a stored calibration holds on identities it was not fitted on. ``intervals`` (an
+    ``IntervalConfig``): identity-level bootstrap intervals of the headline figures (``evaluate.intervals``).
     """
     if calibration is not None and (result.options.get("flip") or result.options.get("rerank")
                                     or result.options.get("metric", "cosine") != "cosine"):
@@ -143,13 +148,17 @@ def forensic_evaluation(result, method: str = "logit", folds: int = 2, seed: int
         from tqdm import tqdm
 
         iterator = tqdm(runs, desc="forensic", unit="run", leave=False, disable=None)
-    per_run, curves, notes, llrs, labels, score_name = [], {}, [], [], [], ""
+    per_run, curves, notes, llrs, labels, score_name, compared = [], {}, [], [], [], "", []
     for run in iterator:
         query, gallery = result.splits[run]
         scores, score_name = similarity_scores(result.distances[run], result.options)
-        figures = run_figures(scores, [r.pid for r in query], [r.pid for r in gallery], method, folds, seed + run,
-                              calibration, pair)
+        query_pids, gallery_pids = [r.pid for r in query], [r.pid for r in gallery]
+        figures = run_figures(scores, query_pids, gallery_pids, method, folds, seed + run, calibration, pair)
         curves[run] = {"roc": figures.pop("roc", None), "openset": figures.pop("fpir_fnir", None)}
+        if intervals is not None and intervals.replicates > 0:
+            compared.append(run_comparisons(scores, query_pids, gallery_pids, figures.get("lr_index"),
+                                            figures.get("llrs")))
+        figures.pop("lr_index", None)
         if "llrs" in figures:
             llrs.append(figures.pop("llrs"))
             labels.append(figures.pop("labels"))
@@ -159,8 +168,13 @@ def forensic_evaluation(result, method: str = "logit", folds: int = 2, seed: int
                            + (STORED_KEYS if calibration is not None else []))
     for entry in per_run:
         entry.pop("flat")
-    return ForensicResult(per_run, aggregate, _dedupe(notes), score_name, method, folds, curves,
-                          np.concatenate(llrs) if llrs else None, np.concatenate(labels) if labels else None)
+    found = ForensicResult(per_run, aggregate, _dedupe(notes), score_name, method, folds, curves,
+                           np.concatenate(llrs) if llrs else None, np.concatenate(labels) if labels else None)
+    if compared:
+        found.intervals = evaluation_intervals(compared, aggregate, intervals.replicates, intervals.level,
+                                               intervals.seed)
+        found.interval_level = intervals.level
+    return found
 
 
 def _dedupe(notes: list) -> list:

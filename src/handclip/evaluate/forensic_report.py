@@ -29,6 +29,26 @@ def _min_count(forensic: ForensicResult, part: str, key: str) -> int:
     return min(counts) if counts else 0
 
 
+def _interval_cell(forensic: ForensicResult, key: str, percent: bool = True, digits: int = 2) -> str:
+    """`` | low to high`` (the identity-level bootstrap interval), marked when the sample cannot support it;
+    nothing when the evaluation computed no intervals."""
+    if not forensic.intervals:
+        return ""
+    entry = forensic.intervals.get(key)
+    if entry is None or entry["low"] is None:
+        return " | – |"
+    scale = 100.0 if percent else 1.0
+    text = f"{scale * entry['low']:.{digits}f} to {scale * entry['high']:.{digits}f}"
+    return f" | {text}{'' if entry['supported'] else ' (not supported: ' + entry['note'] + ')'} |"
+
+
+def _header(forensic: ForensicResult, first: str) -> list[str]:
+    if not forensic.intervals:
+        return [f"| {first} | mean ± std | runs |", "|---|---:|---:|"]
+    level = f"{100 * forensic.interval_level:g}%"
+    return [f"| {first} | mean ± std | runs | {level} interval (identity bootstrap) |", "|---|---:|---:|---:|"]
+
+
 def _rate_row(forensic: ForensicResult, label: str, key: str, available: int, need: int | None) -> str:
     entry = forensic.aggregate.get(key)
     total = len(forensic.per_run)
@@ -36,19 +56,19 @@ def _rate_row(forensic: ForensicResult, label: str, key: str, available: int, ne
         value = f"too few non-mated {'pairs' if 'fmr' in key else 'searches'} ({available:,}; {need:,} needed)"
     else:
         value = _mean_std(entry)
-    return f"| {label} | {value} | {_runs(entry, total)} |"
+    return f"| {label} | {value} | {_runs(entry, total)} |" + _interval_cell(forensic, key)[2:]
 
 
 def verification_table(forensic: ForensicResult) -> str:
     pairs = _min_count(forensic, "verification", "n_nonmated")
     searches = _min_count(forensic, "openset", "n_nonmated_searches")
-    lines = ["| figure (%) | mean ± std | runs |", "|---|---:|---:|",
-             _rate_row(forensic, "EER", "eer", pairs, None)]
+    lines = [*_header(forensic, "figure (%)"), _rate_row(forensic, "EER", "eer", pairs, None)]
     for level in FMR_LEVELS:
         key = level_key(level)
         lines.append(_rate_row(forensic, f"FNMR at FMR = {key}", f"fnmr@fmr={key}", pairs, needed_pairs(level)))
     auc = forensic.aggregate.get("auc")
-    lines.append(f"| AUC (×100) | {_mean_std(auc)} | {_runs(auc, len(forensic.per_run))} |")
+    blank = " |" if forensic.intervals else ""  # AUC and the ranks have no interval
+    lines.append(f"| AUC (×100) | {_mean_std(auc)} | {_runs(auc, len(forensic.per_run))} |{blank}")
     for level in FPIR_LEVELS:
         key = level_key(level)
         lines.append(_rate_row(forensic, f"FNIR at FPIR = {key} (identification, rank 1)", f"fnir@fpir={key}",
@@ -57,7 +77,7 @@ def verification_table(forensic: ForensicResult) -> str:
         entry = forensic.aggregate.get(f"fnir@rank{rank}")
         if entry is not None:
             lines.append(f"| FNIR at rank {rank} (investigation, no threshold) | {_mean_std(entry)} | "
-                         f"{_runs(entry, len(forensic.per_run))} |")
+                         f"{_runs(entry, len(forensic.per_run))} |{blank}")
     return "\n".join(lines) + "\n"
 
 
@@ -72,17 +92,19 @@ def lr_table(forensic: ForensicResult) -> str | None:
         return None
     total = len(forensic.per_run)
     low, high = agg["log10_lr_min"], agg["log10_lr_max"]
-    lines = ["| figure | mean ± std | runs |", "|---|---:|---:|"]
+    lines = _header(forensic, "figure")
+    blank = " |" if forensic.intervals else ""
     for key, label in (("cllr", "Cllr (1 = uninformative, 0 = perfect)"), ("cllr_min", "Cllr_min (discrimination)"),
                        ("cllr_cal", "Cllr_cal = Cllr − Cllr_min (calibration loss)")):
-        lines.append(f"| {label} | {_mean_std(agg[key], percent=False, digits=3)} | {_runs(agg[key], total)} |")
-    lines.append(f"| lowest log10 LR the bounds allow | {_mean_std(low, percent=False)} | {_runs(low, total)} |")
-    lines.append(f"| highest log10 LR the bounds allow | {_mean_std(high, percent=False)} | {_runs(high, total)} |")
-    lines.append(f"| LR range (mean bounds) | {_lr_text(low['mean'])} to {_lr_text(high['mean'])} | |")
+        cell = _interval_cell(forensic, key, percent=False, digits=3)[2:] if key == "cllr" else blank
+        lines.append(f"| {label} | {_mean_std(agg[key], percent=False, digits=3)} | {_runs(agg[key], total)} |{cell}")
+    lines.append(f"| lowest log10 LR the bounds allow | {_mean_std(low, percent=False)} | {_runs(low, total)} |{blank}")
+    lines.append(f"| highest log10 LR the bounds allow | {_mean_std(high, percent=False)} | {_runs(high, total)} |{blank}")
+    lines.append(f"| LR range (mean bounds) | {_lr_text(low['mean'])} to {_lr_text(high['mean'])} | |{blank}")
     for key, label in (("stored_cllr", "stored calibration: Cllr"), ("stored_cllr_min", "stored calibration: Cllr_min"),
                        ("stored_cllr_cal", "stored calibration: Cllr_cal")):
         if agg.get(key) is not None:
-            lines.append(f"| {label} | {_mean_std(agg[key], percent=False, digits=3)} | {_runs(agg[key], total)} |")
+            lines.append(f"| {label} | {_mean_std(agg[key], percent=False, digits=3)} | {_runs(agg[key], total)} |{blank}")
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +129,14 @@ def notes_text(forensic: ForensicResult) -> str:
         f"only and bounded by ELUB; comparisons across folds are not scored. Cllr, Cllr_min and Cllr_cal are "
         f"lir's, over the scored comparisons of the run.",
     ]
+    if forensic.intervals:
+        parts.append(f"Intervals: {100 * forensic.interval_level:g}% percentile intervals of an identity-level "
+                     f"bootstrap ({next(iter(forensic.intervals.values()))['replicates']} replicates): each replicate "
+                     f"draws the people with replacement and applies the draw to every run; the figure is the mean "
+                     f"over the runs. The cross-calibrated LRs are resampled as they are (not refitted). A figure is "
+                     f"marked 'not supported' when it rests on fewer people than its level needs (FNMR at FMR = L: "
+                     f"1/L different-person pairs of people; FNIR at FPIR = L: 1/L people searched without their "
+                     f"mate) or when more than 5% of the replicates could not compute it.")
     high = forensic.aggregate.get("log10_lr_max")
     if high is not None:
         parts.append(f"At the mean upper bound (LR {_lr_text(high['mean'])}): {verbal_equivalent(high['mean'])}.")

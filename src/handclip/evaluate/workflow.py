@@ -17,9 +17,11 @@ import open_clip
 
 from ..atomic import sha256_file
 from ..config import EvalConfig
+from ..config_base import IntervalConfig
 from ..data.manifest import Manifest
 from ..errors import DataError, HandCLIPWarning
 from ..forensic.calibration import ScoreCalibration
+from ..forensic.calibration_checks import record_names, warn_in_sample
 from ..model.inference import Encoder
 from .forensic import ForensicResult, forensic_evaluation
 from .metrics import METRIC_KEYS
@@ -71,8 +73,19 @@ def _forensic_lines(forensic: ForensicResult) -> list[str]:
     if agg.get("stored_cllr") is not None:
         lines.append(f"  stored calibration: Cllr {agg['stored_cllr']['mean']:.3f} ± {agg['stored_cllr']['std']:.3f}  "
                      f"Cllr_cal {agg['stored_cllr_cal']['mean']:.3f}")
+    if forensic.intervals:
+        shown = ", ".join(f"{key} {_interval_text(entry, key != 'cllr')}" for key, entry in forensic.intervals.items())
+        lines.append(f"  {100 * forensic.interval_level:g}% identity-bootstrap intervals: {shown}")
     lines += [f"  note: {note}" for note in forensic.notes]
     return lines
+
+
+def _interval_text(entry: dict, percent: bool) -> str:
+    scale, digits = (100.0, 2) if percent else (1.0, 3)
+    if entry["low"] is None:
+        return "n/a"
+    text = f"[{scale * entry['low']:.{digits}f}, {scale * entry['high']:.{digits}f}]"
+    return text if entry["supported"] else text + " (too few people)"
 
 
 def evaluation_encoder(checkpoint=None, backbone: str | None = None, weights=None,
@@ -145,7 +158,7 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
                         calibration=None, queries_shown: int = 8, top_k: int = 10, device: str = "auto",
                         progress: bool = False, skip_bad: bool = False, query_aspect: str | None = None,
                         gallery_aspect: str | None = None, mirror_query: bool = False, precision: str = "auto",
-                        engine: str = "torch") -> EvaluationReport:
+                        engine: str = "torch", intervals: IntervalConfig | None = None) -> EvaluationReport:
     """Evaluate a checkpoint (or, with ``backbone``, a zero-shot backbone) on ``manifest_path``'s Monte Carlo
     runs and write the report folder ``out`` (default: ``default_report_folder``); what ``handclip
     evaluate`` runs.
@@ -154,7 +167,9 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
     ``require_distractors`` refuses a manifest without one. ``forensic=False``: CMC and mAP only.
     ``calibration``: a stored calibration file of the same model, judged on every run as well.
     ``skip_bad``: leave unusable images out, each named, instead of stopping (``evaluate_manifest``).
-    ``precision`` and ``engine``: how the features are computed (``Encoder.computed_with``). The
+    ``precision`` and ``engine``: how the features are computed (``Encoder.computed_with``). ``intervals``:
+    the identity-level bootstrap of EER, FNMR@FMR, FNIR@FPIR and Cllr (default ``IntervalConfig()``; 0
+    replicates for none). The
     output folder is checked before any image is encoded, and written only when all of it succeeded; the
     report names the manifest, checkpoint, weights and calibration files with their SHA-256.
     ``query_aspect``, ``gallery_aspect``, ``mirror_query``: one pair of hand aspects (``evaluate_manifest``).
@@ -170,6 +185,8 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
             raise DataError("--calibration is judged with the forensic figures; drop --no-forensic")
         stored = ScoreCalibration.load(calibration)
         stored.check_model(encoder.fingerprint())
+        scored = [r for r in manifest.records if r.split in ("query", "gallery")]
+        warn_in_sample(stored, record_names(scored), f"manifest {manifest_path}")
     result = evaluate_manifest(encoder, manifest, eval_cfg, runs=runs, distractors=distractors, progress=progress,
                                keep_distances=True, skip_bad=skip_bad, query_aspect=query_aspect,
                                gallery_aspect=gallery_aspect, mirror_query=mirror_query)
@@ -184,7 +201,8 @@ def evaluate_and_report(manifest_path: str | os.PathLike, out: str | os.PathLike
     figures = None
     if forensic:
         figures = forensic_evaluation(result, method=calibration_method, folds=calibration_folds,
-                                      progress=progress, calibration=stored)
+                                      progress=progress, calibration=stored,
+                                      intervals=IntervalConfig() if intervals is None else intervals)
     write_evaluation_outputs(result, folder, title, encoder.label, manifest_path, training_history(checkpoint),
                              queries_shown=queries_shown, top_k=top_k, forensic=figures, files=files)
     return EvaluationReport(result, figures, folder, encoder.label, str(manifest_path), encoder.describe_inference())

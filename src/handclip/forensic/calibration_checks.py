@@ -229,3 +229,55 @@ def check_map(data, where: str) -> tuple[str, dict, float, float]:
         raise CalibrationError(f"{where}: bounds {lower}, {upper} must be ordered, enclose log10 LR 0 and lie within "
                                f"+-{BOUND_LIMIT:g}")
     return method, params, lower, upper
+
+
+# ----------------------------------------------------------------------------------------------
+# Who a calibration was fitted on
+
+
+def identity_sha256s(names) -> set[str]:
+    """The SHA-256 (UTF-8) under which a calibration lists each of ``names`` (a manifest's pid as text, or a
+    folder's identity name)."""
+    return {hashlib.sha256(str(name).encode("utf-8")).hexdigest() for name in names if name not in (None, "")}
+
+
+def record_names(records) -> dict:
+    """person -> the names a calibration may list it under (manifest records): its pid as text (a manifest's
+    calibration) and its original name (a folder's calibration)."""
+    people: dict = {}
+    for rec in records:
+        people.setdefault(rec.pid, set()).update({str(rec.pid), rec.original_id} - {None, ""})
+    return people
+
+
+def people_in_calibration(calibration, people: dict) -> int | None:
+    """How many of ``people`` (person -> the names it may be listed under) the calibration was fitted on;
+    None when the file lists no identities (fitted before they were recorded)."""
+    listed = calibration.summary.get("identity_sha256")
+    if not listed:
+        return None
+    listed = set(listed)
+    return sum(1 for names in people.values() if identity_sha256s(names) & listed)
+
+
+def warn_in_sample(calibration, people: dict, scored: str) -> int:
+    """One CalibrationWarning, naming the count, when people of ``scored`` are people the calibration was
+    fitted on: its figures on them are in-sample and overstate how it holds for new people (docs/method.md,
+    "Validating the LR method"). Returns that count (0 when none or when the file lists none)."""
+    import warnings
+
+    from ..errors import CalibrationWarning
+
+    shared = people_in_calibration(calibration, people)
+    source = calibration.summary.get("path", "the calibration")
+    if shared is None:
+        warnings.warn(f"{source} lists no identities it was fitted on, so whether {scored} shares people with it "
+                      f"cannot be checked; recalibrate with this version of handclip", CalibrationWarning,
+                      stacklevel=2)
+        return 0
+    if shared:
+        warnings.warn(f"{shared} of the {len(people)} identities of {scored} were in the calibration {source}: "
+                      f"LRs and Cllr on them are in-sample and overstate how it holds for new people",
+                      CalibrationWarning, stacklevel=2)
+    return shared
+

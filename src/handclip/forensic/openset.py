@@ -53,7 +53,12 @@ class SearchOutcomes:
 
 def search_outcomes(scores: np.ndarray, query_pids, gallery_pids) -> SearchOutcomes:
     identities, by_identity = identity_scores(scores, gallery_pids)
-    query_pids = np.asarray(query_pids)
+    return outcomes_of_identity_scores(by_identity, identities, query_pids)
+
+
+def outcomes_of_identity_scores(by_identity: np.ndarray, identities, query_pids) -> SearchOutcomes:
+    """The searches' outcomes from a query x identity score matrix (``identity_scores``)."""
+    identities, query_pids = np.asarray(identities), np.asarray(query_pids)
     own = query_pids[:, None] == identities[None, :]
     enrolled = own.any(axis=1)
     mate_score = np.where(own, by_identity, -np.inf).max(axis=1)

@@ -16,6 +16,7 @@ from ..data.query_transform import QueryTransform
 from ..errors import HandCLIPError
 from ..forensic.audit_format import parse_anchor
 from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
+from ..forensic.calibration_checks import warn_in_sample
 from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from .case_report import check_case_id
 from .enrol import EnrolSummary, check_images, collect_images
@@ -125,6 +126,10 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
     transform = QueryTransform.parse(crop, rotate, mirror)  # its box is held to each image by the search
     session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner,
                                    precision=precision, engine=engine)
+    if session.calibration is not None:  # LRs against people the calibration was fitted on are in-sample
+        enrolled = session.snapshot().identities()
+        warn_in_sample(session.calibration.calibration, {name: {name} for name in enrolled},
+                       f"gallery {index_dir}")
     search = session.search(queries, top_k=top_k, by=by, index_type=index_type, arguments=arguments,
                             threshold_lr=threshold_lr, transform=transform, aspect=aspect,
                             mirror_aspect=mirror_aspect, gallery_aspect=gallery_aspect)

@@ -81,3 +81,12 @@ def report_failed_record(search: SearchResult, case_id: str | None, error: BaseE
     return {"command": "report", "made": False, "search_record": search.audit.seq if search.audit else None,
             "search_hash": search.audit.hash if search.audit else None, "case_id": case_id,
             "error": f"{type(error).__name__}: {error}"[:500]}
+
+
+def validation_record(summary: dict, report_folder, examiner: str | None, arguments: dict | None) -> dict:
+    """The record of a validation of the LR method (``handclip validate --index``): the SHA-256 of the model,
+    calibration, manifest and plan it was computed from and of the report files it wrote, and its decision."""
+    files = [file_entry(role, item["path"], item["sha256"]) for role, item in summary["files"].items()]
+    return {"command": "validate", "examiner": examiner, "arguments": arguments or {},
+            "files": files, "report_folder": str(report_folder), "decision": summary["decision"],
+            "population": summary["population"]}

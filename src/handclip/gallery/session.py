@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 from ..atomic import atomic_write_bytes, sha256_file
 from ..data.query_transform import QueryTransform, prepare_query
 from ..errors import DataError, HandCLIPError
-from ..forensic.audit import AuditLog, VerifyResult
+from ..forensic.audit import AuditLog, AuditRef, VerifyResult
 from ..forensic.audit_head import HeadSigner, check_key_location, signer_from_environment
 from ..forensic.reading import DEFAULT_THRESHOLD_LR
 from ..forensic.evidence import CALIBRATED, NOT_LIKELIHOOD_RATIOS, CalibrationInfo, load_calibration, propositions
@@ -37,7 +37,8 @@ from .folder import Gallery
 from .metadata import COMMIT_FILE, GALLERY_FILE
 from .reader import GalleryReader
 from .audit_check import verify_gallery_audit
-from .records import enrol_record, enrol_start_record, model_record, report_failed_record, search_record
+from .records import (enrol_record, enrol_start_record, model_record, report_failed_record, search_record,
+                      validation_record)
 from .results import SCORE_DEFINITIONS, QueryResult, SearchResult, exhibit_name
 from .writer import GalleryWriter
 
@@ -303,6 +304,11 @@ class ExaminerSession:
         raise HandCLIPError(f"search record {search.audit.seq if search.audit else '?'} was written but its case "
                             f"report could not be made ({type(error).__name__}: {str(error)[:200]}); audit record "
                             f"{ref.seq} says so") from None
+
+    def record_validation(self, summary: dict, report_folder, *, examiner: str | None = None,
+                          arguments: dict | None = None) -> AuditRef:
+        """Append the record of a validation of the LR method (``records.validation_record``)."""
+        return self.audit_log.append(validation_record(summary, report_folder, examiner or self.examiner, arguments))
 
     def verify_audit(self, check_files: bool = True, *, expect=(), public_key: bytes | None = None) -> VerifyResult:
         """The audit log's chain, head, anchors kept elsewhere (``expect``: (seq, hash) pairs), signature,

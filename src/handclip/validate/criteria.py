@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ConfigError
 
 CHARACTERISTICS = ("accuracy", "discriminating_power", "calibration", "robustness", "coherence", "generalisation")
-# Characteristics this run computes from the validation set itself; the others need other data (other
-# calibration methods, another protocol) and are reported as not assessed.
-ASSESSED = ("accuracy", "discriminating_power", "calibration", "robustness")
+# Characteristics a run assesses: all of them. Coherence compares the three calibration methods fitted on the
+# validation pairs (cross-calibrated by identity); generalisation is the stored calibration on the validation
+# population, another than its own (validate.coherence).
+ASSESSED = CHARACTERISTICS
 GRAPHS = ("tippett", "ece", "pav", "det", "llr_overestimation", "lr_distribution", "none")
 _COMPARISONS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _CRITERION = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -96,6 +97,17 @@ class ValidationPlan(_Strict):
     condition_column: Literal["subset", "dataset"] = "subset"
     bootstrap: Bootstrap = Bootstrap()
     criteria: list[PlanRow] = Field(..., min_length=1, max_length=100)
+
+    @field_validator("criteria")
+    @classmethod
+    def _coherence_on_lrs(cls, rows):
+        from .coherence import SCORE_ONLY
+
+        for index, row in enumerate(rows):
+            if row.characteristic == "coherence" and row.metric in SCORE_ONLY:
+                raise ValueError(f"criteria[{index}]: coherence compares calibration methods, which cannot differ "
+                                 f"in {row.metric} (a figure of the scores alone); use an LR figure such as cllr")
+        return rows
 
 
 def _error_line(exc: ValidationError, path: Path) -> str:

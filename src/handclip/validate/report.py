@@ -46,6 +46,7 @@ def summary_lines(result) -> list[str]:
         f"'{plan.hp}' against '{plan.hd}', on {counts['identities_used']} people ({counts['images_used']} images) "
         f"whom the calibration was not fitted on.",
         f"For which population: {plan.population}. The validation says nothing about other populations.",
+        *([f"Calibration and validation populations: {result.populations}."] if result.populations else []),
         f"Decision: the method {decision} ({met} of {len(assessed)} met; each figure with its "
         f"{plan.bootstrap.level:.0%} identity-level bootstrap interval; decided on the "
         f"{'whole interval' if plan.decide_on == 'interval' else 'figure on all the data'}).",
@@ -58,8 +59,10 @@ def summary_lines(result) -> list[str]:
         f"(failure to enrol) and were left out.",
     ]
     if skipped:
-        lines.append(f"Not validated by this run: {', '.join(skipped)} (they need other calibration data or another "
-                     f"protocol), and any population, camera or image quality other than the one named.")
+        lines.append(f"Not validated by this run: {', '.join(skipped)} (the matrix says why for each row), and any "
+                     f"population, camera or image quality other than the one named.")
+    else:
+        lines.append("Not validated by this run: any population, camera or image quality other than the one named.")
     return lines
 
 

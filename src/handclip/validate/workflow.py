@@ -10,7 +10,6 @@ its identity-level bootstrap interval; write the report (``validate.report``).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..errors import HandCLIPError
 from ..forensic.bootstrap import identity_bootstrap
+from ..forensic.calibration_checks import identity_sha256s, people_in_calibration, record_names
 from ..forensic.validation_metrics import METRICS, PairSet, make_pair_set
 from .criteria import ASSESSED, PlanRow, ValidationPlan, read_plan
 
@@ -63,6 +63,8 @@ class ValidationResult:
     bounds: dict
     misleading: dict
     files: dict = field(default_factory=dict)
+    populations: str = ""  # which population the calibration came from and which one validated it
+    audit: object = None  # the gallery audit record (forensic.audit.AuditRef) when one was written
 
     @property
     def passed(self) -> bool:
@@ -72,21 +74,16 @@ class ValidationResult:
 def identity_hashes(record) -> set[str]:
     """The SHA-256 under which a calibration may list this record's person: its id (a manifest's calibration)
     and its original name (a folder's calibration)."""
-    names = {str(record.pid)} | ({str(record.original_id)} if record.original_id not in (None, "") else set())
-    return {hashlib.sha256(name.encode("utf-8")).hexdigest() for name in names}
+    return identity_sha256s(record_names([record])[record.pid])
 
 
 def check_disjoint(records: Sequence, calibration, source: str) -> None:
     """ValidationError, with the count, when any person of ``records`` is one the calibration was fitted on."""
-    listed = calibration.summary.get("identity_sha256")
-    if not listed:
+    people = record_names(records)
+    shared = people_in_calibration(calibration, people)
+    if shared is None:
         raise ValidationError(f"{calibration.summary.get('path', 'the calibration')} lists no identities it was "
                               f"fitted on; recalibrate with this version of handclip so people can be kept apart")
-    listed = set(listed)
-    people = {}
-    for rec in records:
-        people.setdefault(rec.pid, set()).update(identity_hashes(rec))
-    shared = sum(1 for hashes in people.values() if hashes & listed)
     if shared:
         raise ValidationError(f"{shared} of the {len(people)} identities of {source} were in the calibration; a "
                               f"validation needs people the calibration never saw")
@@ -165,11 +162,29 @@ def _not_assessed(row: PlanRow, condition: str, why: str) -> MatrixRow:
                      condition, None, None, why)
 
 
-def validation_matrix(plan: ValidationPlan, pairs: PairSet, conditions: np.ndarray) -> list[MatrixRow]:
+def _coherence_row(row: PlanRow, plan: ValidationPlan, pairs: PairSet) -> MatrixRow:
+    """The three calibration methods compared on the validation pairs (``validate.coherence``)."""
+    from ..forensic.calibration_checks import CalibrationError
+    from .coherence import coherence
+
+    boot = plan.bootstrap
+    try:
+        interval, note = coherence(pairs, row.metric, boot.replicates, boot.level, boot.seed)
+    except CalibrationError as exc:
+        return _not_assessed(row, "methods compared", f"the methods could not be fitted on the validation pairs: {exc}")
+    found = _row(row, plan, interval, "methods compared")
+    found.meaning, found.note = f"largest difference between the methods of: {found.meaning}", note
+    return found
+
+
+def validation_matrix(plan: ValidationPlan, pairs: PairSet, conditions: np.ndarray,
+                      generalisation: str = "") -> list[MatrixRow]:
     """Each row of the plan measured: the figure, its bootstrap interval and pass/fail; a robustness row once
-    per condition (pairs whose two sides share it); coherence and generalisation rows marked not assessed."""
+    per condition (pairs whose two sides share it); a coherence row as the three calibration methods' largest
+    difference; a generalisation row as the stored calibration on the validation population, noting the two
+    populations (``generalisation``)."""
     overall = _intervals(plan, pairs, {r.metric for r in plan.criteria if r.characteristic in ASSESSED
-                                       and r.characteristic != "robustness"})
+                                       and r.characteristic not in ("robustness", "coherence")})
     robust = {r.metric for r in plan.criteria if r.characteristic == "robustness"}
     per_condition = {}
     for condition in sorted(set(conditions.tolist()) - {""}) if robust else []:
@@ -181,9 +196,13 @@ def validation_matrix(plan: ValidationPlan, pairs: PairSet, conditions: np.ndarr
             per_condition[condition] = _intervals(plan, subset, robust)
     matrix = []
     for row in plan.criteria:
-        if row.characteristic not in ASSESSED:
-            matrix.append(_not_assessed(row, "", "not assessed by this run: it needs other calibration data or "
-                                                 "another protocol"))
+        if row.characteristic == "coherence":
+            matrix.append(_coherence_row(row, plan, pairs))
+        elif row.characteristic == "generalisation":
+            found = _row(row, plan, overall[row.metric], "calibration -> validation")
+            found.note = "; ".join(filter(None, ["casework-condition check (the two populations: see the summary)"
+                                                 if generalisation else "casework-condition check", row.note]))
+            matrix.append(found)
         elif row.characteristic != "robustness":
             matrix.append(_row(row, plan, overall[row.metric], "all"))
         else:
@@ -224,6 +243,7 @@ def validate(checkpoint, calibration, manifest, criteria, out, splits: Sequence[
     from ..forensic.calibration import ScoreCalibration
     from ..forensic.validation_metrics import invariance_bounds, misleading_rates
     from ..model.inference import load_encoder
+    from .coherence import generalisation_note
 
     plan = read_plan(criteria)
     scored = ScoreCalibration.load(calibration)
@@ -235,11 +255,13 @@ def validate(checkpoint, calibration, manifest, criteria, out, splits: Sequence[
     features = encoder.features(records, batch_size=batch_size, flip=False, progress=progress)
     pairs, conditions = score_pairs(features, records, scored, plan.score_kind, plan.bootstrap.seed)
     counts.update({"n_mated": pairs.n_mated, "n_nonmated": pairs.n_nonmated})
-    matrix = validation_matrix(plan, pairs, conditions)
+    hashes = file_sha256s(model=checkpoint, calibration=calibration, manifest=manifest, criteria=criteria)
+    populations = generalisation_note(scored.summary, manifest, hashes["manifest"]["sha256"], counts)
+    matrix = validation_matrix(plan, pairs, conditions, populations)
     elub = scored.bounds(plan.score_kind)
     bounds = {"elub": list(elub), "invariance": list(invariance_bounds(pairs))}
-    hashes = file_sha256s(model=checkpoint, calibration=calibration, manifest=manifest, criteria=criteria)
-    result = ValidationResult(plan, matrix, pairs, hashes, counts, bounds, misleading_rates(pairs))
+    result = ValidationResult(plan, matrix, pairs, hashes, counts, bounds, misleading_rates(pairs),
+                              populations=populations.removeprefix("casework-condition check: "))
     result.files = write_report(result, out)
     return result
 
