@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="swap left and right after the crop and rotation (a left-hand exhibit against "
                              "right-hand photos)")
     parser.add_argument("--report", default=None, metavar="CASE.pdf", help="write a case report (PDF) to sign")
+    parser.add_argument("--compare", default=None, metavar="N|RANKS",
+                        help="comparison pages in the report (query and candidate side by side, large): N for the "
+                             "top N, or ranks such as 1,4 or 2-5; 0 for none (default: the top 3)")
     parser.add_argument("--case-id", default=None, help="case identifier printed on the report")
     parser.add_argument("--examiner", default=None, help="examiner's name for the audit record and report "
                                                          "(default: the OS user)")
@@ -90,5 +93,5 @@ def run(args) -> int:
                        aspect=args.aspect, mirror_aspect=args.mirror_aspect, gallery_aspect=args.gallery_aspect,
                        report=args.report, case_id=args.case_id, threshold_lr=args.threshold_lr,
                        precision=args.precision, engine=args.engine, crop=args.crop, rotate=args.rotate,
-                       mirror=args.mirror, log=print)
+                       mirror=args.mirror, compare=args.compare, log=print)
     return 0
