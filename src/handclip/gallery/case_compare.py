@@ -32,40 +32,41 @@ _NAME_LIMIT = 120
 ImagesOf = Callable[[str], Sequence[tuple[str, str | None]]]
 
 
-def comparison_ranks(spec, top_k: int | None = None) -> tuple[int, ...]:
+def comparison_ranks(spec, top_k: int | None = None, *, field: str = "--compare",
+                     top_field: str = "--top-k") -> tuple[int, ...]:
     """The candidate ranks that get a comparison page. ``spec``: None (the top ``DEFAULT_COMPARE``), a
     number N (the top N; 0 for none), a text "N", "1,4" or "2-5", or a sequence of ranks. A rank beyond
     ``top_k`` or more than ``MAX_COMPARE_PAGES`` ranks is refused (HandCLIPError naming the value); the
-    default is cut to ``top_k``."""
+    default is cut to ``top_k``. ``field``, ``top_field``: the names the messages give the two values."""
     if spec is None:
         return tuple(range(1, min(DEFAULT_COMPARE, top_k or DEFAULT_COMPARE) + 1))
     if isinstance(spec, bool):
-        raise HandCLIPError(f"--compare {spec!r}: give N (the top N) or ranks such as 1,4 or 2-5")
+        raise HandCLIPError(f"{field} {spec!r}: give N (the top N) or ranks such as 1,4 or 2-5")
     if isinstance(spec, int):
         ranks = list(range(1, spec + 1)) if spec >= 0 else [spec]
     elif isinstance(spec, str):
-        ranks = _parse_ranks(spec)
+        ranks = _parse_ranks(spec, field)
     else:
         try:
             ranks = [int(r) for r in spec]
         except (TypeError, ValueError):
-            raise HandCLIPError(f"--compare {spec!r}: give N (the top N) or ranks such as 1,4 or 2-5") from None
+            raise HandCLIPError(f"{field} {spec!r}: give N (the top N) or ranks such as 1,4 or 2-5") from None
     ranks = sorted(set(ranks))
     if any(r < 1 or r > MAX_COMPARE_RANK for r in ranks):
-        raise HandCLIPError(f"--compare {spec!r}: ranks run from 1 to {MAX_COMPARE_RANK}")
+        raise HandCLIPError(f"{field} {spec!r}: ranks run from 1 to {MAX_COMPARE_RANK}")
     if top_k is not None and ranks and ranks[-1] > top_k:
-        raise HandCLIPError(f"--compare {spec!r}: rank {ranks[-1]} is beyond the {top_k} candidate(s) asked for "
-                            f"(--top-k {top_k})")
+        raise HandCLIPError(f"{field} {spec!r}: rank {ranks[-1]} is beyond the {top_k} candidate(s) asked for "
+                            f"({top_field} {top_k})")
     if len(ranks) > MAX_COMPARE_PAGES:
-        raise HandCLIPError(f"--compare {spec!r}: {len(ranks)} comparison pages asked for; give at most "
+        raise HandCLIPError(f"{field} {spec!r}: {len(ranks)} comparison pages asked for; give at most "
                             f"{MAX_COMPARE_PAGES}")
     return tuple(ranks)
 
 
-def _parse_ranks(text: str) -> list[int]:
+def _parse_ranks(text: str, field: str) -> list[int]:
     text = text.strip()
     if not re.fullmatch(COMPARE_PATTERN[1:-1], text):
-        raise HandCLIPError(f"--compare {text[:40]!r}: give N (the top N) or ranks such as 1,4 or 2-5")
+        raise HandCLIPError(f"{field} {text[:40]!r}: give N (the top N) or ranks such as 1,4 or 2-5")
     if "," not in text and "-" not in text:
         return list(range(1, int(text) + 1))
     ranks: list[int] = []
@@ -73,7 +74,7 @@ def _parse_ranks(text: str) -> list[int]:
         low, _, high = part.partition("-")
         first, last = int(low), int(high or low)
         if last < first or last - first >= MAX_COMPARE_PAGES:
-            raise HandCLIPError(f"--compare {text[:40]!r}: the range {part} runs backwards or is too long")
+            raise HandCLIPError(f"{field} {text[:40]!r}: the range {part} runs backwards or is too long")
         ranks += range(first, last + 1)
     return ranks
 
