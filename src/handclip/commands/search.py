@@ -77,6 +77,8 @@ def run(args) -> int:
 
     if args.top_k < 1:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
+    if args.compare is not None and not args.report:
+        raise HandCLIPError("--compare chooses the report's comparison pages; give --report CASE.pdf with it")
     for flag, out in (("--html", args.html), ("--json", args.json), ("--report", args.report)):
         _check_output(flag, out)
     from ..preflight import require_file, require_folder
