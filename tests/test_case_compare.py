@@ -116,3 +116,16 @@ def test_comparison_ranks_reads_numbers_lists_and_ranges():
     assert comparison_ranks([3, 3, 1]) == (1, 3)
     with pytest.raises(HandCLIPError, match="at most 20"):
         comparison_ranks("25")
+
+
+def test_the_cli_takes_compare_only_with_a_report(assets, gallery, tmp_path, capsys):
+    from handclip import cli
+
+    query = str(assets["images"] / "0001" / "000.png")
+    before = len(AuditLog(gallery).records())
+    assert cli.main(["search", "--index", str(gallery), "--query", query, "--compare", "2"]) == 2
+    assert "--compare chooses the report's comparison pages; give --report" in capsys.readouterr().err
+    out = tmp_path / "cli.pdf"
+    assert cli.main(["search", "--index", str(gallery), "--query", query, "--top-k", "4", "--device", "cpu",
+                     "--calibration", str(assets["calibration"]), "--report", str(out), "--compare", "1,3"]) == 0
+    assert sorted(_comparisons(out)) == [1, 3] and len(AuditLog(gallery).records()) == before + 1
