@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 from serve_helpers import add_keys, enrolled_gallery, make_assets, png_bytes  # noqa: E402
 
 from handclip.data.query_transform import CROP_PATTERN  # noqa: E402
+from handclip.gallery.case_compare import COMPARE_PATTERN  # noqa: E402
 
 KEY: dict[str, str] = {}
 EXAMPLES = 16
@@ -67,7 +68,8 @@ OPERATIONS = [("POST", "/api/v1/search"), ("GET", "/api/v1/reports/{report_id}")
               ("GET", "/api/v1/identities"), ("GET", "/api/v1/identities/{identity}"),
               ("GET", "/api/v1/images/{sha256}/thumbnail"), ("GET", "/api/v1/health"),
               ("GET", "/api/v1/cases/{case_id}/searches"), ("GET", "/api/v1/cases/{case_id}/searches/{record}"),
-              ("GET", "/api/v1/cases/{case_id}/export")]
+              ("GET", "/api/v1/cases/{case_id}/export"), ("GET", "/api/v1/images/{sha256}"),
+              ("GET", "/api/v1/searches/{record}/query")]
 NO_INPUTS = {"/api/v1/identities", "/api/v1/health"}  # nothing to make invalid but the key
 
 
@@ -81,6 +83,9 @@ def valid_data_accepted_unless_not_an_image(ctx, response, case):
             return None
         # a crop box is held to the uploaded image's size, which no schema can state
         if re.match(r"crop [\d,]+ (leaves image|of image)", error):
+            return None
+        # so are the compare ranks, to top_k and to one another
+        if re.match(r"compare '[\d,-]+': ", error):
             return None
         if response.status_code == 422 and re.match(r"gallery .* holds no images of aspect ", error):
             return None
@@ -101,6 +106,7 @@ WIRE_VALID = {
     "mirror_aspect": lambda text: text.strip().lower() in _BOOLEANS,
     "crop": lambda text: re.fullmatch(CROP_PATTERN, text) is not None,
     "rotate": lambda text: _finite_within(text, 360),
+    "compare": lambda text: re.fullmatch(COMPARE_PATTERN, text) is not None,
 }
 
 

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="swap left and right after the crop and rotation (a left-hand exhibit against "
                              "right-hand photos)")
     parser.add_argument("--report", default=None, metavar="CASE.pdf", help="write a case report (PDF) to sign")
+    parser.add_argument("--compare", default=None, metavar="N|RANKS",
+                        help="comparison pages in the report (query and candidate side by side, large): N for the "
+                             "top N, or ranks such as 1,4 or 2-5; 0 for none (default: the top 3)")
     parser.add_argument("--case-id", default=None, help="case identifier printed on the report")
     parser.add_argument("--examiner", default=None, help="examiner's name for the audit record and report "
                                                          "(default: the OS user)")
@@ -74,6 +77,8 @@ def run(args) -> int:
 
     if args.top_k < 1:
         raise HandCLIPError(f"--top-k must be >= 1 (got {args.top_k})")
+    if args.compare is not None and not args.report:
+        raise HandCLIPError("--compare chooses the report's comparison pages; give --report CASE.pdf with it")
     for flag, out in (("--html", args.html), ("--json", args.json), ("--report", args.report)):
         _check_output(flag, out)
     from ..preflight import require_file, require_folder
@@ -90,5 +95,5 @@ def run(args) -> int:
                        aspect=args.aspect, mirror_aspect=args.mirror_aspect, gallery_aspect=args.gallery_aspect,
                        report=args.report, case_id=args.case_id, threshold_lr=args.threshold_lr,
                        precision=args.precision, engine=args.engine, crop=args.crop, rotate=args.rotate,
-                       mirror=args.mirror, log=print)
+                       mirror=args.mirror, compare=args.compare, log=print)
     return 0

@@ -1,7 +1,8 @@
 """The case report of an evidential search: a PDF (reportlab) an examiner can read, file and sign.
 
 Per query: the photo with its exhibit name and its SHA-256 taken at intake, then the ranked candidates with thumbnails,
-scores, log10 likelihood ratios and their verbal equivalents. Then the propositions the LRs weigh (or
+scores, log10 likelihood ratios and their verbal equivalents. Then a comparison page for each candidate
+the examiner chose (the top 3 by default; ``handclip.gallery.case_compare``). Then the propositions the LRs weigh (or
 the statement that scores are not LRs), the identifiers of model, gallery and calibration, the audit
 record's seq and hash (``SEQ:HASH``, what ``handclip audit verify --expect`` checks later), a limitations
 paragraph and a signature block. Text is set in the DejaVu fonts matplotlib ships; the PDF's text can be
@@ -32,6 +33,7 @@ from ..pdfdoc import key_values as _key_values
 from ..pdfdoc import para as _para
 from ..pdfdoc import register_fonts as _register_fonts
 from ..pdfdoc import styles as _styles
+from .case_compare import ImagesOf, comparison_pages, comparison_ranks
 from .results import SearchResult, aspects_text, display_path, printable
 
 CASE_ID_LIMIT = 200
@@ -251,9 +253,10 @@ def _query_findings(query, search: SearchResult, styles, usable_mm: float, fonts
             *[part for paragraph in after for part in (Spacer(1, 2 * mm), paragraph)]]
 
 
-def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: float, fonts: dict) -> list:
+def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: float, fonts: dict,
+           comparisons: list) -> list:
     from reportlab.lib.units import mm
-    from reportlab.platypus import CondPageBreak, KeepTogether, Paragraph, Spacer
+    from reportlab.platypus import CondPageBreak, KeepTogether, PageBreak, Paragraph, Spacer
 
     created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     story = [Paragraph("HandCLIP case report: hand image search", styles["title"]),
@@ -276,6 +279,8 @@ def _story(search: SearchResult, case: str, examiner: str, styles, usable_mm: fl
         story += [Paragraph("Scores", styles["h2"]), _para(f"{search.statement} {SCORE_MEANING}", styles["body"])]
     for number in range(1, len(search.queries) + 1):
         story += _query_section(number, search, styles, usable_mm, fonts)
+    if comparisons:
+        story += [*comparisons, PageBreak()]
     return story + [
         CondPageBreak(70 * mm), Paragraph("Identifiers", styles["h2"]),
         _key_values(_identifiers(search, fonts), styles, [40 * mm, (usable_mm - 40) * mm]),
@@ -294,15 +299,19 @@ def _footer(search: SearchResult, case: str, font: str, width: float) -> str:
 
 
 def write_case_report(search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
-                      examiner: str | None = None) -> Path:
-    """Write the PDF (atomically) and return its path."""
+                      examiner: str | None = None, compare=None, images_of: ImagesOf | None = None) -> Path:
+    """Write the PDF (atomically) and return its path. ``compare``: the candidates that get a comparison
+    page (``case_compare.comparison_ranks``: the top 3 by default); ``images_of(identity)``: the
+    identity's enrolled images (path, SHA-256) for the strip under each comparison."""
     check_case_id(case_id)
+    ranks = comparison_ranks(compare, search.top_k)
     fonts = _register_fonts()
     styles = _styles(fonts)
     given = bool(case_id and case_id.strip())
     case = _clean(case_id, fonts, CASE_ID_LIMIT) if given else "(not given)"
     examiner = _clean(examiner or search.examiner or "(not given)", fonts)
-    story = _story(search, case, examiner, styles, usable_width_mm(), fonts)
+    comparisons = comparison_pages(search, ranks, images_of, styles, usable_width_mm(), fonts)
+    story = _story(search, case, examiner, styles, usable_width_mm(), fonts, comparisons)
     footer = _footer(search, case if given else "-", fonts["body"], footer_width_pt())
     return write_pdf(out_pdf, story, footer, fonts, title=f"HandCLIP case report {case_id or ''}".strip(),
                      author=examiner, subject="hand image search")

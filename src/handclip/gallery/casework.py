@@ -18,6 +18,7 @@ from ..forensic.audit_format import parse_anchor
 from ..forensic.audit_head import SIGNING_KEY_ENV, generate_key, load_public_key
 from ..forensic.calibration_checks import warn_in_sample
 from ..forensic.reading import DEFAULT_THRESHOLD_LR
+from .case_compare import comparison_ranks
 from .case_report import check_case_id
 from .enrol import EnrolSummary, check_images, collect_images
 from .html import write_search_html
@@ -107,7 +108,7 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
                    json=None, html=None, report=None, case_id: str | None = None,
                    threshold_lr: float = DEFAULT_THRESHOLD_LR, precision: str = "auto", engine: str = "torch",
                    crop=None, rotate=None, mirror: bool = False, aspect: str | None = None,
-                   mirror_aspect: bool = False, gallery_aspect: str | None = None,
+                   mirror_aspect: bool = False, gallery_aspect: str | None = None, compare=None,
                    log: Callable[[str], None] | None = None) -> SearchResult:
     """Search the gallery at ``index_dir`` for ``queries`` (one audit record) and write the outputs asked
     for: ``json`` (every candidate), ``html`` (a page with thumbnails) and ``report`` (the PDF case
@@ -117,12 +118,14 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
     ``rotate`` (degrees clockwise) and ``mirror`` prepare each query before it is searched
     (``data.query_transform``: the examiner's preparation, stored and hashed). ``aspect``, ``mirror_aspect``
     (the model compares the query as the other hand), ``gallery_aspect``: the hand aspects compared
-    (``ExaminerSession.search``). ``log`` receives the result's lines (``SearchResult.lines``) and how the
+    (``ExaminerSession.search``). ``compare``: the candidates that get a comparison page in the report
+    (``case_compare.comparison_ranks``: the top N, or ranks; the top 3 by default). ``log`` receives the result's lines (``SearchResult.lines``) and how the
     features were computed before any output is written, then one line per file written, so a failed write
     still leaves the results shown."""
     say = log or (lambda line: None)
     check_case_id(case_id)  # before the search is recorded: its report must be possible
     check_threshold_lr(threshold_lr)  # and before the model loads
+    comparison_ranks(compare, top_k)
     transform = QueryTransform.parse(crop, rotate, mirror)  # its box is held to each image by the search
     session = ExaminerSession.open(index_dir, checkpoint, calibration, device=device, examiner=examiner,
                                    precision=precision, engine=engine)
@@ -151,7 +154,7 @@ def search_gallery(index_dir: str | os.PathLike, queries: Sequence[str | os.Path
             aspects=aspects_text(search.aspects) if search.aspects else None))
         say(f"wrote {html}")
     if report:
-        _written("--report", report, lambda: session.report(search, report, case_id=case_id))
+        _written("--report", report, lambda: session.report(search, report, case_id=case_id, compare=compare))
         say(f"wrote {report} (SHA-256 {sha256_file(report)})")
     return search
 

@@ -288,14 +288,18 @@ class ExaminerSession:
 
     # ------------------------------------------------------------------ reports and the audit trail
     def report(self, search: SearchResult, out_pdf: str | os.PathLike, *, case_id: str | None = None,
-               examiner: str | None = None) -> Path:
+               examiner: str | None = None, compare=None) -> Path:
         """The case report (PDF) of ``search``, written atomically. Its texts are bounded and made safe
         first (``case_report.check_case_id`` refuses an unusable case id before anything is written); if
-        the PDF still cannot be made, a ``report`` record says so and the error names both records."""
+        the PDF still cannot be made, a ``report`` record says so and the error names both records.
+        ``compare``: the candidates that get a comparison page (``case_compare.comparison_ranks``), with
+        their other enrolled images from the newest gallery."""
+        from .case_compare import gallery_images_of
         from .case_report import write_case_report
 
         try:
-            return write_case_report(search, out_pdf, case_id=case_id, examiner=examiner or search.examiner)
+            return write_case_report(search, out_pdf, case_id=case_id, examiner=examiner or search.examiner,
+                                     compare=compare, images_of=gallery_images_of(self.snapshot()))
         except HandCLIPError as exc:
             error: BaseException = exc
         except Exception as exc:  # noqa: BLE001 - reportlab raises many types; the record must say so

@@ -1,8 +1,8 @@
 """The FastAPI application: REST endpoints under ``/api/v1``, the web page at ``/``.
 
-The endpoints live in three route groups, ``routes_search`` (search and case reports),
-``routes_gallery`` (enrolment, identities, thumbnails) and ``routes_cases`` (a case's searches and
-export); keys, roles, the Host check and the security headers in ``security``; error replies in
+The endpoints live in four route groups, ``routes_search`` (search and case reports),
+``routes_gallery`` (enrolment, identities, thumbnails), ``routes_cases`` (a case's searches and
+export) and ``routes_images`` (full-resolution images for the side-by-side comparison); keys, roles, the Host check and the security headers in ``security``; error replies in
 ``replies``. The OpenAPI schema (``/openapi.json``) declares the key schemes and every error status;
 there is no ``/docs`` page (it would load its script from a CDN).
 """
@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from . import routes_cases, routes_gallery, routes_search
+from . import routes_cases, routes_gallery, routes_images, routes_search
 from .limits import BodySizeLimit
 from .replies import install_error_handlers, responses
 from .security import LOOPBACK_NAMES, HostCheck, SecurityHeaders
@@ -36,6 +36,7 @@ def create_app(state: ServiceState, allowed_hosts=LOOPBACK_NAMES) -> FastAPI:
     app.include_router(routes_search.router)
     app.include_router(routes_gallery.router)
     app.include_router(routes_cases.router)
+    app.include_router(routes_images.router)
 
     @app.get("/api/v1/health", responses=responses(400))
     def health():

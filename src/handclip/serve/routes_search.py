@@ -18,6 +18,7 @@ from PIL import Image
 from ..data.query_transform import CROP_PATTERN, MAX_ANGLE, QueryTransform, oriented_size
 from ..errors import HandCLIPError
 
+from ..gallery.case_compare import COMPARE_PATTERN, comparison_ranks
 from ..gallery.case_report import CASE_ID_LIMIT, CASE_ID_PATTERN
 from ..gallery.results import display_path, exhibit_name
 from .keys import ApiKey
@@ -101,8 +102,10 @@ def search_answer(found, gallery) -> dict:
 @router.post("/api/v1/search", responses=responses(*UPLOAD),
              dependencies=[Depends(single("image", "top_k", "by", "index_type", "report", "case_id", "threshold_lr",
                                           "crop", "rotate", "mirror", "aspect", "mirror_aspect", "gallery_aspect",
+                                          "compare",
                                           typed=("top_k", "by", "index_type", "report", "threshold_lr", "crop",
-                                                 "rotate", "mirror", "aspect", "mirror_aspect", "gallery_aspect")))])
+                                                 "rotate", "mirror", "aspect", "mirror_aspect", "gallery_aspect",
+                                                 "compare")))])
 def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))],
            image: Annotated[UploadFile, File(description="the query hand photo (JPEG, PNG, WebP, BMP or TIFF)",
                                               json_schema_extra={"format": "binary"})],
@@ -124,26 +127,35 @@ def search(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiK
            aspect: Annotated[Aspect, Form(description="the query's hand aspect")] = None,
            mirror_aspect: Annotated[bool, Form(description="compare the query as the other hand: the model sees "
                                                            "it mirrored with the other side's aspect")] = False,
-           gallery_aspect: Annotated[Aspect, Form(description="the gallery aspect to search")] = None):
+           gallery_aspect: Annotated[Aspect, Form(description="the gallery aspect to search")] = None,
+           compare: Annotated[str, Form(max_length=80, pattern=COMPARE_PATTERN,
+                                        description="the report's comparison pages: N for the top N, or ranks "
+                                                    "such as 1,4 or 2-5; 0 for none (default: the top 3)")] = None):
     """Rank the gallery for one query photo; ``record`` and ``audit.anchor`` name the audit record it wrote.
     With ``report`` the case report is made and ``report`` is its URL. With a calibration, ``open_set``
     says whether any candidate's LR exceeds ``threshold_lr``, and each candidate's ``words`` give its
     numbers as a person reads them. ``crop``, ``rotate`` and ``mirror`` prepare the photo before it is
     searched (in that order, after its EXIF orientation); a box that leaves the image is refused with 422
     and nothing is recorded. ``aspect``, ``mirror_aspect`` and ``gallery_aspect``: the hand aspects
-    compared (docs/method.md, "Aspects of a hand")."""
+    compared (docs/method.md, "Aspects of a hand"). ``compare``: which candidates get a comparison page
+    in the report (query and candidate side by side); a rank beyond ``top_k`` is refused with 422."""
+    try:
+        comparison_ranks(compare, top_k, field="compare", top_field="top_k")
+    except HandCLIPError as exc:
+        return error(422, str(exc))
     upload = read_upload(image, state.limits)
     transform = query_transform(crop, rotate, mirror, upload)
     arguments = {"interface": "serve", "upload": upload.name, "top_k": top_k, "by": by,
                  "crop": crop, "rotate": rotate, "mirror": mirror,
                  "index_type": index_type, "calibration": state.calibration.path if state.calibration else None,
                  "report": report, "case_id": case_id, "threshold_lr": threshold_lr, "api_key": key.id,
-                 "aspect": aspect, "mirror_aspect": mirror_aspect, "gallery_aspect": gallery_aspect}
+                 "aspect": aspect, "mirror_aspect": mirror_aspect, "gallery_aspect": gallery_aspect,
+                 "compare": compare}
     found, gallery, report_id = state.search(upload, top_k=top_k, by=by, index_type=index_type, key=key,
                                              arguments=arguments, report=report, case_id=case_id,
                                              threshold_lr=threshold_lr, transform=transform,
                                              aspects={"aspect": aspect, "mirror_aspect": mirror_aspect,
-                                                      "gallery_aspect": gallery_aspect})
+                                                      "gallery_aspect": gallery_aspect}, compare=compare)
     out = search_answer(found, gallery)
     if report_id is not None:
         out["report"] = f"/api/v1/reports/{report_id}"

@@ -135,10 +135,11 @@ class ServiceState:
     # ------------------------------------------------------------------ search and reports
     def search(self, upload: Upload, *, top_k: int, by: str, index_type: str, key: ApiKey,
                arguments: dict, report: bool = False, case_id: str | None = None, threshold_lr: float = 1.0,
-               transform=None, aspects: dict | None = None):
+               transform=None, aspects: dict | None = None, compare=None):
         """One query through the session (audit record appended); with ``report`` the PDF too, stored
         under a new unguessable id for ``key``. Returns (search, gallery snapshot, report id or None).
-        ``aspects``: ``aspect``, ``mirror_aspect`` and ``gallery_aspect`` as ``ExaminerSession.search`` takes them."""
+        ``aspects``: ``aspect``, ``mirror_aspect`` and ``gallery_aspect`` as ``ExaminerSession.search`` takes them;
+        ``compare``: the report's comparison pages (``gallery.case_compare.comparison_ranks``)."""
         with self._uploads():
             query, _ = self._store(self.serve_dir / "queries", upload)
             found = self.session.search([query], top_k=top_k, by=by, index_type=index_type, examiner=key.name,
@@ -149,7 +150,7 @@ class ServiceState:
             report_id = secrets.token_hex(16)
             folder = self.serve_dir / "reports" / report_id
             pdf = self.session.report(found, folder / report_file_name(found.audit.seq, case_id), case_id=case_id,
-                                      examiner=key.name)
+                                      examiner=key.name, compare=compare)
             atomic_write_json(folder / "report.json", {"key_id": key.id, "record": found.audit.seq,
                                                        "record_hash": found.audit.hash, "file": pdf.name})
         return found, self.snapshot(), report_id

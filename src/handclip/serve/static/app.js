@@ -81,10 +81,14 @@ function statementBox(text) {
   return box;
 }
 
-function candidateItem(c, by) {
+// A candidate opens the side-by-side comparison (compare.js) when clicked, or by its Compare button.
+function candidateItem(c, found) {
+  const by = found.by;
   const li = document.createElement("li");
   li.className = "candidate";
   li.dataset.identity = c.identity;
+  li.dataset.rank = c.rank;
+  li.title = "click to compare with the query side by side";
   const rank = document.createElement("span");
   rank.className = "rank";
   rank.textContent = c.rank;
@@ -112,6 +116,15 @@ function candidateItem(c, by) {
     text.append(bound);
   }
   if (c.words && c.words.statement) text.append(statementBox(c.words.statement));
+  const compare = document.createElement("button");
+  compare.type = "button";
+  compare.className = "compare-button";
+  compare.textContent = "Compare side by side";
+  compare.addEventListener("click", (e) => { e.stopPropagation(); comparison.open(found, c, compare); });
+  text.append(compare);
+  li.addEventListener("click", (e) => {
+    if (!e.target.closest("details, button, a")) comparison.open(found, c, compare);
+  });
   li.append(rank, img, text);
   return li;
 }
@@ -119,7 +132,7 @@ function candidateItem(c, by) {
 // One search's answer on the page: a fresh search's, or one reopened from a case (cases.js).
 function showAnswer(found) {
   const list = $("candidates");
-  list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found.by)));
+  list.replaceChildren(...found.candidates.map((c) => candidateItem(c, found)));
   const hypotheses = found.propositions ? ` Hp: ${found.propositions.hp} Hd: ${found.propositions.hd}` : "";
   // The calibration line comes as text from the service (reading.calibration_note): the Cllr of the
   // score kind this search used, rounded as the PDF and the command line give it, and what Cllr means.
