@@ -62,7 +62,8 @@ def enrol(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKe
 def identities(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))]):
     gallery = state.snapshot()
     people = [{"identity": i, "images": len(gallery.rows_of_identity[i])} for i in gallery.identities()]
-    return {"identities": people, "images": len(gallery), "generation": gallery.commit_state["generation"]}
+    return {"identities": people, "images": len(gallery), "generation": gallery.commit_state["generation"],
+            "redacted": len(gallery.redacted), "can_redact": "enrol" in key.roles}
 
 
 @router.get("/api/v1/identities/{identity}", responses=responses(*AUTHED, 404))
