@@ -9,7 +9,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["redact", "reembed"],
                         help="redact: take an identity out of every search and listing (rows are kept, the audit "
-                             "log records it); reembed: enrol the gallery's images into a NEW gallery with --checkpoint")
+                             "log records it); reembed: enrol the gallery's images into a NEW gallery with "
+                             "--checkpoint")
     parser.add_argument("--index", required=True, help="the gallery directory")
     parser.add_argument("--identity", default=None, help="redact: the identity to redact")
     parser.add_argument("--reason", default=None, help="redact: why (kept in the gallery and its audit record)")

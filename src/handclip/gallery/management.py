@@ -90,7 +90,8 @@ def _reusable(old: GalleryReader) -> tuple[list[EnrolItem], list[dict]]:
         except OSError:
             digest = None
         if digest != entry["sha256"]:
-            reason = "file missing or unreadable" if digest is None else "file changed since enrolment (SHA-256 differs)"
+            reason = ("file missing or unreadable" if digest is None
+                      else "file changed since enrolment (SHA-256 differs)")
             left_out.append({"path": entry["path"], "identity": entry["identity"], "sha256": entry["sha256"],
                              "reason": reason})
             continue
@@ -122,10 +123,11 @@ def reembed_gallery(index_dir: str | os.PathLike, checkpoint: str | os.PathLike,
     arguments = arguments or {"index": str(source), "checkpoint": str(checkpoint), "out": str(out)}
     new = ExaminerSession.open(out, checkpoint, device=device, create=True, examiner=examiner, batch_size=batch_size)
     state = old.commit_state
+    old_head = {"seq": head.seq, "hash": head.hash} if head else None
     first = new.audit_log.append({
         "command": "reembed-from", "examiner": examiner, "arguments": arguments,
         "source": {"dir": str(source.resolve()), **{k: state[k] for k in GALLERY_STATE},
-                   "fingerprint": old.fingerprint, "audit_head": {"seq": head.seq, "hash": head.hash} if head else None},
+                   "fingerprint": old.fingerprint, "audit_head": old_head},
         "planned": len(items), "left_out": left_out})
     summary = new.enrol(items, examiner=examiner, arguments={**arguments, "reembed_from": first.anchor},
                         progress=progress)

@@ -32,7 +32,8 @@ def check_reason(reason) -> str:
     """A redaction's reason: non-empty text up to MAX_REASON characters (GalleryError otherwise)."""
     text = reason.strip() if isinstance(reason, str) else ""
     if not text or len(text) > MAX_REASON or "\0" in text:
-        raise GalleryError(f"a redaction needs a reason of 1-{MAX_REASON} characters (--reason), got {str(reason)[:60]!r}")
+        raise GalleryError(f"a redaction needs a reason of 1-{MAX_REASON} characters (--reason), "
+                           f"got {str(reason)[:60]!r}")
     return text
 
 

@@ -24,8 +24,8 @@ router = APIRouter()
 
 class RedactRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=2000, description="why the identity is redacted (kept in the "
-                                                                   "gallery and its audit record)")
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S",
+                        description="why the identity is redacted (kept in the gallery and its audit record)")
 
 
 @router.post("/api/v1/enrol", responses=responses(*UPLOAD),
