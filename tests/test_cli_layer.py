@@ -5,7 +5,8 @@ The rule, for every module of ``handclip/commands/`` (one per ``handclip`` comma
 - ``add_arguments(parser)`` declares the options. It may read option tables (choices, defaults) from
   light modules; building the parser must never load torch (checked below by running it).
 - ``run(args)`` checks and normalises the arguments, then calls exactly one public function of
-  ``handclip.api`` per action of the command (``audit`` and ``case`` have two actions, ``serve-keys`` three), and
+  ``handclip.api`` per action of the command (``audit``, ``case`` and ``gallery`` have two actions,
+  ``serve-keys`` three), and
   prints its result. ``api.load_config`` and ``api.demo_config`` may come first: they turn
   ``--config``/``--set`` into a ``Config``, the argument the action takes.
 - Outside ``add_arguments`` a command imports nothing of HandCLIP but ``handclip.api`` (inside
@@ -29,7 +30,8 @@ from handclip.cli import COMMANDS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "handclip"
 COMMAND_MODULES = sorted((PACKAGE / "commands").glob("[!_]*.py"))
-ACTIONS = {"audit": 2, "case": 2, "serve_keys": 3, "evaluate": 2}  # commands with sub-actions: one api function each
+# Commands with sub-actions: one api function each.
+ACTIONS = {"audit": 2, "case": 2, "gallery": 2, "serve_keys": 3, "evaluate": 2}
 NORMALISERS = {"load_config", "demo_config"}
 ALLOWED_HANDCLIP = {"handclip.errors", "handclip.config", "handclip.preflight"}
 ALLOWED_OTHERS = set(sys.stdlib_module_names) | {"__future__", "pydantic"}

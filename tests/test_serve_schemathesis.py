@@ -66,6 +66,7 @@ def api_schema(tmp_path_factory):
 
 OPERATIONS = [("POST", "/api/v1/search"), ("GET", "/api/v1/reports/{report_id}"), ("POST", "/api/v1/enrol"),
               ("GET", "/api/v1/identities"), ("GET", "/api/v1/identities/{identity}"),
+              ("POST", "/api/v1/identities/{identity}/redact"),
               ("GET", "/api/v1/images/{sha256}/thumbnail"), ("GET", "/api/v1/health"),
               ("GET", "/api/v1/cases/{case_id}/searches"), ("GET", "/api/v1/cases/{case_id}/searches/{record}"),
               ("GET", "/api/v1/cases/{case_id}/export"), ("GET", "/api/v1/images/{sha256}"),

@@ -43,6 +43,8 @@ package the first time it is used, so a workflow that never touches the model (`
     api.make_signing_key("/secure/heads.pem")                                    # Ed25519 key pair for signed heads
     api.list_case("cases/gallery", "2026/017").searches                          # a case's searches, from the log
     api.export_case("cases/gallery", "2026/017", "case.zip")                     # one bundle; sha256sum -c checks it
+    api.redact_identity("cases/gallery", "0042", "consent withdrawn")            # audited; search no longer shows it
+    api.reembed_gallery("cases/gallery", "new_model.pt", "cases/gallery-v2")     # same images, new model, linked logs
     session = api.ExaminerSession.open("cases/gallery", calibration="calibration.json")   # one session, many searches
     found = session.search(["evidence.jpg"], top_k=10)                           # found.queries[0].candidates
 
@@ -100,6 +102,7 @@ _export("gallery.casework", "enrol_images", "EnrolReport", "search_gallery", "ve
         "AuditRecords", "reanchor_audit", "make_signing_key", "SigningKeyFiles")
 _export("gallery.cases", "list_case", "CaseSearches")
 _export("gallery.case_bundle", "export_case", "CaseExport")
+_export("gallery.management", "redact_identity", "RedactReport", "reembed_gallery", "ReembedReport")
 
 _export("serve.service", "serve", "serve_app")
 _export("serve.keys", "add_api_key", "list_api_keys", "revoke_api_keys")
@@ -155,6 +158,7 @@ if TYPE_CHECKING:  # the same names, for type checkers, editors and the import-l
         verify_audit,
     )
     from .gallery.enrol import EnrolItem, collect_images
+    from .gallery.management import RedactReport, ReembedReport, redact_identity, reembed_gallery
     from .gallery.folder import Gallery
     from .gallery.reader import GalleryReader
     from .gallery.results import Candidate, QueryResult, SearchResult

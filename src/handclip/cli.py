@@ -32,6 +32,7 @@ COMMANDS = {
     "search": "rank a gallery's identities for query hand photos",
     "audit": "verify or show a gallery's hash-chained audit log",
     "export": "export a checkpoint's image features to ONNX (for ONNX Runtime and other engines)",
+    "gallery": "redact an identity, or re-encode a gallery with a new model into a new gallery",
     "case": "list a case's searches or export the case as one checked bundle",
     "demo": "run the whole pipeline on built-in synthetic hands",
     "serve": "run the examiner web service (REST API and web page) over a gallery",

@@ -101,6 +101,7 @@ def search_gallery(reader, vectors: np.ndarray, request: AspectRequest, top_k: i
     if request.gallery is None:
         return reader.search(vectors, top_k=top_k, by=by, index_type=index_type), reader.resolve_index_type(index_type)
     rows = np.flatnonzero(np.array([a == request.gallery for a in reader.aspect_of_row]))
+    rows = rows[~np.isin(rows, reader.excluded_rows)]  # redacted identities are never searched
     scores = np.asarray(vectors, np.float32) @ reader.indexes.exact_rows(rows).T
     build = _image_candidates if by == "image" else _identity_candidates
     return [build(reader, rows, s, int(top_k)) for s in scores], "flat"

@@ -15,6 +15,10 @@ gallery is held to the records:
   record saw was rolled back, and two different commits for one generation mean its history was
   rewritten; both are problems. An ``enrol-start`` with no ``enrol`` record after it is an enrolment
   that did not finish: a note saying how many of its images were committed.
+- redactions (``handclip.gallery.redaction``) agree with ``redact`` records: each identity the gallery
+  holds as redacted has one record with the same reason and row count whose rows are that identity's
+  rows, and each record's identity is still redacted (a redaction that vanished was rolled back or
+  edited out). A redacted identity's rows stay attributed to their enrolment records.
 """
 
 from __future__ import annotations
@@ -64,16 +68,29 @@ class _GalleryRecord(BaseModel):
     results: _Added | list | None = None
 
 
+class _Redact(BaseModel):
+    """The fields of a ``redact`` record."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    gallery: _State
+    gallery_after: _State
+    identity: _Text
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    rows: list[_Row] = Field(min_length=1)
+
+
 def _checked(records: list[dict], result: VerifyResult) -> list[dict]:
     """The records whose gallery fields are well-formed; each malformed one is a problem naming it."""
     good = []
     for record in records:
-        if record.get("command") not in ("enrol", "enrol-start", "search"):
+        if record.get("command") not in ("enrol", "enrol-start", "search", "redact"):
             continue
         try:
             _GalleryRecord.model_validate(record)
             if record["command"] == "enrol":
                 _Added.model_validate(record.get("results"))
+            if record["command"] == "redact":
+                _Redact.model_validate(record)
         except ValidationError as exc:
             result.problems.append(AuditProblem(f"record {record['seq']} is not a {record['command']} record HandCLIP "
                                                 f"writes ({first_error(exc)})", record["seq"]))
@@ -155,6 +172,28 @@ def _check_generations(gallery: GalleryReader, records: list[dict], result: Veri
                                             f"from a backup", newest[0]))
 
 
+def _check_redactions(gallery: GalleryReader, records: list[dict], result: VerifyResult) -> None:
+    redacts = {r["identity"]: r for r in records if r["command"] == "redact"}
+    entries = gallery.entries(0) if gallery.redactions else []
+    for redaction in gallery.redactions:
+        identity = redaction["identity"]
+        record = redacts.pop(identity, None)
+        if record is None:
+            result.problems.append(AuditProblem(f"identity {identity[:140]!r} is redacted in the gallery but no redact "
+                                                f"record names it: the redaction was made outside HandCLIP or its "
+                                                f"record was removed"))
+            continue
+        held = {(entries[r]["path"], entries[r]["sha256"]) for r in gallery.rows_of_identity[identity]}
+        named = {(row["path"], row["sha256"]) for row in record["rows"]}
+        if record["reason"] != redaction["reason"] or len(record["rows"]) != redaction["rows"] or named != held:
+            result.problems.append(AuditProblem(f"record {record['seq']} redacts {identity[:140]!r} with another "
+                                                f"reason or other rows than the gallery's redaction", record["seq"]))
+    for identity, record in redacts.items():
+        result.problems.append(AuditProblem(f"record {record['seq']} redacted {identity[:140]!r} but the gallery no "
+                                            f"longer holds that redaction: it was rolled back or edited out",
+                                            record["seq"]))
+
+
 def verify_gallery_audit(index_dir: str | os.PathLike, check_files: bool = True, *, expect=(),
                          public_key: bytes | None = None) -> VerifyResult:
     """The audit log's own checks, plus the gallery's files, row attribution and commit generations."""
@@ -170,5 +209,6 @@ def verify_gallery_audit(index_dir: str | os.PathLike, check_files: bool = True,
     records = _checked(log.readable_records(), result)
     _check_rows(gallery, records, result)
     _check_generations(gallery, records, result)
+    _check_redactions(gallery, records, result)
     result.problems.sort(key=lambda p: (p.record if p.record is not None else 1 << 62))
     return result

@@ -63,7 +63,7 @@ class Gallery:
 
     def __repr__(self) -> str:
         return f"Gallery({str(self._reader.index_dir)!r}, images={len(self)}, " \
-               f"identities={len(self._reader.rows_of_identity)})"
+               f"identities={len(self._reader.identities())})"
 
     # ------------------------------------------------------------------ changing the gallery
     def _writing(self) -> GalleryWriter:
@@ -84,6 +84,14 @@ class Gallery:
         writer = self._writing()
         try:
             writer.compact()
+        finally:
+            self._reader = writer.reader
+
+    def redact(self, identity: str, reason: str, examiner: str | None = None) -> dict:
+        """Commit a redaction of ``identity`` (see ``GalleryWriter.redact``); returns it as committed."""
+        writer = self._writing()
+        try:
+            return writer.redact(identity, reason, examiner)
         finally:
             self._reader = writer.reader
 

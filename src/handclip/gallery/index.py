@@ -45,6 +45,25 @@ def _checked_queries(queries, dim: int) -> np.ndarray:
     return np.ascontiguousarray(queries / norms)
 
 
+def _without_rows(excluded: np.ndarray):
+    """faiss search parameters that leave out ``excluded`` rows (redacted identities), or None."""
+    if not len(excluded):
+        return None
+    import faiss
+
+    selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))
+    params = faiss.SearchParameters(sel=selector)
+    params._keep = selector  # the parameters hold a raw pointer: keep the selector alive with them
+    return params
+
+
+def _masked(rows: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """An approximate shortlist with the ``excluded`` rows replaced by -1 (read as "no hit")."""
+    if len(excluded):
+        rows = np.where(np.isin(rows, excluded), -1, rows)
+    return rows
+
+
 class SearchIndexes:
     """Exact and approximate search over one reader's generation."""
 
@@ -132,19 +151,23 @@ class SearchIndexes:
         if int(top_k) < 1:
             raise GalleryError(f"top_k must be at least 1, got {top_k}")
         queries = _checked_queries(queries, reader.dim)
+        excluded = reader.excluded_rows
+        if len(excluded) == len(reader):
+            raise GalleryError(f"every identity of gallery {reader.index_dir} is redacted; nothing is left to search")
         kind = self.resolve_index_type(index_type)
         n, top_k = len(reader), int(top_k)
         if kind == "flat":
             index = self.flat()
+            params = _without_rows(excluded)
             if by == "image":
-                scores, rows = index.search(queries, min(top_k, n))
+                scores, rows = index.search(queries, min(top_k, n - len(excluded)), params=params)
                 return [self._image_candidates(s, r) for s, r in zip(scores, rows)]
-            shortlist = lambda q, depth: index.search(q, depth)[1]  # noqa: E731
+            shortlist = lambda q, depth: index.search(q, depth, params=params)[1]  # noqa: E731
             first_depth = 0
         else:
             index = self.ann.index(kind)
             first_depth = int(self.ann.params[kind].shortlist) * top_k
-            shortlist = lambda q, depth: self.ann.shortlist(kind, index, q, depth)  # noqa: E731
+            shortlist = lambda q, depth: _masked(self.ann.shortlist(kind, index, q, depth), excluded)  # noqa: E731
             if by == "image":
                 rows = shortlist(queries, min(n, max(top_k, first_depth)))
                 return [self._image_candidates(*self.expand_and_score(q, r, top_k)) for q, r in zip(queries, rows)]
@@ -157,7 +180,7 @@ class SearchIndexes:
         """Image shortlists deep enough to hold ``top_k`` distinct people, deepened in batches over the
         queries that still lack them (a person with many close images can fill the first hits alone)."""
         reader = self.reader
-        n, people = len(reader), len(reader.rows_of_identity)
+        n, people = len(reader), len(reader.identities())
         wanted = min(top_k, people)
         per_identity = -(-n // people)  # mean images per person, rounded up
         depth = min(n, max(first_depth, top_k * max(4, 2 * per_identity)))

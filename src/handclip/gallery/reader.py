@@ -33,6 +33,7 @@ from ..errors import GalleryError
 from ..model.fingerprint import fingerprint_differences
 from .index import SearchIndexes
 from .metadata import COMMIT_FILE, GALLERY_FILE, Shard, check_info, parse_commit, read_json
+from .redaction import parse_redactions
 from .rows import RowTable
 from .shards import ShardSet, ShardVanished, read_metadata
 
@@ -52,6 +53,7 @@ def _read_generation(index_dir: Path, info: dict, verify: bool) -> tuple[dict, S
             try:
                 rows = RowTable.from_entries(e for shard in shards
                                              for e in read_metadata(index_dir, shard, COMMIT_FILE))
+                parse_redactions(commit, path, rows.rows_of_identity)  # a hand-edited list is refused here
             except BaseException:
                 shard_set.close()
                 raise
@@ -85,6 +87,8 @@ class GalleryReader:
         self._commit = dict(commit)
         self._shards = shards
         self._rows = rows
+        self._redactions = parse_redactions(self._commit, self.index_dir / COMMIT_FILE, rows.rows_of_identity)
+        self._excluded: np.ndarray | None = None
         self.threads = threads
         self._indexes = indexes.handed_to(self) if indexes is not None else None
 
@@ -173,7 +177,7 @@ class GalleryReader:
         return len(self._rows)
 
     def __repr__(self) -> str:
-        return f"GalleryReader({str(self.index_dir)!r}, images={len(self)}, identities={len(self.rows_of_identity)})"
+        return f"GalleryReader({str(self.index_dir)!r}, images={len(self)}, identities={len(self.identities())})"
 
     @property
     def path_of_row(self) -> tuple[str, ...]:
@@ -197,8 +201,27 @@ class GalleryReader:
         return list(self._rows.paths)
 
     def identities(self) -> list[str]:
-        """Enrolled identities, sorted."""
-        return sorted(self._rows.rows_of_identity)
+        """Enrolled identities that are not redacted, sorted."""
+        redacted = self.redacted
+        return sorted(i for i in self._rows.rows_of_identity if i not in redacted)
+
+    @property
+    def redactions(self) -> list[dict]:
+        """This generation's redactions (``handclip.gallery.redaction``), oldest first (copies)."""
+        return [dict(r) for r in self._redactions]
+
+    @property
+    def redacted(self) -> frozenset:
+        """The redacted identities: their rows stay in the gallery but no search or listing shows them."""
+        return frozenset(r["identity"] for r in self._redactions)
+
+    @property
+    def excluded_rows(self) -> np.ndarray:
+        """The rows of redacted identities, sorted (int64; empty when nothing is redacted)."""
+        if self._excluded is None:
+            by_identity = self._rows.rows_of_identity
+            self._excluded = np.array(sorted(r for i in self.redacted for r in by_identity[i]), dtype=np.int64)
+        return self._excluded
 
     def images_of(self, identity: str) -> list[str]:
         return [self._rows.paths[r] for r in self._rows.rows_of_identity.get(str(identity), ())]

@@ -4,7 +4,9 @@ One record per search: what was asked, with which model, gallery state and calib
 (with their SHA-256) and what came out. Two per enrolment: ``enrol-start`` before the first batch is
 committed, naming every image the enrolment plans to add (path, identity, SHA-256), so that each row a
 killed enrolment committed is still attributed to a record; then ``enrol`` when it ends, with the
-images it added, those it left out and those already enrolled under another identity. A case report
+images it added, those it left out and those already enrolled under another identity. A ``redact`` record
+follows each redaction commit (``handclip.gallery.redaction``), naming the identity, the reason and every
+row it takes out of search; ``reembed`` records link a gallery and the one re-encoded from it. A case report
 that could not be made after its search was recorded gets a ``report`` record saying so.
 ``handclip.gallery.audit_check`` reads them back against the gallery.
 """
@@ -90,3 +92,14 @@ def validation_record(summary: dict, report_folder, examiner: str | None, argume
     return {"command": "validate", "examiner": examiner, "arguments": arguments or {},
             "files": files, "report_folder": str(report_folder), "decision": summary["decision"],
             "population": summary["population"]}
+
+
+def redact_record(before: GalleryReader, after: GalleryReader, redaction: dict, examiner: str | None,
+                  arguments: dict | None) -> dict:
+    """The record of a redaction commit: the identity, the reason and every row (path, SHA-256) it excludes."""
+    identity = redaction["identity"]
+    rows = [{"path": e["path"], "identity": identity, "sha256": e["sha256"]}
+            for e in after.entries(0) if e["identity"] == identity]
+    return {"command": "redact", "examiner": examiner, "arguments": arguments or {},
+            "gallery": {"dir": str(before.index_dir.resolve()), **_state(before)}, "gallery_after": _state(after),
+            "identity": identity, "reason": redaction["reason"], "rows": rows}

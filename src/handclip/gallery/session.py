@@ -37,8 +37,9 @@ from .folder import Gallery
 from .metadata import COMMIT_FILE, GALLERY_FILE
 from .reader import GalleryReader
 from .audit_check import verify_gallery_audit
-from .records import (enrol_record, enrol_start_record, model_record, report_failed_record, search_record,
-                      validation_record)
+from .records import (enrol_record, enrol_start_record, model_record, redact_record, report_failed_record,
+                      search_record, validation_record)
+from .redaction import check_not_redacted, check_reason
 from .results import SCORE_DEFINITIONS, QueryResult, SearchResult, exhibit_name
 from .writer import GalleryWriter
 
@@ -186,6 +187,7 @@ class ExaminerSession:
         with self._write_lock:
             gallery = Gallery.open(self.index_dir)
             before = gallery.reader
+            check_not_redacted((item.identity for item in items), before.redacted, self.index_dir)
             started: list[int] = []
 
             def start(planned) -> None:
@@ -207,6 +209,22 @@ class ExaminerSession:
                                   started[0] if started else None)
             summary.audit = self.audit_log.append(record)
         return summary
+
+    def redact(self, identity: str, reason: str, *, examiner: str | None = None,
+               arguments: dict | None = None) -> AuditRef:
+        """Redact ``identity`` (``handclip.gallery.redaction``): commit the tombstone, then append the ``redact``
+        record naming every row it takes out of search; returns that record. Needs no model."""
+        reason = check_reason(reason)
+        examiner = examiner or self.examiner
+        with self._write_lock:
+            gallery = Gallery.open(self.index_dir)
+            before = gallery.reader
+            redaction = gallery.redact(identity, reason, examiner)
+            ref = self.audit_log.append(redact_record(before, gallery.reader, redaction, examiner, arguments))
+            if self._snapshot is not None:
+                with self._snapshot_lock:
+                    self._reload()
+        return ref
 
     # ------------------------------------------------------------------ search
     def search(self, queries: Sequence[str | os.PathLike], *, top_k: int = 10, by: str = "identity",

@@ -33,6 +33,7 @@ from ..errors import GalleryError
 from ..forensic.audit import AUDIT_FILE
 from .metadata import COMMIT_FILE, FORMAT_NAME, FORMAT_VERSION, GALLERY_FILE, Shard, read_json
 from .reader import GalleryReader
+from .redaction import REDACTIONS, check_not_redacted, check_reason
 from .shards import SHARD_DIR, checked_embeddings, delete_shard, remove_orphans, shard_files, write_shard
 
 LOCK_FILE = ".lock"
@@ -241,6 +242,7 @@ class GalleryWriter:
                 raise GalleryError(f"add() needs non-empty paths, identities and hashes without NUL, "
                                    f"got {entry!r:.200}")
         with self._locked():
+            check_not_redacted((e["identity"] for e in entries), self._reader.redacted, self.index_dir)
             keep, seen = [], set()
             for i, file_hash in enumerate(file_hashes):
                 if not self._reader.contains(file_hash) and file_hash not in seen:
@@ -269,11 +271,29 @@ class GalleryWriter:
         commit["next_shard"] = number + 1
         return f"{number:06d}"
 
+    def redact(self, identity: str, reason: str, examiner: str | None = None) -> dict:
+        """Commit a redaction of ``identity`` (``handclip.gallery.redaction``): no row is removed; returns
+        the redaction as committed. An identity that is not enrolled, or already redacted, is refused."""
+        reason = check_reason(reason)
+        with self._locked():
+            rows = self._reader.rows_of_identity.get(str(identity))
+            if rows is None:
+                raise GalleryError(f"identity {str(identity)[:140]!r} is not enrolled in gallery {self.index_dir}")
+            if identity in self._reader.redacted:
+                raise GalleryError(f"identity {identity[:140]!r} is already redacted in gallery {self.index_dir}")
+            redaction = {"identity": identity, "reason": reason, "examiner": examiner, "rows": len(rows)}
+            commit = self._reader.commit
+            commit[REDACTIONS] = [*self._reader.redactions, redaction]
+            self._commit(commit, self._reader.shards)
+        return redaction
+
     def _commit(self, commit: dict, shards: list[Shard], added: list[dict] = ()) -> None:
-        """Write commit.json listing ``shards`` (the commit point) and move to its reader."""
+        """Write commit.json listing ``shards`` (the commit point) and move to its reader. Redactions
+        are carried from ``commit`` (every later commit keeps them)."""
+        redactions = commit.get(REDACTIONS) or []
         commit = {"uid": self._reader.uid, "generation": self._reader.generation + 1,
                   "rows": sum(s.rows for s in shards), "next_shard": commit["next_shard"],
-                  "shards": [s.as_dict() for s in shards]}
+                  "shards": [s.as_dict() for s in shards], **({REDACTIONS: redactions} if redactions else {})}
         atomic_write_json(self.index_dir / COMMIT_FILE, commit)
         self._reader = self._reader.after_commit(commit, shards, added)
 

@@ -42,7 +42,7 @@ def create_app(state: ServiceState, allowed_hosts=LOOPBACK_NAMES) -> FastAPI:
     def health():
         gallery = state.snapshot()
         return {"status": "ok", "version": __version__, "images": len(gallery),
-                "identities": len(gallery.rows_of_identity), "generation": gallery.commit_state["generation"],
+                "identities": len(gallery.identities()), "generation": gallery.commit_state["generation"],
                 "calibrated": state.calibration is not None}
 
     @app.get("/", include_in_schema=False)

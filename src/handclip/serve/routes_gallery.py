@@ -1,4 +1,5 @@
-"""Enrolment and browsing the gallery: ``POST /api/v1/enrol``, the identities and image thumbnails."""
+"""Enrolment and browsing the gallery: ``POST /api/v1/enrol``, the identities and image thumbnails, and
+redacting an identity (``POST /api/v1/identities/{identity}/redact``, enrol role)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import io
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..gallery.results import display_path
 from .keys import ApiKey
@@ -18,6 +20,12 @@ from .state import ServiceState
 
 IDENTITY = "^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$"  # also in the schema, so clients and fuzzers know it
 router = APIRouter()
+
+
+class RedactRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S",
+                        description="why the identity is redacted (kept in the gallery and its audit record)")
 
 
 @router.post("/api/v1/enrol", responses=responses(*UPLOAD),
@@ -54,7 +62,8 @@ def enrol(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKe
 def identities(state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("search"))]):
     gallery = state.snapshot()
     people = [{"identity": i, "images": len(gallery.rows_of_identity[i])} for i in gallery.identities()]
-    return {"identities": people, "images": len(gallery), "generation": gallery.commit_state["generation"]}
+    return {"identities": people, "images": len(gallery), "generation": gallery.commit_state["generation"],
+            "redacted": len(gallery.redacted), "can_redact": "enrol" in key.roles}
 
 
 @router.get("/api/v1/identities/{identity}", responses=responses(*AUTHED, 404))
@@ -62,13 +71,32 @@ def identity(identity: str, state: Annotated[ServiceState, Depends(service)],
              key: Annotated[ApiKey, Depends(require("search"))]):
     gallery = state.snapshot()
     rows = gallery.rows_of_identity.get(identity)
-    if rows is None:
-        return error(404, f"identity {identity[:140]!r} is not enrolled in this gallery")
+    if rows is None or identity in gallery.redacted:
+        return error(404, f"identity {identity[:140]!r} is not enrolled in this gallery"
+                          + (" (it was redacted)" if rows is not None else ""))
     paths = [gallery.path_of_row[r] for r in rows]
     hashes = gallery.file_hashes(paths)
     images = [{"name": display_path(p, identity, gallery.index_dir), "sha256": hashes.get(p),
                "thumbnail": thumbnail_url(hashes.get(p))} for p in paths]
     return {"identity": identity, "images": images}
+
+
+@router.post("/api/v1/identities/{identity}/redact", responses=responses(*AUTHED, 404, 409, 422))
+def redact(identity: Annotated[str, Path(min_length=1, max_length=4096)], request: Annotated[RedactRequest, Body()],
+           state: Annotated[ServiceState, Depends(service)], key: Annotated[ApiKey, Depends(require("enrol"))]):
+    """Redact an identity: its photos stay in the append-only gallery but no search, listing or thumbnail shows
+    them again, and it cannot be enrolled again; the ``redact`` audit record names the reason and every photo."""
+    gallery = state.snapshot()
+    if identity not in gallery.rows_of_identity:
+        return error(404, f"identity {identity[:140]!r} is not enrolled in this gallery")
+    if not request.reason.strip():
+        return error(422, "the reason must not be blank")
+    arguments = {"interface": "serve", "identity": identity, "reason": request.reason, "api_key": key.id}
+    record = state.session.redact(identity, request.reason, examiner=key.name, arguments=arguments)
+    after = state.snapshot()
+    return {"identity": identity, "images": len(after.rows_of_identity[identity]),
+            "identities_left": len(after.identities()), "generation": after.commit_state["generation"],
+            "record": record.seq, "record_hash": record.hash, "anchor": record.anchor}
 
 
 @router.get("/api/v1/images/{sha256}/thumbnail", response_class=Response,

@@ -79,8 +79,11 @@ class ServiceState:
 
     def image_path(self, sha256: str) -> tuple[str, str] | None:
         """(path, identity) of the enrolled image with this SHA-256, if any."""
-        found = self.snapshot().enrolled_as(sha256)
-        return None if found is None else (found[1], found[0])
+        gallery = self.snapshot()
+        found = gallery.enrolled_as(sha256)
+        if found is None or found[0] in gallery.redacted:  # a redacted identity's photos are not served
+            return None
+        return found[1], found[0]
 
     # ------------------------------------------------------------------ stored uploads
     @contextlib.contextmanager
