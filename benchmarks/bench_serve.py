@@ -126,6 +126,7 @@ def main() -> None:
     from handclip.synthetic.dataset import write_synthetic_dataset
     from handclip.synthetic.render import render_hand
     from handclip.gallery.enrol import collect_images
+    from handclip.gallery.folder import Gallery
     from handclip.gallery.session import ExaminerSession
     from handclip.serve.keys import KeyStore
 
