@@ -4,17 +4,9 @@ README's quick start report."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from browser_helpers import chromium, skip_without_chromium
 
-import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-import playwright.sync_api as playwright_api  # noqa: E402
-
-# `make test` installs chromium, so under CI a missing browser is a failure, not a skip.
-if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
-    pytest.skip(f"{CHROMIUM} is not installed (`make test` installs Debian's chromium)", allow_module_level=True)
+skip_without_chromium()
 
 from handclip.evaluate.forensic import ForensicResult  # noqa: E402
 from handclip.evaluate.forensic_report import bands_table  # noqa: E402
@@ -41,19 +33,15 @@ def test_report_tables_fit_a_1280_pixel_window(tmp_path):
              "checkpoint": "/runs/mine/best.pt", "checkpoint_sha256": "cd" * 32}
     out = html_report(tmp_path / "report.html", "Evaluation on folder my_hands_2026 (my_hands_2026.csv)",
                       markdown_table(rows), tables={"Verification": reasons, "LR bands": bands}, files=files)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-            page.goto(out.as_uri())
-            width, beyond = _overflow(page)
-            assert width <= WIDTH and beyond == []
-            assert page.title() == "Evaluation on folder my_hands_2026 (my_hands_2026.csv)"
-            verbal = page.locator("td.text").first.bounding_box()
-            assert verbal["height"] > 20  # the ENFSI sentences wrap onto two lines rather than widen the table
-            assert page.locator("text=" + "ab" * 32).count() == 1
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+        page.goto(out.as_uri())
+        width, beyond = _overflow(page)
+        assert width <= WIDTH and beyond == []
+        assert page.title() == "Evaluation on folder my_hands_2026 (my_hands_2026.csv)"
+        verbal = page.locator("td.text").first.bounding_box()
+        assert verbal["height"] > 20  # the ENFSI sentences wrap onto two lines rather than widen the table
+        assert page.locator("text=" + "ab" * 32).count() == 1
 
 
 def test_the_old_unwrapped_tables_would_have_run_off_screen(tmp_path):
@@ -62,12 +50,8 @@ def test_the_old_unwrapped_tables_would_have_run_off_screen(tmp_path):
     out = html_report(tmp_path / "report.html", "t", bands)
     html = out.read_text(encoding="utf-8").replace("white-space:normal", "white-space:nowrap")
     out.write_text(html, encoding="utf-8")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-            page.goto(out.as_uri())
-            width, beyond = _overflow(page)
-            assert beyond or width > WIDTH
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+        page.goto(out.as_uri())
+        width, beyond = _overflow(page)
+        assert beyond or width > WIDTH
