@@ -4,6 +4,8 @@ into a gallery, API keys, and a calibration for that model."""
 from __future__ import annotations
 
 import io
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,29 @@ def add_keys(index: Path) -> dict:
     store = KeyStore(index)
     return {"search": store.add("Searcher", ["search"])[0], "enrol": store.add("Enroller", ["enrol"])[0],
             "both": store.add("A. Examiner", ["search", "enrol"])[0]}
+
+
+def auth(key: str) -> dict:
+    """The request headers that present API key ``key``."""
+    return {"X-API-Key": key}
+
+
+@contextmanager
+def reviewed_service(assets: dict, master_gallery: Path, folder: Path):
+    """A test client of the service over a copy of ``master_gallery`` in ``folder`` with the calibration of
+    ``assets``: (client, keys, index), the keys of ``add_keys`` and a ``review`` key."""
+    from fastapi.testclient import TestClient
+
+    from handclip.serve.app import create_app
+    from handclip.serve.keys import KeyStore
+    from handclip.serve.state import ServiceState
+
+    index = Path(shutil.copytree(master_gallery, folder / "gallery"))
+    keys = add_keys(index)
+    keys["review"] = KeyStore(index).add("Reviewer", ["search", "review"])[0]
+    state = ServiceState(index, calibration=str(assets["calibration"]), device="cpu", batch_size=2)
+    with TestClient(create_app(state), base_url="http://localhost") as client:
+        yield client, keys, index
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from serve_helpers import IDENTITY_CLLR, IMAGE_CLLR, add_keys, enrolled_gallery, make_assets, png_bytes
+from serve_helpers import IDENTITY_CLLR, IMAGE_CLLR, add_keys, auth, enrolled_gallery, make_assets, png_bytes
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -44,9 +44,6 @@ def service(assets, master_gallery, tmp_path):
     with TestClient(create_app(state), base_url="http://localhost") as client:
         yield client, keys, index, state
 
-
-def auth(key: str) -> dict:
-    return {"X-API-Key": key}
 
 
 def upload(path: Path):

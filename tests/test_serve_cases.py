@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from serve_helpers import add_keys, enrolled_gallery, make_assets
-
-from fastapi.testclient import TestClient
+from serve_helpers import auth, enrolled_gallery, make_assets, reviewed_service
 
 from handclip.forensic.audit import AuditLog
-from handclip.serve.app import create_app
 from handclip.serve.keys import KeyStore
-from handclip.serve.state import ServiceState
 
 CASE = "2026/017"
 
@@ -36,16 +31,8 @@ def master_gallery(assets, tmp_path_factory):
 
 @pytest.fixture
 def service(assets, master_gallery, tmp_path):
-    index = Path(shutil.copytree(master_gallery, tmp_path / "gallery"))
-    keys = add_keys(index)
-    keys["review"] = KeyStore(index).add("Reviewer", ["search", "review"])[0]
-    state = ServiceState(index, calibration=str(assets["calibration"]), device="cpu", batch_size=2)
-    with TestClient(create_app(state), base_url="http://localhost") as client:
-        yield client, keys, index
-
-
-def auth(key: str) -> dict:
-    return {"X-API-Key": key}
+    with reviewed_service(assets, master_gallery, tmp_path) as served:
+        yield served
 
 
 def search(client, key: str, path: Path, case_id: str | None, report: bool = False) -> dict:

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_helpers import add_keys, enrolled_gallery, make_assets
+from serve_helpers import add_keys, auth, enrolled_gallery, make_assets, reviewed_service
 
 from handclip.atomic import sha256_bytes, sha256_file
 from handclip.forensic.audit import AuditLog
 from handclip.serve.app import create_app
-from handclip.serve.keys import KeyStore
 from handclip.serve.limits import Limits
 from handclip.serve.state import ServiceState
 
@@ -34,16 +33,8 @@ def master_gallery(assets, tmp_path_factory):
 
 @pytest.fixture
 def service(assets, master_gallery, tmp_path):
-    index = Path(shutil.copytree(master_gallery, tmp_path / "gallery"))
-    keys = add_keys(index)
-    keys["review"] = KeyStore(index).add("Reviewer", ["search", "review"])[0]
-    state = ServiceState(index, calibration=str(assets["calibration"]), device="cpu", batch_size=2)
-    with TestClient(create_app(state), base_url="http://localhost") as client:
-        yield client, keys, index
-
-
-def auth(key: str) -> dict:
-    return {"X-API-Key": key}
+    with reviewed_service(assets, master_gallery, tmp_path) as served:
+        yield served
 
 
 def search(client, key: str, path: Path, **fields) -> dict:

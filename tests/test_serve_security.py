@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import add_keys, enrolled_gallery, make_assets, png_bytes
+from serve_helpers import add_keys, auth, enrolled_gallery, make_assets, png_bytes
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -54,9 +54,6 @@ def service(assets, master, tmp_path):
     with TestClient(create_app(state), base_url="http://localhost") as client:
         yield client, keys, index
 
-
-def auth(key: str) -> dict:
-    return {"X-API-Key": key}
 
 
 def _photo(assets, identity="0001", n=0) -> bytes:
