@@ -29,16 +29,16 @@ machine; ``--full`` uses the demo config as is. The script continues where a pre
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from handclip.atomic import atomic_write_json, atomic_write_text
+from _ablation_common import ablation_arguments, measure_variants
+
+from handclip.atomic import atomic_write_text
 from handclip.data.manifest import Manifest
 from handclip.evaluate.protocol import evaluate_manifest
 from handclip.forensic.verification import equal_error_rate, roc_points, split_pairs
@@ -135,30 +135,11 @@ def paired(results: dict, baseline: str, key: str = "rank1") -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--full", action="store_true", help="the demo config as is (slow on 2 cores)")
-    parser.add_argument("--variants", nargs="+", choices=range(len(VARIANTS)), type=int,
-                        default=list(range(len(VARIANTS))))
-    args = parser.parse_args(argv)
+    args = ablation_arguments(__doc__.splitlines()[0], VARIANTS, argv)
     out = Path(args.out)
-    results_file = out / "ablation.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    names = list(VARIANTS)
-    for seed in args.seeds:
-        for index in args.variants:
-            name = names[index]
-            done = results.setdefault(name, [])
-            if any(r["seed"] == seed for r in done):
-                continue  # already measured (the script can be rerun to continue)
-            overrides = ([] if args.full else SHRUNK) + VARIANTS[name] + [f"seed={seed}", f"data.split_seed={seed}"]
-            started = time.perf_counter()
-            done.append({"seed": seed, **run_variant(out / f"v{index}_s{seed}", overrides)})
-            atomic_write_json(results_file, results)
-            print(f"{name} seed {seed}: rank-1 {done[-1]['rank1']:.4f}, EER {done[-1]['eer']:.4f} "
-                  f"in {time.perf_counter() - started:.0f}s", flush=True)
-    ordered = {name: results[name] for name in names if results.get(name)}
+    results = measure_variants(args, VARIANTS, SHRUNK, run_variant,
+                               lambda r: f"rank-1 {r['rank1']:.4f}, EER {r['eer']:.4f}")
+    ordered = {name: results[name] for name in VARIANTS if results.get(name)}
     report = (table(ordered) + "\n\n" + "\n".join(separations(ordered) + separations(ordered, "eer")
                                                   + paired(ordered, BASELINE) + paired(ordered, BASELINE, "eer")) + "\n")
     atomic_write_text(out / "ablation.md", report)

@@ -14,14 +14,13 @@ The pretrained weights are computed once and read from the cache by every later 
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from handclip.atomic import atomic_write_json, atomic_write_text
+from _ablation_common import ablation_arguments, measure_variants
+
+from handclip.atomic import atomic_write_text
 from handclip.workflows.demo import demo_config, run_demo
 
 VARIANTS = {
@@ -69,30 +68,12 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--full", action="store_true", help="the demo config as is (slow on 2 cores)")
-    parser.add_argument("--variants", nargs="+", choices=range(len(VARIANTS)), type=int,
-                        default=list(range(len(VARIANTS))))
-    args = parser.parse_args(argv)
+    args = ablation_arguments(__doc__.splitlines()[0], VARIANTS, argv)
     out = Path(args.out)
-    results_file = out / "ablation.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    names = list(VARIANTS)
-    for seed in args.seeds:
-        for index in args.variants:
-            name = names[index]
-            done = results.setdefault(name, [])
-            if any(r["seed"] == seed for r in done):
-                continue  # already measured (the script can be rerun to continue)
-            overrides = ([] if args.full else SHRUNK) + VARIANTS[name] + [f"seed={seed}", f"data.split_seed={seed}"]
-            started = time.perf_counter()
-            metrics = run_demo(out / f"v{index}_s{seed}", demo_config(None, overrides), progress=False)
-            done.append({"seed": seed, **_figures(metrics)})
-            atomic_write_json(results_file, results)
-            print(f"{name} seed {seed}: rank-1 {done[-1]['rank1']:.4f} in {time.perf_counter() - started:.0f}s",
-                  flush=True)
+    results = measure_variants(
+        args, VARIANTS, SHRUNK, lambda run, overrides: _figures(run_demo(run, demo_config(None, overrides),
+                                                                         progress=False)),
+        lambda r: f"rank-1 {r['rank1']:.4f}")
     atomic_write_text(out / "ablation.md", table(results) + "\n")
     print(table(results))
     return 0
