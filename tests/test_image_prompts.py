@@ -8,12 +8,11 @@ import json
 
 import pytest
 import torch
-from training_helpers import base_config, make_context, tiny_manifest  # noqa: F401 - fixture
+from training_helpers import StopBefore, base_config, make_context, tiny_manifest  # noqa: F401 - fixture
 
 from handclip.config import config_from_dict
 from handclip.errors import ConfigError
 from handclip.model.handclip import build_model
-from handclip.train.loop import Hook
 
 # Parameters an image-prompt model adds, or that are new heads: each must be in an optimizer and get a gradient.
 NEW_PARTS = ("image_prompts.", "interaction.", "bottleneck_inter.", "classifier_inter.", "bottleneck.",
@@ -163,15 +162,6 @@ def test_the_single_stage_schedule_is_clip_handids_warmup_and_halving():
         schedule.set_position(epoch + cfg.schedule_epochs_from)
         assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
         assert optimizer.param_groups[1]["lr"] == pytest.approx(10 * expected, rel=1e-12)
-
-
-class StopBefore(Hook):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def before_step(self, loop):
-        if loop.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_single_stage_resumes_bit_identically_and_keeps_the_most_accurate_epoch(tiny_manifest, tmp_path,

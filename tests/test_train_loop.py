@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from training_helpers import base_config, make_context, tiny_manifest  # noqa: F401 - fixture
+from training_helpers import StopBefore, base_config, make_context, tiny_manifest  # noqa: F401 - fixture
 
 from handclip.errors import TrainingError
 from handclip.train.loop import Hook, TrainLoop
@@ -139,17 +139,6 @@ def random_batches_recipe(ctx, resume=None, epochs=3):
                            schedule=LrSchedule(schedule, "epoch", 0), lr=lambda: optimizer.param_groups[0]["lr"],
                            validate_every=2, count_images=lambda batch: len(batch[1]))
     TrainLoop("random_batches", epochs, len(loader), model, hooks).run(lambda epoch: loader, losses, update)
-
-
-class StopBefore(Hook):
-    """Raises KeyboardInterrupt before the first step of ``epoch`` (0-based), as a SIGTERM would."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def before_step(self, loop):
-        if loop.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_a_new_recipe_gets_checkpoints_validation_logs_and_a_bit_identical_resume(tiny_manifest, tmp_path,

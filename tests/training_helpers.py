@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from handclip.config import config_from_dict
+from handclip.train.loop import Hook
 
 TINY = {
     "seed": 0,
@@ -67,3 +68,14 @@ def make_context(config, run_dir=None):
     state = {"stage": None, "epoch": 0, "completed": [], "history": [], "best": None, "stages": ["stage1", "stage2"]}
     return TrainContext(config, manifest, records, label_map, model, torch.device("cpu"), run, ddp.DistInfo(),
                         state, progress=False)
+
+
+class StopBefore(Hook):
+    """Raises KeyboardInterrupt before the first step of ``epoch`` (0-based), as a SIGTERM would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def before_step(self, loop):
+        if loop.epoch == self.epoch:
+            raise KeyboardInterrupt
