@@ -8,7 +8,6 @@ identity, so it describes LRs for people the calibration did not see.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from .calibration import (
     ScoreCalibration,
     fit_score_map,
 )
+from .calibration_checks import identity_sha256s
 from .crosscal import cross_calibrate, identity_pairs, image_pairs
 
 # A uniform sample of non-mated comparisons estimates their score distribution as well as all of them,
@@ -140,8 +140,7 @@ def _identity_sha256(records: list, from_folder: bool) -> list[str]:
     """Who the calibration saw, as SHA-256 of each identity (its id in a manifest, its folder name in a
     folder of people), UTF-8: a validation can check that it is run on other people without the file
     naming anyone."""
-    return sorted({hashlib.sha256(identity.encode("utf-8")).hexdigest() for identity in
-                   (r.original_id if from_folder else str(r.pid) for r in records)})
+    return sorted(identity_sha256s(r.original_id if from_folder else str(r.pid) for r in records))
 
 
 def calibrate(checkpoint, manifest_path=None, method: str = "logit", splits: Sequence[str] = DEFAULT_SPLITS,
